@@ -1,0 +1,694 @@
+"""The WebSocket connection state machine, sans I/O.
+
+A connection is fed bytes with :meth:`Connection.receive_data` and returns
+events; calls such as :meth:`Connection.send_text` queue bytes that
+:meth:`Connection.data_to_send` hands to whoever owns the socket. Nothing here
+waits, reads a clock or touches a socket, so asyncio, threads or trio can all
+drive it, and a test drives it with byte strings alone.
+
+States follow RFC 6455: ``CONNECTING`` (opening handshake) -> ``OPEN`` ->
+``CLOSING`` (we sent a close frame and wait for the peer's) -> ``CLOSED``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from enum import IntEnum
+from typing import Final
+
+from ..exceptions import (
+    ConnectionClosed,
+    InvalidHandshake,
+    PayloadTooBig,
+    ProtocolError,
+    TidingsError,
+)
+from . import deflate, handshake
+from .events import (
+    BinaryMessage,
+    Closed,
+    Event,
+    Fragment,
+    Ping,
+    Pong,
+    TextMessage,
+)
+from .frames import (
+    MAX_CONTROL_PAYLOAD,
+    RSV1,
+    Frame,
+    FrameParser,
+    Opcode,
+    parse_close,
+    serialize_close,
+    serialize_frame,
+    serialize_header,
+)
+from .limits import MAX_HEAD_SIZE, MAX_HEADERS, MAX_MESSAGE_SIZE
+from .uri import WebSocketURI, parse_uri
+from .utf8 import Utf8Decoder, decode_utf8
+
+__all__ = ["ClientConnection", "Connection", "ServerConnection", "State"]
+
+Buffer = bytes | bytearray | memoryview
+
+
+class State(IntEnum):
+    """Where a connection is in its life (RFC 6455 §4, §7)."""
+
+    CONNECTING = 0
+    OPEN = 1
+    CLOSING = 2
+    CLOSED = 3
+
+
+_DEFAULT_COMPRESSION: Final = deflate.DeflateConfig()
+
+# A compressed frame may be a little larger than the data it holds (stored
+# blocks cost 5 bytes per 64 KiB); allow that much beyond the size limit
+# before buffering, and check the exact limit after inflating.
+_DEFLATE_SLACK = 256
+
+
+class Connection:
+    """The framing state machine shared by both roles.
+
+    Use :class:`ServerConnection` or :class:`ClientConnection`, which add the
+    opening handshake.
+
+    ``max_message_size`` bounds a message after decompression (``None`` for
+    no limit); a peer that exceeds it gets close code 1009 before the excess
+    is buffered. With ``auto_pong`` the connection answers pings itself. With
+    ``stream_messages`` data arrives as :class:`Fragment` events, frame by
+    frame, instead of whole messages.
+    """
+
+    __slots__ = (
+        "_clean_close",
+        "_close_sent_code",
+        "_compression",
+        "_deflate",
+        "_in_binary",
+        "_in_compressed",
+        "_in_opcode",
+        "_in_size",
+        "_in_text",
+        "_in_utf8",
+        "_out",
+        "_out_compressed",
+        "_out_opcode",
+        "_parser",
+        "auto_pong",
+        "close_code",
+        "close_reason",
+        "error",
+        "is_client",
+        "max_message_size",
+        "state",
+        "stream_messages",
+        "subprotocol",
+    )
+
+    def __init__(
+        self,
+        *,
+        is_client: bool,
+        compression: deflate.DeflateConfig | None,
+        max_message_size: int | None,
+        auto_pong: bool,
+        stream_messages: bool,
+    ) -> None:
+        self.is_client = is_client
+        self.state = State.CONNECTING
+        self.max_message_size = max_message_size
+        self.auto_pong = auto_pong
+        self.stream_messages = stream_messages
+        self.subprotocol: str | None = None
+        #: The final close code and reason, once known.
+        self.close_code: int | None = None
+        self.close_reason = ""
+        #: Why the connection failed, if it did.
+        self.error: TidingsError | None = None
+        self._compression = compression
+        self._deflate: deflate.PerMessageDeflate | None = None
+        self._parser = FrameParser(expect_mask=not is_client)
+        self._out: list[Buffer] = []
+        self._in_opcode: Opcode | None = None
+        self._in_compressed = False
+        self._in_size = 0
+        self._in_text: list[str] = []
+        self._in_binary: list[bytes] = []
+        self._in_utf8: Utf8Decoder | None = None
+        self._out_opcode: Opcode | None = None
+        self._out_compressed = False
+        self._close_sent_code: int | None = None
+        self._clean_close = False
+
+    # -- properties ----------------------------------------------------
+
+    @property
+    def deflate_params(self) -> deflate.DeflateParams | None:
+        """The negotiated permessage-deflate parameters, or None."""
+        return self._deflate.params if self._deflate is not None else None
+
+    def should_close_transport(self) -> bool:
+        """True when this side should now close the TCP connection.
+
+        RFC 6455 §7.1.1: after a clean close handshake the server closes TCP
+        first, so a client waits for the server's EOF (the I/O layer bounds
+        that wait with its close timeout). After a failure either side closes
+        at once.
+        """
+        return self.state is State.CLOSED and not (self.is_client and self._clean_close)
+
+    def data_to_send(self) -> list[Buffer]:
+        """Return the bytes queued for the peer, in order, and forget them."""
+        out = self._out
+        self._out = []
+        return out
+
+    # -- receiving -----------------------------------------------------
+
+    def receive_data(self, data: Buffer) -> list[Event]:
+        """Feed bytes from the peer; return the events they complete.
+
+        A peer that breaks the protocol does not make this raise: the
+        connection queues a close frame with the RFC's code, moves to
+        ``CLOSED`` and reports :class:`Closed` with the error.
+        """
+        if self.state is State.CONNECTING:
+            return self._receive_handshake(data)
+        if self.state is State.CLOSED:
+            return []
+        self._parser.feed(data)
+        return self._receive_frames()
+
+    def receive_eof(self) -> list[Event]:
+        """The peer closed its end of the TCP connection."""
+        if self.state is State.CLOSED:
+            return []
+        self.state = State.CLOSED
+        self.close_code = 1006
+        return [Closed(1006, error=self.error)]
+
+    def _receive_handshake(self, data: Buffer) -> list[Event]:
+        raise NotImplementedError
+
+    def _receive_frames(self) -> list[Event]:
+        events: list[Event] = []
+        parser = self._parser
+        try:
+            while self.state is not State.CLOSED:
+                parser.max_payload = self._frame_budget()
+                frame = parser.next_frame()
+                if frame is None:
+                    break
+                self._receive_frame(frame, events)
+        except ProtocolError as exc:
+            self._fail(exc, events)
+        return events
+
+    def _frame_budget(self) -> int | None:
+        if self.max_message_size is None:
+            return None
+        budget = self.max_message_size - self._in_size
+        if self._deflate is not None:
+            budget += _DEFLATE_SLACK + (budget >> 10)
+        return budget
+
+    def _receive_frame(self, frame: Frame, events: list[Event]) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            if self._in_opcode is not None:
+                raise ProtocolError(
+                    "new data frame before the previous fragmented message "
+                    "ended (RFC 6455 §5.4)"
+                )
+            self._in_opcode = opcode
+            self._in_compressed = frame.rsv1
+            self._in_size = 0
+            self._receive_data_frame(frame, True, events)
+        elif opcode is Opcode.CONTINUATION:
+            if self._in_opcode is None:
+                raise ProtocolError(
+                    "continuation frame without a message to continue (RFC 6455 §5.4)"
+                )
+            if frame.rsv1:
+                raise ProtocolError(
+                    "RSV1 set on a continuation frame; only the first frame of a "
+                    "compressed message has it (RFC 7692 §6.1)"
+                )
+            self._receive_data_frame(frame, False, events)
+        elif opcode is Opcode.PING:
+            events.append(Ping(frame.payload))
+            if self.auto_pong and self._close_sent_code is None:
+                self._write_frame(Opcode.PONG, frame.payload)
+        elif opcode is Opcode.PONG:
+            events.append(Pong(frame.payload))
+        else:
+            self._receive_close(frame.payload, events)
+
+    def _receive_data_frame(
+        self, frame: Frame, first: bool, events: list[Event]
+    ) -> None:
+        payload = frame.payload
+        fin = frame.fin
+        limit = self.max_message_size
+        if self._in_compressed:
+            assert self._deflate is not None  # RSV1 is only allowed when negotiated
+            budget = None if limit is None else limit - self._in_size
+            payload = self._deflate.decompress(payload, fin, budget)
+        self._in_size += len(payload)
+        if limit is not None and self._in_size > limit:
+            raise PayloadTooBig(
+                f"message exceeds the limit of {limit} bytes; raise "
+                "max_message_size to accept larger messages"
+            )
+        data: str | bytes
+        if self._in_opcode is Opcode.TEXT:
+            if first and fin:
+                data = decode_utf8(payload)
+            else:
+                if first:
+                    self._in_utf8 = Utf8Decoder()
+                assert self._in_utf8 is not None
+                data = self._in_utf8.decode(payload, fin)
+        else:
+            data = payload
+        if self.stream_messages:
+            events.append(Fragment(data, first, fin))
+        elif first and fin:
+            events.append(
+                TextMessage(data) if isinstance(data, str) else BinaryMessage(data)
+            )
+        elif isinstance(data, str):
+            self._in_text.append(data)
+            if fin:
+                events.append(TextMessage("".join(self._in_text)))
+                self._in_text = []
+        else:
+            self._in_binary.append(data)
+            if fin:
+                events.append(BinaryMessage(b"".join(self._in_binary)))
+                self._in_binary = []
+        if fin:
+            self._in_opcode = None
+            self._in_utf8 = None
+            self._in_size = 0
+
+    def _receive_close(self, payload: bytes, events: list[Event]) -> None:
+        code, reason = parse_close(payload)
+        if self._close_sent_code is None:
+            # RFC 6455 §5.5.1: answer with a close frame echoing the code.
+            self._write_frame(Opcode.CLOSE, serialize_close(code))
+            self._close_sent_code = code
+        self.state = State.CLOSED
+        self._clean_close = True
+        self.close_code = code
+        self.close_reason = reason
+        events.append(Closed(code, reason))
+
+    def _fail(self, exc: ProtocolError, events: list[Event]) -> None:
+        """Fail the WebSocket connection (RFC 6455 §7.1.7)."""
+        self.error = exc
+        reason = _truncate_reason(str(exc))
+        if self._close_sent_code is None:
+            self._write_frame(Opcode.CLOSE, serialize_close(exc.code, reason))
+            self._close_sent_code = exc.code
+        self.state = State.CLOSED
+        self.close_code = exc.code
+        self.close_reason = reason
+        events.append(Closed(exc.code, reason, exc))
+
+    # -- sending -------------------------------------------------------
+
+    def send_text(self, data: str, *, fin: bool = True) -> None:
+        """Send a text message, or its first fragment when ``fin`` is false."""
+        self._send_data(Opcode.TEXT, data.encode(), fin)
+
+    def send_binary(self, data: Buffer, *, fin: bool = True) -> None:
+        """Send a binary message, or its first fragment when ``fin`` is false."""
+        self._send_data(Opcode.BINARY, data, fin)
+
+    def send_continuation(self, data: str | Buffer, *, fin: bool) -> None:
+        """Send the next fragment of the message begun with ``fin=False``."""
+        self._send_data(
+            Opcode.CONTINUATION, data.encode() if isinstance(data, str) else data, fin
+        )
+
+    def send_ping(self, data: Buffer = b"") -> None:
+        """Send a ping with at most 125 bytes of payload."""
+        self._send_control(Opcode.PING, data)
+
+    def send_pong(self, data: Buffer = b"") -> None:
+        """Send an unsolicited pong (a heartbeat) or answer a ping by hand."""
+        self._send_control(Opcode.PONG, data)
+
+    def send_close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake; does nothing once a close was sent.
+
+        Code 1005 sends a close frame without a code.
+        """
+        if self.state is State.CONNECTING:
+            raise RuntimeError("the opening handshake is not complete")
+        if self._close_sent_code is not None or self.state is State.CLOSED:
+            return
+        self._write_frame(Opcode.CLOSE, serialize_close(code, reason))
+        self._close_sent_code = code
+        self.state = State.CLOSING
+
+    def _check_can_send(self) -> None:
+        if self.state is State.CONNECTING:
+            raise RuntimeError("the opening handshake is not complete")
+        if self._close_sent_code is not None or self.state is State.CLOSED:
+            code = self.close_code or self._close_sent_code or 1006
+            raise ConnectionClosed(code, self.close_reason)
+
+    def _send_control(self, opcode: Opcode, data: Buffer) -> None:
+        self._check_can_send()
+        if len(data) > MAX_CONTROL_PAYLOAD:
+            raise ValueError(f"{opcode.name.lower()} payload is longer than 125 bytes")
+        self._write_frame(opcode, data)
+
+    def _send_data(self, opcode: Opcode, payload: Buffer, fin: bool) -> None:
+        self._check_can_send()
+        rsv1 = False
+        if opcode is Opcode.CONTINUATION:
+            if self._out_opcode is None:
+                raise RuntimeError(
+                    "no fragmented message in progress: start one with fin=False"
+                )
+        else:
+            if self._out_opcode is not None:
+                raise RuntimeError(
+                    "a fragmented message is in progress: finish it with "
+                    "send_continuation(..., fin=True)"
+                )
+            self._out_opcode = opcode
+            compression = self._compression
+            self._out_compressed = rsv1 = self._deflate is not None and (
+                not fin
+                or (compression is not None and len(payload) >= compression.min_size)
+            )
+        if self._out_compressed:
+            assert self._deflate is not None
+            payload = self._deflate.compress(bytes(payload), fin)
+        if fin:
+            self._out_opcode = None
+        self._write_frame(opcode, payload, fin, rsv1)
+
+    def _write_frame(
+        self, opcode: Opcode, payload: Buffer, fin: bool = True, rsv1: bool = False
+    ) -> None:
+        if self.is_client:
+            self._out.append(
+                serialize_frame(opcode, bytes(payload), fin=fin, rsv1=rsv1, mask=True)
+            )
+        else:
+            # Header and payload stay separate buffers so that a large payload
+            # is never copied to prepend its header.
+            self._out.append(serialize_header(opcode, len(payload), fin=fin, rsv1=rsv1))
+            if payload:
+                self._out.append(payload)
+
+    def _enable_deflate(self, params: deflate.DeflateParams) -> None:
+        assert self._compression is not None
+        self._deflate = deflate.PerMessageDeflate(
+            params, is_client=self.is_client, config=self._compression
+        )
+        self._parser.rsv_allowed = RSV1
+
+    def _open(self) -> list[Event]:
+        """Enter OPEN and parse any frames that arrived with the handshake."""
+        self.state = State.OPEN
+        return self._receive_frames()
+
+    def _handshake_failed(self, exc: InvalidHandshake) -> list[Event]:
+        self.state = State.CLOSED
+        self.error = exc
+        self.close_code = 1006
+        return [Closed(1006, str(exc), exc)]
+
+
+def _truncate_reason(reason: str) -> str:
+    """Cut a reason to the 123 bytes of UTF-8 a close frame can hold."""
+    data = reason.encode()
+    if len(data) <= MAX_CONTROL_PAYLOAD - 2:
+        return reason
+    return data[: MAX_CONTROL_PAYLOAD - 2].decode(errors="ignore")
+
+
+class _Unset:
+    pass
+
+
+_UNSET: Final = _Unset()
+
+
+class ServerConnection(Connection):
+    """The server side: reads the upgrade request, then frames.
+
+    ``receive_data`` reports a :class:`~tidings.protocol.handshake.Request`
+    once a complete HTTP request has arrived, whether or not it asks for a
+    WebSocket. Then the owner calls :meth:`accept` to validate it and answer
+    101, or :meth:`reject` to answer it with plain HTTP (for example a
+    ``/healthz`` probe or a 403 for a foreign origin).
+
+    ``subprotocols`` lists the subprotocols this server speaks, most preferred
+    first.
+    """
+
+    __slots__ = ("_reader", "request", "subprotocols")
+
+    def __init__(
+        self,
+        *,
+        subprotocols: Sequence[str] = (),
+        compression: deflate.DeflateConfig | None = _DEFAULT_COMPRESSION,
+        max_message_size: int | None = MAX_MESSAGE_SIZE,
+        max_head_size: int = MAX_HEAD_SIZE,
+        max_headers: int = MAX_HEADERS,
+        auto_pong: bool = True,
+        stream_messages: bool = False,
+    ) -> None:
+        super().__init__(
+            is_client=False,
+            compression=compression,
+            max_message_size=max_message_size,
+            auto_pong=auto_pong,
+            stream_messages=stream_messages,
+        )
+        self.subprotocols = list(subprotocols)
+        self.request: handshake.Request | None = None
+        self._reader = handshake.RequestReader(
+            max_head_size=max_head_size, max_headers=max_headers
+        )
+
+    def _receive_handshake(self, data: Buffer) -> list[Event]:
+        if self.request is not None:
+            # Waiting for accept() or reject(); a well-behaved client sends
+            # nothing before the 101, so keep it for after the handshake.
+            self._parser.feed(data)
+            return []
+        try:
+            request = self._reader.feed(bytes(data))
+        except InvalidHandshake as exc:
+            return self.reject(exc.status, str(exc), exc.headers, error=exc)
+        if request is None:
+            return []
+        self.request = request
+        self._parser.feed(self._reader.trailing_data)
+        return [request]
+
+    def select_subprotocol(self, offered: Sequence[str]) -> str | None:
+        """Default choice: our most preferred subprotocol the client offered."""
+        for subprotocol in self.subprotocols:
+            if subprotocol in offered:
+                return subprotocol
+        return None
+
+    def accept(
+        self,
+        subprotocol: str | _Unset | None = _UNSET,
+        extra_headers: Iterable[tuple[str, str]] = (),
+    ) -> list[Event]:
+        """Validate the request as a WebSocket upgrade and answer 101.
+
+        ``subprotocol`` overrides :meth:`select_subprotocol`; it must be one
+        the client offered. Returns the events of frames that arrived early.
+        If the request is not a valid upgrade, a 400 or 426 response is
+        queued instead and the returned :class:`Closed` carries the
+        :class:`InvalidHandshake`.
+        """
+        request = self.request
+        if request is None or self.state is not State.CONNECTING:
+            raise RuntimeError("accept() needs a request that is not yet answered")
+        try:
+            key = handshake.validate_request(request)
+            offered = handshake.parse_subprotocols(request)
+            extensions = self._negotiate_extensions(request)
+        except InvalidHandshake as exc:
+            return self.reject(exc.status, str(exc), exc.headers, error=exc)
+        if isinstance(subprotocol, _Unset):
+            subprotocol = self.select_subprotocol(offered)
+        elif subprotocol is not None and subprotocol not in offered:
+            raise ValueError(f"the client did not offer subprotocol {subprotocol!r}")
+        self.subprotocol = subprotocol
+        self._out.append(
+            handshake.build_response(
+                key,
+                subprotocol=subprotocol,
+                extensions=extensions,
+                extra_headers=extra_headers,
+            )
+        )
+        return self._open()
+
+    def _negotiate_extensions(self, request: handshake.Request) -> str | None:
+        if self._compression is None:
+            return None
+        offers = [
+            params
+            for value in request.headers.get_all("Sec-WebSocket-Extensions")
+            for name, params in handshake.parse_extension_header(value)
+            if name == deflate.EXTENSION_NAME
+        ]
+        if not offers:
+            return None
+        agreed = deflate.server_accept(self._compression, offers)
+        if agreed is None:
+            return None
+        params, response_params = agreed
+        self._enable_deflate(params)
+        return handshake.format_extension_header(
+            [(deflate.EXTENSION_NAME, response_params)]
+        )
+
+    def reject(
+        self,
+        status: int,
+        message: str,
+        headers: Iterable[tuple[str, str]] = (),
+        *,
+        error: InvalidHandshake | None = None,
+    ) -> list[Event]:
+        """Answer with a plain HTTP response and end the connection."""
+        if self.state is not State.CONNECTING:
+            raise RuntimeError("reject() is only possible during the opening handshake")
+        self._out.append(handshake.build_rejection(status, message, headers))
+        return self._handshake_failed(
+            error
+            if error is not None
+            else InvalidHandshake(message, status, list(headers))
+        )
+
+
+class ClientConnection(Connection):
+    """The client side: queues the upgrade request at once, then reads the
+    response and frames.
+
+    ``receive_data`` reports a :class:`~tidings.protocol.handshake.Response`
+    when the server accepted; a refusal ends in :class:`Closed` whose error is
+    an :class:`~tidings.exceptions.InvalidStatus` (non-101) or
+    :class:`~tidings.exceptions.InvalidHandshake`.
+    """
+
+    __slots__ = ("_key", "_offered_subprotocols", "_reader", "response", "uri")
+
+    def __init__(
+        self,
+        uri: WebSocketURI | str,
+        *,
+        origin: str | None = None,
+        subprotocols: Sequence[str] = (),
+        extra_headers: Iterable[tuple[str, str]] = (),
+        compression: deflate.DeflateConfig | None = _DEFAULT_COMPRESSION,
+        max_message_size: int | None = MAX_MESSAGE_SIZE,
+        max_head_size: int = MAX_HEAD_SIZE,
+        max_headers: int = MAX_HEADERS,
+        auto_pong: bool = True,
+        stream_messages: bool = False,
+    ) -> None:
+        super().__init__(
+            is_client=True,
+            compression=compression,
+            max_message_size=max_message_size,
+            auto_pong=auto_pong,
+            stream_messages=stream_messages,
+        )
+        self.uri = parse_uri(uri) if isinstance(uri, str) else uri
+        self.response: handshake.Response | None = None
+        self._offered_subprotocols = list(subprotocols)
+        self._key = handshake.generate_key()
+        self._reader = handshake.ResponseReader(
+            max_head_size=max_head_size, max_headers=max_headers
+        )
+        extensions = None
+        if compression is not None:
+            extensions = handshake.format_extension_header(
+                [(deflate.EXTENSION_NAME, deflate.client_offer(compression))]
+            )
+        self._out.append(
+            handshake.build_request(
+                self.uri.host_header,
+                self.uri.resource,
+                self._key,
+                origin=origin,
+                subprotocols=subprotocols,
+                extensions=extensions,
+                extra_headers=extra_headers,
+            )
+        )
+
+    def _receive_handshake(self, data: Buffer) -> list[Event]:
+        try:
+            response = self._reader.feed(bytes(data))
+            if response is None:
+                return []
+            handshake.validate_response(response, self._key)
+            self.subprotocol = self._check_subprotocol(response)
+            self._check_extensions(response)
+        except InvalidHandshake as exc:
+            return self._handshake_failed(exc)
+        self.response = response
+        self._parser.feed(self._reader.trailing_data)
+        return [response, *self._open()]
+
+    def _check_subprotocol(self, response: handshake.Response) -> str | None:
+        values = [
+            token
+            for value in response.headers.get_all("Sec-WebSocket-Protocol")
+            for token in handshake.parse_token_list(value)
+        ]
+        if not values:
+            return None
+        if len(values) > 1:
+            raise InvalidHandshake(
+                f"Sec-WebSocket-Protocol names {len(values)} subprotocols; "
+                "the server must choose one (RFC 6455 §4.1)"
+            )
+        if values[0] not in self._offered_subprotocols:
+            raise InvalidHandshake(
+                f"Sec-WebSocket-Protocol: the server chose {values[0]!r}, "
+                "which the client did not offer (RFC 6455 §4.1)"
+            )
+        return values[0]
+
+    def _check_extensions(self, response: handshake.Response) -> None:
+        accepted = [
+            offer
+            for value in response.headers.get_all("Sec-WebSocket-Extensions")
+            for offer in handshake.parse_extension_header(value)
+        ]
+        for name, params in accepted:
+            if name != deflate.EXTENSION_NAME or self._compression is None:
+                raise InvalidHandshake(
+                    f"Sec-WebSocket-Extensions: the server accepted {name!r}, "
+                    "which the client did not offer (RFC 6455 §4.1)"
+                )
+            if self._deflate is not None:
+                raise InvalidHandshake(
+                    "Sec-WebSocket-Extensions: the server accepted "
+                    "permessage-deflate twice (RFC 7692 §5)"
+                )
+            self._enable_deflate(deflate.client_accept(self._compression, params))

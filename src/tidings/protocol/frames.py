@@ -1,0 +1,258 @@
+"""WebSocket frames (RFC 6455 §5): parsing, serializing and masking.
+
+The functions here are the hot paths of the protocol. They are kept small and
+free of state so that compiled twins can replace them one for one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from enum import IntEnum
+
+from ..exceptions import PayloadTooBig, ProtocolError
+from .utf8 import decode_utf8
+
+__all__ = [
+    "CLOSE_CODES_RECEIVABLE",
+    "Frame",
+    "FrameParser",
+    "Opcode",
+    "apply_mask",
+    "parse_close",
+    "serialize_close",
+    "serialize_frame",
+]
+
+
+class Opcode(IntEnum):
+    """Frame opcodes defined by RFC 6455 §5.2; every other value is reserved."""
+
+    CONTINUATION = 0x0
+    TEXT = 0x1
+    BINARY = 0x2
+    CLOSE = 0x8
+    PING = 0x9
+    PONG = 0xA
+
+
+DATA_OPCODES = frozenset({Opcode.CONTINUATION, Opcode.TEXT, Opcode.BINARY})
+CONTROL_OPCODES = frozenset({Opcode.CLOSE, Opcode.PING, Opcode.PONG})
+_KNOWN_OPCODES = {int(op): op for op in Opcode}
+
+#: RFC 6455 §5.5: control frames carry at most 125 bytes of payload.
+MAX_CONTROL_PAYLOAD = 125
+
+RSV1 = 0x40
+RSV2 = 0x20
+RSV3 = 0x10
+
+
+@dataclass(slots=True)
+class Frame:
+    """One frame, unmasked. ``rsv1`` marks a compressed message (RFC 7692)."""
+
+    opcode: Opcode
+    payload: bytes
+    fin: bool = True
+    rsv1: bool = False
+
+
+def apply_mask(data: bytes | bytearray | memoryview, mask: bytes) -> bytes:
+    """XOR ``data`` with the 4-byte ``mask`` repeated (RFC 6455 §5.3).
+
+    Masking and unmasking are the same operation. Python's big integers do
+    the XOR for the whole buffer in one C loop.
+    """
+    n = len(data)
+    if n == 0:
+        return b""
+    key = mask * (n >> 2) + mask[: n & 3]
+    return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(
+        n, "little"
+    )
+
+
+def serialize_header(
+    opcode: int,
+    length: int,
+    *,
+    fin: bool = True,
+    rsv1: bool = False,
+    mask: bytes | None = None,
+) -> bytes:
+    """Return a frame header with the minimal length encoding (RFC 6455 §5.2)."""
+    b0 = opcode | (0x80 if fin else 0) | (RSV1 if rsv1 else 0)
+    mask_bit = 0x80 if mask is not None else 0
+    if length < 126:
+        header = bytes((b0, mask_bit | length))
+    elif length < 1 << 16:
+        header = bytes((b0, mask_bit | 126)) + length.to_bytes(2, "big")
+    else:
+        header = bytes((b0, mask_bit | 127)) + length.to_bytes(8, "big")
+    return header + mask if mask is not None else header
+
+
+def serialize_frame(
+    opcode: int,
+    payload: bytes,
+    *,
+    fin: bool = True,
+    rsv1: bool = False,
+    mask: bool = False,
+) -> bytes:
+    """Return one complete frame; with ``mask`` a fresh random key is used."""
+    if mask:
+        key = os.urandom(4)
+        header = serialize_header(opcode, len(payload), fin=fin, rsv1=rsv1, mask=key)
+        return header + apply_mask(payload, key)
+    return serialize_header(opcode, len(payload), fin=fin, rsv1=rsv1) + payload
+
+
+class FrameParser:
+    """Cuts frames out of a byte stream and enforces the framing rules.
+
+    ``expect_mask`` is true on a server (clients must mask, §5.1) and false on
+    a client (servers must not). ``rsv_allowed`` holds the RSV bits that a
+    negotiated extension gives meaning to. Before each :meth:`next_frame` the
+    caller may set ``max_payload``: a data frame announcing a longer payload
+    fails with :class:`PayloadTooBig` before any of it is buffered.
+    """
+
+    __slots__ = ("_buf", "_pos", "expect_mask", "max_payload", "rsv_allowed")
+
+    def __init__(self, *, expect_mask: bool) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+        self.expect_mask = expect_mask
+        self.rsv_allowed = 0
+        self.max_payload: int | None = None
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Append received bytes."""
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += data
+
+    def next_frame(self) -> Frame | None:
+        """Return the next complete frame, or None until more bytes arrive.
+
+        Raises :class:`ProtocolError` as soon as a header breaks a rule,
+        before its payload has arrived.
+        """
+        buf = self._buf
+        pos = self._pos
+        available = len(buf) - pos
+        if available < 2:
+            return None
+        b0 = buf[pos]
+        b1 = buf[pos + 1]
+        opcode = self._check_first_byte(b0, b1)
+        if bool(b1 & 0x80) != self.expect_mask:
+            if self.expect_mask:
+                raise ProtocolError("client frame is not masked (RFC 6455 §5.1)")
+            raise ProtocolError("server frame is masked (RFC 6455 §5.1)")
+        length = b1 & 0x7F
+        header_size = 2
+        if length == 126:
+            if available < 4:
+                return None
+            length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
+            header_size = 4
+        elif length == 127:
+            if available < 10:
+                return None
+            length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+            if length >> 63:
+                raise ProtocolError(
+                    "64-bit payload length has its most significant bit set "
+                    "(RFC 6455 §5.2)"
+                )
+            header_size = 10
+        if opcode in CONTROL_OPCODES:
+            if length > MAX_CONTROL_PAYLOAD:
+                raise ProtocolError(
+                    f"control frame payload is {length} bytes; "
+                    "at most 125 are allowed (RFC 6455 §5.5)"
+                )
+        elif self.max_payload is not None and length > self.max_payload:
+            raise PayloadTooBig(
+                f"frame of {length} bytes exceeds the remaining message size "
+                f"limit of {self.max_payload} bytes"
+            )
+        start = pos + header_size + (4 if self.expect_mask else 0)
+        end = start + length
+        if len(buf) < end:
+            return None
+        if self.expect_mask:
+            payload = apply_mask(
+                memoryview(buf)[start:end], bytes(buf[start - 4 : start])
+            )
+        else:
+            payload = bytes(buf[start:end])
+        self._pos = end
+        return Frame(opcode, payload, bool(b0 & 0x80), bool(b0 & RSV1))
+
+    def _check_first_byte(self, b0: int, b1: int) -> Opcode:
+        opcode = _KNOWN_OPCODES.get(b0 & 0x0F)
+        if opcode is None:
+            raise ProtocolError(f"reserved opcode {b0 & 0x0F:#x} (RFC 6455 §5.2)")
+        rsv = b0 & 0x70 & ~self.rsv_allowed
+        if rsv:
+            raise ProtocolError(
+                f"RSV bits {rsv >> 4:#05b} set without a negotiated extension "
+                "(RFC 6455 §5.2)"
+            )
+        if opcode in CONTROL_OPCODES:
+            if not b0 & 0x80:
+                raise ProtocolError("fragmented control frame (RFC 6455 §5.5)")
+            if b0 & RSV1:
+                raise ProtocolError(
+                    "RSV1 set on a control frame; control frames are never "
+                    "compressed (RFC 7692 §6.1)"
+                )
+        return opcode
+
+
+# RFC 6455 §7.4.1 and the IANA registry: codes a peer may put in a close frame.
+# 1004, 1005, 1006 and 1015 are reserved and must never appear on the wire.
+CLOSE_CODES_RECEIVABLE = frozenset(
+    {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
+)
+
+
+def is_valid_close_code(code: int) -> bool:
+    """True for codes that may appear in a close frame (RFC 6455 §7.4)."""
+    return code in CLOSE_CODES_RECEIVABLE or 3000 <= code <= 4999
+
+
+def parse_close(payload: bytes) -> tuple[int, str]:
+    """Return the code and reason of a close frame's payload (RFC 6455 §5.5.1).
+
+    An empty payload means "no status code" and gives 1005.
+    """
+    if not payload:
+        return 1005, ""
+    if len(payload) == 1:
+        raise ProtocolError("close frame payload of 1 byte (RFC 6455 §5.5.1)")
+    code = int.from_bytes(payload[:2], "big")
+    if not is_valid_close_code(code):
+        raise ProtocolError(f"invalid close code {code} (RFC 6455 §7.4)")
+    return code, decode_utf8(payload[2:])
+
+
+def serialize_close(code: int, reason: str = "") -> bytes:
+    """Return a close frame's payload; 1005 means an empty payload."""
+    if code == 1005:
+        if reason:
+            raise ValueError("a close reason needs a close code")
+        return b""
+    if not is_valid_close_code(code):
+        raise ValueError(
+            f"close code {code} may not be sent: use 1000-1003, 1007-1014 or 3000-4999"
+        )
+    data = code.to_bytes(2, "big") + reason.encode()
+    if len(data) > MAX_CONTROL_PAYLOAD:
+        raise ValueError("close reason is longer than 123 bytes of UTF-8")
+    return data

@@ -1,0 +1,628 @@
+"""The RFC 6455 §4 opening handshake, without I/O.
+
+``h11`` parses HTTP/1.1 message syntax; this module adds the WebSocket rules
+on top. Servers feed bytes to :class:`RequestReader`, check the result with
+:func:`validate_request` and answer with :func:`build_response` or
+:func:`build_rejection`. Clients send :func:`build_request`, feed the answer
+to :class:`ResponseReader` and check it with :func:`validate_response`.
+
+Header names are decoded as ASCII (h11 only accepts tokens) and values as
+Latin-1, so obs-text bytes (RFC 9110 §5.5) survive as U+0080..U+00FF instead
+of failing the handshake; the headers WebSocket needs are all ASCII.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Generic, TypeVar
+from urllib.parse import urlsplit
+
+import h11
+
+from tidings.exceptions import InvalidHandshake, InvalidStatus
+from tidings.protocol.limits import MAX_HEAD_SIZE, MAX_HEADERS
+
+__all__ = [
+    "GUID",
+    "ExtensionOffer",
+    "Headers",
+    "Request",
+    "RequestReader",
+    "Response",
+    "ResponseReader",
+    "accept_key",
+    "build_rejection",
+    "build_request",
+    "build_response",
+    "format_extension_header",
+    "generate_key",
+    "parse_extension_header",
+    "parse_subprotocols",
+    "parse_token_list",
+    "validate_request",
+    "validate_response",
+]
+
+GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+#: ("permessage-deflate", [("client_max_window_bits", None)])
+ExtensionOffer = tuple[str, list[tuple[str, str | None]]]
+
+_TOKEN = r"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+_TOKEN_RE = re.compile(_TOKEN)
+_QUOTED_RE = re.compile(r'"((?:[^"\\]|\\.)*)"')
+_OWS_RE = re.compile(r"[ \t]*")
+# Control characters (bar HTAB) would end a header line early or be refused
+# by the peer: a CR or LF in a value is header injection.
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_VCHARS_RE = re.compile(r"[\x21-\x7e]+")
+
+
+class Headers:
+    """Ordered, case-insensitive multi-map of HTTP headers.
+
+    Names are kept as received; lookups ignore case.
+    """
+
+    __slots__ = ("_items",)
+    __hash__ = None  # type: ignore[assignment]  # mutable contents
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        self._items = list(items)
+
+    def get(self, name: str) -> str | None:
+        """All values of ``name`` joined with ", " (RFC 9110 §5.3), or None."""
+        values = self.get_all(name)
+        return ", ".join(values) if values else None
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of ``name``, in order received."""
+        name = name.lower()
+        return [v for n, v in self._items if n.lower() == name]
+
+    def items(self) -> list[tuple[str, str]]:
+        """A copy of the (name, value) pairs, in order received."""
+        return list(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and bool(self.get_all(name))
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Headers):
+            return NotImplemented
+        return self._items == other._items
+
+    def __repr__(self) -> str:
+        return f"Headers({self._items!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """The head of an HTTP request."""
+
+    method: str
+    target: str
+    headers: Headers
+
+    def _split(self) -> tuple[str, str]:
+        if not self.target.startswith("/"):
+            # absolute-form, which RFC 6455 §4.2.1 and RFC 9112 §3.2.2 allow
+            parts = urlsplit(self.target)
+            return parts.path or "/", parts.query
+        path, _, query = self.target.partition("?")
+        return path, query
+
+    @property
+    def path(self) -> str:
+        """The target's path, e.g. "/chat"."""
+        return self._split()[0]
+
+    @property
+    def query(self) -> str:
+        """The target's query, without "?"; "" when there is none."""
+        return self._split()[1]
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """The head of an HTTP response."""
+
+    status: int
+    reason: str
+    headers: Headers
+
+
+def generate_key() -> str:
+    """A fresh Sec-WebSocket-Key: 16 random bytes, base64-encoded (§4.1)."""
+    return base64.b64encode(os.urandom(16)).decode("ascii")
+
+
+def accept_key(key: str) -> str:
+    """The Sec-WebSocket-Accept value answering ``key`` (§4.2.2)."""
+    # SHA-1 is only a fixed transform here; usedforsecurity=False keeps it
+    # available on FIPS-restricted builds.
+    digest = hashlib.sha1((key + GUID).encode("ascii"), usedforsecurity=False)
+    return base64.b64encode(digest.digest()).decode("ascii")
+
+
+def parse_token_list(value: str) -> list[str]:
+    """Split a comma-separated header value, dropping empty elements.
+
+    Elements are stripped of whitespace but not checked to be tokens:
+    ``Upgrade`` elements may carry a version such as "HTTP/2.0".
+    """
+    return [e for e in (p.strip(" \t") for p in value.split(",")) if e]
+
+
+def parse_extension_header(value: str) -> list[ExtensionOffer]:
+    """Parse a Sec-WebSocket-Extensions value (RFC 6455 §9.1).
+
+    Parameter values may be quoted strings (RFC 7692 §7.1); once unquoted
+    they must still be tokens. Empty list elements are ignored.
+    """
+    offers: list[ExtensionOffer] = []
+    pos = _skip_ows(value, 0)
+    while pos < len(value):
+        if value[pos] == ",":
+            pos = _skip_ows(value, pos + 1)
+            continue
+        name, pos = _expect_token(value, pos, "an extension name")
+        params: list[tuple[str, str | None]] = []
+        pos = _skip_ows(value, pos)
+        while pos < len(value) and value[pos] == ";":
+            pos = _skip_ows(value, pos + 1)
+            param, pos = _expect_token(value, pos, "a parameter name")
+            pos = _skip_ows(value, pos)
+            arg: str | None = None
+            if pos < len(value) and value[pos] == "=":
+                arg, pos = _expect_value(value, _skip_ows(value, pos + 1))
+                pos = _skip_ows(value, pos)
+            params.append((param, arg))
+        offers.append((name, params))
+        if pos < len(value) and value[pos] != ",":
+            raise _extension_error(value, pos, "expected ',' or ';'")
+    return offers
+
+
+def _skip_ows(value: str, pos: int) -> int:
+    match = _OWS_RE.match(value, pos)
+    assert match is not None  # the pattern matches the empty string
+    return match.end()
+
+
+def _expect_token(value: str, pos: int, what: str) -> tuple[str, int]:
+    match = _TOKEN_RE.match(value, pos)
+    if match is None:
+        raise _extension_error(value, pos, f"expected {what}")
+    return match.group(), match.end()
+
+
+def _expect_value(value: str, pos: int) -> tuple[str, int]:
+    if match := _QUOTED_RE.match(value, pos):
+        arg = re.sub(r"\\(.)", r"\1", match.group(1), flags=re.DOTALL)
+        if not _TOKEN_RE.fullmatch(arg):
+            # §9.1: the unescaped quoted-string must conform to token
+            raise _extension_error(value, pos, "quoted value is not a token")
+        return arg, match.end()
+    return _expect_token(value, pos, "a parameter value")
+
+
+def _extension_error(value: str, pos: int, why: str) -> InvalidHandshake:
+    return InvalidHandshake(
+        f"invalid Sec-WebSocket-Extensions header {value!r}: {why} at position {pos}"
+    )
+
+
+def format_extension_header(offers: Sequence[ExtensionOffer]) -> str:
+    """Format offers or agreements for Sec-WebSocket-Extensions.
+
+    Raises ValueError if a name or value is not a token.
+    """
+    elements = []
+    for name, params in offers:
+        parts = [_check_token(name, "extension name")]
+        for param, arg in params:
+            _check_token(param, "extension parameter name")
+            if arg is None:
+                parts.append(param)
+            else:
+                parts.append(f"{param}={_check_token(arg, 'extension value')}")
+        elements.append("; ".join(parts))
+    return ", ".join(elements)
+
+
+def _check_token(value: str, what: str) -> str:
+    if not _TOKEN_RE.fullmatch(value):
+        raise ValueError(f"{what} {value!r} is not an HTTP token")
+    return value
+
+
+def parse_subprotocols(request: Request) -> list[str]:
+    """The subprotocols the client offers, in order (§4.1, §11.3.4)."""
+    offered = []
+    for value in request.headers.get_all("Sec-WebSocket-Protocol"):
+        for name in parse_token_list(value):
+            if not _TOKEN_RE.fullmatch(name):
+                raise InvalidHandshake(
+                    f"invalid Sec-WebSocket-Protocol header: {name!r} is not a token"
+                )
+            offered.append(name)
+    return offered
+
+
+_Head = TypeVar("_Head", Request, Response)
+
+
+class _HeadReader(Generic[_Head]):
+    """Buffers bytes through h11 until one message head has arrived."""
+
+    __slots__ = (
+        "_conn",
+        "_error",
+        "_head",
+        "_kind",
+        "_max_head_size",
+        "_max_headers",
+        "_received",
+        "_trailing",
+    )
+
+    def __init__(
+        self, conn: h11.Connection, kind: str, max_head_size: int, max_headers: int
+    ) -> None:
+        self._conn = conn
+        self._kind = kind
+        self._max_head_size = max_head_size
+        self._max_headers = max_headers
+        self._received = 0
+        self._head: _Head | None = None
+        self._error: InvalidHandshake | None = None
+        self._trailing = b""
+
+    @property
+    def trailing_data(self) -> bytes:
+        """Bytes received after the head (empty until the head is complete)."""
+        return self._trailing
+
+    def feed(self, data: bytes) -> _Head | None:
+        """Add received bytes; return the head once complete, else None.
+
+        Raises InvalidHandshake for a malformed or oversized head, again on
+        every later call. Bytes fed after the head go to ``trailing_data``.
+        """
+        if self._error is not None:
+            raise self._error
+        if self._head is not None:
+            self._trailing += data
+            return self._head
+        if not data:
+            return None  # h11 would take b"" to mean the peer closed
+        self._received += len(data)
+        self._conn.receive_data(data)
+        try:
+            self._head = self._read()
+        except InvalidHandshake as exc:
+            self._error = exc
+            raise
+        if self._head is not None:
+            self._trailing = self._conn.trailing_data[0]
+        return self._head
+
+    def _read(self) -> _Head | None:
+        raise NotImplementedError
+
+    def _next_event(self) -> h11.Event | None:
+        """The next h11 event, or None if more data is needed."""
+        try:
+            event = self._conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            if exc.error_status_hint == 431:
+                raise self._too_big() from None
+            raise InvalidHandshake(f"malformed HTTP {self._kind}: {exc}") from None
+        if not isinstance(event, h11.Event):
+            return None
+        # h11 only limits the size of an *incomplete* head; one that arrives
+        # whole in a single chunk is checked here.
+        if self._received - len(self._conn.trailing_data[0]) > self._max_head_size:
+            raise self._too_big()
+        return event
+
+    def _headers(
+        self, event: h11.Request | h11.Response | h11.InformationalResponse
+    ) -> Headers:
+        raw = event.headers.raw_items()
+        if len(raw) > self._max_headers:
+            raise InvalidHandshake(
+                f"HTTP {self._kind} has {len(raw)} headers, "
+                f"more than the limit of {self._max_headers}",
+                status=431,
+            )
+        return Headers((n.decode("ascii"), v.decode("latin-1")) for n, v in raw)
+
+    def _too_big(self) -> InvalidHandshake:
+        return InvalidHandshake(
+            f"HTTP {self._kind} head is larger than {self._max_head_size} bytes",
+            status=431,
+        )
+
+
+class RequestReader(_HeadReader[Request]):
+    """Server side: feed bytes until one complete request head arrives."""
+
+    __slots__ = ()
+
+    def __init__(
+        self, *, max_head_size: int = MAX_HEAD_SIZE, max_headers: int = MAX_HEADERS
+    ) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head_size)
+        super().__init__(conn, "request", max_head_size, max_headers)
+
+    def _read(self) -> Request | None:
+        event = self._next_event()
+        if event is None:
+            return None
+        if not isinstance(event, h11.Request):  # pragma: no cover - h11 contract
+            raise InvalidHandshake(f"unexpected HTTP event {event!r}")
+        if event.http_version < b"1.1":
+            # §4.1: "The method of the request MUST be GET, and the HTTP
+            # version MUST be at least 1.1."
+            raise InvalidHandshake(
+                "WebSocket upgrade requires HTTP/1.1 or later, "
+                f"got HTTP/{event.http_version.decode()}"
+            )
+        headers = self._headers(event)
+        # A body would sit between the head and the first frame. h11 has
+        # checked Content-Length is digits; stripping zeros cannot raise.
+        length = headers.get("Content-Length") or "0"
+        if "Transfer-Encoding" in headers or length.strip("0"):
+            raise InvalidHandshake(
+                "WebSocket upgrade request must not have a body "
+                "(Content-Length or Transfer-Encoding header)"
+            )
+        return Request(event.method.decode(), event.target.decode(), headers)
+
+
+class ResponseReader(_HeadReader[Response]):
+    """Client side: feed bytes until the response head arrives.
+
+    Interim 1xx responses other than 101 are skipped (RFC 9110 §15.2);
+    ``max_head_size`` bounds all heads read together.
+    """
+
+    __slots__ = ()
+
+    def __init__(
+        self, *, max_head_size: int = MAX_HEAD_SIZE, max_headers: int = MAX_HEADERS
+    ) -> None:
+        conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_head_size)
+        # h11 must see an upgrade request before it accepts a 101 answer; the
+        # bytes it produces are discarded, the caller sends build_request().
+        conn.send(
+            h11.Request(
+                method="GET",
+                target="/",
+                headers=[
+                    ("Host", "localhost"),
+                    ("Upgrade", "websocket"),
+                    ("Connection", "Upgrade"),
+                ],
+            )
+        )
+        conn.send(h11.EndOfMessage())
+        super().__init__(conn, "response", max_head_size, max_headers)
+
+    def _read(self) -> Response | None:
+        while (event := self._next_event()) is not None:
+            if isinstance(event, h11.InformationalResponse | h11.Response) and (
+                event.status_code == 101 or event.status_code >= 200
+            ):
+                return Response(
+                    event.status_code,
+                    event.reason.decode("latin-1"),
+                    self._headers(event),
+                )
+        return None
+
+
+def _has_token(headers: Headers, name: str, token: str) -> bool:
+    value = headers.get(name)
+    return value is not None and token in (t.lower() for t in parse_token_list(value))
+
+
+def _require_token(
+    headers: Headers,
+    name: str,
+    token: str,
+    status: int = 400,
+    extra: Sequence[tuple[str, str]] = (),
+) -> None:
+    """Raise unless the comma list in header ``name`` holds ``token``."""
+    if not _has_token(headers, name, token):
+        value = headers.get(name)
+        why = "missing" if value is None else f"{value!r}"
+        raise InvalidHandshake(
+            f"{name} header is {why}; a WebSocket handshake needs {token!r} there",
+            status=status,
+            headers=extra,
+        )
+
+
+def validate_request(request: Request) -> str:
+    """Check a client's opening handshake (§4.2.1); return its key.
+
+    Raises InvalidHandshake whose ``status`` and ``headers`` make the
+    rejection: 405 with Allow for a method other than GET, 426 with Upgrade
+    for a request not asking for WebSocket, 426 with Sec-WebSocket-Version
+    for a missing or unsupported version (§4.2.2), 400 otherwise.
+    """
+    headers = request.headers
+    if request.method != "GET":
+        raise InvalidHandshake(
+            f"WebSocket upgrade requires the GET method, got {request.method}",
+            status=405,
+            headers=[("Allow", "GET")],
+        )
+    if len(headers.get_all("Host")) != 1:
+        raise InvalidHandshake("request must have exactly one Host header")
+    # RFC 9110 §15.5.22: a 426 names the protocol to upgrade to.
+    upgrade = [("Upgrade", "websocket"), ("Connection", "Upgrade")]
+    _require_token(headers, "Upgrade", "websocket", 426, upgrade)
+    _require_token(headers, "Connection", "upgrade")
+    keys = headers.get_all("Sec-WebSocket-Key")
+    if len(keys) != 1:
+        raise InvalidHandshake(
+            f"request must have exactly one Sec-WebSocket-Key header, has {len(keys)}"
+        )
+    key = keys[0]
+    try:
+        raw = base64.b64decode(key, validate=True)
+    except (binascii.Error, ValueError):  # ValueError: non-ASCII str
+        raw = b""
+    if len(raw) != 16:
+        raise InvalidHandshake(
+            f"Sec-WebSocket-Key header {key!r} is not base64 of 16 bytes"
+        )
+    versions = headers.get_all("Sec-WebSocket-Version")
+    if versions != ["13"]:
+        raise InvalidHandshake(
+            f"Sec-WebSocket-Version header is {', '.join(versions) or 'missing'}; "
+            "only version 13 is supported",
+            status=426,
+            headers=[*upgrade, ("Sec-WebSocket-Version", "13")],
+        )
+    return key
+
+
+def validate_response(response: Response, key: str) -> None:
+    """Check the server's answer to our handshake with ``key`` (§4.1).
+
+    Raises InvalidStatus if the status is not 101, InvalidHandshake if a
+    header is wrong.
+    """
+    headers = response.headers
+    if response.status != 101:
+        raise InvalidStatus(response.status, headers.items())
+    _require_token(headers, "Upgrade", "websocket")
+    _require_token(headers, "Connection", "upgrade")
+    accepts = headers.get_all("Sec-WebSocket-Accept")
+    expected = accept_key(key)
+    if accepts != [expected]:
+        got = ", ".join(accepts) or "missing"
+        raise InvalidHandshake(
+            f"Sec-WebSocket-Accept header is {got}, expected {expected}"
+        )
+
+
+def _encode_head(start_line: str, fields: Iterable[tuple[str, str]]) -> bytes:
+    """Serialize an HTTP head, refusing anything that could inject headers."""
+    lines = [start_line]
+    for name, value in fields:
+        _check_token(name, "header name")
+        if _CONTROL_RE.search(value):
+            raise ValueError(
+                f"header {name} has a control character (CR, LF, NUL...) "
+                f"in its value {value!r}"
+            )
+        lines.append(f"{name}: {value}")
+    try:
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"header value is not Latin-1: {exc}") from None
+
+
+def build_request(
+    host: str,
+    resource: str,
+    key: str,
+    *,
+    origin: str | None = None,
+    subprotocols: Sequence[str] = (),
+    extensions: str | None = None,
+    extra_headers: Iterable[tuple[str, str]] = (),
+) -> bytes:
+    """The client's opening handshake (§4.1).
+
+    ``host`` is the Host header value, port included when not the default.
+    Raises ValueError for a value that is not a valid header part.
+    """
+    if not _VCHARS_RE.fullmatch(resource):
+        raise ValueError(
+            f"resource {resource!r} must be printable ASCII without spaces"
+        )
+    fields = [
+        ("Host", host),
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", key),
+        ("Sec-WebSocket-Version", "13"),
+    ]
+    if origin is not None:
+        fields.append(("Origin", origin))
+    if subprotocols:
+        for name in subprotocols:
+            _check_token(name, "subprotocol")
+        fields.append(("Sec-WebSocket-Protocol", ", ".join(subprotocols)))
+    if extensions is not None:
+        fields.append(("Sec-WebSocket-Extensions", extensions))
+    fields.extend(extra_headers)
+    return _encode_head(f"GET {resource} HTTP/1.1", fields)
+
+
+def build_response(
+    key: str,
+    *,
+    subprotocol: str | None = None,
+    extensions: str | None = None,
+    extra_headers: Iterable[tuple[str, str]] = (),
+) -> bytes:
+    """The server's 101 answer to a request with ``key`` (§4.2.2)."""
+    fields = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Accept", accept_key(key)),
+    ]
+    if subprotocol is not None:
+        fields.append(
+            ("Sec-WebSocket-Protocol", _check_token(subprotocol, "subprotocol"))
+        )
+    if extensions is not None:
+        fields.append(("Sec-WebSocket-Extensions", extensions))
+    fields.extend(extra_headers)
+    return _encode_head("HTTP/1.1 101 Switching Protocols", fields)
+
+
+def build_rejection(
+    status: int, message: str, headers: Iterable[tuple[str, str]] = ()
+) -> bytes:
+    """A complete HTTP/1.1 error response whose body is ``message``.
+
+    A Connection header among ``headers`` (as a 426 needs) is merged into
+    the "close" one rather than repeated.
+    """
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = ""  # RFC 9112 §4: the reason phrase may be empty
+    body = (message + "\n").encode()
+    extra = list(headers)
+    connection = ["close"] + [v for n, v in extra if n.lower() == "connection"]
+    fields = [
+        ("Content-Type", "text/plain; charset=utf-8"),
+        ("Content-Length", str(len(body))),
+        ("Connection", ", ".join(connection)),
+        *((n, v) for n, v in extra if n.lower() != "connection"),
+    ]
+    return _encode_head(f"HTTP/1.1 {status} {reason}", fields) + body

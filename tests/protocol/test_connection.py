@@ -1,0 +1,645 @@
+"""Tests of tidings.protocol.connection: the RFC 6455 state machine."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tidings.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from tidings.protocol import (
+    BinaryMessage,
+    ClientConnection,
+    Closed,
+    Connection,
+    DeflateConfig,
+    Event,
+    Fragment,
+    Ping,
+    Pong,
+    Request,
+    Response,
+    ServerConnection,
+    State,
+    TextMessage,
+)
+from tidings.protocol.frames import Opcode, serialize_close, serialize_frame
+
+
+def wire(conn: Connection) -> bytes:
+    return b"".join(conn.data_to_send())
+
+
+def open_pair(
+    compression: DeflateConfig | None = None, **kwargs: object
+) -> tuple[ClientConnection, ServerConnection]:
+    client = ClientConnection(
+        "ws://example.com/chat", compression=compression, **kwargs
+    )  # type: ignore[arg-type]
+    server = ServerConnection(compression=compression, **kwargs)  # type: ignore[arg-type]
+    events = server.receive_data(wire(client))
+    assert [type(e) for e in events] == [Request]
+    assert server.accept() == []
+    events = client.receive_data(wire(server))
+    assert [type(e) for e in events] == [Response]
+    assert client.state is State.OPEN and server.state is State.OPEN
+    return client, server
+
+
+def client_frame(
+    opcode: int, payload: bytes, *, fin: bool = True, rsv1: bool = False
+) -> bytes:
+    """A frame as a client sends it (masked), to feed a server."""
+    return serialize_frame(opcode, payload, fin=fin, rsv1=rsv1, mask=True)
+
+
+def last_close(events: list[Event]) -> Closed:
+    assert events, "no events"
+    assert isinstance(events[-1], Closed), events
+    return events[-1]
+
+
+def sent_close_code(conn: Connection) -> int:
+    data = wire(conn)
+    # An unmasked server frame: 0x88, length, code.
+    assert data[0] == 0x88, data
+    return int.from_bytes(data[2:4], "big")
+
+
+# -- opening handshake (RFC 6455 §4) ----------------------------------------
+
+
+def test_handshake_opens_both_sides_and_negotiates_deflate() -> None:
+    client, server = open_pair(compression=DeflateConfig())
+    assert client.deflate_params is not None
+    assert client.deflate_params == server.deflate_params
+
+
+def test_handshake_chooses_the_servers_preferred_subprotocol() -> None:
+    client = ClientConnection("ws://h/", subprotocols=["chat.v1", "chat.v2"])
+    server = ServerConnection(subprotocols=["chat.v2", "chat.v1"])
+    server.receive_data(wire(client))
+    server.accept()
+    assert client.receive_data(wire(server))
+    assert client.subprotocol == server.subprotocol == "chat.v2"
+
+
+def test_handshake_without_a_common_subprotocol_selects_none() -> None:
+    client = ClientConnection("ws://h/", subprotocols=["a"])
+    server = ServerConnection(subprotocols=["b"])
+    server.receive_data(wire(client))
+    server.accept()
+    client.receive_data(wire(server))
+    assert client.subprotocol is None and client.state is State.OPEN
+
+
+def test_accept_refuses_a_subprotocol_the_client_did_not_offer() -> None:
+    client = ClientConnection("ws://h/", subprotocols=["a"])
+    server = ServerConnection()
+    server.receive_data(wire(client))
+    with pytest.raises(ValueError, match="did not offer"):
+        server.accept(subprotocol="b")
+
+
+def test_rfc6455_4_2_1_plain_http_request_gets_426_from_accept() -> None:
+    server = ServerConnection()
+    [request] = server.receive_data(b"GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert isinstance(request, Request) and request.path == "/healthz"
+    closed = last_close(server.accept())
+    assert isinstance(closed.error, InvalidHandshake)
+    assert wire(server).startswith(b"HTTP/1.1 426 ")
+    assert server.should_close_transport()
+
+
+def test_rfc6455_4_4_wrong_version_gets_426_with_supported_version() -> None:
+    client = ClientConnection("ws://h/")
+    request = wire(client).replace(
+        b"Sec-WebSocket-Version: 13", b"Sec-WebSocket-Version: 8"
+    )
+    server = ServerConnection()
+    server.receive_data(request)
+    last_close(server.accept())
+    response = wire(server)
+    assert response.startswith(b"HTTP/1.1 426 ")
+    assert b"Sec-WebSocket-Version: 13" in response
+
+
+def test_malformed_http_is_answered_400_without_a_request_event() -> None:
+    server = ServerConnection()
+    closed = last_close(server.receive_data(b"NOT HTTP AT ALL\r\n\r\n"))
+    assert isinstance(closed.error, InvalidHandshake)
+    assert wire(server).startswith(b"HTTP/1.1 400 ")
+    assert server.state is State.CLOSED
+
+
+def test_reject_answers_with_plain_http() -> None:
+    client = ClientConnection("ws://h/")
+    server = ServerConnection()
+    server.receive_data(wire(client))
+    closed = last_close(server.reject(403, "origin not allowed"))
+    assert isinstance(closed.error, InvalidHandshake)
+    response = wire(server)
+    assert response.startswith(b"HTTP/1.1 403 ")
+    assert response.endswith(b"origin not allowed\n")
+    closed = last_close(client.receive_data(response))
+    assert isinstance(closed.error, InvalidStatus) and closed.error.status == 403
+    assert client.state is State.CLOSED and client.should_close_transport()
+
+
+def test_rfc6455_4_1_client_fails_on_a_wrong_accept_value() -> None:
+    client = ClientConnection("ws://h/")
+    other = ClientConnection("ws://h/")
+    server = ServerConnection()
+    server.receive_data(wire(other))  # the response is for another key
+    server.accept()
+    closed = last_close(client.receive_data(wire(server)))
+    assert isinstance(closed.error, InvalidHandshake)
+    assert "Sec-WebSocket-Accept" in str(closed.error)
+
+
+def test_rfc6455_4_1_client_fails_on_a_subprotocol_it_did_not_offer() -> None:
+    client = ClientConnection("ws://h/", subprotocols=["a"])
+    server = ServerConnection(subprotocols=["a"])
+    server.receive_data(wire(client))
+    server.accept()
+    response = wire(server).replace(
+        b"Sec-WebSocket-Protocol: a", b"Sec-WebSocket-Protocol: z"
+    )
+    closed = last_close(client.receive_data(response))
+    assert "did not offer" in str(closed.error)
+
+
+def test_rfc6455_4_1_client_fails_on_an_extension_it_did_not_offer() -> None:
+    client = ClientConnection("ws://h/", compression=None)
+    server = ServerConnection()
+    server.receive_data(wire(client))
+    server.accept()
+    response = wire(server).replace(
+        b"\r\n\r\n", b"\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
+    )
+    closed = last_close(client.receive_data(response))
+    assert "did not offer" in str(closed.error)
+
+
+def test_frames_pipelined_after_the_101_are_delivered() -> None:
+    client = ClientConnection("ws://h/", compression=None)
+    server = ServerConnection(compression=None)
+    server.receive_data(wire(client))
+    server.accept()
+    server.send_text("early")
+    events = client.receive_data(wire(server))
+    assert [type(e) for e in events] == [Response, TextMessage]
+
+
+def test_eof_during_the_handshake_reports_1006() -> None:
+    client = ClientConnection("ws://h/")
+    assert last_close(client.receive_eof()).code == 1006
+    assert client.receive_eof() == []
+
+
+def test_sending_before_the_handshake_is_a_programming_error() -> None:
+    client = ClientConnection("ws://h/")
+    with pytest.raises(RuntimeError, match="handshake"):
+        client.send_text("too soon")
+
+
+# -- data messages (RFC 6455 §5.6) ------------------------------------------
+
+
+def test_text_and_binary_both_ways() -> None:
+    client, server = open_pair()
+    client.send_text("héllo")
+    client.send_binary(b"\x00\xff")
+    assert server.receive_data(wire(client)) == [
+        TextMessage("héllo"),
+        BinaryMessage(b"\x00\xff"),
+    ]
+    server.send_text("back")
+    server.send_binary(bytearray(b"bin"))
+    assert client.receive_data(wire(server)) == [
+        TextMessage("back"),
+        BinaryMessage(b"bin"),
+    ]
+
+
+def test_client_frames_are_masked_and_server_frames_are_not() -> None:
+    client, server = open_pair()
+    client.send_text("x")
+    assert wire(client)[1] & 0x80
+    server.send_text("x")
+    assert not wire(server)[1] & 0x80
+
+
+def test_rfc6455_8_1_invalid_utf8_in_a_text_message_fails_with_1007() -> None:
+    _, server = open_pair()
+    closed = last_close(server.receive_data(client_frame(Opcode.TEXT, b"\xff")))
+    assert closed.code == 1007
+    assert sent_close_code(server) == 1007
+
+
+# -- fragmentation (RFC 6455 §5.4) ------------------------------------------
+
+
+def test_rfc6455_5_4_fragmented_message_with_interleaved_control_frames() -> None:
+    _, server = open_pair()
+    data = (
+        client_frame(Opcode.TEXT, b"Hel", fin=False)
+        + client_frame(Opcode.PING, b"p")
+        + client_frame(Opcode.CONTINUATION, b"l", fin=False)
+        + client_frame(Opcode.PONG, b"q")
+        + client_frame(Opcode.CONTINUATION, b"o")
+    )
+    assert server.receive_data(data) == [Ping(b"p"), Pong(b"q"), TextMessage("Hello")]
+
+
+def test_rfc6455_5_4_continuation_without_a_message_fails_1002() -> None:
+    _, server = open_pair()
+    closed = last_close(server.receive_data(client_frame(Opcode.CONTINUATION, b"x")))
+    assert closed.code == 1002
+    assert sent_close_code(server) == 1002
+
+
+def test_rfc6455_5_4_new_message_inside_a_fragmented_one_fails_1002() -> None:
+    _, server = open_pair()
+    data = client_frame(Opcode.BINARY, b"a", fin=False) + client_frame(
+        Opcode.TEXT, b"b"
+    )
+    assert last_close(server.receive_data(data)).code == 1002
+
+
+def test_rfc6455_8_1_invalid_utf8_fails_at_the_fragment_not_the_message_end() -> None:
+    _, server = open_pair()
+    events = server.receive_data(client_frame(Opcode.TEXT, "κόσμε".encode(), fin=False))
+    assert events == []
+    closed = last_close(
+        server.receive_data(
+            client_frame(Opcode.CONTINUATION, b"\xf4\x90\x80\x80", fin=False)
+        )
+    )
+    assert closed.code == 1007
+
+
+def test_sending_a_fragmented_message() -> None:
+    client, server = open_pair()
+    client.send_text("Hel", fin=False)
+    client.send_ping(b"mid")
+    client.send_continuation("l", fin=False)
+    client.send_continuation(b"o", fin=True)
+    assert server.receive_data(wire(client)) == [Ping(b"mid"), TextMessage("Hello")]
+
+
+def test_fragmented_sending_misuse_is_a_programming_error() -> None:
+    client, _ = open_pair()
+    with pytest.raises(RuntimeError, match="no fragmented message"):
+        client.send_continuation(b"x", fin=True)
+    client.send_binary(b"a", fin=False)
+    with pytest.raises(RuntimeError, match="in progress"):
+        client.send_text("b")
+
+
+def test_stream_messages_delivers_fragments_as_they_arrive() -> None:
+    _, server = open_pair(stream_messages=True)
+    first = server.receive_data(client_frame(Opcode.TEXT, "ü".encode()[:1], fin=False))
+    assert first == [Fragment("", first=True, last=False)]
+    rest = server.receive_data(
+        client_frame(Opcode.CONTINUATION, "ü".encode()[1:] + b"x", fin=False)
+        + client_frame(Opcode.CONTINUATION, b"!")
+    )
+    assert rest == [
+        Fragment("üx", first=False, last=False),
+        Fragment("!", first=False, last=True),
+    ]
+    assert server.receive_data(client_frame(Opcode.BINARY, b"b")) == [
+        Fragment(b"b", first=True, last=True)
+    ]
+
+
+# -- size limits -------------------------------------------------------------
+
+
+def test_max_message_size_is_checked_before_buffering_the_frame() -> None:
+    _, server = open_pair(max_message_size=1000)
+    header = bytes([0x82, 0xFF]) + (10**9).to_bytes(8, "big") + b"mask"
+    closed = last_close(server.receive_data(header))  # no payload sent at all
+    assert closed.code == 1009
+    assert sent_close_code(server) == 1009
+
+
+def test_max_message_size_counts_every_fragment() -> None:
+    _, server = open_pair(max_message_size=10)
+    assert server.receive_data(client_frame(Opcode.BINARY, b"x" * 6, fin=False)) == []
+    closed = last_close(
+        server.receive_data(client_frame(Opcode.CONTINUATION, b"x" * 6))
+    )
+    assert closed.code == 1009
+
+
+def test_max_message_size_allows_exactly_the_limit_and_none_means_unlimited() -> None:
+    _, server = open_pair(max_message_size=10)
+    assert server.receive_data(client_frame(Opcode.BINARY, b"x" * 10)) == [
+        BinaryMessage(b"x" * 10)
+    ]
+    _, unlimited = open_pair(max_message_size=None)
+    big = b"y" * (2 << 20)
+    assert unlimited.receive_data(client_frame(Opcode.BINARY, big)) == [
+        BinaryMessage(big)
+    ]
+
+
+def test_max_message_size_applies_after_decompression() -> None:
+    client, server = open_pair(compression=DeflateConfig(), max_message_size=100_000)
+    client.max_message_size = None
+    client.send_binary(b"\x00" * 200_000)  # compresses to a few hundred bytes
+    data = wire(client)
+    assert len(data) < 1000
+    assert last_close(server.receive_data(data)).code == 1009
+
+
+# -- ping and pong (RFC 6455 §5.5.2, §5.5.3) ---------------------------------
+
+
+def test_rfc6455_5_5_2_ping_is_answered_with_a_pong_of_the_same_payload() -> None:
+    client, server = open_pair()
+    client.send_ping(b"payload")
+    assert server.receive_data(wire(client)) == [Ping(b"payload")]
+    assert client.receive_data(wire(server)) == [Pong(b"payload")]
+
+
+def test_auto_pong_can_be_turned_off() -> None:
+    client, server = open_pair(auto_pong=False)
+    client.send_ping(b"p")
+    assert server.receive_data(wire(client)) == [Ping(b"p")]
+    assert wire(server) == b""
+
+
+def test_control_payload_over_125_bytes_is_refused_when_sending() -> None:
+    client, _ = open_pair()
+    with pytest.raises(ValueError, match="125"):
+        client.send_ping(b"x" * 126)
+
+
+# -- the closing handshake (RFC 6455 §5.5.1, §7) -----------------------------
+
+
+def test_rfc6455_7_client_initiated_close_and_server_closes_tcp_first() -> None:
+    client, server = open_pair()
+    client.send_close(1000, "bye")
+    assert client.state is State.CLOSING
+    assert server.receive_data(wire(client)) == [Closed(1000, "bye")]
+    assert server.state is State.CLOSED
+    assert server.should_close_transport()
+    assert client.receive_data(wire(server)) == [Closed(1000, "")]
+    assert client.state is State.CLOSED
+    assert not client.should_close_transport()  # waits for the server's EOF
+    assert client.receive_eof() == []
+
+
+def test_rfc6455_5_5_1_close_code_is_echoed() -> None:
+    client, server = open_pair()
+    server.send_close(4001, "custom")
+    assert client.receive_data(wire(server)) == [Closed(4001, "custom")]
+    echo = wire(client)
+    server_events = server.receive_data(echo)
+    assert server_events == [Closed(4001, "")]
+    assert server.should_close_transport()
+
+
+def test_rfc6455_5_5_1_empty_close_is_echoed_empty() -> None:
+    _, server = open_pair()
+    assert server.receive_data(client_frame(Opcode.CLOSE, b"")) == [Closed(1005, "")]
+    assert wire(server) == bytes([0x88, 0x00])
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (b"\x03", 1002),
+        ((999).to_bytes(2, "big"), 1002),
+        ((1004).to_bytes(2, "big"), 1002),
+        ((1005).to_bytes(2, "big"), 1002),
+        ((1006).to_bytes(2, "big"), 1002),
+        ((1015).to_bytes(2, "big"), 1002),
+        ((1016).to_bytes(2, "big"), 1002),
+        ((2999).to_bytes(2, "big"), 1002),
+        ((5000).to_bytes(2, "big"), 1002),
+        ((1000).to_bytes(2, "big") + b"\xff", 1007),
+    ],
+)
+def test_rfc6455_7_4_invalid_close_payloads(payload: bytes, code: int) -> None:
+    _, server = open_pair()
+    closed = last_close(server.receive_data(client_frame(Opcode.CLOSE, payload)))
+    assert closed.code == code
+    assert sent_close_code(server) == code
+
+
+def test_rfc6455_5_5_1_nothing_is_sent_after_close() -> None:
+    client, _server = open_pair()
+    client.send_close()
+    wire(client)
+    with pytest.raises(ConnectionClosed):
+        client.send_text("late")
+    with pytest.raises(ConnectionClosed):
+        client.send_ping()
+    client.send_close()  # a second close is a no-op
+    assert wire(client) == b""
+
+
+def test_no_pong_after_our_close_frame() -> None:
+    _client, server = open_pair()
+    server.send_close()
+    wire(server)
+    server.receive_data(client_frame(Opcode.PING, b"p"))
+    assert wire(server) == b""
+
+
+def test_rfc6455_5_5_1_data_after_a_close_frame_is_ignored() -> None:
+    _, server = open_pair()
+    data = client_frame(Opcode.CLOSE, serialize_close(1000)) + client_frame(
+        Opcode.TEXT, b"x"
+    )
+    assert server.receive_data(data) == [Closed(1000, "")]
+    assert server.receive_data(client_frame(Opcode.TEXT, b"y")) == []
+
+
+def test_messages_still_arrive_while_closing() -> None:
+    client, server = open_pair()
+    server.send_close()
+    client.send_text("in flight")
+    assert server.receive_data(wire(client)) == [TextMessage("in flight")]
+
+
+def test_sending_after_the_peer_closed_raises_with_its_code() -> None:
+    _, server = open_pair()
+    server.receive_data(client_frame(Opcode.CLOSE, serialize_close(1001, "away")))
+    with pytest.raises(ConnectionClosed) as info:
+        server.send_text("x")
+    assert (info.value.code, info.value.reason) == (1001, "away")
+
+
+def test_abrupt_eof_reports_1006() -> None:
+    _, server = open_pair()
+    assert server.receive_eof() == [Closed(1006)]
+    assert server.close_code == 1006
+
+
+def test_protocol_failure_closes_tcp_on_both_sides() -> None:
+    client, server = open_pair()
+    last_close(server.receive_data(client_frame(0x3, b"")))
+    assert server.should_close_transport()
+    last_close(client.receive_data(serialize_frame(Opcode.TEXT, b"\xff")))
+    assert client.should_close_transport()
+    assert client.error is not None and client.close_code == 1007
+
+
+# -- properties (hypothesis) ----------------------------------------------
+
+
+DEFLATE_CONFIGS = [
+    None,
+    DeflateConfig(),
+    DeflateConfig(min_size=0),
+    DeflateConfig(
+        server_no_context_takeover=True, client_no_context_takeover=True, min_size=0
+    ),
+    DeflateConfig(server_max_window_bits=9, client_max_window_bits=10, min_size=0),
+    DeflateConfig(
+        server_max_window_bits=8, client_no_context_takeover=True, min_size=0
+    ),
+]
+VALID_FINAL_CODES = {1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011}
+VALID_FINAL_CODES |= {1012, 1013, 1014} | set(range(3000, 5000))
+
+messages_strategy = st.lists(
+    st.one_of(st.text(max_size=200), st.binary(max_size=200), st.text(max_size=3000)),
+    max_size=6,
+)
+
+
+def split(data: str | bytes, cuts: list[int]) -> list[str] | list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in itertools.pairwise(points)] or [data[:0]]  # type: ignore[return-value]
+
+
+def send_fragmented(sender: Connection, message: str | bytes, cuts: list[int]) -> None:
+    pieces = split(message, cuts)
+    if len(pieces) == 1:
+        if isinstance(message, str):
+            sender.send_text(message)
+        else:
+            sender.send_binary(message)
+        return
+    first, *rest = pieces
+    if isinstance(first, str):
+        sender.send_text(first, fin=False)
+    else:
+        sender.send_binary(first, fin=False)
+    for i, piece in enumerate(rest):
+        sender.send_continuation(piece, fin=i == len(rest) - 1)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    messages=messages_strategy,
+    cuts=st.lists(st.lists(st.integers(0, 4000), max_size=4), min_size=6, max_size=6),
+    config=st.sampled_from(DEFLATE_CONFIGS),
+    client_sends=st.booleans(),
+    chunk=st.integers(1, 300),
+)
+def test_any_messages_fragmented_any_way_arrive_exactly(
+    messages: list[str | bytes],
+    cuts: list[list[int]],
+    config: DeflateConfig | None,
+    client_sends: bool,
+    chunk: int,
+) -> None:
+    client, server = open_pair(compression=config)
+    sender, receiver = (client, server) if client_sends else (server, client)
+    for message, message_cuts in zip(messages, cuts, strict=False):
+        send_fragmented(sender, message, message_cuts)
+    data = wire(sender)
+    events: list[Event] = []
+    for i in range(0, len(data), chunk):
+        events += receiver.receive_data(data[i : i + chunk])
+    received = [e.data for e in events if isinstance(e, TextMessage | BinaryMessage)]
+    assert received == messages
+    assert len(events) == len(messages)
+
+
+@given(
+    messages=st.lists(st.text(max_size=50), max_size=5),
+    cuts=st.lists(st.lists(st.integers(0, 200), max_size=4), min_size=5, max_size=5),
+)
+def test_text_split_inside_code_points_on_the_wire_arrives_exactly(
+    messages: list[str], cuts: list[list[int]]
+) -> None:
+    _, server = open_pair()
+    data = b""
+    for message, message_cuts in zip(messages, cuts, strict=False):
+        pieces = split(message.encode(), message_cuts)
+        for i, piece in enumerate(pieces):
+            opcode = Opcode.TEXT if i == 0 else Opcode.CONTINUATION
+            data += client_frame(opcode, piece, fin=i == len(pieces) - 1)
+    events: list[Event] = []
+    for byte in range(len(data)):
+        events += server.receive_data(data[byte : byte + 1])
+    assert events == [TextMessage(m) for m in messages]
+
+
+def check_ends_cleanly(conn: Connection, events: list[Event]) -> None:
+    events += conn.receive_eof()
+    closes = [e for e in events if isinstance(e, Closed)]
+    assert len(closes) == 1 and events[-1] is closes[0]
+    assert closes[0].code in VALID_FINAL_CODES
+    assert conn.state is State.CLOSED
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=600), chunk=st.integers(1, 64))
+def test_random_bytes_after_the_handshake_end_in_an_rfc_close_code(
+    data: bytes, chunk: int
+) -> None:
+    _, server = open_pair(compression=DeflateConfig())
+    events: list[Event] = []
+    for i in range(0, len(data), chunk):
+        events += server.receive_data(data[i : i + chunk])
+    check_ends_cleanly(server, events)
+
+
+random_frames = st.lists(
+    st.tuples(st.integers(0, 255), st.binary(max_size=140)),
+    max_size=8,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(frames=random_frames, config=st.sampled_from(DEFLATE_CONFIGS))
+def test_random_masked_frames_end_in_an_rfc_close_code(
+    frames: list[tuple[int, bytes]], config: DeflateConfig | None
+) -> None:
+    _, server = open_pair(compression=config)
+    # Any first byte (FIN, RSV bits, opcode) over a well-formed masked body.
+    data = b"".join(
+        bytes([b0]) + serialize_frame(Opcode.BINARY, payload, mask=True)[1:]
+        for b0, payload in frames
+    )
+    events = server.receive_data(data)
+    check_ends_cleanly(server, events)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=400), chunk=st.integers(1, 64))
+def test_random_bytes_during_the_handshake_never_raise(data: bytes, chunk: int) -> None:
+    server = ServerConnection()
+    events: list[Event] = []
+    for i in range(0, len(data), chunk):
+        events += server.receive_data(data[i : i + chunk])
+        if events and isinstance(events[-1], Request):
+            events += server.accept()
+    check_ends_cleanly(server, events)
+    client = ClientConnection("ws://h/")
+    events = []
+    for i in range(0, len(data), chunk):
+        events += client.receive_data(data[i : i + chunk])
+    check_ends_cleanly(client, events)
