@@ -1,3 +1,63 @@
-"""tidings: a WebSocket toolkit and real-time messaging hub for Python."""
+"""tidings: a WebSocket toolkit and real-time messaging hub for Python.
+
+``tidings.serve`` and ``tidings.connect`` are the asyncio server and client;
+``tidings.protocol`` is the I/O-free protocol core underneath. The asyncio
+names are imported on first use, so that ``import tidings.protocol`` stays
+free of asyncio.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .exceptions import (
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidStatus,
+    InvalidURI,
+    PayloadTooBig,
+    ProtocolError,
+    TidingsError,
+)
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "ConnectionClosed",
+    "HTTPResponse",
+    "InvalidHandshake",
+    "InvalidStatus",
+    "InvalidURI",
+    "PayloadTooBig",
+    "ProtocolError",
+    "Server",
+    "TidingsError",
+    "WebSocket",
+    "connect",
+    "run",
+    "serve",
+]
+
+_LAZY = {
+    "HTTPResponse": ".http",
+    "Server": ".server",
+    "WebSocket": ".connection",
+    "connect": ".client",
+    "run": ".eventloop",
+    "serve": ".server",
+}
+
+if TYPE_CHECKING:
+    from .client import connect
+    from .connection import WebSocket
+    from .eventloop import run
+    from .http import HTTPResponse
+    from .server import Server, serve
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'tidings' has no attribute {name!r}")

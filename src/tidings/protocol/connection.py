@@ -310,15 +310,27 @@ class Connection:
 
     def _fail(self, exc: ProtocolError, events: list[Event]) -> None:
         """Fail the WebSocket connection (RFC 6455 §7.1.7)."""
-        self.error = exc
-        reason = _truncate_reason(str(exc))
-        if self._close_sent_code is None:
-            self._write_frame(Opcode.CLOSE, serialize_close(exc.code, reason))
-            self._close_sent_code = exc.code
+        events += self.fail(exc.code, str(exc), exc)
+
+    def fail(
+        self, code: int, reason: str = "", error: TidingsError | None = None
+    ) -> list[Event]:
+        """Fail the connection from this side: send ``code`` and end at once.
+
+        For reasons the owner finds, such as a keepalive timeout (1011). No
+        close frame from the peer is awaited; both sides should close TCP.
+        """
+        if self.state is State.CLOSED:
+            return []
+        reason = _truncate_reason(reason)
+        if self.state is not State.CONNECTING and self._close_sent_code is None:
+            self._write_frame(Opcode.CLOSE, serialize_close(code, reason))
+            self._close_sent_code = code
         self.state = State.CLOSED
-        self.close_code = exc.code
+        self.error = error
+        self.close_code = code
         self.close_reason = reason
-        events.append(Closed(exc.code, reason, exc))
+        return [Closed(code, reason, error)]
 
     # -- sending -------------------------------------------------------
 
@@ -567,19 +579,23 @@ class ServerConnection(Connection):
     def reject(
         self,
         status: int,
-        message: str,
+        message: str | bytes,
         headers: Iterable[tuple[str, str]] = (),
         *,
         error: InvalidHandshake | None = None,
     ) -> list[Event]:
-        """Answer with a plain HTTP response and end the connection."""
+        """Answer with a plain HTTP response and end the connection.
+
+        A ``str`` message is sent as ``text/plain``; with ``bytes``, pass a
+        ``Content-Type`` among ``headers``.
+        """
         if self.state is not State.CONNECTING:
             raise RuntimeError("reject() is only possible during the opening handshake")
         self._out.append(handshake.build_rejection(status, message, headers))
         return self._handshake_failed(
             error
             if error is not None
-            else InvalidHandshake(message, status, list(headers))
+            else InvalidHandshake(f"rejected with HTTP {status}", status, list(headers))
         )
 
 

@@ -605,22 +605,28 @@ def build_response(
 
 
 def build_rejection(
-    status: int, message: str, headers: Iterable[tuple[str, str]] = ()
+    status: int, message: str | bytes, headers: Iterable[tuple[str, str]] = ()
 ) -> bytes:
-    """A complete HTTP/1.1 error response whose body is ``message``.
+    """A complete HTTP/1.1 response, after which the connection closes.
 
-    A Connection header among ``headers`` (as a 426 needs) is merged into
-    the "close" one rather than repeated.
+    A ``str`` message becomes a ``text/plain`` body; ``bytes`` are sent as
+    they are, with the Content-Type found among ``headers``. A Connection
+    header among ``headers`` (as a 426 needs) is merged into the "close" one
+    rather than repeated.
     """
     try:
         reason = HTTPStatus(status).phrase
     except ValueError:
         reason = ""  # RFC 9112 §4: the reason phrase may be empty
-    body = (message + "\n").encode()
     extra = list(headers)
+    fields = []
+    if isinstance(message, str):
+        body = (message + "\n").encode()
+        fields.append(("Content-Type", "text/plain; charset=utf-8"))
+    else:
+        body = message
     connection = ["close"] + [v for n, v in extra if n.lower() == "connection"]
-    fields = [
-        ("Content-Type", "text/plain; charset=utf-8"),
+    fields += [
         ("Content-Length", str(len(body))),
         ("Connection", ", ".join(connection)),
         *((n, v) for n, v in extra if n.lower() != "connection"),

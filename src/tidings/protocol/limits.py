@@ -16,3 +16,23 @@ MAX_HEADERS = 128
 
 #: Largest body of a non-101 response kept for the error message (client).
 MAX_REJECTION_BODY = 4096
+
+# The asyncio layer's limits live here too, so that every default is in one
+# place; this module holds numbers only and does no I/O.
+
+#: Messages received but not yet read before reading from the socket pauses.
+MAX_QUEUE = 16
+
+#: Bytes buffered for writing before ``send`` waits (the high-water mark;
+#: the low-water mark is a quarter of it).
+WRITE_LIMIT = 64 * 1024
+
+#: Seconds to complete the opening handshake (TCP, TLS and HTTP).
+OPEN_TIMEOUT = 10.0
+
+#: Seconds to wait for the peer's part of the closing handshake.
+CLOSE_TIMEOUT = 10.0
+
+#: Seconds between keepalive pings, and to wait for each one's pong.
+PING_INTERVAL = 20.0
+PING_TIMEOUT = 20.0

@@ -1,0 +1,531 @@
+"""The asyncio WebSocket: one object per connection, both the transport's
+protocol and the user's handle.
+
+It owns everything that waits: the socket, the keepalive timer, the close
+timeout and the write-buffer watermarks. The protocol itself is
+:mod:`tidings.protocol`, fed from :meth:`WebSocket.data_received`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from typing import Any, TypeAlias
+
+from .exceptions import ConnectionClosed
+from .protocol import (
+    BinaryMessage,
+    ClientConnection,
+    Closed,
+    Connection,
+    Event,
+    Pong,
+    Request,
+    Response,
+    ServerConnection,
+    State,
+    TextMessage,
+)
+from .protocol.limits import (
+    CLOSE_TIMEOUT,
+    MAX_QUEUE,
+    PING_INTERVAL,
+    PING_TIMEOUT,
+    WRITE_LIMIT,
+)
+
+__all__ = ["Message", "WebSocket"]
+
+Message: TypeAlias = str | bytes
+Data: TypeAlias = str | bytes | bytearray | memoryview
+OnMessage: TypeAlias = Callable[["WebSocket", Message], object]
+
+_CLEAN_CODES = frozenset({1000, 1001, 1005})
+
+
+class WebSocket(asyncio.Protocol):
+    """An open WebSocket connection.
+
+    Receive with ``async for message in ws`` or ``await ws.recv()``; send
+    with ``await ws.send(message)``; end with ``await ws.close()``. Text
+    arrives as ``str``, binary as ``bytes``.
+
+    For code where a coroutine per message costs too much, set
+    :attr:`on_message` (or pass ``on_message=`` to ``serve``/``connect``):
+    each message is then handed to ``on_message(ws, message)`` straight from
+    the socket callback, with no queue, task or future, and ``recv()`` is not
+    used. Answer from the callback with :meth:`send_nowait`.
+    """
+
+    __slots__ = (
+        "_close_timer",
+        "_closed",
+        "_conn",
+        "_drain_waiter",
+        "_fragmenting",
+        "_keepalive_payload",
+        "_keepalive_timer",
+        "_loop",
+        "_messages",
+        "_on_close",
+        "_opened",
+        "_pings",
+        "_reading_paused",
+        "_recv_waiter",
+        "_transport",
+        "_write_paused",
+        "close_timeout",
+        "latency",
+        "logger",
+        "max_queue",
+        "on_message",
+        "ping_interval",
+        "ping_timeout",
+        "remote_address",
+        "write_limit",
+    )
+
+    def __init__(
+        self,
+        conn: Connection,
+        *,
+        on_message: OnMessage | None = None,
+        max_queue: int | None = MAX_QUEUE,
+        write_limit: int = WRITE_LIMIT,
+        ping_interval: float | None = PING_INTERVAL,
+        ping_timeout: float | None = PING_TIMEOUT,
+        close_timeout: float = CLOSE_TIMEOUT,
+        logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
+    ) -> None:
+        self._conn = conn
+        self._loop = asyncio.get_running_loop()
+        self.on_message = on_message
+        self.max_queue = max_queue
+        self.write_limit = write_limit
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.close_timeout = close_timeout
+        self.logger = logger or logging.getLogger("tidings")
+        #: Round trip of the last ping answered, in seconds.
+        self.latency = 0.0
+        self.remote_address: Any = None
+        self._transport: asyncio.Transport | None = None
+        self._messages: deque[Message] = deque()
+        self._recv_waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._fragmenting: asyncio.Future[None] | None = None
+        self._reading_paused = False
+        self._write_paused = False
+        self._pings: dict[bytes, tuple[asyncio.Future[float], float]] = {}
+        self._keepalive_payload: bytes | None = None
+        self._keepalive_timer: asyncio.TimerHandle | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        #: Resolved when the opening handshake ends, either way.
+        self._opened: asyncio.Future[None] = self._loop.create_future()
+        #: Resolved when the TCP connection is gone.
+        self._closed: asyncio.Future[None] = self._loop.create_future()
+        self._on_close: Callable[[WebSocket], None] | None = None
+
+    # -- what the user reads -------------------------------------------
+
+    @property
+    def state(self) -> State:
+        """CONNECTING, OPEN, CLOSING or CLOSED."""
+        return self._conn.state
+
+    @property
+    def subprotocol(self) -> str | None:
+        """The subprotocol agreed in the handshake, if any."""
+        return self._conn.subprotocol
+
+    @property
+    def request(self) -> Request | None:
+        """The opening request (path, query, headers): the client's on a
+        server, ours on a client."""
+        conn = self._conn
+        return conn.request if isinstance(conn, ServerConnection) else None
+
+    @property
+    def response(self) -> Response | None:
+        """The server's 101 response, on a client."""
+        conn = self._conn
+        return conn.response if isinstance(conn, ClientConnection) else None
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code, once the connection is closed (1006: TCP lost)."""
+        return self._conn.close_code if self._conn.state is State.CLOSED else None
+
+    @property
+    def close_reason(self) -> str:
+        """The close reason, once the connection is closed."""
+        return self._conn.close_reason
+
+    @property
+    def protocol(self) -> Connection:
+        """The sans-I/O protocol state machine underneath."""
+        return self._conn
+
+    # -- receiving -----------------------------------------------------
+
+    async def recv(self) -> Message:
+        """Return the next message; raise :class:`ConnectionClosed` once the
+        connection is closed and every message before the close was read."""
+        messages = self._messages
+        while not messages:
+            if self._conn.state is State.CLOSED:
+                raise self._closed_exc()
+            if self._recv_waiter is not None:
+                raise RuntimeError("another coroutine is already waiting in recv()")
+            waiter = self._recv_waiter = self._loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._recv_waiter = None
+        message = messages.popleft()
+        if self._reading_paused and len(messages) <= (self.max_queue or 0) // 4:
+            self._reading_paused = False
+            if self._transport is not None:
+                self._transport.resume_reading()
+        return message
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Message]:
+        # A clean close (1000, 1001, or a close frame without a code) ends the
+        # loop quietly; anything else raises ConnectionClosed.
+        while True:
+            try:
+                message = await self.recv()
+            except ConnectionClosed as exc:
+                if exc.code in _CLEAN_CODES:
+                    return
+                raise
+            yield message
+
+    def _closed_exc(self) -> ConnectionClosed:
+        return ConnectionClosed(self._conn.close_code or 1006, self._conn.close_reason)
+
+    # -- sending -------------------------------------------------------
+
+    async def send(self, message: Data | Iterable[Data] | AsyncIterable[Data]) -> None:
+        """Send a message and wait while the write buffer is over its limit.
+
+        ``str`` is sent as text and ``bytes``-like as binary. An iterable or
+        async iterable of them is sent as one fragmented message, one frame
+        per item. Raises :class:`ConnectionClosed` once the connection closes.
+        """
+        while self._fragmenting is not None:
+            await asyncio.shield(self._fragmenting)
+        if isinstance(message, str | bytes | bytearray | memoryview):
+            self.send_nowait(message)
+        elif isinstance(message, AsyncIterable):
+            await self._send_fragments(aiter(message))
+        elif isinstance(message, Iterable):
+            await self._send_fragments(_to_async(message))
+        else:
+            raise TypeError(f"cannot send {type(message).__name__}: use str or bytes")
+        if self._write_paused:
+            await self._drain()
+
+    def send_nowait(self, message: Data) -> None:
+        """Send a message without waiting: for callbacks and broadcasts.
+
+        The write buffer may then grow past ``write_limit``; check
+        :attr:`write_buffer_size` to apply a policy of your own.
+        """
+        if isinstance(message, str):
+            self._conn.send_text(message)
+        else:
+            self._conn.send_binary(message)
+        self._write_out()
+
+    @property
+    def write_buffer_size(self) -> int:
+        """Bytes accepted by :meth:`send` but not yet handed to the kernel."""
+        transport = self._transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    async def _send_fragments(self, fragments: AsyncIterator[Data]) -> None:
+        conn = self._conn
+        try:
+            current = await anext(fragments)
+        except StopAsyncIteration:
+            return  # nothing to send
+        self._fragmenting = self._loop.create_future()
+        try:
+            text = isinstance(current, str)
+            first = True
+            while True:
+                try:
+                    upcoming = await anext(fragments)
+                    last = False
+                except StopAsyncIteration:
+                    last = True
+                if isinstance(current, str) != text:
+                    raise TypeError(
+                        "fragments of one message must all be str or all bytes"
+                    )
+                if not first:
+                    conn.send_continuation(current, fin=last)
+                elif isinstance(current, str):
+                    conn.send_text(current, fin=last)
+                else:
+                    conn.send_binary(current, fin=last)
+                first = False
+                self._write_out()
+                if last:
+                    return
+                if self._write_paused:
+                    await self._drain()
+                current = upcoming
+        except BaseException:
+            if not first and conn.state is State.OPEN:
+                # A half-sent message cannot be finished: the peer would read
+                # the next message as its continuation.
+                self._fail(1011, "fragmented message aborted")
+            raise
+        finally:
+            self._fragmenting.set_result(None)
+            self._fragmenting = None
+
+    async def _drain(self) -> None:
+        if self._conn.state is State.CLOSED or self._transport is None:
+            raise self._closed_exc()
+        waiter = self._drain_waiter
+        if waiter is None:
+            waiter = self._drain_waiter = self._loop.create_future()
+        await asyncio.shield(waiter)
+
+    async def ping(self, data: bytes | None = None) -> float:
+        """Send a ping and return the round trip in seconds when its pong
+        arrives; the value is kept in :attr:`latency`."""
+        payload = os.urandom(4) if data is None else data
+        if payload in self._pings:
+            raise ValueError("a ping with this payload is already waiting")
+        self._conn.send_ping(payload)
+        waiter: asyncio.Future[float] = self._loop.create_future()
+        self._pings[payload] = (waiter, time.monotonic())
+        self._write_out()
+        return await asyncio.shield(waiter)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close with ``code`` and ``reason`` and wait until TCP is closed,
+        at most ``close_timeout`` for the peer's answer."""
+        if self._conn.state is State.OPEN:
+            self._conn.send_close(code, reason)
+            self._write_out()
+            self._arm_close_timer()
+        elif self._conn.state is State.CONNECTING and self._transport is not None:
+            self._transport.abort()
+        await self.wait_closed()
+
+    async def wait_closed(self) -> None:
+        """Wait until the TCP connection is closed."""
+        await asyncio.shield(self._closed)
+
+    # -- asyncio.Protocol ----------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self.remote_address = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Frames are written whole; Nagle would only delay small ones.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport.set_write_buffer_limits(
+            high=self.write_limit, low=self.write_limit // 4
+        )
+        self._write_out()  # a client's request
+
+    def data_received(self, data: bytes) -> None:
+        self._handle_events(self._conn.receive_data(data))
+
+    def eof_received(self) -> bool:
+        self._handle_events(self._conn.receive_eof())
+        return False  # let the transport close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._handle_events(self._conn.receive_eof())
+        for timer in (self._keepalive_timer, self._close_timer):
+            if timer is not None:
+                timer.cancel()
+        closed = self._closed_exc()
+        for waiter, _ in self._pings.values():
+            if not waiter.done():
+                waiter.set_exception(closed)
+        self._pings.clear()
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_exception(closed)
+            self._drain_waiter.exception()  # its waiters hold it through a shield
+        if not self._opened.done():
+            self._opened.set_exception(self._conn.error or closed)
+            self._opened.exception()  # a server has nobody waiting on it
+        self._closed.set_result(None)
+        if self._on_close is not None:
+            self._on_close(self)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None:
+            self._drain_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- internals -----------------------------------------------------
+
+    def _write_out(self) -> None:
+        data = self._conn.data_to_send()
+        transport = self._transport
+        if data and transport is not None:
+            if len(data) == 1:
+                transport.write(data[0])
+            else:
+                transport.writelines(data)
+
+    def _handle_events(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, TextMessage | BinaryMessage):
+                self._deliver(event.data)
+            elif isinstance(event, Pong):
+                self._pong_received(event.data)
+            elif isinstance(event, Closed):
+                self._closed_event(event)
+            elif isinstance(event, Request):
+                self._request_received(event)
+            elif isinstance(event, Response):
+                self._opened_ok()
+        self._write_out()
+        if self._conn.state is State.CLOSED and self._transport is not None:
+            if self._conn.should_close_transport():
+                self._transport.close()
+            else:
+                self._arm_close_timer()
+
+    def _deliver(self, message: Message) -> None:
+        callback = self.on_message
+        if callback is not None:
+            try:
+                callback(self, message)
+            except Exception:
+                self.logger.exception("error in on_message callback")
+                self._fail(1011, "internal error")
+            return
+        self._messages.append(message)
+        waiter = self._recv_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if (
+            self.max_queue is not None
+            and not self._reading_paused
+            and len(self._messages) >= self.max_queue
+            and self._transport is not None
+        ):
+            # Stop reading: the kernel's buffers fill and TCP flow control
+            # makes the peer wait, instead of our memory growing.
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def _closed_event(self, event: Closed) -> None:
+        if event.error is not None and self._conn.state is not State.CONNECTING:
+            self.logger.info(
+                "connection %s failed with close code %d: %s",
+                self.remote_address,
+                event.code,
+                event.error,
+            )
+        waiter = self._recv_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail(self, code: int, reason: str) -> None:
+        """End the connection from our side at once (keepalive, callbacks)."""
+        self._handle_events(self._conn.fail(code, reason))
+
+    def _arm_close_timer(self) -> None:
+        if self._close_timer is None and self._transport is not None:
+            self._close_timer = self._loop.call_later(self.close_timeout, self._abort)
+
+    def _abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _request_received(self, request: Request) -> None:
+        raise NotImplementedError  # servers override
+
+    def _opened_ok(self) -> None:
+        if not self._opened.done():
+            self._opened.set_result(None)
+        self._schedule_keepalive()
+
+    # -- keepalive -----------------------------------------------------
+
+    def _schedule_keepalive(self) -> None:
+        if self.ping_interval is not None:
+            self._keepalive_timer = self._loop.call_later(
+                self.ping_interval, self._keepalive_ping
+            )
+
+    def _keepalive_ping(self) -> None:
+        if self._conn.state is not State.OPEN:
+            return
+        payload = os.urandom(4)
+        self._keepalive_payload = payload
+        self._conn.send_ping(payload)
+        self._write_out()
+        if self.ping_timeout is not None:
+            self._keepalive_timer = self._loop.call_later(
+                self.ping_timeout, self._keepalive_deadline, payload
+            )
+
+    def _keepalive_deadline(self, payload: bytes) -> None:
+        # A busy loop may fire this timer late with the pong already sitting
+        # unread in the socket. Decide only after the loop has polled the
+        # socket once more: the first hop runs before that poll's callbacks,
+        # the second after them.
+        self._loop.call_soon(self._loop.call_soon, self._keepalive_check, payload)
+
+    def _keepalive_check(self, payload: bytes) -> None:
+        if self._keepalive_payload == payload and self._conn.state is State.OPEN:
+            self.logger.info(
+                "connection %s: no pong within %s s, closing",
+                self.remote_address,
+                self.ping_timeout,
+            )
+            self._fail(1011, "keepalive ping timeout")
+
+    def _pong_received(self, payload: bytes) -> None:
+        if payload == self._keepalive_payload:
+            self._keepalive_payload = None
+            if self._keepalive_timer is not None:
+                self._keepalive_timer.cancel()
+            self._schedule_keepalive()
+        if payload in self._pings:
+            # RFC 6455 §5.5.3: a pong may answer only the latest ping; the
+            # earlier ones are answered too.
+            now = time.monotonic()
+            while self._pings:
+                key, (waiter, sent) = next(iter(self._pings.items()))
+                del self._pings[key]
+                if not waiter.done():
+                    waiter.set_result(now - sent)
+                if key == payload:
+                    self.latency = now - sent
+                    break
+
+
+async def _to_async(items: Iterable[Data]) -> AsyncIterator[Data]:
+    for item in items:
+        yield item
