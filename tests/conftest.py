@@ -1,7 +1,87 @@
-"""Shared test settings."""
+"""Shared test settings and fixtures."""
 
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+import trustme
 from hypothesis import settings
 
 # Tests check behaviour, never speed: a slow or busy machine must not fail them.
 settings.register_profile("tidings", deadline=None)
 settings.load_profile("tidings")
+
+
+@pytest.fixture(scope="session")
+def tls_ca() -> trustme.CA:
+    """A throwaway certificate authority, made for this test run."""
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def tls_server(tls_ca: trustme.CA) -> ssl.SSLContext:
+    """A server context with a certificate for 127.0.0.1 and localhost."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls_ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    return context
+
+
+@pytest.fixture(scope="session")
+def tls_client(tls_ca: trustme.CA) -> ssl.SSLContext:
+    """A client context that trusts the throwaway CA."""
+    context = ssl.create_default_context()
+    tls_ca.configure_trust(context)
+    return context
+
+
+class RawClient:
+    """A hand-driven TCP peer for tests that need to misbehave."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int) -> RawClient:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def handshake(self, path: str = "/") -> bytes:
+        """Send a valid upgrade request; return the response head."""
+        self.writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        return await self.reader.readuntil(b"\r\n\r\n")
+
+    async def read_all(self, timeout: float = 10) -> bytes:
+        """Read until the server closes the connection."""
+        async with asyncio.timeout(timeout):
+            return await self.reader.read()
+
+    def close(self) -> None:
+        self.writer.transport.abort()
+
+
+RawConnect = Callable[[int], Awaitable[RawClient]]
+
+
+@pytest.fixture
+async def raw_connect() -> AsyncIterator[RawConnect]:
+    """Open raw TCP peers to a port; they are aborted after the test."""
+    clients: list[RawClient] = []
+
+    async def connect(port: int) -> RawClient:
+        client = await RawClient.open(port)
+        clients.append(client)
+        return client
+
+    yield connect
+    for client in clients:
+        client.close()

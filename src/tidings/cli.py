@@ -1,12 +1,77 @@
-"""The ``tidings`` command line."""
+"""The ``tidings`` command line: ``echo`` server, ``connect`` client, ``demo``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from . import __version__
+
+if TYPE_CHECKING:
+    import asyncio
+    import ssl
+
+    from .connection import Message, WebSocket
+
+#: Close codes after which ``tidings connect`` exits with status 0.
+CLEAN_CODES = frozenset({1000, 1001, 1005})
+
+#: Seconds ``tidings connect`` waits, after stdin ends, for each next reply.
+REPLY_WAIT = 3.0
+
+_CONNECT_EPILOG = f"""\
+Lines read from stdin are sent as text messages. Received text is written to
+stdout, one message per line; binary as "<binary N bytes> HEX", or appended to
+FILE with --binary-out. At the end of stdin the client waits for as many
+replies as it sent messages (at most {REPLY_WAIT:g} s without one), then closes with
+1000. The close code is printed on stderr as "closed: CODE [REASON]".
+
+exit status:
+  0  the connection closed with 1000, 1001 or 1005 (no code)
+  1  it could not be opened (one line on stderr says why), or it closed with
+     any other code (1006: connection lost)
+"""
+
+
+class _Version(argparse.Action):
+    """``--version``: print the version and the event loop, then exit."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(
+            option_strings,
+            dest,
+            nargs=0,
+            default=argparse.SUPPRESS,
+            help="show the version and the event loop, then exit",
+        )
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        from .eventloop import loop_name
+
+        python = sys.version.split()[0]
+        print(
+            f"tidings {__version__} (Python {python}, "
+            f"pure-Python protocol core, {loop_name()} event loop)"
+        )
+        parser.exit()
+
+
+def _header(text: str) -> tuple[str, str]:
+    """Parse ``--header 'Name: value'``."""
+    name, colon, value = text.partition(":")
+    if not colon or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not 'Name: value'")
+    return name.strip(), value.strip()
+
+
+def _size(text: str) -> int:
+    """Parse ``--max-size``: a number of bytes, 0 or more."""
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,13 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tidings",
         description="WebSocket toolkit and real-time messaging hub.",
     )
-    parser.add_argument(
-        "--version",
-        action="version",
-        version=f"tidings {__version__} (Python {sys.version.split()[0]}, "
-        "pure-Python protocol core)",
-    )
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_echo(sub)
+    _add_connect(sub)
     demo = sub.add_parser(
         "demo",
         help="run a client and a server protocol engine against each other in memory",
@@ -34,6 +96,72 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_echo(sub: Any) -> None:
+    echo = sub.add_parser(
+        "echo",
+        help="run a WebSocket echo server",
+        description="Run a WebSocket server that sends every message back as it "
+        "came. It prints 'echo server listening on ws://HOST:PORT/' once ready "
+        "and runs until SIGINT or SIGTERM, then closes connections with 1001.",
+    )
+    echo.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
+    echo.add_argument(
+        "--port", type=int, default=8765, help="0 picks a free port; default: 8765"
+    )
+    echo.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain")
+    echo.add_argument("--tls-key", metavar="FILE", help="PEM private key")
+    echo.add_argument(
+        "--max-size",
+        type=_size,
+        default=1 << 20,
+        metavar="BYTES",
+        help="largest message accepted, 0 for no limit; default: %(default)s",
+    )
+    echo.add_argument(
+        "--no-compression", action="store_true", help="refuse permessage-deflate"
+    )
+
+
+def _add_connect(sub: Any) -> None:
+    connect = sub.add_parser(
+        "connect",
+        help="talk to a WebSocket server from the terminal or a pipe",
+        description="Connect to a WebSocket server, send stdin's lines and print "
+        "what arrives.",
+        epilog=_CONNECT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    connect.add_argument("url", metavar="URL", help="ws:// or wss:// URI")
+    connect.add_argument(
+        "--header",
+        type=_header,
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="extra request header; repeatable",
+    )
+    connect.add_argument(
+        "--subprotocol",
+        action="append",
+        default=[],
+        metavar="P",
+        help="subprotocol to offer; repeatable",
+    )
+    connect.add_argument(
+        "--insecure",
+        action="store_true",
+        help="skip TLS certificate and host name verification",
+    )
+    connect.add_argument(
+        "--binary-out",
+        metavar="FILE",
+        help="append received binary messages to FILE instead of printing them",
+    )
+    connect.add_argument(
+        "--no-compression", action="store_true", help="don't offer permessage-deflate"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``tidings`` command; return the exit status."""
     parser = build_parser()
@@ -43,9 +171,339 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         run_demo(args.message)
         return 0
+    if args.command == "echo":
+        if (args.tls_cert is None) != (args.tls_key is None):
+            parser.error("--tls-cert and --tls-key go together")
+        return _run(_echo_main(args))
+    if args.command == "connect":
+        return _run(_connect_main(args))
     parser.print_help()
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    """Run a command's coroutine; a Ctrl-C it didn't handle exits with 130."""
+    from .eventloop import run
+
+    try:
+        return run(main)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _error(message: str) -> int:
+    """Print ``tidings: message`` on stderr and return exit status 1."""
+    print(f"tidings: {message}", file=sys.stderr, flush=True)
+    return 1
+
+
+def _on_signals(loop: asyncio.AbstractEventLoop, callback: Any) -> None:
+    """Call ``callback()`` on SIGINT and SIGTERM, where the loop supports it."""
+    import contextlib
+    import signal
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        # Not on Windows, nor outside the main thread: Ctrl-C then ends it all.
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, callback)
+
+
+# -- tidings echo ------------------------------------------------------
+
+
+async def _echo(ws: WebSocket) -> None:
+    """Send every message back as it came."""
+    async for message in ws:
+        await ws.send(message)
+
+
+def _server_tls(cert: str, key: str) -> ssl.SSLContext:
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+async def _echo_main(args: argparse.Namespace) -> int:
+    """``tidings echo``: serve until SIGINT or SIGTERM."""
+    import asyncio
+
+    from .protocol import DeflateConfig
+    from .server import serve
+
+    context = None
+    if args.tls_cert is not None:
+        try:
+            context = _server_tls(args.tls_cert, args.tls_key)
+        except OSError as exc:  # ssl.SSLError is an OSError
+            return _error(f"cannot load the TLS certificate: {exc}")
+    server = serve(
+        _echo,
+        args.host,
+        args.port,
+        ssl=context,
+        compression=None if args.no_compression else DeflateConfig(),
+        max_message_size=args.max_size or None,
+    )
+    try:
+        await server.start()
+    except OSError as exc:
+        return _error(f"cannot listen on {args.host} port {args.port}: {exc}")
+    stop = asyncio.Event()
+    _on_signals(asyncio.get_running_loop(), stop.set)
+    try:
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        scheme = "wss" if context else "ws"
+        print(f"echo server listening on {scheme}://{host}:{server.port}/", flush=True)
+        await stop.wait()
+    finally:
+        server.close()
+        await server.wait_closed()
+    return 0
+
+
+# -- tidings connect ---------------------------------------------------
+
+
+def _client_tls(insecure: bool) -> ssl.SSLContext:
+    import ssl
+
+    context = ssl.create_default_context()
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _describe_failure(exc: BaseException) -> str:
+    """Say in a few words why opening a connection failed."""
+    import ssl
+
+    from .exceptions import ConnectionClosed, InvalidStatus
+
+    if isinstance(exc, InvalidStatus):
+        return f"server answered HTTP {exc.status}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS error: certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or exc}"
+    if isinstance(exc, ConnectionRefusedError) or _all_refused(exc):
+        return "connection refused"
+    if isinstance(exc, ConnectionClosed):
+        return "the connection closed during the handshake"
+    if isinstance(exc, TimeoutError):
+        return str(exc) or "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[:1].lower() + exc.strerror[1:]
+    return str(exc) or type(exc).__name__
+
+
+def _all_refused(exc: BaseException) -> bool:
+    """Whether asyncio's "Multiple exceptions" error holds only refusals."""
+    import errno
+    import re
+
+    text = str(exc)
+    codes = re.findall(r"\[Errno (\d+)\]", text)
+    return (
+        isinstance(exc, OSError)
+        and text.startswith("Multiple exceptions")
+        and bool(codes)
+        and all(int(code) == errno.ECONNREFUSED for code in codes)
+    )
+
+
+async def _connect_main(args: argparse.Namespace) -> int:
+    """``tidings connect``: open, talk, close; return the exit status."""
+    import contextlib
+
+    from .exceptions import InvalidURI
+    from .protocol import parse_uri
+
+    try:
+        parse_uri(args.url)
+    except InvalidURI as exc:
+        return _error(str(exc))
+    binary_out: BinaryIO | None = None
+    if args.binary_out is not None:
+        try:
+            binary_out = open(args.binary_out, "ab")  # noqa: SIM115
+        except OSError as exc:
+            return _error(f"cannot open {args.binary_out}: {exc.strerror}")
+    with binary_out or contextlib.nullcontext():
+        return await _talk(args, binary_out)
+
+
+async def _talk(args: argparse.Namespace, binary_out: BinaryIO | None) -> int:
+    """Open the connection, run the console, report how it closed."""
+    import asyncio
+
+    from .client import connect
+    from .exceptions import TidingsError
+    from .protocol import DeflateConfig, parse_uri
+
+    client = connect(
+        args.url,
+        ssl=_client_tls(args.insecure) if parse_uri(args.url).secure else None,
+        headers=args.header,
+        subprotocols=args.subprotocol,
+        compression=None if args.no_compression else DeflateConfig(),
+    )
+    try:
+        ws = await client
+    except (OSError, TimeoutError, ValueError, TidingsError) as exc:
+        return _error(f"cannot connect to {args.url}: {_describe_failure(exc)}")
+    detail = f" (subprotocol {ws.subprotocol})" if ws.subprotocol else ""
+    print(f"connected: {args.url}{detail}", file=sys.stderr, flush=True)
+    stop = asyncio.Event()
+    _on_signals(asyncio.get_running_loop(), stop.set)
+    await _Console(ws, binary_out).run(stop)
+    code = ws.close_code or 1006
+    reason = ws.close_reason or ("connection lost" if code == 1006 else "")
+    print(f"closed: {code} {reason}".rstrip(), file=sys.stderr, flush=True)
+    return 0 if code in CLEAN_CODES else 1
+
+
+class _Console:
+    """One ``tidings connect`` session: stdin to the socket, the socket to
+    stdout."""
+
+    def __init__(self, ws: WebSocket, binary_out: BinaryIO | None) -> None:
+        import asyncio
+
+        self.ws = ws
+        self.binary_out = binary_out
+        self.sent = 0
+        self.received = 0
+        self.progress = asyncio.Condition()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Talk until stdin ends, the server closes or ``stop`` is set; then
+        close with 1000."""
+        import asyncio
+
+        sending = asyncio.create_task(self._send_lines())
+        receiving = asyncio.create_task(self._receive())
+        stopping = asyncio.create_task(stop.wait())
+        tasks = {sending, receiving, stopping}
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if sending in done and not stop.is_set():
+                await self._wait_for_replies(receiving, stopping)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.ws.close(1000)
+
+    async def _send_lines(self) -> None:
+        from .exceptions import ConnectionClosed
+
+        lines = _stdin_lines()
+        while (line := await lines.get()) is not None:
+            try:
+                await self.ws.send(line)
+            except ConnectionClosed:
+                return
+            self.sent += 1
+
+    async def _receive(self) -> None:
+        from .exceptions import ConnectionClosed
+
+        try:
+            async for message in self.ws:
+                self._show(message)
+                async with self.progress:
+                    self.received += 1
+                    self.progress.notify_all()
+        except ConnectionClosed:
+            pass
+
+    async def _wait_for_replies(self, *ends: asyncio.Task[Any]) -> None:
+        """Wait until as many messages came as were sent, the connection
+        closes, or no message comes for :data:`REPLY_WAIT` seconds."""
+        import asyncio
+
+        async def replies() -> None:
+            async with self.progress:
+                while self.received < self.sent:
+                    async with asyncio.timeout(REPLY_WAIT):
+                        await self.progress.wait()
+
+        waiting = asyncio.create_task(replies())
+        try:
+            await asyncio.wait({waiting, *ends}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)
+
+    def _show(self, message: Message) -> None:
+        out = sys.stdout.buffer
+        if isinstance(message, str):
+            out.write(message.encode("utf-8", "surrogatepass") + b"\n")
+        elif self.binary_out is not None:
+            self.binary_out.write(message)
+            self.binary_out.flush()
+            return
+        else:
+            out.write(f"<binary {len(message)} bytes> {message.hex()}\n".encode())
+        out.flush()
+
+
+def _stdin_lines() -> asyncio.Queue[str | None]:
+    """Stream stdin's lines, without their line ending, into a queue that
+    ends with None.
+
+    A daemon thread does the reading, so this works for a pipe, a file or a
+    terminal alike, and never keeps the process alive once the loop is done.
+    """
+    import asyncio
+    import threading
+
+    queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=64)
+    loop = asyncio.get_running_loop()
+    threading.Thread(
+        target=_read_stdin, args=(loop, queue), name="tidings-stdin", daemon=True
+    ).start()
+    return queue
+
+
+def _read_stdin(
+    loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | None]
+) -> None:
+    """Thread body of :func:`_stdin_lines`."""
+    import asyncio
+
+    def put(item: str | None) -> None:
+        asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
+
+    pending = b""
+    try:
+        while chunk := _read_stdin_chunk():
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                put(_decode(line))
+        if pending:
+            put(_decode(pending))
+        put(None)
+    except Exception:  # the loop is gone: nobody is listening any more
+        return
+
+
+def _read_stdin_chunk() -> bytes:
+    """Read what stdin has; an error, or no stdin at all, counts as its end.
+
+    os.read, not sys.stdin: the lock of a buffered reader, held by a daemon
+    thread blocked in a read, can abort the interpreter's shutdown.
+    """
+    import os
+
+    try:
+        return os.read(0, 65536)
+    except OSError:
+        return b""
+
+
+def _decode(line: bytes) -> str:
+    return line.removesuffix(b"\r").decode("utf-8", "replace")

@@ -15,7 +15,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 from .exceptions import ConnectionClosed
 from .protocol import (
@@ -333,8 +333,8 @@ class WebSocket(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = transport = cast(asyncio.Transport, transport)
         self.remote_address = transport.get_extra_info("peername")
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -491,20 +491,28 @@ class WebSocket(asyncio.Protocol):
             )
 
     def _keepalive_deadline(self, payload: bytes) -> None:
-        # A busy loop may fire this timer late with the pong already sitting
-        # unread in the socket. Decide only after the loop has polled the
-        # socket once more: the first hop runs before that poll's callbacks,
-        # the second after them.
+        # A blocked or busy loop may fire this timer late, with the pong
+        # already unread in the socket; libuv (uvloop) even runs due timers
+        # before it polls for I/O. Decide only after one more poll: the first
+        # hop runs before that poll's callbacks, the second after them.
         self._loop.call_soon(self._loop.call_soon, self._keepalive_check, payload)
 
     def _keepalive_check(self, payload: bytes) -> None:
-        if self._keepalive_payload == payload and self._conn.state is State.OPEN:
-            self.logger.info(
-                "connection %s: no pong within %s s, closing",
-                self.remote_address,
-                self.ping_timeout,
+        if self._keepalive_payload != payload or self._conn.state is not State.OPEN:
+            return
+        if self._reading_paused:
+            # We stopped reading (the application is behind), so the pong
+            # may be waiting unread: that is our slowness, not the peer's.
+            self._keepalive_timer = self._loop.call_later(
+                self.ping_timeout or 0, self._keepalive_deadline, payload
             )
-            self._fail(1011, "keepalive ping timeout")
+            return
+        self.logger.info(
+            "connection %s: no pong within %s s, closing",
+            self.remote_address,
+            self.ping_timeout,
+        )
+        self._fail(1011, "keepalive ping timeout")
 
     def _pong_received(self, payload: bytes) -> None:
         if payload == self._keepalive_payload:
