@@ -155,11 +155,11 @@ async def test_request_path_query_headers_and_remote_address() -> None:
         )
         seen.append(ws.remote_address[0])
 
-    async with tidings.serve(handler, "127.0.0.1", 0) as server:
-        async with tidings.connect(
-            uri(server, "/room?id=7"), headers=[("X-Test", "yes")]
-        ) as ws:
-            await ws.wait_closed()
+    async with (
+        tidings.serve(handler, "127.0.0.1", 0) as server,
+        tidings.connect(uri(server, "/room?id=7"), headers=[("X-Test", "yes")]) as ws,
+    ):
+        await ws.wait_closed()
     assert seen == [("/room", "id=7", "yes"), "127.0.0.1"]
 
 
@@ -167,9 +167,11 @@ async def test_subprotocol_selection_hook() -> None:
     def select(request: Request, offered: Any) -> str | None:
         return offered[-1] if offered else None
 
-    async with tidings.serve(echo, "127.0.0.1", 0, select_subprotocol=select) as server:
-        async with tidings.connect(uri(server), subprotocols=["a", "b"]) as ws:
-            assert ws.subprotocol == "b"
+    async with (
+        tidings.serve(echo, "127.0.0.1", 0, select_subprotocol=select) as server,
+        tidings.connect(uri(server), subprotocols=["a", "b"]) as ws,
+    ):
+        assert ws.subprotocol == "b"
 
 
 async def test_origin_not_allowed_gets_403() -> None:
@@ -355,12 +357,14 @@ def test_a_blocked_loop_does_not_count_as_a_dead_peer(
         await ws.send("still alive")
 
     async def main() -> None:
-        async with tidings.serve(
-            handler, "127.0.0.1", 0, ping_interval=0.05, ping_timeout=0.1
-        ) as server:
-            async with tidings.connect(uri(server), ping_interval=None) as ws:
-                async with asyncio.timeout(BOUND):
-                    assert await ws.recv() == "still alive"
+        async with (
+            tidings.serve(
+                handler, "127.0.0.1", 0, ping_interval=0.05, ping_timeout=0.1
+            ) as server,
+            tidings.connect(uri(server), ping_interval=None) as ws,
+        ):
+            async with asyncio.timeout(BOUND):
+                assert await ws.recv() == "still alive"
 
     run(main())
 
@@ -372,14 +376,16 @@ async def test_a_paused_reader_does_not_count_as_a_dead_peer() -> None:
         await asyncio.sleep(0.6)
         await ws.send(str([await ws.recv() for _ in range(3)]))
 
-    async with tidings.serve(
-        handler, "127.0.0.1", 0, ping_interval=0.05, ping_timeout=0.1, max_queue=1
-    ) as server:
-        async with tidings.connect(uri(server), ping_interval=None) as ws:
-            for i in range(3):
-                await ws.send(str(i))
-            async with asyncio.timeout(BOUND):
-                assert await ws.recv() == "['0', '1', '2']"
+    async with (
+        tidings.serve(
+            handler, "127.0.0.1", 0, ping_interval=0.05, ping_timeout=0.1, max_queue=1
+        ) as server,
+        tidings.connect(uri(server), ping_interval=None) as ws,
+    ):
+        for i in range(3):
+            await ws.send(str(i))
+        async with asyncio.timeout(BOUND):
+            assert await ws.recv() == "['0', '1', '2']"
 
 
 async def test_server_close_sends_1001_to_everyone() -> None:
@@ -434,11 +440,11 @@ async def test_unix_socket() -> None:
 
 
 async def test_reuse_port_lets_two_servers_share_a_port() -> None:
-    async with tidings.serve(echo, "127.0.0.1", 0, reuse_port=True) as first:
-        async with tidings.serve(
-            echo, "127.0.0.1", first.port, reuse_port=True
-        ) as second:
-            assert second.port == first.port
+    async with (
+        tidings.serve(echo, "127.0.0.1", 0, reuse_port=True) as first,
+        tidings.serve(echo, "127.0.0.1", first.port, reuse_port=True) as second,
+    ):
+        assert second.port == first.port
 
 
 async def test_compression_is_negotiated_and_used() -> None:
@@ -474,28 +480,26 @@ async def test_server_stops_reading_when_the_handler_does_not(raw_connect: Any) 
         async for _ in ws:
             pass
 
-    async with tidings.serve(
-        handler, "127.0.0.1", 0, max_queue=4, compression=None
-    ) as server:
-        async with tidings.connect(
-            uri(server), compression=None, write_limit=1024
-        ) as ws:
-            payload = b"x" * 100_000
-            sent = 0
+    async with (
+        tidings.serve(handler, "127.0.0.1", 0, max_queue=4, compression=None) as server,
+        tidings.connect(uri(server), compression=None, write_limit=1024) as ws,
+    ):
+        payload = b"x" * 100_000
+        sent = 0
 
-            async def flood() -> None:
-                nonlocal sent
-                while True:
-                    await ws.send(payload)
-                    sent += 1
+        async def flood() -> None:
+            nonlocal sent
+            while True:
+                await ws.send(payload)
+                sent += 1
 
-            task = asyncio.create_task(flood())
-            async with asyncio.timeout(BOUND):
-                while not (seen and seen[0]._reading_paused):
-                    await asyncio.sleep(0.01)
-            queued = len(seen[0]._messages)
-            await asyncio.sleep(0.2)
-            assert len(seen[0]._messages) == queued <= 5
-            assert sent < 200  # the sender is held back by TCP, not buffered
-            task.cancel()
-            release.set()
+        task = asyncio.create_task(flood())
+        async with asyncio.timeout(BOUND):
+            while not (seen and seen[0]._reading_paused):
+                await asyncio.sleep(0.01)
+        queued = len(seen[0]._messages)
+        await asyncio.sleep(0.2)
+        assert len(seen[0]._messages) == queued <= 5
+        assert sent < 200  # the sender is held back by TCP, not buffered
+        task.cancel()
+        release.set()
