@@ -503,3 +503,52 @@ async def test_server_stops_reading_when_the_handler_does_not(raw_connect: Any) 
         assert sent < 200  # the sender is held back by TCP, not buffered
         task.cancel()
         release.set()
+
+
+async def test_a_peer_that_never_reads_cannot_grow_the_servers_memory(
+    raw_connect: Any,
+) -> None:
+    chunk = b"\x00" * (64 * 1024)
+    total = 100 * 1024 * 1024
+    write_limit = 64 * 1024
+    buffered: list[int] = []
+    sent = 0
+
+    async def sample(ws: WebSocket) -> None:
+        while True:
+            buffered.append(ws.write_buffer_size)
+            await asyncio.sleep(0.002)
+
+    async def handler(ws: WebSocket) -> None:
+        nonlocal sent
+        sampler = asyncio.create_task(sample(ws))
+        while sent < total:
+            await ws.send(chunk)
+            sent += len(chunk)
+        sampler.cancel()
+
+    async with tidings.serve(
+        handler, "127.0.0.1", 0, compression=None, write_limit=write_limit
+    ) as server:
+        peer = await raw_connect(server.port)
+        await peer.handshake()
+        # The peer reads nothing: once the kernel's buffers are full the
+        # server must stall, not buffer.
+        async with asyncio.timeout(BOUND):
+            while True:
+                before = sent
+                await asyncio.sleep(0.3)
+                if sent == before:
+                    break
+        assert 0 < sent < total // 10
+        # Now read everything; the whole 100 MiB arrives.
+        received = 0
+        async with asyncio.timeout(60):
+            while received < total:
+                data = await peer.reader.read(1 << 20)
+                assert data
+                received += len(data)
+        peer.close()
+    assert sent == total
+    frame = len(chunk) + 4  # a 64 KiB frame has a 4-byte header
+    assert max(buffered) <= write_limit + frame
