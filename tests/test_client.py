@@ -88,7 +88,7 @@ async def test_open_timeout_against_a_silent_server() -> None:
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     async with server:
-        with pytest.raises(TimeoutError, match="took longer than 0.2 s"):
+        with pytest.raises(TimeoutError, match=r"took longer than 0\.2 s"):
             await tidings.connect(f"ws://127.0.0.1:{port}/", open_timeout=0.2)
 
 

@@ -27,22 +27,24 @@ async def test_websockets_client_against_tidings_server(compression: bool) -> No
             await ws.send(message)
 
     options: dict[str, Any] = {} if compression else {"compression": None}
-    async with tidings.serve(handler, "127.0.0.1", 0, **options) as server:
-        async with ws_connect(
+    async with (
+        tidings.serve(handler, "127.0.0.1", 0, **options) as server,
+        ws_connect(
             f"ws://127.0.0.1:{server.port}/",
             compression="deflate" if compression else None,
             max_size=None,
-        ) as client:
-            assert (client.protocol.extensions != []) is compression
-            async with asyncio.timeout(BOUND):
-                for message in MESSAGES:
-                    await client.send(message)
-                    assert await client.recv() == message
-                await client.send(["frag", "mented"])
-                assert await client.recv() == "fragmented"
-                await client.send("close please")
-                with pytest.raises(websockets.ConnectionClosed) as info:
-                    await client.recv()
+        ) as client,
+    ):
+        assert (client.protocol.extensions != []) is compression
+        async with asyncio.timeout(BOUND):
+            for message in MESSAGES:
+                await client.send(message)
+                assert await client.recv() == message
+            await client.send(["frag", "mented"])
+            assert await client.recv() == "fragmented"
+            await client.send("close please")
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                await client.recv()
     assert info.value.rcvd is not None
     assert (info.value.rcvd.code, info.value.rcvd.reason) == (4001, "as asked")
 
