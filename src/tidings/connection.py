@@ -72,7 +72,6 @@ class WebSocket(asyncio.Protocol):
         "_keepalive_timer",
         "_loop",
         "_messages",
-        "_on_close",
         "_opened",
         "_pings",
         "_reading_paused",
@@ -129,7 +128,6 @@ class WebSocket(asyncio.Protocol):
         self._opened: asyncio.Future[None] = self._loop.create_future()
         #: Resolved when the TCP connection is gone.
         self._closed: asyncio.Future[None] = self._loop.create_future()
-        self._on_close: Callable[[WebSocket], None] | None = None
 
     # -- what the user reads -------------------------------------------
 
@@ -145,8 +143,7 @@ class WebSocket(asyncio.Protocol):
 
     @property
     def request(self) -> Request | None:
-        """The opening request (path, query, headers): the client's on a
-        server, ours on a client."""
+        """The client's opening request (path, query, headers), on a server."""
         conn = self._conn
         return conn.request if isinstance(conn, ServerConnection) else None
 
@@ -370,8 +367,6 @@ class WebSocket(asyncio.Protocol):
             self._opened.set_exception(self._conn.error or closed)
             self._opened.exception()  # a server has nobody waiting on it
         self._closed.set_result(None)
-        if self._on_close is not None:
-            self._on_close(self)
 
     def pause_writing(self) -> None:
         self._write_paused = True
