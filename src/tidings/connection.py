@@ -114,13 +114,15 @@ class WebSocket(asyncio.Protocol):
         self.latency = 0.0
         self.remote_address: Any = None
         self._transport: asyncio.Transport | None = None
-        self._messages: deque[Message] = deque()
+        # Created on the first queued message: the callback path never needs
+        # it, and an empty deque costs 600 bytes per connection.
+        self._messages: deque[Message] | None = None
         self._recv_waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._fragmenting: asyncio.Future[None] | None = None
         self._reading_paused = False
         self._write_paused = False
-        self._pings: dict[bytes, tuple[asyncio.Future[float], float]] = {}
+        self._pings: dict[bytes, tuple[asyncio.Future[float], float]] | None = None
         self._keepalive_payload: bytes | None = None
         self._keepalive_timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
@@ -173,8 +175,7 @@ class WebSocket(asyncio.Protocol):
     async def recv(self) -> Message:
         """Return the next message; raise :class:`ConnectionClosed` once the
         connection is closed and every message before the close was read."""
-        messages = self._messages
-        while not messages:
+        while not self._messages:
             if self._conn.state is State.CLOSED:
                 raise self._closed_exc()
             if self._recv_waiter is not None:
@@ -184,6 +185,7 @@ class WebSocket(asyncio.Protocol):
                 await waiter
             finally:
                 self._recv_waiter = None
+        messages = self._messages
         message = messages.popleft()
         if self._reading_paused and len(messages) <= (self.max_queue or 0) // 4:
             self._reading_paused = False
@@ -304,6 +306,8 @@ class WebSocket(asyncio.Protocol):
         """Send a ping and return the round trip in seconds when its pong
         arrives; the value is kept in :attr:`latency`."""
         payload = os.urandom(4) if data is None else data
+        if self._pings is None:
+            self._pings = {}
         if payload in self._pings:
             raise ValueError("a ping with this payload is already waiting")
         self._conn.send_ping(payload)
@@ -356,10 +360,10 @@ class WebSocket(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
         closed = self._closed_exc()
-        for waiter, _ in self._pings.values():
+        for waiter, _ in (self._pings or {}).values():
             if not waiter.done():
                 waiter.set_exception(closed)
-        self._pings.clear()
+        self._pings = None
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_exception(closed)
             self._drain_waiter.exception()  # its waiters hold it through a shield
@@ -418,14 +422,17 @@ class WebSocket(asyncio.Protocol):
                 self.logger.exception("error in on_message callback")
                 self._fail(1011, "internal error")
             return
-        self._messages.append(message)
+        messages = self._messages
+        if messages is None:
+            messages = self._messages = deque()
+        messages.append(message)
         waiter = self._recv_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
         if (
             self.max_queue is not None
             and not self._reading_paused
-            and len(self._messages) >= self.max_queue
+            and len(messages) >= self.max_queue
             and self._transport is not None
         ):
             # Stop reading: the kernel's buffers fill and TCP flow control
@@ -515,13 +522,14 @@ class WebSocket(asyncio.Protocol):
             if self._keepalive_timer is not None:
                 self._keepalive_timer.cancel()
             self._schedule_keepalive()
-        if payload in self._pings:
+        pings = self._pings
+        if pings and payload in pings:
             # RFC 6455 §5.5.3: a pong may answer only the latest ping; the
             # earlier ones are answered too.
             now = time.monotonic()
-            while self._pings:
-                key, (waiter, sent) = next(iter(self._pings.items()))
-                del self._pings[key]
+            while pings:
+                key, (waiter, sent) = next(iter(pings.items()))
+                del pings[key]
                 if not waiter.done():
                     waiter.set_result(now - sent)
                 if key == payload:
