@@ -293,7 +293,7 @@ def _describe_failure(exc: BaseException) -> str:
     if isinstance(exc, ConnectionClosed):
         return "the connection closed during the handshake"
     if isinstance(exc, TimeoutError):
-        return str(exc) or "timed out"
+        return "timed out"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror[:1].lower() + exc.strerror[1:]
     return str(exc) or type(exc).__name__
@@ -356,9 +356,9 @@ async def _talk(args: argparse.Namespace, binary_out: BinaryIO | None) -> int:
         return _error(f"cannot connect to {args.url}: {_describe_failure(exc)}")
     detail = f" (subprotocol {ws.subprotocol})" if ws.subprotocol else ""
     print(f"connected: {args.url}{detail}", file=sys.stderr, flush=True)
-    stop = asyncio.Event()
-    _on_signals(asyncio.get_running_loop(), stop.set)
-    await _Console(ws, binary_out).run(stop)
+    console = _Console(ws, binary_out)
+    _on_signals(asyncio.get_running_loop(), console.stop.set)
+    await console.run()
     code = ws.close_code or 1006
     reason = ws.close_reason or ("connection lost" if code == 1006 else "")
     print(f"closed: {code} {reason}".rstrip(), file=sys.stderr, flush=True)
@@ -367,46 +367,52 @@ async def _talk(args: argparse.Namespace, binary_out: BinaryIO | None) -> int:
 
 class _Console:
     """One ``tidings connect`` session: stdin to the socket, the socket to
-    stdout."""
+    stdout. Setting :attr:`stop` ends it early."""
 
     def __init__(self, ws: WebSocket, binary_out: BinaryIO | None) -> None:
         import asyncio
 
         self.ws = ws
         self.binary_out = binary_out
+        self.stop = asyncio.Event()
         self.sent = 0
         self.received = 0
         self.progress = asyncio.Condition()
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Talk until stdin ends, the server closes or ``stop`` is set; then
-        close with 1000."""
+    async def run(self) -> None:
+        """Talk until stdin ends, the server closes or :attr:`stop` is set;
+        then close with 1000."""
         import asyncio
 
         sending = asyncio.create_task(self._send_lines())
         receiving = asyncio.create_task(self._receive())
-        stopping = asyncio.create_task(stop.wait())
-        tasks = {sending, receiving, stopping}
+        stopping = asyncio.create_task(self.stop.wait())
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            if sending in done and not stop.is_set():
+            done, _ = await asyncio.wait(
+                {sending, receiving, stopping}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if sending in done and not self.stop.is_set():
                 await self._wait_for_replies(receiving, stopping)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            sending.cancel()
+            stopping.cancel()
+            # Receiving goes on during the closing handshake: a peer still
+            # sending would otherwise fill the queue, reading would pause, and
+            # its close frame would never be read.
             await self.ws.close(1000)
+            await _settle(sending, stopping, receiving)
 
     async def _send_lines(self) -> None:
         from .exceptions import ConnectionClosed
 
-        lines = _stdin_lines()
-        while (line := await lines.get()) is not None:
-            try:
-                await self.ws.send(line)
-            except ConnectionClosed:
-                return
-            self.sent += 1
+        batches = _stdin_lines()
+        while (lines := await batches.get()) is not None:
+            for line in lines:
+                try:
+                    await self.ws.send(line)
+                except ConnectionClosed:
+                    return
+                self.sent += 1
 
     async def _receive(self) -> None:
         from .exceptions import ConnectionClosed
@@ -439,21 +445,46 @@ class _Console:
             await asyncio.gather(waiting, return_exceptions=True)
 
     def _show(self, message: Message) -> None:
-        out = sys.stdout.buffer
-        if isinstance(message, str):
-            out.write(message.encode("utf-8", "surrogatepass") + b"\n")
-        elif self.binary_out is not None:
+        if isinstance(message, bytes) and self.binary_out is not None:
             self.binary_out.write(message)
             self.binary_out.flush()
             return
+        if isinstance(message, str):
+            line = message.encode() + b"\n"
         else:
-            out.write(f"<binary {len(message)} bytes> {message.hex()}\n".encode())
-        out.flush()
+            line = f"<binary {len(message)} bytes> {message.hex()}\n".encode()
+        try:
+            sys.stdout.buffer.write(line)
+            sys.stdout.buffer.flush()
+        except BrokenPipeError:  # as in `tidings connect URL | head`
+            _silence_stdout()
+            self.stop.set()
 
 
-def _stdin_lines() -> asyncio.Queue[str | None]:
-    """Stream stdin's lines, without their line ending, into a queue that
-    ends with None.
+async def _settle(*tasks: asyncio.Task[Any]) -> None:
+    """Cancel ``tasks``, wait for them, and raise what any of them raised."""
+    import asyncio
+
+    for task in tasks:
+        task.cancel()
+    await asyncio.wait(tasks)
+    for task in tasks:
+        if not task.cancelled():
+            task.result()
+
+
+def _silence_stdout() -> None:
+    """Point stdout at the null device, so that nothing fails at exit."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def _stdin_lines() -> asyncio.Queue[list[str] | None]:
+    """Stream stdin's lines, without their line ending, into a queue: a list
+    of lines for each read, then None at the end.
 
     A daemon thread does the reading, so this works for a pipe, a file or a
     terminal alike, and never keeps the process alive once the loop is done.
@@ -461,7 +492,7 @@ def _stdin_lines() -> asyncio.Queue[str | None]:
     import asyncio
     import threading
 
-    queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=64)
+    queue: asyncio.Queue[list[str] | None] = asyncio.Queue(maxsize=4)
     loop = asyncio.get_running_loop()
     threading.Thread(
         target=_read_stdin, args=(loop, queue), name="tidings-stdin", daemon=True
@@ -470,22 +501,22 @@ def _stdin_lines() -> asyncio.Queue[str | None]:
 
 
 def _read_stdin(
-    loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | None]
+    loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[list[str] | None]
 ) -> None:
     """Thread body of :func:`_stdin_lines`."""
     import asyncio
 
-    def put(item: str | None) -> None:
+    def put(item: list[str] | None) -> None:
         asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
 
     pending = b""
     try:
         while chunk := _read_stdin_chunk():
             *lines, pending = (pending + chunk).split(b"\n")
-            for line in lines:
-                put(_decode(line))
+            if lines:
+                put([_decode(line) for line in lines])
         if pending:
-            put(_decode(pending))
+            put([_decode(pending)])
         put(None)
     except Exception:  # the loop is gone: nobody is listening any more
         return
