@@ -552,3 +552,24 @@ async def test_a_peer_that_never_reads_cannot_grow_the_servers_memory(
     assert sent == total
     frame = len(chunk) + 4  # a 64 KiB frame has a 4-byte header
     assert max(buffered) <= write_limit + frame
+
+
+async def test_shutdown_is_bounded_when_a_peer_stops_reading(raw_connect: Any) -> None:
+    # Our close frame sits behind megabytes the peer will never read; the
+    # close must still end, by dropping the socket after close_timeout.
+    flooded = asyncio.Event()
+
+    async def handler(ws: WebSocket) -> None:
+        while ws.write_buffer_size <= ws.write_limit:
+            ws.send_nowait(b"x" * 65536)
+            await asyncio.sleep(0)
+        flooded.set()
+        await ws.wait_closed()
+
+    server = await tidings.serve(handler, "127.0.0.1", 0, compression=None, close_timeout=0.3)
+    peer = await raw_connect(server.port)
+    await peer.handshake()
+    async with asyncio.timeout(BOUND):
+        await flooded.wait()
+        server.close()
+        await server.wait_closed()

@@ -33,6 +33,7 @@ __all__ = [
     "Server",
     "TidingsError",
     "WebSocket",
+    "broadcast",
     "connect",
     "run",
     "serve",
@@ -42,6 +43,7 @@ _LAZY = {
     "HTTPResponse": ".http",
     "Server": ".server",
     "WebSocket": ".connection",
+    "broadcast": ".fanout",
     "connect": ".client",
     "run": ".eventloop",
     "serve": ".server",
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
     from .client import connect
     from .connection import WebSocket
     from .eventloop import run
+    from .fanout import broadcast
     from .http import HTTPResponse
     from .server import Server, serve
 

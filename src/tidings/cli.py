@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from .hub.commands import add_commands
+
+    add_commands(sub)
     _add_echo(sub)
     _add_connect(sub)
     demo = sub.add_parser(
@@ -177,6 +180,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(_echo_main(args))
     if args.command == "connect":
         return _run(_connect_main(args))
+    if args.command == "serve":
+        from .hub.commands import serve_main
+
+        return serve_main(args)
+    if args.command == "token":
+        from .hub.commands import token_main
+
+        return token_main(args)
     parser.print_help()
     return 0
 

@@ -187,6 +187,10 @@ class WebSocket(asyncio.Protocol):
                 self._recv_waiter = None
         messages = self._messages
         message = messages.popleft()
+        if not messages and self._conn.failure_pending:
+            # The messages before a protocol error are read; the caller may
+            # answer this one before the connection fails (Autobahn 3.2).
+            self._loop.call_soon(self._fail_pending)
         if self._reading_paused and len(messages) <= (self.max_queue or 0) // 4:
             self._reading_paused = False
             if self._transport is not None:
@@ -323,9 +327,19 @@ class WebSocket(asyncio.Protocol):
             self._conn.send_close(code, reason)
             self._write_out()
             self._arm_close_timer()
+            if self._reading_paused and self._transport is not None:
+                # The peer's close frame may be behind messages nobody reads.
+                self._reading_paused = False
+                self._transport.resume_reading()
         elif self._conn.state is State.CONNECTING and self._transport is not None:
             self._transport.abort()
         await self.wait_closed()
+
+    def drop(self, code: int = 1011, reason: str = "") -> None:
+        """Fail the connection now: send a close frame with ``code`` if the
+        socket takes it at once, then drop TCP without waiting. For a peer
+        that is dead, too slow, or not wanted any more."""
+        self._fail(code, reason, drop=True)
 
     async def wait_closed(self) -> None:
         """Wait until the TCP connection is closed."""
@@ -347,7 +361,9 @@ class WebSocket(asyncio.Protocol):
         self._write_out()  # a client's request
 
     def data_received(self, data: bytes) -> None:
-        self._handle_events(self._conn.receive_data(data))
+        # Unread messages keep a protocol error in this data from failing
+        # the connection before the application could answer them.
+        self._handle_events(self._conn.receive_data(data, unread=bool(self._messages)))
 
     def eof_received(self) -> bool:
         self._handle_events(self._conn.receive_eof())
@@ -407,11 +423,18 @@ class WebSocket(asyncio.Protocol):
             elif isinstance(event, Response):
                 self._opened_ok()
         self._write_out()
+        if self._conn.failure_pending and not self._messages:
+            # A protocol error came after messages that on_message has seen
+            # and may have answered; fail now. (With messages still queued,
+            # recv() does this once it hands out the last one.)
+            self._loop.call_soon(self._fail_pending)
         if self._conn.state is State.CLOSED and self._transport is not None:
             if self._conn.should_close_transport():
-                self._transport.close()
-            else:
-                self._arm_close_timer()
+                self._close_transport(self._transport)
+            # Bounded either way: a client waits for the server's FIN, and a
+            # close() cannot finish while a peer that stopped reading leaves
+            # our buffer unflushed.
+            self._arm_close_timer()
 
     def _deliver(self, message: Message) -> None:
         callback = self.on_message
@@ -452,9 +475,33 @@ class WebSocket(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _fail(self, code: int, reason: str) -> None:
-        """End the connection from our side at once (keepalive, callbacks)."""
+    def _fail(self, code: int, reason: str, *, drop: bool = False) -> None:
+        """End the connection from our side at once (keepalive, callbacks).
+
+        With ``drop`` the socket is aborted right after the close frame is
+        handed to the kernel, for a peer that is dead or will not read.
+        """
         self._handle_events(self._conn.fail(code, reason))
+        if drop:
+            self._abort()
+
+    def _fail_pending(self) -> None:
+        if self._conn.failure_pending:
+            self._handle_events(self._conn.receive_data(b""))
+
+    def _close_transport(self, transport: asyncio.Transport) -> None:
+        if self._conn.error is not None and transport.can_write_eof():
+            # We failed the connection while the peer may still be sending.
+            # Closing now would reset TCP over unread data, and the peer
+            # could lose our close frame (a 1009 seen as 1006). Shut down
+            # our side only, discard what still comes, and close on its EOF
+            # or after close_timeout.
+            transport.write_eof()
+            if self._reading_paused:
+                self._reading_paused = False
+                transport.resume_reading()
+        else:
+            transport.close()
 
     def _arm_close_timer(self) -> None:
         if self._close_timer is None and self._transport is not None:
@@ -514,7 +561,7 @@ class WebSocket(asyncio.Protocol):
             self.remote_address,
             self.ping_timeout,
         )
-        self._fail(1011, "keepalive ping timeout")
+        self._fail(1011, "keepalive ping timeout", drop=True)
 
     def _pong_received(self, payload: bytes) -> None:
         if payload == self._keepalive_payload:

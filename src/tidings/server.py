@@ -114,6 +114,7 @@ class Server:
         write_limit: int = WRITE_LIMIT,
         max_head_size: int = MAX_HEAD_SIZE,
         max_headers: int = MAX_HEADERS,
+        max_body_size: int = 0,
         ping_interval: float | None = PING_INTERVAL,
         ping_timeout: float | None = PING_TIMEOUT,
         open_timeout: float | None = OPEN_TIMEOUT,
@@ -141,6 +142,7 @@ class Server:
         self.write_limit = write_limit
         self.max_head_size = max_head_size
         self.max_headers = max_headers
+        self.max_body_size = max_body_size
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.open_timeout = open_timeout
@@ -264,6 +266,7 @@ class Server:
             max_message_size=self.max_message_size,
             max_head_size=self.max_head_size,
             max_headers=self.max_headers,
+            max_body_size=self.max_body_size,
         )
         return _ServerWebSocket(
             self,

@@ -86,9 +86,9 @@ def test_handshake_chooses_the_servers_preferred_subprotocol() -> None:
     assert client.subprotocol == server.subprotocol == "chat.v2"
 
 
-def test_handshake_without_a_common_subprotocol_selects_none() -> None:
+def test_a_server_without_subprotocols_ignores_the_offer() -> None:
     client = ClientConnection("ws://h/", subprotocols=["a"])
-    server = ServerConnection(subprotocols=["b"])
+    server = ServerConnection()
     server.receive_data(wire(client))
     server.accept()
     client.receive_data(wire(server))
@@ -643,3 +643,110 @@ def test_random_bytes_during_the_handshake_never_raise(data: bytes, chunk: int) 
     for i in range(0, len(data), chunk):
         events += client.receive_data(data[i : i + chunk])
     check_ends_cleanly(client, events)
+
+
+# -- found by the Autobahn testsuite (docs/conformance.md) --------------------
+
+
+@pytest.mark.parametrize(
+    "bad_frame",
+    [
+        bytes([0xA1]) + client_frame(Opcode.TEXT, b"x")[1:],  # RSV2 (case 3.2)
+        client_frame(0x5, b""),  # reserved opcode (case 4.1.3)
+        client_frame(Opcode.CONTINUATION, b"x", fin=False),  # nothing to continue
+        client_frame(Opcode.TEXT, b"\xff"),  # invalid UTF-8
+    ],
+    ids=["rsv2", "reserved-opcode", "continuation", "invalid-utf8"],
+)
+def test_messages_before_a_protocol_error_are_answered_before_the_close(
+    bad_frame: bytes,
+) -> None:
+    _, server = open_pair()
+    data = (
+        client_frame(Opcode.TEXT, b"Hello")
+        + bad_frame
+        + client_frame(Opcode.PING, b"never answered")
+    )
+    assert server.receive_data(data) == [TextMessage("Hello")]
+    assert server.state is State.OPEN and server.failure_pending
+    server.send_text("Hello")  # the echo the peer waits for
+    echo = wire(server)
+    closed = last_close(server.receive_data(b""))
+    assert closed.code in (1002, 1007) and closed.error is not None
+    assert not server.failure_pending and server.state is State.CLOSED
+    assert echo == serialize_frame(Opcode.TEXT, b"Hello")
+    assert sent_close_code(server) == closed.code  # and no pong
+
+
+def test_a_pending_failure_also_ends_at_eof_and_before_new_data() -> None:
+    _, server = open_pair()
+    data = client_frame(Opcode.BINARY, b"a") + client_frame(0x3, b"")
+    assert server.receive_data(data) == [BinaryMessage(b"a")]
+    assert last_close(server.receive_eof()).code == 1002
+    assert server.close_code == 1002
+    _, server = open_pair()
+    assert server.receive_data(data) == [BinaryMessage(b"a")]
+    assert last_close(server.receive_data(client_frame(Opcode.TEXT, b"b"))).code == 1002
+    # An error with no message before it fails at once, as always.
+    _, server = open_pair()
+    assert last_close(server.receive_data(client_frame(0x3, b""))).code == 1002
+    assert not server.failure_pending
+
+
+@pytest.mark.parametrize("fragmented", [False, True])
+def test_rfc6455_8_1_invalid_utf8_fails_before_its_frame_is_complete(
+    fragmented: bool,
+) -> None:
+    # Autobahn 6.4.3, 6.4.4: a frame sent in chops fails at the bad chop.
+    _, server = open_pair()
+    good = "κόσμε".encode()
+    bad = b"\xf4\x90\x80\x80edited"
+    if fragmented:  # the first chop ends a code point begun in frame 1
+        first = client_frame(Opcode.TEXT, good[:-1], fin=False)
+        assert server.receive_data(first) == []
+        payload = good[-1:] + bad
+        opcode = Opcode.CONTINUATION
+    else:
+        payload = good + bad
+        opcode = Opcode.TEXT
+    frame = client_frame(opcode, payload)
+    cut = len(frame) - len(bad)
+    assert server.receive_data(frame[:cut]) == []
+    closed = last_close(server.receive_data(frame[cut : cut + 2]))
+    assert closed.code == 1007
+    assert sent_close_code(server) == 1007
+
+
+def test_text_still_arriving_is_checked_only_when_uncompressed() -> None:
+    client, server = open_pair(compression=DeflateConfig(min_size=0))
+    client.send_text("κόσμε" * 100)
+    data = wire(client)
+    events: list[Event] = []
+    for i in range(0, len(data), 7):
+        events += server.receive_data(data[i : i + 7])
+    assert events == [TextMessage("κόσμε" * 100)]
+
+
+def test_a_protocol_error_waits_for_messages_the_owner_holds_unread() -> None:
+    # Autobahn 3.3 (client): "Hello" came in one read, the bad frame in the
+    # next, before the application had read "Hello".
+    _, server = open_pair()
+    assert server.receive_data(client_frame(Opcode.TEXT, b"Hello")) == [
+        TextMessage("Hello")
+    ]
+    assert server.receive_data(client_frame(0x3, b""), unread=True) == []
+    assert server.failure_pending and server.state is State.OPEN
+    server.send_text("Hello")
+    assert wire(server) == serialize_frame(Opcode.TEXT, b"Hello")
+    assert last_close(server.receive_data(b"")).code == 1002
+
+
+def test_no_common_subprotocol_is_refused_with_400() -> None:
+    client = ClientConnection("ws://h/", subprotocols=["chat.v3"])
+    server = ServerConnection(subprotocols=["chat.v1", "chat.v2"])
+    server.receive_data(wire(client))
+    closed = last_close(server.accept())
+    assert isinstance(closed.error, InvalidHandshake)
+    response = wire(server)
+    assert response.startswith(b"HTTP/1.1 400 ")
+    assert b"chat.v3" in response and b"chat.v1, chat.v2" in response

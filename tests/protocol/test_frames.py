@@ -279,3 +279,46 @@ def test_frames_round_trip_in_any_chunking(
         while (frame := parser.next_frame()) is not None:
             received.append(frame)
     assert received == [Frame(op, data, fin=fin) for op, data, fin in frames]
+
+
+# -- peeking at a frame still arriving (found by Autobahn 6.4.3, 6.4.4) ------
+
+
+@given(
+    payload=st.binary(min_size=1, max_size=300),
+    arrived=st.integers(0, 300),
+    offset=st.integers(0, 300),
+    masked=st.booleans(),
+)
+def test_partial_payload_unmasks_from_any_offset(
+    payload: bytes, arrived: int, offset: int, masked: bool
+) -> None:
+    arrived = min(arrived, len(payload) - 1)  # the frame is incomplete
+    offset = min(offset, arrived)
+    frame = serialize_frame(Opcode.TEXT, payload, fin=False, mask=masked)
+    header = len(frame) - len(payload)
+    parser = FrameParser(expect_mask=masked)
+    parser.feed(frame[: header + arrived])
+    assert parser.next_frame() is None
+    assert parser.partial_payload(offset) == (
+        Opcode.TEXT,
+        False,
+        payload[offset:arrived],
+    )
+    # Nothing was consumed: the rest completes the frame.
+    parser.feed(frame[header + arrived :])
+    assert parser.next_frame() == Frame(Opcode.TEXT, payload, fin=False)
+
+
+def test_partial_payload_needs_the_whole_header() -> None:
+    parser = FrameParser(expect_mask=True)
+    frame = serialize_frame(Opcode.BINARY, b"x" * 300, rsv1=True, mask=True)
+    for cut in range(8):  # 2 bytes, a 16-bit length and the mask
+        parser = FrameParser(expect_mask=True)
+        parser.rsv_allowed = RSV1
+        parser.feed(frame[:cut])
+        assert parser.next_frame() is None
+        assert parser.partial_payload(0) is None
+    parser.feed(frame[7:10])
+    assert parser.next_frame() is None
+    assert parser.partial_payload(0) == (Opcode.BINARY, True, b"xx")

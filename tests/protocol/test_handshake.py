@@ -809,3 +809,48 @@ def test_built_request_always_parses_and_validates(
     assert parse_subprotocols(request) == subprotocols
     for pair in extra:
         assert pair in request.headers.items()
+
+
+# -- plain HTTP requests with a body, for an API beside the upgrade ---------
+
+
+def test_request_body_is_read_up_to_max_body_size() -> None:
+    reader = RequestReader(max_body_size=100)
+    data = b"POST /api/publish HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\nhello world"
+    results = [reader.feed(data[i : i + 1]) for i in range(len(data))]
+    assert results[:-1] == [None] * (len(data) - 1)
+    request = results[-1]
+    assert request is not None
+    assert (request.method, request.path, request.body) == ("POST", "/api/publish", b"hello world")
+
+
+def test_chunked_request_body_is_read() -> None:
+    reader = RequestReader(max_body_size=100)
+    request = reader.feed(
+        b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    )
+    assert request is not None and request.body == b"hello world"
+
+
+def test_request_body_over_the_limit_is_413() -> None:
+    reader = RequestReader(max_body_size=10)
+    with pytest.raises(InvalidHandshake) as info:
+        reader.feed(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\n")
+    assert info.value.status == 413
+    chunked = RequestReader(max_body_size=10)
+    with pytest.raises(InvalidHandshake) as info:
+        chunked.feed(
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"b\r\nhello world\r\n0\r\n\r\n"
+        )
+    assert info.value.status == 413
+
+
+def test_rfc6455_4_1_an_upgrade_request_with_a_body_is_refused() -> None:
+    key = generate_key()
+    head = build_request("h", "/", key).replace(b"\r\n\r\n", b"\r\nContent-Length: 2\r\n\r\n")
+    request = RequestReader(max_body_size=100).feed(head + b"hi")
+    assert request is not None
+    with pytest.raises(InvalidHandshake, match="body"):
+        validate_request(request)

@@ -79,3 +79,15 @@ def test_incremental_and_whole_decoding_agree(data: bytes) -> None:
     except ProtocolError:
         incremental = None
     assert whole == incremental
+
+
+def test_copy_continues_from_the_same_state_without_changing_the_original() -> None:
+    # Used to check a text frame still arriving (found by Autobahn 6.4.4).
+    decoder = Utf8Decoder()
+    assert decoder.decode("κ".encode()[:1], False) == ""
+    clone = decoder.copy()
+    with pytest.raises(ProtocolError) as info:
+        clone.decode(b"\xff", False)
+    assert info.value.code == 1007
+    assert decoder.decode("κ".encode()[1:], True) == "κ"
+    assert decoder.copy().decode("ό".encode(), True) == "ό"

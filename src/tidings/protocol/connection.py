@@ -98,6 +98,9 @@ class Connection:
         "_out_compressed",
         "_out_opcode",
         "_parser",
+        "_partial_checked",
+        "_partial_utf8",
+        "_pending_error",
         "auto_pong",
         "close_code",
         "close_reason",
@@ -143,8 +146,18 @@ class Connection:
         self._out_compressed = False
         self._close_sent_code: int | None = None
         self._clean_close = False
+        # UTF-8 checked so far in a text frame still arriving.
+        self._partial_utf8: Utf8Decoder | None = None
+        self._partial_checked = 0
+        # A protocol error found after messages in the same batch of bytes.
+        self._pending_error: ProtocolError | None = None
 
     # -- properties ----------------------------------------------------
+
+    @property
+    def compression(self) -> deflate.DeflateConfig | None:
+        """The permessage-deflate settings this side offers or accepts."""
+        return self._compression
 
     @property
     def deflate_params(self) -> deflate.DeflateParams | None:
@@ -169,24 +182,50 @@ class Connection:
 
     # -- receiving -----------------------------------------------------
 
-    def receive_data(self, data: Buffer) -> list[Event]:
+    def receive_data(self, data: Buffer, *, unread: bool = False) -> list[Event]:
         """Feed bytes from the peer; return the events they complete.
 
         A peer that breaks the protocol does not make this raise: the
         connection queues a close frame with the RFC's code, moves to
-        ``CLOSED`` and reports :class:`Closed` with the error.
+        ``CLOSED`` and reports :class:`Closed` with the error; but see
+        :attr:`failure_pending` for an error that follows messages returned
+        in the same call, or still ``unread``: pass ``unread=True`` while
+        the application has not yet read every message returned before.
         """
         if self.state is State.CONNECTING:
             return self._receive_handshake(data)
         if self.state is State.CLOSED:
             return []
+        if self._pending_error is not None:
+            return self._fail_pending()
         self._parser.feed(data)
-        return self._receive_frames()
+        return self._receive_frames(unread)
+
+    @property
+    def failure_pending(self) -> bool:
+        """True when the bytes received hold a protocol error that comes after
+        messages returned in the same call or still unread.
+
+        Those messages stay answerable, the connection ``OPEN``, so that
+        answers to them go out before the close frame, as the peer expects
+        (Autobahn cases 3.2, 4.1.3, 5.15); the connection fails at the next
+        ``receive_data`` call, which may pass ``b""``, or ``receive_eof``.
+        """
+        return self._pending_error is not None
+
+    def _fail_pending(self) -> list[Event]:
+        assert self._pending_error is not None
+        events: list[Event] = []
+        self._fail(self._pending_error, events)
+        self._pending_error = None
+        return events
 
     def receive_eof(self) -> list[Event]:
         """The peer closed its end of the TCP connection."""
         if self.state is State.CLOSED:
             return []
+        if self._pending_error is not None:
+            return self._fail_pending()
         self.state = State.CLOSED
         self.close_code = 1006
         return [Closed(1006, error=self.error)]
@@ -194,7 +233,7 @@ class Connection:
     def _receive_handshake(self, data: Buffer) -> list[Event]:
         raise NotImplementedError
 
-    def _receive_frames(self) -> list[Event]:
+    def _receive_frames(self, unread: bool = False) -> list[Event]:
         events: list[Event] = []
         parser = self._parser
         try:
@@ -202,11 +241,44 @@ class Connection:
                 parser.max_payload = self._frame_budget()
                 frame = parser.next_frame()
                 if frame is None:
+                    self._check_partial_text()
                     break
+                self._partial_utf8 = None
+                self._partial_checked = 0
                 self._receive_frame(frame, events)
         except ProtocolError as exc:
-            self._fail(exc, events)
+            if unread or any(isinstance(e, _MESSAGE_EVENTS) for e in events):
+                self._pending_error = exc  # see failure_pending
+            else:
+                self._fail(exc, events)
         return events
+
+    def _check_partial_text(self) -> None:
+        """Check the UTF-8 of an uncompressed text frame that is still arriving,
+        so that invalid text fails at once, not when the frame ends (RFC 6455
+        §8.1; Autobahn cases 6.4.3, 6.4.4). Each byte is checked once."""
+        partial = self._parser.partial_payload(self._partial_checked)
+        if partial is None:
+            return
+        opcode, rsv1, data = partial
+        if not data:
+            return
+        decoder = self._partial_utf8
+        if decoder is None:
+            if opcode is Opcode.TEXT and not rsv1 and self._in_opcode is None:
+                decoder = Utf8Decoder()
+            elif (
+                opcode is Opcode.CONTINUATION
+                and self._in_opcode is Opcode.TEXT
+                and not self._in_compressed
+                and self._in_utf8 is not None
+            ):
+                decoder = self._in_utf8.copy()
+            else:
+                return
+            self._partial_utf8 = decoder
+        decoder.decode(data, False)
+        self._partial_checked += len(data)
 
     def _frame_budget(self) -> int | None:
         if self.max_message_size is None:
@@ -348,6 +420,16 @@ class Connection:
             Opcode.CONTINUATION, data.encode() if isinstance(data, str) else data, fin
         )
 
+    @property
+    def can_send_message(self) -> bool:
+        """True when a new data message may be sent now: the connection is
+        open and no fragmented message is unfinished.
+
+        A server that serialized one frame for many connections (see
+        ``tidings.broadcast``) checks this before writing it directly.
+        """
+        return self.state is State.OPEN and self._out_opcode is None
+
     def send_ping(self, data: Buffer = b"") -> None:
         """Send a ping with at most 125 bytes of payload."""
         self._send_control(Opcode.PING, data)
@@ -442,6 +524,9 @@ class Connection:
         return [Closed(1006, str(exc), exc)]
 
 
+_MESSAGE_EVENTS = (TextMessage, BinaryMessage, Fragment)
+
+
 def _truncate_reason(reason: str) -> str:
     """Cut a reason to the 123 bytes of UTF-8 a close frame can hold."""
     data = reason.encode()
@@ -467,7 +552,8 @@ class ServerConnection(Connection):
     ``/healthz`` probe or a 403 for a foreign origin).
 
     ``subprotocols`` lists the subprotocols this server speaks, most preferred
-    first.
+    first. ``max_body_size`` lets plain HTTP requests beside the upgrade (an
+    HTTP API) carry a body of up to that many bytes.
     """
 
     __slots__ = ("_reader", "request", "subprotocols")
@@ -480,6 +566,7 @@ class ServerConnection(Connection):
         max_message_size: int | None = MAX_MESSAGE_SIZE,
         max_head_size: int = MAX_HEAD_SIZE,
         max_headers: int = MAX_HEADERS,
+        max_body_size: int = 0,
         auto_pong: bool = True,
         stream_messages: bool = False,
     ) -> None:
@@ -495,7 +582,9 @@ class ServerConnection(Connection):
         # Dropped once the request is read: its h11 state is ~1 KiB that an
         # open connection never needs again.
         self._reader: handshake.RequestReader | None = handshake.RequestReader(
-            max_head_size=max_head_size, max_headers=max_headers
+            max_head_size=max_head_size,
+            max_headers=max_headers,
+            max_body_size=max_body_size,
         )
 
     def _receive_handshake(self, data: Buffer) -> list[Event]:
@@ -546,6 +635,15 @@ class ServerConnection(Connection):
             return self.reject(exc.status, str(exc), exc.headers, error=exc)
         if isinstance(subprotocol, _Unset):
             subprotocol = self.select_subprotocol(offered)
+            if subprotocol is None and offered and self.subprotocols:
+                # RFC 6455 §4.2.2 would let us answer without one, but the
+                # client must then fail the connection (§4.1) and browsers
+                # report only "1006". A 400 that says why is kinder.
+                exc = InvalidHandshake(
+                    f"no common subprotocol: the client offered {', '.join(offered)}; "
+                    f"this server speaks {', '.join(self.subprotocols)}"
+                )
+                return self.reject(400, str(exc), error=exc)
         elif subprotocol is not None and subprotocol not in offered:
             raise ValueError(f"the client did not offer subprotocol {subprotocol!r}")
         self.subprotocol = subprotocol

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from ..exceptions import PayloadTooBig, ProtocolError
+from . import speedups
 from .utf8 import decode_utf8
 
 __all__ = [
@@ -194,6 +195,35 @@ class FrameParser:
         self._pos = end
         return Frame(opcode, payload, bool(b0 & 0x80), bool(b0 & RSV1))
 
+    def partial_payload(self, offset: int) -> tuple[Opcode, bool, bytes] | None:
+        """Peek at the frame still arriving, after :meth:`next_frame` returned
+        None: its opcode, RSV1 and the payload that has arrived from
+        ``offset`` on, unmasked; None while its header is incomplete.
+
+        Nothing is consumed. This lets the connection check the UTF-8 of a
+        long text frame as it arrives (RFC 6455 §8.1: fail fast).
+        """
+        buf = self._buf
+        pos = self._pos
+        available = len(buf) - pos
+        if available < 2:
+            return None
+        length = buf[pos + 1] & 0x7F
+        header_size = 10 if length == 127 else 4 if length == 126 else 2
+        if self.expect_mask:
+            header_size += 4
+        if available < header_size:
+            return None
+        b0 = buf[pos]
+        start = pos + header_size + offset
+        if self.expect_mask:
+            mask = bytes(buf[start - offset - 4 : start - offset])
+            shift = offset & 3
+            payload = apply_mask(bytes(buf[start:]), mask[shift:] + mask[:shift])
+        else:
+            payload = bytes(buf[start:])
+        return _KNOWN_OPCODES[b0 & 0x0F], bool(b0 & RSV1), payload
+
     def _check_first_byte(self, b0: int, b1: int) -> Opcode:
         opcode = _KNOWN_OPCODES.get(b0 & 0x0F)
         if opcode is None:
@@ -256,3 +286,30 @@ def serialize_close(code: int, reason: str = "") -> bytes:
     if len(data) > MAX_CONTROL_PAYLOAD:
         raise ValueError("close reason is longer than 123 bytes of UTF-8")
     return data
+
+
+# -- compiled twins (docs/speedups.md) --------------------------------------
+# The code above is the reference. When the C extension is in use, its twins
+# replace apply_mask and FrameParser.next_frame here, for every caller; the
+# reference stays reachable under these names for the tests that compare them.
+
+_py_apply_mask = apply_mask
+_py_next_frame = FrameParser.next_frame
+
+
+def _c_next_frame(self: FrameParser) -> Frame | None:
+    """:meth:`FrameParser.next_frame`, parsing and unmasking in C."""
+    result = _speedups.parse_frame(
+        self._buf, self._pos, self.expect_mask, self.rsv_allowed, self.max_payload
+    )
+    if result is None:
+        return None
+    opcode, payload, fin, rsv1, self._pos = result
+    return Frame(_KNOWN_OPCODES[opcode], payload, fin, rsv1)
+
+
+if speedups.ACTIVE:
+    from . import _speedups
+
+    apply_mask = _speedups.apply_mask
+    FrameParser.next_frame = _c_next_frame  # type: ignore[method-assign]

@@ -116,6 +116,8 @@ class Request:
     method: str
     target: str
     headers: Headers
+    body: bytes = b""
+    """The body of a plain HTTP request; an upgrade request has none."""
 
     def _split(self) -> tuple[str, str]:
         if not self.target.startswith("/"):
@@ -336,7 +338,10 @@ class _HeadReader(Generic[_Head]):
             return None
         # h11 only limits the size of an *incomplete* head; one that arrives
         # whole in a single chunk is checked here.
-        if self._received - len(self._conn.trailing_data[0]) > self._max_head_size:
+        if (
+            isinstance(event, h11.Request | h11.Response | h11.InformationalResponse)
+            and self._received - len(self._conn.trailing_data[0]) > self._max_head_size
+        ):
             raise self._too_big()
         return event
 
@@ -360,22 +365,51 @@ class _HeadReader(Generic[_Head]):
 
 
 class RequestReader(_HeadReader[Request]):
-    """Server side: feed bytes until one complete request head arrives."""
+    """Server side: feed bytes until one complete request arrives.
 
-    __slots__ = ()
+    A body is read only up to ``max_body_size`` bytes (413 beyond it); with
+    the default of 0, a request with a body is refused with 400, since an
+    upgrade request never has one.
+    """
+
+    __slots__ = ("_body", "_max_body_size", "_pending")
 
     def __init__(
-        self, *, max_head_size: int = MAX_HEAD_SIZE, max_headers: int = MAX_HEADERS
+        self,
+        *,
+        max_head_size: int = MAX_HEAD_SIZE,
+        max_headers: int = MAX_HEADERS,
+        max_body_size: int = 0,
     ) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head_size)
         super().__init__(conn, "request", max_head_size, max_headers)
+        self._max_body_size = max_body_size
+        self._pending: Request | None = None
+        self._body = bytearray()
 
     def _read(self) -> Request | None:
-        event = self._next_event()
-        if event is None:
-            return None
-        if not isinstance(event, h11.Request):  # pragma: no cover - h11 contract
-            raise InvalidHandshake(f"unexpected HTTP event {event!r}")
+        while True:
+            event = self._next_event()
+            if event is None:
+                return None
+            if isinstance(event, h11.Request):
+                request = self._parse_head(event)
+                if not self._has_body(request.headers):
+                    return request
+                self._pending = request
+            elif isinstance(event, h11.Data):
+                self._body += event.data
+                if len(self._body) > self._max_body_size:
+                    raise self._body_too_big()
+            elif isinstance(event, h11.EndOfMessage) and self._pending is not None:
+                pending = self._pending
+                return Request(
+                    pending.method, pending.target, pending.headers, bytes(self._body)
+                )
+            else:  # pragma: no cover - h11 contract
+                raise InvalidHandshake(f"unexpected HTTP event {event!r}")
+
+    def _parse_head(self, event: h11.Request) -> Request:
         if event.http_version < b"1.1":
             # §4.1: "The method of the request MUST be GET, and the HTTP
             # version MUST be at least 1.1."
@@ -383,16 +417,28 @@ class RequestReader(_HeadReader[Request]):
                 "WebSocket upgrade requires HTTP/1.1 or later, "
                 f"got HTTP/{event.http_version.decode()}"
             )
-        headers = self._headers(event)
-        # A body would sit between the head and the first frame. h11 has
-        # checked Content-Length is digits; stripping zeros cannot raise.
-        length = headers.get("Content-Length") or "0"
-        if "Transfer-Encoding" in headers or length.strip("0"):
+        return Request(
+            event.method.decode(), event.target.decode(), self._headers(event)
+        )
+
+    def _has_body(self, headers: Headers) -> bool:
+        # h11 has checked that Content-Length is digits.
+        length = int(headers.get("Content-Length") or "0")
+        if "Transfer-Encoding" not in headers and length == 0:
+            return False
+        if self._max_body_size == 0:
             raise InvalidHandshake(
                 "WebSocket upgrade request must not have a body "
                 "(Content-Length or Transfer-Encoding header)"
             )
-        return Request(event.method.decode(), event.target.decode(), headers)
+        if length > self._max_body_size:
+            raise self._body_too_big()
+        return True
+
+    def _body_too_big(self) -> InvalidHandshake:
+        return InvalidHandshake(
+            f"request body is larger than {self._max_body_size} bytes", status=413
+        )
 
 
 class ResponseReader(_HeadReader[Response]):
@@ -469,6 +515,8 @@ def validate_request(request: Request) -> str:
     for a missing or unsupported version (§4.2.2), 400 otherwise.
     """
     headers = request.headers
+    if request.body:
+        raise InvalidHandshake("WebSocket upgrade request must not have a body")
     if request.method != "GET":
         raise InvalidHandshake(
             f"WebSocket upgrade requires the GET method, got {request.method}",

@@ -1,0 +1,19 @@
+"""Build configuration beyond pyproject.toml: the optional C extension.
+
+``tidings.protocol._speedups`` holds compiled twins of the protocol's hot
+paths (docs/speedups.md). It is optional: where no C compiler is found, or
+the compile fails, setuptools prints a warning and the install goes on, and
+tidings runs on the pure-Python twins.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "tidings.protocol._speedups",
+            sources=["src/tidings/protocol/_speedups.c"],
+            optional=True,
+        )
+    ]
+)

@@ -1,0 +1,76 @@
+"""Reading ``/proc``: CPU time of a process, busy time of a core, memory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def proc_cpu(pid: int | None) -> float | None:
+    """CPU seconds (user + system) used so far by process ``pid``."""
+    if pid is None:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def core_times() -> dict[int, tuple[int, int]]:
+    """Per core: (ticks in processes, all ticks) since boot.
+
+    Processes' ticks are user + nice + system: interrupts and softirqs (where
+    loopback TCP does much of its work) and steal are left out, since
+    ``/proc/PID/stat`` does not charge them to any process either.
+    """
+    times: dict[int, tuple[int, int]] = {}
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("cpu") and line[3:4].isdigit():
+                name, *values = line.split()
+                nums = [int(v) for v in values[:8]]
+                times[int(name[3:])] = (sum(nums[:3]), sum(nums))
+    return times
+
+
+def busy_fraction(
+    before: dict[int, tuple[int, int]],
+    after: dict[int, tuple[int, int]],
+    core: int | None,
+) -> float | None:
+    """How busy ``core`` was between two :func:`core_times` readings."""
+    if core is None or core not in before or core not in after:
+        return None
+    busy = after[core][0] - before[core][0]
+    total = after[core][1] - before[core][1]
+    return busy / total if total > 0 else None
+
+
+def rss_kib(pid: int) -> int | None:
+    """Resident set size of ``pid`` in KiB."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return None
+
+
+def fd_limit(pid: int) -> int | None:
+    """The soft limit on open files of ``pid``."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+            if line.startswith("Max open files"):
+                return int(line.split()[3])
+    return None
+
+
+def open_fds(pid: int) -> int | None:
+    """How many files ``pid`` has open."""
+    with contextlib.suppress(OSError):
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    return None

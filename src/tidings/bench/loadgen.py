@@ -1,0 +1,916 @@
+"""The benchmark's load client: a lean raw-socket WebSocket client.
+
+It runs as its own process, pinned to one core, and prints one JSON object
+per line on stdout for the runner. It does no more work per message than it
+must, so that it is not the bottleneck:
+
+- every message it sends is the same frame, masked once at start-up, so
+  ``k`` messages are ``frame * k``, one ``write``;
+- every message the server sends back is the same frame too, so the incoming
+  byte stream is that frame repeated: complete frames are counted from the
+  byte count, and the bytes are still checked, with one ``memcmp`` per read,
+  against the expected stream;
+- several messages are kept in flight per connection (``--depth``), so that
+  a read and a write carry many messages.
+
+Modes: ``echo``, ``broadcast``, ``handshake``, ``idle`` (opens connections
+and holds them, driven by commands on stdin) and ``client`` (one library's
+own client against a server, for the client-side comparison). Every loop is
+bounded by ``--duration``/``--repeat`` and by ``--timeout``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import hashlib
+import importlib
+import json
+import os
+import resource
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, cast
+
+from ._proc import busy_fraction, core_times, proc_cpu
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+#: Largest read the event loops hand to ``data_received`` (both use 256 KiB).
+_CHUNK = 256 * 1024
+
+#: Above this, ``k`` copies of a frame are written with ``writelines``.
+_JOIN_LIMIT = 64 * 1024
+
+#: Client frames are masked (RFC 6455 §5.3); one key per process.
+_MASK = os.urandom(4)
+
+#: Fixed safety cap on any count in this module.
+_MAX_COUNT = 10**10
+
+
+def emit(**fields: Any) -> None:
+    """Report one event to the runner, as one JSON line on stdout."""
+    sys.stdout.write(json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+# -- frames --------------------------------------------------------------
+
+
+def mask_bytes(data: bytes, mask: bytes) -> bytes:
+    """XOR ``data`` with the repeated 4-byte ``mask``."""
+    n = len(data)
+    if n == 0:
+        return b""
+    key = (mask * (n // 4 + 1))[:n]
+    value = int.from_bytes(data, "little") ^ int.from_bytes(key, "little")
+    return value.to_bytes(n, "little")
+
+
+def build_frame(payload: bytes, opcode: int = 0x2, *, masked: bool = False) -> bytes:
+    """One final frame carrying ``payload``; masked for a client's frames."""
+    n = len(payload)
+    mask_bit = 0x80 if masked else 0
+    if n < 126:
+        head = bytes([0x80 | opcode, mask_bit | n])
+    elif n < 1 << 16:
+        head = bytes([0x80 | opcode, mask_bit | 126]) + n.to_bytes(2, "big")
+    else:
+        head = bytes([0x80 | opcode, mask_bit | 127]) + n.to_bytes(8, "big")
+    if not masked:
+        return head + payload
+    return head + _MASK + mask_bytes(payload, _MASK)
+
+
+def close_frame(code: int = 1000) -> bytes:
+    """A masked close frame with ``code`` (the client's)."""
+    return build_frame(code.to_bytes(2, "big"), 0x8, masked=True)
+
+
+def payload_of(size: int) -> bytes:
+    """A payload of ``size`` bytes, not all alike (so masking is real work)."""
+    pattern = bytes(range(33, 127))
+    return (pattern * (size // len(pattern) + 1))[:size]
+
+
+class Expected:
+    """The bytes a server sends when every frame is ``frame``: that frame,
+    repeated. Shared by the connections of a run."""
+
+    __slots__ = ("frame_len", "pattern", "verify")
+
+    def __init__(self, frame: bytes, verify: bool = True) -> None:
+        self.frame_len = len(frame)
+        self.verify = verify
+        copies = max(2, -(-(_CHUNK + self.frame_len) // self.frame_len))
+        self.pattern = frame * copies if verify else b""
+
+
+class Stream:
+    """One connection's position in the :class:`Expected` stream.
+
+    :meth:`feed` returns how many frames the bytes complete; when verifying,
+    it also compares them with the expected bytes and counts mismatches.
+    """
+
+    __slots__ = ("errors", "expected", "frame_len", "pattern", "pos", "verify")
+
+    def __init__(self, expected: Expected) -> None:
+        self.expected = expected
+        self.frame_len = expected.frame_len
+        self.verify = expected.verify
+        self.pattern = expected.pattern
+        self.pos = 0
+        self.errors = 0
+
+    def feed(self, data: bytes) -> int:
+        n = len(data)
+        pos = self.pos
+        if self.verify:
+            # startswith() compares in place: no copy, no allocation.
+            if n <= _CHUNK:
+                if not self.pattern.startswith(data, pos):
+                    self.errors += 1
+            else:
+                length = self.frame_len
+                view = memoryview(data)
+                for off in range(0, n, _CHUNK):
+                    if not self.pattern.startswith(
+                        view[off : off + _CHUNK], (pos + off) % length
+                    ):
+                        self.errors += 1
+        total = pos + n
+        self.pos = total % self.frame_len
+        return total // self.frame_len
+
+
+def handshake_request(host: str, port: int, key: bytes, path: str = "/") -> bytes:
+    return (
+        f"GET {path} HTTP/1.1\r\n"
+        f"Host: {host}:{port}\r\n"
+        "Upgrade: websocket\r\n"
+        "Connection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key.decode()}\r\n"
+        "Sec-WebSocket-Version: 13\r\n"
+        "\r\n"
+    ).encode()
+
+
+def accept_value(key: bytes) -> bytes:
+    return base64.b64encode(hashlib.sha1(key + GUID).digest())
+
+
+class Handshake:
+    """The opening request of one process (one key: servers don't mind)."""
+
+    def __init__(self, host: str, port: int, path: str = "/") -> None:
+        key = base64.b64encode(os.urandom(16))
+        self.request = handshake_request(host, port, key, path)
+        self.accept = accept_value(key)
+
+    def check(self, head: bytes) -> bool:
+        return head.startswith(b"HTTP/1.1 101") and self.accept in head
+
+
+# -- connections ---------------------------------------------------------
+
+
+class Bench:
+    """State shared by the connections of one run."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.sending = True
+        self.errors = 0
+        self.failed = 0
+
+
+class Conn(asyncio.Protocol):
+    """A raw WebSocket client connection; subclasses handle the frames."""
+
+    def __init__(self, bench: Bench, hs: Handshake, stream: Stream | None) -> None:
+        self.bench = bench
+        self.hs = hs
+        self.stream = stream
+        self.head: bytes | None = b""
+        self.transport: asyncio.Transport | None = None
+        loop = asyncio.get_running_loop()
+        self.opened: asyncio.Future[bool] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(self.hs.request)
+
+    def data_received(self, data: bytes) -> None:
+        if self.head is not None:
+            head = self.head + data
+            end = head.find(b"\r\n\r\n")
+            if end < 0:
+                self.head = head
+                return
+            self.head = None
+            ok = self.hs.check(head[:end])
+            if not self.opened.done():
+                self.opened.set_result(ok)
+            if not ok:
+                self.bench.failed += 1
+                self.abort()
+                return
+            self.on_open()
+            data = head[end + 4 :]
+            if not data:
+                return
+        self.on_data(data)
+
+    def on_open(self) -> None:
+        pass
+
+    def on_data(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if not self.opened.done():
+            self.opened.set_result(False)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class EchoConn(Conn):
+    """Keeps ``depth`` messages in flight: sends one for each one back."""
+
+    def __init__(
+        self, bench: Bench, hs: Handshake, out: bytes, back: Expected, depth: int
+    ) -> None:
+        super().__init__(bench, hs, Stream(back))
+        self.out = out
+        self.depth = depth
+
+    def on_open(self) -> None:
+        self.send(self.depth)
+
+    def send(self, k: int) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        if len(self.out) <= _JOIN_LIMIT:
+            transport.write(self.out * k)
+        else:
+            transport.writelines([self.out] * k)
+
+    def on_data(self, data: bytes) -> None:
+        assert self.stream is not None
+        k = self.stream.feed(data)
+        if k:
+            bench = self.bench
+            bench.count += k
+            if bench.sending:
+                self.send(k)
+
+
+class BroadcastBench(Bench):
+    """Keeps ``depth`` broadcasts in flight, counting deliveries at clients.
+
+    Broadcast number ``s`` is sent once broadcast ``s - depth`` has reached
+    every client. A server may drop a delivery (to a slow client, say);
+    then nothing moves for a while and a watchdog lets one more through,
+    counted in ``stalls``.
+    """
+
+    def __init__(self, clients: int, depth: int, lowat: int) -> None:
+        super().__init__()
+        self.clients = clients
+        self.depth = depth
+        self.lowat = lowat
+        self.sent = 0
+        self.credit = 0
+        self.stalls = 0
+        self.publisher: BroadcastConn | None = None
+
+    def pump(self) -> None:
+        pub = self.publisher
+        if pub is None or pub.transport is None:
+            return
+        n = 0
+        while (
+            self.sending
+            and self.count + self.credit
+            >= (self.sent + n - self.depth + 1) * self.clients
+            and self.sent + n < _MAX_COUNT
+        ):
+            n += 1
+        if n:
+            self.sent += n
+            pub.transport.write(pub.out * n)
+
+    def unstick(self) -> None:
+        self.stalls += 1
+        self.credit = (self.sent - self.depth + 1) * self.clients - self.count
+        self.pump()
+
+
+class BroadcastConn(Conn):
+    def __init__(
+        self, bench: BroadcastBench, hs: Handshake, out: bytes, back: Expected
+    ) -> None:
+        super().__init__(bench, hs, Stream(back))
+        self.bcast = bench
+        self.out = out
+
+    def on_open(self) -> None:
+        lowat = self.bcast.lowat
+        if lowat > 1 and self.transport is not None and self.stream is not None:
+            sock = self.transport.get_extra_info("socket")
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat * self.stream.frame_len
+            )
+
+    def on_data(self, data: bytes) -> None:
+        assert self.stream is not None
+        k = self.stream.feed(data)
+        if k:
+            bench = self.bcast
+            bench.count += k
+            if (
+                bench.count + bench.credit
+                >= (bench.sent - bench.depth + 1) * bench.clients
+            ):
+                bench.pump()
+
+
+class IdleConn(Conn):
+    """Opens and then does nothing."""
+
+
+class HandshakeConn(Conn):
+    """Opens, sends a close frame, and waits for the server to close TCP."""
+
+    def __init__(self, bench: Bench, hs: Handshake) -> None:
+        super().__init__(bench, hs, None)
+        self.ok = False
+
+    def on_open(self) -> None:
+        self.ok = True
+        if self.transport is not None:
+            self.transport.write(_CLOSE)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.ok:
+            self.bench.count += 1
+        else:
+            self.bench.failed += 1
+        super().connection_lost(exc)
+
+
+_CLOSE = close_frame(1000)
+
+
+# -- measuring -----------------------------------------------------------
+
+
+async def measure(
+    bench: Bench,
+    *,
+    warmup: float,
+    duration: float,
+    repeat: int,
+    server_pid: int | None,
+    server_core: int | None = None,
+    client_core: int | None = None,
+    max_foreign: float = 1.0,
+    extra: Callable[[], dict[str, Any]] | None = None,
+) -> None:
+    """Report ``repeat`` windows of ``duration`` seconds after ``warmup``.
+
+    Each gives the count, the CPU time of this process and of the server
+    per wall second, and ``foreign``: the largest share of the server's or
+    the client's core that other processes took (the machine may be
+    shared). A window where that is above ``max_foreign`` is reported as
+    ``discarded`` and measured again, at most ``repeat // 2`` times (once at least).
+    """
+    emit(event="started")
+    await asyncio.sleep(warmup)
+    rep = retries = 0
+    while rep < repeat:
+        c0, w0 = bench.count, time.perf_counter()
+        p0, s0, k0 = time.process_time(), proc_cpu(server_pid), core_times()
+        await asyncio.sleep(duration)
+        c1, w1 = bench.count, time.perf_counter()
+        p1, s1, k1 = time.process_time(), proc_cpu(server_pid), core_times()
+        wall = w1 - w0
+        client = (p1 - p0) / wall
+        server = None if s0 is None or s1 is None else (s1 - s0) / wall
+        foreign = None
+        busy_s = busy_fraction(k0, k1, server_core)
+        busy_c = busy_fraction(k0, k1, client_core)
+        if busy_s is not None and busy_c is not None and server is not None:
+            foreign = max(0.0, busy_s - server, busy_c - client)
+        fields: dict[str, Any] = {
+            "event": "window",
+            "rep": rep,
+            "count": c1 - c0,
+            "seconds": wall,
+            "client_cpu": client,
+            "server_cpu": server,
+            "foreign": foreign,
+        }
+        if extra is not None:
+            fields.update(extra())
+        if (
+            foreign is not None
+            and foreign > max_foreign
+            and retries < max(1, repeat // 2)
+        ):
+            retries += 1
+            fields["event"] = "discarded"
+            emit(**fields)
+            continue
+        emit(**fields)
+        rep += 1
+    bench.sending = False
+
+
+def sources(count: int) -> list[str]:
+    """``count`` loopback source addresses: 127.0.0.1, 127.0.0.2, ..."""
+    return [f"127.0.0.{i}" for i in range(1, max(1, count) + 1)]
+
+
+async def open_many(
+    factory: Callable[[], Conn],
+    host: str,
+    port: int,
+    count: int,
+    *,
+    src: Sequence[str],
+    concurrency: int,
+    timeout: float,
+    start: int = 0,
+) -> list[Conn]:
+    """Open ``count`` connections, ``concurrency`` at a time; return those
+    whose handshake succeeded."""
+    loop = asyncio.get_running_loop()
+    opened: list[Conn] = []
+    sem = asyncio.Semaphore(concurrency)
+    failures = 0
+
+    async def one(i: int) -> None:
+        nonlocal failures
+        async with sem:
+            conn = factory()
+            try:
+                await asyncio.wait_for(
+                    loop.create_connection(
+                        lambda: conn,
+                        host,
+                        port,
+                        local_addr=(src[i % len(src)], 0),
+                    ),
+                    timeout,
+                )
+                ok = await asyncio.wait_for(conn.opened, timeout)
+            except (OSError, TimeoutError) as exc:
+                failures += 1
+                if failures <= 3:
+                    emit(event="note", text=f"connection {i} failed: {exc!r}")
+                conn.abort()
+                return
+            if ok:
+                opened.append(conn)
+            else:
+                failures += 1
+
+    await asyncio.gather(*(one(start + i) for i in range(count)))
+    return opened
+
+
+# -- modes ---------------------------------------------------------------
+
+
+async def run_echo(args: argparse.Namespace) -> None:
+    bench = Bench()
+    hs = Handshake(args.host, args.port)
+    payload = payload_of(args.size)
+    out = build_frame(payload, masked=True)
+    back = Expected(build_frame(payload), verify=not args.no_verify)
+    conns = await open_many(
+        lambda: EchoConn(bench, hs, out, back, args.depth),
+        args.host,
+        args.port,
+        args.conns,
+        src=sources(args.sources),
+        concurrency=100,
+        timeout=args.timeout,
+    )
+    emit(event="opened", conns=len(conns), failed=args.conns - len(conns))
+    if not conns:
+        raise SystemExit("no connection could be opened")
+
+    def extra() -> dict[str, Any]:
+        return {"errors": sum(c.stream.errors for c in conns if c.stream)}
+
+    await measure(
+        bench,
+        warmup=args.warmup,
+        duration=args.duration,
+        repeat=args.repeat,
+        server_pid=args.server_pid,
+        server_core=args.server_core,
+        client_core=args.cpu,
+        max_foreign=args.max_foreign,
+        extra=extra,
+    )
+    lost = sum(1 for c in conns if c.transport is None)
+    emit(event="done", errors=extra()["errors"], lost=lost)
+    for c in conns:
+        c.abort()
+
+
+async def run_broadcast(args: argparse.Namespace) -> None:
+    bench = BroadcastBench(args.conns, args.depth, args.lowat)
+    hs = Handshake(args.host, args.port)
+    payload = payload_of(args.size)
+    out = build_frame(payload, masked=True)
+    back = Expected(build_frame(payload), verify=not args.no_verify)
+    conns = await open_many(
+        lambda: BroadcastConn(bench, hs, out, back),
+        args.host,
+        args.port,
+        args.conns,
+        src=sources(args.sources),
+        concurrency=200,
+        timeout=args.timeout,
+    )
+    emit(event="opened", conns=len(conns), failed=args.conns - len(conns))
+    if not conns:
+        raise SystemExit("no connection could be opened")
+    bench.clients = len(conns)
+    await asyncio.sleep(0.5)  # let the server register the last ones
+    first = conns[0]
+    assert isinstance(first, BroadcastConn)
+    bench.publisher = first
+    last = -1
+
+    async def watchdog() -> None:
+        nonlocal last
+        while bench.sending:
+            await asyncio.sleep(0.2)
+            if bench.count == last and bench.sending:
+                bench.unstick()
+            last = bench.count
+
+    dog = asyncio.ensure_future(watchdog())
+    bench.pump()
+
+    def extra() -> dict[str, Any]:
+        return {
+            "stalls": bench.stalls,
+            "errors": sum(c.stream.errors for c in conns if c.stream),
+        }
+
+    await measure(
+        bench,
+        warmup=args.warmup,
+        duration=args.duration,
+        repeat=args.repeat,
+        server_pid=args.server_pid,
+        server_core=args.server_core,
+        client_core=args.cpu,
+        max_foreign=args.max_foreign,
+        extra=extra,
+    )
+    dog.cancel()
+    emit(event="done", sent=bench.sent, **extra())
+    for c in conns:
+        c.abort()
+
+
+async def run_handshake(args: argparse.Namespace) -> None:
+    bench = Bench()
+    hs = Handshake(args.host, args.port)
+    loop = asyncio.get_running_loop()
+    src = sources(args.sources)
+
+    async def worker(i: int) -> None:
+        n = 0
+        while bench.sending and n < _MAX_COUNT:
+            n += 1
+            conn = HandshakeConn(bench, hs)
+            try:
+                await loop.create_connection(
+                    lambda c=conn: c,  # type: ignore[misc]
+                    args.host,
+                    args.port,
+                    local_addr=(src[(i + n) % len(src)], 0),
+                )
+            except OSError as exc:
+                bench.failed += 1
+                if bench.failed <= 3:
+                    emit(event="note", text=f"connect failed: {exc!r}")
+                await asyncio.sleep(0.05)
+                continue
+            timer = loop.call_later(args.timeout, conn.abort)
+            await conn.closed
+            timer.cancel()
+
+    workers = [asyncio.ensure_future(worker(i)) for i in range(args.conns)]
+    await measure(
+        bench,
+        warmup=args.warmup,
+        duration=args.duration,
+        repeat=args.repeat,
+        server_pid=args.server_pid,
+        server_core=args.server_core,
+        client_core=args.cpu,
+        max_foreign=args.max_foreign,
+        extra=lambda: {"failed": bench.failed},
+    )
+    await asyncio.wait(workers, timeout=args.timeout)
+    for w in workers:
+        w.cancel()
+    emit(event="done", failed=bench.failed)
+
+
+async def run_idle(args: argparse.Namespace) -> None:
+    """Open connections on ``open N`` commands read from stdin; ``quit`` or
+    the end of stdin (or ``--timeout`` seconds without a command) ends."""
+    bench = Bench()
+    hs = Handshake(args.host, args.port)
+    src = sources(args.sources)
+    held: list[Conn] = []
+    # Warm the server up (lazy imports, allocator pools) before its baseline.
+    warm = await open_many(
+        lambda: IdleConn(bench, hs, None),
+        args.host,
+        args.port,
+        20,
+        src=src,
+        concurrency=20,
+        timeout=args.timeout,
+    )
+    for c in warm:
+        c.abort()
+    await asyncio.sleep(0.3)
+    emit(event="warm", fd_limit=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", 0)
+    )
+    while True:
+        try:
+            line = await asyncio.wait_for(reader.readline(), args.timeout)
+        except TimeoutError:
+            break
+        words = line.split()
+        if not words or words[0] == b"quit":
+            break
+        if words[0] == b"open":
+            want = int(words[1])
+            t0 = time.perf_counter()
+            new = await open_many(
+                lambda: IdleConn(bench, hs, None),
+                args.host,
+                args.port,
+                want,
+                src=src,
+                concurrency=args.depth,
+                timeout=args.timeout,
+                start=len(held),
+            )
+            held.extend(new)
+            alive = sum(1 for c in held if c.transport is not None)
+            emit(
+                event="opened",
+                conns=len(held),
+                alive=alive,
+                failed=want - len(new),
+                seconds=time.perf_counter() - t0,
+            )
+    for c in held:
+        c.abort()
+    emit(event="done")
+
+
+# -- library clients (the client-side comparison) ------------------------
+
+
+async def run_client(args: argparse.Namespace) -> None:
+    """Echo through one library's client: ``depth`` messages sent, then
+    ``depth`` received, over one connection, until the windows end."""
+    bench = Bench()
+    uri = f"ws://{args.host}:{args.port}/"
+    message = payload_of(args.size)
+    depth = args.depth
+    name = args.client
+    if name == "raw":
+        await run_echo(args)
+        return
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def windows() -> None:
+        try:
+            await measure(
+                bench,
+                warmup=args.warmup,
+                duration=args.duration,
+                repeat=args.repeat,
+                server_pid=args.server_pid,
+                server_core=args.server_core,
+                client_core=args.cpu,
+                max_foreign=args.max_foreign,
+            )
+        finally:
+            if not done.done():
+                done.set_result(None)
+
+    async def pingpong(
+        send: Callable[[bytes], Awaitable[object]],
+        recv: Callable[[], Awaitable[object]],
+    ) -> None:
+        task = asyncio.ensure_future(windows())
+        while bench.sending and bench.count < _MAX_COUNT:
+            for _ in range(depth):
+                await send(message)
+            for _ in range(depth):
+                await recv()
+            bench.count += depth
+        await task
+
+    if name == "tidings":
+        tidings = importlib.import_module("tidings")
+        async with tidings.connect(
+            uri, compression=None, ping_interval=None, max_message_size=None
+        ) as ws:
+            emit(event="opened", conns=1, failed=0)
+            await pingpong(ws.send, ws.recv)
+    elif name == "tidings-cb":
+        tidings = importlib.import_module("tidings")
+
+        def on_message(ws: Any, _m: object) -> None:
+            bench.count += 1
+            if bench.sending:
+                ws.send_nowait(message)
+
+        async with tidings.connect(
+            uri,
+            compression=None,
+            ping_interval=None,
+            max_message_size=None,
+            on_message=on_message,
+        ) as ws:
+            emit(event="opened", conns=1, failed=0)
+            for _ in range(depth):
+                ws.send_nowait(message)
+            await windows()
+    elif name == "websockets":
+        client = importlib.import_module("websockets.asyncio.client")
+        async with client.connect(
+            uri, compression=None, ping_interval=None, max_size=None
+        ) as ws:
+            emit(event="opened", conns=1, failed=0)
+            await pingpong(ws.send, ws.recv)
+    elif name == "aiohttp":
+        aiohttp = importlib.import_module("aiohttp")
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(uri, compress=0, max_msg_size=0, autoping=True) as ws,
+        ):
+            emit(event="opened", conns=1, failed=0)
+            await pingpong(ws.send_bytes, ws.receive_bytes)
+    elif name == "picows":
+        picows = importlib.import_module("picows")
+        binary = picows.WSMsgType.BINARY
+        base: Any = picows.WSListener
+
+        class Listener(base):  # type: ignore[misc]
+            def on_ws_connected(self, transport: Any) -> None:
+                for _ in range(depth):
+                    transport.send(binary, message)
+
+            def on_ws_frame(self, transport: Any, frame: Any) -> None:
+                if frame.msg_type is binary:
+                    bench.count += 1
+                    if bench.sending:
+                        transport.send(binary, message)
+
+        transport, _ = await picows.ws_connect(Listener, uri, max_frame_size=1 << 24)
+        emit(event="opened", conns=1, failed=0)
+        await windows()
+        transport.disconnect()
+    else:
+        raise SystemExit(f"unknown client {name!r}")
+    emit(event="done")
+
+
+MODES: dict[str, Callable[[argparse.Namespace], Awaitable[None]]] = {
+    "echo": run_echo,
+    "broadcast": run_broadcast,
+    "handshake": run_handshake,
+    "idle": run_idle,
+    "client": run_client,
+}
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft limit on open files to the hard limit; return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def pin(cpu: int | None, nice: int = 0) -> None:
+    """Run on core ``cpu`` only; change the scheduling priority by ``nice``
+    (below 0 needs root: it takes CPU from everything else)."""
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, {cpu})
+    if nice:
+        with contextlib.suppress(OSError):
+            os.nice(nice)
+
+
+def loop_runner(name: str) -> tuple[str, Callable[[Awaitable[None]], None]]:
+    """``(loop name, run function)``: uvloop when asked for and installed."""
+    if name in ("auto", "uvloop"):
+        try:
+            uvloop = importlib.import_module("uvloop")
+        except ImportError:
+            if name == "uvloop":
+                raise
+        else:
+            return "uvloop", uvloop.run
+    return "asyncio", asyncio.run  # type: ignore[return-value]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m tidings.bench.loadgen", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("mode", choices=sorted(MODES))
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--conns", type=int, default=1)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--depth", type=int, default=1, help="messages in flight")
+    p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--duration", type=float, default=5.0)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--sources", type=int, default=1, help="127.0.0.x addresses")
+    p.add_argument("--server-pid", type=int)
+    p.add_argument("--cpu", type=int, help="pin to this core")
+    p.add_argument("--nice", type=int, default=0, help="priority change (os.nice)")
+    p.add_argument("--server-core", type=int, help="the core the server runs on")
+    p.add_argument(
+        "--max-foreign",
+        type=float,
+        default=1.0,
+        help="measure a window again when other processes took more than "
+        "this share of either core",
+    )
+    p.add_argument("--loop", default="auto", choices=["auto", "uvloop", "asyncio"])
+    p.add_argument("--client", default="raw")
+    p.add_argument("--no-verify", action="store_true")
+    p.add_argument(
+        "--lowat",
+        type=int,
+        default=1,
+        help="broadcast: wake a client only once this many frames are queued",
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    pin(args.cpu, args.nice)
+    fd_limit = raise_fd_limit()
+    loop_name, run = loop_runner(args.loop)
+    emit(event="hello", loop=loop_name, fd_limit=fd_limit, pid=os.getpid())
+    try:
+        run(MODES[args.mode](args))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        emit(event="error", text=f"{type(exc).__name__}: {exc}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

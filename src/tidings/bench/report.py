@@ -1,0 +1,479 @@
+"""The benchmark's report: Markdown tables from ``results.json``.
+
+Every figure is the median of the repeated measurements, with their range
+as ``[min-max]``; every ratio compares medians from the same run.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .scenarios import LABELS, PEERS, TARGETS, TIDINGS, Scenario
+
+#: A load client at or above this share of its core is taken as saturated.
+SATURATED = 0.9
+
+NOTES_START = "<!-- notes -->"
+NOTES_END = "<!-- /notes -->"
+
+Data = dict[str, Any]
+
+
+def number(value: float) -> str:
+    """A figure with three significant digits or so: 1.23M, 456k, 12.3k."""
+    if value >= 1e6:
+        return f"{value / 1e6:.2f}M"
+    if value >= 1e5:
+        return f"{value / 1e3:.0f}k"
+    if value >= 1e4:
+        return f"{value / 1e3:.1f}k"
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def stats(values: Sequence[float]) -> tuple[float, float, float] | None:
+    """(median, min, max), or None without values."""
+    if not values:
+        return None
+    return statistics.median(values), min(values), max(values)
+
+
+def cell(result: dict[str, Any] | None) -> str:
+    if result is None:
+        return "—"
+    if result.get("error"):
+        return "failed"
+    s = stats(result["values"])
+    if s is None:
+        return "—"
+    med, lo, hi = s
+    if len(result["values"]) == 1:
+        return number(med)
+    return f"{number(med)} [{number(lo)}-{number(hi)}]"
+
+
+def ratio(
+    ours: dict[str, Any] | None, peer: dict[str, Any] | None
+) -> tuple[float, float, float] | None:
+    """ours ÷ peer: of the medians, and the widest range the runs allow."""
+    if not ours or not peer or ours.get("error") or peer.get("error"):
+        return None
+    a, b = stats(ours["values"]), stats(peer["values"])
+    if a is None or b is None or b[0] <= 0 or b[1] <= 0:
+        return None
+    return a[0] / b[0], a[1] / b[2], a[2] / b[1]
+
+
+def ratio_text(r: tuple[float, float, float] | None) -> str:
+    if r is None:
+        return "—"
+    return f"{r[0]:.2f}x [{r[1]:.2f}-{r[2]:.2f}]"
+
+
+def scenario_of(entry: dict[str, Any]) -> Scenario:
+    return Scenario(
+        entry["key"],
+        entry["kind"],
+        entry["unit"],
+        conns=entry["conns"],
+        size=entry["size"],
+        depth=entry["depth"],
+        lower_is_better=entry["lower_is_better"],
+    )
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def median_of(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0%}"
+
+
+# -- sections ------------------------------------------------------------
+
+
+def server_entries(data: Data) -> list[dict[str, Any]]:
+    return [e for e in data["scenarios"] if e["kind"] != "client"]
+
+
+def targets_table(data: Data) -> str:
+    entries = {e["key"]: e for e in data["scenarios"]}
+    scns = {k: scenario_of(e) for k, e in entries.items()}
+    rows = []
+    for t in TARGETS:
+        entry = entries.get(t.scenario)
+        if entry is None:
+            continue
+        results = entry["results"]
+        r = ratio(results.get(t.ours), results.get(t.peer))
+        if r is None:
+            verdict = "not measured"
+        elif entry["lower_is_better"]:
+            verdict = "met" if r[0] <= t.bound else "**not met**"
+        else:
+            verdict = "met" if r[0] >= t.bound else "**not met**"
+        rows.append([t.text(scns), ratio_text(r), verdict])
+    # 20,000 idle connections held by one process without errors.
+    idle = entries.get("idle-20k")
+    if idle is not None:
+        for name in TIDINGS:
+            res = idle["results"].get(name)
+            if res is None:
+                continue
+            rows.append(held_row(idle, name, res))
+    return table(["target", "measured: ratio of medians [range]", "verdict"], rows)
+
+
+def held_row(idle: dict[str, Any], name: str, res: dict[str, Any]) -> list[str]:
+    """The row of the "N idle connections, no errors" target."""
+    want = idle["conns"]
+    what = f"{want:,} idle connections, one {LABELS[name]} process, no errors"
+    if res.get("error"):
+        return [what, f"failed: {res['error']}", "**not met**"]
+    info = res.get("info", {})
+    held = info.get("conns")
+    notes = res.get("notes", [])
+    failures = [n for n in notes if "failed" in n]
+    capped = [n for n in notes if n.startswith("held ")]
+    if held is None:
+        return [what, "—", "not measured"]
+    if failures:
+        return [what, f"{held:,} held; " + "; ".join(failures), "**not met**"]
+    if held >= want:
+        return [what, f"{held:,} held, no errors", "met"]
+    if capped:
+        limit = info.get("fd_limit")
+        return [
+            what,
+            f"{held:,} held, no errors: the hard limit on open files here is "
+            f"{limit:,}, descriptors included",
+            "met up to the limit; 20,000 not measurable here",
+        ]
+    return [what, f"{held:,} held", "**not met**"]
+
+
+def results_table(data: Data) -> str:
+    servers = data["meta"]["servers"]
+    rows = []
+    for e in server_entries(data):
+        row = [e["title"], e["unit"]]
+        row += [cell(e["results"].get(s)) for s in servers]
+        rows.append(row)
+    return table(["scenario", "unit", *(LABELS[s] for s in servers)], rows)
+
+
+def ratios_table(data: Data) -> str:
+    servers = data["meta"]["servers"]
+    ours = [s for s in TIDINGS if s in servers]
+    peers = [s for s in PEERS if s in servers]
+    pairs = [(o, p) for o in ours for p in peers]
+    if not pairs:
+        return "(no peer ran: no ratios)"
+    rows = []
+    for e in server_entries(data):
+        res = e["results"]
+        rows.append(
+            [e["title"]] + [ratio_text(ratio(res.get(o), res.get(p))) for o, p in pairs]
+        )
+    header = ["scenario"] + [f"{LABELS[o]} ÷ {p}" for o, p in pairs]
+    return table(header, rows)
+
+
+def cpu_table(data: Data) -> tuple[str, list[str]]:
+    """CPU shares per step, and the steps where the load client saturated."""
+    rows = []
+    saturated = []
+    for e in data["scenarios"]:
+        for name, res in e["results"].items():
+            if res.get("error") or not res.get("client_cpu"):
+                continue
+            client = median_of(res["client_cpu"])
+            server = median_of(res["server_cpu"])
+            foreign = max(res["foreign"]) if res.get("foreign") else None
+            flag = client is not None and client >= SATURATED
+            if flag:
+                saturated.append(f"{e['title']} against {LABELS[name]} ({client:.0%})")
+            rows.append(
+                [
+                    e["title"],
+                    LABELS[name],
+                    pct(client) + (" ⚠ saturated" if flag else ""),
+                    pct(server),
+                    pct(foreign),
+                ]
+            )
+    header = [
+        "scenario",
+        "server (client row: client)",
+        "load client CPU",
+        "server CPU",
+        "other processes (max)",
+    ]
+    return table(header, rows), saturated
+
+
+def client_table(data: Data) -> str | None:
+    entries = [e for e in data["scenarios"] if e["kind"] == "client"]
+    if not entries:
+        return None
+    rows = []
+    for e in entries:
+        res = e["results"]
+        base = res.get("tidings-cb")
+        for name in data["meta"]["clients"]:
+            if name not in res:
+                continue
+            r = res[name]
+            rows.append(
+                [
+                    e["title"],
+                    LABELS[name],
+                    cell(r),
+                    pct(median_of(r.get("client_cpu", []))),
+                    ratio_text(ratio(base, r)) if name != "tidings-cb" else "1.00x",
+                ]
+            )
+    return table(
+        ["scenario", "client", "msg/s", "client CPU", "tidings (callback) ÷ this"], rows
+    )
+
+
+def setup_section(data: Data) -> str:
+    meta = data["meta"]
+    m = meta["machine"]
+    v = meta["versions"]
+    lines = [
+        f"- CPU: {m['cpu']}, {m['cores']} cores; memory {m['memory']}; {m['kernel']}",
+        f"- Python: {m['python']}",
+        "- versions: " + ", ".join(f"{k} {v[k]}" for k in sorted(v)),
+    ]
+    if meta.get("git"):
+        lines.append(f"- tidings source: commit {meta['git']}")
+    cores = {
+        res["info"]["core"]
+        for e in data["scenarios"]
+        for res in e["results"].values()
+        if "core" in res.get("info", {})
+    }
+    if cores:
+        lines.append("- tidings protocol core: " + ", ".join(sorted(cores)))
+    if meta["server_cpu"] is not None:
+        lines.append(
+            f"- each server runs alone in its own process pinned to core "
+            f"{meta['server_cpu']}; the load client runs pinned to core "
+            f"{meta['client_cpu']} (sched_setaffinity, as `taskset -c`)"
+        )
+    else:
+        lines.append("- processes not pinned (fewer than two usable cores)")
+    if meta.get("nice"):
+        lines.append(f"- servers and load client ran at nice {meta['nice']:+d}")
+    loops: dict[str, str] = {}
+    bcast: dict[str, str] = {}
+    client_loop = None
+    for e in data["scenarios"]:
+        for name, res in e["results"].items():
+            info = res.get("info", {})
+            if "loop" in info and e["kind"] != "client":
+                loops.setdefault(name, info["loop"])
+            if "broadcast" in info:
+                bcast.setdefault(name, info["broadcast"])
+            client_loop = client_loop or info.get("client_loop")
+    if loops:
+        lines.append(
+            "- event loop: "
+            + ", ".join(
+                f"{LABELS[k]} on {loops[k]}" for k in meta["servers"] if k in loops
+            )
+            + f"; load client on {client_loop or '?'}"
+        )
+    lines.append(
+        "- every server: compression off, keepalive pings off, 16 MiB message "
+        "limit, listen backlog 1024"
+    )
+    lines.append(
+        "- load client (the same for every server): `tidings.bench.loadgen`, raw "
+        "sockets on uvloop; each message it sends is one frame masked once at "
+        "start, written `k` at a time; replies are counted from the byte count "
+        "and compared in place with the expected bytes; several messages in "
+        "flight per connection (see Scenarios); connections spread over "
+        "127.0.0.1-8 as source addresses"
+    )
+    if bcast:
+        lines.append(
+            "- broadcast: "
+            + "; ".join(
+                f"{LABELS[k]}: {bcast[k]}" for k in meta["servers"] if k in bcast
+            )
+        )
+    lines.append(
+        f"- each figure: {meta['repeat']} measurements of {meta['duration']:g} s after "
+        f"{meta['warmup']:g} s of warm-up, one server process per scenario; memory: "
+        f"{meta.get('memory_repeat', meta['repeat'])} server process(es) per server"
+    )
+    return "\n".join(lines)
+
+
+def scenario_list(data: Data) -> str:
+    lines = []
+    for e in data["scenarios"]:
+        lines.append(f"- **{e['title']}** ({e['unit']}): {e['detail']}")
+    return "\n".join(lines)
+
+
+def notes_list(data: Data) -> str:
+    lines = []
+    for e in data["scenarios"]:
+        for name, res in e["results"].items():
+            for note in (
+                [f"error: {res['error']}"] if res.get("error") else []
+            ) + res.get("notes", []):
+                lines.append(f"- {e['title']} · {LABELS[name]}: {note}")
+    return "\n".join(sorted(set(lines), key=lines.index)) or "- none"
+
+
+def kept_notes(old: str) -> str:
+    start, end = old.find(NOTES_START), old.find(NOTES_END)
+    if start < 0 or end < start:
+        return ""
+    return old[start + len(NOTES_START) : end].strip("\n")
+
+
+def render(
+    data: Data, charts: Sequence[Path], base_dir: Path, notes_from: str = ""
+) -> str:
+    """The whole report; image links are relative to ``base_dir``."""
+    meta = data["meta"]
+    cpu, saturated = cpu_table(data)
+    parts = [
+        "# Performance",
+        "",
+        "<!-- Written by `tidings bench --docs ...`: edit only between the notes "
+        "markers, which a new run keeps. -->",
+        "",
+        f"Run {meta['started']}, {meta['seconds']:.0f} s"
+        + (" — **smoke run: the figures mean nothing**" if meta["smoke"] else "")
+        + ". The command:",
+        "",
+        "```",
+        meta["command"],
+        "```",
+        "",
+        "Figures are medians of the repeated measurements, with their range as "
+        "[min-max]; ratios compare medians from this same run, with the widest "
+        "range the measurements allow. Above 1x tidings is faster (for memory: "
+        "below 1x it uses less).",
+        "",
+        NOTES_START,
+        kept_notes(notes_from),
+        NOTES_END,
+        "",
+        "## Targets",
+        "",
+        targets_table(data),
+        "",
+        "## Results",
+        "",
+        results_table(data),
+        "",
+        "## Ratios",
+        "",
+        ratios_table(data),
+        "",
+    ]
+    clients = client_table(data)
+    if clients is not None:
+        server = LABELS.get(meta.get("client_server", ""), meta.get("client_server"))
+        parts += [
+            "## Clients",
+            "",
+            f"Each library's client against the same server ({server}); here the "
+            "client is what is measured, so it should saturate its core.",
+            "",
+            clients,
+            "",
+        ]
+    parts += [
+        "## Load client and CPU",
+        "",
+        "Where the load client saturates a core, a faster server cannot show its "
+        "lead: those figures are a floor for the server, and the ratios against "
+        "it are squeezed towards 1.",
+        "",
+    ]
+    if saturated:
+        parts += [
+            f"The load client used {SATURATED:.0%} or more of its core in: "
+            + "; ".join(saturated)
+            + ".",
+            "",
+        ]
+    else:
+        parts += ["The load client never used 90 % or more of its core.", ""]
+    parts += [cpu, ""]
+    if charts:
+        parts += ["## Charts", ""]
+        for chart in charts:
+            rel = os.path.relpath(chart, base_dir)
+            parts += [f"![{chart.stem}]({rel})", ""]
+    parts += [
+        "## How to run",
+        "",
+        "```sh",
+        "tidings bench                      # or: python -m tidings.bench",
+        "tidings bench --docs docs/performance.md   # and rewrite this page",
+        "tidings bench --smoke              # seconds, tidings only: proves it works",
+        "tidings bench --servers tidings-cb,picows --scenarios echo-100x32",
+        "```",
+        "",
+        "The first full run creates `.bench/venv` (websockets, aiohttp, picows, "
+        "uvloop, matplotlib, and tidings itself, editable); tidings never "
+        "depends on them. Results go to `benchmarks/` (`results.json`, "
+        "`report.md`, the PNGs); the servers' and load clients' stderr to "
+        "`.bench/logs/children.log`. A full run takes about 12 minutes on "
+        "2 cores. `--help` lists the options.",
+        "",
+        "## Scenarios",
+        "",
+        scenario_list(data),
+        "",
+        "## Setup",
+        "",
+        setup_section(data),
+        "",
+        "## Notes from the run",
+        "",
+        notes_list(data),
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def summary(data: Data) -> str:
+    """What the run prints at the end: the targets and the results."""
+    return "\n".join(
+        [
+            "",
+            "Targets",
+            "",
+            targets_table(data),
+            "",
+            "Results (median [min-max])",
+            "",
+            results_table(data),
+            "",
+        ]
+    )

@@ -1,0 +1,1107 @@
+"""The benchmark runner: ``tidings bench`` / ``python -m tidings.bench``.
+
+For each scenario and each server it starts the server as its own process,
+pinned to one core, and the load client (:mod:`tidings.bench.loadgen`) as
+another, pinned to the other core; it reads their JSON lines, shows
+progress, and at the end writes ``results.json``, a Markdown report and, when
+matplotlib is there, PNG charts.
+
+The peers (websockets, aiohttp, picows) and uvloop and matplotlib are
+installed into the benchmark's own virtual environment, ``.bench/venv`` at
+the root of the checkout, on first run; tidings itself never depends on
+them. ``--smoke`` runs every row for a moment with tidings alone, in the
+current interpreter, to prove that the benchmark works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import math
+import os
+import platform
+import selectors
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from . import report as report_mod
+from ._proc import busy_fraction, core_times, fd_limit, open_fds, rss_kib
+from .scenarios import (
+    CLIENTS,
+    FULL,
+    LABELS,
+    NEEDS,
+    SERVERS,
+    TIDINGS,
+    Scenario,
+    smoke,
+)
+
+PEER_PACKAGES = ("websockets", "aiohttp", "picows", "uvloop", "matplotlib")
+
+#: Importable names probed in the benchmark's interpreter.
+PROBE = ("tidings", "uvloop", "websockets", "aiohttp", "picows", "matplotlib")
+
+
+class BenchError(Exception):
+    """A step failed: a process died, said ``error``, or timed out."""
+
+
+# -- paths and environment -----------------------------------------------
+
+
+def package_dir() -> Path:
+    return Path(__file__).resolve().parent
+
+
+def source_root() -> Path:
+    """The directory that holds the ``tidings`` package (``src``)."""
+    return package_dir().parent.parent
+
+
+def checkout_root() -> Path | None:
+    """The repository root when tidings runs from a source checkout."""
+    root = source_root().parent
+    if (root / "pyproject.toml").is_file() and (source_root() / "tidings").is_dir():
+        return root
+    return None
+
+
+def default_base() -> Path:
+    return checkout_root() or Path.cwd()
+
+
+def bench_dir(base: Path) -> Path:
+    """``.bench`` under ``base``: the environment and logs, never committed."""
+    path = base / ".bench"
+    path.mkdir(parents=True, exist_ok=True)
+    ignore = path / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("*\n")
+    return path
+
+
+def child_env() -> dict[str, str]:
+    """The children import this very tidings, whatever their interpreter."""
+    env = dict(os.environ)
+    src = str(source_root())
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (src, env.get("PYTHONPATH", "")) if p
+    )
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def probe(python: str) -> dict[str, Any]:
+    """Versions and importable modules in interpreter ``python``."""
+    code = (
+        "import importlib.util, importlib.metadata as m, json, platform\n"
+        f"names = {list(PROBE)!r}\n"
+        "found = {n: importlib.util.find_spec(n) is not None for n in names}\n"
+        "def v(n):\n"
+        "    try: return m.version(n)\n"
+        "    except Exception: return None\n"
+        "print(json.dumps({'python': platform.python_version(),"
+        " 'implementation': platform.python_implementation(),"
+        " 'found': found, 'versions': {n: v(n) for n in names if found[n]}}))\n"
+    )
+    out = subprocess.run(
+        [python, "-c", code],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=60,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def ensure_env(env_dir: Path, say: Callable[[str], None], *, setup: bool) -> str | None:
+    """The benchmark's interpreter in ``env_dir``, created and filled with the
+    peers on first use; None if that cannot be done."""
+    python = env_dir / "bin" / "python"
+    if python.exists():
+        try:
+            found = probe(str(python))["found"]
+        except (subprocess.SubprocessError, OSError, ValueError):
+            found = {}
+        if all(found.get(n) for n in ("tidings", "websockets", "aiohttp", "picows")):
+            return str(python)
+    if not setup:
+        return str(python) if python.exists() else None
+    env_dir.parent.mkdir(parents=True, exist_ok=True)
+    log = env_dir.parent / "setup.log"
+    say(f"setting up the benchmark's environment in {env_dir} (first run only)")
+    steps: list[list[str]] = []
+    if not python.exists():
+        steps.append([sys.executable, "-m", "venv", str(env_dir)])
+    pip = [str(python), "-m", "pip", "install", "--quiet"]
+    steps.append([*pip, "--upgrade", "pip"])
+    steps.append([*pip, *PEER_PACKAGES])
+    root = checkout_root()
+    from tidings import __version__
+
+    steps.append([*pip, "-e", str(root)] if root else [*pip, f"tidings=={__version__}"])
+    with log.open("a") as f:
+        for cmd in steps:
+            say("  $ " + shlex.join(cmd))
+            f.write("$ " + shlex.join(cmd) + "\n")
+            f.flush()
+            rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
+            if rc != 0:
+                say(f"  failed (exit {rc}); see {log}")
+                return str(python) if python.exists() else None
+    return str(python)
+
+
+# -- processes -----------------------------------------------------------
+
+
+class Child:
+    """A process this runner started; JSON lines are read from its stdout."""
+
+    def __init__(self, name: str, argv: list[str], log: IO[bytes]) -> None:
+        self.name = name
+        self.argv = argv
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=child_env(),
+        )
+        assert self.proc.stdout is not None
+        self.stdout = self.proc.stdout
+        os.set_blocking(self.stdout.fileno(), False)
+        self.buffer = b""
+        self.events: list[dict[str, Any]] = []
+        self.eof = False
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def read(self) -> None:
+        """Move whatever the child printed into :attr:`events`."""
+        while True:
+            try:
+                data = os.read(self.stdout.fileno(), 65536)
+            except BlockingIOError:
+                break
+            if not data:
+                self.eof = True
+                break
+            self.buffer += data
+        *lines, self.buffer = self.buffer.split(b"\n")
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                if isinstance(event, dict):
+                    self.events.append(event)
+
+    def send(self, text: str) -> None:
+        if self.proc.stdin is not None and self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.write(text.encode() + b"\n")
+                self.proc.stdin.flush()
+
+    def stop(self, grace: float = 5.0) -> None:
+        """End the child: close its stdin, then SIGTERM, then SIGKILL."""
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            try:
+                self.proc.wait(3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.stdout.close()
+
+
+def take(child: Child, kind: str) -> dict[str, Any] | None:
+    for i, event in enumerate(child.events):
+        if event.get("event") == kind:
+            return child.events.pop(i)
+    return None
+
+
+def wait_events(
+    children: Sequence[Child],
+    kind: str,
+    timeout: float,
+    tick: Callable[[], None],
+    on_event: Callable[[Child, dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Wait until each child has printed an event of ``kind``; return them.
+
+    Other events go to ``on_event``. Raises :class:`BenchError` if a child
+    reports an error, exits first, or ``timeout`` passes.
+    """
+    deadline = time.monotonic() + timeout
+    got: dict[int, dict[str, Any]] = {}
+    with selectors.DefaultSelector() as sel:
+        for c in children:
+            if not c.eof:
+                sel.register(c.stdout, selectors.EVENT_READ, c)
+        while len(got) < len(children):
+            for c in children:
+                c.read()
+                while c.events:
+                    event = c.events.pop(0)
+                    if event.get("event") == "error":
+                        raise BenchError(f"{c.name}: {event.get('text')}")
+                    if event.get("event") == kind and id(c) not in got:
+                        got[id(c)] = event
+                    elif on_event is not None:
+                        on_event(c, event)
+                if id(c) not in got and c.eof and c.proc.poll() is not None:
+                    raise BenchError(
+                        f"{c.name} exited with status {c.proc.returncode} "
+                        f"before '{kind}'"
+                    )
+            if len(got) == len(children):
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchError(f"timed out waiting for '{kind}' from the {kind} step")
+            for key, _ in sel.select(min(left, 0.5)):
+                if isinstance(key.data, Child) and key.data.eof:
+                    sel.unregister(key.fileobj)
+            tick()
+    return [got[id(c)] for c in children]
+
+
+# -- machine -------------------------------------------------------------
+
+
+def git_state() -> str | None:
+    """The checkout's commit, and whether it has changes, if it is one."""
+    root = checkout_root()
+    if root is None or not (root / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "src"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + (" with uncommitted changes in src/" if dirty else "")
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def mem_total() -> str:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return f"{int(line.split()[1]) / (1 << 20):.1f} GiB"
+    return "unknown"
+
+
+def rss(pid: int) -> int:
+    value = rss_kib(pid)
+    if value is None:
+        raise BenchError(f"cannot read the memory of process {pid}")
+    return value
+
+
+# -- progress ------------------------------------------------------------
+
+
+def duration_text(seconds: float) -> str:
+    seconds = max(0, int(seconds + 0.5))
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+class Progress:
+    """Tells where the run is and how long is left; never silent for long.
+
+    On a terminal one status line is redrawn every half second; elsewhere
+    (CI, a pipe) a line is printed at each step and each measurement, and at
+    least every ``quiet`` seconds while waiting.
+    """
+
+    def __init__(self, estimates: list[float], stream: IO[str], quiet: float = 5.0):
+        self.estimates = estimates
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.quiet = quiet
+        self.index = -1
+        self.started = time.monotonic()
+        self.step_started = self.started
+        self.done_estimate = 0.0
+        self.label = ""
+        self.status = ""
+        self.last_print = 0.0
+
+    def left(self) -> float:
+        now = time.monotonic()
+        done = sum(self.estimates[: max(self.index, 0)])
+        spent = self.step_started - self.started
+        scale = min(3.0, max(0.5, spent / done)) if done > 5 and spent > 5 else 1.0
+        current = 0.0
+        if 0 <= self.index < len(self.estimates):
+            current = max(0.0, self.estimates[self.index] - (now - self.step_started))
+        rest = sum(self.estimates[self.index + 1 :])
+        return (current + rest) * scale
+
+    def step(self, label: str) -> None:
+        self.index += 1
+        self.step_started = time.monotonic()
+        self.label = label
+        self.status = "starting"
+        self.line(f"{self.prefix()} {label}")
+
+    def prefix(self) -> str:
+        return f"[{self.index + 1:>2}/{len(self.estimates)}]"
+
+    def set(self, status: str) -> None:
+        self.status = status
+        self.tick(force=not self.tty)
+
+    def tick(self, force: bool = False) -> None:
+        now = time.monotonic()
+        left = duration_text(self.left())
+        text = f"{self.prefix()} {self.label} · {self.status} · ~{left} left"
+        if self.tty:
+            width = 118
+            self.stream.write("\r" + text[:width].ljust(width))
+            self.stream.flush()
+        elif force or now - self.last_print >= self.quiet:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+            self.last_print = now
+
+    def line(self, text: str) -> None:
+        if self.tty:
+            self.stream.write("\r" + " " * 118 + "\r")
+        self.stream.write(text + "\n")
+        self.stream.flush()
+        self.last_print = time.monotonic()
+
+
+# -- steps ---------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """The measurements of one scenario on one server (or client)."""
+
+    values: list[float] = field(default_factory=list)
+    client_cpu: list[float] = field(default_factory=list)
+    server_cpu: list[float] = field(default_factory=list)
+    foreign: list[float] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "values": self.values,
+            "client_cpu": self.client_cpu,
+            "server_cpu": self.server_cpu,
+            "foreign": self.foreign,
+            "info": self.info,
+            "notes": self.notes,
+            "error": self.error,
+        }
+
+
+@dataclass
+class Config:
+    python: str
+    duration: float
+    repeat: int
+    warmup: float
+    server_cpu: int | None
+    client_cpu: int | None
+    quiet_wait: float
+    quiet_budget: float
+    max_foreign: float
+    memory_repeat: int
+    nice: int
+    logs: Path
+    smoke: bool
+
+
+class Runner:
+    def __init__(self, cfg: Config, progress: Progress) -> None:
+        self.cfg = cfg
+        self.progress = progress
+        cfg.logs.mkdir(parents=True, exist_ok=True)
+        self.log = (cfg.logs / "children.log").open("ab")
+
+    # processes
+
+    def module(self, name: str, *args: object) -> list[str]:
+        return [self.cfg.python, "-m", f"tidings.bench.{name}", *map(str, args)]
+
+    def start_server(self, server: str, mode: str) -> tuple[Child, dict[str, Any]]:
+        argv = self.module("servers", server, mode, "--watch-stdin")
+        if self.cfg.nice:
+            argv += ["--nice", str(self.cfg.nice)]
+        if self.cfg.server_cpu is not None:
+            argv += ["--cpu", str(self.cfg.server_cpu)]
+        self.log.write(f"\n== {shlex.join(argv)}\n".encode())
+        self.log.flush()
+        child = Child(server, argv, self.log)
+        try:
+            ready = wait_events([child], "ready", 60, self.progress.tick)[0]
+        except BaseException:
+            child.stop(1)
+            raise
+        return child, ready
+
+    def start_loadgen(
+        self, mode: str, port: int, server_pid: int, *args: object
+    ) -> Child:
+        argv = self.module(
+            "loadgen",
+            mode,
+            "--port",
+            port,
+            "--server-pid",
+            server_pid,
+            *args,
+        )
+        if self.cfg.nice:
+            argv += ["--nice", str(self.cfg.nice)]
+        if self.cfg.client_cpu is not None:
+            argv += ["--cpu", str(self.cfg.client_cpu)]
+            if self.cfg.server_cpu is not None:
+                argv += ["--server-core", str(self.cfg.server_cpu)]
+                argv += ["--max-foreign", str(self.cfg.max_foreign)]
+        self.log.write(f"== {shlex.join(argv)}\n".encode())
+        self.log.flush()
+        return Child(f"load client ({mode})", argv, self.log)
+
+    def wait_quiet(self) -> float | None:
+        """Wait (at most ``quiet_wait`` s) until other processes leave the two
+        cores alone; returns their load if they did not."""
+        wait = min(self.cfg.quiet_wait, self.cfg.quiet_budget)
+        if wait <= 0:
+            return None
+        cores = [c for c in (self.cfg.server_cpu, self.cfg.client_cpu) if c is not None]
+        started = time.monotonic()
+        deadline = started + wait
+        load = 0.0
+        while True:
+            before = core_times()
+            time.sleep(0.3)
+            after = core_times()
+            fractions = [busy_fraction(before, after, c) for c in cores]
+            load = max((f for f in fractions if f is not None), default=0.0)
+            now = time.monotonic()
+            if load < 0.15 or now >= deadline:
+                self.cfg.quiet_budget -= now - started
+                return None if load < 0.15 else load
+            self.progress.set(f"waiting for other processes ({load:.0%} busy)")
+
+    # scenarios
+
+    def load_step(
+        self, scn: Scenario, server: str, client: str | None = None
+    ) -> Outcome:
+        out = Outcome()
+        busy = self.wait_quiet()
+        if busy is not None:
+            out.notes.append(f"other processes kept a core {busy:.0%} busy at start")
+        mode = "broadcast" if scn.kind == "broadcast" else "echo"
+        srv, ready = self.start_server(server, mode)
+        out.info = {k: v for k, v in ready.items() if k not in ("event", "pid", "port")}
+        cfg = self.cfg
+        args: list[object] = [
+            "--warmup",
+            cfg.warmup,
+            "--duration",
+            cfg.duration,
+            "--repeat",
+            cfg.repeat,
+            "--conns",
+            scn.depth if scn.kind == "handshake" else scn.conns,
+            "--size",
+            scn.size,
+            "--depth",
+            scn.depth,
+            "--sources",
+            max(1, min(8, math.ceil(scn.conns / 2000)))
+            if scn.kind != "handshake"
+            else 8,
+        ]
+        if client is not None:
+            args += ["--client", client]
+        kind = "client" if scn.kind == "client" else scn.kind
+        lg = self.start_loadgen(kind, ready["port"], srv.pid, *args)
+        try:
+            self.progress.set("connecting")
+            discarded: list[float] = []
+
+            def on_event(child: Child, event: dict[str, Any]) -> None:
+                what = event.get("event")
+                if what == "hello":
+                    out.info["client_loop"] = event.get("loop")
+                elif what == "opened":
+                    if event.get("failed"):
+                        out.notes.append(
+                            f"{event['failed']} of {scn.conns} connections "
+                            "failed to open"
+                        )
+                    self.progress.set("warming up")
+                elif what == "window":
+                    value = event["count"] / event["seconds"]
+                    out.values.append(value)
+                    out.client_cpu.append(event["client_cpu"])
+                    if event.get("server_cpu") is not None:
+                        out.server_cpu.append(event["server_cpu"])
+                    if event.get("foreign") is not None:
+                        out.foreign.append(event["foreign"])
+                    self.progress.set(
+                        f"{event['rep'] + 1}/{cfg.repeat}: "
+                        f"{report_mod.number(value)} {scn.unit}, "
+                        f"load client CPU {event['client_cpu']:.0%}"
+                    )
+                elif what == "discarded":
+                    discarded.append(event["count"] / event["seconds"])
+                    self.progress.set(
+                        f"measuring again: other processes took "
+                        f"{event['foreign']:.0%} of a core"
+                    )
+                elif what == "note":
+                    out.notes.append(str(event.get("text")))
+
+            budget = cfg.warmup + 2 * cfg.repeat * cfg.duration + 60 + scn.conns / 200
+            done = wait_events([lg], "done", budget, self.progress.tick, on_event)[0]
+            if discarded:
+                out.notes.append(
+                    f"{len(discarded)} measurement(s) discarded and taken again: "
+                    f"other processes took more than {cfg.max_foreign:.0%} of a core"
+                )
+            if done.get("failed"):
+                out.notes.append(f"{done['failed']} connections failed")
+            if done.get("errors"):
+                out.notes.append(
+                    f"{done['errors']} reads did not match the expected bytes"
+                )
+            if done.get("stalls"):
+                out.notes.append(
+                    f"{done['stalls']} stalls: no delivery for 0.2 s, then one more "
+                    "broadcast let through (the client was descheduled, or the "
+                    "server dropped deliveries)"
+                )
+        finally:
+            lg.stop()
+            srv.stop()
+        if out.values:
+            result = report_mod.cell(out.as_json())
+            client_share = report_mod.median_of(out.client_cpu)
+            server_share = report_mod.median_of(out.server_cpu)
+            self.progress.line(
+                f"      {result} {scn.unit}; CPU: load client "
+                f"{report_mod.pct(client_share)}, server {report_mod.pct(server_share)}"
+            )
+        return out
+
+    def idle_step(self, scns: list[Scenario], server: str, rep: int) -> list[Outcome]:
+        """Open the connections of each scenario in turn, largest last, on one
+        server; measure its RSS growth per connection."""
+        outs = [Outcome() for _ in scns]
+        self.wait_quiet()
+        srv, ready = self.start_server(server, "echo")
+        info = {k: v for k, v in ready.items() if k not in ("event", "pid", "port")}
+        clients: list[Child] = []
+        try:
+            limit = fd_limit(srv.pid) or 1024
+            used = open_fds(srv.pid) or 32
+            # Each accepted connection is one descriptor; keep a margin.
+            room = limit - used - 8
+            per_client = 10000  # descriptors per load client: under any limit
+            biggest = min(max(s.conns for s in scns), room)
+            count = max(1, math.ceil(biggest / per_client))
+            for i in range(count):
+                argv_extra: list[object] = [
+                    "--sources",
+                    8,
+                    "--depth",
+                    scns[0].depth,
+                    "--timeout",
+                    60,
+                ]
+                lg = self.start_loadgen("idle", ready["port"], srv.pid, *argv_extra)
+                lg.name = f"load client {i + 1} (idle)"
+                clients.append(lg)
+            self.progress.set("warming up")
+            wait_events(clients, "warm", 60, self.progress.tick)
+            time.sleep(0.3)
+            base = rss(srv.pid)
+            held = 0
+            for scn, out in zip(scns, outs, strict=True):
+                out.info = dict(info)
+                want = min(scn.conns, room)
+                if want < scn.conns:
+                    out.notes.append(
+                        f"held {want:,}, not {scn.conns:,}: the server may open "
+                        f"{limit:,} files (hard limit) and uses {used} itself"
+                    )
+                more = want - held
+                self.progress.set(f"opening {more:,} connections ({held + more:,})")
+                shares = [
+                    more // count + (1 if i < more % count else 0) for i in range(count)
+                ]
+                for lg, share in zip(clients, shares, strict=True):
+                    lg.send(f"open {share}")
+                t0 = time.monotonic()
+                opened = wait_events(clients, "opened", 300, self.progress.tick)
+                elapsed = time.monotonic() - t0
+                alive = sum(int(e["alive"]) for e in opened)
+                failed = sum(int(e["failed"]) for e in opened)
+                held = sum(int(e["conns"]) for e in opened)
+                time.sleep(0.5)
+                now = rss(srv.pid)
+                server_conns = (open_fds(srv.pid) or used) - used
+                per = (now - base) / max(alive, 1)
+                out.values.append(per)
+                out.info.update(
+                    conns=alive,
+                    server_fds=server_conns,
+                    rss_base_kib=base,
+                    rss_kib=now,
+                    fd_limit=limit,
+                    open_seconds=round(elapsed, 2),
+                )
+                if failed or alive != want or srv.proc.poll() is not None:
+                    out.notes.append(
+                        f"rep {rep + 1}: {failed} failed to open, "
+                        f"{alive:,} of {want:,} open"
+                    )
+                self.progress.line(
+                    f"      {alive:,} conns: {per:.2f} KiB/conn "
+                    f"(RSS {base / 1024:.0f} -> {now / 1024:.0f} MiB)"
+                )
+        finally:
+            for lg in clients:
+                lg.send("quit")
+            for lg in clients:
+                lg.stop()
+            srv.stop()
+        return outs
+
+
+# -- the run -------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    label: str
+    estimate: float
+    run: Callable[[], None]
+
+
+def estimate(scn: Scenario, cfg: Config) -> float:
+    base = 1.5 + cfg.warmup + cfg.repeat * cfg.duration
+    if scn.kind == "broadcast":
+        base += 1 + scn.conns / 2500
+    return base
+
+
+def select(names: str | None, known: Iterable[str], what: str) -> list[str] | None:
+    if names is None:
+        return None
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    bad = [n for n in wanted if n not in known]
+    if bad:
+        raise SystemExit(
+            f"unknown {what}: {', '.join(bad)} (known: {', '.join(known)})"
+        )
+    return wanted
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the benchmark's options to ``parser`` (for ``tidings bench``)."""
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every row for a moment, tidings only, current interpreter: "
+        "proves the benchmark works, measures nothing",
+    )
+    parser.add_argument(
+        "--servers",
+        metavar="LIST",
+        help=f"comma-separated subset of {','.join(SERVERS)}",
+    )
+    parser.add_argument(
+        "--clients",
+        metavar="LIST",
+        help=f"client-side row: subset of {','.join(CLIENTS)}",
+    )
+    parser.add_argument(
+        "--scenarios",
+        metavar="LIST",
+        help="comma-separated subset of " + ",".join(s.key for s in FULL),
+    )
+    parser.add_argument("--duration", type=float, help="seconds per measurement (3)")
+    parser.add_argument("--repeat", type=int, help="measurements per figure (3)")
+    parser.add_argument("--warmup", type=float, help="seconds before measuring (0.5)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="directory for results.json, report.md and the charts "
+        "(default: benchmarks/ in the checkout)",
+    )
+    parser.add_argument(
+        "--docs",
+        type=Path,
+        metavar="FILE",
+        help="also write the report to FILE (e.g. docs/performance.md), keeping "
+        "its <!-- notes --> section",
+    )
+    parser.add_argument(
+        "--python",
+        metavar="PATH",
+        help="interpreter for servers and load client (default: .bench/venv, "
+        "created on first run; --smoke: this one)",
+    )
+    parser.add_argument(
+        "--env",
+        type=Path,
+        metavar="DIR",
+        help="the benchmark's virtual environment (default: .bench/venv)",
+    )
+    parser.add_argument(
+        "--no-setup",
+        action="store_true",
+        help="never create or fill the environment; use what is there",
+    )
+    parser.add_argument(
+        "--logs",
+        type=Path,
+        metavar="DIR",
+        help="the children's stderr goes to DIR/children.log (default: .bench/logs)",
+    )
+    parser.add_argument("--no-charts", action="store_true", help="skip the PNGs")
+    parser.add_argument("--server-cpu", type=int, default=0, help="server core (0)")
+    parser.add_argument(
+        "--client-cpu", type=int, default=1, help="load client core (1)"
+    )
+    parser.add_argument(
+        "--max-foreign",
+        type=float,
+        metavar="SHARE",
+        help="measure again (once per measurement at most) when other processes "
+        "took more than SHARE of a core (0.15; smoke: never)",
+    )
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run servers and load client at this priority change (e.g. -10, "
+        "as root): only on a machine nobody else needs meanwhile",
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        help="before each step, wait up to this many seconds (180 in all) for "
+        "other processes to leave the cores alone (8; smoke: 0)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tidings.bench",
+        description="Benchmark tidings against websockets, aiohttp and picows.",
+    )
+    add_arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``tidings bench``: run the benchmark; 0 if every step ran."""
+    args = build_parser().parse_args(argv)
+    command = "python -m tidings.bench " + shlex.join(
+        list(sys.argv[1:] if argv is None else argv)
+    )
+    return run(args, command=command.rstrip())
+
+
+def run(args: argparse.Namespace, command: str | None = None) -> int:
+    """Run the benchmark described by parsed ``args``."""
+    err = sys.stderr
+    say: Callable[[str], None] = lambda text: print(text, file=err, flush=True)  # noqa: E731
+    base = default_base()
+    smoke_run = bool(args.smoke)
+    scenarios = smoke() if smoke_run else FULL
+    wanted = select(args.scenarios, [s.key for s in FULL], "scenarios")
+    if wanted is not None:
+        scenarios = tuple(s for s in scenarios if s.key in wanted)
+    servers = select(args.servers, SERVERS, "servers")
+    clients = select(args.clients, CLIENTS, "clients")
+    if smoke_run:
+        servers = servers or list(TIDINGS)
+        clients = clients or ["raw", "tidings-cb", "tidings"]
+
+    python = args.python
+    if python is None and smoke_run:
+        python = sys.executable
+    if python is None:
+        env_dir = args.env or bench_dir(base) / "venv"
+        python = ensure_env(env_dir, say, setup=not args.no_setup)
+        if python is None:
+            say(
+                "the benchmark's environment is not there: "
+                "tidings only, this interpreter"
+            )
+            python = sys.executable
+    found = probe(python)
+    available = [s for s in SERVERS if found["found"].get(NEEDS[s], True)]
+    missing = [s for s in (servers or SERVERS) if s not in available]
+    servers = [s for s in (servers or SERVERS) if s in available]
+    if missing:
+        say(f"not installed in {python}: {', '.join(missing)}; running without them")
+    clients = [c for c in (clients or CLIENTS) if found["found"].get(NEEDS[c], True)]
+
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    server_cpu: int | None = args.server_cpu
+    client_cpu: int | None = args.client_cpu
+    if server_cpu not in cpus or client_cpu not in cpus or server_cpu == client_cpu:
+        say("fewer than two usable cores: server and load client are not pinned")
+        server_cpu = client_cpu = None
+    elif hasattr(os, "sched_setaffinity"):
+        # The runner mostly sleeps; keep it off the server's core.
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, {client_cpu})
+
+    repeat = args.repeat or (2 if smoke_run else 3)
+    cfg = Config(
+        python=python,
+        duration=args.duration or (0.25 if smoke_run else 3.0),
+        repeat=repeat,
+        warmup=args.warmup if args.warmup is not None else (0.1 if smoke_run else 0.5),
+        server_cpu=server_cpu,
+        client_cpu=client_cpu,
+        quiet_wait=args.quiet_wait
+        if args.quiet_wait is not None
+        else (0.0 if smoke_run else 8.0),
+        quiet_budget=0.0 if smoke_run else 180.0,
+        max_foreign=args.max_foreign
+        if args.max_foreign is not None
+        else (1.0 if smoke_run else 0.15),
+        memory_repeat=1 if smoke_run else repeat,
+        nice=args.nice,
+        logs=args.logs or bench_dir(base) / "logs",
+        smoke=smoke_run,
+    )
+    out_dir: Path = args.out or base / "benchmarks"
+    results: dict[str, dict[str, Outcome]] = {s.key: {} for s in scenarios}
+    plans: list[Plan] = []
+    progress = Progress([], err)
+    runner = Runner(cfg, progress)
+    client_server = "picows" if "picows" in servers else servers[0]
+
+    def guarded(key: str, name: str, fn: Callable[[], Outcome]) -> Callable[[], None]:
+        def step() -> None:
+            try:
+                results[key][name] = fn()
+            except (BenchError, OSError, subprocess.SubprocessError) as exc:
+                results[key][name] = Outcome(error=str(exc))
+                progress.line(f"      failed: {exc}")
+
+        return step
+
+    for scn in scenarios:
+        if scn.kind == "idle":
+            continue
+        if scn.kind == "client":
+            for client in clients:
+                label = f"{LABELS[client]} client against {LABELS[client_server]}"
+                work = functools.partial(runner.load_step, scn, client_server, client)
+                plans.append(
+                    Plan(
+                        f"{scn.title} · {label}",
+                        estimate(scn, cfg),
+                        guarded(scn.key, client, work),
+                    )
+                )
+            continue
+        for server in servers:
+            if server in scn.servers:
+                work = functools.partial(runner.load_step, scn, server)
+                plans.append(
+                    Plan(
+                        f"{scn.title} · {LABELS[server]}",
+                        estimate(scn, cfg),
+                        guarded(scn.key, server, work),
+                    )
+                )
+    idle = [s for s in scenarios if s.kind == "idle"]
+    idle.sort(key=lambda s: s.conns)
+    if idle:
+        for server in servers:
+            for rep in range(cfg.memory_repeat):
+
+                def idle_run(v: str = server, r: int = rep) -> None:
+                    try:
+                        outs = runner.idle_step(idle, v, r)
+                    except (BenchError, OSError, subprocess.SubprocessError) as exc:
+                        progress.line(f"      failed: {exc}")
+                        outs = [Outcome(error=str(exc)) for _ in idle]
+                    for scn, new in zip(idle, outs, strict=True):
+                        old = results[scn.key].setdefault(v, Outcome())
+                        old.values += new.values
+                        old.notes += new.notes
+                        old.info.update(new.info)
+                        old.error = old.error or new.error
+
+                biggest = max(s.conns for s in idle)
+                plans.append(
+                    Plan(
+                        f"idle memory, {' / '.join(f'{s.conns:,}' for s in idle)} "
+                        f"conns · {LABELS[server]} · {rep + 1}/{cfg.memory_repeat}",
+                        3 + biggest / 2500,
+                        idle_run,
+                    )
+                )
+
+    progress.estimates = [p.estimate for p in plans]
+    say(
+        f"tidings bench: {len(plans)} steps, about "
+        f"{duration_text(sum(progress.estimates))}; servers: "
+        f"{', '.join(servers)}; interpreter: {python}"
+    )
+    if server_cpu is not None:
+        say(f"servers on core {server_cpu}, load client on core {client_cpu}")
+    started = time.time()
+    progress.started = time.monotonic()
+    for plan in plans:
+        progress.step(plan.label)
+        plan.run()
+    progress.line(f"done in {duration_text(time.time() - started)}")
+
+    meta = {
+        "command": command or "tidings " + shlex.join(sys.argv[1:]),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
+        "seconds": round(time.time() - started, 1),
+        "smoke": smoke_run,
+        "duration": cfg.duration,
+        "repeat": cfg.repeat,
+        "memory_repeat": cfg.memory_repeat,
+        "warmup": cfg.warmup,
+        "server_cpu": server_cpu,
+        "client_cpu": client_cpu,
+        "client_server": client_server,
+        "nice": cfg.nice,
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "memory": mem_total(),
+            "kernel": f"{platform.system()} {platform.release()}",
+            "python": f"{found['implementation']} {found['python']}",
+            "fd_limit": fd_limit(os.getpid()),
+        },
+        "versions": found["versions"],
+        "git": git_state(),
+        "servers": servers,
+        "clients": clients,
+    }
+    data = {
+        "meta": meta,
+        "scenarios": [
+            {
+                "key": s.key,
+                "title": s.title,
+                "kind": s.kind,
+                "unit": s.unit,
+                "detail": s.detail,
+                "conns": s.conns,
+                "size": s.size,
+                "depth": s.depth,
+                "lower_is_better": s.lower_is_better,
+                "results": {k: v.as_json() for k, v in results[s.key].items()},
+            }
+            for s in scenarios
+        ],
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(data, indent=1) + "\n")
+    charts: list[Path] = []
+    if not args.no_charts:
+        charts = make_charts(python, out_dir, say)
+    text = report_mod.render(data, charts, out_dir)
+    (out_dir / "report.md").write_text(text)
+    if args.docs is not None:
+        docs: Path = args.docs
+        docs.parent.mkdir(parents=True, exist_ok=True)
+        old = docs.read_text() if docs.exists() else ""
+        docs.write_text(report_mod.render(data, charts, docs.parent, notes_from=old))
+        say(f"report written to {docs}")
+    print(report_mod.summary(data))
+    say(f"results in {out_dir}")
+    failures = [
+        f"{key}/{name}"
+        for key, by in results.items()
+        for name, o in by.items()
+        if o.error
+    ]
+    if failures:
+        say(f"failed steps: {', '.join(failures)}")
+        return 1
+    return 0
+
+
+def make_charts(python: str, out_dir: Path, say: Callable[[str], None]) -> list[Path]:
+    """Draw the PNGs with matplotlib in the benchmark's interpreter."""
+    cmd = [
+        python,
+        "-m",
+        "tidings.bench.charts",
+        str(out_dir / "results.json"),
+        str(out_dir),
+    ]
+    try:
+        out = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            timeout=120,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        say(f"no charts: {exc}")
+        return []
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["?"])[-1]
+        say(f"no charts: {last}")
+        return []
+    return [Path(line) for line in out.stdout.split() if line.endswith(".png")]

@@ -1,0 +1,24 @@
+"""The tidings hub: channels, presence, history with gap-free recovery, token
+auth and an HTTP API, over WebSocket. See docs/protocol.md and docs/hub.md."""
+
+from .app import Hub
+from .auth import mint_token
+from .brokers.base import Broker
+from .brokers.memory import MemoryBroker
+from .client import Client, HubError, RecoveryFailed, Subscription
+from .config import ConfigError, HubConfig, NamespaceConfig, load_config
+
+__all__ = [
+    "Broker",
+    "Client",
+    "ConfigError",
+    "Hub",
+    "HubConfig",
+    "HubError",
+    "MemoryBroker",
+    "NamespaceConfig",
+    "RecoveryFailed",
+    "Subscription",
+    "load_config",
+    "mint_token",
+]

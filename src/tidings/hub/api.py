@@ -1,0 +1,218 @@
+"""Plain HTTP beside the hub's WebSocket: the API, health, metrics and the
+demo pages (docs/protocol.md, "The HTTP API")."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from functools import cache
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+from ..http import HTTPResponse
+from ..protocol import Request
+from .auth import api_key_matches
+from .wire import CommandError, parse_since, valid_channel
+
+if TYPE_CHECKING:
+    from .app import Hub
+
+__all__ = ["handle_http"]
+
+WEBSOCKET_PATH = "/ws"
+
+_CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+}
+_PAGES = {
+    "/": "index.html",
+    "/chat": "chat.html",
+    "/ticker": "ticker.html",
+    "/report": "report.html",
+}
+
+
+class ApiError(Exception):
+    """An HTTP API error: status and message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _json(status: int, body: Any) -> HTTPResponse:
+    data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    return HTTPResponse(status, data, [("Content-Type", "application/json")])
+
+
+async def handle_http(hub: Hub, request: Request) -> HTTPResponse | None:
+    """Answer a plain HTTP request, or return None to upgrade ``/ws``."""
+    path = request.path
+    if path == WEBSOCKET_PATH:
+        return None
+    if request.headers.get("Upgrade") is not None:
+        return HTTPResponse(404, f"the WebSocket endpoint is {WEBSOCKET_PATH}")
+    if path == "/healthz":
+        return _json(200, {"status": "ok"})
+    if path == "/metrics":
+        return HTTPResponse(
+            200,
+            hub.metrics_text().encode(),
+            [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")],
+        )
+    if path.startswith("/api/"):
+        try:
+            _authorize(hub, request)
+            return _json(200, await _api(hub, request))
+        except ApiError as exc:
+            hub.metrics.errors[f"api_{exc.status}"] += 1
+            return _json(
+                exc.status, {"error": {"code": exc.status, "message": exc.message}}
+            )
+    if hub.config.demo:
+        static = _static_file(_PAGES.get(path, path.lstrip("/")))
+        if static is not None:
+            body, content_type = static
+            return HTTPResponse(200, body, [("Content-Type", content_type)])
+    return HTTPResponse(404, "not found")
+
+
+def _authorize(hub: Hub, request: Request) -> None:
+    key = hub.config.api_key
+    if key is not None:
+        if not api_key_matches(request.headers.get("Authorization"), key):
+            raise ApiError(401, "missing or wrong API key")
+    elif not _is_loopback(hub.config.host):
+        raise ApiError(403, "set an API key to use the HTTP API on a public address")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def _api(hub: Hub, request: Request) -> Any:
+    route = (request.method, request.path)
+    if route == ("POST", "/api/publish"):
+        body = _body(request)
+        channel = _channel(hub, body.get("channel"))
+        offset, epoch = await hub.publish(channel, _data(body))
+        return {"offset": offset, "epoch": epoch}
+    if route == ("POST", "/api/broadcast"):
+        body = _body(request)
+        channels = body.get("channels")
+        if not isinstance(channels, list) or not channels:
+            raise ApiError(400, "channels must be a non-empty list")
+        checked = [_channel(hub, c) for c in channels]
+        data = _data(body)
+        results = []
+        for channel in checked:
+            offset, epoch = await hub.publish(channel, data)
+            results.append({"channel": channel, "offset": offset, "epoch": epoch})
+        return {"results": results}
+    if route == ("GET", "/api/presence"):
+        channel = _channel(hub, _query(request, "channel"))
+        clients = await hub.broker.presence(channel)
+        return {"clients": [c.to_json() for c in clients]}
+    if route == ("GET", "/api/history"):
+        return await _history(hub, request)
+    if route == ("GET", "/api/channels"):
+        return {
+            "channels": [
+                {"channel": channel, "subscribers": count}
+                for channel, count in sorted(hub.channels().items())
+            ]
+        }
+    if route == ("POST", "/api/disconnect"):
+        user = _body(request).get("user")
+        if not isinstance(user, str) or not user:
+            raise ApiError(400, "user must be a non-empty string")
+        return {"disconnected": hub.disconnect(user)}
+    raise ApiError(404, f"no API endpoint {request.method} {request.path}")
+
+
+async def _history(hub: Hub, request: Request) -> Any:
+    channel = _channel(hub, _query(request, "channel"))
+    limit_text = _query(request, "limit", required=False)
+    limit = None
+    if limit_text is not None:
+        if not (limit_text.isascii() and limit_text.isdigit()):
+            raise ApiError(400, "limit must be a non-negative integer")
+        limit = int(limit_text)
+    since_text = _query(request, "since", required=False)
+    since = None
+    if since_text is not None:
+        offset, _, epoch = since_text.partition(":")
+        try:
+            since = parse_since({"offset": int(offset), "epoch": epoch})
+        except (ValueError, CommandError):
+            raise ApiError(400, "since must be OFFSET:EPOCH") from None
+    result = await hub.history(channel, since=since[0] if since else None, limit=limit)
+    out: dict[str, Any] = {
+        "epoch": result.epoch,
+        "offset": result.offset,
+        "publications": [p.to_json() for p in result.publications],
+    }
+    if since is not None and (not result.complete or result.epoch != since[1]):
+        out["publications"] = []
+        out["complete"] = False
+    return out
+
+
+def _body(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(request.body)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "the body must be JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    return body
+
+
+def _data(body: dict[str, Any]) -> Any:
+    if "data" not in body:
+        raise ApiError(400, "data is missing")
+    return body["data"]
+
+
+def _channel(hub: Hub, channel: Any) -> str:
+    if not isinstance(channel, str) or not valid_channel(channel):
+        raise ApiError(400, "channel is missing or invalid")
+    if hub.config.namespace(channel) is None:
+        raise ApiError(404, f"unknown namespace in {channel}")
+    return channel
+
+
+def _query(request: Request, name: str, *, required: bool = True) -> str | None:
+    values = parse_qs(request.query).get(name)
+    if not values:
+        if required:
+            raise ApiError(400, f"query parameter {name} is missing")
+        return None
+    return values[0]
+
+
+def _static_file(name: str) -> tuple[bytes, str] | None:
+    """A file of the hub's static folder, by plain name."""
+    return _static_files().get(name)
+
+
+@cache
+def _static_files() -> dict[str, tuple[bytes, str]]:
+    # Read once; a request can only name a file that is in this table.
+    files = {}
+    for entry in (resources.files("tidings.hub") / "static").iterdir():
+        content_type = _CONTENT_TYPES.get("." + entry.name.rpartition(".")[2])
+        if entry.is_file() and content_type is not None:
+            files[entry.name] = (entry.read_bytes(), content_type)
+    return files

@@ -1,0 +1,114 @@
+"""Connection tokens (JWT, HS256), channel permissions and the API key."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+import jwt
+
+from ..exceptions import TidingsError
+from .config import NamespaceConfig
+
+__all__ = [
+    "AuthError",
+    "Identity",
+    "api_key_matches",
+    "can_publish",
+    "can_subscribe",
+    "decode_token",
+    "mint_token",
+]
+
+
+class AuthError(TidingsError):
+    """A token was refused. The message is safe to show the client: it says
+    "invalid token" or "token expired" and nothing about why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a token says the client is, and what it may do."""
+
+    user: str
+    channels: tuple[str, ...] | None = None
+    publish: tuple[str, ...] | None = None
+
+
+def mint_token(
+    secret: str,
+    user: str,
+    *,
+    channels: Sequence[str] | None = None,
+    publish: Sequence[str] | None = None,
+    ttl: float = 3600,
+) -> str:
+    """Sign a token for ``user`` valid ``ttl`` seconds (for development and
+    for back ends that hand tokens to their users)."""
+    claims: dict[str, object] = {"sub": user, "exp": int(time.time() + ttl)}
+    if channels is not None:
+        claims["channels"] = list(channels)
+    if publish is not None:
+        claims["publish"] = list(publish)
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def decode_token(token: object, secret: str | None) -> Identity:
+    """Verify ``token`` and return its identity; raise :class:`AuthError`."""
+    if secret is None or not isinstance(token, str) or len(token) > 8192:
+        raise AuthError("invalid token")
+    try:
+        claims = jwt.decode(
+            token, secret, algorithms=["HS256"], options={"require": ["sub", "exp"]}
+        )
+    except jwt.ExpiredSignatureError:
+        raise AuthError("token expired") from None
+    except jwt.PyJWTError:
+        raise AuthError("invalid token") from None
+    user = claims.get("sub")
+    if not isinstance(user, str) or not user:
+        raise AuthError("invalid token")
+    return Identity(
+        user, _patterns(claims.get("channels")), _patterns(claims.get("publish"))
+    )
+
+
+def _patterns(value: object) -> tuple[str, ...] | None:
+    """A claim's glob patterns, None when absent."""
+    if value is None:
+        return None
+    if isinstance(value, list) and all(isinstance(p, str) for p in value):
+        return tuple(value)
+    raise AuthError("invalid token")
+
+
+def can_subscribe(
+    identity: Identity | None, namespace: NamespaceConfig, channel: str
+) -> bool:
+    """May this client subscribe to ``channel``?"""
+    if identity is not None and identity.channels is not None:
+        return any(fnmatchcase(channel, p) for p in identity.channels)
+    return namespace.allow_anonymous
+
+
+def can_publish(
+    identity: Identity | None, namespace: NamespaceConfig, channel: str
+) -> bool:
+    """May this client publish to ``channel``?"""
+    if identity is not None and identity.publish is not None:
+        return any(fnmatchcase(channel, p) for p in identity.publish)
+    return namespace.allow_publish and (
+        identity is not None or namespace.allow_anonymous
+    )
+
+
+def api_key_matches(header: str | None, api_key: str) -> bool:
+    """Check an ``Authorization: apikey KEY`` header in constant time."""
+    scheme, _, given = (header or "").partition(" ")
+    expected = api_key.encode()
+    return scheme.lower() == "apikey" and hmac.compare_digest(
+        given.strip().encode(), expected
+    )

@@ -1,0 +1,1 @@
+"""Brokers: where a hub keeps channel state (memory, and Redis later)."""

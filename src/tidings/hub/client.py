@@ -1,0 +1,511 @@
+"""An asyncio client of the hub (docs/protocol.md), with automatic reconnect
+and gap-free recovery.
+
+::
+
+    async with Client("ws://127.0.0.1:8000/ws", token=token) as client:
+        sub = await client.subscribe("chat:lobby")
+        await client.publish("chat:lobby", {"text": "hi"})
+        async for pub in sub:
+            print(pub.offset, pub.data)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import random
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from types import TracebackType
+from typing import Any
+
+from ..client import connect
+from ..connection import WebSocket
+from ..exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, TidingsError
+from ..protocol import State
+from .brokers.base import ClientInfo, HistoryResult, Publication
+
+__all__ = ["Client", "HubError", "RecoveryFailed", "Subscription"]
+
+logger = logging.getLogger("tidings.hub.client")
+
+#: Close codes after which reconnecting would not help (docs/protocol.md).
+_FINAL_CLOSE_CODES = frozenset({1009, 4000, 4001, 4003})
+
+_Handler = Callable[[Any, BaseException | None], None]
+
+
+class HubError(TidingsError):
+    """The hub answered a command with an error; ``code`` is as in
+    docs/protocol.md (403, 404, 429...)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"{code} {message}")
+        self.code = code
+        self.message = message
+
+
+class RecoveryFailed(TidingsError):
+    """Publications were missed and cannot be recovered (the hub answered
+    ``recovered: false``): reload the channel's state by other means.
+    Publications continue from ``offset + 1`` in ``epoch``."""
+
+    def __init__(self, channel: str, offset: int, epoch: str) -> None:
+        super().__init__(f"publications missed on {channel} could not be recovered")
+        self.channel = channel
+        self.offset = offset
+        self.epoch = epoch
+
+
+class Subscription:
+    """A subscription to one channel; iterate it for its publications.
+
+    Publications arrive in offset order, each once, across reconnects.
+    When a reconnect loses publications, iterating raises
+    :class:`RecoveryFailed` at the gap, after every publication before it;
+    the subscription stays active, so iterate again to go on. With
+    ``on_publication``, publications go to that callback instead, and a gap
+    goes to :attr:`on_recovery_failed` (which is called in both cases).
+    Iteration ends after :meth:`unsubscribe`, or raises the error that ended
+    the subscription (a :class:`HubError` or
+    :class:`~tidings.ConnectionClosed`).
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        channel: str,
+        on_publication: Callable[[Publication], object] | None = None,
+    ) -> None:
+        self.client = client
+        self.channel = channel
+        self.on_publication = on_publication
+        #: Called with the :class:`RecoveryFailed` when a gap occurs.
+        self.on_recovery_failed: Callable[[RecoveryFailed], object] | None = None
+        #: Called with a :class:`ClientInfo` on join and leave pushes.
+        self.on_join: Callable[[ClientInfo], object] | None = None
+        self.on_leave: Callable[[ClientInfo], object] | None = None
+        #: The channel's epoch and the last offset seen (None before the
+        #: first subscribe reply).
+        self.epoch: str | None = None
+        self.offset = 0
+        self._items: deque[Publication | BaseException] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._subscribed: asyncio.Future[None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._ended = False
+
+    def __aiter__(self) -> AsyncIterator[Publication]:
+        return self
+
+    async def __anext__(self) -> Publication:
+        while not self._items:
+            if self._ended:
+                raise StopAsyncIteration
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        item = self._items.popleft()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    async def unsubscribe(self) -> None:
+        """Stop receiving; iteration ends after what was already received."""
+        if self._ended:
+            return
+        self._end(None)
+        if self.client._subs.get(self.channel) is self:
+            del self.client._subs[self.channel]
+            if self.client.connected:
+                try:
+                    await self.client._call("unsubscribe", channel=self.channel)
+                except HubError as exc:
+                    if exc.code != 409:  # never subscribed: nothing to undo
+                        raise
+
+    # -- fed by the client ------------------------------------------------
+
+    def _put(self, item: Publication | BaseException) -> None:
+        self._items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _publication(self, pub: Publication) -> None:
+        if pub.offset <= self.offset:
+            return  # a duplicate: already delivered
+        self.offset = pub.offset
+        if self.on_publication is not None:
+            _call_safely(self.on_publication, pub)
+        else:
+            self._put(pub)
+
+    def _subscribed_ok(self, result: dict[str, Any], since: bool) -> None:
+        epoch, offset = result["epoch"], result["offset"]
+        if since and result.get("recovered"):
+            for raw in result.get("publications", ()):
+                self._publication(_publication(raw))
+        elif since:
+            failed = RecoveryFailed(self.channel, offset, epoch)
+            if self.on_publication is None:
+                self._put(failed)
+            if self.on_recovery_failed is not None:
+                _call_safely(self.on_recovery_failed, failed)
+        self.epoch, self.offset = epoch, offset
+        if not self._subscribed.done():
+            self._subscribed.set_result(None)
+
+    def _end(self, error: BaseException | None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        if error is not None:
+            self._put(error)
+            if not self._subscribed.done():
+                self._subscribed.set_exception(error)
+                self._subscribed.exception()  # nobody may be waiting
+        elif self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+class Client:
+    """A hub client: ``async with Client(url, token=None) as client:``.
+
+    Opening connects (raising :class:`HubError` 401 for a refused token, or
+    ``OSError``). After a drop it reconnects by itself, with exponential
+    backoff and jitter between ``backoff_initial`` and ``backoff_max``
+    seconds, and resubscribes every subscription with ``since`` = the last
+    offset and epoch seen (see :class:`Subscription` for what happens when
+    that fails). It stops after close codes that reconnecting cannot help
+    (1009, 4000, 4001, 4003) or a refused token.
+
+    Every command raises :class:`HubError` on an error reply and
+    ``TimeoutError`` after ``timeout`` seconds (which includes waiting for
+    a reconnect); a command in flight when the connection drops raises
+    :class:`~tidings.ConnectionClosed` (it may or may not have been done).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        timeout: float = 10.0,
+        backoff_initial: float = 0.25,
+        backoff_max: float = 10.0,
+        **connect_options: Any,
+    ) -> None:
+        self.url = url
+        self.token = token
+        self.timeout = timeout
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.connect_options = connect_options
+        #: The connection id and user the hub gave us (new on each connect).
+        self.client_id = ""
+        self.user = ""
+        self._ws: WebSocket | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Handler] = {}
+        self._subs: dict[str, Subscription] = {}
+        self._ready = asyncio.Event()
+        self._failure: BaseException | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._closed: asyncio.Future[None] | None = None
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def __aenter__(self) -> Client:
+        await self._open()
+        self._supervisor = asyncio.create_task(self._supervise())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the connection; subscriptions end."""
+        self._fail(ConnectionClosed(1000, "client closed"))
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            await asyncio.wait([self._supervisor])
+        if self._ws is not None:
+            await self._ws.close()
+
+    @property
+    def connected(self) -> bool:
+        """True while connected (False while reconnecting)."""
+        return self._ready.is_set() and self._failure is None
+
+    # -- commands ----------------------------------------------------------
+
+    async def subscribe(
+        self,
+        channel: str,
+        on_publication: Callable[[Publication], object] | None = None,
+    ) -> Subscription:
+        """Subscribe to ``channel``; see :class:`Subscription`."""
+        if channel in self._subs:
+            raise HubError(409, f"already subscribed to {channel}")
+        async with asyncio.timeout(self.timeout):
+            await self._connection()
+            sub = self._subs[channel] = Subscription(self, channel, on_publication)
+            self._send_subscribe(sub)
+            try:
+                await asyncio.shield(sub._subscribed)
+            except BaseException:
+                if self._subs.get(channel) is sub:  # timed out or cancelled
+                    del self._subs[channel]
+                    if self.connected and self._ws is not None:
+                        self._send(
+                            self._ws, "unsubscribe", {"channel": channel}, _ignore
+                        )
+                raise
+        return sub
+
+    async def publish(self, channel: str, data: Any) -> tuple[int, str]:
+        """Publish ``data``; return its offset and the channel's epoch."""
+        result = await self._call("publish", channel=channel, data=data)
+        return result["offset"], result["epoch"]
+
+    async def presence(self, channel: str) -> list[ClientInfo]:
+        """Who is subscribed to ``channel``."""
+        result = await self._call("presence", channel=channel)
+        return [ClientInfo(c["client"], c["user"]) for c in result["clients"]]
+
+    async def history(
+        self,
+        channel: str,
+        limit: int | None = None,
+        since: tuple[int, str] | None = None,
+    ) -> HistoryResult:
+        """Kept publications of ``channel``: the newest ``limit``, or those
+        after ``since`` = (offset, epoch); ``complete`` is False when the
+        history no longer reaches back that far."""
+        fields: dict[str, Any] = {"channel": channel}
+        if limit is not None:
+            fields["limit"] = limit
+        if since is not None:
+            fields["since"] = {"offset": since[0], "epoch": since[1]}
+        result = await self._call("history", **fields)
+        return HistoryResult(
+            result["epoch"],
+            result["offset"],
+            [_publication(p) for p in result["publications"]],
+            result.get("complete", True),
+        )
+
+    async def _call(self, op: str, **fields: Any) -> Any:
+        async with asyncio.timeout(self.timeout):
+            return await self._request(await self._connection(), op, fields)
+
+    # -- the connection ----------------------------------------------------
+
+    async def _connection(self) -> WebSocket:
+        """The open connection, once there is one (after a reconnect)."""
+        while True:
+            await self._ready.wait()
+            if self._failure is not None:
+                raise self._failure
+            ws, closed = self._ws, self._closed
+            assert ws is not None and closed is not None
+            if ws.state is State.OPEN:
+                return ws
+            await asyncio.shield(closed)  # then _ready is clear until reconnected
+
+    async def _request(self, ws: WebSocket, op: str, fields: dict[str, Any]) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def settle(result: Any, error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+        id = self._send(ws, op, fields, settle)
+        try:
+            return await future
+        finally:
+            self._pending.pop(id, None)
+
+    def _send(
+        self, ws: WebSocket, op: str, fields: dict[str, Any], handler: _Handler
+    ) -> int:
+        id = next(self._ids)
+        self._pending[id] = handler
+        try:
+            ws.send_nowait(json.dumps({"id": id, "op": op, **fields}))
+        except ConnectionClosed as exc:
+            del self._pending[id]
+            handler(None, exc)
+        return id
+
+    def _send_subscribe(self, sub: Subscription) -> None:
+        fields: dict[str, Any] = {"channel": sub.channel}
+        since = sub.epoch is not None
+        if since:
+            fields["since"] = {"offset": sub.offset, "epoch": sub.epoch}
+
+        def on_reply(result: Any, error: BaseException | None) -> None:
+            if self._subs.get(sub.channel) is not sub:
+                return  # unsubscribed meanwhile
+            if isinstance(error, ConnectionClosed):
+                return  # resent after the reconnect
+            if error is not None:
+                del self._subs[sub.channel]
+                sub._end(error)
+            else:
+                sub._subscribed_ok(result, since)
+
+        assert self._ws is not None
+        self._send(self._ws, "subscribe", fields, on_reply)
+
+    async def _open(self) -> None:
+        """Connect, send connect, and resubscribe everything."""
+        ws = await connect(
+            self.url,
+            on_message=self._on_message,
+            open_timeout=self.timeout,
+            **self.connect_options,
+        )
+        self._ws = ws
+        # Commands in flight fail as soon as the connection is gone.
+        pending = self._pending = {}
+        self._closed = asyncio.ensure_future(ws.wait_closed())
+        self._closed.add_done_callback(lambda _: self._on_closed(ws, pending))
+        try:
+            async with asyncio.timeout(self.timeout):
+                fields = {} if self.token is None else {"token": self.token}
+                result = await self._request(ws, "connect", fields)
+        except BaseException:
+            await ws.close()
+            raise
+        self.client_id, self.user = result["client"], result["user"]
+        for sub in list(self._subs.values()):
+            self._send_subscribe(sub)
+        self._ready.set()
+
+    async def _supervise(self) -> None:
+        while True:
+            ws = self._ws
+            assert ws is not None and self._closed is not None
+            await self._closed
+            if ws.close_code in _FINAL_CLOSE_CODES:
+                self._fail(_close_error(ws))
+                return
+            delay = self.backoff_initial
+            while True:
+                await asyncio.sleep(random.uniform(0.5, 1.0) * delay)
+                try:
+                    await self._open()
+                    break
+                except HubError as exc:
+                    if exc.code == 401:
+                        self._fail(exc)
+                        return
+                except InvalidStatus as exc:
+                    if exc.status < 500:
+                        self._fail(exc)
+                        return
+                except (OSError, TimeoutError, ConnectionClosed, InvalidHandshake):
+                    pass
+                logger.info("reconnecting to %s failed; retrying", self.url)
+                delay = min(delay * 2, self.backoff_max)
+
+    def _on_closed(self, ws: WebSocket, pending: dict[int, _Handler]) -> None:
+        if self._failure is None:
+            self._ready.clear()
+        self._lost(_close_error(ws), pending)
+
+    def _lost(
+        self, error: BaseException, pending: dict[int, _Handler] | None = None
+    ) -> None:
+        """Fail the commands in flight on a connection that is gone."""
+        pending = self._pending if pending is None else pending
+        handlers = list(pending.values())
+        pending.clear()
+        for handler in handlers:
+            handler(None, error)
+
+    def _fail(self, error: BaseException) -> None:
+        """Stop for good: commands and subscriptions end with ``error``."""
+        if self._failure is not None:
+            return
+        self._failure = error
+        self._ready.set()  # wake the waiters, who find the failure
+        subs, self._subs = self._subs, {}
+        for sub in subs.values():
+            sub._end(None if _clean(error) else error)
+        self._lost(error)
+
+    def _on_message(self, ws: WebSocket, message: str | bytes) -> None:
+        if ws is not self._ws:
+            return
+        try:
+            msg = json.loads(message)
+            if "id" in msg:
+                handler = self._pending.pop(msg["id"], None)
+                if handler is not None:
+                    error = msg.get("error")
+                    if error is not None:
+                        handler(None, HubError(error["code"], error["message"]))
+                    else:
+                        handler(msg["result"], None)
+            elif "channel" in msg:
+                self._push(msg)
+            elif "error" in msg:
+                logger.warning("hub error: %s", msg["error"])
+        except Exception:
+            logger.exception("cannot handle a message from the hub: %.200r", message)
+
+    def _push(self, msg: dict[str, Any]) -> None:
+        sub = self._subs.get(msg["channel"])
+        if sub is None:
+            return
+        if "pub" in msg:
+            sub._publication(_publication(msg["pub"]))
+        elif "join" in msg and sub.on_join is not None:
+            _call_safely(sub.on_join, _info(msg["join"]))
+        elif "leave" in msg and sub.on_leave is not None:
+            _call_safely(sub.on_leave, _info(msg["leave"]))
+
+
+def _info(raw: dict[str, str]) -> ClientInfo:
+    return ClientInfo(raw["client"], raw["user"])
+
+
+def _publication(raw: dict[str, Any]) -> Publication:
+    info = raw.get("info")
+    return Publication(raw["offset"], raw.get("data"), _info(info) if info else None)
+
+
+def _close_error(ws: WebSocket) -> ConnectionClosed:
+    return ConnectionClosed(ws.close_code or 1006, ws.close_reason)
+
+
+def _clean(error: BaseException) -> bool:
+    return isinstance(error, ConnectionClosed) and error.code == 1000
+
+
+def _ignore(result: Any, error: BaseException | None) -> None:
+    pass
+
+
+def _call_safely(callback: Callable[[Any], object], arg: Any) -> None:
+    try:
+        callback(arg)
+    except Exception:
+        logger.exception("error in a subscription callback")

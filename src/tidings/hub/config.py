@@ -1,0 +1,239 @@
+"""The hub's configuration: defaults, a TOML file, ``TIDINGS_*`` variables
+and command-line flags, in that order of precedence."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..exceptions import TidingsError
+
+__all__ = ["ConfigError", "HubConfig", "NamespaceConfig", "load_config"]
+
+_NAMESPACE_RE = re.compile(r"[A-Za-z0-9_\-.]{1,64}")
+
+
+class ConfigError(TidingsError):
+    """Invalid configuration; the message names the key and what is allowed."""
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceConfig:
+    """Options of the channels ``name:...``; see docs/protocol.md."""
+
+    allow_anonymous: bool = False
+    allow_publish: bool = False
+    history_size: int = 0
+    history_ttl: float = 0.0
+    presence: bool = False
+    join_leave: bool = False
+    max_subscribers: int | None = None
+
+
+def _demo_namespaces() -> dict[str, NamespaceConfig]:
+    # The development default: the demo pages work with nothing configured.
+    return {
+        "chat": NamespaceConfig(
+            allow_anonymous=True,
+            allow_publish=True,
+            history_size=100,
+            history_ttl=3600,
+            presence=True,
+            join_leave=True,
+        ),
+        "ticker": NamespaceConfig(
+            allow_anonymous=True, history_size=50, history_ttl=600
+        ),
+        "report": NamespaceConfig(
+            allow_anonymous=True, history_size=60, history_ttl=600
+        ),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class HubConfig:
+    """Everything ``tidings serve`` can be told. The defaults are the
+    development setup: loopback, the memory broker, the demo namespaces."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    #: HS256 secret for connection tokens; without one, only anonymous
+    #: clients can connect.
+    secret: str | None = None
+    #: Key for the HTTP API; without one, the API answers loopback only.
+    api_key: str | None = None
+    namespaces: dict[str, NamespaceConfig] = field(default_factory=_demo_namespaces)
+    #: Largest command or publication a client may send, in bytes.
+    max_message_size: int = 65536
+    #: Bytes queued for one client before it is dropped as too slow (4005).
+    max_outbound: int = 1 << 20
+    #: Commands per second per connection, and the burst allowed above it.
+    rate_limit: float = 100.0
+    rate_burst: int = 200
+    max_connections: int | None = None
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    #: Serve the demo pages and run the simulated ticker and the report feed.
+    demo: bool = True
+
+    def namespace(self, channel: str) -> NamespaceConfig | None:
+        """The options of ``channel``'s namespace, or None if unknown."""
+        name, sep, _ = channel.partition(":")
+        return self.namespaces.get(name) if sep else None
+
+
+_ENV_PREFIX = "TIDINGS_"
+
+#: RFC 7518 §3.2: an HS256 key must be at least as long as the hash.
+MIN_SECRET_BYTES = 32
+
+
+def load_config(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> HubConfig:
+    """Build a :class:`HubConfig` from a TOML file, ``TIDINGS_*`` variables
+    (e.g. ``TIDINGS_PORT``, ``TIDINGS_SECRET``) and flag values, later ones
+    winning. Raises :class:`ConfigError` naming the offending key."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        values.update(_read_toml(Path(path)))
+    for name, raw in (env or {}).items():
+        if name.startswith(_ENV_PREFIX):
+            key = name[len(_ENV_PREFIX) :].lower()
+            if key in _FIELDS and key != "namespaces":
+                values[key] = _parse_env(key, raw)
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return _build(values)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(HubConfig)}
+_NS_FIELDS = {f.name: f for f in dataclasses.fields(NamespaceConfig)}
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return data
+
+
+def _parse_env(key: str, raw: str) -> Any:
+    kind = _FIELDS[key].type
+    if "bool" in str(kind):
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"TIDINGS_{key.upper()} must be true or false, got {raw!r}")
+    if "int" in str(kind) or "float" in str(kind):
+        try:
+            return float(raw) if "float" in str(kind) else int(raw)
+        except ValueError:
+            raise ConfigError(
+                f"TIDINGS_{key.upper()} must be a number, got {raw!r}"
+            ) from None
+    return raw
+
+
+def _build(values: dict[str, Any]) -> HubConfig:
+    unknown = sorted(set(values) - set(_FIELDS))
+    if unknown:
+        known = ", ".join(sorted(_FIELDS))
+        raise ConfigError(f"unknown setting {unknown[0]!r}; known settings: {known}")
+    if "namespaces" in values:
+        values["namespaces"] = _namespaces(values["namespaces"])
+    for key, value in values.items():
+        if key != "namespaces":
+            _check_type(key, value, _FIELDS[key].type)
+    config = HubConfig(**values)
+    _check_ranges(config)
+    return config
+
+
+def _namespaces(raw: Any) -> dict[str, NamespaceConfig]:
+    if not isinstance(raw, dict):
+        raise ConfigError("namespaces must be a table of namespace tables")
+    out = {}
+    for name, options in raw.items():
+        if not _NAMESPACE_RE.fullmatch(name):
+            raise ConfigError(
+                f"namespace name {name!r} must be 1-64 letters, digits, '_', '-' or '.'"
+            )
+        if not isinstance(options, dict):
+            raise ConfigError(f"namespaces.{name} must be a table")
+        for key, value in options.items():
+            if key not in _NS_FIELDS:
+                raise ConfigError(
+                    f"unknown option namespaces.{name}.{key}; known options: "
+                    + ", ".join(sorted(_NS_FIELDS))
+                )
+            _check_type(f"namespaces.{name}.{key}", value, _NS_FIELDS[key].type)
+        namespace = NamespaceConfig(**options)
+        where = f"namespaces.{name}"
+        _non_negative(f"{where}.history_size", namespace.history_size)
+        _non_negative(f"{where}.history_ttl", namespace.history_ttl)
+        if namespace.history_size > 0 and namespace.history_ttl <= 0:
+            raise ConfigError(
+                f"{where}.history_ttl must be > 0 when history_size is set, so "
+                "that idle channels are forgotten"
+            )
+        if namespace.max_subscribers is not None:
+            _non_negative(f"{where}.max_subscribers", namespace.max_subscribers)
+        out[name] = namespace
+    return out
+
+
+def _check_type(key: str, value: Any, kind: Any) -> None:
+    spec = str(kind)
+    if "bool" in spec:
+        ok = isinstance(value, bool)
+        allowed = "true or false"
+    elif "float" in spec:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value)
+        allowed = "a number"
+    elif "int" in spec:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        allowed = "an integer"
+    else:
+        ok = isinstance(value, str)
+        allowed = "a string"
+    if value is None and "None" in spec:
+        return
+    if not ok:
+        raise ConfigError(f"{key} must be {allowed}, got {value!r}")
+
+
+def _non_negative(key: str, value: float) -> None:
+    if value < 0:
+        raise ConfigError(f"{key} must be >= 0, got {value}")
+
+
+def _check_ranges(config: HubConfig) -> None:
+    if not 0 <= config.port <= 65535:
+        raise ConfigError(f"port must be 0-65535, got {config.port}")
+    if config.secret is not None and len(config.secret.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"secret must be at least {MIN_SECRET_BYTES} bytes (RFC 7518 §3.2)"
+        )
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise ConfigError("tls_cert and tls_key must be given together")
+    for key in ("max_message_size", "max_outbound", "rate_burst"):
+        if getattr(config, key) < 1:
+            raise ConfigError(f"{key} must be >= 1, got {getattr(config, key)}")
+    for key in ("rate_limit", "ping_interval", "ping_timeout"):
+        if getattr(config, key) <= 0:
+            raise ConfigError(f"{key} must be > 0, got {getattr(config, key)}")

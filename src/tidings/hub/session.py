@@ -1,0 +1,293 @@
+"""One client's session on the hub over a WebSocket: commands in, replies
+and pushes out (docs/protocol.md)."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+from ..connection import WebSocket
+from ..exceptions import ConnectionClosed
+from .auth import AuthError, Identity, can_publish, can_subscribe, decode_token
+from .brokers.base import ClientInfo, HistoryResult
+from .config import NamespaceConfig
+from .wire import Command, CommandError, encode_error, encode_reply, parse_command
+
+if TYPE_CHECKING:
+    from .app import Hub
+
+__all__ = [
+    "CLOSE_BAD_COMMANDS",
+    "CLOSE_DISCONNECTED",
+    "CLOSE_RATE_LIMIT",
+    "CLOSE_SLOW",
+    "CLOSE_TOKEN",
+    "Session",
+]
+
+logger = logging.getLogger("tidings.hub")
+
+#: Close codes of docs/protocol.md.
+CLOSE_BAD_COMMANDS = 4000
+CLOSE_TOKEN = 4001
+CLOSE_DISCONNECTED = 4003
+CLOSE_SLOW = 4005
+CLOSE_RATE_LIMIT = 4008
+
+#: Malformed commands, and rate-limited ones, tolerated per connection.
+MAX_BAD_COMMANDS = 20
+MAX_RATE_LIMITED = 50
+
+
+class Session:
+    """A connected client: its identity, subscriptions and limits."""
+
+    __slots__ = (
+        "_bad",
+        "_limited",
+        "_refilled",
+        "_tokens",
+        "hub",
+        "identity",
+        "info",
+        "recovering",
+        "subscriptions",
+        "ws",
+    )
+
+    def __init__(self, hub: Hub, ws: WebSocket) -> None:
+        self.hub = hub
+        self.ws = ws
+        self.info: ClientInfo | None = None
+        self.identity: Identity | None = None
+        self.subscriptions: set[str] = set()
+        #: Pushes held back per channel while its subscribe is in flight.
+        self.recovering: dict[str, list[tuple[int | None, str]]] = {}
+        self._tokens = float(hub.config.rate_burst)
+        self._refilled = time.monotonic()
+        self._bad = 0
+        self._limited = 0
+
+    # -- the loop --------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve commands until the connection ends, then clean up."""
+        try:
+            async for message in self.ws:
+                await self._handle(message)
+        except ConnectionClosed:
+            pass
+        finally:
+            await self.hub.session_ended(self)
+
+    async def _handle(self, message: str | bytes) -> None:
+        hub = self.hub
+        hub.metrics.commands += 1
+        if isinstance(message, bytes):
+            self._refuse(None, 400, "binary frames are not supported")
+            return
+        if not self._take_token():
+            self._limited += 1
+            hub.metrics.errors["rate_limited"] += 1
+            if self._limited > MAX_RATE_LIMITED:
+                self.ws.drop(CLOSE_RATE_LIMIT, "rate limit exceeded again and again")
+            else:
+                self.send(encode_error(_peek_id(message), 429, "too many commands"))
+            return
+        id: int | None = None
+        try:
+            command = parse_command(message)
+            id = command.id
+            if _utf8_length(message) > hub.config.max_message_size:
+                raise CommandError(413, "command is too large", id)
+            result = await self._dispatch(command)
+        except CommandError as exc:
+            self._refuse(exc.id, exc.code, exc.message)
+            return
+        except AuthError as exc:
+            hub.metrics.errors["auth"] += 1
+            self.send(encode_error(id, 401, str(exc)))
+            await self.ws.close(CLOSE_TOKEN, str(exc))
+            return
+        except Exception:
+            logger.exception("hub command failed")
+            hub.metrics.errors["internal"] += 1
+            self.send(encode_error(id, 500, "internal error"))
+            return
+        self.send(encode_reply(command.id, result))
+        if command.op == "subscribe":
+            self._flush(command.channel, result["offset"])
+
+    def _refuse(self, id: int | None, code: int, message: str) -> None:
+        self.hub.metrics.errors[f"code_{code}"] += 1
+        if code == 400:
+            self._bad += 1
+            if self._bad > MAX_BAD_COMMANDS:
+                self.ws.drop(CLOSE_BAD_COMMANDS, "too many malformed commands")
+                return
+        self.send(encode_error(id, code, message))
+
+    def _take_token(self) -> bool:
+        config = self.hub.config
+        now = time.monotonic()
+        self._tokens = min(
+            float(config.rate_burst),
+            self._tokens + (now - self._refilled) * config.rate_limit,
+        )
+        self._refilled = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+    def send(self, text: str) -> None:
+        """Queue ``text`` to the client; drop a client that lets its queue
+        grow past ``max_outbound`` (it may reconnect and recover)."""
+        ws = self.ws
+        try:
+            ws.send_nowait(text)
+        except ConnectionClosed:
+            return
+        if ws.write_buffer_size > self.hub.config.max_outbound:
+            self.hub.drop_slow(ws)
+
+    # -- commands --------------------------------------------------------
+
+    async def _dispatch(self, command: Command) -> Any:
+        op = command.op
+        if op == "connect":
+            return self._connect(command)
+        if self.info is None:
+            raise CommandError(401, "send connect first", command.id)
+        if op == "ping":
+            return {}
+        namespace = self.hub.config.namespace(command.channel)
+        if namespace is None:
+            raise CommandError(
+                404, f"unknown namespace in {command.channel}", command.id
+            )
+        if op == "subscribe":
+            return await self._subscribe(command, namespace)
+        if op == "unsubscribe":
+            if command.channel not in self.subscriptions:
+                raise CommandError(
+                    409, f"not subscribed to {command.channel}", command.id
+                )
+            await self.hub.unsubscribe(self, command.channel)
+            return {}
+        if op == "publish":
+            if not can_publish(self.identity, namespace, command.channel):
+                raise CommandError(
+                    403, f"not allowed to publish to {command.channel}", command.id
+                )
+            offset, epoch = await self.hub.publish(
+                command.channel, command.data, self.info
+            )
+            return {"offset": offset, "epoch": epoch}
+        self._check_subscribe(command, namespace)
+        if op == "presence":
+            if not namespace.presence:
+                raise CommandError(
+                    403, f"presence is off for {command.channel}", command.id
+                )
+            clients = await self.hub.broker.presence(command.channel)
+            return {"clients": [c.to_json() for c in clients]}
+        return await self._history(command)
+
+    def _connect(self, command: Command) -> dict[str, str]:
+        if self.info is not None:
+            raise CommandError(400, "already connected", command.id)
+        token = command.token
+        if token is None:
+            token = _query_token(self.ws)
+        if token is not None:
+            self.identity = decode_token(token, self.hub.config.secret)
+        user = self.identity.user if self.identity is not None else ""
+        self.info = ClientInfo(secrets.token_hex(6), user)
+        self.hub.session_connected(self)
+        return self.info.to_json()
+
+    def _check_subscribe(self, command: Command, namespace: NamespaceConfig) -> None:
+        if not can_subscribe(self.identity, namespace, command.channel):
+            raise CommandError(
+                403, f"not allowed to subscribe to {command.channel}", command.id
+            )
+
+    async def _subscribe(self, command: Command, namespace: NamespaceConfig) -> Any:
+        channel = command.channel
+        self._check_subscribe(command, namespace)
+        if channel in self.subscriptions:
+            raise CommandError(409, f"already subscribed to {channel}", command.id)
+        limit = namespace.max_subscribers
+        if limit is not None and self.hub.subscriber_count(channel) >= limit:
+            raise CommandError(503, f"{channel} has too many subscribers", command.id)
+        # Live pushes are held back from here until the reply is sent, then
+        # released without those the reply already carries: no gap, no
+        # duplicate, whatever publishes in between.
+        self.recovering[channel] = []
+        try:
+            position = await self.hub.subscribe(self, channel, namespace, command.since)
+        except BaseException:
+            self.recovering.pop(channel, None)
+            raise
+        result: dict[str, Any] = {"epoch": position.epoch, "offset": position.offset}
+        if command.since is not None:
+            recovered = position.complete and position.epoch == command.since[1]
+            result["recovered"] = recovered
+            if recovered:
+                result["publications"] = [p.to_json() for p in position.publications]
+        return result
+
+    def _flush(self, channel: str, offset: int) -> None:
+        """Release the pushes held back during a subscribe, skipping the
+        publications up to ``offset`` that the reply covered."""
+        held = self.recovering.pop(channel, None)
+        if not held:
+            return
+        for pub_offset, text in held:
+            if pub_offset is None or pub_offset > offset:
+                self.send(text)
+
+    async def _history(self, command: Command) -> Any:
+        namespace = self.hub.config.namespace(command.channel)
+        assert namespace is not None
+        result: HistoryResult = await self.hub.history(
+            command.channel,
+            since=command.since[0] if command.since else None,
+            limit=command.limit,
+        )
+        out: dict[str, Any] = {
+            "epoch": result.epoch,
+            "offset": result.offset,
+            "publications": [p.to_json() for p in result.publications],
+        }
+        if command.since is not None and (
+            not result.complete or result.epoch != command.since[1]
+        ):
+            out["publications"] = []
+            out["complete"] = False
+        return out
+
+
+def _query_token(ws: WebSocket) -> str | None:
+    request = ws.request
+    if request is None:
+        return None
+    values = parse_qs(request.query).get("token")
+    return values[0] if values else None
+
+
+def _utf8_length(text: str) -> int:
+    """``len(text.encode())``, without encoding when ASCII."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
+def _peek_id(message: str) -> int | None:
+    """The id of a command we won't parse in full (rate limited)."""
+    try:
+        return parse_command(message).id
+    except CommandError as exc:
+        return exc.id

@@ -1,0 +1,458 @@
+// tidings.js: the browser client of the tidings hub. A plain ES module with
+// no dependencies; it speaks the protocol of docs/protocol.md, and
+// docs/hub.md documents its API.
+//
+//   import { Hub } from "/tidings.js";
+//   const hub = new Hub();
+//   const sub = hub.subscribe("chat:lobby", { onPublication: (pub) => show(pub.data) });
+//   hub.connect();
+//   await hub.publish("chat:lobby", { name: "ada", text: "hi" });
+
+// After these, reconnecting cannot help: malformed commands, a refused token,
+// a disconnect through the HTTP API, a message over the hub's size limit.
+const FINAL_CLOSE_CODES = new Set([1009, 4000, 4001, 4003]);
+const CLOSE_RATE_LIMITED = 4008;
+
+/** An error from the hub or from the connection. `code` is the hub's error
+ * code (403, 404, 429...), the close code that ended the connection for
+ * good, or one of "timeout", "disconnected", "closed", "recovery". */
+export class HubError extends Error {
+  constructor(code, message) {
+    super(message);
+    this.name = "HubError";
+    this.code = code;
+  }
+}
+
+function defaultUrl() {
+  return `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/ws`;
+}
+
+function absoluteUrl(url) {
+  if (/^wss?:/i.test(url)) return url;
+  const resolved = new URL(url, location.href); // "/ws", "http://host/ws"...
+  resolved.protocol = resolved.protocol === "https:" ? "wss:" : "ws:";
+  return resolved.href;
+}
+
+/** A connection to a hub that reconnects by itself and resubscribes, with
+ * recovery, every subscription. */
+export class Hub {
+  /**
+   * @param {string} [url] the hub's WebSocket endpoint; default ws(s)://<this host>/ws
+   * @param {object} [options]
+   * @param {string} [options.token] a JWT for the connect command
+   * @param {() => (string|null|Promise<string|null>)} [options.getToken]
+   *   called before every (re)connect for a fresh token; wins over `token`
+   * @param {number} [options.timeout=10000] ms before a command fails with "timeout"
+   * @param {number} [options.minDelay=500] first reconnect delay, ms (doubles)
+   * @param {number} [options.maxDelay=20000] longest reconnect delay, ms
+   * @param {number} [options.pingInterval=25000] ms between pings that
+   *   detect a connection gone silent (one unanswered for `timeout` drops it)
+   */
+  constructor(url, options = {}) {
+    if (url !== null && typeof url === "object") [url, options] = [undefined, url];
+    this.url = absoluteUrl(url ?? defaultUrl());
+    this.options = {
+      timeout: 10000,
+      minDelay: 500,
+      maxDelay: 20000,
+      pingInterval: 25000,
+      ...options,
+    };
+    /** "idle", "connecting", "connected", "reconnecting" or "closed". */
+    this.state = "idle";
+    /** The connection id and user id the hub gave (new on every connect). */
+    this.client = "";
+    this.user = "";
+    this._ws = null;
+    this._nextId = 1;
+    this._inFlight = new Map(); // id -> command, sent on this._ws
+    this._queue = []; // commands waiting for a connection
+    this._subs = new Map(); // channel -> Subscription
+    this._listeners = { connect: new Set(), disconnect: new Set(), error: new Set() };
+    this._attempt = 0;
+    this._retryTimer = null;
+    this._openTimer = null;
+    this._pingTimer = null;
+    this._waiters = []; // connect() promises: [resolve, reject]
+    this._everConnected = false;
+    if (typeof window !== "undefined") {
+      // The network is back: don't wait out the backoff.
+      window.addEventListener("online", () => {
+        if (this.state === "reconnecting" && this._retryTimer !== null) this._open();
+      });
+      // A connection over a network that is gone would linger until the
+      // hub's keepalive notices; start over at once instead.
+      window.addEventListener("offline", () => {
+        if (this._ws !== null) this._lost(this._ws, 1006, "the browser went offline");
+      });
+    }
+  }
+
+  /** Listen to "connect" ({client, user}), "disconnect" ({code, reason,
+   * reconnect, delay}) or "error" (a HubError). Returns a function that
+   * stops listening. */
+  on(event, fn) {
+    const listeners = this._listeners[event];
+    if (listeners === undefined) throw new Error(`unknown event ${event}`);
+    listeners.add(fn);
+    return () => listeners.delete(fn);
+  }
+
+  /** Connect, and keep reconnecting until close(). Resolves with
+   * {client, user} once connected; rejects if the hub refuses for good. */
+  connect() {
+    const promise = new Promise((resolve, reject) => {
+      if (this.state === "connected") resolve({ client: this.client, user: this.user });
+      else this._waiters.push([resolve, reject]);
+    });
+    promise.catch(() => {}); // the "error" event reports it too
+    if (this.state === "idle" || this.state === "closed") {
+      this._stopped = false;
+      this._attempt = 0;
+      this._open();
+    }
+    return promise;
+  }
+
+  /** Close the connection and stop reconnecting. Subscriptions are kept:
+   * connect() again resumes them, recovering what was missed. */
+  close() {
+    this._stop(new HubError("closed", "closed by the application"));
+    if (this._ws !== null) this._lost(this._ws, 1000, "closed by the application");
+  }
+
+  /** Subscribe to `channel`; returns a Subscription at once. The subscribe
+   * command goes out as soon as the hub is connected. */
+  subscribe(channel, handlers = {}) {
+    if (this._subs.has(channel)) {
+      throw new HubError(409, `already subscribed to ${channel}`);
+    }
+    const sub = new Subscription(this, channel, handlers);
+    this._subs.set(channel, sub);
+    if (this.state === "connected") sub._send();
+    return sub;
+  }
+
+  /** Publish `data` (any JSON value) to `channel`. Resolves with
+   * {offset, epoch}; rejects with a HubError. */
+  publish(channel, data) {
+    return this._call("publish", { channel, data });
+  }
+
+  // -- commands ----------------------------------------------------------
+
+  // A command the application waits for: a Promise, failing after the
+  // timeout, which includes waiting for a connection.
+  _call(op, fields) {
+    return new Promise((resolve, reject) => {
+      if (this.state === "closed") {
+        reject(new HubError("closed", "the hub connection is closed"));
+        return;
+      }
+      const command = {
+        op,
+        fields,
+        reply: (result, error) => {
+          clearTimeout(command.timer);
+          if (error) reject(error);
+          else resolve(result);
+        },
+      };
+      command.timer = setTimeout(() => {
+        this._forget(command);
+        reject(new HubError("timeout", `no answer to ${op} in ${this.options.timeout} ms`));
+      }, this.options.timeout);
+      if (this.state === "connected") this._transmit(this._ws, command);
+      else this._queue.push(command);
+    });
+  }
+
+  _transmit(ws, command) {
+    command.id = this._nextId++;
+    this._inFlight.set(command.id, command);
+    ws.send(JSON.stringify({ id: command.id, op: command.op, ...command.fields }));
+  }
+
+  _forget(command) {
+    this._inFlight.delete(command.id);
+    const queued = this._queue.indexOf(command);
+    if (queued >= 0) this._queue.splice(queued, 1);
+  }
+
+  _emit(event, value) {
+    for (const fn of [...this._listeners[event]]) {
+      try {
+        fn(value);
+      } catch (error) {
+        console.error(`tidings: a "${event}" listener failed`, error);
+      }
+    }
+  }
+
+  // -- the connection ------------------------------------------------------
+
+  async _open() {
+    clearTimeout(this._retryTimer);
+    this._retryTimer = null;
+    this.state = this._everConnected ? "reconnecting" : "connecting";
+    let token = this.options.token;
+    if (this.options.getToken) {
+      try {
+        token = await this.options.getToken();
+      } catch (error) {
+        this._emit("error", error);
+        this._retry(null, "getToken failed");
+        return;
+      }
+      if (this._stopped) return;
+    }
+    let ws;
+    try {
+      ws = new WebSocket(this.url);
+    } catch (error) {
+      // An invalid URL, or ws: from an https: page: retrying cannot help.
+      this._stop(error);
+      this._emit("error", error);
+      return;
+    }
+    this._ws = ws;
+    // A handshake or connect reply that never comes counts as a drop.
+    this._openTimer = setTimeout(
+      () => this._lost(ws, 1006, "no connection within the timeout"),
+      this.options.timeout,
+    );
+    ws.onopen = () => {
+      const connect = { op: "connect", fields: token ? { token } : {} };
+      connect.reply = (result, error) => this._connected(ws, result, error);
+      this._transmit(ws, connect);
+    };
+    ws.onmessage = (event) => this._message(ws, event.data);
+    ws.onclose = (event) => this._lost(ws, event.code, event.reason);
+  }
+
+  _connected(ws, result, error) {
+    if (error) {
+      if (error.code === "disconnected") return; // _lost() handles it
+      if (error.code === 401) {
+        this._refused = error; // the hub closes with 4001: final
+      } else {
+        this._emit("error", error);
+        ws.close(1000);
+      }
+      return;
+    }
+    clearTimeout(this._openTimer);
+    this.client = result.client;
+    this.user = result.user;
+    this.state = "connected";
+    this._attempt = 0;
+    this._everConnected = true;
+    this._heartbeat(ws);
+    // Resubscribe first: whatever the application sends next is answered
+    // after the subscriptions are back.
+    for (const sub of this._subs.values()) sub._send();
+    for (const command of this._queue.splice(0)) this._transmit(ws, command);
+    for (const [resolve] of this._waiters.splice(0)) resolve(result);
+    this._emit("connect", { client: result.client, user: result.user });
+  }
+
+  _message(ws, text) {
+    if (ws !== this._ws) return;
+    let message;
+    try {
+      message = JSON.parse(text);
+    } catch {
+      this._emit("error", new HubError(400, "the hub sent something that is not JSON"));
+      return;
+    }
+    if (message.id !== undefined) {
+      const command = this._inFlight.get(message.id);
+      if (command === undefined) return; // timed out meanwhile
+      this._inFlight.delete(message.id);
+      if (message.error) {
+        command.reply(null, new HubError(message.error.code, message.error.message));
+      } else {
+        command.reply(message.result, null);
+      }
+    } else if (message.channel !== undefined) {
+      this._subs.get(message.channel)?._push(message);
+    } else if (message.error) {
+      this._emit("error", new HubError(message.error.code, message.error.message));
+    }
+  }
+
+  // Ping now and then; a ping unanswered within the timeout means the
+  // connection is dead even if the browser has not noticed yet.
+  _heartbeat(ws) {
+    clearInterval(this._pingTimer);
+    this._pingTimer = setInterval(() => {
+      const timer = setTimeout(
+        () => this._lost(ws, 1006, "the hub did not answer a ping"),
+        this.options.timeout,
+      );
+      this._transmit(ws, { op: "ping", fields: {}, reply: () => clearTimeout(timer) });
+    }, this.options.pingInterval);
+  }
+
+  // The connection `ws` is gone: closed by the hub or the network, timed
+  // out, or abandoned by us (then closed here, its events ignored).
+  _lost(ws, code, reason) {
+    if (ws !== this._ws) return;
+    this._ws = null;
+    clearTimeout(this._openTimer);
+    clearInterval(this._pingTimer);
+    if (ws.readyState !== WebSocket.CLOSED) {
+      ws.onclose = ws.onmessage = ws.onopen = null;
+      ws.close(1000);
+    }
+    const inFlight = [...this._inFlight.values()];
+    this._inFlight.clear();
+    const gone = new HubError("disconnected", `the connection closed (${code})`);
+    for (const command of inFlight) command.reply(null, gone);
+    if (this._stopped) {
+      this._emit("disconnect", { code, reason, reconnect: false, delay: null });
+    } else if (FINAL_CLOSE_CODES.has(code) || this._refused) {
+      const error = this._refused ?? new HubError(code, reason || `closed with ${code}`);
+      this._stop(error);
+      this._emit("disconnect", { code, reason, reconnect: false, delay: null });
+      this._emit("error", error);
+    } else {
+      this._retry(code, reason);
+    }
+  }
+
+  _retry(code, reason) {
+    // Exponential backoff with jitter: 0.5 s, 1 s, 2 s... up to 20 s, each
+    // randomly shortened by up to half so that clients don't return in step.
+    const { minDelay, maxDelay } = this.options;
+    let delay = Math.min(maxDelay, minDelay * 2 ** this._attempt);
+    if (code === CLOSE_RATE_LIMITED) delay = Math.max(delay, maxDelay / 4);
+    delay *= 0.5 + Math.random() * 0.5;
+    this._attempt += 1;
+    this.state = "reconnecting";
+    this._retryTimer = setTimeout(() => this._open(), delay);
+    this._emit("disconnect", { code, reason, reconnect: true, delay });
+  }
+
+  _stop(error) {
+    this._stopped = true;
+    this._refused = null;
+    this.state = "closed";
+    clearTimeout(this._retryTimer);
+    this._retryTimer = null;
+    for (const command of this._queue.splice(0)) command.reply(null, error);
+    for (const [, reject] of this._waiters.splice(0)) reject(error);
+  }
+}
+
+/** A subscription to one channel: publications in offset order, each once,
+ * across reconnects. `offset` and `epoch` are the channel's position as
+ * last seen (null before the first subscribe reply). */
+export class Subscription {
+  constructor(hub, channel, handlers) {
+    this.hub = hub;
+    this.channel = channel;
+    this.handlers = handlers;
+    this.offset = handlers.since ? handlers.since.offset : null;
+    this.epoch = handlers.since ? handlers.since.epoch : null;
+    /** False after unsubscribe() or an error reply to subscribe. */
+    this.active = true;
+  }
+
+  /** Stop receiving. Resolves when the hub confirmed (at once if offline). */
+  unsubscribe() {
+    const hub = this.hub;
+    if (hub._subs.get(this.channel) !== this) return Promise.resolve();
+    hub._subs.delete(this.channel);
+    this.active = false;
+    if (hub.state !== "connected") return Promise.resolve();
+    return hub._call("unsubscribe", { channel: this.channel }).then(
+      () => undefined,
+      (error) => {
+        if (error.code !== 409 && error.code !== "disconnected") throw error;
+      },
+    );
+  }
+
+  /** Who is subscribed: a Promise of [{client, user}, ...]. */
+  presence() {
+    return this.hub._call("presence", { channel: this.channel }).then((r) => r.clients);
+  }
+
+  /** Kept publications: a Promise of {epoch, offset, publications}. With
+   * `limit`, the newest `limit`; with `since` ({offset, epoch}), those
+   * after it, or `complete: false` and none if history no longer reaches. */
+  history({ limit, since } = {}) {
+    const fields = { channel: this.channel };
+    if (limit !== undefined) fields.limit = limit;
+    if (since !== undefined) fields.since = since;
+    return this.hub._call("history", fields);
+  }
+
+  _call(name, value) {
+    const fn = this.handlers[name];
+    if (fn === undefined) return false;
+    const failed = (error) => console.error(`tidings: ${name} for ${this.channel} failed`, error);
+    try {
+      const result = fn(value);
+      if (typeof result?.then === "function") result.then(undefined, failed);
+    } catch (error) {
+      failed(error);
+    }
+    return true;
+  }
+
+  _send() {
+    const fields = { channel: this.channel };
+    const since = this.epoch !== null;
+    if (since) fields.since = { offset: this.offset, epoch: this.epoch };
+    const command = { op: "subscribe", fields };
+    command.reply = (result, error) => this._subscribed(result, error, since);
+    this.hub._transmit(this.hub._ws, command);
+  }
+
+  _subscribed(result, error, since) {
+    const hub = this.hub;
+    if (hub._subs.get(this.channel) !== this) return; // unsubscribed meanwhile
+    if (error) {
+      if (error.code === "disconnected") return; // sent again on reconnect
+      hub._subs.delete(this.channel);
+      this.active = false;
+      error.channel = this.channel;
+      if (!this._call("onError", error)) hub._emit("error", error);
+      return;
+    }
+    const recovered = since ? Boolean(result.recovered) : null;
+    const missed = recovered ? result.publications.length : 0;
+    if (recovered) {
+      for (const pub of result.publications) this._publication(pub, true);
+    }
+    const position = { offset: result.offset, epoch: result.epoch };
+    this.offset = result.offset;
+    this.epoch = result.epoch;
+    if (recovered === false) {
+      // Publications were missed and are gone: the application must reload
+      // its state. Never skip silently.
+      if (!this._call("onRecoveryFailed", position)) {
+        const failed = new HubError("recovery", `missed publications on ${this.channel}`);
+        failed.channel = this.channel;
+        hub._emit("error", failed);
+      }
+    }
+    this._call("onSubscribe", { ...position, recovered, missed });
+  }
+
+  _publication(pub, recovered = false) {
+    if (this.offset !== null && pub.offset <= this.offset) return; // seen
+    this.offset = pub.offset;
+    this._call("onPublication", recovered ? { ...pub, recovered } : pub);
+  }
+
+  _push(message) {
+    if (message.pub !== undefined) this._publication(message.pub);
+    else if (message.join !== undefined) this._call("onJoin", message.join);
+    else if (message.leave !== undefined) this._call("onLeave", message.leave);
+  }
+}

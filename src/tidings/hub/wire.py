@@ -1,0 +1,130 @@
+"""The hub's wire protocol: JSON commands in, JSON replies and pushes out.
+
+docs/protocol.md is the contract; this module parses commands strictly and
+encodes replies and pushes compactly.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "OPS",
+    "Command",
+    "CommandError",
+    "encode_error",
+    "encode_push",
+    "encode_reply",
+    "parse_command",
+    "parse_since",
+]
+
+OPS = frozenset(
+    {"connect", "subscribe", "unsubscribe", "publish", "presence", "history", "ping"}
+)
+_CHANNEL_OPS = frozenset({"subscribe", "unsubscribe", "publish", "presence", "history"})
+CHANNEL_RE = re.compile(r"[A-Za-z0-9_\-.@/=]+:[A-Za-z0-9_\-.@/=:]*")
+MAX_CHANNEL_LENGTH = 255
+_MAX_ID = 2**53  # what a JavaScript number holds exactly
+
+
+class CommandError(Exception):
+    """A command the hub refuses; ``code`` follows docs/protocol.md."""
+
+    def __init__(self, code: int, message: str, id: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.id = id
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One parsed client command."""
+
+    id: int
+    op: str
+    channel: str = ""
+    data: Any = None
+    token: str | None = None
+    since: tuple[int, str] | None = None
+    limit: int | None = None
+
+
+def parse_command(text: str) -> Command:
+    """Parse and validate one command; raise :class:`CommandError` (400)."""
+    try:
+        raw = json.loads(text)
+    except (ValueError, RecursionError):
+        raise CommandError(400, "invalid JSON") from None
+    if not isinstance(raw, dict):
+        raise CommandError(400, "a command must be a JSON object")
+    id = raw.get("id")
+    if not isinstance(id, int) or isinstance(id, bool) or not 0 <= id < _MAX_ID:
+        raise CommandError(400, "a command needs an integer id")
+    op = raw.get("op")
+    if not isinstance(op, str) or op not in OPS:
+        raise CommandError(
+            400, f"unknown op {op!r}" if isinstance(op, str) else "missing op", id
+        )
+    channel = ""
+    if op in _CHANNEL_OPS:
+        channel = raw.get("channel")  # type: ignore[assignment]
+        if not isinstance(channel, str) or not valid_channel(channel):
+            raise CommandError(400, "invalid or missing channel", id)
+    token = raw.get("token")
+    if token is not None and not isinstance(token, str):
+        raise CommandError(400, "token must be a string", id)
+    since = parse_since(raw["since"], id) if raw.get("since") is not None else None
+    limit = raw.get("limit")
+    if limit is not None and (
+        not isinstance(limit, int) or isinstance(limit, bool) or limit < 0
+    ):
+        raise CommandError(400, "limit must be a non-negative integer", id)
+    if op == "publish" and "data" not in raw:
+        raise CommandError(400, "publish needs data", id)
+    return Command(id, op, channel, raw.get("data"), token, since, limit)
+
+
+def valid_channel(channel: str) -> bool:
+    """True for names like ``chat:lobby`` (docs/protocol.md, Channels)."""
+    return (
+        len(channel) <= MAX_CHANNEL_LENGTH and CHANNEL_RE.fullmatch(channel) is not None
+    )
+
+
+def parse_since(value: Any, id: int | None = None) -> tuple[int, str]:
+    """Validate a ``since`` object: ``{"offset": int, "epoch": str}``."""
+    if isinstance(value, dict):
+        offset, epoch = value.get("offset"), value.get("epoch")
+        if (
+            isinstance(offset, int)
+            and not isinstance(offset, bool)
+            and offset >= 0
+            and isinstance(epoch, str)
+        ):
+            return offset, epoch
+    raise CommandError(400, 'since must be {"offset": int, "epoch": str}', id)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def encode_reply(id: int, result: Any) -> str:
+    """A successful reply."""
+    return _dumps({"id": id, "result": result})
+
+
+def encode_error(id: int | None, code: int, message: str) -> str:
+    """An error reply; without ``id`` when the command's id was unreadable."""
+    error = {"error": {"code": code, "message": message}}
+    return _dumps(error if id is None else {"id": id, **error})
+
+
+def encode_push(channel: str, kind: str, body: Any) -> str:
+    """A push: ``kind`` is ``pub``, ``join`` or ``leave``."""
+    return _dumps({"channel": channel, kind: body})

@@ -1,0 +1,26 @@
+"""Compiled twins of tidings.protocol's hot paths (see docs/speedups.md)."""
+
+from typing import Final
+
+from _typeshed import ReadableBuffer as Buffer
+
+UTF8_ACCEPT: Final = 0
+UTF8_REJECT: Final = -1
+
+def apply_mask(data: Buffer, mask: Buffer) -> bytes: ...
+def parse_frame(
+    buf: Buffer,
+    pos: int,
+    expect_mask: bool,
+    rsv_allowed: int,
+    max_payload: int | None,
+    /,
+) -> tuple[int, bytes, bool, bool, int] | None: ...
+def utf8_check(data: Buffer, state: int = 0, /) -> int: ...
+
+class Utf8IncrementalDecoder:
+    def __init__(self, errors: str = "strict") -> None: ...
+    def decode(self, input: Buffer, final: bool = False) -> str: ...
+    def getstate(self) -> tuple[bytes, int]: ...
+    def setstate(self, state: tuple[bytes, int], /) -> None: ...
+    def reset(self) -> None: ...

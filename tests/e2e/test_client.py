@@ -1,0 +1,385 @@
+"""tidings.js, the browser client, in Chromium against a hub in this
+process: commands and their errors, timeouts, reconnecting with backoff,
+recovery, and the close codes after which it must stop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from typing import Any
+
+from tidings.hub import Hub, HubConfig, mint_token
+
+from .conftest import BOUND, Browser, Page
+
+SECRET = "a development secret of 32+ bytes!"
+
+#: Loaded into every test page: the module as window.T, and until(fn), a
+#: bounded wait for fn() to be truthy.
+PRELUDE = """async () => {
+    window.T = await import("/tidings.js");
+    window.until = async (fn, ms = 10000) => {
+        const end = Date.now() + ms;
+        while (!fn()) {
+            if (Date.now() > end) throw new Error(`timed out waiting for ${fn}`);
+            await new Promise((r) => setTimeout(r, 20));
+        }
+        return fn();
+    };
+}"""
+
+
+async def client_page(browser: Browser, hub: Hub) -> Page:
+    context = await browser.new_context()
+    page = await context.new_page()
+    await page.goto(hub.url)
+    await page.evaluate(PRELUDE)
+    return page
+
+
+def api(hub: Hub, path: str, body: Any) -> Any:
+    request = urllib.request.Request(
+        hub.url + path.lstrip("/"), data=json.dumps(body).encode(), method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=BOUND) as response:
+        return json.loads(response.read())
+
+
+def drop_everyone(hub: Hub) -> None:
+    """Drop every client as too slow (close code 4005)."""
+    for session in list(hub._sessions):
+        hub.drop_slow(session.ws)
+
+
+async def test_subscribe_publish_presence_history(browser: Browser, hub: Hub) -> None:
+    page = await client_page(browser, hub)
+    result = await page.evaluate(
+        """async () => {
+            const hub = new T.Hub();
+            const got = [];
+            const sub = hub.subscribe("chat:t", {
+                onPublication: (p) => got.push([p.offset, p.data, p.info?.client]),
+            });
+            // Commands made before connecting wait for the connection.
+            const early = hub.publish("chat:t", "a");
+            const me = await hub.connect();
+            const results = [await early];
+            for (const data of ["b", "c"]) {
+                results.push(await hub.publish("chat:t", data));
+            }
+            await until(() => got.length === 3);
+            const presence = await sub.presence();
+            const history = await sub.history({ limit: 2 });
+            await sub.unsubscribe();
+            await hub.publish("chat:t", "d");
+            await new Promise((r) => setTimeout(r, 200));
+            return { me, client: hub.client, user: hub.user, results, got,
+                     offset: sub.offset, epoch: sub.epoch, presence, history,
+                     active: sub.active, after: got.length, url: hub.url };
+        }"""
+    )
+    client = result["client"]
+    assert result["me"] == {"client": client, "user": ""}
+    assert result["url"] == f"ws://127.0.0.1:{hub.port}/ws"
+    epoch = result["epoch"]
+    assert result["results"] == [{"offset": i, "epoch": epoch} for i in (1, 2, 3)]
+    assert result["got"] == [[1, "a", client], [2, "b", client], [3, "c", client]]
+    assert result["offset"] == 3
+    assert result["presence"] == [{"client": client, "user": ""}]
+    assert result["history"]["offset"] == 3
+    assert [p["data"] for p in result["history"]["publications"]] == ["b", "c"]
+    assert result["active"] is False
+    assert result["after"] == 3  # nothing after unsubscribe
+    assert await hub.broker.presence("chat:t") == []
+
+
+async def test_error_replies_reject_with_the_code(browser: Browser, hub: Hub) -> None:
+    page = await client_page(browser, hub)
+    result = await page.evaluate(
+        """async () => {
+            const hub = new T.Hub();
+            await hub.connect();
+            const outcome = (p) => p.then(
+                () => "resolved", (e) => [e instanceof T.HubError, e.code]);
+            const errors = [];
+            const sub = hub.subscribe("nope:x", {
+                onError: (e) => errors.push([e.code, e.channel]),
+            });
+            let twice;
+            try { hub.subscribe("nope:x"); } catch (e) { twice = e.code; }
+            return {
+                notAllowed: await outcome(hub.publish("ticker:AAPL", 1)),
+                unknown: await outcome(hub.publish("nope:x", 1)),
+                tooBig: await outcome(hub.publish("chat:big", "x".repeat(70000))),
+                noData: await outcome(hub.publish("chat:x")),
+                twice,
+                errors: await until(() => errors.length && errors),
+                active: sub.active,
+                stillUp: await hub.publish("chat:x", "fine").then(() => hub.state),
+            };
+        }"""
+    )
+    assert result == {
+        "notAllowed": [True, 403],
+        "unknown": [True, 404],
+        "tooBig": [True, 413],
+        "noData": [True, 400],
+        "twice": 409,
+        "errors": [[404, "nope:x"]],
+        "active": False,
+        "stillUp": "connected",
+    }
+
+
+async def test_commands_time_out_and_are_not_sent_late(
+    browser: Browser, hub: Hub
+) -> None:
+    page = await client_page(browser, hub)
+    await page.evaluate(
+        """async () => {
+            window.hub = new T.Hub({ timeout: 400 });
+            await hub.connect();
+        }"""
+    )
+    await page.context.set_offline(True)
+    outcome = await page.evaluate(
+        """async () => {
+            await until(() => hub.state !== "connected");
+            const start = performance.now();
+            const code = await hub.publish("chat:late", 1).catch((e) => e.code);
+            return [code, performance.now() - start];
+        }"""
+    )
+    assert outcome[0] == "timeout"
+    assert 350 <= outcome[1] < 5000
+    await page.context.set_offline(False)
+    await page.wait_for("() => hub.state === 'connected'")
+    await asyncio.sleep(0.3)
+    assert (await hub.history("chat:late")).offset == 0  # never published
+
+
+async def test_reconnects_after_a_drop_and_recovers(browser: Browser, hub: Hub) -> None:
+    page = await client_page(browser, hub)
+    await page.evaluate(
+        """async () => {
+            window.events = [];
+            window.got = [];
+            window.subscribed = [];
+            window.tokens = 0;
+            window.hub = new T.Hub({
+                minDelay: 100,
+                getToken: async () => { tokens += 1; return null; },
+            });
+            hub.on("disconnect", (e) => events.push(e));
+            hub.subscribe("chat:r", {
+                onPublication: (p) =>
+                    got.push([p.offset, p.data, p.recovered ?? false]),
+                onSubscribe: (info) => subscribed.push(info),
+            });
+            await hub.connect();
+        }"""
+    )
+    await hub.publish("chat:r", "live 1")
+    await page.wait_for("() => got.length === 1")
+    first_client = await page.evaluate("() => hub.client")
+    drop_everyone(hub)
+    # Published before the page can be back: it must recover them.
+    for i in (2, 3, 4):
+        await hub.publish("chat:r", f"missed {i}")
+    await page.wait_for("() => got.length === 4 && hub.state === 'connected'")
+    await hub.publish("chat:r", "live 5")
+    await page.wait_for("() => got.length === 5")
+    result = await page.evaluate(
+        "() => ({ got, events, subscribed, tokens, client: hub.client })"
+    )
+    assert result["got"] == [
+        [1, "live 1", False],
+        [2, "missed 2", True],
+        [3, "missed 3", True],
+        [4, "missed 4", True],
+        [5, "live 5", False],
+    ]
+    (event,) = result["events"]
+    assert event["code"] == 4005
+    assert event["reconnect"] is True
+    assert 50 <= event["delay"] <= 100
+    first, second = result["subscribed"]
+    assert first["recovered"] is None
+    assert first["missed"] == 0
+    assert second["recovered"] is True
+    assert second["missed"] == 3
+    assert second["offset"] == 4
+    assert result["tokens"] == 2  # getToken before every connect
+    assert result["client"] != first_client
+
+
+async def test_backoff_then_recovery_fails_across_a_hub_restart(
+    browser: Browser,
+) -> None:
+    first = await Hub(HubConfig(port=0)).start()
+    port = first.port
+    try:
+        page = await client_page(browser, first)
+        await page.evaluate(
+            """async () => {
+                window.events = [];
+                window.got = [];
+                window.failed = [];
+                window.hub = new T.Hub({ minDelay: 100, maxDelay: 800 });
+                hub.on("disconnect", (e) => events.push(e));
+                window.sub = hub.subscribe("chat:restart", {
+                    onPublication: (p) => got.push([p.offset, p.data]),
+                    onRecoveryFailed: (position) => failed.push(position),
+                });
+                await hub.connect();
+            }"""
+        )
+        await first.publish("chat:restart", "before")
+        await page.wait_for("() => got.length === 1")
+        old_epoch = await page.evaluate("() => sub.epoch")
+    finally:
+        await first.close()  # 1001; the memory broker's channels are gone
+
+    events = await page.wait_for("() => events.length >= 6 && events", timeout=BOUND)
+    assert events[0]["code"] == 1001
+    assert all(e["reconnect"] for e in events)
+    assert all(e["code"] == 1006 for e in events[1:])  # refused
+    for attempt, event in enumerate(events[:6]):
+        full = min(800, 100 * 2**attempt)
+        assert full / 2 <= event["delay"] <= full, (attempt, event)
+
+    async with Hub(HubConfig(port=port)) as second:
+        await page.wait_for("() => failed.length === 1", timeout=BOUND)
+        await page.wait_for("() => hub.state === 'connected'")
+        offset, epoch = await second.publish("chat:restart", "after")
+        await page.wait_for("() => got.length === 2")
+        result = await page.evaluate("() => ({ got, failed })")
+    assert result["got"] == [[1, "before"], [1, "after"]]
+    (position,) = result["failed"]
+    assert position["epoch"] == epoch != old_epoch
+    assert position["offset"] == 0
+    assert offset == 1
+
+
+async def test_since_recovers_from_a_known_position(browser: Browser, hub: Hub) -> None:
+    epoch = ""
+    for data in ("a", "b", "c"):
+        _, epoch = await hub.publish("chat:since", data)
+    page = await client_page(browser, hub)
+    result = await page.evaluate(
+        """async (epoch) => {
+            const hub = new T.Hub();
+            const got = [], infos = [], failed = [];
+            hub.subscribe("chat:since", {
+                since: { offset: 1, epoch },
+                onPublication: (p) => got.push([p.offset, p.data, p.recovered]),
+                onSubscribe: (info) => infos.push(info),
+            });
+            hub.subscribe("chat:since2", {
+                since: { offset: 5, epoch: "another" },
+                onRecoveryFailed: (position) => failed.push(position),
+                onSubscribe: (info) => infos.push(info),
+            });
+            await hub.connect();
+            await until(() => infos.length === 2);
+            return { got, infos, failed };
+        }""",
+        epoch,
+    )
+    assert result["got"] == [[2, "b", True], [3, "c", True]]
+    info, info2 = result["infos"]
+    assert info == {"offset": 3, "epoch": epoch, "recovered": True, "missed": 2}
+    assert info2["recovered"] is False
+    assert result["failed"] == [{"offset": 0, "epoch": info2["epoch"]}]
+
+
+async def test_no_reconnect_after_a_disconnect_through_the_api(
+    browser: Browser,
+) -> None:
+    async with Hub(HubConfig(port=0, secret=SECRET)) as hub:
+        token = mint_token(SECRET, "carol")
+        page = await client_page(browser, hub)
+        await page.evaluate(
+            """async (token) => {
+                window.events = [];
+                window.errors = [];
+                window.got = [];
+                window.hub = new T.Hub({ token, minDelay: 50 });
+                hub.on("disconnect", (e) => events.push(e));
+                hub.on("error", (e) => errors.push(e.code));
+                hub.subscribe("chat:d", { onPublication: (p) => got.push(p.data) });
+                await hub.connect();
+            }""",
+            token,
+        )
+        assert await page.evaluate("() => hub.user") == "carol"
+        answer = await asyncio.to_thread(api, hub, "/api/disconnect", {"user": "carol"})
+        assert answer == {"disconnected": 1}
+        await page.wait_for("() => hub.state === 'closed'")
+        await hub.publish("chat:d", "while away")
+        await asyncio.sleep(1)  # 20 backoff periods: it would have reconnected
+        assert hub.connection_count() == 0
+        result = await page.evaluate("() => ({ events, errors, state: hub.state })")
+        assert result == {
+            "events": [
+                {
+                    "code": 4003,
+                    "reason": "disconnected",
+                    "reconnect": False,
+                    "delay": None,
+                }
+            ],
+            "errors": [4003],
+            "state": "closed",
+        }
+        # The application says so: connect again, and the subscription resumes.
+        await page.evaluate("() => hub.connect()")
+        await page.wait_for("() => got.length === 1")
+        assert await page.evaluate("() => got") == ["while away"]
+
+
+async def test_no_reconnect_after_an_invalid_token(browser: Browser) -> None:
+    async with Hub(HubConfig(port=0, secret=SECRET)) as hub:
+        page = await client_page(browser, hub)
+        result = await page.evaluate(
+            """async () => {
+                const hub = new T.Hub({ token: "not a token", minDelay: 50 });
+                const events = [];
+                hub.on("disconnect", (e) => events.push(e));
+                const code = await hub.connect().then(() => "connected", (e) => e.code);
+                await new Promise((r) => setTimeout(r, 1000));
+                return { code, events, state: hub.state };
+            }"""
+        )
+        assert result["code"] == 401
+        assert result["state"] == "closed"
+        assert [(e["code"], e["reconnect"]) for e in result["events"]] == [
+            (4001, False)
+        ]
+        assert hub.connection_count() == 0
+
+
+async def test_close_stops_and_connect_resumes(browser: Browser, hub: Hub) -> None:
+    page = await client_page(browser, hub)
+    await page.evaluate(
+        """async () => {
+            window.got = [];
+            window.hub = new T.Hub();
+            let subscribed;
+            const ready = new Promise((resolve) => { subscribed = resolve; });
+            hub.subscribe("chat:c", {
+                onPublication: (p) => got.push(p.data),
+                onSubscribe: subscribed,
+            });
+            hub.connect();
+            await ready;  // the subscription has a position to recover from
+            hub.close();
+            window.refused = await hub.publish("chat:c", 1).catch((e) => e.code);
+        }"""
+    )
+    assert await page.evaluate("() => [hub.state, refused]") == ["closed", "closed"]
+    await hub.publish("chat:c", "missed")
+    await page.evaluate("() => hub.connect()")
+    await page.wait_for("() => got.length === 1")
+    assert await page.evaluate("() => got") == ["missed"]

@@ -1,0 +1,275 @@
+"""The demo pages in a real browser: Debian's Chromium, driven as
+tests/e2e/conftest.py describes, against a hub in this process.
+
+``TIDINGS_SCREENSHOTS=1`` makes test_screenshots write docs/images/chat.png
+and docs/images/ticker.png (it takes about a minute, to let the ticker's
+trend lines fill); otherwise it writes them to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from tidings.hub import Hub
+
+from .conftest import BOUND, Browser, Page
+
+DOCS_IMAGES = Path(__file__).parents[2] / "docs" / "images"
+
+CONNECTED = "() => hub.state === 'connected'"
+MESSAGES = ".message .text"
+
+
+def api_publish(hub: Hub, channel: str, data: Any) -> dict[str, Any]:
+    """POST /api/publish, as a back end would (open on loopback)."""
+    request = urllib.request.Request(
+        hub.url + "api/publish",
+        data=json.dumps({"channel": channel, "data": data}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=BOUND) as response:
+        result: dict[str, Any] = json.loads(response.read())
+        return result
+
+
+async def publish(hub: Hub, channel: str, data: Any) -> dict[str, Any]:
+    return await asyncio.to_thread(api_publish, hub, channel, data)
+
+
+async def open_chat(browser: Browser, hub: Hub, name: str) -> Page:
+    """A chat page in its own context (its own localStorage), named ``name``,
+    connected and with its history loaded."""
+    context = await browser.new_context()
+    page = await context.new_page()
+    await page.goto(hub.url + "chat")
+    await page.fill("#name", name)
+    await page.press("#name", "Tab")  # "change": saved and announced
+    await page.wait_for(CONNECTED)
+    assert await page.evaluate("() => localStorage.getItem('tidings.name')") == name
+    return page
+
+
+async def online(page: Page) -> list[str]:
+    return await page.texts("#online li")
+
+
+async def test_index_links_to_the_demos(browser: Browser, hub: Hub) -> None:
+    context = await browser.new_context()
+    page = await context.new_page()
+    await page.goto(hub.url)
+    links = await page.evaluate(
+        "() => [...document.querySelectorAll('.cards a')].map((a) => a.pathname)"
+    )
+    assert links == ["/chat", "/ticker", "/report"]
+    served = await page.evaluate(
+        """async () => {
+            const r = await fetch("/tidings.js");
+            return [r.status, r.headers.get("content-type")];
+        }"""
+    )
+    assert served == [200, "text/javascript; charset=utf-8"]
+
+
+async def test_two_chat_pages_exchange_messages_and_see_each_other(
+    browser: Browser, hub: Hub
+) -> None:
+    alice = await open_chat(browser, hub, "alice")
+    bob = await open_chat(browser, hub, "bob")
+    # Presence with the names each page announced on chat:lobby.names.
+    both = "(names) => names.every((n) => [...document.querySelectorAll('#online li')]"
+    both += ".some((li) => li.textContent === n))"
+    await alice.wait_for(both, ["alice (you)", "bob"])
+    await bob.wait_for(both, ["alice", "bob (you)"])
+    assert await online(alice) == ["alice (you)", "bob"]
+    assert await online(bob) == ["alice", "bob (you)"]
+
+    await alice.fill("#text", "hi bob")
+    await alice.press("#text", "Enter")
+    count = "(n) => document.querySelectorAll('.message').length >= n"
+    await bob.wait_for(count, 1)
+    await bob.fill("#text", "hi alice")
+    await bob.press("#text", "Enter")
+    await alice.wait_for(count, 2)
+    await bob.wait_for(count, 2)
+    for page in (alice, bob):
+        assert await page.texts(".message .who") == ["alice", "bob"]
+        assert await page.texts(MESSAGES) == ["hi bob", "hi alice"]
+    # Each page shows its own messages as its own.
+    assert await alice.texts(".message.mine .text") == ["hi bob"]
+    assert await bob.texts(".message.mine .text") == ["hi alice"]
+
+    # Bob leaves: Alice sees it.
+    await bob.context.close()
+    await alice.wait_for(
+        "() => document.querySelectorAll('#online li').length === 1", timeout=BOUND
+    )
+    assert await online(alice) == ["alice (you)"]
+
+
+async def test_chat_loads_the_last_messages_from_history(
+    browser: Browser, hub: Hub
+) -> None:
+    for i in range(60):
+        await hub.publish("chat:lobby", {"name": "history", "text": f"old {i}"})
+    page = await open_chat(browser, hub, "dora")
+    await page.wait_for("() => document.querySelectorAll('.message').length >= 50")
+    assert await page.texts(MESSAGES) == [f"old {i}" for i in range(10, 60)]
+
+
+async def test_ticker_prices_change(browser: Browser, hub: Hub) -> None:
+    context = await browser.new_context()
+    page = await context.new_page()
+    await page.goto(hub.url + "ticker")
+    await page.wait_for(
+        "() => document.querySelectorAll('#quotes tr[data-symbol]').length"
+    )
+    before = await page.evaluate(
+        """() => Object.fromEntries(
+            [...document.querySelectorAll('#quotes tr')].map((tr) =>
+                [tr.dataset.symbol, tr.querySelector('.price').textContent]))"""
+    )
+    # One quote every 0.5 s: some price moves within a few seconds.
+    changed = await page.wait_for(
+        """(before) => [...document.querySelectorAll('#quotes tr')].find((tr) =>
+            before[tr.dataset.symbol] !== undefined &&
+            tr.querySelector('.price').textContent !== before[tr.dataset.symbol]
+        )?.dataset.symbol""",
+        before,
+    )
+    assert changed in {"AAPL", "MSFT", "NVDA", "TSLA", "AMZN"}
+    price = await page.evaluate(
+        "(s) => document.querySelector(`tr[data-symbol=${s}] .price`).textContent",
+        changed,
+    )
+    assert float(price) > 0
+    # The row's trend line is drawn.
+    await page.wait_for(
+        "(s) => document.querySelector(`tr[data-symbol=${s}] path.line`)"
+        ".getAttribute('d')?.includes('L')",
+        changed,
+    )
+
+
+async def test_report_counts_the_open_pages(browser: Browser, hub: Hub) -> None:
+    context = await browser.new_context()
+    pages = []
+    for path in ("chat", "ticker", "report"):
+        page = await context.new_page()
+        await page.goto(hub.url + path)
+        await page.wait_for(CONNECTED)
+        pages.append(page)
+    report = pages[-1]
+    # A report a second; the first one after the three connected says 3+.
+    connections = await report.wait_for(
+        "() => Number(document.getElementById('connections').textContent) >= 3 &&"
+        " Number(document.getElementById('connections').textContent)"
+    )
+    assert connections >= 3
+    channels = await report.evaluate(
+        "() => document.getElementById('channels').textContent"
+    )
+    assert int(channels) >= 3
+    lines = await report.evaluate(
+        "() => document.querySelectorAll('#chart path').length"
+    )
+    assert lines == 3  # deliveries/s, publications/s, connections
+
+
+async def test_chat_recovers_missed_messages_after_going_offline(
+    browser: Browser, hub: Hub
+) -> None:
+    page = await open_chat(browser, hub, "erin")
+    for text in ("before 1", "before 2"):
+        await publish(hub, "chat:lobby", {"name": "api", "text": text})
+    await page.wait_for("() => document.querySelectorAll('.message').length === 2")
+
+    await page.context.set_offline(True)
+    await page.wait_for("() => hub.state !== 'connected'")
+    missed = [f"missed {i}" for i in range(1, 6)]
+    for text in missed:
+        await publish(hub, "chat:lobby", {"name": "api", "text": text})
+    await asyncio.sleep(0.5)
+    assert await page.texts(MESSAGES) == ["before 1", "before 2"]
+
+    await page.context.set_offline(False)  # "online": reconnects at once
+    await page.wait_for("() => document.querySelectorAll('.message').length >= 7")
+    await page.wait_for(CONNECTED)
+    await publish(hub, "chat:lobby", {"name": "api", "text": "after"})
+    await page.wait_for("() => document.querySelectorAll('.message').length >= 8")
+    await asyncio.sleep(0.3)  # a duplicate would show by now
+    assert await page.texts(MESSAGES) == ["before 1", "before 2", *missed, "after"]
+    assert await page.texts(".notice") == ["Back online: 5 missed messages recovered"]
+    offsets = await page.evaluate(
+        "() => [...document.querySelectorAll('.message')].map((e) => +e.dataset.offset)"
+    )
+    assert offsets == list(range(1, 9))
+
+
+async def test_chat_reloads_history_when_recovery_is_impossible(
+    browser: Browser, hub: Hub
+) -> None:
+    page = await open_chat(browser, hub, "fred")
+    await publish(hub, "chat:lobby", {"name": "api", "text": "seen"})
+    await page.wait_for("() => document.querySelectorAll('.message').length === 1")
+    await page.context.set_offline(True)
+    await page.wait_for("() => hub.state !== 'connected'")
+    # More than the namespace's history_size (100): the gap can't be filled.
+    for i in range(120):
+        await hub.publish("chat:lobby", {"name": "api", "text": f"m{i}"})
+    await page.context.set_offline(False)
+    await page.wait_for("() => document.querySelector('.notice')")
+    await page.wait_for("() => document.querySelectorAll('.message').length >= 50")
+    assert await page.texts(MESSAGES) == [f"m{i}" for i in range(70, 120)]
+    assert await page.texts(".notice") == [
+        "Back online: some messages were missed, showing the latest from history"
+    ]
+
+
+async def test_screenshots(browser: Browser, hub: Hub, tmp_path: Path) -> None:
+    for_docs = bool(os.environ.get("TIDINGS_SCREENSHOTS"))
+    folder = DOCS_IMAGES if for_docs else tmp_path
+    folder.mkdir(exist_ok=True)
+
+    alice = await open_chat(browser, hub, "Alice")
+    bob = await open_chat(browser, hub, "Bob")
+    conversation = [
+        (bob, "Morning! Is the hub up?"),
+        (alice, "Yes: tidings serve, and nothing else to run."),
+        (bob, "My train went through a tunnel and I still got every message."),
+        (alice, "That's recovery: it resubscribes from the last offset it saw."),
+    ]
+    for n, (page, text) in enumerate(conversation, 1):
+        await page.fill("#text", text)
+        await page.press("#text", "Enter")
+        await alice.wait_for(
+            "(n) => document.querySelectorAll('.message').length === n", n
+        )
+    await publish(hub, "chat:lobby", {"name": "deploy bot", "text": "v0.4 is live."})
+    await alice.wait_for("() => document.querySelectorAll('.message').length === 5")
+    await alice.wait_for("() => document.querySelectorAll('#online li').length === 2")
+    await alice.evaluate("() => document.activeElement.blur()")
+    await alice.screenshot(folder / "chat.png")
+
+    context = await browser.new_context()
+    ticker = await context.new_page()
+    await ticker.goto(hub.url + "ticker")
+    # Enough quotes for the trend lines to show something.
+    points = 24 if for_docs else 2
+    await ticker.wait_for(
+        """(n) => {
+            const lines = [...document.querySelectorAll('#quotes path.line')];
+            return lines.length === 5 &&
+                lines.every((l) => (l.getAttribute('d') || '').split('L').length >= n);
+        }""",
+        points,
+        timeout=90 if for_docs else BOUND,
+    )
+    await ticker.screenshot(folder / "ticker.png")
+    for name in ("chat.png", "ticker.png"):
+        assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,244 @@
+"""The HTTP API beside the hub's WebSocket (docs/protocol.md, "The HTTP
+API"), over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import pytest
+
+from tidings.hub import auth
+
+BOUND = 10
+KEY = "the-api-key"
+
+
+async def test_publish_reaches_subscribers_without_info(
+    start_hub: Any, connect: Any, http: Any
+) -> None:
+    hub = await start_hub()
+    peer = await connect(hub)
+    position = await peer.result("subscribe", channel="news:today")
+    answer = await http(
+        hub, "POST", "/api/publish", {"channel": "news:today", "data": {"n": 1}}
+    )
+    assert answer.status == 200
+    assert answer.json() == {"offset": 1, "epoch": position["epoch"]}
+    assert await peer.pubs(1) == [{"offset": 1, "data": {"n": 1}}]
+
+
+async def test_broadcast_publishes_to_every_channel(
+    start_hub: Any, connect: Any, http: Any
+) -> None:
+    hub = await start_hub()
+    peer = await connect(hub)
+    await peer.result("subscribe", channel="news:a")
+    await peer.result("subscribe", channel="chat:b")
+    await hub.publish("chat:b", "earlier")
+    answer = await http(
+        hub, "POST", "/api/broadcast", {"channels": ["news:a", "chat:b"], "data": "x"}
+    )
+    results = answer.json()["results"]
+    assert [(r["channel"], r["offset"]) for r in results] == [
+        ("news:a", 1),
+        ("chat:b", 2),
+    ]
+    pushes = [await peer.push() for _ in range(4)]
+    pubs = [(p["channel"], p["pub"]["offset"]) for p in pushes if "pub" in p]
+    assert pubs == [("chat:b", 1), ("news:a", 1), ("chat:b", 2)]
+    # One unknown namespace refuses the whole broadcast.
+    answer = await http(
+        hub, "POST", "/api/broadcast", {"channels": ["news:a", "nope:x"], "data": 1}
+    )
+    assert answer.status == 404
+    assert (await hub.history("news:a")).offset == 1
+
+
+async def test_presence_history_and_channels(
+    start_hub: Any, connect: Any, http: Any, mint: Any
+) -> None:
+    hub = await start_hub()
+    alice = await connect(hub, mint("alice"))
+    await alice.result("subscribe", channel="chat:room")
+    for i in range(5):
+        await hub.publish("chat:room", i)
+    answer = await http(hub, "GET", "/api/presence?channel=chat:room")
+    assert answer.json() == {"clients": [{"client": alice.client, "user": "alice"}]}
+    history = (await http(hub, "GET", "/api/history?channel=chat:room")).json()
+    epoch = history["epoch"]
+    assert history["offset"] == 5 and len(history["publications"]) == 5
+    answer = await http(hub, "GET", "/api/history?channel=chat:room&limit=2")
+    assert [p["data"] for p in answer.json()["publications"]] == [3, 4]
+    answer = await http(hub, "GET", f"/api/history?channel=chat:room&since=3:{epoch}")
+    assert [p["offset"] for p in answer.json()["publications"]] == [4, 5]
+    answer = await http(hub, "GET", "/api/history?channel=chat:room&since=3:other")
+    assert answer.json() == {
+        "epoch": epoch,
+        "offset": 5,
+        "publications": [],
+        "complete": False,
+    }
+    bob = await connect(hub)
+    await bob.result("subscribe", channel="chat:room")
+    await bob.result("subscribe", channel="news:x")
+    answer = await http(hub, "GET", "/api/channels")
+    assert answer.json() == {
+        "channels": [
+            {"channel": "chat:room", "subscribers": 2},
+            {"channel": "news:x", "subscribers": 1},
+        ]
+    }
+
+
+async def test_disconnect_closes_every_connection_of_the_user_with_4003(
+    start_hub: Any, connect: Any, http: Any, mint: Any
+) -> None:
+    hub = await start_hub()
+    alice = [await connect(hub, mint("alice")) for _ in range(2)]
+    bob = await connect(hub, mint("bob"))
+    answer = await http(hub, "POST", "/api/disconnect", {"user": "alice"})
+    assert answer.json() == {"disconnected": 2}
+    for peer in alice:
+        assert await peer.closed() == 4003
+    assert await bob.result("ping") == {}
+    answer = await http(hub, "POST", "/api/disconnect", {"user": "nobody"})
+    assert answer.json() == {"disconnected": 0}
+
+
+async def test_healthz(start_hub: Any, http: Any) -> None:
+    hub = await start_hub(api_key=KEY)
+    answer = await http(hub, "GET", "/healthz")  # no key needed
+    assert answer.status == 200 and answer.json() == {"status": "ok"}
+
+
+PROMETHEUS_LINE = re.compile(
+    r'[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="[^"\\]*",?)*\})? '
+    r"-?[0-9.e+]+"
+)
+
+
+async def test_metrics_are_prometheus_text(
+    start_hub: Any, connect: Any, http: Any
+) -> None:
+    hub = await start_hub()
+    peer = await connect(hub)
+    await peer.result("subscribe", channel="chat:m")
+    await peer.result("publish", channel="chat:m", data=1)
+    await peer.send("{not json")
+    await peer.reply(None)
+    answer = await http(hub, "GET", "/metrics")
+    assert answer.status == 200
+    assert answer.headers["content-type"].startswith("text/plain; version=0.0.4")
+    values = {}
+    for line in answer.body.decode().splitlines():
+        if line.startswith("#"):
+            assert re.fullmatch(r"# (HELP|TYPE) \w+ .+", line), line
+            continue
+        assert PROMETHEUS_LINE.fullmatch(line), line
+        name, value = line.rsplit(" ", 1)
+        values[name] = float(value)
+    assert values["tidings_connections"] == 1
+    assert values["tidings_subscriptions"] == 1
+    assert values["tidings_channels"] == 1
+    assert values["tidings_publications_total"] == 1
+    assert values["tidings_deliveries_total"] >= 1
+    assert values['tidings_errors_total{kind="code_400"}'] == 1
+
+
+async def test_the_api_key_is_required_when_configured(
+    start_hub: Any, http: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub = await start_hub(api_key=KEY)
+    compared = []
+    compare = auth.hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return compare(a, b)
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
+    for key in (None, "wrong", KEY + "x", KEY[:-1]):
+        answer = await http(hub, "GET", "/api/channels", key=key)
+        assert answer.status == 401
+        assert answer.json() == {
+            "error": {"code": 401, "message": "missing or wrong API key"}
+        }
+    bearer = (("Authorization", f"Bearer {KEY}"),)
+    assert (await http(hub, "GET", "/api/channels", headers=bearer)).status == 401
+    answer = await http(hub, "GET", "/api/channels", key=KEY)
+    assert answer.status == 200 and answer.json() == {"channels": []}
+    # Every key was checked in constant time.
+    assert (KEY.encode(), KEY.encode()) in compared and len(compared) >= 4
+
+
+async def test_without_a_key_the_api_is_refused_on_a_public_address(
+    start_hub: Any, http: Any
+) -> None:
+    # Listening on every address, but asked on loopback.
+    hub = await start_hub(host="0.0.0.0")
+    answer = await http(hub, "GET", "/api/channels")
+    assert answer.status == 403
+    assert answer.json()["error"]["code"] == 403
+    assert (await http(hub, "GET", "/healthz")).status == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("POST", "/api/publish", b"{not json", 400),
+        ("POST", "/api/publish", [1, 2], 400),
+        ("POST", "/api/publish", {"data": 1}, 400),
+        ("POST", "/api/publish", {"channel": "news:x"}, 400),
+        ("POST", "/api/publish", {"channel": "bad name", "data": 1}, 400),
+        ("POST", "/api/publish", {"channel": "nope:x", "data": 1}, 404),
+        ("POST", "/api/broadcast", {"channels": [], "data": 1}, 400),
+        ("POST", "/api/broadcast", {"channels": "news:x", "data": 1}, 400),
+        ("POST", "/api/disconnect", {"user": ""}, 400),
+        ("GET", "/api/presence", None, 400),
+        ("GET", "/api/presence?channel=nope:x", None, 404),
+        ("GET", "/api/history?channel=news:x&limit=-1", None, 400),
+        ("GET", "/api/history?channel=news:x&limit=%C2%B2", None, 400),
+        ("GET", "/api/history?channel=news:x&since=abc", None, 400),
+        ("GET", "/api/history?channel=news:x&since=-1:e", None, 400),
+        ("GET", "/api/publish", None, 404),
+        ("GET", "/api/nothing", None, 404),
+    ],
+)
+async def test_errors_are_json_with_their_status(
+    start_hub: Any, http: Any, method: str, path: str, body: Any, status: int
+) -> None:
+    hub = await start_hub()
+    answer = await http(hub, method, path, body)
+    assert answer.status == status
+    error = answer.json()["error"]
+    assert error["code"] == status and error["message"]
+
+
+async def test_other_paths_are_404_without_the_demo(start_hub: Any, http: Any) -> None:
+    hub = await start_hub()
+    assert (await http(hub, "GET", "/")).status == 404
+    assert (await http(hub, "GET", "/chat")).status == 404
+
+
+async def test_an_api_publish_while_clients_subscribe_concurrently(
+    start_hub: Any, connect: Any, http: Any
+) -> None:
+    hub = await start_hub()
+    peers = [await connect(hub) for _ in range(5)]
+
+    async def subscribe_then_read(peer: Any) -> list[int]:
+        start = (await peer.result("subscribe", channel="news:c"))["offset"]
+        return [p["offset"] for p in await peer.pubs(10 - start)]
+
+    async def publish() -> None:
+        for i in range(10):
+            await http(hub, "POST", "/api/publish", {"channel": "news:c", "data": i})
+
+    async with asyncio.timeout(BOUND):
+        *received, _ = await asyncio.gather(
+            *(subscribe_then_read(p) for p in peers), publish()
+        )
+    for offsets in received:
+        assert offsets == list(range(11 - len(offsets), 11))

@@ -1,0 +1,477 @@
+"""The hub over real sockets: publish and subscribe, presence, recovery,
+slow readers, many subscribers and shutdown (docs/protocol.md). Every test
+runs against each broker of conftest.BROKERS."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import resource
+import time
+from typing import Any
+
+import pytest
+
+import tidings
+from tidings.hub import Hub
+from tidings.hub.wire import encode_push
+
+BOUND = 10
+
+
+async def test_subscribe_publish_unsubscribe(start_hub: Any, connect: Any) -> None:
+    hub = await start_hub()
+    alice = await connect(hub)
+    bob = await connect(hub)
+    position = await alice.result("subscribe", channel="chat:a")
+    epoch = (await hub.history("chat:a")).epoch
+    assert position == {"epoch": epoch, "offset": 0}
+    assert await bob.result("publish", channel="chat:a", data={"text": "hi"}) == {
+        "offset": 1,
+        "epoch": epoch,
+    }
+    [pub] = await alice.pubs(1)
+    assert pub == {
+        "offset": 1,
+        "data": {"text": "hi"},
+        "info": {"client": bob.client, "user": ""},
+    }
+    assert await alice.result("unsubscribe", channel="chat:a") == {}
+    assert await alice.error("unsubscribe", channel="chat:a") == (
+        409,
+        "not subscribed to chat:a",
+    )
+    await bob.result("publish", channel="chat:a", data=2)
+    # Nothing more arrives for chat:a: the next message is the ping's reply.
+    assert await alice.result("ping") == {}
+    assert [p for p in alice.pushes if "pub" in p] == []
+    assert hub.subscriber_count("chat:a") == 0
+
+
+async def test_subscribing_twice_is_409_and_the_first_subscription_stays(
+    start_hub: Any, connect: Any
+) -> None:
+    hub = await start_hub()
+    peer = await connect(hub)
+    await peer.result("subscribe", channel="news:x")
+    assert await peer.error("subscribe", channel="news:x") == (
+        409,
+        "already subscribed to news:x",
+    )
+    await hub.publish("news:x", "still")
+    assert [p["data"] for p in await peer.pubs(1)] == ["still"]
+
+
+async def test_publications_arrive_in_order_to_every_subscriber_and_the_publisher(
+    start_hub: Any, connect: Any
+) -> None:
+    hub = await start_hub()
+    subscribers = [await connect(hub) for _ in range(5)]
+    for peer in subscribers:
+        await peer.result("subscribe", channel="chat:order")
+    publishers = subscribers[:3]
+
+    async def publish(peer: Any, n: int) -> list[int]:
+        # Pipelined: every command is sent before any reply is read.
+        ids = []
+        for i in range(n):
+            ids.append(next(peer.ids))
+            await peer.send(
+                {"id": ids[-1], "op": "publish", "channel": "chat:order", "data": i}
+            )
+        return [(await peer.reply(id))["result"]["offset"] for id in ids]
+
+    offsets = await asyncio.gather(*(publish(p, 50) for p in publishers))
+    assert sorted(o for batch in offsets for o in batch) == list(range(1, 151))
+    for peer in subscribers:
+        pubs = await peer.pubs(150)
+        assert [p["offset"] for p in pubs] == list(range(1, 151))
+        # Each publisher's own publications come back in the order it sent them.
+        for publisher in publishers:
+            mine = [p["data"] for p in pubs if p["info"]["client"] == publisher.client]
+            assert mine == list(range(50))
+
+
+async def test_a_subscribe_needs_a_matching_channels_claim(
+    start_hub: Any, connect: Any, mint: Any
+) -> None:
+    hub = await start_hub()
+    peer = await connect(hub, mint("alice", channels=["private:alice-*", "chat:*"]))
+    await peer.result("subscribe", channel="private:alice-inbox")
+    await peer.result("subscribe", channel="chat:lobby")
+    assert await peer.error("subscribe", channel="private:bob-inbox") == (
+        403,
+        "not allowed to subscribe to private:bob-inbox",
+    )
+    # The claim replaces the namespace's anonymous access.
+    assert (await peer.error("subscribe", channel="news:today"))[0] == 403
+    assert (await peer.error("history", channel="private:bob-inbox"))[0] == 403
+
+
+async def test_publishing_where_clients_may_not_is_403(
+    start_hub: Any, connect: Any, mint: Any
+) -> None:
+    hub = await start_hub()
+    anonymous = await connect(hub)
+    assert await anonymous.error("publish", channel="news:today", data=1) == (
+        403,
+        "not allowed to publish to news:today",
+    )
+    user = await connect(hub, mint("alice"))
+    assert (await user.error("publish", channel="news:today", data=1))[0] == 403
+    # A publish claim allows it, and only where it matches.
+    editor = await connect(hub, mint("ed", publish=["news:*"]))
+    assert (await editor.result("publish", channel="news:today", data=1))[
+        "offset"
+    ] == 1
+    assert (await editor.error("publish", channel="chat:x", data=1))[0] == 403
+
+
+async def test_anonymous_clients_are_refused_where_not_allowed(
+    start_hub: Any, connect: Any, mint: Any
+) -> None:
+    hub = await start_hub()
+    anonymous = await connect(hub)
+    assert anonymous.client
+    for op, fields in [
+        ("subscribe", {}),
+        ("publish", {"data": 1}),
+        ("history", {}),
+        ("presence", {}),
+    ]:
+        code, _ = await anonymous.error(op, channel="private:room", **fields)
+        assert code == 403, op
+    # A token without a channels claim subscribes only where anonymous
+    # clients may; it publishes where clients may.
+    user = await connect(hub, mint("alice"))
+    assert (await user.error("subscribe", channel="private:room"))[0] == 403
+    await user.result("publish", channel="private:room", data=1)
+    member = await connect(hub, mint("bob", channels=["private:*"]))
+    await member.result("subscribe", channel="private:room")
+
+
+async def test_an_unknown_namespace_is_404(start_hub: Any, connect: Any) -> None:
+    hub = await start_hub()
+    peer = await connect(hub)
+    for op in ("subscribe", "unsubscribe", "publish", "presence", "history"):
+        assert await peer.error(op, channel="nowhere:x", data=1) == (
+            404,
+            "unknown namespace in nowhere:x",
+        )
+
+
+async def test_max_subscribers_is_503(start_hub: Any, connect: Any) -> None:
+    hub = await start_hub()
+    for _ in range(2):
+        await (await connect(hub)).result("subscribe", channel="small:room")
+    third = await connect(hub)
+    assert (await third.error("subscribe", channel="small:room"))[0] == 503
+
+
+async def test_history_with_limit_and_since(start_hub: Any, connect: Any) -> None:
+    hub = await start_hub()
+    peer = await connect(hub)
+    for i in range(15):
+        await hub.publish("short:h", i)  # 10 are kept
+    result = await peer.result("history", channel="short:h")
+    epoch = result["epoch"]
+    assert result["offset"] == 15
+    assert [p["offset"] for p in result["publications"]] == list(range(6, 16))
+    result = await peer.result("history", channel="short:h", limit=3)
+    assert [p["data"] for p in result["publications"]] == [12, 13, 14]
+    since = {"offset": 12, "epoch": epoch}
+    result = await peer.result("history", channel="short:h", since=since)
+    assert [p["offset"] for p in result["publications"]] == [13, 14, 15]
+    assert "complete" not in result
+    for since in ({"offset": 2, "epoch": epoch}, {"offset": 12, "epoch": "other"}):
+        result = await peer.result("history", channel="short:h", since=since)
+        assert result["publications"] == [] and result["complete"] is False
+
+
+# -- presence ------------------------------------------------------------
+
+
+async def test_presence_and_join_leave(
+    start_hub: Any, connect: Any, mint: Any
+) -> None:
+    hub = await start_hub()
+    alice = await connect(hub, mint("alice"))
+    await alice.result("subscribe", channel="chat:p")
+    assert await alice.push() == {
+        "channel": "chat:p",
+        "join": {"client": alice.client, "user": "alice"},
+    }
+    bob = await connect(hub)
+    await bob.result("subscribe", channel="chat:p")
+    assert await alice.push() == {
+        "channel": "chat:p",
+        "join": {"client": bob.client, "user": ""},
+    }
+    clients = (await bob.result("presence", channel="chat:p"))["clients"]
+    assert sorted(clients, key=lambda c: c["user"]) == [
+        {"client": bob.client, "user": ""},
+        {"client": alice.client, "user": "alice"},
+    ]
+    await bob.result("unsubscribe", channel="chat:p")
+    assert await alice.push() == {
+        "channel": "chat:p",
+        "leave": {"client": bob.client, "user": ""},
+    }
+    await bob.ws.close()  # a clean close of a subscriber: its leave too
+    await bob.ws.wait_closed()
+    carol = await connect(hub)
+    await carol.result("subscribe", channel="chat:p")
+    assert (await alice.push())["join"]["client"] == carol.client
+    await carol.ws.close()
+    assert await alice.push() == {
+        "channel": "chat:p",
+        "leave": {"client": carol.client, "user": ""},
+    }
+    assert await alice.result("presence", channel="chat:p") == {
+        "clients": [{"client": alice.client, "user": "alice"}]
+    }
+    # Presence is off in "news": refused.
+    assert (await alice.error("presence", channel="news:x"))[0] == 403
+
+
+def masked_text(payload: str) -> bytes:
+    """A client's text frame, masked with a zero key (RFC 6455 §5.3)."""
+    data = payload.encode()
+    assert len(data) < 126
+    return bytes([0x81, 0x80 | len(data)]) + b"\0\0\0\0" + data
+
+
+@pytest.mark.parametrize("how", ["aborted", "silent"])
+async def test_a_client_gone_without_closing_leaves(
+    start_hub: Any, connect: Any, raw_connect: Any, how: str
+) -> None:
+    hub = await start_hub(ping_interval=0.2, ping_timeout=0.2)
+    watcher = await connect(hub)
+    await watcher.result("subscribe", channel="chat:k")
+    assert (await watcher.push())["join"]["client"] == watcher.client
+    ghost = await raw_connect(hub.port)
+    await ghost.handshake("/ws")
+    ghost.writer.write(
+        masked_text('{"id":1,"op":"connect"}')
+        + masked_text('{"id":2,"op":"subscribe","channel":"chat:k"}')
+    )
+    joined = (await watcher.push())["join"]
+    gone = time.monotonic()
+    if how == "aborted":
+        ghost.close()  # TCP ends without a close frame
+    # else: the peer stays connected but never answers a ping, like a
+    # machine that lost power.
+    assert await watcher.push() == {"channel": "chat:k", "leave": joined}
+    # Within the keepalive timeout (0.4 s), with room for a slow machine.
+    assert time.monotonic() - gone < 3
+    assert await watcher.result("presence", channel="chat:k") == {
+        "clients": [{"client": watcher.client, "user": ""}]
+    }
+
+
+# -- recovery --------------------------------------------------------------
+
+
+async def test_recovery_returns_exactly_what_was_missed_then_live_pushes(
+    start_hub: Any, connect: Any
+) -> None:
+    hub = await start_hub()
+    peer = await connect(hub)
+    position = await peer.result("subscribe", channel="chat:r")
+    for i in range(5):
+        await hub.publish("chat:r", f"before {i}")
+    seen = await peer.pubs(5)
+    last = {"offset": seen[-1]["offset"], "epoch": position["epoch"]}
+    await peer.ws.close()
+    for i in range(100):  # while the client is away
+        await hub.publish("chat:r", i)
+    peer = await connect(hub)
+    result = await peer.result("subscribe", channel="chat:r", since=last)
+    assert result["recovered"] is True
+    assert result["epoch"] == position["epoch"] and result["offset"] == 105
+    recovered = result["publications"]
+    assert [p["offset"] for p in recovered] == list(range(6, 106))
+    assert [p["data"] for p in recovered] == list(range(100))
+    for i in range(10):
+        await hub.publish("chat:r", f"live {i}")
+    live = await peer.pubs(10)
+    assert [p["offset"] for p in live] == list(range(106, 116))
+
+
+async def test_recovery_fails_when_the_history_no_longer_reaches_back(
+    start_hub: Any, connect: Any
+) -> None:
+    hub = await start_hub()
+    peer = await connect(hub)
+    epoch = (await peer.result("subscribe", channel="short:r"))["epoch"]
+    await peer.ws.close()
+    for i in range(11):  # one more than the history keeps
+        await hub.publish("short:r", i)
+    peer = await connect(hub)
+    result = await peer.result(
+        "subscribe", channel="short:r", since={"offset": 0, "epoch": epoch}
+    )
+    assert result == {"epoch": epoch, "offset": 11, "recovered": False}
+    await hub.publish("short:r", "live")
+    [pub] = await peer.pubs(1)
+    assert pub["offset"] == 12
+
+
+async def test_recovery_fails_with_another_epoch(start_hub: Any, connect: Any) -> None:
+    hub = await start_hub()
+    await hub.publish("chat:e", 1)
+    peer = await connect(hub)
+    result = await peer.result(
+        "subscribe", channel="chat:e", since={"offset": 0, "epoch": "not-it"}
+    )
+    assert result["recovered"] is False and "publications" not in result
+    assert result["offset"] == 1
+    # An offset from the future of this epoch cannot be recovered either.
+    await peer.result("unsubscribe", channel="chat:e")
+    since = {"offset": 7, "epoch": result["epoch"]}
+    result = await peer.result("subscribe", channel="chat:e", since=since)
+    assert result["recovered"] is False and "publications" not in result
+
+
+async def test_publications_during_a_subscribe_with_since_are_neither_lost_nor_duplicated(
+    start_hub: Any, connect: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub = await start_hub()
+    read_history = hub.broker.history
+
+    async def slow_history(*args: Any, **kwargs: Any) -> Any:
+        # Let publications land both before and after the read, while the
+        # subscribe is in flight, whatever the broker.
+        for _ in range(3):
+            await asyncio.sleep(0)
+        result = await read_history(*args, **kwargs)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return result
+
+    monkeypatch.setattr(hub.broker, "history", slow_history)
+    publisher = await connect(hub)
+    epoch = (await publisher.result("publish", channel="chat:race", data=0))["epoch"]
+    for attempt in range(20):
+        stop = asyncio.Event()
+
+        async def publish_until_stopped() -> None:
+            while not stop.is_set():
+                await publisher.result("publish", channel="chat:race", data="x")
+
+        peer = await connect(hub)
+        since = {"offset": (await hub.history("chat:race")).offset, "epoch": epoch}
+        task = asyncio.create_task(publish_until_stopped())
+        for _ in range(attempt % 4):  # vary where the subscribe lands
+            await asyncio.sleep(0)
+        result = await peer.result("subscribe", channel="chat:race", since=since)
+        stop.set()
+        await task
+        assert result["recovered"] is True
+        end = (await hub.history("chat:race")).offset
+        offsets = [p["offset"] for p in result["publications"]]
+        pushes = await peer.pubs(end - result["offset"])
+        offsets += [p["offset"] for p in pushes]
+        assert offsets == list(range(since["offset"] + 1, end + 1)), attempt
+        await peer.result("ping")  # after any push of those publications
+        assert not [p for p in peer.pushes if "pub" in p], attempt
+        await peer.ws.close()
+
+
+# -- load -----------------------------------------------------------------
+
+
+def rss() -> int:
+    """This process's resident set, in bytes."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+async def test_a_reader_that_stops_is_dropped_with_4005_and_memory_stays_bounded(
+    start_hub: Any, connect: Any
+) -> None:
+    max_outbound = 256 * 1024
+    hub = await start_hub(max_outbound=max_outbound)
+    fast = await connect(hub, compression=None)
+    await fast.result("subscribe", channel="bulk:firehose")
+    # A tidings client queues a few messages, then stops reading the socket.
+    slow = await connect(hub, compression=None, max_queue=2)
+    await slow.result("subscribe", channel="bulk:firehose")
+    [slow_side] = [s for s in hub._sessions if s.info.client == slow.client]
+    chunk = "x" * (64 * 1024)
+    count = 100 * 1024 * 1024 // len(chunk)
+    push = encode_push("bulk:firehose", "pub", {"offset": count, "data": chunk})
+    frame = len(push) + 10  # the largest frame header
+    gc.collect()
+    before = rss()
+    peak_buffer = 0
+    async with asyncio.timeout(60):
+        for i in range(count):
+            await hub.publish("bulk:firehose", chunk)
+            if slow_side.ws.close_code is None:
+                peak_buffer = max(peak_buffer, slow_side.ws.write_buffer_size)
+            # The fast subscriber keeps up and gets every publication.
+            [pub] = await fast.pubs(1)
+            assert pub["offset"] == i + 1
+    growth = rss() - before
+    assert slow_side.ws.close_code == 4005
+    assert hub.metrics.dropped_slow == 1
+    assert 0 < peak_buffer <= max_outbound + frame
+    assert growth < 30 * 1024 * 1024, growth
+    # The slow client's connection is gone (its close frame was behind the
+    # data it never read, so it may only see the TCP connection end).
+    assert await slow.closed() != 1000
+    assert hub.subscriber_count("bulk:firehose") == 1
+
+
+async def test_a_thousand_subscribers_all_receive_a_publication(
+    start_hub: Any,
+) -> None:
+    n = 1000
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = 2 * n + 200  # both ends of every connection are in this process
+    if soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            pytest.skip(f"needs {needed} open files, the hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    hub = await start_hub(max_connections=n + 10)
+    url = f"ws://127.0.0.1:{hub.port}/ws"
+    clients: list[tidings.WebSocket] = []
+    try:
+        async with asyncio.timeout(60):
+
+            async def subscriber() -> None:
+                ws = await tidings.connect(url, compression=None)
+                clients.append(ws)
+                await ws.send('{"id":1,"op":"connect"}')
+                await ws.recv()
+                await ws.send('{"id":2,"op":"subscribe","channel":"news:all"}')
+                assert json.loads(await ws.recv())["id"] == 2
+
+            await asyncio.gather(*(subscriber() for _ in range(n)))
+            assert hub.subscriber_count("news:all") == n
+            await hub.publish("news:all", {"hello": "everyone"})
+            received = await asyncio.gather(*(ws.recv() for ws in clients))
+        assert all(
+            json.loads(r)["pub"] == {"offset": 1, "data": {"hello": "everyone"}}
+            for r in received
+        )
+        assert hub.metrics.deliveries == n
+    finally:
+        async with asyncio.timeout(BOUND):
+            await asyncio.gather(*(ws.close() for ws in clients))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_shutdown_closes_every_client_with_1001(
+    start_hub: Any, connect: Any
+) -> None:
+    hub: Hub = await start_hub()
+    peers = [await connect(hub) for _ in range(3)]
+    await peers[0].result("subscribe", channel="chat:bye")
+    async with asyncio.timeout(BOUND):
+        await hub.close()
+    for peer in peers:
+        assert await peer.closed() == 1001
+    assert hub.connection_count() == 0 and hub.channels() == {}

@@ -1,0 +1,144 @@
+"""Tokens, channel permissions and the API key (tidings.hub.auth)."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any
+
+import jwt
+import pytest
+from jwt.warnings import InsecureKeyLengthWarning
+
+from tidings.hub import auth
+from tidings.hub.auth import (
+    AuthError,
+    Identity,
+    api_key_matches,
+    can_publish,
+    can_subscribe,
+    decode_token,
+    mint_token,
+)
+from tidings.hub.config import NamespaceConfig
+
+SECRET = "a test secret that is 32+ bytes long"
+
+
+def test_a_minted_token_decodes_to_its_identity() -> None:
+    token = mint_token(SECRET, "alice", channels=["chat:*"], publish=["chat:own"])
+    assert decode_token(token, SECRET) == Identity(
+        "alice", ("chat:*",), ("chat:own",)
+    )
+    assert decode_token(mint_token(SECRET, "bob"), SECRET) == Identity("bob")
+    claims = jwt.decode(token, SECRET, algorithms=["HS256"])
+    assert time.time() + 3590 < claims["exp"] <= time.time() + 3600
+    assert decode_token(mint_token(SECRET, "c", channels=[]), SECRET).channels == ()
+
+
+def test_an_expired_token_says_so_and_nothing_more() -> None:
+    with pytest.raises(AuthError) as info:
+        decode_token(mint_token(SECRET, "alice", ttl=-1), SECRET)
+    assert str(info.value) == "token expired"
+
+
+def encoded(claims: dict[str, Any], secret: str = SECRET, alg: str = "HS256") -> str:
+    with warnings.catch_warnings():  # HS512 wants a longer key
+        warnings.simplefilter("ignore", InsecureKeyLengthWarning)
+        return jwt.encode(claims, secret, algorithm=alg)
+
+
+LATER = 2**40
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "",
+        "abc",
+        "a.b.c",
+        encoded({"sub": "a", "exp": LATER}, "the wrong secret, 32 bytes or more"),
+        encoded({"sub": "a"}),
+        encoded({"exp": LATER}),
+        encoded({"sub": "", "exp": LATER}),
+        encoded({"sub": 5, "exp": LATER}),
+        encoded({"sub": "a", "exp": LATER, "channels": "chat:*"}),
+        encoded({"sub": "a", "exp": LATER, "channels": [1]}),
+        encoded({"sub": "a", "exp": LATER, "publish": {"a": 1}}),
+        encoded({"sub": "a", "exp": "later"}),
+        encoded({"sub": "a", "exp": LATER}, alg="HS512"),  # right key, wrong alg
+        jwt.encode({"sub": "a", "exp": LATER}, None, algorithm="none"),  # type: ignore[arg-type]
+        mint_token(SECRET, "a") + "x",
+        "x" * 8193,
+        5,
+        None,
+    ],
+)
+def test_an_invalid_token_says_so_and_nothing_more(token: Any) -> None:
+    with pytest.raises(AuthError) as info:
+        decode_token(token, SECRET)
+    assert str(info.value) == "invalid token"
+
+
+def test_without_a_secret_no_token_is_valid() -> None:
+    with pytest.raises(AuthError, match="^invalid token$"):
+        decode_token(mint_token(SECRET, "alice"), None)
+
+
+OPEN = NamespaceConfig(allow_anonymous=True, allow_publish=True)
+READ_ONLY = NamespaceConfig(allow_anonymous=True)
+MEMBERS = NamespaceConfig(allow_publish=True)
+CLOSED = NamespaceConfig()
+
+
+@pytest.mark.parametrize(
+    ("identity", "namespace", "channel", "subscribe", "publish"),
+    [
+        (None, OPEN, "a:x", True, True),
+        (None, READ_ONLY, "a:x", True, False),
+        (None, MEMBERS, "a:x", False, False),
+        (None, CLOSED, "a:x", False, False),
+        (Identity("u"), OPEN, "a:x", True, True),
+        (Identity("u"), READ_ONLY, "a:x", True, False),
+        (Identity("u"), MEMBERS, "a:x", False, True),
+        (Identity("u"), CLOSED, "a:x", False, False),
+        # Claims decide wherever they are given, whatever the namespace.
+        (Identity("u", ("a:*",), ("a:x",)), CLOSED, "a:x", True, True),
+        (Identity("u", ("a:*",), ("a:x",)), OPEN, "a:y", True, False),
+        (Identity("u", ("b:*",), ()), OPEN, "a:x", False, False),
+        (Identity("u", ("a:[xy]",), None), READ_ONLY, "a:y", True, False),
+        (Identity("u", ("A:*",), None), OPEN, "a:x", False, True),  # case counts
+    ],
+)
+def test_permissions(
+    identity: Identity | None,
+    namespace: NamespaceConfig,
+    channel: str,
+    subscribe: bool,
+    publish: bool,
+) -> None:
+    assert can_subscribe(identity, namespace, channel) is subscribe
+    assert can_publish(identity, namespace, channel) is publish
+
+
+def test_the_api_key_is_compared_in_constant_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = []
+    compare = auth.hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return compare(a, b)
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
+    assert api_key_matches("apikey k3y", "k3y")
+    assert api_key_matches("ApiKey  k3y ", "k3y")
+    assert not api_key_matches("apikey k3", "k3y")
+    assert not api_key_matches("apikey k3yy", "k3y")
+    assert not api_key_matches("apikey ", "k3y")
+    assert calls[0] == (b"k3y", b"k3y") and len(calls) == 5
+    assert not api_key_matches("Bearer k3y", "k3y")
+    assert not api_key_matches(None, "k3y")
+    assert not api_key_matches("", "k3y")
+    assert not api_key_matches("apikey é", "k3y")

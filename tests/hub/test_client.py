@@ -1,0 +1,307 @@
+"""tidings.hub.Client against a real hub: commands, subscriptions, and
+reconnecting with recovery."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tidings import ConnectionClosed
+from tidings.hub import (
+    Client,
+    Hub,
+    HubError,
+    MemoryBroker,
+    RecoveryFailed,
+    Subscription,
+)
+from tidings.hub.brokers.base import ClientInfo, Publication
+
+BOUND = 10
+FAST = {"backoff_initial": 0.05, "backoff_max": 0.2, "timeout": BOUND}
+
+
+def url(hub: Hub) -> str:
+    return f"ws://127.0.0.1:{hub.port}/ws"
+
+
+async def take(sub: Subscription, n: int) -> list[Publication]:
+    out = []
+    async with asyncio.timeout(BOUND):
+        async for pub in sub:
+            out.append(pub)
+            if len(out) == n:
+                break
+    return out
+
+
+async def test_subscribe_and_publish_round_trip(start_hub: Any, mint: Any) -> None:
+    hub = await start_hub()
+    async with Client(url(hub), token=mint("alice"), **FAST) as client:
+        assert client.user == "alice" and client.client_id
+        sub = await client.subscribe("chat:c")
+        assert sub.offset == 0 and sub.epoch
+        offset, epoch = await client.publish("chat:c", {"text": "hi"})
+        assert (offset, epoch) == (1, sub.epoch)
+        await hub.publish("chat:c", "from the back end")
+        first, second = await take(sub, 2)
+        assert first == Publication(1, {"text": "hi"}, ClientInfo(client.client_id, "alice"))
+        assert second == Publication(2, "from the back end", None)
+        assert sub.offset == 2
+
+
+async def test_presence_and_history(start_hub: Any) -> None:
+    hub = await start_hub()
+    async with Client(url(hub), **FAST) as client:
+        await client.subscribe("chat:p")
+        assert await client.presence("chat:p") == [ClientInfo(client.client_id, "")]
+        for i in range(5):
+            await client.publish("short:h", i)
+        history = await client.history("short:h", limit=2)
+        assert [p.data for p in history.publications] == [3, 4]
+        assert history.offset == 5 and history.complete
+        since = await client.history("short:h", since=(3, history.epoch))
+        assert [p.offset for p in since.publications] == [4, 5]
+        gone = await client.history("short:h", since=(3, "another epoch"))
+        assert not gone.complete and gone.publications == []
+
+
+async def test_error_replies_raise_hub_error(start_hub: Any) -> None:
+    hub = await start_hub()
+    async with Client(url(hub), **FAST) as client:
+        with pytest.raises(HubError) as info:
+            await client.publish("news:x", 1)
+        assert (info.value.code, info.value.message) == (
+            403,
+            "not allowed to publish to news:x",
+        )
+        with pytest.raises(HubError) as info:
+            await client.subscribe("nowhere:x")
+        assert info.value.code == 404
+        with pytest.raises(HubError) as info:
+            await client.subscribe("private:x")
+        assert info.value.code == 403
+        sub = await client.subscribe("news:x")  # still usable after errors
+        with pytest.raises(HubError) as info:
+            await client.subscribe("news:x")
+        assert info.value.code == 409
+        await hub.publish("news:x", "ok")
+        assert [p.data for p in await take(sub, 1)] == ["ok"]
+
+
+async def test_a_refused_token_raises_on_open(start_hub: Any, mint: Any) -> None:
+    hub = await start_hub()
+    with pytest.raises(HubError) as info:
+        async with Client(url(hub), token=mint("alice", ttl=-5), **FAST):
+            pass
+    assert (info.value.code, info.value.message) == (401, "token expired")
+
+
+async def test_commands_time_out(start_hub: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    hub = await start_hub()
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def hang(*args: Any, **kwargs: Any) -> Any:
+        await never
+
+    monkeypatch.setattr(hub.broker, "presence", hang)
+    async with Client(url(hub), **{**FAST, "timeout": 0.2}) as client:
+        with pytest.raises(TimeoutError):
+            await client.presence("chat:x")
+    never.cancel()
+
+
+async def test_unsubscribe_ends_the_iteration(start_hub: Any) -> None:
+    hub = await start_hub()
+    async with Client(url(hub), **FAST) as client:
+        sub = await client.subscribe("news:u")
+        await hub.publish("news:u", 1)
+        assert [p.data for p in await take(sub, 1)] == [1]
+        await sub.unsubscribe()
+        async with asyncio.timeout(BOUND):
+            assert [p async for p in sub] == []
+        assert hub.subscriber_count("news:u") == 0
+        await sub.unsubscribe()  # again: nothing to do
+        again = await client.subscribe("news:u")  # the channel can be reused
+        await hub.publish("news:u", 2)
+        assert [p.data for p in await take(again, 1)] == [2]
+
+
+async def test_closing_the_client_ends_every_subscription(start_hub: Any) -> None:
+    hub = await start_hub()
+    async with Client(url(hub), **FAST) as client:
+        sub = await client.subscribe("news:z")
+        reader = asyncio.create_task(take(sub, 10))
+    async with asyncio.timeout(BOUND):
+        assert await reader == []
+    with pytest.raises(ConnectionClosed):
+        await client.publish("chat:z", 1)
+
+
+async def test_callbacks_instead_of_iteration(start_hub: Any) -> None:
+    hub = await start_hub()
+    async with Client(url(hub), **FAST) as client:
+        received: list[Publication] = []
+        done = asyncio.Event()
+
+        def on_publication(pub: Publication) -> None:
+            received.append(pub)
+            if len(received) == 3:
+                done.set()
+
+        sub = await client.subscribe("chat:cb", on_publication)
+        joins: list[ClientInfo] = []
+        sub.on_join = joins.append
+        async with Client(url(hub), **FAST) as other:
+            await other.subscribe("chat:cb")
+            for i in range(3):
+                await other.publish("chat:cb", i)
+        async with asyncio.timeout(BOUND):
+            await done.wait()
+        assert [p.data for p in received] == [0, 1, 2]
+        # (Our own join may have come before on_join was set.)
+        assert [j.client for j in joins if j.client != client.client_id] == [
+            other.client_id
+        ]
+
+
+async def test_reconnect_after_a_drop_recovers_every_missed_publication(
+    start_hub: Any,
+) -> None:
+    hub = await start_hub()
+    requests = []
+    read_history = hub.broker.history
+
+    async def history(*args: Any, **kwargs: Any) -> Any:
+        result = await read_history(*args, **kwargs)
+        requests.append((kwargs.get("since"), len(result.publications)))
+        return result
+
+    hub.broker.history = history  # type: ignore[method-assign]
+    async with Client(url(hub), **FAST) as client:
+        sub = await client.subscribe("chat:d")
+        for i in range(5):
+            await hub.publish("chat:d", i)
+        assert [p.offset for p in await take(sub, 5)] == [1, 2, 3, 4, 5]
+        first_id = client.client_id
+        # The hub drops the client as too slow (4005): it should reconnect
+        # and recover. The next 100 publications happen before it can.
+        [session] = hub._sessions
+        hub.drop_slow(session.ws)
+        for i in range(5, 105):
+            await hub.publish("chat:d", i)
+        recovered = await take(sub, 100)
+        assert [p.offset for p in recovered] == list(range(6, 106))
+        assert [p.data for p in recovered] == list(range(5, 105))
+        assert client.client_id != first_id
+        assert (5, 100) in requests  # recovered in one subscribe reply
+        # Then live publications, with no gap.
+        offset, _ = await client.publish("chat:d", "live")
+        assert offset == 106
+        [live] = await take(sub, 1)
+        assert (live.offset, live.data) == (106, "live")
+
+
+async def test_reconnect_after_a_lost_connection_while_publishing(
+    start_hub: Any,
+) -> None:
+    hub = await start_hub()
+    async with Client(url(hub), **FAST) as client:
+        sub = await client.subscribe("chat:l")
+        count = 500  # within the channel's history
+
+        async def publish() -> None:
+            for i in range(count):
+                await hub.publish("chat:l", i)
+                await asyncio.sleep(0)  # let the client read and reconnect
+
+        publisher = asyncio.create_task(publish())
+        received = await take(sub, 20)
+        first_id = client.client_id
+        [session] = hub._sessions
+        session.ws._transport.abort()  # the connection is lost: 1006
+        received += await take(sub, count - 20)
+        await publisher
+        assert client.client_id != first_id
+        assert [p.data for p in received] == list(range(count))
+
+
+async def test_reconnect_to_a_restarted_hub_signals_recovery_failed(
+    start_hub: Any,
+) -> None:
+    hub = await start_hub(broker=MemoryBroker())
+    port = hub.port
+    async with Client(url(hub), **FAST) as client:
+        sub = await client.subscribe("chat:r")
+        failures: list[RecoveryFailed] = []
+        sub.on_recovery_failed = failures.append
+        await hub.publish("chat:r", "before")
+        assert [p.data for p in await take(sub, 1)] == ["before"]
+        old_epoch = sub.epoch
+        await hub.close()  # clients get 1001 and reconnect with backoff
+        # A new hub on the same port, with a new memory broker: the
+        # channel's history is gone, in a new epoch.
+        hub = await start_hub(broker=MemoryBroker(), port=port)
+        with pytest.raises(RecoveryFailed) as info:
+            await take(sub, 1)
+        assert info.value.channel == "chat:r"
+        assert info.value.epoch != old_epoch and info.value.offset == 0
+        assert failures == [info.value]
+        # The subscription goes on, live, in the new epoch.
+        await hub.publish("chat:r", "after")
+        [pub] = await take(sub, 1)
+        assert (pub.offset, pub.data) == (1, "after")
+        assert sub.epoch == info.value.epoch
+
+
+async def test_commands_wait_for_the_reconnect(start_hub: Any) -> None:
+    hub = await start_hub(broker=MemoryBroker())
+    port = hub.port
+    async with Client(url(hub), **FAST) as client:
+        sub = await client.subscribe("news:w")
+        await hub.close()
+        publish = asyncio.create_task(client.publish("chat:w", "queued"))
+        hub = await start_hub(broker=MemoryBroker(), port=port)
+        async with asyncio.timeout(BOUND):
+            assert (await publish)[0] == 1
+        with pytest.raises(RecoveryFailed):
+            await take(sub, 1)
+
+
+async def test_disconnect_through_the_api_is_final(start_hub: Any, mint: Any) -> None:
+    hub = await start_hub()
+    async with Client(url(hub), token=mint("alice"), **FAST) as client:
+        sub = await client.subscribe("news:f")
+        assert hub.disconnect("alice") == 1
+        with pytest.raises(ConnectionClosed) as info:
+            await take(sub, 1)
+        assert info.value.code == 4003
+        with pytest.raises(ConnectionClosed):
+            await client.publish("chat:f", 1)
+        assert not client.connected
+
+
+async def test_a_resubscribe_that_is_refused_ends_the_subscription(
+    start_hub: Any,
+) -> None:
+    hub = await start_hub(broker=MemoryBroker())
+    port = hub.port
+    async with Client(url(hub), **FAST) as client:
+        sub = await client.subscribe("news:gone")
+        kept = await client.subscribe("chat:kept")
+        await hub.close()
+        # The hub comes back without the "news" namespace.
+        namespaces = {"chat": hub.config.namespaces["chat"]}
+        hub = await start_hub(broker=MemoryBroker(), port=port, namespaces=namespaces)
+        with pytest.raises(HubError) as info:
+            await take(sub, 1)
+        assert info.value.code == 404
+        async with asyncio.timeout(BOUND):
+            assert [p async for p in sub] == []  # ended
+        with pytest.raises(RecoveryFailed):
+            await take(kept, 1)
+        assert client.connected
+        await hub.publish("chat:kept", "still")
+        assert [p.data for p in await take(kept, 1)] == ["still"]

@@ -1,0 +1,160 @@
+"""Tests of ``tidings serve`` and ``tidings token`` as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import jwt
+
+import tidings
+
+BOUND = 30
+SECRET = "a development secret of 32+ bytes!"
+
+
+async def start_serve(
+    *args: str, env: dict[str, str] | None = None
+) -> tuple[asyncio.subprocess.Process, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tidings",
+        "serve",
+        "--port",
+        "0",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    assert proc.stdout is not None
+    async with asyncio.timeout(BOUND):
+        line = (await proc.stdout.readline()).decode()
+    assert line.startswith("tidings hub running at http://127.0.0.1:"), line
+    return proc, line.split()[-1]
+
+
+async def stop(proc: asyncio.subprocess.Process) -> int:
+    proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(BOUND):
+        return await proc.wait()
+
+
+async def test_serve_runs_the_hub_with_demo_pages_and_stops_on_sigterm() -> None:
+    proc, url = await start_serve()
+    port = int(url.rstrip("/").rsplit(":", 1)[1])
+    try:
+        async with tidings.connect(f"ws://127.0.0.1:{port}/ws") as ws:
+            await ws.send(json.dumps({"id": 1, "op": "connect"}))
+            assert "client" in json.loads(await ws.recv())["result"]
+            await ws.send(
+                json.dumps({"id": 2, "op": "subscribe", "channel": "ticker:all"})
+            )
+            assert json.loads(await ws.recv())["id"] == 2
+            async with asyncio.timeout(BOUND):  # the simulated feed publishes
+                push = json.loads(await ws.recv())
+            assert push["channel"] == "ticker:all" and "price" in push["pub"]["data"]
+            closing = asyncio.ensure_future(ws.recv())
+            assert await stop(proc) == 0
+            with contextlib.suppress(tidings.ConnectionClosed):
+                await closing
+            assert ws.close_code == 1001
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_serve_reads_flags_env_and_toml(tmp_path: Path) -> None:
+    config = tmp_path / "hub.toml"
+    config.write_text(
+        'api_key = "from-toml"\n'
+        "[namespaces.news]\n"
+        "allow_anonymous = true\nhistory_size = 5\nhistory_ttl = 60\n"
+    )
+    proc, url = await start_serve(
+        "--config", str(config), "--no-demo", env={"TIDINGS_SECRET": SECRET}
+    )
+    port = int(url.rstrip("/").rsplit(":", 1)[1])
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        body = json.dumps({"channel": "news:today", "data": "hello"}).encode()
+        writer.write(
+            b"POST /api/publish HTTP/1.1\r\nHost: x\r\n"
+            b"Authorization: apikey from-toml\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        async with asyncio.timeout(BOUND):
+            response = await reader.read()
+        writer.close()
+        assert response.startswith(b"HTTP/1.1 200 ")
+        assert json.loads(response.split(b"\r\n\r\n", 1)[1])["offset"] == 1
+    finally:
+        assert await stop(proc) == 0
+
+
+async def test_invalid_configuration_is_one_line_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[namespaces.chat]\nhistory_size = -1\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tidings",
+        "serve",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(BOUND):
+        _, err = await proc.communicate()
+    assert proc.returncode == 1
+    assert b"Traceback" not in err
+    assert b"namespaces.chat.history_size" in err and len(err.splitlines()) == 1
+
+
+async def test_token_mints_a_token_the_hub_accepts() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tidings",
+        "token",
+        "--user",
+        "alice",
+        "--channels",
+        "chat:*",
+        "--secret",
+        SECRET,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(BOUND):
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    claims = jwt.decode(out.strip(), SECRET, algorithms=["HS256"])
+    assert claims["sub"] == "alice" and claims["channels"] == ["chat:*"]
+
+
+async def test_token_refuses_a_short_secret() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tidings",
+        "token",
+        "--user",
+        "a",
+        "--secret",
+        "short",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(BOUND):
+        _, err = await proc.communicate()
+    assert proc.returncode == 1 and b"at least 32 bytes" in err

@@ -1,0 +1,159 @@
+"""The hub's configuration: defaults, TOML, TIDINGS_* variables, flags, and
+errors that name the key (tidings.hub.config)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tidings.hub.config import ConfigError, HubConfig, NamespaceConfig, load_config
+
+SECRET = "a test secret that is 32+ bytes long"
+
+
+def test_the_defaults_are_the_development_setup() -> None:
+    config = load_config()
+    assert config == HubConfig()
+    assert (config.host, config.port, config.demo) == ("127.0.0.1", 8000, True)
+    assert config.secret is None and config.api_key is None
+    assert set(config.namespaces) == {"chat", "ticker", "report"}
+    assert config.namespace("chat:lobby") is config.namespaces["chat"]
+    assert config.namespace("nowhere:x") is None
+    assert config.namespace("chat") is None
+
+
+def test_a_toml_file(tmp_path: Path) -> None:
+    path = tmp_path / "hub.toml"
+    path.write_text(
+        f"""
+host = "0.0.0.0"
+port = 9000
+secret = "{SECRET}"
+api_key = "k"
+demo = false
+rate_limit = 5
+max_outbound = 4096
+
+[namespaces.news]
+allow_anonymous = true
+history_size = 10
+history_ttl = 60
+
+[namespaces.rooms]
+allow_publish = true
+presence = true
+join_leave = true
+max_subscribers = 3
+"""
+    )
+    config = load_config(path)
+    assert (config.host, config.port, config.secret) == ("0.0.0.0", 9000, SECRET)
+    assert config.api_key == "k" and config.demo is False
+    assert config.rate_limit == 5 and config.max_outbound == 4096
+    assert config.namespaces == {
+        "news": NamespaceConfig(allow_anonymous=True, history_size=10, history_ttl=60),
+        "rooms": NamespaceConfig(
+            allow_publish=True, presence=True, join_leave=True, max_subscribers=3
+        ),
+    }
+
+
+def test_tidings_variables() -> None:
+    config = load_config(
+        env={
+            "TIDINGS_PORT": "9001",
+            "TIDINGS_SECRET": SECRET,
+            "TIDINGS_DEMO": "off",
+            "TIDINGS_RATE_LIMIT": "2.5",
+            "TIDINGS_MAX_CONNECTIONS": "10",
+            "TIDINGS_NAMESPACES": "ignored: not settable from the environment",
+            "TIDINGS_UNKNOWN": "ignored",
+            "PORT": "1",
+        }
+    )
+    assert config.port == 9001 and config.secret == SECRET and config.demo is False
+    assert config.rate_limit == 2.5 and config.max_connections == 10
+    assert set(config.namespaces) == {"chat", "ticker", "report"}
+    for value in ("1", "true", "YES", "on"):
+        assert load_config(env={"TIDINGS_DEMO": value}).demo is True
+
+
+def test_flags_win_over_variables_which_win_over_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "hub.toml"
+    path.write_text('port = 1\nhost = "::1"\napi_key = "file"\n')
+    env = {"TIDINGS_PORT": "2", "TIDINGS_API_KEY": "env"}
+    config = load_config(path, env, {"port": 3, "api_key": None})
+    assert (config.port, config.api_key, config.host) == (3, "env", "::1")
+    assert load_config(path, env).port == 2
+    assert load_config(path).port == 1
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ("[namespaces.chat]\nhistory_size = -1\nhistory_ttl = 1", "namespaces.chat.history_size"),
+        ('[namespaces.chat]\nhistory_size = "10"', "namespaces.chat.history_size"),
+        ("[namespaces.chat]\nhistory_size = 1.5", "namespaces.chat.history_size"),
+        ("[namespaces.chat]\nhistory_size = 10", "namespaces.chat.history_ttl"),
+        ("[namespaces.chat]\nhistory_ttl = -1", "namespaces.chat.history_ttl"),
+        ("[namespaces.chat]\npresence = 1", "namespaces.chat.presence"),
+        ("[namespaces.chat]\nmax_subscribers = -1", "namespaces.chat.max_subscribers"),
+        ("[namespaces.chat]\ncolour = 1", "namespaces.chat.colour"),
+        ("[namespaces]\nchat = 1", "namespaces.chat"),
+        ('[namespaces."a b"]', "'a b'"),
+        ("namespaces = 1", "namespaces"),
+        ('port = "80"', "port"),
+        ("port = 70000", "port"),
+        ("port = true", "port"),
+        ("rate_limit = 0", "rate_limit"),
+        ("rate_limit = nan", "rate_limit"),
+        ("ping_timeout = -1", "ping_timeout"),
+        ("max_outbound = 0", "max_outbound"),
+        ('secret = "short"', "secret"),
+        ('tls_cert = "c.pem"', "tls_cert and tls_key"),
+        ("demo = 1", "demo"),
+        ("hots = 1", "'hots'"),
+    ],
+)
+def test_an_invalid_file_names_the_key(tmp_path: Path, toml: str, key: str) -> None:
+    path = tmp_path / "hub.toml"
+    path.write_text(toml + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert key in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"TIDINGS_PORT": "eighty"}, "TIDINGS_PORT"),
+        ({"TIDINGS_PORT": "-1"}, "port"),
+        ({"TIDINGS_RATE_LIMIT": "fast"}, "TIDINGS_RATE_LIMIT"),
+        ({"TIDINGS_DEMO": "maybe"}, "TIDINGS_DEMO"),
+        ({"TIDINGS_SECRET": "short"}, "secret"),
+    ],
+)
+def test_an_invalid_variable_names_it(env: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        load_config(env=env)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [({"port": "x"}, "port"), ({"nope": 1}, "'nope'"), ({"host": 5}, "host")],
+)
+def test_invalid_flag_values_name_the_key(overrides: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        load_config(overrides=overrides)
+
+
+def test_an_unreadable_or_invalid_file_says_which(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("port = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)

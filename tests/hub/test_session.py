@@ -1,0 +1,264 @@
+"""One client's session over a real socket: connect and tokens, error
+replies that leave the connection usable, and the limits that close it
+(docs/protocol.md, "Errors" and "Close codes")."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import jwt
+import pytest
+
+from tidings import ConnectionClosed
+from tidings.hub import session as session_module
+
+BOUND = 10
+
+
+async def test_connect_names_the_client_and_the_user(
+    start_hub: Any, connect: Any, mint: Any
+) -> None:
+    hub = await start_hub()
+    anonymous = await connect(hub, hello=False)
+    result = await anonymous.result("connect")
+    assert result["user"] == "" and len(result["client"]) >= 8
+    alice = await connect(hub, hello=False)
+    alice_result = await alice.result("connect", token=mint("alice"))
+    assert alice_result["user"] == "alice"
+    assert alice_result["client"] != result["client"]
+    assert hub.connection_count() == 2
+
+
+async def test_commands_before_connect_are_401_and_a_second_connect_is_400(
+    start_hub: Any, connect: Any
+) -> None:
+    hub = await start_hub()
+    peer = await connect(hub, hello=False)
+    assert await peer.error("ping") == (401, "send connect first")
+    assert (await peer.error("subscribe", channel="chat:x"))[0] == 401
+    await peer.result("connect")
+    assert await peer.error("connect") == (400, "already connected")
+    assert await peer.result("ping") == {}
+
+
+async def test_the_token_may_be_given_in_the_url(
+    start_hub: Any, connect: Any, mint: Any
+) -> None:
+    hub = await start_hub()
+    token = mint("alice", channels=["private:*"])
+    peer = await connect(hub, query=f"token={token}", hello=False)
+    assert (await peer.result("connect"))["user"] == "alice"
+    await peer.result("subscribe", channel="private:room")
+    # A token in connect wins over the URL's.
+    other = await connect(hub, query=f"token={token}", hello=False)
+    assert (await other.result("connect", token=mint("bob")))["user"] == "bob"
+
+
+async def test_an_expired_token_is_401_then_close_4001(
+    start_hub: Any, connect: Any, mint: Any
+) -> None:
+    hub = await start_hub()
+    peer = await connect(hub, hello=False)
+    assert await peer.error("connect", token=mint("alice", ttl=-5)) == (
+        401,
+        "token expired",
+    )
+    assert await peer.closed() == 4001
+    assert peer.ws.close_reason == "token expired"
+    # Expired in the URL too.
+    token = mint("alice", ttl=-5)
+    peer = await connect(hub, query=f"token={token}", hello=False)
+    assert await peer.error("connect") == (401, "token expired")
+    assert await peer.closed() == 4001
+    assert hub.connection_count() == 0
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "not a jwt",
+        jwt.encode({"sub": "a", "exp": 2**40}, "another secret, also 32+ bytes long", "HS256"),
+        jwt.encode({"sub": "a"}, "a test secret that is 32+ bytes long", "HS256"),
+        jwt.encode({"exp": 2**40}, "a test secret that is 32+ bytes long", "HS256"),
+        jwt.encode({"sub": "a", "exp": 2**40}, None, "none"),  # type: ignore[arg-type]
+        "x" * 10_000,
+    ],
+    ids=["garbage", "wrong-secret", "no-exp", "no-sub", "alg-none", "huge"],
+)
+async def test_an_invalid_token_is_401_then_close_4001_saying_nothing_more(
+    start_hub: Any, connect: Any, token: str
+) -> None:
+    hub = await start_hub()
+    peer = await connect(hub, hello=False)
+    assert await peer.error("connect", token=token) == (401, "invalid token")
+    assert await peer.closed() == 4001
+    assert peer.ws.close_reason == "invalid token"
+
+
+async def test_without_a_secret_every_token_is_invalid(
+    start_hub: Any, connect: Any, mint: Any
+) -> None:
+    hub = await start_hub(secret=None)
+    peer = await connect(hub, hello=False)
+    assert await peer.error("connect", token=mint("alice")) == (401, "invalid token")
+    assert await peer.closed() == 4001
+    anonymous = await connect(hub)
+    await anonymous.result("subscribe", channel="chat:x")
+
+
+@pytest.mark.parametrize(
+    ("message", "code", "reply_id"),
+    [
+        ("{not json", 400, None),
+        ("[1, 2]", 400, None),
+        ('{"op": "ping"}', 400, None),
+        ('{"id": "7", "op": "ping"}', 400, None),
+        ('{"id": -1, "op": "ping"}', 400, None),
+        ('{"id": 7}', 400, 7),
+        ('{"id": 7, "op": "dance"}', 400, 7),
+        ('{"id": 7, "op": ["ping"]}', 400, 7),
+        ('{"id": 7, "op": "subscribe"}', 400, 7),
+        ('{"id": 7, "op": "subscribe", "channel": "no namespace"}', 400, 7),
+        ('{"id": 7, "op": "subscribe", "channel": "chat:x", "since": 3}', 400, 7),
+        ('{"id": 7, "op": "publish", "channel": "chat:x"}', 400, 7),
+        ('{"id": 7, "op": "history", "channel": "chat:x", "limit": -1}', 400, 7),
+        ('{"id": 7, "op": "connect", "token": 5}', 400, 7),
+    ],
+)
+async def test_malformed_commands_get_an_error_and_the_connection_stays_usable(
+    start_hub: Any, connect: Any, message: str, code: int, reply_id: int | None
+) -> None:
+    hub = await start_hub()
+    peer = await connect(hub)
+    await peer.send(message)
+    reply = await peer.reply(reply_id)
+    assert reply["error"]["code"] == code, reply
+    assert await peer.result("ping") == {}
+
+
+async def test_a_binary_frame_gets_400_and_the_connection_stays_usable(
+    start_hub: Any, connect: Any
+) -> None:
+    hub = await start_hub()
+    peer = await connect(hub)
+    await peer.ws.send(b'{"id": 1, "op": "ping"}')
+    assert await peer.reply(None) == {
+        "error": {"code": 400, "message": "binary frames are not supported"}
+    }
+    assert await peer.result("ping") == {}
+
+
+async def test_an_oversized_command_is_413_and_the_connection_stays_usable(
+    start_hub: Any, connect: Any
+) -> None:
+    hub = await start_hub(max_message_size=1024)
+    peer = await connect(hub)
+    await peer.result("subscribe", channel="chat:big")
+    assert (await peer.error("publish", channel="chat:big", data="x" * 2000))[0] == 413
+    # The limit is in bytes: 600 two-byte characters are over it too.
+    id = next(peer.ids)
+    command = {"id": id, "op": "publish", "channel": "chat:big", "data": "é" * 600}
+    await peer.send(json.dumps(command, ensure_ascii=False))
+    assert (await peer.reply(id))["error"]["code"] == 413
+    assert (await peer.result("publish", channel="chat:big", data="x" * 900))[
+        "offset"
+    ] == 1
+    assert [p["offset"] for p in await peer.pubs(1)] == [1]
+    # Far larger than any command may be: the WebSocket layer closes (1009).
+    await peer.ws.send("x" * (2 << 20))
+    assert await peer.closed() == 1009
+
+
+async def test_repeated_malformed_commands_close_with_4000(
+    start_hub: Any, connect: Any
+) -> None:
+    hub = await start_hub()
+    peer = await connect(hub)
+    for _ in range(30):
+        await peer.send("{not json")
+    errors = 0
+    async with asyncio.timeout(BOUND):
+        with pytest.raises(ConnectionClosed) as info:
+            while True:
+                reply = await peer.recv()
+                assert reply["error"]["code"] == 400
+                errors += 1
+    assert info.value.code == 4000
+    assert errors == 20  # the tolerated ones were answered
+
+
+class Clock:
+    """Stands in for the session's time.monotonic: rate limits are about
+    time, and tests must not depend on how fast the machine is."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(session_module, "time", clock)
+    return clock
+
+
+async def test_the_rate_limit_answers_429_then_closes_4008(
+    start_hub: Any, connect: Any, clock: Clock
+) -> None:
+    hub = await start_hub(rate_limit=1.0, rate_burst=5)
+    peer = await connect(hub)  # connect took one token
+    for i in range(100):
+        await peer.send({"id": 100 + i, "op": "ping"})
+    codes = []
+    async with asyncio.timeout(BOUND):
+        with pytest.raises(ConnectionClosed) as info:
+            while True:
+                reply = await peer.recv()
+                codes.append(reply["error"]["code"] if "error" in reply else 200)
+    assert info.value.code == 4008
+    assert codes == [200] * 4 + [429] * 50  # the burst, then 50 refusals
+    assert hub.metrics.errors["rate_limited"] > 50
+
+
+async def test_the_rate_limit_refills(
+    start_hub: Any, connect: Any, clock: Clock
+) -> None:
+    hub = await start_hub(rate_limit=2.0, rate_burst=3)
+    peer = await connect(hub)  # 2 tokens left
+
+    async def pings(n: int) -> list[int]:
+        replies = [await peer.call("ping") for _ in range(n)]
+        return [r["error"]["code"] if "error" in r else 200 for r in replies]
+
+    assert await pings(3) == [200, 200, 429]
+    clock.now += 0.25  # half a token
+    assert await pings(1) == [429]
+    clock.now += 0.25
+    assert await pings(2) == [200, 429]
+    clock.now += 100  # never more than the burst
+    assert await pings(4) == [200, 200, 200, 429]
+
+
+async def test_an_internal_failure_is_500_and_the_connection_stays_usable(
+    start_hub: Any, connect: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub = await start_hub()
+    peer = await connect(hub)
+
+    async def fail(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the broker is down")
+
+    monkeypatch.setattr(hub.broker, "publish", fail)
+    assert await peer.error("publish", channel="chat:x", data=1) == (
+        500,
+        "internal error",
+    )
+    monkeypatch.setattr(hub.broker, "history", fail)
+    assert (await peer.error("subscribe", channel="chat:x"))[0] == 500
+    assert hub.subscriber_count("chat:x") == 0  # the failed subscribe left nothing
+    assert await peer.result("ping") == {}

@@ -1,0 +1,163 @@
+"""Parsing commands and encoding replies (tidings.hub.wire)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tidings.hub.wire import (
+    OPS,
+    Command,
+    CommandError,
+    encode_error,
+    encode_push,
+    encode_reply,
+    parse_command,
+    parse_since,
+    valid_channel,
+)
+
+
+def test_a_full_command_parses() -> None:
+    command = parse_command(
+        json.dumps(
+            {
+                "id": 7,
+                "op": "history",
+                "channel": "chat:lobby",
+                "since": {"offset": 3, "epoch": "e1"},
+                "limit": 10,
+            }
+        )
+    )
+    assert command == Command(7, "history", "chat:lobby", since=(3, "e1"), limit=10)
+
+
+def test_each_op_parses_with_its_fields() -> None:
+    assert parse_command('{"id": 0, "op": "ping"}') == Command(0, "ping")
+    assert parse_command('{"id": 1, "op": "connect", "token": "t"}').token == "t"
+    assert parse_command('{"id": 1, "op": "connect", "token": null}').token is None
+    publish = parse_command('{"id": 2, "op": "publish", "channel": "a:b", "data": null}')
+    assert publish.data is None and publish.channel == "a:b"
+    for op in ("subscribe", "unsubscribe", "presence", "history"):
+        assert parse_command(json.dumps({"id": 3, "op": op, "channel": "a:"})).op == op
+
+
+@pytest.mark.parametrize(
+    ("text", "message", "id"),
+    [
+        ("", "invalid JSON", None),
+        ("{", "invalid JSON", None),
+        ("[" * 100_000, "invalid JSON", None),
+        ("null", "a command must be a JSON object", None),
+        ('"ping"', "a command must be a JSON object", None),
+        ("{}", "a command needs an integer id", None),
+        ('{"id": true, "op": "ping"}', "a command needs an integer id", None),
+        ('{"id": 1.0, "op": "ping"}', "a command needs an integer id", None),
+        ('{"id": 9007199254740992, "op": "ping"}', "a command needs an integer id", None),
+        ('{"id": 1}', "missing op", 1),
+        ('{"id": 1, "op": 5}', "missing op", 1),
+        ('{"id": 1, "op": {"a": 1}}', "missing op", 1),
+        ('{"id": 1, "op": "PING"}', "unknown op 'PING'", 1),
+        ('{"id": 1, "op": "publish", "channel": "a:b"}', "publish needs data", 1),
+        ('{"id": 1, "op": "subscribe", "channel": 5}', "invalid or missing channel", 1),
+        ('{"id": 1, "op": "subscribe", "channel": "ab"}', "invalid or missing channel", 1),
+        ('{"id": 1, "op": "subscribe", "channel": ":b"}', "invalid or missing channel", 1),
+        ('{"id": 1, "op": "subscribe", "channel": "a:b c"}', "invalid or missing channel", 1),
+        ('{"id": 1, "op": "connect", "token": 1}', "token must be a string", 1),
+        ('{"id": 1, "op": "history", "channel": "a:b", "limit": -1}', "limit", 1),
+        ('{"id": 1, "op": "history", "channel": "a:b", "limit": true}', "limit", 1),
+        ('{"id": 1, "op": "history", "channel": "a:b", "since": []}', "since", 1),
+    ],
+)
+def test_malformed_commands_raise_400_with_the_id_when_readable(
+    text: str, message: str, id: int | None
+) -> None:
+    with pytest.raises(CommandError) as info:
+        parse_command(text)
+    assert info.value.code == 400
+    assert message in info.value.message
+    assert info.value.id == id
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"offset": 1},
+        {"epoch": "e"},
+        {"offset": -1, "epoch": "e"},
+        {"offset": True, "epoch": "e"},
+        {"offset": 1.5, "epoch": "e"},
+        {"offset": 1, "epoch": 2},
+        [1, "e"],
+        "1:e",
+    ],
+)
+def test_since_must_be_an_offset_and_an_epoch(value: Any) -> None:
+    with pytest.raises(CommandError):
+        parse_since(value)
+    assert parse_since({"offset": 0, "epoch": ""}) == (0, "")
+
+
+def test_channel_names() -> None:
+    for good in ("chat:lobby", "a:", "a:b:c", "ns:user@host/x=y-z_1.2", "a:" + "x" * 253):
+        assert valid_channel(good), good
+    for bad in ("", "chat", ":x", "a:" + "x" * 254, "a:b c", "a:é", "a:b\n", "a;b:c"):
+        assert not valid_channel(bad), bad
+
+
+def test_encoding_is_compact_json() -> None:
+    assert encode_reply(1, {"offset": 2}) == '{"id":1,"result":{"offset":2}}'
+    assert encode_error(3, 403, "no") == '{"id":3,"error":{"code":403,"message":"no"}}'
+    assert encode_error(None, 400, "bad") == '{"error":{"code":400,"message":"bad"}}'
+    assert encode_push("a:b", "pub", {"data": "é"}) == '{"channel":"a:b","pub":{"data":"é"}}'
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=20,
+)
+field_values = st.one_of(
+    json_values,
+    st.sampled_from(sorted(OPS)),
+    st.sampled_from(["chat:x", "a:", "bad", ""]),
+    st.fixed_dictionaries({"offset": json_values, "epoch": json_values}),
+    st.integers(min_value=-2, max_value=2**54),
+)
+commands = st.fixed_dictionaries(
+    {"id": st.integers(min_value=-1, max_value=2**53) | json_values},
+    optional={
+        key: field_values
+        for key in ("op", "channel", "data", "token", "since", "limit", "x")
+    },
+)
+
+
+@given(st.one_of(json_values, commands))
+def test_any_json_value_parses_or_raises_command_error(value: Any) -> None:
+    try:
+        command = parse_command(json.dumps(value))
+    except CommandError as exc:
+        assert exc.code == 400
+        assert exc.id is None or isinstance(exc.id, int)
+        return
+    assert isinstance(value, dict) and command.op in OPS
+    assert command.id == value["id"]
+
+
+@given(st.text(max_size=200))
+def test_any_text_parses_or_raises_command_error(text: str) -> None:
+    try:
+        parse_command(text)
+    except CommandError as exc:
+        assert exc.code == 400

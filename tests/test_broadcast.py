@@ -1,0 +1,125 @@
+"""Tests of tidings.broadcast over real loopback sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import tidings
+from tidings import ConnectionClosed, WebSocket
+from tidings.protocol import DeflateConfig
+
+BOUND = 10
+
+
+async def gather_server_side(server: tidings.Server, count: int) -> list[WebSocket]:
+    async with asyncio.timeout(BOUND):
+        while len(server.connections) < count:
+            await asyncio.sleep(0.01)
+    return list(server.connections)
+
+
+async def wait_forever(ws: WebSocket) -> None:
+    await ws.wait_closed()
+
+
+async def test_every_client_receives_text_and_binary() -> None:
+    async with tidings.serve(wait_forever, "127.0.0.1", 0) as server:
+        clients = [
+            await tidings.connect(f"ws://127.0.0.1:{server.port}/") for _ in range(50)
+        ]
+        conns = await gather_server_side(server, 50)
+        assert tidings.broadcast(conns, "news") == 50
+        assert tidings.broadcast(conns, b"\x00bin") == 50
+        async with asyncio.timeout(BOUND):
+            for ws in clients:
+                assert await ws.recv() == "news"
+                assert await ws.recv() == b"\x00bin"
+        for ws in clients:
+            await ws.close()
+
+
+async def test_compressed_once_for_no_context_takeover_and_plain_for_the_rest() -> None:
+    lean = DeflateConfig(server_no_context_takeover=True, min_size=0)
+    message = "price update " * 50
+    async with tidings.serve(wait_forever, "127.0.0.1", 0) as server:
+        uri = f"ws://127.0.0.1:{server.port}/"
+        clients = [
+            await tidings.connect(uri, compression=lean),
+            await tidings.connect(uri, compression=lean),
+            await tidings.connect(uri),  # context takeover
+            await tidings.connect(uri, compression=None),
+        ]
+        conns = await gather_server_side(server, 4)
+        for _ in range(3):
+            assert tidings.broadcast(conns, message) == 4
+        async with asyncio.timeout(BOUND):
+            for ws in clients:
+                assert [await ws.recv() for _ in range(3)] == [message] * 3
+        # The connections still work normally afterwards, compression included.
+        for conn in conns:
+            await conn.send(message)
+        async with asyncio.timeout(BOUND):
+            for ws in clients:
+                assert await ws.recv() == message
+        for ws in clients:
+            await ws.close()
+
+
+async def test_slow_receivers_are_skipped_or_dropped(raw_connect: Any) -> None:
+    async with tidings.serve(
+        wait_forever, "127.0.0.1", 0, compression=None, write_limit=16 * 1024
+    ) as server:
+        fast = await tidings.connect(f"ws://127.0.0.1:{server.port}/", compression=None)
+        slow = await raw_connect(server.port)
+        await slow.handshake()  # then never reads
+        conns = await gather_server_side(server, 2)
+        slow_side = next(
+            c
+            for c in conns
+            if c.remote_address[1] == slow.writer.get_extra_info("sockname")[1]
+        )
+        chunk = b"x" * 65536
+        async with asyncio.timeout(BOUND):
+            while slow_side.write_buffer_size <= slow_side.write_limit:
+                slow_side.send_nowait(chunk)  # fill the kernel and the transport
+                await asyncio.sleep(0)
+        assert tidings.broadcast(conns, "tick") == 1  # skipped
+        assert await fast.recv() == "tick"
+        assert slow_side.close_code is None
+        dropped: list[WebSocket] = []
+
+        def drop(ws: WebSocket) -> None:
+            dropped.append(ws)
+            ws.drop(1013, "receiving too slowly")
+
+        assert tidings.broadcast(conns, "tock", on_slow=drop) == 1
+        assert dropped == [slow_side]
+        assert await fast.recv() == "tock"
+        assert slow_side.close_code == 1013
+        await fast.close()
+
+
+async def test_a_connection_mid_fragmented_message_is_skipped() -> None:
+    release = asyncio.Event()
+
+    async def fragments() -> Any:
+        yield "first "
+        yield "middle "  # sent once the next fragment is known
+        await release.wait()
+        yield "last"
+
+    async with tidings.serve(wait_forever, "127.0.0.1", 0) as server:
+        ws = await tidings.connect(f"ws://127.0.0.1:{server.port}/")
+        [conn] = await gather_server_side(server, 1)
+        sending = asyncio.create_task(conn.send(fragments()))
+        await asyncio.sleep(0.05)
+        assert tidings.broadcast([conn], "interleaved?") == 0
+        release.set()
+        await sending
+        assert await ws.recv() == "first middle last"
+        await ws.close()
+        try:
+            await ws.recv()
+        except ConnectionClosed:
+            pass
