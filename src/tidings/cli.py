@@ -36,7 +36,8 @@ exit status:
 
 
 class _Version(argparse.Action):
-    """``--version``: print the version and the event loop, then exit."""
+    """``--version``: print the version, the speedups in use and the event
+    loop, then exit."""
 
     def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
         super().__init__(
@@ -49,11 +50,12 @@ class _Version(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
         from .eventloop import loop_name
+        from .protocol.speedups import implementation
 
         python = sys.version.split()[0]
         print(
             f"tidings {__version__} (Python {python}, "
-            f"pure-Python protocol core, {loop_name()} event loop)"
+            f"{implementation()} protocol speedups, {loop_name()} event loop)"
         )
         parser.exit()
 

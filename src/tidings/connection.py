@@ -496,7 +496,11 @@ class WebSocket(asyncio.Protocol):
             # could lose our close frame (a 1009 seen as 1006). Shut down
             # our side only, discard what still comes, and close on its EOF
             # or after close_timeout.
-            transport.write_eof()
+            try:
+                transport.write_eof()
+            except OSError:  # the peer is already gone
+                transport.abort()
+                return
             if self._reading_paused:
                 self._reading_paused = False
                 transport.resume_reading()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
+import pytest_asyncio
 
 from tidings.hub import Hub, HubConfig
 
@@ -49,6 +50,8 @@ class Browser:
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._reader: asyncio.Task[None] | None = None
+        #: Contexts open, closed after each test.
+        self.contexts: list[Context] = []
 
     async def start(self) -> None:
         assert self.proc.stdout is not None
@@ -89,10 +92,17 @@ class Browser:
         finally:
             self._waiting.pop(id, None)
 
-    async def new_context(self, width: int = 1000, height: int = 700) -> Context:
-        return Context(
-            self, await self.request("newContext", width=width, height=height)
-        )
+    async def new_context(
+        self, width: int = 1000, height: int = 700, scale: float = 1
+    ) -> Context:
+        id = await self.request("newContext", width=width, height=height, scale=scale)
+        context = Context(self, id)
+        self.contexts.append(context)
+        return context
+
+    async def close_contexts(self) -> None:
+        while self.contexts:
+            await self.contexts[-1].close()
 
     async def close(self) -> None:
         assert self.proc.stdin is not None
@@ -121,7 +131,9 @@ class Context:
         await self.browser.request("setOffline", context=self.id, offline=offline)
 
     async def close(self) -> None:
-        await self.browser.request("closeContext", context=self.id)
+        if self in self.browser.contexts:
+            self.browser.contexts.remove(self)
+            await self.browser.request("closeContext", context=self.id)
 
 
 class Page:
@@ -171,10 +183,12 @@ class Page:
         )
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    chromium = os.environ.get("TIDINGS_CHROMIUM") or shutil.which("chromium")
-    if chromium is None:
+# One Chromium per test module; the tests run on the module's event loop
+# with it (pytestmark in each module).
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def chromium() -> AsyncIterator[Browser]:
+    executable = os.environ.get("TIDINGS_CHROMIUM") or shutil.which("chromium")
+    if executable is None:
         _missing("Chromium is not installed (apt-get install chromium)")
     node = shutil.which("node")
     if node is None:
@@ -186,7 +200,7 @@ async def browser() -> AsyncIterator[Browser]:
         str(HERE / "driver.mjs"),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, "TIDINGS_CHROMIUM": chromium},
+        env={**os.environ, "TIDINGS_CHROMIUM": executable},
     )
     browser = Browser(proc)
     try:
@@ -197,7 +211,15 @@ async def browser() -> AsyncIterator[Browser]:
             await browser.close()
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="module")
+async def browser(chromium: Browser) -> AsyncIterator[Browser]:
+    """The module's Chromium; the contexts a test opens close after it, so
+    that no page of one test reconnects to another test's hub."""
+    yield chromium
+    await chromium.close_contexts()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
 async def hub() -> AsyncIterator[Hub]:
     async with Hub(HubConfig(port=0)) as hub:
         yield hub

@@ -65,10 +65,11 @@ function callInPage(page, fn, arg) {
 }
 
 const OPS = {
-  async newContext({ width = 1000, height = 700, scale = 1 }) {
+  async newContext({ width = 1000, height = 700, scale = 1, colorScheme = "light" }) {
     const context = await browser.newContext({
       viewport: { width, height },
       deviceScaleFactor: scale,
+      colorScheme,
     });
     const id = `c${++counter}`;
     contexts.set(id, context);

@@ -9,9 +9,13 @@ import json
 import urllib.request
 from typing import Any
 
+import pytest
+
 from tidings.hub import Hub, HubConfig, mint_token
 
 from .conftest import BOUND, Browser, Page
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 SECRET = "a development secret of 32+ bytes!"
 
@@ -383,3 +387,25 @@ async def test_close_stops_and_connect_resumes(browser: Browser, hub: Hub) -> No
     await page.evaluate("() => hub.connect()")
     await page.wait_for("() => got.length === 1")
     assert await page.evaluate("() => got") == ["missed"]
+
+
+async def test_a_silent_connection_is_dropped_and_replaced(
+    browser: Browser, hub: Hub
+) -> None:
+    page = await client_page(browser, hub)
+    result = await page.evaluate(
+        """async () => {
+            const hub = new T.Hub({ pingInterval: 200, timeout: 300, minDelay: 50 });
+            const events = [];
+            hub.on("disconnect", (e) => events.push(e));
+            const first = (await hub.connect()).client;
+            hub._ws.send = () => {};  // the connection goes silent: no pongs
+            await until(() => events.length && hub.state === "connected");
+            return { first, now: hub.client, events };
+        }"""
+    )
+    assert result["now"] != result["first"]
+    (event,) = result["events"]
+    assert event["code"] == 1006
+    assert event["reason"] == "the hub did not answer a ping"
+    assert event["reconnect"] is True

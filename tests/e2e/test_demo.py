@@ -15,9 +15,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tidings.hub import Hub
 
 from .conftest import BOUND, Browser, Page
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 DOCS_IMAGES = Path(__file__).parents[2] / "docs" / "images"
 
@@ -42,10 +46,10 @@ async def publish(hub: Hub, channel: str, data: Any) -> dict[str, Any]:
     return await asyncio.to_thread(api_publish, hub, channel, data)
 
 
-async def open_chat(browser: Browser, hub: Hub, name: str) -> Page:
+async def open_chat(browser: Browser, hub: Hub, name: str, scale: float = 1) -> Page:
     """A chat page in its own context (its own localStorage), named ``name``,
-    connected and with its history loaded."""
-    context = await browser.new_context()
+    connected."""
+    context = await browser.new_context(scale=scale)
     page = await context.new_page()
     await page.goto(hub.url + "chat")
     await page.fill("#name", name)
@@ -236,7 +240,8 @@ async def test_screenshots(browser: Browser, hub: Hub, tmp_path: Path) -> None:
     folder = DOCS_IMAGES if for_docs else tmp_path
     folder.mkdir(exist_ok=True)
 
-    alice = await open_chat(browser, hub, "Alice")
+    scale = 2 if for_docs else 1  # sharp on high-density screens
+    alice = await open_chat(browser, hub, "Alice", scale)
     bob = await open_chat(browser, hub, "Bob")
     conversation = [
         (bob, "Morning! Is the hub up?"),
@@ -256,15 +261,15 @@ async def test_screenshots(browser: Browser, hub: Hub, tmp_path: Path) -> None:
     await alice.evaluate("() => document.activeElement.blur()")
     await alice.screenshot(folder / "chat.png")
 
-    context = await browser.new_context()
+    context = await browser.new_context(height=540, scale=scale)
     ticker = await context.new_page()
     await ticker.goto(hub.url + "ticker")
-    # Enough quotes for the trend lines to show something.
-    points = 24 if for_docs else 2
+    # For the docs, every symbol with a trend line worth looking at.
+    points = 24 if for_docs else 0
     await ticker.wait_for(
         """(n) => {
             const lines = [...document.querySelectorAll('#quotes path.line')];
-            return lines.length === 5 &&
+            return lines.length >= (n ? 5 : 1) &&
                 lines.every((l) => (l.getAttribute('d') || '').split('L').length >= n);
         }""",
         points,

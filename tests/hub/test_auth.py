@@ -27,9 +27,7 @@ SECRET = "a test secret that is 32+ bytes long"
 
 def test_a_minted_token_decodes_to_its_identity() -> None:
     token = mint_token(SECRET, "alice", channels=["chat:*"], publish=["chat:own"])
-    assert decode_token(token, SECRET) == Identity(
-        "alice", ("chat:*",), ("chat:own",)
-    )
+    assert decode_token(token, SECRET) == Identity("alice", ("chat:*",), ("chat:own",))
     assert decode_token(mint_token(SECRET, "bob"), SECRET) == Identity("bob")
     claims = jwt.decode(token, SECRET, algorithms=["HS256"])
     assert time.time() + 3590 < claims["exp"] <= time.time() + 3600
@@ -81,7 +79,7 @@ def test_an_invalid_token_says_so_and_nothing_more(token: Any) -> None:
 
 
 def test_without_a_secret_no_token_is_valid() -> None:
-    with pytest.raises(AuthError, match="^invalid token$"):
+    with pytest.raises(AuthError, match=r"^invalid token$"):
         decode_token(mint_token(SECRET, "alice"), None)
 
 
@@ -142,3 +140,8 @@ def test_the_api_key_is_compared_in_constant_time(
     assert not api_key_matches(None, "k3y")
     assert not api_key_matches("", "k3y")
     assert not api_key_matches("apikey é", "k3y")
+
+
+def test_an_empty_api_key_matches_nothing() -> None:
+    for header in ("apikey", "apikey ", "apikey  ", None, ""):
+        assert not api_key_matches(header, "")

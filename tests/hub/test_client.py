@@ -47,7 +47,9 @@ async def test_subscribe_and_publish_round_trip(start_hub: Any, mint: Any) -> No
         assert (offset, epoch) == (1, sub.epoch)
         await hub.publish("chat:c", "from the back end")
         first, second = await take(sub, 2)
-        assert first == Publication(1, {"text": "hi"}, ClientInfo(client.client_id, "alice"))
+        assert first == Publication(
+            1, {"text": "hi"}, ClientInfo(client.client_id, "alice")
+        )
         assert second == Publication(2, "from the back end", None)
         assert sub.offset == 2
 
@@ -99,7 +101,9 @@ async def test_a_refused_token_raises_on_open(start_hub: Any, mint: Any) -> None
     assert (info.value.code, info.value.message) == (401, "token expired")
 
 
-async def test_commands_time_out(start_hub: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_commands_time_out(
+    start_hub: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     hub = await start_hub()
     never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -305,3 +309,20 @@ async def test_a_resubscribe_that_is_refused_ends_the_subscription(
         assert client.connected
         await hub.publish("chat:kept", "still")
         assert [p.data for p in await take(kept, 1)] == ["still"]
+
+
+async def test_a_token_refused_on_reconnect_ends_everything(
+    start_hub: Any, mint: Any
+) -> None:
+    hub = await start_hub()
+    async with Client(url(hub), token=mint("alice"), **FAST) as client:
+        sub = await client.subscribe("news:t")
+        client.token = mint("alice", ttl=-5)  # it expired while connected
+        [session] = hub._sessions
+        hub.drop_slow(session.ws)
+        with pytest.raises(HubError) as info:
+            await take(sub, 1)
+        assert (info.value.code, info.value.message) == (401, "token expired")
+        with pytest.raises(HubError):
+            await client.presence("chat:x")
+        assert not client.connected

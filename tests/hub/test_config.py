@@ -93,7 +93,10 @@ def test_flags_win_over_variables_which_win_over_the_file(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("toml", "key"),
     [
-        ("[namespaces.chat]\nhistory_size = -1\nhistory_ttl = 1", "namespaces.chat.history_size"),
+        (
+            "[namespaces.chat]\nhistory_size = -1\nhistory_ttl = 1",
+            "namespaces.chat.history_size",
+        ),
         ('[namespaces.chat]\nhistory_size = "10"', "namespaces.chat.history_size"),
         ("[namespaces.chat]\nhistory_size = 1.5", "namespaces.chat.history_size"),
         ("[namespaces.chat]\nhistory_size = 10", "namespaces.chat.history_ttl"),
@@ -134,6 +137,8 @@ def test_an_invalid_file_names_the_key(tmp_path: Path, toml: str, key: str) -> N
         ({"TIDINGS_RATE_LIMIT": "fast"}, "TIDINGS_RATE_LIMIT"),
         ({"TIDINGS_DEMO": "maybe"}, "TIDINGS_DEMO"),
         ({"TIDINGS_SECRET": "short"}, "secret"),
+        ({"TIDINGS_API_KEY": ""}, "api_key"),
+        ({"TIDINGS_API_KEY": "  "}, "api_key"),
     ],
 )
 def test_an_invalid_variable_names_it(env: dict[str, str], key: str) -> None:

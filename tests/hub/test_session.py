@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import jwt
@@ -79,7 +80,9 @@ async def test_an_expired_token_is_401_then_close_4001(
     "token",
     [
         "not a jwt",
-        jwt.encode({"sub": "a", "exp": 2**40}, "another secret, also 32+ bytes long", "HS256"),
+        jwt.encode(
+            {"sub": "a", "exp": 2**40}, "another secret, also 32+ bytes long", "HS256"
+        ),
         jwt.encode({"sub": "a"}, "a test secret that is 32+ bytes long", "HS256"),
         jwt.encode({"exp": 2**40}, "a test secret that is 32+ bytes long", "HS256"),
         jwt.encode({"sub": "a", "exp": 2**40}, None, "none"),  # type: ignore[arg-type]
@@ -222,7 +225,38 @@ async def test_the_rate_limit_answers_429_then_closes_4008(
                 codes.append(reply["error"]["code"] if "error" in reply else 200)
     assert info.value.code == 4008
     assert codes == [200] * 4 + [429] * 50  # the burst, then 50 refusals
-    assert hub.metrics.errors["rate_limited"] > 50
+    assert hub.metrics.errors["rate_limited"] == 51  # the rest were ignored
+
+
+async def test_a_client_that_keeps_sending_still_reads_why_it_was_closed(
+    start_hub: Any, connect: Any, clock: Clock
+) -> None:
+    # Hundreds of commands behind the one that ends the connection: the
+    # hub must read through them to the client's close frame, not reset
+    # the connection or wait for close_timeout.
+    for code, message, burst in [
+        (4008, '{"id": 1, "op": "ping"}', 5),
+        (4000, "{not json", 1000),
+    ]:
+        hub = await start_hub(rate_limit=1.0, rate_burst=burst)
+        peer = await connect(hub)
+        start = time.monotonic()
+        for _ in range(500):
+            await peer.send(message)
+        assert await peer.closed() == code
+        assert time.monotonic() - start < BOUND / 2
+
+
+async def test_commands_after_the_one_that_ends_the_connection_are_ignored(
+    start_hub: Any, connect: Any
+) -> None:
+    hub = await start_hub()
+    peer = await connect(hub)
+    for _ in range(21):
+        await peer.send("{not json")
+    await peer.send({"id": 1, "op": "publish", "channel": "chat:x", "data": 1})
+    assert await peer.closed() == 4000
+    assert (await hub.history("chat:x")).offset == 0
 
 
 async def test_the_rate_limit_refills(

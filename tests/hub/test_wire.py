@@ -41,7 +41,9 @@ def test_each_op_parses_with_its_fields() -> None:
     assert parse_command('{"id": 0, "op": "ping"}') == Command(0, "ping")
     assert parse_command('{"id": 1, "op": "connect", "token": "t"}').token == "t"
     assert parse_command('{"id": 1, "op": "connect", "token": null}').token is None
-    publish = parse_command('{"id": 2, "op": "publish", "channel": "a:b", "data": null}')
+    publish = parse_command(
+        '{"id": 2, "op": "publish", "channel": "a:b", "data": null}'
+    )
     assert publish.data is None and publish.channel == "a:b"
     for op in ("subscribe", "unsubscribe", "presence", "history"):
         assert parse_command(json.dumps({"id": 3, "op": op, "channel": "a:"})).op == op
@@ -58,16 +60,32 @@ def test_each_op_parses_with_its_fields() -> None:
         ("{}", "a command needs an integer id", None),
         ('{"id": true, "op": "ping"}', "a command needs an integer id", None),
         ('{"id": 1.0, "op": "ping"}', "a command needs an integer id", None),
-        ('{"id": 9007199254740992, "op": "ping"}', "a command needs an integer id", None),
+        (
+            '{"id": 9007199254740992, "op": "ping"}',
+            "a command needs an integer id",
+            None,
+        ),
         ('{"id": 1}', "missing op", 1),
         ('{"id": 1, "op": 5}', "missing op", 1),
         ('{"id": 1, "op": {"a": 1}}', "missing op", 1),
         ('{"id": 1, "op": "PING"}', "unknown op 'PING'", 1),
         ('{"id": 1, "op": "publish", "channel": "a:b"}', "publish needs data", 1),
         ('{"id": 1, "op": "subscribe", "channel": 5}', "invalid or missing channel", 1),
-        ('{"id": 1, "op": "subscribe", "channel": "ab"}', "invalid or missing channel", 1),
-        ('{"id": 1, "op": "subscribe", "channel": ":b"}', "invalid or missing channel", 1),
-        ('{"id": 1, "op": "subscribe", "channel": "a:b c"}', "invalid or missing channel", 1),
+        (
+            '{"id": 1, "op": "subscribe", "channel": "ab"}',
+            "invalid or missing channel",
+            1,
+        ),
+        (
+            '{"id": 1, "op": "subscribe", "channel": ":b"}',
+            "invalid or missing channel",
+            1,
+        ),
+        (
+            '{"id": 1, "op": "subscribe", "channel": "a:b c"}',
+            "invalid or missing channel",
+            1,
+        ),
         ('{"id": 1, "op": "connect", "token": 1}', "token must be a string", 1),
         ('{"id": 1, "op": "history", "channel": "a:b", "limit": -1}', "limit", 1),
         ('{"id": 1, "op": "history", "channel": "a:b", "limit": true}', "limit", 1),
@@ -104,7 +122,13 @@ def test_since_must_be_an_offset_and_an_epoch(value: Any) -> None:
 
 
 def test_channel_names() -> None:
-    for good in ("chat:lobby", "a:", "a:b:c", "ns:user@host/x=y-z_1.2", "a:" + "x" * 253):
+    for good in (
+        "chat:lobby",
+        "a:",
+        "a:b:c",
+        "ns:user@host/x=y-z_1.2",
+        "a:" + "x" * 253,
+    ):
         assert valid_channel(good), good
     for bad in ("", "chat", ":x", "a:" + "x" * 254, "a:b c", "a:é", "a:b\n", "a;b:c"):
         assert not valid_channel(bad), bad
@@ -114,7 +138,10 @@ def test_encoding_is_compact_json() -> None:
     assert encode_reply(1, {"offset": 2}) == '{"id":1,"result":{"offset":2}}'
     assert encode_error(3, 403, "no") == '{"id":3,"error":{"code":403,"message":"no"}}'
     assert encode_error(None, 400, "bad") == '{"error":{"code":400,"message":"bad"}}'
-    assert encode_push("a:b", "pub", {"data": "é"}) == '{"channel":"a:b","pub":{"data":"é"}}'
+    assert (
+        encode_push("a:b", "pub", {"data": "é"})
+        == '{"channel":"a:b","pub":{"data":"é"}}'
+    )
 
 
 json_values = st.recursive(
@@ -123,8 +150,10 @@ json_values = st.recursive(
     | st.integers()
     | st.floats(allow_nan=False)
     | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
     max_leaves=20,
 )
 field_values = st.one_of(
@@ -136,10 +165,9 @@ field_values = st.one_of(
 )
 commands = st.fixed_dictionaries(
     {"id": st.integers(min_value=-1, max_value=2**53) | json_values},
-    optional={
-        key: field_values
-        for key in ("op", "channel", "data", "token", "since", "limit", "x")
-    },
+    optional=dict.fromkeys(
+        ("op", "channel", "data", "token", "since", "limit", "x"), field_values
+    ),
 )
 
 

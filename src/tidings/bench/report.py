@@ -45,27 +45,27 @@ def stats(values: Sequence[float]) -> tuple[float, float, float] | None:
     return statistics.median(values), min(values), max(values)
 
 
-def cell(result: dict[str, Any] | None) -> str:
+def cell(result: dict[str, Any] | None, key: str = "values") -> str:
     if result is None:
         return "—"
     if result.get("error"):
         return "failed"
-    s = stats(result["values"])
+    s = stats(result.get(key, []))
     if s is None:
         return "—"
     med, lo, hi = s
-    if len(result["values"]) == 1:
+    if len(result.get(key, [])) == 1:
         return number(med)
     return f"{number(med)} [{number(lo)}-{number(hi)}]"
 
 
 def ratio(
-    ours: dict[str, Any] | None, peer: dict[str, Any] | None
+    ours: dict[str, Any] | None, peer: dict[str, Any] | None, key: str = "values"
 ) -> tuple[float, float, float] | None:
     """ours ÷ peer: of the medians, and the widest range the runs allow."""
     if not ours or not peer or ours.get("error") or peer.get("error"):
         return None
-    a, b = stats(ours["values"]), stats(peer["values"])
+    a, b = stats(ours.get(key, [])), stats(peer.get(key, []))
     if a is None or b is None or b[0] <= 0 or b[1] <= 0:
         return None
     return a[0] / b[0], a[1] / b[2], a[2] / b[1]
@@ -110,6 +110,13 @@ def server_entries(data: Data) -> list[dict[str, Any]]:
     return [e for e in data["scenarios"] if e["kind"] != "client"]
 
 
+def verdict(r: tuple[float, float, float] | None, bound: float, lower: bool) -> str:
+    if r is None:
+        return "not measured"
+    ok = r[0] <= bound if lower else r[0] >= bound
+    return "met" if ok else "**not met**"
+
+
 def targets_table(data: Data) -> str:
     entries = {e["key"]: e for e in data["scenarios"]}
     scns = {k: scenario_of(e) for k, e in entries.items()}
@@ -119,14 +126,15 @@ def targets_table(data: Data) -> str:
         if entry is None:
             continue
         results = entry["results"]
+        lower = entry["lower_is_better"]
         r = ratio(results.get(t.ours), results.get(t.peer))
-        if r is None:
-            verdict = "not measured"
-        elif entry["lower_is_better"]:
-            verdict = "met" if r[0] <= t.bound else "**not met**"
+        row = [t.text(scns), ratio_text(r), verdict(r, t.bound, lower)]
+        if lower:
+            row += ["—", "—"]
         else:
-            verdict = "met" if r[0] >= t.bound else "**not met**"
-        rows.append([t.text(scns), ratio_text(r), verdict])
+            c = ratio(results.get(t.ours), results.get(t.peer), "per_cpu")
+            row += [ratio_text(c), verdict(c, t.bound, lower)]
+        rows.append(row)
     # 20,000 idle connections held by one process without errors.
     idle = entries.get("idle-20k")
     if idle is not None:
@@ -134,8 +142,15 @@ def targets_table(data: Data) -> str:
             res = idle["results"].get(name)
             if res is None:
                 continue
-            rows.append(held_row(idle, name, res))
-    return table(["target", "measured: ratio of medians [range]", "verdict"], rows)
+            rows.append([*held_row(idle, name, res), "—", "—"])
+    header = [
+        "target",
+        "ratio of medians [range]",
+        "verdict",
+        "per server CPU-second",
+        "verdict",
+    ]
+    return table(header, rows)
 
 
 def held_row(idle: dict[str, Any], name: str, res: dict[str, Any]) -> list[str]:
@@ -166,17 +181,22 @@ def held_row(idle: dict[str, Any], name: str, res: dict[str, Any]) -> list[str]:
     return [what, f"{held:,} held", "**not met**"]
 
 
-def results_table(data: Data) -> str:
+def results_table(data: Data, key: str = "values") -> str:
     servers = data["meta"]["servers"]
     rows = []
     for e in server_entries(data):
-        row = [e["title"], e["unit"]]
-        row += [cell(e["results"].get(s)) for s in servers]
+        if key == "per_cpu" and e["kind"] == "idle":
+            continue
+        unit = e["unit"]
+        if key == "per_cpu":
+            unit = unit.removesuffix("/s") + " per CPU-s"
+        row = [e["title"], unit]
+        row += [cell(e["results"].get(s), key) for s in servers]
         rows.append(row)
     return table(["scenario", "unit", *(LABELS[s] for s in servers)], rows)
 
 
-def ratios_table(data: Data) -> str:
+def ratios_table(data: Data, key: str = "values") -> str:
     servers = data["meta"]["servers"]
     ours = [s for s in TIDINGS if s in servers]
     peers = [s for s in PEERS if s in servers]
@@ -185,9 +205,12 @@ def ratios_table(data: Data) -> str:
         return "(no peer ran: no ratios)"
     rows = []
     for e in server_entries(data):
+        if key == "per_cpu" and e["kind"] == "idle":
+            continue
         res = e["results"]
         rows.append(
-            [e["title"]] + [ratio_text(ratio(res.get(o), res.get(p))) for o, p in pairs]
+            [e["title"]]
+            + [ratio_text(ratio(res.get(o), res.get(p), key)) for o, p in pairs]
         )
     header = ["scenario"] + [f"{LABELS[o]} ÷ {p}" for o, p in pairs]
     return table(header, rows)
@@ -244,11 +267,24 @@ def client_table(data: Data) -> str | None:
                     LABELS[name],
                     cell(r),
                     pct(median_of(r.get("client_cpu", []))),
+                    cell(r, "per_cpu"),
                     ratio_text(ratio(base, r)) if name != "tidings-cb" else "1.00x",
+                    ratio_text(ratio(base, r, "per_cpu"))
+                    if name != "tidings-cb"
+                    else "1.00x",
                 ]
             )
     return table(
-        ["scenario", "client", "msg/s", "client CPU", "tidings (callback) ÷ this"], rows
+        [
+            "scenario",
+            "client",
+            "msg/s",
+            "client CPU",
+            "msg per client CPU-s",
+            "tidings (callback) ÷ this",
+            "same, per CPU-s",
+        ],
+        rows,
     )
 
 
@@ -392,6 +428,17 @@ def render(
         "## Ratios",
         "",
         ratios_table(data),
+        "",
+        "## Per CPU-second",
+        "",
+        "The same measurements divided by the CPU time the server used: its "
+        "efficiency. When other processes take CPU from the server, or the "
+        "server is not saturated, this is steadier than the throughput; it "
+        "says nothing of latency or of what one core can reach.",
+        "",
+        results_table(data, "per_cpu"),
+        "",
+        ratios_table(data, "per_cpu"),
         "",
     ]
     clients = client_table(data)

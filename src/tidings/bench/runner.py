@@ -420,6 +420,9 @@ class Outcome:
     """The measurements of one scenario on one server (or client)."""
 
     values: list[float] = field(default_factory=list)
+    #: Each value per CPU-second of the measured side (server; client row:
+    #: client): steadier than ``values`` when other processes take CPU.
+    per_cpu: list[float] = field(default_factory=list)
     client_cpu: list[float] = field(default_factory=list)
     server_cpu: list[float] = field(default_factory=list)
     foreign: list[float] = field(default_factory=list)
@@ -430,6 +433,7 @@ class Outcome:
     def as_json(self) -> dict[str, Any]:
         return {
             "values": self.values,
+            "per_cpu": self.per_cpu,
             "client_cpu": self.client_cpu,
             "server_cpu": self.server_cpu,
             "foreign": self.foreign,
@@ -585,6 +589,13 @@ class Runner:
                     out.client_cpu.append(event["client_cpu"])
                     if event.get("server_cpu") is not None:
                         out.server_cpu.append(event["server_cpu"])
+                    measured = (
+                        event["client_cpu"]
+                        if scn.kind == "client"
+                        else event.get("server_cpu")
+                    )
+                    if measured:
+                        out.per_cpu.append(value / measured)
                     if event.get("foreign") is not None:
                         out.foreign.append(event["foreign"])
                     self.progress.set(

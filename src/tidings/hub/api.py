@@ -78,7 +78,11 @@ async def handle_http(hub: Hub, request: Request) -> HTTPResponse | None:
     if hub.config.demo:
         static = _static_file(_PAGES.get(path, path.lstrip("/")))
         if static is not None:
+            if request.method not in ("GET", "HEAD"):
+                return HTTPResponse(405, "use GET", [("Allow", "GET, HEAD")])
             body, content_type = static
+            if request.method == "HEAD":
+                body = b""  # the connection closes after it: no length needed
             return HTTPResponse(200, body, [("Content-Type", content_type)])
     return HTTPResponse(404, "not found")
 

@@ -175,11 +175,7 @@ class Hub:
             s for s in self._sessions if s.info is not None and s.info.user == user
         ]
         for session in doomed:
-            self._tasks.append(
-                asyncio.create_task(
-                    session.ws.close(CLOSE_DISCONNECTED, "disconnected")
-                )
-            )
+            session.close(CLOSE_DISCONNECTED, "disconnected")
         return len(doomed)
 
     def metrics_text(self) -> str:

@@ -109,6 +109,8 @@ def api_key_matches(header: str | None, api_key: str) -> bool:
     """Check an ``Authorization: apikey KEY`` header in constant time."""
     scheme, _, given = (header or "").partition(" ")
     expected = api_key.encode()
-    return scheme.lower() == "apikey" and hmac.compare_digest(
-        given.strip().encode(), expected
+    return (
+        scheme.lower() == "apikey"
+        and bool(expected)  # an empty key would match a bare "apikey"
+        and hmac.compare_digest(given.strip().encode(), expected)
     )

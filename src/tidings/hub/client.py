@@ -24,7 +24,7 @@ from typing import Any
 
 from ..client import connect
 from ..connection import WebSocket
-from ..exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, TidingsError
+from ..exceptions import ConnectionClosed, InvalidStatus, TidingsError
 from ..protocol import State
 from .brokers.base import ClientInfo, HistoryResult, Publication
 
@@ -412,17 +412,13 @@ class Client:
                 try:
                     await self._open()
                     break
-                except HubError as exc:
-                    if exc.code == 401:
-                        self._fail(exc)
+                except Exception as exc:
+                    if (isinstance(exc, HubError) and exc.code == 401) or (
+                        isinstance(exc, InvalidStatus) and exc.status < 500
+                    ):
+                        self._fail(exc)  # refused: retrying will not help
                         return
-                except InvalidStatus as exc:
-                    if exc.status < 500:
-                        self._fail(exc)
-                        return
-                except (OSError, TimeoutError, ConnectionClosed, InvalidHandshake):
-                    pass
-                logger.info("reconnecting to %s failed; retrying", self.url)
+                    logger.info("reconnecting to %s failed: %s", self.url, exc)
                 delay = min(delay * 2, self.backoff_max)
 
     def _on_closed(self, ws: WebSocket, pending: dict[int, _Handler]) -> None:

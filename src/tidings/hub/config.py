@@ -229,6 +229,9 @@ def _check_ranges(config: HubConfig) -> None:
         raise ConfigError(
             f"secret must be at least {MIN_SECRET_BYTES} bytes (RFC 7518 §3.2)"
         )
+    if config.api_key is not None and not config.api_key.strip():
+        # api_key_matches would accept a bare "Authorization: apikey".
+        raise ConfigError("api_key must not be empty")
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ConfigError("tls_cert and tls_key must be given together")
     for key in ("max_message_size", "max_outbound", "rate_burst"):

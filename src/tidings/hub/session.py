@@ -3,6 +3,7 @@ and pushes out (docs/protocol.md)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -47,6 +48,7 @@ class Session:
 
     __slots__ = (
         "_bad",
+        "_closing",
         "_limited",
         "_refilled",
         "_tokens",
@@ -69,6 +71,8 @@ class Session:
         self._tokens = float(hub.config.rate_burst)
         self._refilled = time.monotonic()
         self._bad = 0
+        #: Our closing handshake, once we decided to end the connection.
+        self._closing: asyncio.Task[None] | None = None
         self._limited = 0
 
     # -- the loop --------------------------------------------------------
@@ -82,8 +86,12 @@ class Session:
             pass
         finally:
             await self.hub.session_ended(self)
+            if self._closing is not None:
+                await self._closing
 
     async def _handle(self, message: str | bytes) -> None:
+        if self._closing is not None:
+            return  # closing: read on to the client's close frame, ignoring commands
         hub = self.hub
         hub.metrics.commands += 1
         if isinstance(message, bytes):
@@ -93,7 +101,7 @@ class Session:
             self._limited += 1
             hub.metrics.errors["rate_limited"] += 1
             if self._limited > MAX_RATE_LIMITED:
-                self.ws.drop(CLOSE_RATE_LIMIT, "rate limit exceeded again and again")
+                self.close(CLOSE_RATE_LIMIT, "rate limit exceeded again and again")
             else:
                 self.send(encode_error(_peek_id(message), 429, "too many commands"))
             return
@@ -110,7 +118,7 @@ class Session:
         except AuthError as exc:
             hub.metrics.errors["auth"] += 1
             self.send(encode_error(id, 401, str(exc)))
-            await self.ws.close(CLOSE_TOKEN, str(exc))
+            self.close(CLOSE_TOKEN, str(exc))
             return
         except Exception:
             logger.exception("hub command failed")
@@ -126,9 +134,20 @@ class Session:
         if code == 400:
             self._bad += 1
             if self._bad > MAX_BAD_COMMANDS:
-                self.ws.drop(CLOSE_BAD_COMMANDS, "too many malformed commands")
+                self.close(CLOSE_BAD_COMMANDS, "too many malformed commands")
                 return
         self.send(encode_error(id, code, message))
+
+    def close(self, code: int, reason: str) -> None:
+        """End the connection with ``code``; ignore further commands.
+
+        A closing handshake, not a drop: closing TCP while the client is
+        still sending would reset the connection before the client could
+        read why. :meth:`run` goes on reading (and ignoring) commands, so
+        that the client's close frame behind them is read too.
+        """
+        if self._closing is None:
+            self._closing = asyncio.create_task(self.ws.close(code, reason))
 
     def _take_token(self) -> bool:
         config = self.hub.config

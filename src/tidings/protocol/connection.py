@@ -639,11 +639,11 @@ class ServerConnection(Connection):
                 # RFC 6455 §4.2.2 would let us answer without one, but the
                 # client must then fail the connection (§4.1) and browsers
                 # report only "1006". A 400 that says why is kinder.
-                exc = InvalidHandshake(
+                refusal = InvalidHandshake(
                     f"no common subprotocol: the client offered {', '.join(offered)}; "
                     f"this server speaks {', '.join(self.subprotocols)}"
                 )
-                return self.reject(400, str(exc), error=exc)
+                return self.reject(400, str(refusal), error=refusal)
         elif subprotocol is not None and subprotocol not in offered:
             raise ValueError(f"the client did not offer subprotocol {subprotocol!r}")
         self.subprotocol = subprotocol

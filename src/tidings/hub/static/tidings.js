@@ -77,6 +77,8 @@ export class Hub {
     this._pingTimer = null;
     this._waiters = []; // connect() promises: [resolve, reject]
     this._everConnected = false;
+    this._stopped = false; // by close() or a final close code
+    this._refused = null; // the 401 answer to connect, until the close
     if (typeof window !== "undefined") {
       // The network is back: don't wait out the backoff.
       window.addEventListener("online", () => {
@@ -328,8 +330,8 @@ export class Hub {
     // randomly shortened by up to half so that clients don't return in step.
     const { minDelay, maxDelay } = this.options;
     let delay = Math.min(maxDelay, minDelay * 2 ** this._attempt);
-    if (code === CLOSE_RATE_LIMITED) delay = Math.max(delay, maxDelay / 4);
     delay *= 0.5 + Math.random() * 0.5;
+    if (code === CLOSE_RATE_LIMITED) delay = Math.max(delay, maxDelay / 4); // slow down
     this._attempt += 1;
     this.state = "reconnecting";
     this._retryTimer = setTimeout(() => this._open(), delay);
