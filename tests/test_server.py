@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import ssl
@@ -566,10 +567,33 @@ async def test_shutdown_is_bounded_when_a_peer_stops_reading(raw_connect: Any) -
         flooded.set()
         await ws.wait_closed()
 
-    server = await tidings.serve(handler, "127.0.0.1", 0, compression=None, close_timeout=0.3)
+    server = await tidings.serve(
+        handler, "127.0.0.1", 0, compression=None, close_timeout=0.3
+    )
     peer = await raw_connect(server.port)
     await peer.handshake()
     async with asyncio.timeout(BOUND):
         await flooded.wait()
         server.close()
         await server.wait_closed()
+
+
+async def test_close_is_not_held_up_by_a_peer_that_keeps_sending() -> None:
+    # After our close frame, messages still arriving must not pause reading
+    # again, or the peer's close frame would wait behind them.
+    async def handler(ws: WebSocket) -> None:
+        await ws.recv()
+        await ws.close()
+
+    async with (
+        tidings.serve(
+            handler, "127.0.0.1", 0, max_queue=2, close_timeout=BOUND
+        ) as server,
+        tidings.connect(uri(server), close_timeout=BOUND) as ws,
+    ):
+        start = time.monotonic()
+        with contextlib.suppress(ConnectionClosed):
+            for _ in range(10_000):
+                await ws.send("x" * 10_000)
+        await ws.wait_closed()
+        assert time.monotonic() - start < BOUND / 2

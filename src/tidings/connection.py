@@ -455,6 +455,8 @@ class WebSocket(asyncio.Protocol):
         if (
             self.max_queue is not None
             and not self._reading_paused
+            # Once closing, keep reading: the peer's close frame is coming.
+            and self._conn.state is State.OPEN
             and len(messages) >= self.max_queue
             and self._transport is not None
         ):

@@ -23,8 +23,10 @@ from tidings.hub import mint_token as _mint_token
 BOUND = 10  # seconds: every wait in these tests is bounded
 SECRET = "a test secret that is 32+ bytes long"
 
-#: Broker kind -> a factory of a fresh broker. A broker that needs a server
-#: (Redis) can skip here with pytest.skip when none is reachable.
+#: Broker kind -> a factory of a fresh broker. Tests expect new channels at
+#: offset 0, so a broker backed by a server (Redis) must start empty (a key
+#: prefix of its own, or FLUSHDB on a test database); it may pytest.skip()
+#: when no server is reachable.
 BROKERS: dict[str, Callable[[], Broker]] = {
     "memory": MemoryBroker,
 }
