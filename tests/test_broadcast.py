@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import tidings
@@ -119,7 +120,5 @@ async def test_a_connection_mid_fragmented_message_is_skipped() -> None:
         await sending
         assert await ws.recv() == "first middle last"
         await ws.close()
-        try:
+        with contextlib.suppress(ConnectionClosed):
             await ws.recv()
-        except ConnectionClosed:
-            pass

@@ -816,12 +816,19 @@ def test_built_request_always_parses_and_validates(
 
 def test_request_body_is_read_up_to_max_body_size() -> None:
     reader = RequestReader(max_body_size=100)
-    data = b"POST /api/publish HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\nhello world"
+    data = (
+        b"POST /api/publish HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\n"
+        b"hello world"
+    )
     results = [reader.feed(data[i : i + 1]) for i in range(len(data))]
     assert results[:-1] == [None] * (len(data) - 1)
     request = results[-1]
     assert request is not None
-    assert (request.method, request.path, request.body) == ("POST", "/api/publish", b"hello world")
+    assert (request.method, request.path, request.body) == (
+        "POST",
+        "/api/publish",
+        b"hello world",
+    )
 
 
 def test_chunked_request_body_is_read() -> None:
@@ -849,7 +856,9 @@ def test_request_body_over_the_limit_is_413() -> None:
 
 def test_rfc6455_4_1_an_upgrade_request_with_a_body_is_refused() -> None:
     key = generate_key()
-    head = build_request("h", "/", key).replace(b"\r\n\r\n", b"\r\nContent-Length: 2\r\n\r\n")
+    head = build_request("h", "/", key).replace(
+        b"\r\n\r\n", b"\r\nContent-Length: 2\r\n\r\n"
+    )
     request = RequestReader(max_body_size=100).feed(head + b"hi")
     assert request is not None
     with pytest.raises(InvalidHandshake, match="body"):
