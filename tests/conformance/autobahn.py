@@ -604,10 +604,16 @@ def unclean_details(side: Side) -> str:
 
 
 def tidings_version() -> str:
+    """The version, and which protocol hot paths (C or Python) were used."""
     sys.path.insert(0, str(ROOT / "src"))
     import tidings
 
-    return str(tidings.__version__)
+    version = str(tidings.__version__)
+    try:
+        from tidings.protocol.speedups import implementation
+    except ImportError:
+        return version
+    return f"{version} ({implementation()} protocol speedups)"
 
 
 def render(mode: str, sides: list[Side], started: datetime.datetime) -> str:

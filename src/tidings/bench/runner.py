@@ -843,7 +843,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quiet-wait",
         type=float,
-        help="before each step, wait up to this many seconds (180 in all) for "
+        help="before each step, wait up to this many seconds (60 in all) for "
         "other processes to leave the cores alone (8; smoke: 0)",
     )
 
@@ -924,11 +924,11 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
         quiet_wait=args.quiet_wait
         if args.quiet_wait is not None
         else (0.0 if smoke_run else 8.0),
-        quiet_budget=0.0 if smoke_run else 180.0,
+        quiet_budget=0.0 if smoke_run else 60.0,
         max_foreign=args.max_foreign
         if args.max_foreign is not None
         else (1.0 if smoke_run else 0.15),
-        memory_repeat=1 if smoke_run else repeat,
+        memory_repeat=1 if smoke_run else min(repeat, 2),
         nice=args.nice,
         logs=args.logs or bench_dir(base) / "logs",
         smoke=smoke_run,
