@@ -122,3 +122,17 @@ async def test_a_connection_mid_fragmented_message_is_skipped() -> None:
         await ws.close()
         with contextlib.suppress(ConnectionClosed):
             await ws.recv()
+
+
+async def test_a_broadcast_from_a_callback_keeps_the_senders_order() -> None:
+    def on_message(ws: WebSocket, message: str | bytes) -> None:
+        ws.send_nowait("ack")
+        tidings.broadcast(server.connections, f"news: {message!s}")
+
+    async with (
+        tidings.serve(None, "127.0.0.1", 0, on_message=on_message) as server,
+        tidings.connect(f"ws://127.0.0.1:{server.port}/") as ws,
+    ):
+        await ws.send("hello")
+        async with asyncio.timeout(BOUND):
+            assert [await ws.recv(), await ws.recv()] == ["ack", "news: hello"]

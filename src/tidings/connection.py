@@ -66,6 +66,7 @@ class WebSocket(asyncio.Protocol):
         "_close_timer",
         "_closed",
         "_conn",
+        "_corked",
         "_drain_waiter",
         "_fragmenting",
         "_keepalive_payload",
@@ -126,6 +127,9 @@ class WebSocket(asyncio.Protocol):
         self._keepalive_payload: bytes | None = None
         self._keepalive_timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
+        # True while data_received runs: what the callbacks send in answer
+        # goes out in one write at the end, not one system call each.
+        self._corked = False
         #: Resolved when the opening handshake ends, either way.
         self._opened: asyncio.Future[None] = self._loop.create_future()
         #: Resolved when the TCP connection is gone.
@@ -363,7 +367,14 @@ class WebSocket(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         # Unread messages keep a protocol error in this data from failing
         # the connection before the application could answer them.
-        self._handle_events(self._conn.receive_data(data, unread=bool(self._messages)))
+        self._corked = True
+        try:
+            self._handle_events(
+                self._conn.receive_data(data, unread=bool(self._messages))
+            )
+        finally:
+            self._corked = False
+            self._flush()
 
     def eof_received(self) -> bool:
         self._handle_events(self._conn.receive_eof())
@@ -402,6 +413,10 @@ class WebSocket(asyncio.Protocol):
     # -- internals -----------------------------------------------------
 
     def _write_out(self) -> None:
+        if not self._corked:
+            self._flush()
+
+    def _flush(self) -> None:
         data = self._conn.data_to_send()
         transport = self._transport
         if data and transport is not None:
@@ -429,6 +444,7 @@ class WebSocket(asyncio.Protocol):
             # recv() does this once it hands out the last one.)
             self._loop.call_soon(self._fail_pending)
         if self._conn.state is State.CLOSED and self._transport is not None:
+            self._flush()  # the close frame goes before the transport closes
             if self._conn.should_close_transport():
                 self._close_transport(self._transport)
             # Bounded either way: a client waits for the server's FIN, and a

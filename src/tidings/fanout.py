@@ -65,6 +65,10 @@ def broadcast(
                 frame = compressed[key] = _compress_once(
                     opcode, payload, params, config
                 )
+        if ws._corked:
+            # Called from this connection's own callback: what it queued
+            # before must go out first.
+            ws._flush()
         transport.write(frame)
         sent += 1
     return sent

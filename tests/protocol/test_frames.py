@@ -300,17 +300,14 @@ def test_partial_payload_unmasks_from_any_offset(
     parser = FrameParser(expect_mask=masked)
     parser.feed(frame[: header + arrived])
     assert parser.next_frame() is None
-    assert parser.partial_payload(offset) == (
-        Opcode.TEXT,
-        False,
-        payload[offset:arrived],
-    )
+    assert parser.partial_header() == (Opcode.TEXT, False)
+    assert parser.partial_payload(offset) == payload[offset:arrived]
     # Nothing was consumed: the rest completes the frame.
     parser.feed(frame[header + arrived :])
     assert parser.next_frame() == Frame(Opcode.TEXT, payload, fin=False)
 
 
-def test_partial_payload_needs_the_whole_header() -> None:
+def test_partial_header_needs_the_whole_header() -> None:
     parser = FrameParser(expect_mask=True)
     frame = serialize_frame(Opcode.BINARY, b"x" * 300, rsv1=True, mask=True)
     for cut in range(8):  # 2 bytes, a 16-bit length and the mask
@@ -318,7 +315,8 @@ def test_partial_payload_needs_the_whole_header() -> None:
         parser.rsv_allowed = RSV1
         parser.feed(frame[:cut])
         assert parser.next_frame() is None
-        assert parser.partial_payload(0) is None
+        assert parser.partial_header() is None
     parser.feed(frame[7:10])
     assert parser.next_frame() is None
-    assert parser.partial_payload(0) == (Opcode.BINARY, True, b"xx")
+    assert parser.partial_header() == (Opcode.BINARY, True)
+    assert parser.partial_payload(0) == b"xx"

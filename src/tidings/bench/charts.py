@@ -37,6 +37,7 @@ def draw(
     title: str,
     *,
     compact: Any,
+    key: str = "values",
 ) -> Path | None:
     entries = [e for e in entries if e["results"]]
     if not entries:
@@ -52,7 +53,7 @@ def draw(
         shown = [n for n in names if n in e["results"]]
         meds, los, his = [], [], []
         for n in shown:
-            s = stats(e["results"][n]["values"]) or (0.0, 0.0, 0.0)
+            s = stats(e["results"][n].get(key, [])) or (0.0, 0.0, 0.0)
             meds.append(s[0])
             los.append(s[0] - s[1])
             his.append(s[2] - s[0])
@@ -64,11 +65,11 @@ def draw(
             capsize=3,
             color=[COLORS.get(n, "#999999") for n in shown],
         )
-        for x, m in zip(xs, meds, strict=True):
+        for x, m, hi in zip(xs, meds, his, strict=True):
             if m > 0:
                 ax.annotate(
                     number(m),
-                    (x, m),
+                    (x, m + hi),
                     textcoords="offset points",
                     xytext=(0, 3),
                     ha="center",
@@ -77,7 +78,10 @@ def draw(
         ax.set_xticks(list(xs))
         ax.set_xticklabels([LABELS[n].replace(" (", "\n(") for n in shown], fontsize=7)
         better = "lower is better" if e["lower_is_better"] else "higher is better"
-        ax.set_title(f"{e['title']}\n{e['unit']}, {better}", fontsize=8)
+        unit = e["unit"]
+        if key == "per_cpu":
+            unit = unit.removesuffix("/s") + " per CPU-second of the server"
+        ax.set_title(f"{e['title']}\n{unit}, {better}", fontsize=8)
         ax.tick_params(axis="y", labelsize=7)
         ax.yaxis.set_major_formatter(compact)
         ax.margins(y=0.15)
@@ -116,6 +120,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             out / "throughput.png",
             f"tidings bench: throughput\n{when}",
             compact=compact,
+        ),
+        draw(
+            plt,
+            [e for e in scn if e["kind"] in ("echo", "broadcast", "handshake")],
+            servers,
+            out / "per-cpu.png",
+            f"tidings bench: work per CPU-second of the server\n{when}",
+            compact=compact,
+            key="per_cpu",
         ),
         draw(
             plt,

@@ -371,14 +371,36 @@ def scenario_list(data: Data) -> str:
 
 
 def notes_list(data: Data) -> str:
-    lines = []
+    """Each step's notes; those that many steps share are counted once."""
+    by_text: dict[str, list[str]] = {}
+    busy: list[str] = []
     for e in data["scenarios"]:
         for name, res in e["results"].items():
-            for note in (
-                [f"error: {res['error']}"] if res.get("error") else []
-            ) + res.get("notes", []):
-                lines.append(f"- {e['title']} · {LABELS[name]}: {note}")
-    return "\n".join(sorted(set(lines), key=lines.index)) or "- none"
+            where = f"{e['title']} · {LABELS[name]}"
+            notes = ([f"error: {res['error']}"] if res.get("error") else []) + res.get(
+                "notes", []
+            )
+            for note in notes:
+                if note.startswith("other processes kept a core"):
+                    busy.append(note.split()[-4])
+                    continue
+                by_text.setdefault(note, [])
+                if where not in by_text[note]:
+                    by_text[note].append(where)
+    lines = []
+    steps = sum(len(e["results"]) for e in data["scenarios"])
+    if busy:
+        lines.append(
+            f"- {len(busy)} of {steps} steps started while other processes kept "
+            f"a core busy (up to {max(busy, key=lambda b: int(b.rstrip('%')))}) "
+            "after the wait allowed for them"
+        )
+    for note, wheres in by_text.items():
+        if len(wheres) > 3:
+            lines.append(f"- {note}: in {len(wheres)} of {steps} steps")
+        else:
+            lines += [f"- {where}: {note}" for where in wheres]
+    return "\n".join(lines) or "- none"
 
 
 def kept_notes(old: str) -> str:

@@ -821,6 +821,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the children's stderr goes to DIR/children.log (default: .bench/logs)",
     )
     parser.add_argument("--no-charts", action="store_true", help="skip the PNGs")
+    parser.add_argument(
+        "--from-results",
+        type=Path,
+        metavar="FILE",
+        help="run nothing: write the report (and charts, --docs) again from a "
+        "results.json of an earlier run",
+    )
     parser.add_argument("--server-cpu", type=int, default=0, help="server core (0)")
     parser.add_argument(
         "--client-cpu", type=int, default=1, help="load client core (1)"
@@ -829,7 +836,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-foreign",
         type=float,
         metavar="SHARE",
-        help="measure again (once per measurement at most) when other processes "
+        help="measure a window again (once per step) when other processes "
         "took more than SHARE of a core (0.15; smoke: never)",
     )
     parser.add_argument(
@@ -871,6 +878,17 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
     err = sys.stderr
     say: Callable[[str], None] = lambda text: print(text, file=err, flush=True)  # noqa: E731
     base = default_base()
+    if args.from_results is not None:
+        data = json.loads(args.from_results.read_text())
+        python = args.python or sys.executable
+        if (
+            args.python is None
+            and (bench_dir(base) / "venv" / "bin" / "python").exists()
+        ):
+            python = str(bench_dir(base) / "venv" / "bin" / "python")
+        return write_outputs(
+            data, args.out or args.from_results.parent, args, python, say
+        )
     smoke_run = bool(args.smoke)
     scenarios = smoke() if smoke_run else FULL
     wanted = select(args.scenarios, [s.key for s in FULL], "scenarios")
@@ -1065,9 +1083,22 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(data, indent=1) + "\n")
+    return write_outputs(data, out_dir, args, python, say)
+
+
+def write_outputs(
+    data: dict[str, Any],
+    out_dir: Path,
+    args: argparse.Namespace,
+    python: str,
+    say: Callable[[str], None],
+) -> int:
+    """Charts, ``report.md`` and ``--docs`` from the results; the tables on
+    stdout. 1 if a step failed."""
     charts: list[Path] = []
     if not args.no_charts:
-        charts = make_charts(python, out_dir, say)
+        results = args.from_results or out_dir / "results.json"
+        charts = make_charts(python, results, out_dir, say)
     text = report_mod.render(data, charts, out_dir)
     (out_dir / "report.md").write_text(text)
     if args.docs is not None:
@@ -1079,10 +1110,10 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
     print(report_mod.summary(data))
     say(f"results in {out_dir}")
     failures = [
-        f"{key}/{name}"
-        for key, by in results.items()
-        for name, o in by.items()
-        if o.error
+        f"{s['key']}/{name}"
+        for s in data["scenarios"]
+        for name, r in s["results"].items()
+        if r.get("error")
     ]
     if failures:
         say(f"failed steps: {', '.join(failures)}")
@@ -1090,15 +1121,11 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
     return 0
 
 
-def make_charts(python: str, out_dir: Path, say: Callable[[str], None]) -> list[Path]:
+def make_charts(
+    python: str, results: Path, out_dir: Path, say: Callable[[str], None]
+) -> list[Path]:
     """Draw the PNGs with matplotlib in the benchmark's interpreter."""
-    cmd = [
-        python,
-        "-m",
-        "tidings.bench.charts",
-        str(out_dir / "results.json"),
-        str(out_dir),
-    ]
+    cmd = [python, "-m", "tidings.bench.charts", str(results), str(out_dir)]
     try:
         out = subprocess.run(
             cmd,

@@ -257,12 +257,10 @@ class Connection:
         """Check the UTF-8 of an uncompressed text frame that is still arriving,
         so that invalid text fails at once, not when the frame ends (RFC 6455
         §8.1; Autobahn cases 6.4.3, 6.4.4). Each byte is checked once."""
-        partial = self._parser.partial_payload(self._partial_checked)
+        partial = self._parser.partial_header()
         if partial is None:
             return
-        opcode, rsv1, data = partial
-        if not data:
-            return
+        opcode, rsv1 = partial
         decoder = self._partial_utf8
         if decoder is None:
             if opcode is Opcode.TEXT and not rsv1 and self._in_opcode is None:
@@ -277,6 +275,8 @@ class Connection:
             else:
                 return
             self._partial_utf8 = decoder
+        # Only text is unmasked ahead of time: binary frames cost nothing here.
+        data = self._parser.partial_payload(self._partial_checked)
         decoder.decode(data, False)
         self._partial_checked += len(data)
 

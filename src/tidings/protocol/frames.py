@@ -195,14 +195,9 @@ class FrameParser:
         self._pos = end
         return Frame(opcode, payload, bool(b0 & 0x80), bool(b0 & RSV1))
 
-    def partial_payload(self, offset: int) -> tuple[Opcode, bool, bytes] | None:
-        """Peek at the frame still arriving, after :meth:`next_frame` returned
-        None: its opcode, RSV1 and the payload that has arrived from
-        ``offset`` on, unmasked; None while its header is incomplete.
-
-        Nothing is consumed. This lets the connection check the UTF-8 of a
-        long text frame as it arrives (RFC 6455 §8.1: fail fast).
-        """
+    def _partial_start(self) -> int | None:
+        """Where the payload of the frame still arriving starts in the
+        buffer, or None while its header is incomplete."""
         buf = self._buf
         pos = self._pos
         available = len(buf) - pos
@@ -214,15 +209,33 @@ class FrameParser:
             header_size += 4
         if available < header_size:
             return None
-        b0 = buf[pos]
-        start = pos + header_size + offset
-        if self.expect_mask:
-            mask = bytes(buf[start - offset - 4 : start - offset])
-            shift = offset & 3
-            payload = apply_mask(bytes(buf[start:]), mask[shift:] + mask[:shift])
-        else:
-            payload = bytes(buf[start:])
-        return _KNOWN_OPCODES[b0 & 0x0F], bool(b0 & RSV1), payload
+        return pos + header_size
+
+    def partial_header(self) -> tuple[Opcode, bool] | None:
+        """After :meth:`next_frame` returned None: the opcode and RSV1 of the
+        frame still arriving, or None while its header is incomplete.
+
+        With :meth:`partial_payload` this lets the connection check the
+        UTF-8 of a long text frame as it arrives (RFC 6455 §8.1: fail fast).
+        """
+        if self._partial_start() is None:
+            return None
+        b0 = self._buf[self._pos]
+        return _KNOWN_OPCODES[b0 & 0x0F], bool(b0 & RSV1)
+
+    def partial_payload(self, offset: int) -> bytes:
+        """The unmasked payload of the frame still arriving, from ``offset``
+        on; call only when :meth:`partial_header` is not None. Nothing is
+        consumed."""
+        payload_start = self._partial_start()
+        assert payload_start is not None
+        buf = self._buf
+        start = payload_start + offset
+        if not self.expect_mask:
+            return bytes(buf[start:])
+        mask = bytes(buf[payload_start - 4 : payload_start])
+        shift = offset & 3
+        return apply_mask(bytes(buf[start:]), mask[shift:] + mask[:shift])
 
     def _check_first_byte(self, b0: int, b1: int) -> Opcode:
         opcode = _KNOWN_OPCODES.get(b0 & 0x0F)
