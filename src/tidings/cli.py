@@ -89,6 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_commands(sub)
     _add_echo(sub)
     _add_connect(sub)
+    bench = sub.add_parser(
+        "bench",
+        help="benchmark tidings against websockets, aiohttp and picows, side by side",
+        description=(
+            "Benchmark tidings against websockets, aiohttp and picows. The peers "
+            "are installed into the benchmark's own environment (.bench/venv). "
+            "See docs/performance.md."
+        ),
+    )
+    from .bench import add_arguments
+
+    add_arguments(bench)
     demo = sub.add_parser(
         "demo",
         help="run a client and a server protocol engine against each other in memory",
@@ -182,6 +194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(_echo_main(args))
     if args.command == "connect":
         return _run(_connect_main(args))
+    if args.command == "bench":
+        from .bench import run
+
+        return run(args)
     if args.command == "serve":
         from .hub.commands import serve_main
 
