@@ -736,6 +736,11 @@ def test_a_protocol_error_waits_for_messages_the_owner_holds_unread() -> None:
     ]
     assert server.receive_data(client_frame(0x3, b""), unread=True) == []
     assert server.failure_pending and server.state is State.OPEN
+    # More bytes (Autobahn 3.3's ping) don't end the wait while "Hello" is
+    # unread; they come after the error and are never parsed.
+    ping = client_frame(Opcode.PING, b"p")
+    assert server.receive_data(ping, unread=True) == []
+    assert server.failure_pending and wire(server) == b""
     server.send_text("Hello")
     assert wire(server) == serialize_frame(Opcode.TEXT, b"Hello")
     assert last_close(server.receive_data(b"")).code == 1002

@@ -197,6 +197,8 @@ class Connection:
         if self.state is State.CLOSED:
             return []
         if self._pending_error is not None:
+            if unread:
+                return []  # still held; bytes after an error are never parsed
             return self._fail_pending()
         self._parser.feed(data)
         return self._receive_frames(unread)
@@ -209,7 +211,8 @@ class Connection:
         Those messages stay answerable, the connection ``OPEN``, so that
         answers to them go out before the close frame, as the peer expects
         (Autobahn cases 3.2, 4.1.3, 5.15); the connection fails at the next
-        ``receive_data`` call, which may pass ``b""``, or ``receive_eof``.
+        ``receive_data`` call without ``unread=True`` (``b""`` will do), or
+        at ``receive_eof``.
         """
         return self._pending_error is not None
 
