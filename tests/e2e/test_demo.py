@@ -179,8 +179,10 @@ async def test_report_counts_the_open_pages(browser: Browser, hub: Hub) -> None:
         "() => document.getElementById('channels').textContent"
     )
     assert int(channels) >= 3
-    lines = await report.evaluate(
-        "() => document.querySelectorAll('#chart path').length"
+    # A line needs two samples, so the chart may trail the first report.
+    lines = await report.wait_for(
+        "() => document.querySelectorAll('#chart path').length >= 3 &&"
+        " document.querySelectorAll('#chart path').length"
     )
     assert lines == 3  # deliveries/s, publications/s, connections
 
