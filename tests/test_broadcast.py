@@ -136,3 +136,52 @@ async def test_a_broadcast_from_a_callback_keeps_the_senders_order() -> None:
         await ws.send("hello")
         async with asyncio.timeout(BOUND):
             assert [await ws.recv(), await ws.recv()] == ["ack", "news: hello"]
+
+
+async def test_broadcasts_made_together_leave_in_one_write_per_connection() -> None:
+    async with tidings.serve(wait_forever, "127.0.0.1", 0, compression=None) as server:
+        clients = [
+            await tidings.connect(f"ws://127.0.0.1:{server.port}/", compression=None)
+            for _ in range(3)
+        ]
+        by_port = {c.remote_address[1]: c for c in await gather_server_side(server, 3)}
+        # The server side of each client, in the clients' order.
+        conns = [by_port[ws._transport.get_extra_info("sockname")[1]] for ws in clients]
+        writes: list[Any] = []
+        inside = False
+
+        def counting(real: Any) -> Any:
+            def counted(data: Any) -> None:
+                # asyncio's writelines calls write: count the outer call.
+                nonlocal inside
+                if not inside:
+                    writes.append(data)
+                inside, outer = True, inside
+                try:
+                    real(data)
+                finally:
+                    inside = outer
+
+            return counted
+
+        for conn in conns:
+            transport: Any = conn._transport
+            for name in ("write", "writelines"):
+                setattr(transport, name, counting(getattr(transport, name)))
+        for i in range(10):
+            assert tidings.broadcast(conns, f"tick {i}") == 3
+        assert writes == []  # nothing is written before the loop moves on
+        # A direct send and a close come after what was broadcast first.
+        conns[0].send_nowait("direct")
+        closing = asyncio.create_task(conns[1].close(1001, "bye"))
+        async with asyncio.timeout(BOUND):
+            received = [[await ws.recv() for _ in range(10)] for ws in clients]
+            assert received == [[f"tick {i}" for i in range(10)]] * 3
+            assert await clients[0].recv() == "direct"
+            with contextlib.suppress(ConnectionClosed):
+                await clients[1].recv()
+            assert clients[1].close_code == 1001
+            await closing
+        assert len(writes) == 3 + 1  # one per connection (with the send); the close
+        for ws in (clients[0], clients[2]):
+            await ws.close()

@@ -20,10 +20,13 @@ def broadcast(
     """Send ``message`` to every connection without waiting; return how
     many it was written to.
 
-    The frame is built once and the same bytes are written to every server
-    connection. Where permessage-deflate was negotiated without server
-    context takeover, it is compressed once per set of parameters; other
-    connections get it uncompressed, which RFC 7692 always allows.
+    The frame is built once and the same bytes are queued on every server
+    connection; each connection's queue is written at the end of the current
+    event-loop iteration, so broadcasts made together (say, for several
+    messages read at once) leave in one write per connection. Where
+    permessage-deflate was negotiated without server context takeover, it is
+    compressed once per set of parameters; other connections get it
+    uncompressed, which RFC 7692 always allows.
 
     A connection whose write buffer is already above its ``write_limit`` is
     slow: it is skipped, and handed to ``on_slow`` if given, which may for
@@ -36,6 +39,9 @@ def broadcast(
         opcode, payload = Opcode.BINARY, bytes(message)
     plain = serialize_header(opcode, len(payload)) + payload
     compressed: dict[tuple[DeflateParams, DeflateConfig], bytes] = {}
+    # Frames queue on each connection until the end of this loop iteration,
+    # so a burst of broadcasts costs one write per connection, not one each.
+    corked: list[WebSocket] = []
     sent = 0
     for ws in connections:
         conn = ws.protocol
@@ -65,13 +71,20 @@ def broadcast(
                 frame = compressed[key] = _compress_once(
                     opcode, payload, params, config
                 )
-        if ws._corked:
-            # Called from this connection's own callback: what it queued
-            # before must go out first.
-            ws._flush()
-        transport.write(frame)
+        conn.send_prepared(frame)
+        if not ws._corked:
+            ws._corked = True
+            corked.append(ws)
         sent += 1
+    if corked:
+        corked[0]._loop.call_soon(_uncork, corked)
     return sent
+
+
+def _uncork(connections: list[WebSocket]) -> None:
+    for ws in connections:
+        ws._corked = False
+        ws._flush()
 
 
 def _compress_once(

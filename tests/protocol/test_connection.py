@@ -299,6 +299,27 @@ def test_fragmented_sending_misuse_is_a_programming_error() -> None:
         client.send_text("b")
 
 
+def test_a_prepared_frame_is_queued_in_order_on_a_server_only() -> None:
+    client, server = open_pair(compression=None)
+    server.send_text("first")
+    server.send_prepared(serialize_frame(Opcode.TEXT, b"shared"))
+    server.send_binary(b"last")
+    assert client.receive_data(wire(server)) == [
+        TextMessage("first"),
+        TextMessage("shared"),
+        BinaryMessage(b"last"),
+    ]
+    with pytest.raises(RuntimeError, match="masks every frame"):
+        client.send_prepared(b"\x81\x00")
+    server.send_text("a", fin=False)
+    with pytest.raises(RuntimeError, match="in progress"):
+        server.send_prepared(b"\x81\x00")
+    server.send_continuation("b", fin=True)
+    server.send_close(1000)
+    with pytest.raises(ConnectionClosed):
+        server.send_prepared(b"\x81\x00")
+
+
 def test_stream_messages_delivers_fragments_as_they_arrive() -> None:
     _, server = open_pair(stream_messages=True)
     first = server.receive_data(client_frame(Opcode.TEXT, "ü".encode()[:1], fin=False))

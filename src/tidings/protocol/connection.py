@@ -428,10 +428,24 @@ class Connection:
         """True when a new data message may be sent now: the connection is
         open and no fragmented message is unfinished.
 
-        A server that serialized one frame for many connections (see
-        ``tidings.broadcast``) checks this before writing it directly.
+        A server that serialized one frame for many connections checks this
+        before :meth:`send_prepared`.
         """
         return self.state is State.OPEN and self._out_opcode is None
+
+    def send_prepared(self, frame: bytes) -> None:
+        """Queue a whole data frame serialized once for many server
+        connections (see ``tidings.broadcast``).
+
+        Only a server may share frames (a client masks each one afresh), and
+        only while :attr:`can_send_message`.
+        """
+        if self.is_client:
+            raise RuntimeError("a client masks every frame: use send_text/binary")
+        if not self.can_send_message:
+            self._check_can_send()
+            raise RuntimeError("a fragmented message is in progress")
+        self._out.append(frame)
 
     def send_ping(self, data: Buffer = b"") -> None:
         """Send a ping with at most 125 bytes of payload."""
