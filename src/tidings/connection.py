@@ -15,7 +15,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
-from typing import Any, TypeAlias, cast
+from typing import Any, Final, TypeAlias, cast
 
 from .exceptions import ConnectionClosed
 from .protocol import (
@@ -41,9 +41,18 @@ from .protocol.limits import (
 
 __all__ = ["Message", "WebSocket"]
 
+# Enum members cost an EnumType.__getattr__ call on Python 3.11 (see
+# tidings.protocol.connection); the per-message paths use aliases.
+_CLOSED: Final = State.CLOSED
+_CONNECTING: Final = State.CONNECTING
+_OPEN: Final = State.OPEN
+
 Message: TypeAlias = str | bytes
 Data: TypeAlias = str | bytes | bytearray | memoryview
 OnMessage: TypeAlias = Callable[["WebSocket", Message], object]
+
+# A tuple, as `A | B` would build a union object on every call.
+_MESSAGES = (TextMessage, BinaryMessage)
 
 _CLEAN_CODES = frozenset({1000, 1001, 1005})
 
@@ -162,7 +171,7 @@ class WebSocket(asyncio.Protocol):
     @property
     def close_code(self) -> int | None:
         """The close code, once the connection is closed (1006: TCP lost)."""
-        return self._conn.close_code if self._conn.state is State.CLOSED else None
+        return self._conn.close_code if self._conn.state is _CLOSED else None
 
     @property
     def close_reason(self) -> str:
@@ -180,7 +189,7 @@ class WebSocket(asyncio.Protocol):
         """Return the next message; raise :class:`ConnectionClosed` once the
         connection is closed and every message before the close was read."""
         while not self._messages:
-            if self._conn.state is State.CLOSED:
+            if self._conn.state is _CLOSED:
                 raise self._closed_exc()
             if self._recv_waiter is not None:
                 raise RuntimeError("another coroutine is already waiting in recv()")
@@ -293,7 +302,7 @@ class WebSocket(asyncio.Protocol):
                     await self._drain()
                 current = upcoming
         except BaseException:
-            if not first and conn.state is State.OPEN:
+            if not first and conn.state is _OPEN:
                 # A half-sent message cannot be finished: the peer would read
                 # the next message as its continuation.
                 self._fail(1011, "fragmented message aborted")
@@ -303,7 +312,7 @@ class WebSocket(asyncio.Protocol):
             self._fragmenting = None
 
     async def _drain(self) -> None:
-        if self._conn.state is State.CLOSED or self._transport is None:
+        if self._conn.state is _CLOSED or self._transport is None:
             raise self._closed_exc()
         waiter = self._drain_waiter
         if waiter is None:
@@ -327,7 +336,7 @@ class WebSocket(asyncio.Protocol):
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close with ``code`` and ``reason`` and wait until TCP is closed,
         at most ``close_timeout`` for the peer's answer."""
-        if self._conn.state is State.OPEN:
+        if self._conn.state is _OPEN:
             self._conn.send_close(code, reason)
             self._write_out()
             self._arm_close_timer()
@@ -335,7 +344,7 @@ class WebSocket(asyncio.Protocol):
                 # The peer's close frame may be behind messages nobody reads.
                 self._reading_paused = False
                 self._transport.resume_reading()
-        elif self._conn.state is State.CONNECTING and self._transport is not None:
+        elif self._conn.state is _CONNECTING and self._transport is not None:
             self._transport.abort()
         await self.wait_closed()
 
@@ -427,7 +436,7 @@ class WebSocket(asyncio.Protocol):
 
     def _handle_events(self, events: list[Event]) -> None:
         for event in events:
-            if isinstance(event, TextMessage | BinaryMessage):
+            if isinstance(event, _MESSAGES):
                 self._deliver(event.data)
             elif isinstance(event, Pong):
                 self._pong_received(event.data)
@@ -437,15 +446,17 @@ class WebSocket(asyncio.Protocol):
                 self._request_received(event)
             elif isinstance(event, Response):
                 self._opened_ok()
-        self._write_out()
-        if self._conn.failure_pending and not self._messages:
+        if not self._corked:
+            self._flush()
+        conn = self._conn
+        if conn.failure_pending and not self._messages:
             # A protocol error came after messages that on_message has seen
             # and may have answered; fail now. (With messages still queued,
             # recv() does this once it hands out the last one.)
             self._loop.call_soon(self._fail_pending)
-        if self._conn.state is State.CLOSED and self._transport is not None:
+        if conn.state is _CLOSED and self._transport is not None:
             self._flush()  # the close frame goes before the transport closes
-            if self._conn.should_close_transport():
+            if conn.should_close_transport():
                 self._close_transport(self._transport)
             # Bounded either way: a client waits for the server's FIN, and a
             # close() cannot finish while a peer that stopped reading leaves
@@ -472,7 +483,7 @@ class WebSocket(asyncio.Protocol):
             self.max_queue is not None
             and not self._reading_paused
             # Once closing, keep reading: the peer's close frame is coming.
-            and self._conn.state is State.OPEN
+            and self._conn.state is _OPEN
             and len(messages) >= self.max_queue
             and self._transport is not None
         ):
@@ -482,7 +493,7 @@ class WebSocket(asyncio.Protocol):
             self._transport.pause_reading()
 
     def _closed_event(self, event: Closed) -> None:
-        if event.error is not None and self._conn.state is not State.CONNECTING:
+        if event.error is not None and self._conn.state is not _CONNECTING:
             self.logger.info(
                 "connection %s failed with close code %d: %s",
                 self.remote_address,
@@ -550,7 +561,7 @@ class WebSocket(asyncio.Protocol):
             )
 
     def _keepalive_ping(self) -> None:
-        if self._conn.state is not State.OPEN:
+        if self._conn.state is not _OPEN:
             return
         payload = os.urandom(4)
         self._keepalive_payload = payload
@@ -569,7 +580,7 @@ class WebSocket(asyncio.Protocol):
         self._loop.call_soon(self._loop.call_soon, self._keepalive_check, payload)
 
     def _keepalive_check(self, payload: bytes) -> None:
-        if self._keepalive_payload != payload or self._conn.state is not State.OPEN:
+        if self._keepalive_payload != payload or self._conn.state is not _OPEN:
             return
         if self._reading_paused:
             # We stopped reading (the application is behind), so the pong

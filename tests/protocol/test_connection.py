@@ -378,6 +378,19 @@ def test_max_message_size_applies_after_decompression() -> None:
     assert last_close(server.receive_data(data)).code == 1009
 
 
+@pytest.mark.parametrize("compression", [None, DeflateConfig()])
+@pytest.mark.parametrize("opcode", [Opcode.TEXT, Opcode.BINARY])
+def test_max_message_size_holds_exactly_for_an_uncompressed_whole_frame(
+    compression: DeflateConfig | None, opcode: Opcode
+) -> None:
+    # With deflate negotiated the parser allows some slack for compressed
+    # frames; an uncompressed frame must still be held to the exact limit.
+    _, server = open_pair(compression=compression, max_message_size=100)
+    assert len(server.receive_data(client_frame(opcode, b"x" * 100))) == 1
+    closed = last_close(server.receive_data(client_frame(opcode, b"x" * 101)))
+    assert closed.code == 1009
+
+
 # -- ping and pong (RFC 6455 §5.5.2, §5.5.3) ---------------------------------
 
 

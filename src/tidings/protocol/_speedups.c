@@ -250,7 +250,7 @@ parse_frame_in(const unsigned char *buf, Py_ssize_t size, Py_ssize_t pos,
     Py_ssize_t available, header_size, start;
     unsigned long long length;
     unsigned int b0, b1, opcode;
-    PyObject *payload, *result;
+    PyObject *payload, *result, *end;
 
     if (pos < 0 || pos > size) {
         PyErr_SetString(PyExc_ValueError, "pos is outside the buffer");
@@ -334,10 +334,20 @@ parse_frame_in(const unsigned char *buf, Py_ssize_t size, Py_ssize_t pos,
     else {
         memcpy(PyBytes_AS_STRING(payload), buf + start, (size_t)length);
     }
-    result = Py_BuildValue("(iNOOn)", (int)opcode, payload,
-                           (b0 & 0x80) ? Py_True : Py_False,
-                           (b0 & 0x40) ? Py_True : Py_False,
-                           start + (Py_ssize_t)length);
+    /* Py_BuildValue would parse its format string on every frame. */
+    result = PyTuple_New(5);
+    end = PyLong_FromSsize_t(start + (Py_ssize_t)length);
+    if (result == NULL || end == NULL) {
+        Py_XDECREF(result);
+        Py_XDECREF(end);
+        Py_DECREF(payload);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(result, 0, PyLong_FromLong(opcode)); /* small ints are cached */
+    PyTuple_SET_ITEM(result, 1, payload);
+    PyTuple_SET_ITEM(result, 2, Py_NewRef((b0 & 0x80) ? Py_True : Py_False));
+    PyTuple_SET_ITEM(result, 3, Py_NewRef((b0 & 0x40) ? Py_True : Py_False));
+    PyTuple_SET_ITEM(result, 4, end);
     return result;
 }
 

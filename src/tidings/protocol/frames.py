@@ -110,6 +110,10 @@ def serialize_frame(
     return serialize_header(opcode, len(payload), fin=fin, rsv1=rsv1) + payload
 
 
+#: A frame as :meth:`FrameParser.next_raw` returns it.
+RawFrame = tuple[Opcode, bytes, bool, bool]
+
+
 class FrameParser:
     """Cuts frames out of a byte stream and enforces the framing rules.
 
@@ -142,6 +146,13 @@ class FrameParser:
         Raises :class:`ProtocolError` as soon as a header breaks a rule,
         before its payload has arrived.
         """
+        raw = self.next_raw()
+        return None if raw is None else Frame(*raw)
+
+    def next_raw(self) -> RawFrame | None:
+        """:meth:`next_frame` as a plain tuple ``(opcode, payload, fin,
+        rsv1)``: the connection's hot path, where building a :class:`Frame`
+        would cost more than parsing it."""
         buf = self._buf
         pos = self._pos
         available = len(buf) - pos
@@ -193,7 +204,7 @@ class FrameParser:
         else:
             payload = bytes(buf[start:end])
         self._pos = end
-        return Frame(opcode, payload, bool(b0 & 0x80), bool(b0 & RSV1))
+        return opcode, payload, bool(b0 & 0x80), bool(b0 & RSV1)
 
     def _partial_start(self) -> int | None:
         """Where the payload of the frame still arriving starts in the
@@ -212,13 +223,14 @@ class FrameParser:
         return pos + header_size
 
     def partial_header(self) -> tuple[Opcode, bool] | None:
-        """After :meth:`next_frame` returned None: the opcode and RSV1 of the
+        """After :meth:`next_raw` returned None: the opcode and RSV1 of the
         frame still arriving, or None while its header is incomplete.
 
         With :meth:`partial_payload` this lets the connection check the
         UTF-8 of a long text frame as it arrives (RFC 6455 §8.1: fail fast).
         """
-        if self._partial_start() is None:
+        # Nothing left over is the common case: it costs no call.
+        if len(self._buf) == self._pos or self._partial_start() is None:
             return None
         b0 = self._buf[self._pos]
         return _KNOWN_OPCODES[b0 & 0x0F], bool(b0 & RSV1)
@@ -303,26 +315,26 @@ def serialize_close(code: int, reason: str = "") -> bytes:
 
 # -- compiled twins (docs/speedups.md) --------------------------------------
 # The code above is the reference. When the C extension is in use, its twins
-# replace apply_mask and FrameParser.next_frame here, for every caller; the
+# replace apply_mask and FrameParser.next_raw here, for every caller; the
 # reference stays reachable under these names for the tests that compare them.
 
 _py_apply_mask = apply_mask
-_py_next_frame = FrameParser.next_frame
+_py_next_raw = FrameParser.next_raw
 
 
-def _c_next_frame(self: FrameParser) -> Frame | None:
-    """:meth:`FrameParser.next_frame`, parsing and unmasking in C."""
+def _c_next_raw(self: FrameParser) -> RawFrame | None:
+    """:meth:`FrameParser.next_raw`, parsing and unmasking in C."""
     result = _speedups.parse_frame(
         self._buf, self._pos, self.expect_mask, self.rsv_allowed, self.max_payload
     )
     if result is None:
         return None
     opcode, payload, fin, rsv1, self._pos = result
-    return Frame(_KNOWN_OPCODES[opcode], payload, fin, rsv1)
+    return _KNOWN_OPCODES[opcode], payload, fin, rsv1
 
 
 if speedups.ACTIVE:
     from . import _speedups
 
     apply_mask = _speedups.apply_mask
-    FrameParser.next_frame = _c_next_frame  # type: ignore[method-assign]
+    FrameParser.next_raw = _c_next_raw  # type: ignore[method-assign]
