@@ -7,14 +7,28 @@ about speed.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tidings.bench import add_arguments, build_parser
-from tidings.bench.loadgen import Expected, Stream, build_frame, mask_bytes
+from tidings.bench.loadgen import (
+    Bench,
+    Expected,
+    Handshake,
+    HubConn,
+    SocketIOConn,
+    Stream,
+    TidingsHubConn,
+    build_frame,
+    mask_bytes,
+    text_payload,
+)
 from tidings.bench.report import (
     NOTES_END,
     NOTES_START,
@@ -22,10 +36,20 @@ from tidings.bench.report import (
     number,
     ratio,
 )
-from tidings.bench.scenarios import FULL, LABELS, TIDINGS, smoke
+from tidings.bench.scenarios import (
+    FULL,
+    HUB_SERVERS,
+    HUB_TIDINGS,
+    LABELS,
+    TIDINGS,
+    smoke,
+)
 
-#: The smoke run takes about 25 s; a slow CI machine gets room to spare.
+#: The smoke run takes about 30 s; a slow CI machine gets room to spare.
 SMOKE_TIMEOUT = 240
+
+#: What the smoke run measures by default: tidings, its hub included.
+SMOKE_SERVERS = (*TIDINGS, *HUB_TIDINGS)
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +109,15 @@ def test_smoke_report_has_every_row(smoke_run: dict[str, object]) -> None:
             continue
         cells = rows[scenario.title]
         assert cells[0] == scenario.unit
-        for cell in cells[1:3]:
+        ran = [s for s in scenario.servers if s in SMOKE_SERVERS]
+        for cell in cells[1 : 1 + len(ran)]:
             # "median [min-max]", a number first: nothing failed or missing.
             assert cell[0].isdigit(), (scenario.title, cell)
+    # The hub's own table: the tidings hub, then python-socketio, not run.
+    hub = rows[smoke()[-1].title]
+    assert hub[1 : 1 + len(HUB_SERVERS)] == [hub[1], "not run"]
+    assert f"{LABELS['tidings-hub']} ≤ 16 KiB/conn" in report
+    assert "## Hub" in report
     assert "## Targets" in report
     assert "## Clients" in report
     assert "smoke run" in report
@@ -99,19 +129,25 @@ def test_smoke_results_json(smoke_run: dict[str, object]) -> None:
     assert isinstance(results, dict)
     assert results["meta"]["smoke"] is True
     assert [s["key"] for s in results["scenarios"]] == [s.key for s in FULL]
+    servers = {s.key: s.servers for s in FULL}
     for scenario in results["scenarios"]:
         names = (
             ["raw", "tidings-cb", "tidings"]
             if scenario["kind"] == "client"
-            else list(TIDINGS)
+            else [s for s in SMOKE_SERVERS if s in servers[scenario["key"]]]
         )
+        assert names, scenario["key"]
+        assert set(scenario["results"]) == set(names), scenario["key"]
         for name in names:
             result = scenario["results"][name]
             assert result["error"] is None, (scenario["key"], name, result)
             assert result["values"], (scenario["key"], name)
             assert max(result["values"]) > 0, (scenario["key"], name)
+            assert not any("possible" in n for n in result["notes"]), result
     bcast = next(s for s in results["scenarios"] if s["kind"] == "broadcast")
     assert "tidings" in bcast["results"]["tidings-cb"]["info"]["broadcast"]
+    hub = next(s for s in results["scenarios"] if s["kind"] == "hub")
+    assert "tidings.hub.Hub" in hub["results"]["tidings-hub"]["info"]["hub"]
 
 
 def test_smoke_progress_and_summary(smoke_run: dict[str, object]) -> None:
@@ -165,3 +201,248 @@ def test_report_helpers() -> None:
     r = ratio({"values": [2.0, 4.0, 6.0]}, {"values": [1.0, 2.0, 4.0]})
     assert r == (2.0, 0.5, 6.0)
     assert ratio({"values": [1.0]}, {"values": [], "error": "boom"}) is None
+
+
+def test_hub_with_socketio(tmp_path: Path) -> None:
+    """The hub rows beside python-socketio: measured where it is installed,
+    else reported as not installed (as in the project's own environment)."""
+    out = tmp_path / "bench"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tidings.bench",
+            "--smoke",
+            "--scenarios",
+            "hub-1k,hub-idle",
+            "--servers",
+            ",".join(HUB_SERVERS),
+            "--no-charts",
+            "--out",
+            str(out),
+            "--logs",
+            str(out / "logs"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=SMOKE_TIMEOUT,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = table_rows((out / "report.md").read_text())
+    installed = all(
+        importlib.util.find_spec(m) is not None for m in ("socketio", "uvicorn")
+    )
+    for scenario in smoke():
+        if scenario.key not in ("hub-1k", "hub-idle"):
+            continue
+        ours, peer = rows[scenario.title][1:3]
+        assert ours[0].isdigit(), (scenario.title, ours)
+        if installed:
+            assert peer[0].isdigit(), (scenario.title, peer)
+        else:
+            assert peer == "not installed"
+    if not installed:
+        assert "not installed in" in proc.stderr
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def sent_text(transport: FakeTransport) -> list[bytes]:
+    """The payloads of the (masked, < 64 KiB) frames a client wrote."""
+    out = []
+    data = b"".join(transport.written)
+    while data:
+        n, head = data[1] & 0x7F, 2
+        if n == 126:
+            n, head = int.from_bytes(data[2:4], "big"), 4
+        key = data[head : head + 4]
+        out.append(mask_bytes(data[head + 4 : head + 4 + n], key))
+        data = data[head + 4 + n :]
+    return out
+
+
+def hub_conn(cls: type[HubConn]) -> tuple[Bench, HubConn, FakeTransport]:
+    bench = Bench()
+    conn = cls(bench, Handshake("127.0.0.1", 1, cls.path), text_payload(100))
+    transport = FakeTransport()
+    conn.transport = transport  # type: ignore[assignment]
+    conn.on_open()
+    return bench, conn, transport
+
+
+def feed_in_pieces(conn: HubConn, data: bytes) -> None:
+    """Split ``data`` at awkward places: inside headers and payloads."""
+    pos, step = 0, 1
+    while pos < len(data):
+        conn.on_data(data[pos : pos + step])
+        pos += step
+        step = step * 3 % 257 + 1
+
+
+def text_frame(text: str | bytes) -> bytes:
+    return build_frame(text.encode() if isinstance(text, str) else text, 0x1)
+
+
+async def test_tidings_hub_client_joins_and_counts() -> None:
+    bench, conn, transport = hub_conn(TidingsHubConn)
+    assert json.loads(sent_text(transport)[0]) == {"id": 1, "op": "connect"}
+    conn.on_data(text_frame('{"id":1,"result":{"client":"c1","user":""}}'))
+    subscribe = json.loads(sent_text(transport)[1])
+    assert subscribe == {"id": 2, "op": "subscribe", "channel": "bench:room"}
+    assert not conn.opened.done()
+    conn.on_data(text_frame('{"id":2,"result":{"epoch":"e","offset":0}}'))
+    assert conn.opened.result() is True
+    payload = text_payload(100).decode()
+    pushes = b"".join(
+        text_frame(
+            f'{{"channel":"bench:room","pub":{{"offset":{i},"data":"{payload}",'
+            '"info":{"client":"c1","user":""}}}'
+        )
+        for i in range(1, 301)
+    )
+    feed_in_pieces(conn, pushes + text_frame('{"id":3,"result":{"offset":1}}'))
+    assert (bench.count, bench.errors) == (300, 0)
+    # A ping is answered; an error reply counts as an error.
+    conn.on_data(build_frame(b"hi", 0x9))
+    assert transport.written[-1][0] == 0x8A
+    assert sent_text(transport)[-1] == b"hi"
+    conn.on_data(text_frame('{"id":9,"error":{"code":429,"message":"slow"}}'))
+    assert bench.errors == 1
+    # Each publication is a publish command of its own id.
+    transport.written.clear()
+    conn.publish(2)
+    commands = [json.loads(t) for t in sent_text(transport)]
+    assert [c["id"] for c in commands] == [3, 4]
+    assert {c["data"] for c in commands} == {payload}
+
+
+async def test_socketio_client_joins_and_counts() -> None:
+    bench, conn, transport = hub_conn(SocketIOConn)
+    assert transport.written == []
+    conn.on_data(text_frame('0{"sid":"s","upgrades":[],"pingInterval":25000}'))
+    conn.on_data(text_frame('40{"sid":"x"}'))
+    assert sent_text(transport) == [b"40", b'421["join","bench"]']
+    assert not conn.opened.done()
+    conn.on_data(text_frame("431[true]"))
+    assert conn.opened.result() is True
+    payload = text_payload(100).decode()
+    frames = text_frame(f'42["msg","{payload}"]') * 200 + text_frame("2")
+    feed_in_pieces(conn, frames)
+    assert (bench.count, bench.errors) == (200, 0)
+    assert sent_text(transport)[-1] == b"3"  # the Engine.IO pong
+    conn.on_data(text_frame('42["other","x"]'))
+    assert bench.errors == 1
+    transport.written.clear()
+    conn.publish(3)
+    assert sent_text(transport) == [f'42["publish","bench","{payload}"]'.encode()] * 3
+
+
+async def test_hub_client_lost() -> None:
+    """A subscribed client the server drops is an error; one we close is not."""
+    bench, conn, _ = hub_conn(SocketIOConn)
+    for packet in ('0{"sid":"s"}', '40{"sid":"x"}', "431[true]"):
+        conn.on_data(text_frame(packet))
+    conn.connection_lost(None)
+    assert bench.errors == 1
+    bench, conn, _ = hub_conn(SocketIOConn)
+    for packet in ('0{"sid":"s"}', '40{"sid":"x"}', "431[true]"):
+        conn.on_data(text_frame(packet))
+    conn.abort()
+    conn.connection_lost(None)
+    assert bench.errors == 0
+
+
+async def test_hub_client_refused() -> None:
+    bench, conn, transport = hub_conn(TidingsHubConn)
+    conn.on_data(text_frame('{"id":1,"error":{"code":401,"message":"no"}}'))
+    assert conn.opened.result() is False
+    assert transport.aborted and bench.errors == 1
+
+
+def test_hub_targets_in_report() -> None:
+    from tidings.bench.report import targets_table
+
+    def entry(key: str, kind: str, unit: str, results: dict[str, Any]) -> Any:
+        scn = next(s for s in FULL if s.key == key)
+        return {
+            "key": key,
+            "title": scn.title,
+            "kind": kind,
+            "unit": unit,
+            "conns": scn.conns,
+            "size": scn.size,
+            "depth": scn.depth,
+            "lower_is_better": scn.lower_is_better,
+            "results": results,
+        }
+
+    data = {
+        "meta": {"servers": list(HUB_SERVERS), "missing": []},
+        "scenarios": [
+            entry(
+                "hub-1k",
+                "hub",
+                "deliveries/s",
+                {
+                    "tidings-hub": {"values": [600.0], "per_cpu": [700.0]},
+                    "socketio": {"values": [100.0], "per_cpu": [100.0]},
+                },
+            ),
+            entry(
+                "hub-idle",
+                "hub-idle",
+                "KiB/conn",
+                {"tidings-hub": {"values": [17.0, 18.0]}},
+            ),
+        ],
+    }
+    rows = table_rows(targets_table(data))
+    title = next(s.title for s in FULL if s.key == "hub-1k")
+    assert rows[f"{title}: tidings hub ≥ 5x python-socketio"][:2] == [
+        "6.00x [6.00-6.00]",
+        "met",
+    ]
+    title = next(s.title for s in FULL if s.key == "hub-idle")
+    assert rows[f"{title}: tidings hub ≤ 16 KiB/conn"][:2] == [
+        "17.5 [17.0-18.0] KiB/conn",
+        "**not met**",
+    ]
+
+
+@pytest.mark.parametrize("pieces", [False, True])
+async def test_hub_client_counts_runs_of_frames(pieces: bool) -> None:
+    """Frames alike are counted at once, others one by one: a frame of the
+    same length without the payload is caught, not counted."""
+    bench, conn, transport = hub_conn(TidingsHubConn)
+    conn.on_data(text_frame('{"id":1,"result":{"client":"c1","user":""}}'))
+    conn.on_data(text_frame('{"id":2,"result":{"epoch":"e","offset":0}}'))
+    payload = text_payload(100).decode()
+
+    def push(offset: int, data: str = payload) -> bytes:
+        return text_frame(
+            f'{{"channel":"bench:room","pub":{{"offset":{offset},"data":"{data}"}}}}'
+        )
+
+    stream = b"".join(push(i) for i in range(1, 150))  # lengths change at 10, 100
+    stream += text_frame('{"id":3,"result":{"offset":1,"epoch":"e"}}')
+    stream += build_frame(b"", 0x9) + b"".join(push(i) for i in range(150, 180))
+    forged = push(180, payload[::-1])  # same length, not the payload
+    stream += forged + b"".join(push(i) for i in range(181, 400))
+    if pieces:
+        feed_in_pieces(conn, stream)
+    else:
+        conn.on_data(stream)
+    assert bench.count == 399 - 1
+    assert bench.errors == 1
+    assert sent_text(transport)[-1] == b""  # the pong

@@ -91,9 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_connect(sub)
     bench = sub.add_parser(
         "bench",
-        help="benchmark tidings against websockets, aiohttp and picows, side by side",
+        help="benchmark tidings side by side with websockets, aiohttp, picows and "
+        "python-socketio",
         description=(
-            "Benchmark tidings against websockets, aiohttp and picows. The peers "
+            "Benchmark tidings against websockets, aiohttp and picows, and the "
+            "tidings hub against python-socketio. The peers "
             "are installed into the benchmark's own environment (.bench/venv). "
             "See docs/performance.md."
         ),

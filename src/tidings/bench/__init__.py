@@ -1,8 +1,9 @@
 """The tidings benchmark: ``tidings bench`` / ``python -m tidings.bench``.
 
-It measures tidings against websockets, aiohttp and picows, each server in
-its own process pinned to one core, all driven by the same load client
-pinned to the other, and writes a Markdown report with PNG charts. See
+It measures tidings against websockets, aiohttp and picows, and the tidings
+hub against python-socketio, each server in its own process pinned to one
+core, all driven by the same load client pinned to the other, and writes a
+Markdown report with PNG charts. See
 ``docs/performance.md`` for the latest report and how to run it.
 
 For the ``tidings`` command line::

@@ -1,8 +1,9 @@
 """Bar charts of ``results.json`` (matplotlib, Agg backend).
 
 ``python -m tidings.bench.charts RESULTS.json OUT_DIR`` writes
-``throughput.png``, ``memory.png`` and ``clients.png`` (those with data)
-and prints their paths. Each bar is a median; its whisker spans min-max.
+``throughput.png``, ``per-cpu.png``, ``memory.png``, ``clients.png`` and
+``hub.png`` (those with data) and prints their paths. Each bar is a
+median; its whisker spans min-max.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .report import number, stats
-from .scenarios import LABELS
+from .scenarios import HUB_SERVERS, LABELS
 
 COLORS = {
     "tidings-cb": "#1f6fb4",
@@ -26,6 +27,8 @@ COLORS = {
     "websockets": "#e08a2c",
     "aiohttp": "#5a9e4b",
     "picows": "#b0413e",
+    "tidings-hub": "#1f6fb4",
+    "socketio": "#7a5195",
 }
 
 
@@ -145,6 +148,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             out / "clients.png",
             f"tidings bench: clients against {LABELS.get(meta['client_server'], '?')}\n"
             f"{when}",
+            compact=compact,
+        ),
+        draw(
+            plt,
+            [e for e in scn if e["kind"] in ("hub", "hub-idle")],
+            [s for s in HUB_SERVERS if s in servers],
+            out / "hub.png",
+            f"tidings bench: hub against python-socketio\n{when}",
             compact=compact,
         ),
     ]

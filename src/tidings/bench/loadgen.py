@@ -14,9 +14,12 @@ must, so that it is not the bottleneck:
   a read and a write carry many messages.
 
 Modes: ``echo``, ``broadcast``, ``handshake``, ``idle`` (opens connections
-and holds them, driven by commands on stdin) and ``client`` (one library's
-own client against a server, for the client-side comparison). Every loop is
-bounded by ``--duration``/``--repeat`` and by ``--timeout``.
+and holds them, driven by commands on stdin), ``client`` (one library's
+own client against a server, for the client-side comparison) and ``hub``
+(subscribers of one channel of a hub, ``--protocol`` tidings-hub or
+socketio, one of them publishing; ``idle`` with ``--protocol`` holds
+subscribed clients). Every loop is bounded by ``--duration``/``--repeat``
+and by ``--timeout``.
 """
 
 from __future__ import annotations
@@ -25,18 +28,21 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import importlib
 import json
 import os
 import resource
 import socket
+import string
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 from ._proc import busy_fraction, core_times, proc_cpu
+from .scenarios import HUB_CHANNEL, HUB_ROOM
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -95,6 +101,13 @@ def close_frame(code: int = 1000) -> bytes:
 def payload_of(size: int) -> bytes:
     """A payload of ``size`` bytes, not all alike (so masking is real work)."""
     pattern = bytes(range(33, 127))
+    return (pattern * (size // len(pattern) + 1))[:size]
+
+
+def text_payload(size: int) -> bytes:
+    """``size`` letters and digits: a payload that JSON carries as it is, so
+    that it can be found in the frames a hub delivers."""
+    pattern = (string.ascii_letters + string.digits).encode()
     return (pattern * (size // len(pattern) + 1))[:size]
 
 
@@ -189,9 +202,26 @@ class Bench:
         self.errors = 0
         self.failed = 0
 
+    def delivered(self, k: int) -> None:
+        """``k`` more messages arrived."""
+        self.count += k
+
+    def error(self, text: str) -> None:
+        """Count an unexpected frame or event; report the first few."""
+        self.errors += 1
+        if self.errors <= 3:
+            emit(event="note", text=text)
+
 
 class Conn(asyncio.Protocol):
-    """A raw WebSocket client connection; subclasses handle the frames."""
+    """A raw WebSocket client connection; subclasses handle the frames.
+
+    :attr:`opened` is set once the handshake succeeded, or, where
+    :attr:`ready_on_open` is false, once the subclass says the connection
+    is ready (say, subscribed).
+    """
+
+    ready_on_open = True
 
     def __init__(self, bench: Bench, hs: Handshake, stream: Stream | None) -> None:
         self.bench = bench
@@ -217,7 +247,7 @@ class Conn(asyncio.Protocol):
                 return
             self.head = None
             ok = self.hs.check(head[:end])
-            if not self.opened.done():
+            if not self.opened.done() and (self.ready_on_open or not ok):
                 self.opened.set_result(ok)
             if not ok:
                 self.bench.failed += 1
@@ -288,7 +318,8 @@ class BroadcastBench(Bench):
     Broadcast number ``s`` is sent once broadcast ``s - depth`` has reached
     every client. A server may drop a delivery (to a slow client, say);
     then nothing moves for a while and a watchdog lets one more through,
-    counted in ``stalls``.
+    counted in ``stalls``. The publisher is one of the clients
+    (:class:`BroadcastConn` or :class:`HubConn`), and receives its own.
     """
 
     def __init__(self, clients: int, depth: int, lowat: int) -> None:
@@ -299,7 +330,12 @@ class BroadcastBench(Bench):
         self.sent = 0
         self.credit = 0
         self.stalls = 0
-        self.publisher: BroadcastConn | None = None
+        self.publisher: BroadcastConn | HubConn | None = None
+
+    def delivered(self, k: int) -> None:
+        self.count += k
+        if self.count + self.credit >= (self.sent - self.depth + 1) * self.clients:
+            self.pump()
 
     def pump(self) -> None:
         pub = self.publisher
@@ -315,7 +351,7 @@ class BroadcastBench(Bench):
             n += 1
         if n:
             self.sent += n
-            pub.transport.write(pub.out * n)
+            pub.publish(n)
 
     def unstick(self) -> None:
         self.stalls += 1
@@ -339,17 +375,226 @@ class BroadcastConn(Conn):
                 socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat * self.stream.frame_len
             )
 
+    def publish(self, n: int) -> None:
+        if self.transport is not None:
+            self.transport.write(self.out * n)
+
     def on_data(self, data: bytes) -> None:
         assert self.stream is not None
         k = self.stream.feed(data)
         if k:
-            bench = self.bcast
-            bench.count += k
-            if (
-                bench.count + bench.credit
-                >= (bench.sent - bench.depth + 1) * bench.clients
-            ):
-                bench.pump()
+            self.bcast.delivered(k)
+
+
+class HubConn(Conn):
+    """A client of a hub: subscribes to one channel, then counts deliveries.
+
+    A hub's frames differ from one another (offsets, ids), so they are
+    parsed: a data frame holding the payload is a delivery, counted; any
+    other frame goes to :meth:`on_message`, where each protocol joins,
+    answers pings and checks replies. :attr:`opened` is set once the server
+    confirmed the subscription.
+
+    After a delivery, the frames that follow with the very same header
+    (opcode and length: offsets change length only at a new digit) are
+    counted at once, in C: their headers are compared through strided
+    slices, and the payload must occur once per frame among them; anything
+    else is parsed frame by frame. So the client stays cheap per delivery.
+    """
+
+    ready_on_open = False
+    #: The WebSocket endpoint.
+    path = "/"
+
+    def __init__(self, bench: Bench, hs: Handshake, payload: bytes) -> None:
+        super().__init__(bench, hs, None)
+        self.payload = payload
+        self.pending = b""
+        self.joined = False
+
+    def on_data(self, data: bytes) -> None:
+        buf = self.pending + data if self.pending else data
+        size = len(buf)
+        marker = self.payload
+        pos = found = 0
+        while size - pos >= 2:
+            second = buf[pos + 1]
+            if second & 0x80:
+                self.bench.error("the server sent a masked frame")
+                self.abort()
+                return
+            length = second & 0x7F
+            start = pos + 2
+            if length == 126:
+                start = pos + 4
+                if start > size:
+                    break
+                length = (buf[pos + 2] << 8) | buf[pos + 3]
+            elif length == 127:
+                start = pos + 10
+                if start > size:
+                    break
+                length = int.from_bytes(buf[pos + 2 : start], "big")
+            end = start + length
+            if end > size:
+                break
+            opcode = buf[pos] & 0x0F
+            if opcode < 3 and buf.find(marker, start, end) >= 0:
+                found += 1
+                frame = end - pos
+                run = (size - end) // frame
+                if run:
+                    for i in range(start - pos):
+                        column = buf[end + i : end + run * frame : frame]
+                        run -= len(column.lstrip(buf[pos + i : pos + i + 1]))
+                        if not run:
+                            break
+                    if run and buf.count(marker, end, end + run * frame) == run:
+                        found += run
+                        end += run * frame
+            else:
+                self.on_frame(opcode, buf[start:end])
+            pos = end
+        self.pending = buf[pos:] if pos < size else b""
+        if found:
+            self.bench.delivered(found)
+
+    def on_frame(self, opcode: int, payload: bytes) -> None:
+        if opcode == 0x9:  # ping
+            if self.transport is not None:
+                self.transport.write(build_frame(payload, 0xA, masked=True))
+        elif opcode == 0x8:
+            code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+            self.bench.error(f"the server closed a connection: {code} {payload[2:]!r}")
+            self.join_done(False)
+            self.abort()
+        elif opcode == 0x1:
+            self.on_message(payload)
+        elif opcode != 0xA:
+            self.bench.error(f"unexpected frame, opcode {opcode}: {payload[:80]!r}")
+
+    def on_message(self, text: bytes) -> None:
+        """A text frame that is not a delivery."""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # A hub drops a client it finds too slow: say so, it skews the count.
+        if self.joined and self.bench.sending:
+            self.bench.error(f"a subscribed connection was lost: {exc!r}")
+        super().connection_lost(exc)
+
+    def abort(self) -> None:
+        self.joined = False  # ours: not a loss
+        super().abort()
+
+    def send_text(self, text: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(build_frame(text, 0x1, masked=True))
+
+    def join_done(self, ok: bool) -> None:
+        self.joined = self.joined or ok
+        if not self.opened.done():
+            self.opened.set_result(ok)
+            if not ok:
+                self.abort()
+
+    def publish(self, n: int) -> None:
+        raise NotImplementedError
+
+
+class TidingsHubConn(HubConn):
+    """docs/protocol.md: ``connect``, then ``subscribe``, each waiting for
+    its reply; publications are ``publish`` commands, each with its own id."""
+
+    path = "/ws"
+
+    def __init__(self, bench: Bench, hs: Handshake, payload: bytes) -> None:
+        super().__init__(bench, hs, payload)
+        self.next_id = 3
+        channel = json.dumps(HUB_CHANNEL).encode()
+        self.publish_tail = (
+            b',"op":"publish","channel":' + channel + b',"data":"' + payload + b'"}'
+        )
+
+    def on_open(self) -> None:
+        self.send_text(b'{"id":1,"op":"connect"}')
+
+    def on_message(self, text: bytes) -> None:
+        try:
+            reply = json.loads(text)
+        except ValueError:
+            reply = None
+        if not isinstance(reply, dict):
+            self.bench.error(f"not a JSON object from the hub: {text[:80]!r}")
+            return
+        rid = reply.get("id")
+        if "error" in reply:
+            self.bench.error(f"hub error for command {rid}: {reply['error']}")
+            if not self.joined:
+                self.join_done(False)
+        elif rid == 1 and not self.joined:
+            channel = json.dumps(HUB_CHANNEL)
+            self.send_text(f'{{"id":2,"op":"subscribe","channel":{channel}}}'.encode())
+        elif rid == 2 and not self.joined:
+            self.join_done(True)
+        elif not (isinstance(rid, int) and rid >= 3 and "result" in reply):
+            self.bench.error(f"unexpected message from the hub: {text[:80]!r}")
+
+    def publish(self, n: int) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        frames = []
+        tail = self.publish_tail
+        for i in range(self.next_id, self.next_id + n):
+            frames.append(build_frame(b'{"id":%d' % i + tail, 0x1, masked=True))
+        self.next_id += n
+        transport.write(b"".join(frames))
+
+
+class SocketIOConn(HubConn):
+    """Socket.IO 5 over Engine.IO 4, WebSocket transport only: wait for the
+    open packet (``0{...}``), connect (``40``), then ``join`` with an ack
+    (``421["join", room]``, answered ``431[...]``). Engine.IO pings (``2``)
+    are answered (``3``)."""
+
+    path = "/socket.io/?EIO=4&transport=websocket"
+
+    def __init__(self, bench: Bench, hs: Handshake, payload: bytes) -> None:
+        super().__init__(bench, hs, payload)
+        self.step = 0
+        room = json.dumps(HUB_ROOM).encode()
+        self.join_packet = b'421["join",' + room + b"]"
+        self.out = build_frame(
+            b'42["publish",' + room + b',"' + payload + b'"]', 0x1, masked=True
+        )
+
+    def on_message(self, text: bytes) -> None:
+        if text == b"2":
+            self.send_text(b"3")
+        elif self.step == 0 and text.startswith(b"0{"):
+            self.step = 1
+            self.send_text(b"40")
+        elif self.step == 1 and text.startswith(b"40"):
+            self.step = 2
+            self.send_text(self.join_packet)
+        elif self.step == 2 and text.startswith(b"431"):
+            self.step = 3
+            self.join_done(True)
+        else:
+            self.bench.error(f"unexpected packet from socket.io: {text[:80]!r}")
+            if not self.joined:
+                self.join_done(False)
+
+    def publish(self, n: int) -> None:
+        if self.transport is not None:
+            self.transport.write(self.out * n)
+
+
+#: The hub clients, by server name.
+HUB_CONNS: dict[str, type[HubConn]] = {
+    "tidings-hub": TidingsHubConn,
+    "socketio": SocketIOConn,
+}
 
 
 class IdleConn(Conn):
@@ -545,8 +790,30 @@ async def run_broadcast(args: argparse.Namespace) -> None:
     payload = payload_of(args.size)
     out = build_frame(payload, masked=True)
     back = Expected(build_frame(payload), verify=not args.no_verify)
+    # The server registers a client after its handshake: give it a moment.
+    await fan_out(args, bench, lambda: BroadcastConn(bench, hs, out, back), 0.5)
+
+
+async def run_hub(args: argparse.Namespace) -> None:
+    """Subscribers of one channel; one of them publishes (``--protocol``)."""
+    cls = HUB_CONNS[args.protocol or "tidings-hub"]
+    bench = BroadcastBench(args.conns, args.depth, args.lowat)
+    hs = Handshake(args.host, args.port, cls.path)
+    payload = text_payload(args.size)
+    # Each client counts as opened once its subscription is confirmed.
+    await fan_out(args, bench, lambda: cls(bench, hs, payload), 0.0)
+
+
+async def fan_out(
+    args: argparse.Namespace,
+    bench: BroadcastBench,
+    factory: Callable[[], Conn],
+    settle: float,
+) -> None:
+    """Open the clients, then keep ``depth`` broadcasts (publications) in
+    flight from the first one, counting deliveries at every client."""
     conns = await open_many(
-        lambda: BroadcastConn(bench, hs, out, back),
+        factory,
         args.host,
         args.port,
         args.conns,
@@ -558,9 +825,9 @@ async def run_broadcast(args: argparse.Namespace) -> None:
     if not conns:
         raise SystemExit("no connection could be opened")
     bench.clients = len(conns)
-    await asyncio.sleep(0.5)  # let the server register the last ones
+    await asyncio.sleep(settle)
     first = conns[0]
-    assert isinstance(first, BroadcastConn)
+    assert isinstance(first, BroadcastConn | HubConn)
     bench.publisher = first
     last = -1
 
@@ -578,7 +845,7 @@ async def run_broadcast(args: argparse.Namespace) -> None:
     def extra() -> dict[str, Any]:
         return {
             "stalls": bench.stalls,
-            "errors": sum(c.stream.errors for c in conns if c.stream),
+            "errors": bench.errors + sum(c.stream.errors for c in conns if c.stream),
         }
 
     await measure(
@@ -593,7 +860,14 @@ async def run_broadcast(args: argparse.Namespace) -> None:
         extra=extra,
     )
     dog.cancel()
-    emit(event="done", sent=bench.sent, **extra())
+    # At most every client got every broadcast: more means a counting bug.
+    emit(
+        event="done",
+        sent=bench.sent,
+        delivered=bench.count,
+        most=bench.sent * bench.clients,
+        **extra(),
+    )
     for c in conns:
         c.abort()
 
@@ -648,12 +922,20 @@ async def run_idle(args: argparse.Namespace) -> None:
     """Open connections on ``open N`` commands read from stdin; ``quit`` or
     the end of stdin (or ``--timeout`` seconds without a command) ends."""
     bench = Bench()
-    hs = Handshake(args.host, args.port)
     src = sources(args.sources)
     held: list[Conn] = []
+    factory: Callable[[], Conn]
+    if args.protocol is None:
+        hs = Handshake(args.host, args.port)
+        factory = functools.partial(IdleConn, bench, hs, None)
+    else:
+        # Each client subscribed (joined) before it counts as opened.
+        cls = HUB_CONNS[args.protocol]
+        hs = Handshake(args.host, args.port, cls.path)
+        factory = functools.partial(cls, bench, hs, text_payload(args.size))
     # Warm the server up (lazy imports, allocator pools) before its baseline.
     warm = await open_many(
-        lambda: IdleConn(bench, hs, None),
+        factory,
         args.host,
         args.port,
         20,
@@ -682,7 +964,7 @@ async def run_idle(args: argparse.Namespace) -> None:
             want = int(words[1])
             t0 = time.perf_counter()
             new = await open_many(
-                lambda: IdleConn(bench, hs, None),
+                factory,
                 args.host,
                 args.port,
                 want,
@@ -822,6 +1104,7 @@ MODES: dict[str, Callable[[argparse.Namespace], Awaitable[None]]] = {
     "handshake": run_handshake,
     "idle": run_idle,
     "client": run_client,
+    "hub": run_hub,
 }
 
 
@@ -886,6 +1169,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--loop", default="auto", choices=["auto", "uvloop", "asyncio"])
     p.add_argument("--client", default="raw")
+    p.add_argument(
+        "--protocol",
+        choices=sorted(HUB_CONNS),
+        help="hub: the server's protocol (default tidings-hub); idle: hold "
+        "clients subscribed with it",
+    )
     p.add_argument("--no-verify", action="store_true")
     p.add_argument(
         "--lowat",

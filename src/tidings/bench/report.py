@@ -12,7 +12,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .scenarios import LABELS, PEERS, TARGETS, TIDINGS, Scenario
+from .scenarios import (
+    HUB_PEERS,
+    HUB_SERVERS,
+    HUB_TIDINGS,
+    LABELS,
+    PEERS,
+    TARGETS,
+    TIDINGS,
+    Scenario,
+    Target,
+)
+
+#: Scenario kinds of the hub section (the rest: WebSocket servers, clients).
+HUB_KINDS = ("hub", "hub-idle")
 
 #: A load client at or above this share of its core is taken as saturated.
 SATURATED = 0.9
@@ -107,7 +120,30 @@ def pct(value: float | None) -> str:
 
 
 def server_entries(data: Data) -> list[dict[str, Any]]:
-    return [e for e in data["scenarios"] if e["kind"] != "client"]
+    """The WebSocket servers' scenarios."""
+    return [
+        e
+        for e in data["scenarios"]
+        if e["kind"] != "client" and e["kind"] not in HUB_KINDS
+    ]
+
+
+def hub_entries(data: Data) -> list[dict[str, Any]]:
+    return [e for e in data["scenarios"] if e["kind"] in HUB_KINDS]
+
+
+def ws_servers(data: Data) -> list[str]:
+    """The WebSocket servers that ran (the report's main columns)."""
+    return [s for s in data["meta"]["servers"] if s not in HUB_SERVERS]
+
+
+def server_cell(data: Data, entry: dict[str, Any], name: str, key: str) -> str:
+    """:func:`cell`, saying why a server has no figure."""
+    if name in data["meta"].get("missing", ()):
+        return "not installed"
+    if name not in entry["results"]:
+        return "not run"
+    return cell(entry["results"][name], key)
 
 
 def verdict(r: tuple[float, float, float] | None, bound: float, lower: bool) -> str:
@@ -117,6 +153,18 @@ def verdict(r: tuple[float, float, float] | None, bound: float, lower: bool) -> 
     return "met" if ok else "**not met**"
 
 
+def absolute_row(t: Target, entry: dict[str, Any], text: str) -> list[str]:
+    """The row of a target on ``ours``' own figure (no peer)."""
+    res = entry["results"].get(t.ours)
+    s = None if res is None or res.get("error") else stats(res.get("values", []))
+    value = "—" if s is None else f"{cell(res)} {entry['unit']}"
+    lower = entry["lower_is_better"]
+    if s is None:
+        return [text, value, "not measured", "—", "—"]
+    ok = s[0] <= t.bound if lower else s[0] >= t.bound
+    return [text, value, "met" if ok else "**not met**", "—", "—"]
+
+
 def targets_table(data: Data) -> str:
     entries = {e["key"]: e for e in data["scenarios"]}
     scns = {k: scenario_of(e) for k, e in entries.items()}
@@ -124,6 +172,9 @@ def targets_table(data: Data) -> str:
     for t in TARGETS:
         entry = entries.get(t.scenario)
         if entry is None:
+            continue
+        if t.peer is None:
+            rows.append(absolute_row(t, entry, t.text(scns)))
             continue
         results = entry["results"]
         lower = entry["lower_is_better"]
@@ -145,7 +196,7 @@ def targets_table(data: Data) -> str:
             rows.append([*held_row(idle, name, res), "—", "—"])
     header = [
         "target",
-        "ratio of medians [range]",
+        "ratio of medians [range], or median [range]",
         "verdict",
         "per server CPU-second",
         "verdict",
@@ -182,7 +233,7 @@ def held_row(idle: dict[str, Any], name: str, res: dict[str, Any]) -> list[str]:
 
 
 def results_table(data: Data, key: str = "values") -> str:
-    servers = data["meta"]["servers"]
+    servers = ws_servers(data)
     rows = []
     for e in server_entries(data):
         if key == "per_cpu" and e["kind"] == "idle":
@@ -213,6 +264,32 @@ def ratios_table(data: Data, key: str = "values") -> str:
             + [ratio_text(ratio(res.get(o), res.get(p), key)) for o, p in pairs]
         )
     header = ["scenario"] + [f"{LABELS[o]} ÷ {p}" for o, p in pairs]
+    return table(header, rows)
+
+
+def hub_table(data: Data) -> str | None:
+    """The hub scenarios: each hub server, and the tidings hub ÷ each peer,
+    of the figures and of the figures per server CPU-second."""
+    entries = hub_entries(data)
+    if not entries:
+        return None
+    pairs = [(o, p) for o in HUB_TIDINGS for p in HUB_PEERS]
+    rows = []
+    for e in entries:
+        res = e["results"]
+        row = [e["title"], e["unit"]]
+        row += [server_cell(data, e, name, "values") for name in HUB_SERVERS]
+        row += [ratio_text(ratio(res.get(o), res.get(p))) for o, p in pairs]
+        if e["kind"] == "hub-idle":
+            row += ["—" for _ in pairs]
+        else:
+            row += [
+                ratio_text(ratio(res.get(o), res.get(p), "per_cpu")) for o, p in pairs
+            ]
+        rows.append(row)
+    header = ["scenario", "unit", *(LABELS[s] for s in HUB_SERVERS)]
+    header += [f"{LABELS[o]} ÷ {LABELS[p]}" for o, p in pairs]
+    header += [f"same, per server CPU-s: {LABELS[o]} ÷ {LABELS[p]}" for o, p in pairs]
     return table(header, rows)
 
 
@@ -319,6 +396,7 @@ def setup_section(data: Data) -> str:
         lines.append(f"- servers and load client ran at nice {meta['nice']:+d}")
     loops: dict[str, str] = {}
     bcast: dict[str, str] = {}
+    hubs: dict[str, str] = {}
     client_loop = None
     for e in data["scenarios"]:
         for name, res in e["results"].items():
@@ -327,6 +405,8 @@ def setup_section(data: Data) -> str:
                 loops.setdefault(name, info["loop"])
             if "broadcast" in info:
                 bcast.setdefault(name, info["broadcast"])
+            if "hub" in info:
+                hubs.setdefault(name, info["hub"])
             client_loop = client_loop or info.get("client_loop")
     if loops:
         lines.append(
@@ -336,18 +416,32 @@ def setup_section(data: Data) -> str:
             )
             + f"; load client on {client_loop or '?'}"
         )
-    lines.append(
-        "- every server: compression off, keepalive pings off, 16 MiB message "
-        "limit, listen backlog 1024"
-    )
-    lines.append(
-        "- load client (the same for every server): `tidings.bench.loadgen`, raw "
-        "sockets on uvloop; each message it sends is one frame masked once at "
-        "start, written `k` at a time; replies are counted from the byte count "
-        "and compared in place with the expected bytes; several messages in "
-        "flight per connection (see Scenarios); connections spread over "
-        "127.0.0.1-8 as source addresses"
-    )
+    if server_entries(data):
+        lines.append(
+            "- every WebSocket server: compression off, keepalive pings off, 16 MiB "
+            "message limit, listen backlog 1024"
+        )
+        lines.append(
+            "- load client (the same for every server): `tidings.bench.loadgen`, "
+            "raw sockets on uvloop; each message it sends is one frame masked once "
+            "at start, written `k` at a time; replies are counted from the byte "
+            "count and compared in place with the expected bytes; several messages "
+            "in flight per connection (see Scenarios); connections spread over "
+            "127.0.0.1-8 as source addresses"
+        )
+    if hubs:
+        lines += [
+            f"- hub server {LABELS[k]}: {hubs[k]}" for k in meta["servers"] if k in hubs
+        ]
+        lines.append(
+            "- hub servers: no compression, keepalive pings every 900 s (after "
+            "any run), listen backlog 1024; load client: the same raw client, "
+            "each connection subscribed before the publisher starts (tidings: "
+            "`connect`, then `subscribe`, each awaiting its reply; socket.io: "
+            "open packet, `40`, then `join` with an ack); every frame is parsed, "
+            "and a data frame holding the 100-byte payload counts as a delivery; "
+            "publications are 100 letters and digits, a JSON string"
+        )
     if bcast:
         lines.append(
             "- broadcast: "
@@ -443,26 +537,43 @@ def render(
         "",
         targets_table(data),
         "",
-        "## Results",
-        "",
-        results_table(data),
-        "",
-        "## Ratios",
-        "",
-        ratios_table(data),
-        "",
-        "## Per CPU-second",
-        "",
-        "The same measurements divided by the CPU time the server used: its "
-        "efficiency. When other processes take CPU from the server, or the "
-        "server is not saturated, this is steadier than the throughput; it "
-        "says nothing of latency or of what one core can reach.",
-        "",
-        results_table(data, "per_cpu"),
-        "",
-        ratios_table(data, "per_cpu"),
-        "",
     ]
+    if server_entries(data):
+        parts += [
+            "## Results",
+            "",
+            results_table(data),
+            "",
+            "## Ratios",
+            "",
+            ratios_table(data),
+            "",
+            "## Per CPU-second",
+            "",
+            "The same measurements divided by the CPU time the server used: its "
+            "efficiency. When other processes take CPU from the server, or the "
+            "server is not saturated, this is steadier than the throughput; it "
+            "says nothing of latency or of what one core can reach.",
+            "",
+            results_table(data, "per_cpu"),
+            "",
+            ratios_table(data, "per_cpu"),
+            "",
+        ]
+    hub = hub_table(data)
+    if hub is not None:
+        parts += [
+            "## Hub",
+            "",
+            "The tidings hub (channels, history, recovery: `tidings serve`) and "
+            "python-socketio, each as its own server process, driven by the same "
+            "load client: subscribers of one channel (socket.io: one room), one of "
+            "them publishing. Per server CPU-second: the figures divided by the "
+            "CPU time the server used.",
+            "",
+            hub,
+            "",
+        ]
     clients = client_table(data)
     if clients is not None:
         server = LABELS.get(meta.get("client_server", ""), meta.get("client_server"))
@@ -506,14 +617,16 @@ def render(
         "tidings bench --docs docs/performance.md   # and rewrite this page",
         "tidings bench --smoke              # seconds, tidings only: proves it works",
         "tidings bench --servers tidings-cb,picows --scenarios echo-100x32",
+        "tidings bench --scenarios hub-1k,hub-10k,hub-idle   # the hub only",
         "```",
         "",
         "The first full run creates `.bench/venv` (websockets, aiohttp, picows, "
-        "uvloop, matplotlib, and tidings itself, editable); tidings never "
+        "python-socketio, uvicorn, uvloop, matplotlib, and tidings itself, "
+        "editable); tidings never "
         "depends on them. Results go to `benchmarks/` (`results.json`, "
         "`report.md`, the PNGs); the servers' and load clients' stderr to "
-        "`.bench/logs/children.log`. A full run takes about 12 minutes on "
-        "2 cores. `--help` lists the options.",
+        "`.bench/logs/children.log`. A full run takes about 15 minutes on "
+        "2 cores (the hub rows about 3 of them). `--help` lists the options.",
         "",
         "## Scenarios",
         "",
@@ -533,16 +646,10 @@ def render(
 
 def summary(data: Data) -> str:
     """What the run prints at the end: the targets and the results."""
-    return "\n".join(
-        [
-            "",
-            "Targets",
-            "",
-            targets_table(data),
-            "",
-            "Results (median [min-max])",
-            "",
-            results_table(data),
-            "",
-        ]
-    )
+    parts = ["", "Targets", "", targets_table(data), ""]
+    if server_entries(data):
+        parts += ["Results (median [min-max])", "", results_table(data), ""]
+    hub = hub_table(data)
+    if hub is not None:
+        parts += ["Hub (median [min-max])", "", hub, ""]
+    return "\n".join(parts)

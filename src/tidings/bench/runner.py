@@ -6,11 +6,12 @@ another, pinned to the other core; it reads their JSON lines, shows
 progress, and at the end writes ``results.json``, a Markdown report and, when
 matplotlib is there, PNG charts.
 
-The peers (websockets, aiohttp, picows) and uvloop and matplotlib are
-installed into the benchmark's own virtual environment, ``.bench/venv`` at
-the root of the checkout, on first run; tidings itself never depends on
-them. ``--smoke`` runs every row for a moment with tidings alone, in the
-current interpreter, to prove that the benchmark works.
+The peers (websockets, aiohttp, picows; python-socketio and uvicorn for
+the hub) and uvloop and matplotlib are installed into the benchmark's own
+virtual environment, ``.bench/venv`` at the root of the checkout, on first
+run; tidings itself never depends on them. ``--smoke`` runs every row for a
+moment with tidings alone, in the current interpreter, to prove that the
+benchmark works.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ from ._proc import busy_fraction, core_times, fd_limit, open_fds, rss_kib
 from .scenarios import (
     CLIENTS,
     FULL,
+    HUB_TIDINGS,
     LABELS,
+    MEMORY_KINDS,
     NEEDS,
     SERVERS,
     TIDINGS,
@@ -45,10 +48,34 @@ from .scenarios import (
     smoke,
 )
 
-PEER_PACKAGES = ("websockets", "aiohttp", "picows", "uvloop", "matplotlib")
+PEER_PACKAGES = (
+    "websockets",
+    "aiohttp",
+    "picows",
+    "python-socketio>=5",
+    "uvicorn>=0.30",
+    "uvloop",
+    "matplotlib",
+)
 
 #: Importable names probed in the benchmark's interpreter.
-PROBE = ("tidings", "uvloop", "websockets", "aiohttp", "picows", "matplotlib")
+PROBE = (
+    "tidings",
+    "jwt",
+    "uvloop",
+    "websockets",
+    "aiohttp",
+    "picows",
+    "socketio",
+    "uvicorn",
+    "matplotlib",
+)
+
+#: Distribution names, where they differ from the importable names.
+DISTRIBUTIONS = {"jwt": "PyJWT", "socketio": "python-socketio"}
+
+#: What a ready benchmark environment has: else it is filled (again).
+COMPLETE = ("tidings", "jwt", "websockets", "aiohttp", "picows", "socketio", "uvicorn")
 
 
 class BenchError(Exception):
@@ -105,9 +132,10 @@ def probe(python: str) -> dict[str, Any]:
     code = (
         "import importlib.util, importlib.metadata as m, json, platform\n"
         f"names = {list(PROBE)!r}\n"
+        f"dists = {DISTRIBUTIONS!r}\n"
         "found = {n: importlib.util.find_spec(n) is not None for n in names}\n"
         "def v(n):\n"
-        "    try: return m.version(n)\n"
+        "    try: return m.version(dists.get(n, n))\n"
         "    except Exception: return None\n"
         "print(json.dumps({'python': platform.python_version(),"
         " 'implementation': platform.python_implementation(),"
@@ -134,7 +162,7 @@ def ensure_env(env_dir: Path, say: Callable[[str], None], *, setup: bool) -> str
             found = probe(str(python))["found"]
         except (subprocess.SubprocessError, OSError, ValueError):
             found = {}
-        if all(found.get(n) for n in ("tidings", "websockets", "aiohttp", "picows")):
+        if all(found.get(n) for n in COMPLETE):
             return str(python)
     if not setup:
         return str(python) if python.exists() else None
@@ -326,6 +354,11 @@ def mem_total() -> str:
             if line.startswith("MemTotal:"):
                 return f"{int(line.split()[1]) / (1 << 20):.1f} GiB"
     return "unknown"
+
+
+def installed(name: str, found: dict[str, bool]) -> bool:
+    """Whether server or client ``name`` can run, by a :func:`probe`."""
+    return all(found.get(module, True) for module in NEEDS[name])
 
 
 def rss(pid: int) -> int:
@@ -542,7 +575,7 @@ class Runner:
         busy = self.wait_quiet()
         if busy is not None:
             out.notes.append(f"other processes kept a core {busy:.0%} busy at start")
-        mode = "broadcast" if scn.kind == "broadcast" else "echo"
+        mode = scn.kind if scn.kind in ("broadcast", "hub") else "echo"
         srv, ready = self.start_server(server, mode)
         out.info = {k: v for k, v in ready.items() if k not in ("event", "pid", "port")}
         cfg = self.cfg
@@ -566,6 +599,8 @@ class Runner:
         ]
         if client is not None:
             args += ["--client", client]
+        if scn.kind == "hub":
+            args += ["--protocol", server]
         kind = "client" if scn.kind == "client" else scn.kind
         lg = self.start_loadgen(kind, ready["port"], srv.pid, *args)
         try:
@@ -621,9 +656,16 @@ class Runner:
                 )
             if done.get("failed"):
                 out.notes.append(f"{done['failed']} connections failed")
+            if done.get("delivered", 0) > done.get("most", math.inf):
+                out.notes.append(
+                    f"counted {done['delivered']:,} deliveries, more than the "
+                    f"{done['most']:,} possible: the figures are wrong"
+                )
             if done.get("errors"):
                 out.notes.append(
-                    f"{done['errors']} reads did not match the expected bytes"
+                    f"{done['errors']} frames were not what the protocol expects"
+                    if scn.kind == "hub"
+                    else f"{done['errors']} reads did not match the expected bytes"
                 )
             if done.get("stalls"):
                 out.notes.append(
@@ -646,10 +688,12 @@ class Runner:
 
     def idle_step(self, scns: list[Scenario], server: str, rep: int) -> list[Outcome]:
         """Open the connections of each scenario in turn, largest last, on one
-        server; measure its RSS growth per connection."""
+        server; measure its RSS growth per connection. For ``hub-idle``, each
+        client subscribes before it counts as open."""
         outs = [Outcome() for _ in scns]
         self.wait_quiet()
-        srv, ready = self.start_server(server, "echo")
+        hub = scns[0].kind == "hub-idle"
+        srv, ready = self.start_server(server, "hub" if hub else "echo")
         info = {k: v for k, v in ready.items() if k not in ("event", "pid", "port")}
         clients: list[Child] = []
         try:
@@ -669,6 +713,8 @@ class Runner:
                     "--timeout",
                     60,
                 ]
+                if hub:
+                    argv_extra += ["--protocol", server, "--size", 100]
                 lg = self.start_loadgen("idle", ready["port"], srv.pid, *argv_extra)
                 lg.name = f"load client {i + 1} (idle)"
                 clients.append(lg)
@@ -713,8 +759,9 @@ class Runner:
                 )
                 if failed or alive != want or srv.proc.poll() is not None:
                     out.notes.append(
-                        f"rep {rep + 1}: {failed} failed to open, "
-                        f"{alive:,} of {want:,} open"
+                        f"rep {rep + 1}: {failed} failed to open"
+                        + (" or subscribe" if hub else "")
+                        + f", {alive:,} of {want:,} open"
                     )
                 self.progress.line(
                     f"      {alive:,} conns: {per:.2f} KiB/conn "
@@ -743,6 +790,8 @@ def estimate(scn: Scenario, cfg: Config) -> float:
     base = 1.5 + cfg.warmup + cfg.repeat * cfg.duration
     if scn.kind == "broadcast":
         base += 1 + scn.conns / 2500
+    if scn.kind == "hub":
+        base += 1 + scn.conns / 1000
     return base
 
 
@@ -858,7 +907,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tidings.bench",
-        description="Benchmark tidings against websockets, aiohttp and picows.",
+        description="Benchmark tidings against websockets, aiohttp and picows, "
+        "and the tidings hub against python-socketio.",
     )
     add_arguments(parser)
     return parser
@@ -897,7 +947,7 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
     servers = select(args.servers, SERVERS, "servers")
     clients = select(args.clients, CLIENTS, "clients")
     if smoke_run:
-        servers = servers or list(TIDINGS)
+        servers = servers or [*TIDINGS, *HUB_TIDINGS]
         clients = clients or ["raw", "tidings-cb", "tidings"]
 
     python = args.python
@@ -913,12 +963,12 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
             )
             python = sys.executable
     found = probe(python)
-    available = [s for s in SERVERS if found["found"].get(NEEDS[s], True)]
+    available = [s for s in SERVERS if installed(s, found["found"])]
     missing = [s for s in (servers or SERVERS) if s not in available]
     servers = [s for s in (servers or SERVERS) if s in available]
     if missing:
         say(f"not installed in {python}: {', '.join(missing)}; running without them")
-    clients = [c for c in (clients or CLIENTS) if found["found"].get(NEEDS[c], True)]
+    clients = [c for c in (clients or CLIENTS) if installed(c, found["found"])]
 
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     server_cpu: int | None = args.server_cpu
@@ -969,7 +1019,7 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
         return step
 
     for scn in scenarios:
-        if scn.kind == "idle":
+        if scn.kind in MEMORY_KINDS:
             continue
         if scn.kind == "client":
             for client in clients:
@@ -993,13 +1043,17 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
                         guarded(scn.key, server, work),
                     )
                 )
-    idle = [s for s in scenarios if s.kind == "idle"]
-    idle.sort(key=lambda s: s.conns)
-    if idle:
+    for kind in MEMORY_KINDS:
+        group = sorted((s for s in scenarios if s.kind == kind), key=lambda s: s.conns)
         for server in servers:
+            idle = [s for s in group if server in s.servers]
+            if not idle:
+                continue
             for rep in range(cfg.memory_repeat):
 
-                def idle_run(v: str = server, r: int = rep) -> None:
+                def idle_run(
+                    v: str = server, r: int = rep, idle: list[Scenario] = idle
+                ) -> None:
                     try:
                         outs = runner.idle_step(idle, v, r)
                     except (BenchError, OSError, subprocess.SubprocessError) as exc:
@@ -1013,11 +1067,12 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
                         old.error = old.error or new.error
 
                 biggest = max(s.conns for s in idle)
+                what = "subscribed clients" if kind == "hub-idle" else "conns"
                 plans.append(
                     Plan(
                         f"idle memory, {' / '.join(f'{s.conns:,}' for s in idle)} "
-                        f"conns · {LABELS[server]} · {rep + 1}/{cfg.memory_repeat}",
-                        3 + biggest / 2500,
+                        f"{what} · {LABELS[server]} · {rep + 1}/{cfg.memory_repeat}",
+                        3 + biggest / (1000 if kind == "hub-idle" else 2500),
                         idle_run,
                     )
                 )
@@ -1061,6 +1116,7 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
         "versions": found["versions"],
         "git": git_state(),
         "servers": servers,
+        "missing": missing,
         "clients": clients,
     }
     data = {

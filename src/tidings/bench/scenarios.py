@@ -4,23 +4,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-#: Servers in report order; the first two are tidings.
-SERVERS = ("tidings-cb", "tidings-async", "websockets", "aiohttp", "picows")
+#: WebSocket servers in report order; the first two are tidings.
+WS_SERVERS = ("tidings-cb", "tidings-async", "websockets", "aiohttp", "picows")
 TIDINGS = ("tidings-cb", "tidings-async")
 PEERS = ("websockets", "aiohttp", "picows")
+
+#: Hub servers (channels over WebSocket): the tidings hub, then its peers.
+HUB_SERVERS = ("tidings-hub", "socketio")
+HUB_TIDINGS = ("tidings-hub",)
+HUB_PEERS = ("socketio",)
+
+#: Every server, in report order.
+SERVERS = WS_SERVERS + HUB_SERVERS
 
 #: Clients compared in the client-side scenario, in report order.
 CLIENTS = ("raw", "tidings-cb", "tidings", "websockets", "aiohttp", "picows")
 
 #: What each server or client needs importable, beyond the standard library.
-NEEDS = {
-    "tidings-cb": "tidings",
-    "tidings-async": "tidings",
-    "tidings": "tidings",
-    "raw": "asyncio",
-    "websockets": "websockets",
-    "aiohttp": "aiohttp",
-    "picows": "picows",
+NEEDS: dict[str, tuple[str, ...]] = {
+    "tidings-cb": ("tidings",),
+    "tidings-async": ("tidings",),
+    "tidings-hub": ("tidings", "jwt"),
+    "tidings": ("tidings",),
+    "raw": ("asyncio",),
+    "websockets": ("websockets",),
+    "aiohttp": ("aiohttp",),
+    "picows": ("picows",),
+    "socketio": ("socketio", "uvicorn"),
 }
 
 LABELS = {
@@ -31,7 +41,13 @@ LABELS = {
     "websockets": "websockets",
     "aiohttp": "aiohttp",
     "picows": "picows",
+    "tidings-hub": "tidings hub",
+    "socketio": "python-socketio",
 }
+
+#: The channel (tidings hub) or room (socket.io) of the hub scenarios.
+HUB_CHANNEL = "bench:room"
+HUB_ROOM = "bench"
 
 
 @dataclass(frozen=True)
@@ -39,9 +55,10 @@ class Scenario:
     """One row of the report.
 
     ``kind`` is the load client's mode (``echo``, ``broadcast``,
-    ``handshake``, ``client``) or ``idle`` (memory, measured by the runner).
-    ``depth`` is messages in flight per connection (echo), broadcasts in
-    flight (broadcast), connections opened at once (handshake, idle).
+    ``handshake``, ``client``, ``hub``) or ``idle`` / ``hub-idle`` (memory,
+    measured by the runner). ``depth`` is messages in flight per connection
+    (echo), broadcasts or publications in flight (broadcast, hub),
+    connections opened at once (handshake, idle, hub-idle).
     """
 
     key: str
@@ -50,7 +67,7 @@ class Scenario:
     conns: int = 1
     size: int = 32
     depth: int = 1
-    servers: tuple[str, ...] = SERVERS
+    servers: tuple[str, ...] = WS_SERVERS
     lower_is_better: bool = False
 
     @property
@@ -66,6 +83,13 @@ class Scenario:
             return f"idle memory, {self.conns:,} conns"
         if self.kind == "client":
             return f"client echo, {conns} x {size_text(self.size)}"
+        if self.kind == "hub":
+            return (
+                f"hub: {size_text(self.size)} publications to "
+                f"{self.conns:,} subscribers"
+            )
+        if self.kind == "hub-idle":
+            return f"hub: idle memory, {self.conns:,} subscribed clients"
         return self.key
 
     @property
@@ -79,6 +103,17 @@ class Scenario:
             return f"{self.depth} at a time; each: TCP, HTTP upgrade, close frames"
         if self.kind == "idle":
             return "server RSS growth ÷ connections, handshakes done"
+        if self.kind == "hub":
+            return (
+                f"one channel (socket.io: room); one subscriber publishes, "
+                f"{self.depth} publications in flight; deliveries (frames holding "
+                "the payload) counted at the clients, the publisher's own included"
+            )
+        if self.kind == "hub-idle":
+            return (
+                "server RSS growth ÷ clients, each connected and subscribed to "
+                "one channel (socket.io: joined to one room)"
+            )
         return ""
 
 
@@ -109,7 +144,37 @@ FULL: tuple[Scenario, ...] = (
         "idle-20k", "idle", "KiB/conn", conns=20000, depth=200, lower_is_better=True
     ),
     Scenario("client-1x32", "client", "msg/s", conns=1, size=32, depth=64),
+    Scenario(
+        "hub-1k",
+        "hub",
+        "deliveries/s",
+        conns=1000,
+        size=100,
+        depth=128,
+        servers=HUB_SERVERS,
+    ),
+    Scenario(
+        "hub-10k",
+        "hub",
+        "deliveries/s",
+        conns=10000,
+        size=100,
+        depth=32,
+        servers=HUB_SERVERS,
+    ),
+    Scenario(
+        "hub-idle",
+        "hub-idle",
+        "KiB/conn",
+        conns=5000,
+        depth=200,
+        servers=HUB_SERVERS,
+        lower_is_better=True,
+    ),
 )
+
+#: Kinds measured by the runner from the server's memory, not by a load.
+MEMORY_KINDS = ("idle", "hub-idle")
 
 
 def smoke(scenarios: tuple[Scenario, ...] = FULL) -> tuple[Scenario, ...]:
@@ -119,6 +184,9 @@ def smoke(scenarios: tuple[Scenario, ...] = FULL) -> tuple[Scenario, ...]:
         "broadcast-10k": 200,
         "idle-5k": 100,
         "idle-20k": 400,
+        "hub-1k": 50,
+        "hub-10k": 200,
+        "hub-idle": 100,
     }
     out = []
     for s in scenarios:
@@ -134,17 +202,20 @@ def smoke(scenarios: tuple[Scenario, ...] = FULL) -> tuple[Scenario, ...]:
 @dataclass(frozen=True)
 class Target:
     """``ours`` ÷ ``peer`` in ``scenario`` must be at least (or, for memory,
-    at most) ``bound``."""
+    at most) ``bound``; without a ``peer``, ``ours``' own figure must."""
 
     scenario: str
     ours: str
-    peer: str
+    peer: str | None
     bound: float
 
     def text(self, scenarios: dict[str, Scenario]) -> str:
         s = scenarios.get(self.scenario)
         title = s.title if s else self.scenario
         sign = "≤" if s is not None and s.lower_is_better else "≥"
+        if self.peer is None:
+            unit = f" {s.unit}" if s is not None else ""
+            return f"{title}: {LABELS[self.ours]} {sign} {self.bound:g}{unit}"
         return (
             f"{title}: {LABELS[self.ours]} {sign} {self.bound:g}x {LABELS[self.peer]}"
         )
@@ -158,4 +229,7 @@ TARGETS: tuple[Target, ...] = (
     Target("broadcast-1k", "tidings-cb", "websockets", 3.0),
     Target("idle-20k", "tidings-cb", "websockets", 0.6),
     Target("idle-20k", "tidings-async", "websockets", 0.6),
+    Target("hub-1k", "tidings-hub", "socketio", 5.0),
+    Target("hub-10k", "tidings-hub", "socketio", 5.0),
+    Target("hub-idle", "tidings-hub", None, 16.0),
 )

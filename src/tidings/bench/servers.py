@@ -9,6 +9,11 @@ of its stdin, or after ``--max-seconds``.
 
 Broadcast: the first message any client sends is sent on to every connected
 client, the sender included; so is every later one.
+
+Hub (mode ``hub``, servers ``tidings-hub`` and ``socketio``): clients
+subscribe to a channel (join a room) and publish to it; every subscriber,
+the publisher included, receives each publication. Keepalive pings are
+pushed out past any run (the hub cannot turn them off).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import contextlib
 import importlib
 import json
 import os
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -27,7 +33,18 @@ MAX_SIZE = 16 * 1024 * 1024
 BACKLOG = 1024
 
 #: Names of the servers, in the order they appear in reports.
-SERVERS = ("tidings-cb", "tidings-async", "websockets", "aiohttp", "picows")
+SERVERS = (
+    "tidings-cb",
+    "tidings-async",
+    "websockets",
+    "aiohttp",
+    "picows",
+    "tidings-hub",
+    "socketio",
+)
+
+#: Hub servers: mode ``hub`` only, which the others don't serve.
+HUB_SERVERS = ("tidings-hub", "socketio")
 
 #: The module each server needs, beyond tidings.
 REQUIRES = {
@@ -36,7 +53,12 @@ REQUIRES = {
     "websockets": "websockets",
     "aiohttp": "aiohttp",
     "picows": "picows",
+    "tidings-hub": "tidings",
+    "socketio": "socketio",
 }
+
+#: Seconds between keepalive pings of the hub servers: longer than any run.
+HUB_PING_INTERVAL = 900.0
 
 Info = dict[str, Any]
 ServerMain = Callable[[str, str, int, "asyncio.Future[None]"], Awaitable[None]]
@@ -283,6 +305,130 @@ async def picows_server(
         server.close()
 
 
+# -- hubs ----------------------------------------------------------------
+
+
+async def tidings_hub_server(
+    name: str, mode: str, host: str, port: int, stop: asyncio.Future[None]
+) -> None:
+    """The hub as ``tidings serve`` runs it (``Hub(load_config(...))``),
+    with one namespace for the benchmark."""
+    import tidings
+    from tidings.hub import Hub, load_config
+
+    from .scenarios import HUB_CHANNEL
+
+    namespace = HUB_CHANNEL.partition(":")[0]
+    options = {
+        "allow_anonymous": True,
+        "allow_publish": True,
+        # As the demo's chat namespace: publications are kept for recovery.
+        "history_size": 100,
+        "history_ttl": 3600,
+    }
+    config = load_config(
+        None,
+        {},
+        {
+            "host": host,
+            "port": port,
+            "demo": False,
+            "namespaces": {namespace: options},
+            # One client publishes for all: far more than 100 commands/s.
+            "rate_limit": 1e9,
+            "rate_burst": 10**9,
+            "ping_interval": HUB_PING_INTERVAL,
+            "ping_timeout": HUB_PING_INTERVAL,
+        },
+    )
+    info: Info = {
+        "version": tidings.__version__,
+        "loop": _loop_name(),
+        "core": _tidings_core(),
+        "hub": (
+            f"tidings.hub.Hub as `tidings serve` runs it, memory broker; namespace "
+            f"`{namespace}`: anonymous clients, client publish, history 100 for "
+            "1 h, presence off; rate limit lifted for the publisher; max outbound "
+            f"{config.max_outbound // 1024} KiB per client"
+        ),
+    }
+    async with Hub(config) as hub:
+        ready(hub.port, **info)
+        await stop
+
+
+async def socketio_server(
+    name: str, mode: str, host: str, port: int, stop: asyncio.Future[None]
+) -> None:
+    """python-socketio's AsyncServer (ASGI) under uvicorn, on this loop."""
+    socketio = importlib.import_module("socketio")
+    uvicorn = importlib.import_module("uvicorn")
+    sio = socketio.AsyncServer(
+        async_mode="asgi",
+        transports=["websocket"],
+        ping_interval=HUB_PING_INTERVAL,
+        ping_timeout=HUB_PING_INTERVAL,
+        max_http_buffer_size=MAX_SIZE,
+    )
+
+    async def join(sid: str, room: str) -> bool:
+        await sio.enter_room(sid, room)
+        return True  # the ack tells the client it is in
+
+    async def publish(sid: str, room: str, data: Any) -> None:
+        await sio.emit("msg", data, room=room)
+
+    sio.on("join", join)
+    sio.on("publish", publish)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    config = uvicorn.Config(
+        socketio.ASGIApp(sio),
+        loop="none",
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        ws_max_size=MAX_SIZE,
+        ws_ping_interval=None,
+        ws_ping_timeout=None,
+        ws_per_message_deflate=False,
+        backlog=BACKLOG,
+        timeout_graceful_shutdown=2,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.ensure_future(server.serve(sockets=[sock]))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("uvicorn stopped before it started")
+        if loop.time() > deadline:
+            raise RuntimeError("uvicorn did not start within 30 s")
+        await asyncio.sleep(0.01)
+    info: Info = {
+        "version": version("python-socketio"),
+        "loop": _loop_name(),
+        "hub": (
+            f"python-socketio {version('python-socketio')} (python-engineio "
+            f"{version('python-engineio')}) AsyncServer(async_mode='asgi', "
+            f"transports=['websocket']) under uvicorn {version('uvicorn')} "
+            f"({config.ws_protocol_class.__name__}, "
+            f"{config.http_protocol_class.__name__}); `join` enters the room "
+            "and acks, `publish` does `await sio.emit('msg', data, room=room)`, "
+            "the sender included"
+        ),
+    }
+    try:
+        ready(sock.getsockname()[1], **info)
+        await stop
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 10)
+
+
 # -- process -------------------------------------------------------------
 
 MAINS: dict[str, Callable[..., Awaitable[None]]] = {
@@ -291,6 +437,8 @@ MAINS: dict[str, Callable[..., Awaitable[None]]] = {
     "websockets": websockets_server,
     "aiohttp": aiohttp_server,
     "picows": picows_server,
+    "tidings-hub": tidings_hub_server,
+    "socketio": socketio_server,
 }
 
 
@@ -316,6 +464,8 @@ async def _serve(args: argparse.Namespace) -> None:
             loop.remove_reader(0)
             stop_now()
 
+    if (args.server in HUB_SERVERS) != (args.mode == "hub"):
+        raise ValueError(f"{args.server} does not serve mode {args.mode}")
     if args.watch_stdin:
         loop.add_reader(0, stdin_readable)
     loop.call_later(args.max_seconds, stop_now)
@@ -325,7 +475,7 @@ async def _serve(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tidings.bench.servers")
     p.add_argument("server", choices=SERVERS)
-    p.add_argument("mode", choices=["echo", "broadcast"])
+    p.add_argument("mode", choices=["echo", "broadcast", "hub"])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--cpu", type=int)
