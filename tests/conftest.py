@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
 
 import pytest
 import trustme
@@ -85,3 +86,29 @@ async def raw_connect() -> AsyncIterator[RawConnect]:
     yield connect
     for client in clients:
         client.close()
+
+
+def count_writes(transports: Iterable[Any]) -> list[Any]:
+    """Record every write and writelines call that reaches these real
+    transports; return the list the calls are appended to."""
+    writes: list[Any] = []
+    inside = False
+
+    def counting(real: Any) -> Any:
+        def counted(data: Any) -> None:
+            # asyncio's writelines calls write: count the outer call.
+            nonlocal inside
+            if not inside:
+                writes.append(data)
+            inside, outer = True, inside
+            try:
+                real(data)
+            finally:
+                inside = outer
+
+        return counted
+
+    for transport in transports:
+        for name in ("write", "writelines"):
+            setattr(transport, name, counting(getattr(transport, name)))
+    return writes

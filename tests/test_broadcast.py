@@ -10,6 +10,8 @@ import tidings
 from tidings import ConnectionClosed, WebSocket
 from tidings.protocol import DeflateConfig
 
+from .conftest import count_writes
+
 BOUND = 10
 
 
@@ -147,27 +149,7 @@ async def test_broadcasts_made_together_leave_in_one_write_per_connection() -> N
         by_port = {c.remote_address[1]: c for c in await gather_server_side(server, 3)}
         # The server side of each client, in the clients' order.
         conns = [by_port[ws._transport.get_extra_info("sockname")[1]] for ws in clients]
-        writes: list[Any] = []
-        inside = False
-
-        def counting(real: Any) -> Any:
-            def counted(data: Any) -> None:
-                # asyncio's writelines calls write: count the outer call.
-                nonlocal inside
-                if not inside:
-                    writes.append(data)
-                inside, outer = True, inside
-                try:
-                    real(data)
-                finally:
-                    inside = outer
-
-            return counted
-
-        for conn in conns:
-            transport: Any = conn._transport
-            for name in ("write", "writelines"):
-                setattr(transport, name, counting(getattr(transport, name)))
+        writes = count_writes(conn._transport for conn in conns)
         for i in range(10):
             assert tidings.broadcast(conns, f"tick {i}") == 3
         assert writes == []  # nothing is written before the loop moves on

@@ -18,6 +18,8 @@ from tidings import ConnectionClosed, HTTPResponse, InvalidStatus, WebSocket
 from tidings.protocol import Request
 from tidings.protocol.frames import Opcode, serialize_frame
 
+from .conftest import count_writes
+
 BOUND = 10  # seconds: every wait in these tests is bounded
 
 
@@ -75,6 +77,57 @@ async def test_ten_thousand_messages_arrive_in_order() -> None:
             received = [await ws.recv() for _ in range(10_000)]
         await task
         assert received == [str(i) for i in range(10_000)]
+
+
+def masked_texts(*texts: bytes) -> bytes:
+    return b"".join(serialize_frame(Opcode.TEXT, t, mask=True) for t in texts)
+
+
+async def test_answers_to_messages_read_together_leave_together(
+    raw_connect: Any,
+) -> None:
+    counted: list[list[Any]] = []
+    burst = [b"%d" % i for i in range(40)]
+
+    async def counted_echo(ws: WebSocket) -> None:
+        counted.append(count_writes([ws._transport]))
+        async for message in ws:
+            await ws.send(message)
+
+    async with tidings.serve(counted_echo, "127.0.0.1", 0) as server:
+        client = await raw_connect(server.port)
+        await client.handshake()
+        await asyncio.sleep(0.05)  # the handler is waiting in recv()
+        client.writer.write(masked_texts(*burst))
+        expected = b"".join(serialize_frame(Opcode.TEXT, t) for t in burst)
+        async with asyncio.timeout(BOUND):
+            assert await client.reader.readexactly(len(expected)) == expected
+        client.close()
+        # One write per loop iteration or 16 answers; not one each.
+        assert 1 <= len(counted[0]) <= 2 * (len(burst) // 16 + 1)
+
+
+async def test_a_sender_that_never_yields_still_writes_while_corked(
+    raw_connect: Any,
+) -> None:
+    written: list[int] = []
+
+    async def flood(ws: WebSocket) -> None:
+        writes = count_writes([ws._transport])
+        await ws.recv()  # "two" stays queued, so the sends below are held
+        for _ in range(1000):
+            await ws.send("x")  # never suspends: the write buffer stays small
+        written.append(len(writes))
+
+    async with tidings.serve(flood, "127.0.0.1", 0) as server:
+        client = await raw_connect(server.port)
+        await client.handshake()
+        client.writer.write(masked_texts(b"one", b"two"))
+        expected = serialize_frame(Opcode.TEXT, b"x") * 1000
+        async with asyncio.timeout(BOUND):
+            assert await client.reader.readexactly(len(expected)) == expected
+        client.close()
+    assert written and written[0] >= 1000 // 16 - 1
 
 
 async def test_a_thousand_concurrent_connections() -> None:

@@ -51,8 +51,12 @@ Message: TypeAlias = str | bytes
 Data: TypeAlias = str | bytes | bytearray | memoryview
 OnMessage: TypeAlias = Callable[["WebSocket", Message], object]
 
-# A tuple, as `A | B` would build a union object on every call.
+# Tuples, as `A | B` would build a union object on every call.
 _MESSAGES = (TextMessage, BinaryMessage)
+_DATA = (str, bytes, bytearray, memoryview)
+
+# send() writes at the latest every this many messages while corked.
+_HOLD_MAX = 16
 
 _CLEAN_CODES = frozenset({1000, 1001, 1005})
 
@@ -78,6 +82,7 @@ class WebSocket(asyncio.Protocol):
         "_corked",
         "_drain_waiter",
         "_fragmenting",
+        "_held",
         "_keepalive_payload",
         "_keepalive_timer",
         "_loop",
@@ -137,8 +142,12 @@ class WebSocket(asyncio.Protocol):
         self._keepalive_timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         # True while data_received runs: what the callbacks send in answer
-        # goes out in one write at the end, not one system call each.
+        # goes out in one write at the end, not one system call each. Also
+        # set until the end of the loop iteration by broadcast() and by
+        # send() while more messages wait to be read (see send()).
         self._corked = False
+        # Messages send() queued while corked since the last write.
+        self._held = 0
         #: Resolved when the opening handshake ends, either way.
         self._opened: asyncio.Future[None] = self._loop.create_future()
         #: Resolved when the TCP connection is gone.
@@ -239,7 +248,18 @@ class WebSocket(asyncio.Protocol):
         """
         while self._fragmenting is not None:
             await asyncio.shield(self._fragmenting)
-        if isinstance(message, str | bytes | bytearray | memoryview):
+        if isinstance(message, _DATA):
+            if self._corked:
+                # Bounded: a sender that never yields still writes.
+                self._held += 1
+                if self._held >= _HOLD_MAX:
+                    self._flush()
+            elif self._messages:
+                # More messages wait to be read: the answers to them leave
+                # together, in one write at the end of this loop iteration,
+                # rather than in a system call each.
+                self._corked = True
+                self._loop.call_soon(self._uncork)
             self.send_nowait(message)
         elif isinstance(message, AsyncIterable):
             await self._send_fragments(aiter(message))
@@ -425,7 +445,12 @@ class WebSocket(asyncio.Protocol):
         if not self._corked:
             self._flush()
 
+    def _uncork(self) -> None:
+        self._corked = False
+        self._flush()
+
     def _flush(self) -> None:
+        self._held = 0
         data = self._conn.data_to_send()
         transport = self._transport
         if data and transport is not None:

@@ -83,8 +83,7 @@ def broadcast(
 
 def _uncork(connections: list[WebSocket]) -> None:
     for ws in connections:
-        ws._corked = False
-        ws._flush()
+        ws._uncork()
 
 
 def _compress_once(
