@@ -55,7 +55,7 @@ OnMessage: TypeAlias = Callable[["WebSocket", Message], object]
 _MESSAGES = (TextMessage, BinaryMessage)
 _DATA = (str, bytes, bytearray, memoryview)
 
-# send() writes at the latest every this many messages while corked.
+# While corked, a write goes out at least every this many frames.
 _HOLD_MAX = 16
 
 _CLEAN_CODES = frozenset({1000, 1001, 1005})
@@ -146,7 +146,7 @@ class WebSocket(asyncio.Protocol):
         # set until the end of the loop iteration by broadcast() and by
         # send() while more messages wait to be read (see send()).
         self._corked = False
-        # Messages send() queued while corked since the last write.
+        # Frames queued while corked since the last write.
         self._held = 0
         #: Resolved when the opening handshake ends, either way.
         self._opened: asyncio.Future[None] = self._loop.create_future()
@@ -249,12 +249,7 @@ class WebSocket(asyncio.Protocol):
         while self._fragmenting is not None:
             await asyncio.shield(self._fragmenting)
         if isinstance(message, _DATA):
-            if self._corked:
-                # Bounded: a sender that never yields still writes.
-                self._held += 1
-                if self._held >= _HOLD_MAX:
-                    self._flush()
-            elif self._messages:
+            if not self._corked and self._messages:
                 # More messages wait to be read: the answers to them leave
                 # together, in one write at the end of this loop iteration,
                 # rather than in a system call each.
@@ -444,6 +439,13 @@ class WebSocket(asyncio.Protocol):
     def _write_out(self) -> None:
         if not self._corked:
             self._flush()
+        else:
+            # While corked, still write every _HOLD_MAX frames: the peer
+            # starts on the first answers while we make the rest, and a
+            # sender that never yields cannot grow our memory.
+            self._held += 1
+            if self._held >= _HOLD_MAX:
+                self._flush()
 
     def _uncork(self) -> None:
         self._corked = False
