@@ -3,7 +3,7 @@ protocol and the user's handle.
 
 It owns everything that waits: the socket, the keepalive timer, the close
 timeout and the write-buffer watermarks. The protocol itself is
-:mod:`tidings.protocol`, fed from :meth:`WebSocket.data_received`.
+:mod:`tidings.protocol`, fed from :meth:`WebSocket.buffer_updated`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
@@ -58,10 +59,24 @@ _DATA = (str, bytes, bytearray, memoryview)
 # While corked, a write goes out at least every this many frames.
 _HOLD_MAX = 16
 
+# Reads land here (see WebSocket.get_buffer); one per thread, as event loops
+# are, and it is never held across reads.
+_SCRATCH_SIZE = 256 * 1024
+_scratch_local = threading.local()
+
+
+def _scratch() -> memoryview:
+    try:
+        view: memoryview = _scratch_local.view
+    except AttributeError:
+        view = _scratch_local.view = memoryview(bytearray(_SCRATCH_SIZE))
+    return view
+
+
 _CLEAN_CODES = frozenset({1000, 1001, 1005})
 
 
-class WebSocket(asyncio.Protocol):
+class WebSocket(asyncio.BufferedProtocol):
     """An open WebSocket connection.
 
     Receive with ``async for message in ws`` or ``await ws.recv()``; send
@@ -83,6 +98,7 @@ class WebSocket(asyncio.Protocol):
         "_drain_waiter",
         "_fragmenting",
         "_held",
+        "_into",
         "_keepalive_payload",
         "_keepalive_timer",
         "_loop",
@@ -141,13 +157,15 @@ class WebSocket(asyncio.Protocol):
         self._keepalive_payload: bytes | None = None
         self._keepalive_timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
-        # True while data_received runs: what the callbacks send in answer
+        # True while buffer_updated runs: what the callbacks send in answer
         # goes out in one write at the end, not one system call each. Also
         # set until the end of the loop iteration by broadcast() and by
         # send() while more messages wait to be read (see send()).
         self._corked = False
         # Frames queued while corked since the last write.
         self._held = 0
+        # True when the last get_buffer() gave the parser's own buffer.
+        self._into = False
         #: Resolved when the opening handshake ends, either way.
         self._opened: asyncio.Future[None] = self._loop.create_future()
         #: Resolved when the TCP connection is gone.
@@ -373,7 +391,7 @@ class WebSocket(asyncio.Protocol):
         """Wait until the TCP connection is closed."""
         await asyncio.shield(self._closed)
 
-    # -- asyncio.Protocol ----------------------------------------------
+    # -- asyncio.BufferedProtocol --------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -388,14 +406,25 @@ class WebSocket(asyncio.Protocol):
         )
         self._write_out()  # a client's request
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # A large frame still arriving is received straight into its own
+        # buffer; everything else into this thread's scratch area, from
+        # which whole frames are parsed without a copy.
+        view = self._conn.get_buffer()
+        self._into = view is not None
+        return _scratch() if view is None else view
+
+    def buffer_updated(self, nbytes: int) -> None:
         # Unread messages keep a protocol error in this data from failing
         # the connection before the application could answer them.
+        unread = bool(self._messages)
         self._corked = True
         try:
-            self._handle_events(
-                self._conn.receive_data(data, unread=bool(self._messages))
-            )
+            if self._into:
+                events = self._conn.receive_into(nbytes, unread=unread)
+            else:
+                events = self._conn.receive_data(_scratch()[:nbytes], unread=unread)
+            self._handle_events(events)
         finally:
             self._corked = False
             self._flush()

@@ -621,6 +621,89 @@ def test_text_split_inside_code_points_on_the_wire_arrives_exactly(
     assert events == [TextMessage(m) for m in messages]
 
 
+def receive_like_asyncio(
+    conn: Connection, data: bytes, chunks: list[int]
+) -> list[Event]:
+    """Feed ``data`` as an asyncio.BufferedProtocol does: into the buffer
+    the connection offers, else into a scratch area that is scribbled over
+    after each call, as the next read would."""
+    scratch = memoryview(bytearray(256 * 1024))
+    events: list[Event] = []
+    pos = 0
+    for size in itertools.cycle(chunks):
+        if pos == len(data):
+            return events
+        view = conn.get_buffer()
+        target = scratch if view is None else view
+        n = min(size, len(target), len(data) - pos)
+        target[:n] = data[pos : pos + n]
+        pos += n
+        if view is None:
+            events += conn.receive_data(scratch[:n])
+        else:
+            events += conn.receive_into(n)
+        scratch[:] = b"\xee" * len(scratch)
+    raise AssertionError("unreachable")
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    sizes=st.lists(
+        st.sampled_from([0, 5, 125, 126, 65_535, 65_536, 200_000]), max_size=6
+    ),
+    text=st.booleans(),
+    chunks=st.lists(st.integers(1, 300_000), min_size=1, max_size=5),
+    client_sends=st.booleans(),
+)
+def test_receiving_into_the_offered_buffer_gives_the_same_messages(
+    sizes: list[int], text: bool, chunks: list[int], client_sends: bool
+) -> None:
+    client, server = open_pair(compression=None, max_message_size=None)
+    sender, receiver = (client, server) if client_sends else (server, client)
+    messages: list[str | bytes] = [
+        ("é" * (n // 2) if text else bytes([n % 251]) * n) for n in sizes
+    ]
+    for message in messages:
+        if isinstance(message, str):
+            sender.send_text(message)
+        else:
+            sender.send_binary(message)
+    events = receive_like_asyncio(receiver, wire(sender), chunks)
+    assert [e.data for e in events if isinstance(e, TextMessage | BinaryMessage)] == (
+        messages
+    )
+    assert receiver.get_buffer() is None  # nothing still arriving
+
+
+def test_a_large_frame_is_received_into_a_buffer_of_its_size() -> None:
+    _, server = open_pair(compression=None, max_message_size=None)
+    frame = client_frame(Opcode.BINARY, b"x" * 100_000)
+    assert server.get_buffer() is None
+    assert server.receive_data(frame[:1000]) == []
+    view = server.get_buffer()
+    assert view is not None and len(view) == len(frame) - 1000
+    view[: len(view)] = frame[1000:]
+    assert server.receive_into(len(view)) == [BinaryMessage(b"x" * 100_000)]
+    assert server.get_buffer() is None
+
+
+def test_invalid_utf8_fails_a_large_text_frame_before_it_ends() -> None:
+    _, server = open_pair(compression=None, max_message_size=None)
+    frame = client_frame(Opcode.TEXT, b"a" * 1000 + b"\xff" + b"a" * 100_000)
+    assert server.receive_data(frame[:500]) == []
+    view = server.get_buffer()
+    assert view is not None
+    view[:1000] = frame[500:1500]
+    assert last_close(server.receive_into(1000)).code == 1007
+
+
+def test_a_large_frame_announced_over_the_limit_gets_no_buffer() -> None:
+    _, server = open_pair(compression=None, max_message_size=1 << 20)
+    header = bytes([0x82, 0xFF]) + (1 << 40).to_bytes(8, "big") + b"mask"
+    assert last_close(server.receive_data(header)).code == 1009
+    assert server.get_buffer() is None
+
+
 def check_ends_cleanly(conn: Connection, events: list[Event]) -> None:
     events += conn.receive_eof()
     closes = [e for e in events if isinstance(e, Closed)]

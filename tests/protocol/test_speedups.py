@@ -157,6 +157,46 @@ def test_apply_mask_on_large_buffers() -> None:
     assert c().apply_mask(data, mask) == frames._py_apply_mask(data, mask)
 
 
+# -- payloads received in place ------------------------------------------------
+
+
+@needs_c
+@given(
+    data=st.binary(max_size=300) | st.binary(min_size=70_000, max_size=70_100),
+    mask=st.none() | st.binary(min_size=4, max_size=4),
+    cuts=st.lists(st.integers(0, 70_100), max_size=4),
+)
+def test_payload_buffer_twins_agree(
+    data: bytes, mask: bytes | None, cuts: list[int]
+) -> None:
+    results = []
+    for make, finish in (
+        (c().payload_buffer, c().finish_payload),
+        (frames._py_payload_buffer, frames._py_finish_payload),
+    ):
+        payload, view = make(len(data))
+        assert len(view) == len(data) and not view.readonly
+        # Written piece by piece, as reads arrive.
+        bounds = sorted({0, len(data), *(x for x in cuts if x < len(data))})
+        for lo, hi in itertools.pairwise(bounds):
+            view[lo:hi] = data[lo:hi]
+        results.append(finish(payload, mask))
+    assert type(results[0]) is bytes and type(results[1]) is bytes
+    assert results[0] == results[1]
+    assert results[1] == (data if mask is None else frames._py_apply_mask(data, mask))
+
+
+@needs_c
+def test_finish_payload_refuses_what_payload_buffer_did_not_make() -> None:
+    with pytest.raises(TypeError):
+        c().finish_payload(bytearray(8), None)
+    payload, _ = c().payload_buffer(8)
+    with pytest.raises(ValueError, match="4 bytes"):
+        c().finish_payload(payload, b"abc")
+    with pytest.raises(ValueError):
+        c().payload_buffer(-1)
+
+
 # -- UTF-8 --------------------------------------------------------------------
 
 # Text, with now and then a byte that breaks it: most splits land inside

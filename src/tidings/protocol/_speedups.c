@@ -9,8 +9,14 @@
  *   apply_mask(data, mask) -> bytes
  *       RFC 6455 §5.3 masking, 8 bytes at a time.
  *   parse_frame(buf, pos, expect_mask, rsv_allowed, max_payload)
- *       -> (opcode, payload, fin, rsv1, end) | None
- *       One frame of FrameParser.next_frame, payload unmasked.
+ *       -> (opcode, payload, fin, rsv1, end) | frame size | None
+ *       One frame of FrameParser.next_raw, payload unmasked; the whole
+ *       frame's size when only its payload is incomplete, None while its
+ *       header is.
+ *   payload_buffer(size) -> (bytes, memoryview)
+ *   finish_payload(data, mask) -> bytes
+ *       A large payload received straight into the bytes object that is
+ *       then handed out, unmasked in place: no copy (FrameParser.get_buffer).
  *   utf8_check(data, state=0) -> state
  *       UTF-8 validation without decoding: a DFA that fails at the first
  *       byte that no valid continuation can follow, exactly when CPython's
@@ -146,6 +152,77 @@ apply_mask(PyObject *module, PyObject *args, PyObject *kwargs)
     PyBuffer_Release(&data);
     Py_XDECREF(copy);
     return result;
+}
+
+/* -- large payloads received in place ---------------------------------- */
+
+static PyObject *
+payload_buffer(PyObject *module, PyObject *arg)
+{
+    Py_ssize_t size = PyNumber_AsSsize_t(arg, PyExc_OverflowError);
+    PyObject *data, *view;
+
+    if (size == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (size < 0) {
+        PyErr_SetString(PyExc_ValueError, "size must not be negative");
+        return NULL;
+    }
+    /* Not initialized: the socket writes every byte before anyone reads. */
+    data = PyBytes_FromStringAndSize(NULL, size);
+    if (data == NULL) {
+        return NULL;
+    }
+    /* The view does not keep the bytes alive: the caller holds both, and
+       hands the bytes out only once it is whole (finish_payload). */
+    view = PyMemoryView_FromMemory(PyBytes_AS_STRING(data), size, PyBUF_WRITE);
+    if (view == NULL) {
+        Py_DECREF(data);
+        return NULL;
+    }
+    return Py_BuildValue("(NN)", data, view);
+}
+
+static PyObject *
+finish_payload(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer mask;
+    unsigned char key[4];
+    unsigned char *buf;
+    Py_ssize_t n;
+
+    if (!check_nargs("finish_payload", nargs, 2, 2)) {
+        return NULL;
+    }
+    if (!PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "data must come from payload_buffer()");
+        return NULL;
+    }
+    if (args[1] != Py_None) {
+        if (PyObject_GetBuffer(args[1], &mask, PyBUF_SIMPLE) < 0) {
+            return NULL;
+        }
+        if (mask.len != 4) {
+            PyBuffer_Release(&mask);
+            PyErr_SetString(PyExc_ValueError, "mask must be 4 bytes");
+            return NULL;
+        }
+        memcpy(key, mask.buf, 4);
+        PyBuffer_Release(&mask);
+        buf = (unsigned char *)PyBytes_AS_STRING(args[0]);
+        n = PyBytes_GET_SIZE(args[0]);
+        /* In place: each 8 bytes are read before they are written. */
+        if (n >= NOGIL_THRESHOLD) {
+            Py_BEGIN_ALLOW_THREADS
+            mask_bytes(buf, buf, n, key);
+            Py_END_ALLOW_THREADS
+        }
+        else {
+            mask_bytes(buf, buf, n, key);
+        }
+    }
+    return Py_NewRef(args[0]);
 }
 
 /* -- frame header parsing (RFC 6455 §5.2) ------------------------------- */
@@ -321,7 +398,8 @@ parse_frame_in(const unsigned char *buf, Py_ssize_t size, Py_ssize_t pos,
     start = pos + header_size + (expect_mask ? 4 : 0);
     /* length < 2**63, so comparing with what is left cannot overflow. */
     if (start > size || length > (unsigned long long)(size - start)) {
-        Py_RETURN_NONE;
+        /* The header is whole and valid: say how long the frame is. */
+        return PyLong_FromUnsignedLongLong((unsigned long long)(start - pos) + length);
     }
     payload = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
     if (payload == NULL) {
@@ -736,7 +814,14 @@ static PyMethodDef speedups_methods[] = {
      "(RFC 6455 5.3)."},
     {"parse_frame", (PyCFunction)(void (*)(void))parse_frame, METH_FASTCALL,
      "parse_frame(buf, pos, expect_mask, rsv_allowed, max_payload) -> "
-     "(opcode, payload, fin, rsv1, end) | None: parse the frame at buf[pos:]."},
+     "(opcode, payload, fin, rsv1, end) | frame size | None: parse the frame "
+     "at buf[pos:]."},
+    {"payload_buffer", (PyCFunction)payload_buffer, METH_O,
+     "payload_buffer(size) -> (bytes, memoryview): a new bytes object to "
+     "receive a payload into through the writable view; hold both."},
+    {"finish_payload", (PyCFunction)(void (*)(void))finish_payload, METH_FASTCALL,
+     "finish_payload(data, mask) -> bytes: unmask data from payload_buffer() "
+     "in place (mask None: leave it) and return it."},
     {"utf8_check", (PyCFunction)(void (*)(void))utf8_check, METH_FASTCALL,
      "utf8_check(data, state=0) -> int: validate UTF-8 from state; 0 is a "
      "code point boundary, -1 invalid, other values mid code point."},

@@ -36,6 +36,7 @@ from .events import (
 from .frames import (
     MAX_CONTROL_PAYLOAD,
     RSV1,
+    Buffer,
     FrameParser,
     Opcode,
     parse_close,
@@ -48,8 +49,6 @@ from .uri import WebSocketURI, parse_uri
 from .utf8 import Utf8Decoder, decode_utf8
 
 __all__ = ["ClientConnection", "Connection", "ServerConnection", "State"]
-
-Buffer = bytes | bytearray | memoryview
 
 
 class State(IntEnum):
@@ -217,6 +216,21 @@ class Connection:
                 return []  # still held; bytes after an error are never parsed
             return self._fail_pending()
         self._parser.feed(data)
+        return self._receive_frames(unread)
+
+    def get_buffer(self) -> memoryview | None:
+        """The rest of a large frame still arriving, to receive straight
+        into (as an ``asyncio.BufferedProtocol`` does) and then report with
+        :meth:`receive_into`; or None: read into a buffer of your own and
+        pass the bytes to :meth:`receive_data`."""
+        if self.state is _CONNECTING or self.state is _CLOSED:
+            return None
+        return self._parser.get_buffer()
+
+    def receive_into(self, nbytes: int, *, unread: bool = False) -> list[Event]:
+        """``nbytes`` were received at the start of :meth:`get_buffer`;
+        return the events they complete, as :meth:`receive_data` does."""
+        self._parser.buffer_updated(nbytes)
         return self._receive_frames(unread)
 
     @property

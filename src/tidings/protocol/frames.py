@@ -110,8 +110,26 @@ def serialize_frame(
     return serialize_header(opcode, len(payload), fin=fin, rsv1=rsv1) + payload
 
 
+def payload_buffer(size: int) -> tuple[bytearray, memoryview]:
+    """A buffer to receive a payload of ``size`` bytes into, and a
+    writable view of it."""
+    buf = bytearray(size)
+    return buf, memoryview(buf)
+
+
+def finish_payload(data: bytes | bytearray, mask: bytes | None) -> bytes:
+    """The payload from :func:`payload_buffer`, unmasked with ``mask``."""
+    return bytes(data) if mask is None else apply_mask(data, mask)
+
+
 #: A frame as :meth:`FrameParser.next_raw` returns it.
 RawFrame = tuple[Opcode, bytes, bool, bool]
+
+Buffer = bytes | bytearray | memoryview
+
+# A frame this large that is still arriving is received into a buffer of its
+# own size (FrameParser.get_buffer); smaller ones are read with others.
+RECEIVE_INTO = 64 * 1024
 
 
 class FrameParser:
@@ -124,21 +142,115 @@ class FrameParser:
     fails with :class:`PayloadTooBig` before any of it is buffered.
     """
 
-    __slots__ = ("_buf", "_pos", "expect_mask", "max_payload", "rsv_allowed")
+    __slots__ = (
+        "_buf",
+        "_filled",
+        "_head",
+        "_payload",
+        "_pos",
+        "_ready",
+        "_view",
+        "expect_mask",
+        "max_payload",
+        "rsv_allowed",
+    )
 
     def __init__(self, *, expect_mask: bool) -> None:
-        self._buf = bytearray()
+        # Bytes not parsed yet are _buf[_pos:]. Between calls _buf is ours,
+        # or empty: an idle connection holds no buffer.
+        self._buf: Buffer = b""
         self._pos = 0
+        # A large payload still arriving is received through _view straight
+        # into _payload, which is then handed out (get_buffer): _filled
+        # bytes so far, its frame's (opcode, fin, rsv1, mask) in _head.
+        self._payload: bytes | bytearray | None = None
+        self._view: memoryview | None = None
+        self._filled = 0
+        self._head: tuple[Opcode, bool, bool, bytes | None] | None = None
+        # Such a frame once whole, for the next next_raw() to return.
+        self._ready: RawFrame | None = None
         self.expect_mask = expect_mask
         self.rsv_allowed = 0
         self.max_payload: int | None = None
 
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Append received bytes."""
-        if self._pos:
-            del self._buf[: self._pos]
-            self._pos = 0
-        self._buf += data
+    def feed(self, data: Buffer) -> None:
+        """Add received bytes. The parser may read ``data`` itself, without
+        a copy, until :meth:`next_raw` next returns None."""
+        view = self._view
+        if view is not None:
+            n = min(len(data), len(view) - self._filled)
+            view[self._filled : self._filled + n] = memoryview(data)[:n]
+            self._filled += n
+            if self._filled < len(view):
+                return
+            self._finish()
+            self._buf = memoryview(data)[n:]
+        elif self._pos == len(self._buf):
+            self._buf = data
+        else:
+            self._buf = b"".join((memoryview(self._buf)[self._pos :], data))
+        self._pos = 0
+
+    def get_buffer(self) -> memoryview | None:
+        """The rest of a large payload still arriving (a frame of
+        :data:`RECEIVE_INTO` bytes or more), for an
+        ``asyncio.BufferedProtocol`` to receive straight into, then call
+        :meth:`buffer_updated`; None when there is none: then :meth:`feed`
+        what you read."""
+        view = self._view
+        return None if view is None else view[self._filled :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` were written at the start of :meth:`get_buffer`."""
+        assert self._view is not None, "get_buffer() gave no buffer"
+        self._filled += nbytes
+        if self._filled == len(self._view):
+            self._finish()
+
+    def _finish(self) -> None:
+        assert self._head is not None and self._payload is not None
+        opcode, fin, rsv1, mask = self._head
+        self._ready = opcode, finish_payload(self._payload, mask), fin, rsv1
+        self._payload = self._view = self._head = None
+
+    def _keep(self, size: int | None) -> None:
+        """When no whole frame is left: keep the rest of the bytes fed in a
+        buffer of our own, as the caller may reuse theirs. ``size`` is the
+        length of the frame they begin, once its header is known and valid;
+        a large one is received into its payload from now on."""
+        if self._view is not None:
+            return
+        buf = self._buf
+        pos = self._pos
+        left = len(buf) - pos
+        if size is not None and size >= RECEIVE_INTO:
+            length = buf[pos + 1] & 0x7F
+            header = 10 if length == 127 else 4 if length == 126 else 2
+            if self.expect_mask:
+                header += 4
+            if left >= header:
+                b0 = buf[pos]
+                mask = bytes(buf[pos + header - 4 : pos + header])
+                self._head = (
+                    _KNOWN_OPCODES[b0 & 0x0F],
+                    bool(b0 & 0x80),
+                    bool(b0 & RSV1),
+                    mask if self.expect_mask else None,
+                )
+                self._payload, view = payload_buffer(size - header)
+                self._filled = left - header
+                view[: self._filled] = memoryview(buf)[pos + header :]
+                self._view = view
+                self._buf = b""
+                self._pos = 0
+                return
+        if left:
+            if pos == 0 and type(buf) is bytes:
+                return
+            self._buf = bytes(memoryview(buf)[pos:])
+        else:
+            self._buf = b""
+        self._pos = 0
 
     def next_frame(self) -> Frame | None:
         """Return the next complete frame, or None until more bytes arrive.
@@ -153,10 +265,15 @@ class FrameParser:
         """:meth:`next_frame` as a plain tuple ``(opcode, payload, fin,
         rsv1)``: the connection's hot path, where building a :class:`Frame`
         would cost more than parsing it."""
+        ready = self._ready
+        if ready is not None:
+            self._ready = None
+            return ready
         buf = self._buf
         pos = self._pos
         available = len(buf) - pos
         if available < 2:
+            self._keep(None)
             return None
         b0 = buf[pos]
         b1 = buf[pos + 1]
@@ -169,11 +286,13 @@ class FrameParser:
         header_size = 2
         if length == 126:
             if available < 4:
+                self._keep(None)
                 return None
             length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
             header_size = 4
         elif length == 127:
             if available < 10:
+                self._keep(None)
                 return None
             length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
             if length >> 63:
@@ -196,6 +315,7 @@ class FrameParser:
         start = pos + header_size + (4 if self.expect_mask else 0)
         end = start + length
         if len(buf) < end:
+            self._keep(end - pos)
             return None
         if self.expect_mask:
             payload = apply_mask(
@@ -229,6 +349,9 @@ class FrameParser:
         With :meth:`partial_payload` this lets the connection check the
         UTF-8 of a long text frame as it arrives (RFC 6455 §8.1: fail fast).
         """
+        head = self._head
+        if head is not None:
+            return head[0], head[2]
         # Nothing left over is the common case: it costs no call.
         if len(self._buf) == self._pos or self._partial_start() is None:
             return None
@@ -239,15 +362,23 @@ class FrameParser:
         """The unmasked payload of the frame still arriving, from ``offset``
         on; call only when :meth:`partial_header` is not None. Nothing is
         consumed."""
-        payload_start = self._partial_start()
-        assert payload_start is not None
-        buf = self._buf
-        start = payload_start + offset
-        if not self.expect_mask:
-            return bytes(buf[start:])
-        mask = bytes(buf[payload_start - 4 : payload_start])
+        head = self._head
+        if head is not None:
+            assert self._view is not None
+            data = bytes(self._view[offset : self._filled])
+            mask = head[3]
+            if mask is None:
+                return data
+        else:
+            payload_start = self._partial_start()
+            assert payload_start is not None
+            buf = self._buf
+            data = bytes(buf[payload_start + offset :])
+            if not self.expect_mask:
+                return data
+            mask = bytes(buf[payload_start - 4 : payload_start])
         shift = offset & 3
-        return apply_mask(bytes(buf[start:]), mask[shift:] + mask[:shift])
+        return apply_mask(data, mask[shift:] + mask[:shift])
 
     def _check_first_byte(self, b0: int, b1: int) -> Opcode:
         opcode = _KNOWN_OPCODES.get(b0 & 0x0F)
@@ -315,19 +446,27 @@ def serialize_close(code: int, reason: str = "") -> bytes:
 
 # -- compiled twins (docs/speedups.md) --------------------------------------
 # The code above is the reference. When the C extension is in use, its twins
-# replace apply_mask and FrameParser.next_raw here, for every caller; the
-# reference stays reachable under these names for the tests that compare them.
+# replace apply_mask, payload_buffer, finish_payload and FrameParser.next_raw
+# here, for every caller; the reference stays reachable under these names for
+# the tests that compare them.
 
 _py_apply_mask = apply_mask
 _py_next_raw = FrameParser.next_raw
+_py_payload_buffer = payload_buffer
+_py_finish_payload = finish_payload
 
 
 def _c_next_raw(self: FrameParser) -> RawFrame | None:
     """:meth:`FrameParser.next_raw`, parsing and unmasking in C."""
+    ready = self._ready
+    if ready is not None:
+        self._ready = None
+        return ready
     result = _speedups.parse_frame(
         self._buf, self._pos, self.expect_mask, self.rsv_allowed, self.max_payload
     )
-    if result is None:
+    if not isinstance(result, tuple):
+        self._keep(result)
         return None
     opcode, payload, fin, rsv1, self._pos = result
     return _KNOWN_OPCODES[opcode], payload, fin, rsv1
@@ -337,4 +476,6 @@ if speedups.ACTIVE:
     from . import _speedups
 
     apply_mask = _speedups.apply_mask
+    payload_buffer = _speedups.payload_buffer  # type: ignore[assignment]
+    finish_payload = _speedups.finish_payload  # type: ignore[assignment]
     FrameParser.next_raw = _c_next_raw  # type: ignore[method-assign]
