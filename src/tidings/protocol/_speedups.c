@@ -111,11 +111,30 @@ get_contiguous(PyObject *obj, Py_buffer *view, PyObject **copy)
     return PyObject_GetBuffer(*copy, view, PyBUF_SIMPLE);
 }
 
+/* The 4-byte masking key in mask_obj, copied to key. */
+static int
+get_mask_key(PyObject *mask_obj, unsigned char key[4])
+{
+    Py_buffer mask;
+
+    if (PyObject_GetBuffer(mask_obj, &mask, PyBUF_SIMPLE) < 0) {
+        return -1;
+    }
+    if (mask.len != 4) {
+        PyBuffer_Release(&mask);
+        PyErr_SetString(PyExc_ValueError, "mask must be 4 bytes");
+        return -1;
+    }
+    memcpy(key, mask.buf, 4);
+    PyBuffer_Release(&mask);
+    return 0;
+}
+
 static PyObject *
 apply_mask(PyObject *module, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"data", "mask", NULL};
-    Py_buffer data, mask;
+    Py_buffer data;
     PyObject *data_obj, *mask_obj, *copy, *result = NULL;
     unsigned char key[4];
 
@@ -123,16 +142,9 @@ apply_mask(PyObject *module, PyObject *args, PyObject *kwargs)
                                      &data_obj, &mask_obj)) {
         return NULL;
     }
-    if (PyObject_GetBuffer(mask_obj, &mask, PyBUF_SIMPLE) < 0) {
+    if (get_mask_key(mask_obj, key) < 0) {
         return NULL;
     }
-    if (mask.len != 4) {
-        PyBuffer_Release(&mask);
-        PyErr_SetString(PyExc_ValueError, "mask must be 4 bytes");
-        return NULL;
-    }
-    memcpy(key, mask.buf, 4);
-    PyBuffer_Release(&mask);
     if (get_contiguous(data_obj, &data, &copy) < 0) {
         Py_XDECREF(copy);
         return NULL;
@@ -187,7 +199,6 @@ payload_buffer(PyObject *module, PyObject *arg)
 static PyObject *
 finish_payload(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_buffer mask;
     unsigned char key[4];
     unsigned char *buf;
     Py_ssize_t n;
@@ -200,16 +211,9 @@ finish_payload(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     if (args[1] != Py_None) {
-        if (PyObject_GetBuffer(args[1], &mask, PyBUF_SIMPLE) < 0) {
+        if (get_mask_key(args[1], key) < 0) {
             return NULL;
         }
-        if (mask.len != 4) {
-            PyBuffer_Release(&mask);
-            PyErr_SetString(PyExc_ValueError, "mask must be 4 bytes");
-            return NULL;
-        }
-        memcpy(key, mask.buf, 4);
-        PyBuffer_Release(&mask);
         buf = (unsigned char *)PyBytes_AS_STRING(args[0]);
         n = PyBytes_GET_SIZE(args[0]);
         /* In place: each 8 bytes are read before they are written. */
