@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import signal
+import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -112,3 +120,92 @@ def count_writes(transports: Iterable[Any]) -> list[Any]:
         for name in ("write", "writelines"):
             setattr(transport, name, counting(getattr(transport, name)))
     return writes
+
+
+def skip_unless_ci(reason: str) -> None:
+    """Skip for a missing peer, or fail where CI is set (scripts/test
+    installs every peer there)."""
+    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+        pytest.fail(f"{reason}; CI must have it (scripts/test installs it)")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    """A loopback TCP port that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A real ``redis-server`` on a free loopback port, in a folder of its
+    own; with ``persistent``, an append-only file keeps its data across a
+    restart, and without it a restart loses everything."""
+
+    def __init__(self, *, persistent: bool = False) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            skip_unless_ci("redis-server is not installed")
+        assert binary is not None
+        self.binary = binary
+        self.persistent = persistent
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="tidings-redis-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.persistent else "no",
+            "--appendfsync",
+            "always",
+        ]
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 20
+        while True:  # until it answers PING, bounded
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), 1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start on {self.port}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Shut it down (SIGTERM: it flushes its append-only file)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(20)
+        self.proc = None
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One redis-server for the test session (tests use key prefixes of
+    their own)."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.remove()

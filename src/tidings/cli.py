@@ -1,4 +1,5 @@
-"""The ``tidings`` command line: ``echo`` server, ``connect`` client, ``demo``."""
+"""The ``tidings`` command line: the hub (``serve``, ``token``), an ``echo``
+server, the ``connect`` client, ``bench`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
     import ssl
 
     from .connection import Message, WebSocket
+    from .hub.config import HubConfig
 
 #: Close codes after which ``tidings connect`` exits with status 0.
 CLEAN_CODES = frozenset({1000, 1001, 1005})
@@ -84,9 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    from .hub.commands import add_commands
-
-    add_commands(sub)
+    _add_serve(sub)
+    _add_token(sub)
     _add_echo(sub)
     _add_connect(sub)
     bench = sub.add_parser(
@@ -201,13 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run(args)
     if args.command == "serve":
-        from .hub.commands import serve_main
-
-        return serve_main(args)
+        return _serve_main(args)
     if args.command == "token":
-        from .hub.commands import token_main
-
-        return token_main(args)
+        return _token_main(args)
     parser.print_help()
     return 0
 
@@ -237,6 +234,154 @@ def _on_signals(loop: asyncio.AbstractEventLoop, callback: Any) -> None:
         # Not on Windows, nor outside the main thread: Ctrl-C then ends it all.
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, callback)
+
+
+# -- tidings serve and tidings token ------------------------------------
+
+
+def _add_serve(sub: Any) -> None:
+    serve = sub.add_parser(
+        "serve",
+        help="run the hub: channels, presence, history, HTTP API and demo pages",
+        description=(
+            "Run the tidings hub. With no options it listens on 127.0.0.1:8000 with "
+            "the memory broker and the demo namespaces (chat, ticker, report). "
+            "Settings come from --config FILE (TOML), then TIDINGS_* environment "
+            "variables (e.g. TIDINGS_PORT, TIDINGS_SECRET, TIDINGS_API_KEY), then "
+            "these flags."
+        ),
+    )
+    serve.add_argument("--config", metavar="FILE", help="a TOML file of settings")
+    serve.add_argument("--host", help="default: 127.0.0.1")
+    serve.add_argument("--port", type=int, help="default: 8000; 0 picks a free port")
+    serve.add_argument("--secret", help="HS256 secret that signs connection tokens")
+    serve.add_argument("--api-key", help="key the HTTP API requires")
+    serve.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain")
+    serve.add_argument("--tls-key", metavar="FILE", help="PEM private key")
+    serve.add_argument(
+        "--broker",
+        metavar="URL",
+        help="memory (the default: one process) or redis://HOST:PORT/DB, which "
+        "makes every node on that Redis one hub (docs/scaling.md)",
+    )
+    serve.add_argument(
+        "--presence-ttl",
+        type=float,
+        metavar="SECONDS",
+        help="presence entries of a node that stopped refreshing them expire "
+        "after this; default: 30",
+    )
+    serve.add_argument(
+        "--no-demo",
+        dest="demo",
+        action="store_const",
+        const=False,
+        help="don't serve the demo pages or run the demo feeds",
+    )
+
+
+def _add_token(sub: Any) -> None:
+    token = sub.add_parser(
+        "token",
+        help="mint a connection token for development",
+        description=(
+            "Print a JWT (HS256) that a hub started with the same secret accepts."
+        ),
+    )
+    token.add_argument("--user", required=True, help="the user id (the sub claim)")
+    token.add_argument(
+        "--channels",
+        action="append",
+        metavar="PATTERN",
+        help="a channel pattern the user may subscribe to, e.g. 'chat:*'; repeatable",
+    )
+    token.add_argument(
+        "--publish",
+        action="append",
+        metavar="PATTERN",
+        help="a channel pattern the user may publish to; repeatable",
+    )
+    token.add_argument("--ttl", type=float, default=3600, help="seconds; default: 3600")
+    token.add_argument("--secret", help="default: TIDINGS_SECRET or --config's secret")
+    token.add_argument("--config", metavar="FILE", help="a TOML file of settings")
+
+
+def _config(args: argparse.Namespace, overrides: dict[str, Any]) -> HubConfig:
+    import os
+
+    from .hub.config import load_config
+
+    return load_config(args.config, os.environ, overrides)
+
+
+def _serve_main(args: argparse.Namespace) -> int:
+    """Run the hub until SIGINT or SIGTERM; return the exit status."""
+    from .hub.config import ConfigError
+
+    try:
+        config = _config(
+            args,
+            {
+                "host": args.host,
+                "port": args.port,
+                "secret": args.secret,
+                "api_key": args.api_key,
+                "tls_cert": args.tls_cert,
+                "tls_key": args.tls_key,
+                "broker": args.broker,
+                "presence_ttl": args.presence_ttl,
+                "demo": args.demo,
+            },
+        )
+    except ConfigError as exc:
+        return _error(f"invalid configuration: {exc}")
+    return _run(_serve(config))
+
+
+async def _serve(config: HubConfig) -> int:
+    import asyncio
+
+    from .hub import Hub
+
+    hub = Hub(config)
+    try:
+        await hub.start()
+    except OSError as exc:
+        await hub.close()
+        return _error(f"cannot listen on {config.host} port {config.port}: {exc}")
+    stop = asyncio.Event()
+    _on_signals(asyncio.get_running_loop(), stop.set)
+    print(f"tidings hub running at {hub.url}", flush=True)
+    print(f"  WebSocket endpoint: {hub.ws_url}", flush=True)
+    if config.demo:
+        print(f"  demos: {hub.url}chat  {hub.url}ticker  {hub.url}report", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await hub.close()
+    return 0
+
+
+def _token_main(args: argparse.Namespace) -> int:
+    """Print a development token; return the exit status."""
+    from .hub.auth import mint_token
+    from .hub.config import MIN_SECRET_BYTES, ConfigError
+
+    try:
+        secret = args.secret or _config(args, {}).secret
+    except ConfigError as exc:
+        return _error(f"invalid configuration: {exc}")
+    if not secret:
+        return _error("no secret: pass --secret, set TIDINGS_SECRET, or use --config")
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        return _error(f"the secret must be at least {MIN_SECRET_BYTES} bytes")
+    if args.ttl <= 0:
+        return _error("--ttl must be positive")
+    token = mint_token(
+        secret, args.user, channels=args.channels, publish=args.publish, ttl=args.ttl
+    )
+    sys.stdout.write(token + "\n")
+    return 0
 
 
 # -- tidings echo ------------------------------------------------------

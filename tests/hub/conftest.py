@@ -1,7 +1,12 @@
 """Fixtures of the hub tests: a hub per broker kind, WebSocket peers that
 speak the hub's JSON protocol, and a plain HTTP client for the API.
 
-To run every hub test against another broker, add it to BROKERS.
+Every test that takes ``start_hub`` runs four times: on the memory broker
+and on a real Redis, each as one node and as three nodes on one backend.
+With three nodes, ``start_hub`` starts the two others beside the hub it
+returns, and ``connect`` spreads the peers over the nodes in turn (the
+first on the hub returned), so that every publication, presence list and
+recovery crosses nodes.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import secrets
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -19,17 +25,52 @@ import tidings
 from tidings import ConnectionClosed, WebSocket
 from tidings.hub import Broker, Hub, HubConfig, MemoryBroker, NamespaceConfig
 from tidings.hub import mint_token as _mint_token
+from tidings.hub.brokers.memory import MemoryBackend
 
 BOUND = 10  # seconds: every wait in these tests is bounded
 SECRET = "a test secret that is 32+ bytes long"
 
-#: Broker kind -> a factory of a fresh broker. Tests expect new channels at
-#: offset 0, so a broker backed by a server (Redis) must start empty (a key
-#: prefix of its own, or FLUSHDB on a test database); it may pytest.skip()
-#: when no server is reachable.
-BROKERS: dict[str, Callable[[], Broker]] = {
-    "memory": MemoryBroker,
-}
+#: Broker kinds: the backend, and how many nodes share it.
+BROKERS = {"memory": 1, "memory-3-nodes": 3, "redis": 1, "redis-3-nodes": 3}
+
+
+class Brokers:
+    """Makes brokers of one kind on one fresh backend: a new
+    :class:`MemoryBackend`, or a key prefix of its own on the test
+    session's Redis, so that every channel starts at offset 0."""
+
+    def __init__(self, kind: str, request: pytest.FixtureRequest) -> None:
+        self.kind = kind
+        self.nodes = BROKERS[kind]
+        self.memory = MemoryBackend()
+        self.redis_url = ""
+        self.prefix = f"t{secrets.token_hex(4)}:"
+        if kind.startswith("redis"):
+            self.redis_url = request.getfixturevalue("redis_server").url
+
+    def __call__(self) -> Broker:
+        if not self.redis_url:
+            return MemoryBroker(self.memory)
+        from tidings.hub.brokers.redis import RedisBroker
+
+        return RedisBroker(self.redis_url, prefix=self.prefix)
+
+
+@pytest.fixture(params=list(BROKERS))
+def brokers(request: pytest.FixtureRequest) -> Brokers:
+    """Brokers of each kind, each sharing its backend with the others."""
+    return Brokers(request.param, request)
+
+
+@pytest.fixture
+def broker(brokers: Brokers) -> Broker:
+    """A fresh broker of each kind; the hub that gets it starts and closes it."""
+    return brokers()
+
+
+#: A hub -> the nodes of its hub, in the order ``connect`` uses them.
+CLUSTERS: dict[Hub, list[Hub]] = {}
+
 
 NAMESPACES = {
     # Anyone may subscribe and publish; history, presence, join and leave.
@@ -69,29 +110,34 @@ def hub_config(**options: Any) -> HubConfig:
     return HubConfig(**{**defaults, **options})
 
 
-@pytest.fixture(params=list(BROKERS))
-def broker(request: pytest.FixtureRequest) -> Broker:
-    """A fresh broker of each kind; the hub that gets it starts and closes it."""
-    return BROKERS[request.param]()
-
-
 StartHub = Callable[..., Awaitable[Hub]]
 
 
 @pytest.fixture
-async def start_hub(broker: Broker) -> AsyncIterator[StartHub]:
-    """``hub = await start_hub(**config)``: a running hub on the ``broker``
-    fixture (``broker=`` gives another), closed after the test."""
+async def start_hub(brokers: Brokers) -> AsyncIterator[StartHub]:
+    """``hub = await start_hub(**config)``: a running hub of the ``brokers``
+    kind, with the other nodes of its kind beside it (``broker=`` gives a
+    broker of its own, as one node); all closed after the test."""
     hubs: list[Hub] = []
 
-    async def start(broker: Broker = broker, **options: Any) -> Hub:
-        hub = Hub(hub_config(**options), broker)
+    async def start(broker: Broker | None = None, **options: Any) -> Hub:
+        given = broker is not None
+        hub = Hub(hub_config(**options), broker or brokers())
         hubs.append(hub)
-        return await hub.start()
+        await hub.start()
+        nodes = [hub]
+        if not given:
+            for _ in range(brokers.nodes - 1):
+                other = Hub(hub_config(**{**options, "port": 0}), brokers())
+                hubs.append(other)
+                nodes.append(await other.start())
+        CLUSTERS[hub] = nodes
+        return hub
 
     yield start
     async with asyncio.timeout(BOUND):
         for hub in hubs:
+            CLUSTERS.pop(hub, None)
             await hub.close()
 
 
@@ -110,8 +156,10 @@ class Peer:
     """A hub client written from docs/protocol.md alone: JSON commands with
     ids, replies matched by id, pushes kept in order on the side."""
 
-    def __init__(self, ws: WebSocket) -> None:
+    def __init__(self, ws: WebSocket, hub: Hub) -> None:
         self.ws = ws
+        #: The node this peer is connected to.
+        self.hub = hub
         self.ids = itertools.count(1)
         self.pushes: deque[dict[str, Any]] = deque()
         self.client = ""
@@ -187,10 +235,12 @@ Connect = Callable[..., Awaitable[Peer]]
 
 @pytest.fixture
 async def connect() -> AsyncIterator[Connect]:
-    """``peer = await connect(hub, token=None, query="", hello=True)``: a
-    WebSocket to the hub that has sent connect (unless ``hello`` is false).
-    Other keywords go to tidings.connect. Closed after the test."""
+    """``peer = await connect(hub, token=None, query="", hello=True,
+    node=None)``: a WebSocket to the hub (to ``node``, or to its nodes in
+    turn) that has sent connect (unless ``hello`` is false). Other keywords
+    go to tidings.connect. Closed after the test."""
     peers: list[Peer] = []
+    turns: dict[Hub, itertools.cycle[Hub]] = {}
 
     async def open_peer(
         hub: Hub,
@@ -198,12 +248,17 @@ async def connect() -> AsyncIterator[Connect]:
         *,
         query: str = "",
         hello: bool = True,
+        node: Hub | None = None,
         **options: Any,
     ) -> Peer:
-        url = f"ws://127.0.0.1:{hub.port}/ws" + (f"?{query}" if query else "")
+        if node is None:
+            if hub not in turns:
+                turns[hub] = itertools.cycle(CLUSTERS.get(hub, [hub]))
+            node = next(turns[hub])
+        url = f"ws://127.0.0.1:{node.port}/ws" + (f"?{query}" if query else "")
         async with asyncio.timeout(BOUND):
             ws = await tidings.connect(url, **options)
-        peer = Peer(ws)
+        peer = Peer(ws, node)
         peers.append(peer)
         if hello:
             fields = {} if token is None else {"token": token}

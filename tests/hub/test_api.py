@@ -26,7 +26,9 @@ async def test_publish_reaches_subscribers_without_info(
     )
     assert answer.status == 200
     assert answer.json() == {"offset": 1, "epoch": position["epoch"]}
-    assert await peer.pubs(1) == [{"offset": 1, "data": {"n": 1}}]
+    assert await peer.pubs(1) == [
+        {"offset": 1, "epoch": position["epoch"], "data": {"n": 1}}
+    ]
 
 
 async def test_broadcast_publishes_to_every_channel(
@@ -103,7 +105,7 @@ async def test_disconnect_closes_every_connection_of_the_user_with_4003(
     for peer in alice:
         assert await peer.closed() == 4003
     assert await bob.result("ping") == {}
-    assert hub._tasks == []  # nothing is kept per disconnect
+    assert not hub._background  # nothing is kept per disconnect
     answer = await http(hub, "POST", "/api/disconnect", {"user": "nobody"})
     assert answer.json() == {"disconnected": 0}
 
@@ -111,7 +113,9 @@ async def test_disconnect_closes_every_connection_of_the_user_with_4003(
 async def test_healthz(start_hub: Any, http: Any) -> None:
     hub = await start_hub(api_key=KEY)
     answer = await http(hub, "GET", "/healthz")  # no key needed
-    assert answer.status == 200 and answer.json() == {"status": "ok"}
+    assert answer.status == 200
+    assert answer.json() == {"status": "ok", "broker": hub.broker.status()}
+    assert answer.json()["broker"]["ok"] is True
 
 
 PROMETHEUS_LINE = re.compile(

@@ -15,7 +15,7 @@ import pytest
 
 import tidings
 from tidings.hub import Hub
-from tidings.hub.wire import encode_push
+from tidings.hub.wire import encode_pub
 
 BOUND = 10
 
@@ -34,6 +34,7 @@ async def test_subscribe_publish_unsubscribe(start_hub: Any, connect: Any) -> No
     [pub] = await alice.pubs(1)
     assert pub == {
         "offset": 1,
+        "epoch": epoch,
         "data": {"text": "hi"},
         "info": {"client": bob.client, "user": ""},
     }
@@ -160,10 +161,11 @@ async def test_an_unknown_namespace_is_404(start_hub: Any, connect: Any) -> None
 
 
 async def test_max_subscribers_is_503(start_hub: Any, connect: Any) -> None:
+    # A limit per node (docs/scaling.md): two subscribers on one node.
     hub = await start_hub()
     for _ in range(2):
-        await (await connect(hub)).result("subscribe", channel="small:room")
-    third = await connect(hub)
+        await (await connect(hub, node=hub)).result("subscribe", channel="small:room")
+    third = await connect(hub, node=hub)
     assert (await third.error("subscribe", channel="small:room"))[0] == 503
 
 
@@ -395,10 +397,11 @@ async def test_a_reader_that_stops_is_dropped_with_4005_and_memory_stays_bounded
     # A tidings client queues a few messages, then stops reading the socket.
     slow = await connect(hub, compression=None, max_queue=2)
     await slow.result("subscribe", channel="bulk:firehose")
-    [slow_side] = [s for s in hub._sessions if s.info.client == slow.client]
+    [slow_side] = [s for s in slow.hub._sessions if s.info.client == slow.client]
     chunk = "x" * (64 * 1024)
     count = 100 * 1024 * 1024 // len(chunk)
-    push = encode_push("bulk:firehose", "pub", {"offset": count, "data": chunk})
+    epoch = (await hub.history("bulk:firehose")).epoch
+    push = encode_pub("bulk:firehose", epoch, count, json.dumps(chunk).encode(), None)
     frame = len(push) + 10  # the largest frame header
     gc.collect()
     before = rss()
@@ -413,13 +416,14 @@ async def test_a_reader_that_stops_is_dropped_with_4005_and_memory_stays_bounded
             assert pub["offset"] == i + 1
     growth = rss() - before
     assert slow_side.ws.close_code == 4005
-    assert hub.metrics.dropped_slow == 1
+    assert slow.hub.metrics.dropped_slow == 1
     assert 0 < peak_buffer <= max_outbound + frame
     assert growth < 30 * 1024 * 1024, growth
     # The slow client's connection is gone (its close frame was behind the
     # data it never read, so it may only see the TCP connection end).
     assert await slow.closed() != 1000
-    assert hub.subscriber_count("bulk:firehose") == 1
+    assert fast.hub.subscriber_count("bulk:firehose") == 1
+    assert slow.hub.subscriber_count("bulk:firehose") == (slow.hub is fast.hub)
 
 
 async def test_a_thousand_subscribers_all_receive_a_publication(
@@ -450,8 +454,10 @@ async def test_a_thousand_subscribers_all_receive_a_publication(
             assert hub.subscriber_count("news:all") == n
             await hub.publish("news:all", {"hello": "everyone"})
             received = await asyncio.gather(*(ws.recv() for ws in clients))
+        epoch = (await hub.history("news:all")).epoch
         assert all(
-            json.loads(r)["pub"] == {"offset": 1, "data": {"hello": "everyone"}}
+            json.loads(r)["pub"]
+            == {"offset": 1, "epoch": epoch, "data": {"hello": "everyone"}}
             for r in received
         )
         assert hub.metrics.deliveries == n
@@ -467,8 +473,13 @@ async def test_shutdown_closes_every_client_with_1001(
     hub: Hub = await start_hub()
     peers = [await connect(hub) for _ in range(3)]
     await peers[0].result("subscribe", channel="chat:bye")
+    mine = [peer for peer in peers if peer.hub is hub]
     async with asyncio.timeout(BOUND):
         await hub.close()
-    for peer in peers:
+    for peer in mine:
         assert await peer.closed() == 1001
     assert hub.connection_count() == 0 and hub.channels() == {}
+    # The other nodes' clients stay connected.
+    for peer in peers:
+        if peer.hub is not hub:
+            assert await peer.result("ping") == {}

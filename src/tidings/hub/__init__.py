@@ -5,18 +5,27 @@ from .app import Hub
 from .auth import mint_token
 from .brokers.base import Broker
 from .brokers.memory import MemoryBroker
-from .client import Client, HubError, RecoveryFailed, Subscription
+from .client import (
+    Client,
+    History,
+    HubError,
+    Publication,
+    RecoveryFailed,
+    Subscription,
+)
 from .config import ConfigError, HubConfig, NamespaceConfig, load_config
 
 __all__ = [
     "Broker",
     "Client",
     "ConfigError",
+    "History",
     "Hub",
     "HubConfig",
     "HubError",
     "MemoryBroker",
     "NamespaceConfig",
+    "Publication",
     "RecoveryFailed",
     "Subscription",
     "load_config",

@@ -13,7 +13,8 @@ from urllib.parse import parse_qs
 from ..http import HTTPResponse
 from ..protocol import Request
 from .auth import api_key_matches
-from .wire import CommandError, parse_since, valid_channel
+from .brokers.base import BrokerUnavailable
+from .wire import CommandError, dumps, encode_position, parse_since, valid_channel
 
 if TYPE_CHECKING:
     from .app import Hub
@@ -47,7 +48,7 @@ class ApiError(Exception):
 
 
 def _json(status: int, body: Any) -> HTTPResponse:
-    data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    data = dumps(body).encode()
     return HTTPResponse(status, data, [("Content-Type", "application/json")])
 
 
@@ -59,7 +60,10 @@ async def handle_http(hub: Hub, request: Request) -> HTTPResponse | None:
     if request.headers.get("Upgrade") is not None:
         return HTTPResponse(404, f"the WebSocket endpoint is {WEBSOCKET_PATH}")
     if path == "/healthz":
-        return _json(200, {"status": "ok"})
+        broker = hub.broker.status()
+        if broker.get("ok"):
+            return _json(200, {"status": "ok", "broker": broker})
+        return _json(503, {"status": "broker unavailable", "broker": broker})
     if path == "/metrics":
         return HTTPResponse(
             200,
@@ -70,11 +74,12 @@ async def handle_http(hub: Hub, request: Request) -> HTTPResponse | None:
         try:
             _authorize(hub, request)
             return _json(200, await _api(hub, request))
+        except CommandError as exc:
+            return _error(hub, ApiError(exc.code, exc.message))
+        except BrokerUnavailable as exc:
+            return _error(hub, ApiError(503, str(exc)))
         except ApiError as exc:
-            hub.metrics.errors[f"api_{exc.status}"] += 1
-            return _json(
-                exc.status, {"error": {"code": exc.status, "message": exc.message}}
-            )
+            return _error(hub, exc)
     if hub.config.demo:
         static = _static_file(_PAGES.get(path, path.lstrip("/")))
         if static is not None:
@@ -85,6 +90,11 @@ async def handle_http(hub: Hub, request: Request) -> HTTPResponse | None:
                 body = b""  # the connection closes after it: no length needed
             return HTTPResponse(200, body, [("Content-Type", content_type)])
     return HTTPResponse(404, "not found")
+
+
+def _error(hub: Hub, exc: ApiError) -> HTTPResponse:
+    hub.metrics.errors[f"api_{exc.status}"] += 1
+    return _json(exc.status, {"error": {"code": exc.status, "message": exc.message}})
 
 
 def _authorize(hub: Hub, request: Request) -> None:
@@ -131,17 +141,24 @@ async def _api(hub: Hub, request: Request) -> Any:
     if route == ("GET", "/api/history"):
         return await _history(hub, request)
     if route == ("GET", "/api/channels"):
+        counts: dict[str, int] = {}
+        for answer in await hub.survey("channels"):
+            for channel, count in answer.items():
+                counts[channel] = counts.get(channel, 0) + count
         return {
             "channels": [
                 {"channel": channel, "subscribers": count}
-                for channel, count in sorted(hub.channels().items())
+                for channel, count in sorted(counts.items())
             ]
         }
     if route == ("POST", "/api/disconnect"):
-        user = _body(request).get("user")
-        if not isinstance(user, str) or not user:
-            raise ApiError(400, "user must be a non-empty string")
-        return {"disconnected": hub.disconnect(user)}
+        user = _user(_body(request))
+        return {"disconnected": sum(await hub.survey("disconnect", user=user))}
+    if route == ("POST", "/api/unsubscribe"):
+        body = _body(request)
+        user, channel = _user(body), _channel(hub, body.get("channel"))
+        answers = await hub.survey("unsubscribe", user=user, channel=channel)
+        return {"unsubscribed": sum(answers)}
     raise ApiError(404, f"no API endpoint {request.method} {request.path}")
 
 
@@ -162,15 +179,9 @@ async def _history(hub: Hub, request: Request) -> Any:
         except (ValueError, CommandError):
             raise ApiError(400, "since must be OFFSET:EPOCH") from None
     result = await hub.history(channel, since=since[0] if since else None, limit=limit)
-    out: dict[str, Any] = {
-        "epoch": result.epoch,
-        "offset": result.offset,
-        "publications": [p.to_json() for p in result.publications],
-    }
     if since is not None and (not result.complete or result.epoch != since[1]):
-        out["publications"] = []
-        out["complete"] = False
-    return out
+        return encode_position(result, (), complete=False)
+    return encode_position(result, result.publications)
 
 
 def _body(request: Request) -> dict[str, Any]:
@@ -181,6 +192,13 @@ def _body(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object")
     return body
+
+
+def _user(body: dict[str, Any]) -> str:
+    user = body.get("user")
+    if not isinstance(user, str) or not user:
+        raise ApiError(400, "user must be a non-empty string")
+    return user
 
 
 def _data(body: dict[str, Any]) -> Any:

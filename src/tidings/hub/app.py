@@ -1,10 +1,13 @@
 """The hub: channels, presence, history and recovery over WebSocket, with an
-HTTP API beside it. ``tidings serve`` runs one."""
+HTTP API beside it. ``tidings serve`` runs one node of it; nodes on one
+broker act as one hub (docs/scaling.md)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import secrets
 import ssl as ssl_module
 from types import TracebackType
 from typing import Any
@@ -15,57 +18,123 @@ from ..http import HTTPResponse
 from ..protocol import Request
 from ..server import Server, serve
 from .api import handle_http
-from .brokers.base import Broker, ChannelOptions, ClientInfo, HistoryResult, Push
-from .brokers.memory import MemoryBroker
+from .brokers.base import (
+    Broker,
+    BrokerUnavailable,
+    ChannelOptions,
+    ClientInfo,
+    HistoryResult,
+    Push,
+)
 from .config import HubConfig, NamespaceConfig
 from .metrics import Metrics
 from .session import CLOSE_DISCONNECTED, CLOSE_SLOW, Session
-from .wire import encode_push
+from .wire import encode_data, encode_pub, encode_push
 
 __all__ = ["Hub"]
 
+logger = logging.getLogger("tidings.hub")
+
+#: Seconds a survey of the nodes (``/api/channels``, ``/api/disconnect``...)
+#: waits for nodes that do not answer.
+SURVEY_TIMEOUT = 2.0
+
+
+def make_broker(spec: str) -> Broker:
+    """The broker a ``broker`` setting names: ``memory`` or a Redis URL."""
+    if spec == "memory":
+        from .brokers.memory import MemoryBroker
+
+        return MemoryBroker()
+    from .brokers.redis import RedisBroker
+
+    return RedisBroker(spec)
+
+
+class _Local:
+    """This node's side of one channel: its subscribers here, and whether
+    the broker delivers the channel to this node."""
+
+    __slots__ = ("live", "lock", "subscribers", "waiting")
+
+    def __init__(self) -> None:
+        self.subscribers: dict[Session, None] = {}
+        #: Held around the node's first subscribe and last unsubscribe, so
+        #: that no session reads the channel's position before the broker
+        #: delivers it here.
+        self.lock = asyncio.Lock()
+        self.live = False
+        self.waiting = 0
+
+
+class _Survey:
+    """Answers from the nodes to one control question."""
+
+    __slots__ = ("answers", "done", "expected")
+
+    def __init__(self, expected: set[str]) -> None:
+        self.expected = expected
+        self.answers: dict[str, Any] = {}
+        self.done = asyncio.Event()
+
 
 class Hub:
-    """A real-time hub. ``async with Hub(config) as hub:`` serves it;
-    ``hub.url`` is where. The in-process API (:meth:`publish`,
-    :meth:`history`, :meth:`disconnect`...) is what the HTTP API calls."""
+    """A node of a real-time hub. ``async with Hub(config) as hub:`` serves
+    it; ``hub.url`` is where. The in-process API (:meth:`publish`,
+    :meth:`history`, :meth:`disconnect`...) is what the HTTP API calls.
+
+    ``broker`` defaults to the one ``config.broker`` names; nodes given
+    brokers on one backend (one Redis, or one
+    :class:`~tidings.hub.brokers.memory.MemoryBackend`) act as one hub.
+    """
 
     def __init__(
         self, config: HubConfig | None = None, broker: Broker | None = None
     ) -> None:
         self.config = config or HubConfig()
-        self.broker: Broker = broker or MemoryBroker()
+        self.broker: Broker = broker or make_broker(self.config.broker)
+        #: This node's name among the hub's nodes.
+        self.node = secrets.token_hex(6)
         self.metrics = Metrics()
-        self._subscribers: dict[str, dict[Session, None]] = {}
+        self._local: dict[str, _Local] = {}
         self._sessions: set[Session] = set()
+        self._surveys: dict[str, _Survey] = {}
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle ---------------------------------------------------------
 
     async def start(self) -> Hub:
         """Start the broker and listen."""
         config = self.config
-        await self.broker.start(self._deliver)
+        await self.broker.start(self.node, self)
+        with contextlib.suppress(BrokerUnavailable):
+            await self.broker.heartbeat(config.presence_ttl)
         context = None
         if config.tls_cert is not None:
             context = ssl_module.create_default_context(ssl_module.Purpose.CLIENT_AUTH)
             context.load_cert_chain(config.tls_cert, config.tls_key)
-        self._server = await serve(
-            self._serve_session,
-            config.host,
-            config.port,
-            ssl=context,
-            process_request=self._process_request,
-            max_body_size=config.max_message_size,
-            # Larger than a command may be, so that an oversized one gets a
-            # 413 reply and the connection stays usable.
-            max_message_size=max(4 * config.max_message_size, 1 << 20),
-            write_limit=config.max_outbound,
-            max_connections=config.max_connections,
-            ping_interval=config.ping_interval,
-            ping_timeout=config.ping_timeout,
-        )
+        try:
+            self._server = await serve(
+                self._serve_session,
+                config.host,
+                config.port,
+                ssl=context,
+                process_request=self._process_request,
+                max_body_size=config.max_message_size,
+                # Larger than a command may be, so that an oversized one gets a
+                # 413 reply and the connection stays usable.
+                max_message_size=max(4 * config.max_message_size, 1 << 20),
+                write_limit=config.max_outbound,
+                max_connections=config.max_connections,
+                ping_interval=config.ping_interval,
+                ping_timeout=config.ping_timeout,
+            )
+        except BaseException:
+            await self.broker.close()
+            raise
+        self._tasks.append(asyncio.create_task(self._keep_alive()))
         if config.demo:
             from .feeds import run_report, run_ticker
 
@@ -126,6 +195,25 @@ class Hub:
         scheme, _, rest = self.url.partition(":")
         return ("wss" if scheme == "https" else "ws") + ":" + rest + "ws"
 
+    async def _keep_alive(self) -> None:
+        """Refresh this node's heartbeat and its clients' presence entries,
+        three times per ``presence_ttl``, so that they outlive a missed
+        refresh but not this node."""
+        ttl = self.config.presence_ttl
+        while True:
+            await asyncio.sleep(ttl / 3)
+            try:
+                await self.broker.heartbeat(ttl)
+                for channel, local in list(self._local.items()):
+                    namespace = self.config.namespace(channel)
+                    if namespace is None or not namespace.presence:
+                        continue
+                    infos = [s.info for s in local.subscribers if s.info is not None]
+                    if infos:
+                        await self.broker.refresh_presence(channel, infos, ttl)
+            except BrokerUnavailable as exc:
+                logger.debug("presence refresh postponed: %s", exc)
+
     # -- the in-process API ---------------------------------------------------
 
     def options(self, namespace: NamespaceConfig) -> ChannelOptions:
@@ -135,16 +223,19 @@ class Hub:
     async def publish(
         self, channel: str, data: Any, info: ClientInfo | None = None
     ) -> tuple[int, str]:
-        """Publish ``data`` to ``channel``; return its offset and the epoch.
-        Raises KeyError for a channel in an unknown namespace."""
+        """Publish ``data`` (any JSON value) to ``channel``; return its
+        offset and the epoch. Raises KeyError for a channel in an unknown
+        namespace, :class:`~tidings.hub.wire.CommandError` (400) for data
+        JSON cannot carry, and
+        :class:`~tidings.hub.brokers.base.BrokerUnavailable`."""
         namespace = self.config.namespace(channel)
         if namespace is None:
             raise KeyError(channel)
-        publication, epoch = await self.broker.publish(
-            channel, data, self.options(namespace), info
+        offset, epoch = await self.broker.publish(
+            channel, encode_data(data), self.options(namespace), info
         )
         self.metrics.publications += 1
-        return publication.offset, epoch
+        return offset, epoch
 
     async def history(
         self, channel: str, *, since: int | None = None, limit: int | None = None
@@ -159,18 +250,25 @@ class Hub:
 
     def channels(self) -> dict[str, int]:
         """Channels with subscribers on this node, and how many."""
-        return {channel: len(subs) for channel, subs in self._subscribers.items()}
+        return {
+            channel: len(local.subscribers)
+            for channel, local in self._local.items()
+            if local.subscribers
+        }
 
     def subscriber_count(self, channel: str) -> int:
         """Subscribers of ``channel`` on this node."""
-        return len(self._subscribers.get(channel, ()))
+        local = self._local.get(channel)
+        return 0 if local is None else len(local.subscribers)
 
     def connection_count(self) -> int:
         """Clients connected to this node."""
         return len(self._sessions)
 
     def disconnect(self, user: str) -> int:
-        """Close every connection of ``user`` with 4003; return how many."""
+        """Close every connection of ``user`` to this node with 4003; return
+        how many. :meth:`survey` ``("disconnect", user=...)`` does it on
+        every node."""
         doomed = [
             s for s in self._sessions if s.info is not None and s.info.user == user
         ]
@@ -178,12 +276,48 @@ class Hub:
             session.close(CLOSE_DISCONNECTED, "disconnected")
         return len(doomed)
 
+    def unsubscribe_user(self, user: str, channel: str) -> int:
+        """Unsubscribe every connection of ``user`` to this node from
+        ``channel``, telling each with an ``unsubscribe`` push; return how
+        many."""
+        local = self._local.get(channel)
+        if local is None:
+            return 0
+        doomed = [
+            s for s in local.subscribers if s.info is not None and s.info.user == user
+        ]
+        for session in doomed:
+            self._leave(session, channel)
+            session.send(encode_push(channel, "unsubscribe", {}))
+            self._spawn(self._left(session, channel, True))
+        return len(doomed)
+
+    async def survey(self, op: str, **args: Any) -> list[Any]:
+        """Ask every node of the hub (this one included) to do ``op``
+        (``channels``, ``disconnect`` or ``unsubscribe``) and return their
+        answers; a node that does not answer within ``SURVEY_TIMEOUT``
+        seconds is left out."""
+        expected = await self.broker.nodes() | {self.node}
+        id = secrets.token_hex(8)
+        survey = self._surveys[id] = _Survey(expected)
+        try:
+            await self.broker.control(
+                {"survey": id, "from": self.node, "op": op, "args": args}
+            )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SURVEY_TIMEOUT):
+                    await survey.done.wait()
+        finally:
+            del self._surveys[id]
+        return list(survey.answers.values())
+
     def metrics_text(self) -> str:
         """The metrics in Prometheus text format."""
         return self.metrics.render(
             connections=len(self._sessions),
-            subscriptions=sum(len(s) for s in self._subscribers.values()),
-            channels=len(self._subscribers),
+            subscriptions=sum(len(local.subscribers) for local in self._local.values()),
+            channels=sum(1 for local in self._local.values() if local.subscribers),
+            broker_up=bool(self.broker.status().get("ok")),
         )
 
     # -- sessions ----------------------------------------------------------------
@@ -199,7 +333,11 @@ class Hub:
         """A session's connection closed: leave everything."""
         self._sessions.discard(session)
         for channel in list(session.subscriptions):
-            await self.unsubscribe(session, channel)
+            try:
+                await self.unsubscribe(session, channel)
+            except BrokerUnavailable as exc:
+                # Its presence entries expire without the refresh.
+                logger.debug("leaving %s: %s", channel, exc)
 
     async def subscribe(
         self,
@@ -210,21 +348,33 @@ class Hub:
     ) -> HistoryResult:
         """Add ``session`` to ``channel``'s subscribers and read the channel's
         position (and what was missed after ``since``)."""
-        subscribers = self._subscribers.setdefault(channel, {})
-        first = not subscribers
-        subscribers[session] = None
+        local = self._local.get(channel)
+        if local is None:
+            local = self._local[channel] = _Local()
         session.subscriptions.add(channel)
         options = self.options(namespace)
         try:
-            if first:
-                await self.broker.subscribe(channel)
+            local.waiting += 1
+            try:
+                async with local.lock:
+                    if not local.live:
+                        await self.broker.subscribe(channel)
+                        local.live = True
+                    # From here on every publication reaches the session
+                    # (held until the reply): the position read next is
+                    # never ahead of what it will receive.
+                    local.subscribers[session] = None
+            finally:
+                local.waiting -= 1
             if since is not None:
                 result = await self.broker.history(channel, options, since=since[0])
             else:
                 result = await self.broker.history(channel, options, limit=0)
             if namespace.presence:
                 assert session.info is not None
-                await self.broker.add_presence(channel, session.info, options)
+                await self.broker.add_presence(
+                    channel, session.info, self.config.presence_ttl
+                )
         except BaseException:
             await self.unsubscribe(session, channel)
             raise
@@ -232,45 +382,108 @@ class Hub:
 
     async def unsubscribe(self, session: Session, channel: str) -> None:
         """Remove ``session`` from ``channel``."""
+        await self._left(session, channel, self._leave(session, channel))
+
+    def _leave(self, session: Session, channel: str) -> bool:
+        """Stop delivering ``channel`` to ``session`` (now, before any other
+        push); return whether it was a subscriber."""
         session.subscriptions.discard(channel)
         session.recovering.pop(channel, None)
-        subscribers = self._subscribers.get(channel)
-        if subscribers is None or session not in subscribers:
-            return
-        del subscribers[session]
-        namespace = self.config.namespace(channel)
-        if namespace is not None and namespace.presence and session.info is not None:
-            await self.broker.remove_presence(channel, session.info)
-        if not subscribers:
-            del self._subscribers[channel]
-            await self.broker.unsubscribe(channel)
+        local = self._local.get(channel)
+        if local is None or session not in local.subscribers:
+            return False
+        del local.subscribers[session]
+        return True
 
-    def _deliver(self, push: Push) -> None:
-        """Fan a push out to this node's subscribers, framed once."""
-        subscribers = self._subscribers.get(push.channel)
-        if not subscribers:
+    async def _left(self, session: Session, channel: str, was_subscriber: bool) -> None:
+        """What follows :meth:`_leave` through the broker: the presence
+        entry, and the node's broker subscription after its last
+        subscriber."""
+        namespace = self.config.namespace(channel)
+        if was_subscriber and namespace is not None and namespace.presence:
+            assert session.info is not None
+            await self.broker.remove_presence(channel, session.info)
+        local = self._local.get(channel)
+        if local is None or local.subscribers or local.waiting:
+            return
+        async with local.lock:
+            if local.live and not local.subscribers and not local.waiting:
+                local.live = False
+                await self.broker.unsubscribe(channel)
+            if not local.live and not local.subscribers and not local.waiting:
+                self._local.pop(channel, None)
+
+    # -- what the broker delivers ------------------------------------------------
+
+    def on_push(self, push: Push) -> None:
+        """Fan a push out to this node's subscribers, framed once (called by
+        the broker)."""
+        local = self._local.get(push.channel)
+        if local is None or not local.subscribers:
             return
         offset: int | None = None
-        if push.publication is not None:
-            offset = push.publication.offset
-            text = encode_push(push.channel, "pub", push.publication.to_json())
+        kind = push.kind
+        if kind == "pub":
+            offset = push.offset
+            text = encode_pub(push.channel, push.epoch, offset, push.data, push.info)
+        elif kind == "position":
+            text = encode_push(
+                push.channel, kind, {"offset": push.offset, "epoch": push.epoch}
+            )
         else:
             namespace = self.config.namespace(push.channel)
-            if namespace is None or not namespace.join_leave:
+            if namespace is None or not namespace.join_leave or push.info is None:
                 return
-            kind, info = (
-                ("join", push.join) if push.join is not None else ("leave", push.leave)
-            )
-            assert info is not None
-            text = encode_push(push.channel, kind, info.to_json())
+            text = encode_push(push.channel, kind, push.info.to_json())
         ready = []
-        for session in subscribers:
+        for session in local.subscribers:
             held = session.recovering.get(push.channel) if session.recovering else None
             if held is not None:
                 held.append((offset, text))
             else:
                 ready.append(session.ws)
         self.metrics.deliveries += broadcast(ready, text, on_slow=self.drop_slow)
+
+    def on_control(self, message: dict[str, Any]) -> None:
+        """A control message from a node (called by the broker)."""
+        if "answer" in message:
+            survey = self._surveys.get(message["answer"])
+            if survey is not None and message.get("to") == self.node:
+                survey.answers[message["node"]] = message["result"]
+                if survey.expected <= survey.answers.keys():
+                    survey.done.set()
+            return
+        op, args = message.get("op"), message.get("args", {})
+        try:
+            if op == "channels":
+                result: Any = self.channels()
+            elif op == "disconnect":
+                result = self.disconnect(args["user"])
+            elif op == "unsubscribe":
+                result = self.unsubscribe_user(args["user"], args["channel"])
+            else:
+                raise ValueError(op)
+        except (KeyError, TypeError, ValueError):
+            logger.warning("invalid control message %.200r", message)
+            return
+        answer = {
+            "answer": message["survey"],
+            "to": message["from"],
+            "node": self.node,
+            "result": result,
+        }
+        self._spawn(self.broker.control(answer))
+
+    def _spawn(self, coroutine: Any) -> None:
+        """Run ``coroutine`` in the background; log its failure."""
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("hub background task failed: %s", task.exception())
 
     def drop_slow(self, ws: WebSocket) -> None:
         """Drop a client whose outbound queue overflowed (close 4005)."""

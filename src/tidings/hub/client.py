@@ -19,6 +19,7 @@ import logging
 import random
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -26,9 +27,16 @@ from ..client import connect
 from ..connection import WebSocket
 from ..exceptions import ConnectionClosed, InvalidStatus, TidingsError
 from ..protocol import State
-from .brokers.base import ClientInfo, HistoryResult, Publication
+from .brokers.base import ClientInfo
 
-__all__ = ["Client", "HubError", "RecoveryFailed", "Subscription"]
+__all__ = [
+    "Client",
+    "History",
+    "HubError",
+    "Publication",
+    "RecoveryFailed",
+    "Subscription",
+]
 
 logger = logging.getLogger("tidings.hub.client")
 
@@ -36,6 +44,27 @@ logger = logging.getLogger("tidings.hub.client")
 _FINAL_CLOSE_CODES = frozenset({1009, 4000, 4001, 4003})
 
 _Handler = Callable[[Any, BaseException | None], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """A publication received: its offset in the channel, its data (any
+    JSON value, decoded) and who published it (None through the HTTP API)."""
+
+    offset: int
+    data: Any
+    info: ClientInfo | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """A history answer: the channel's position and kept publications;
+    ``complete`` is False when history no longer reaches back to ``since``."""
+
+    epoch: str
+    offset: int
+    publications: list[Publication]
+    complete: bool = True
 
 
 class HubError(TidingsError):
@@ -64,13 +93,17 @@ class Subscription:
     """A subscription to one channel; iterate it for its publications.
 
     Publications arrive in offset order, each once, across reconnects.
-    When a reconnect loses publications, iterating raises
+    Every publication carries its position: when one skips an offset (or
+    comes from another epoch), the subscription resubscribes with ``since``
+    and recovers what was missed. When publications are lost, iterating
+    raises
     :class:`RecoveryFailed` at the gap, after every publication before it;
     the subscription stays active, so iterate again to go on. With
     ``on_publication``, publications go to that callback instead, and a gap
     goes to :attr:`on_recovery_failed` (which is called in both cases).
-    Iteration ends after :meth:`unsubscribe`, or raises the error that ended
-    the subscription (a :class:`HubError` or
+    Iteration ends after :meth:`unsubscribe` or when the hub unsubscribes
+    the client (``/api/unsubscribe``), or raises the error that ended the
+    subscription (a :class:`HubError` or
     :class:`~tidings.ConnectionClosed`).
     """
 
@@ -92,6 +125,9 @@ class Subscription:
         #: first subscribe reply).
         self.epoch: str | None = None
         self.offset = 0
+        #: True from a subscribe command until its reply: pushes until then
+        #: are covered by the reply.
+        self._resyncing = False
         self._items: deque[Publication | BaseException] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._subscribed: asyncio.Future[None] = (
@@ -137,6 +173,26 @@ class Subscription:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
+    def _live(self, raw: dict[str, Any]) -> None:
+        """A publication pushed live: deliver it if it is the next one;
+        recover if publications were missed."""
+        if self._resyncing:
+            return
+        offset, epoch = raw["offset"], raw.get("epoch")
+        if epoch == self.epoch and offset <= self.offset:
+            return  # a duplicate: already delivered
+        if epoch != self.epoch or offset != self.offset + 1:
+            self.client._resync(self)
+            return
+        self._publication(_publication(raw))
+
+    def _position(self, raw: dict[str, Any]) -> None:
+        """The hub says where the channel is: recover if we are behind."""
+        if not self._resyncing and (
+            raw["epoch"] != self.epoch or raw["offset"] > self.offset
+        ):
+            self.client._resync(self)
+
     def _publication(self, pub: Publication) -> None:
         if pub.offset <= self.offset:
             return  # a duplicate: already delivered
@@ -147,6 +203,7 @@ class Subscription:
             self._put(pub)
 
     def _subscribed_ok(self, result: dict[str, Any], since: bool) -> None:
+        self._resyncing = False
         epoch, offset = result["epoch"], result["offset"]
         if since and result.get("recovered"):
             for raw in result.get("publications", ()):
@@ -289,7 +346,7 @@ class Client:
         channel: str,
         limit: int | None = None,
         since: tuple[int, str] | None = None,
-    ) -> HistoryResult:
+    ) -> History:
         """Kept publications of ``channel``: the newest ``limit``, or those
         after ``since`` = (offset, epoch); ``complete`` is False when the
         history no longer reaches back that far."""
@@ -299,7 +356,7 @@ class Client:
         if since is not None:
             fields["since"] = {"offset": since[0], "epoch": since[1]}
         result = await self._call("history", **fields)
-        return HistoryResult(
+        return History(
             result["epoch"],
             result["offset"],
             [_publication(p) for p in result["publications"]],
@@ -353,7 +410,15 @@ class Client:
             handler(None, exc)
         return id
 
+    def _resync(self, sub: Subscription) -> None:
+        """Subscribe again with ``since``: publications were missed."""
+        if self._ws is None or not self.connected:
+            return  # the reconnect resubscribes
+        self._send(self._ws, "unsubscribe", {"channel": sub.channel}, _ignore)
+        self._send_subscribe(sub)
+
     def _send_subscribe(self, sub: Subscription) -> None:
+        sub._resyncing = True
         fields: dict[str, Any] = {"channel": sub.channel}
         since = sub.epoch is not None
         if since:
@@ -472,7 +537,12 @@ class Client:
         if sub is None:
             return
         if "pub" in msg:
-            sub._publication(_publication(msg["pub"]))
+            sub._live(msg["pub"])
+        elif "position" in msg:
+            sub._position(msg["position"])
+        elif "unsubscribe" in msg:
+            del self._subs[sub.channel]
+            sub._end(None)
         elif "join" in msg and sub.on_join is not None:
             _call_safely(sub.on_join, _info(msg["join"]))
         elif "leave" in msg and sub.on_leave is not None:

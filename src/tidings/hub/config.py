@@ -81,6 +81,13 @@ class HubConfig:
     max_connections: int | None = None
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
+    #: ``memory`` (one process), or a Redis URL (``redis://HOST:PORT/DB``,
+    #: ``rediss://`` with TLS, ``unix:///PATH``) that makes every node on it
+    #: one hub.
+    broker: str = "memory"
+    #: Seconds a node's presence entries outlive its last refresh: how long
+    #: the clients of a node that died stay listed.
+    presence_ttl: float = 30.0
     #: Serve the demo pages and run the simulated ticker and the report feed.
     demo: bool = True
 
@@ -237,6 +244,13 @@ def _check_ranges(config: HubConfig) -> None:
     for key in ("max_message_size", "max_outbound", "rate_burst"):
         if getattr(config, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {getattr(config, key)}")
-    for key in ("rate_limit", "ping_interval", "ping_timeout"):
+    if config.broker != "memory" and not config.broker.startswith(
+        ("redis://", "rediss://", "unix://")
+    ):
+        raise ConfigError(
+            f"broker must be memory or a redis://, rediss:// or unix:// URL, "
+            f"got {config.broker!r}"
+        )
+    for key in ("rate_limit", "ping_interval", "ping_timeout", "presence_ttl"):
         if getattr(config, key) <= 0:
             raise ConfigError(f"{key} must be > 0, got {getattr(config, key)}")

@@ -18,9 +18,14 @@ class Metrics:
     commands: int = 0
     errors: Counter[str] = field(default_factory=Counter)
 
-    def render(self, *, connections: int, subscriptions: int, channels: int) -> str:
+    def render(
+        self, *, connections: int, subscriptions: int, channels: int, broker_up: bool
+    ) -> str:
         """The Prometheus text exposition format (version 0.0.4)."""
         lines = [
+            "# HELP tidings_broker_up 1 while the broker delivers publications.",
+            "# TYPE tidings_broker_up gauge",
+            f"tidings_broker_up {int(broker_up)}",
             "# HELP tidings_connections Open client connections.",
             "# TYPE tidings_connections gauge",
             f"tidings_connections {connections}",

@@ -13,9 +13,17 @@ from urllib.parse import parse_qs
 from ..connection import WebSocket
 from ..exceptions import ConnectionClosed
 from .auth import AuthError, Identity, can_publish, can_subscribe, decode_token
-from .brokers.base import ClientInfo, HistoryResult
+from .brokers.base import BrokerUnavailable, ClientInfo
 from .config import NamespaceConfig
-from .wire import Command, CommandError, encode_error, encode_reply, parse_command
+from .wire import (
+    Command,
+    CommandError,
+    Raw,
+    encode_error,
+    encode_position,
+    encode_reply,
+    parse_command,
+)
 
 if TYPE_CHECKING:
     from .app import Hub
@@ -51,6 +59,7 @@ class Session:
         "_closing",
         "_limited",
         "_refilled",
+        "_subscribed_at",
         "_tokens",
         "hub",
         "identity",
@@ -68,6 +77,8 @@ class Session:
         self.subscriptions: set[str] = set()
         #: Pushes held back per channel while its subscribe is in flight.
         self.recovering: dict[str, list[tuple[int | None, str]]] = {}
+        #: The offset of each subscribe reply about to be sent.
+        self._subscribed_at: dict[str, int] = {}
         self._tokens = float(hub.config.rate_burst)
         self._refilled = time.monotonic()
         self._bad = 0
@@ -113,7 +124,11 @@ class Session:
                 raise CommandError(413, "command is too large", id)
             result = await self._dispatch(command)
         except CommandError as exc:
-            self._refuse(exc.id, exc.code, exc.message)
+            self._refuse(id if exc.id is None else exc.id, exc.code, exc.message)
+            return
+        except BrokerUnavailable as exc:
+            hub.metrics.errors["broker_unavailable"] += 1
+            self.send(encode_error(id, 503, str(exc)))
             return
         except AuthError as exc:
             hub.metrics.errors["auth"] += 1
@@ -127,7 +142,7 @@ class Session:
             return
         self.send(encode_reply(command.id, result))
         if command.op == "subscribe":
-            self._flush(command.channel, result["offset"])
+            self._flush(command.channel, self._subscribed_at.pop(command.channel))
 
     def _refuse(self, id: int | None, code: int, message: str) -> None:
         self.hub.metrics.errors[f"code_{code}"] += 1
@@ -252,13 +267,12 @@ class Session:
         except BaseException:
             self.recovering.pop(channel, None)
             raise
-        result: dict[str, Any] = {"epoch": position.epoch, "offset": position.offset}
-        if command.since is not None:
-            recovered = position.complete and position.epoch == command.since[1]
-            result["recovered"] = recovered
-            if recovered:
-                result["publications"] = [p.to_json() for p in position.publications]
-        return result
+        self._subscribed_at[channel] = position.offset
+        if command.since is None:
+            return encode_position(position)
+        if position.complete and position.epoch == command.since[1]:
+            return encode_position(position, position.publications, recovered=True)
+        return encode_position(position, recovered=False)
 
     def _flush(self, channel: str, offset: int) -> None:
         """Release the pushes held back during a subscribe, skipping the
@@ -270,25 +284,14 @@ class Session:
             if pub_offset is None or pub_offset > offset:
                 self.send(text)
 
-    async def _history(self, command: Command) -> Any:
-        namespace = self.hub.config.namespace(command.channel)
-        assert namespace is not None
-        result: HistoryResult = await self.hub.history(
-            command.channel,
-            since=command.since[0] if command.since else None,
-            limit=command.limit,
+    async def _history(self, command: Command) -> Raw:
+        since = command.since
+        result = await self.hub.history(
+            command.channel, since=since[0] if since else None, limit=command.limit
         )
-        out: dict[str, Any] = {
-            "epoch": result.epoch,
-            "offset": result.offset,
-            "publications": [p.to_json() for p in result.publications],
-        }
-        if command.since is not None and (
-            not result.complete or result.epoch != command.since[1]
-        ):
-            out["publications"] = []
-            out["complete"] = False
-        return out
+        if since is not None and (not result.complete or result.epoch != since[1]):
+            return encode_position(result, (), complete=False)
+        return encode_position(result, result.publications)
 
 
 def _query_token(ws: WebSocket) -> str | None:

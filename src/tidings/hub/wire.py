@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from .brokers.base import ClientInfo, HistoryResult, Publication
 
 __all__ = [
     "OPS",
     "Command",
     "CommandError",
+    "Raw",
+    "encode_data",
     "encode_error",
+    "encode_position",
+    "encode_pub",
     "encode_push",
     "encode_reply",
     "parse_command",
@@ -110,21 +117,76 @@ def parse_since(value: Any, id: int | None = None) -> tuple[int, str]:
     raise CommandError(400, 'since must be {"offset": int, "epoch": str}', id)
 
 
-def _dumps(value: Any) -> str:
+class Raw(str):
+    """Text that is already JSON, spliced into a reply as it is."""
+
+    __slots__ = ()
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON; a :class:`Raw` value is taken as it is."""
+    if isinstance(value, Raw):
+        return value
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def encode_data(value: Any) -> bytes:
+    """A publication's data as it crosses the broker: JSON, UTF-8, encoded
+    once where it enters the hub. Raises :class:`CommandError` (400) for
+    what JSON cannot carry to every client: ``NaN``, ``Infinity`` and lone
+    surrogates (which Python's parser lets through)."""
+    try:
+        text = json.dumps(
+            value, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+        return text.encode()
+    except (ValueError, RecursionError):
+        raise CommandError(
+            400, "data must be JSON without NaN, Infinity or lone surrogates"
+        ) from None
 
 
 def encode_reply(id: int, result: Any) -> str:
     """A successful reply."""
-    return _dumps({"id": id, "result": result})
+    return f'{{"id":{id},"result":{dumps(result)}}}'
 
 
 def encode_error(id: int | None, code: int, message: str) -> str:
     """An error reply; without ``id`` when the command's id was unreadable."""
     error = {"error": {"code": code, "message": message}}
-    return _dumps(error if id is None else {"id": id, **error})
+    return dumps(error if id is None else {"id": id, **error})
 
 
 def encode_push(channel: str, kind: str, body: Any) -> str:
-    """A push: ``kind`` is ``pub``, ``join`` or ``leave``."""
-    return _dumps({"channel": channel, kind: body})
+    """A push other than a publication: ``kind`` is ``join``, ``leave`` or
+    ``position``."""
+    return dumps({"channel": channel, kind: body})
+
+
+def encode_pub(
+    channel: str, epoch: str, offset: int, data: bytes, info: ClientInfo | None
+) -> str:
+    """A publication's push, with its position in the channel."""
+    body = _publication(offset, data, info, f',"epoch":{dumps(epoch)}')
+    return f'{{"channel":{dumps(channel)},"pub":{body}}}'
+
+
+def encode_position(
+    position: HistoryResult,
+    publications: Iterable[Publication] | None = None,
+    **flags: bool,
+) -> Raw:
+    """A subscribe or history result: the channel's position, ``flags``
+    such as ``recovered``, and ``publications`` when given."""
+    text = dumps({"epoch": position.epoch, "offset": position.offset, **flags})
+    if publications is None:
+        return Raw(text)
+    items = ",".join(_publication(p.offset, p.data, p.info) for p in publications)
+    return Raw(f'{text[:-1]},"publications":[{items}]}}')
+
+
+def _publication(
+    offset: int, data: bytes, info: ClientInfo | None, extra: str = ""
+) -> str:
+    who = "" if info is None else f',"info":{dumps(info.to_json())}'
+    return f'{{"offset":{offset}{extra},"data":{data.decode()}{who}}}'

@@ -1,49 +1,53 @@
-"""The broker interface: where a hub keeps channel state shared by its nodes.
+"""The broker interface: what the nodes of a hub share.
 
-A broker holds, per channel, the offset counter, the epoch, the history and
-the presence table, and it carries publications between the nodes of a hub.
-The memory broker keeps all of it in this process. A Redis broker maps each
-method onto Redis so that many ``tidings serve`` processes act as one hub:
+A hub is one or more nodes (``tidings serve`` processes). Each node owns its
+own clients: their sessions, which channels they subscribe to, and the
+framing of pushes to them. The broker owns what the nodes share:
 
-=====================  ===================================================
-method                 Redis
-=====================  ===================================================
-``publish``            a Lua script: ``INCR`` the channel's offset, ``XADD``
-                       the publication to the channel's stream (``MAXLEN``
-                       history_size, ``EXPIRE`` history_ttl), ``PUBLISH``
-                       it on the channel's pub/sub channel; one round trip,
-                       atomic, so offsets are gap-free across nodes
-``history``            ``XRANGE`` on the stream from ``since + 1``; the
-                       epoch is a key set once with ``SET NX``
-``subscribe``          ``SUBSCRIBE`` to the channel's pub/sub channel (once
-                       per node, however many clients)
-``unsubscribe``        ``UNSUBSCRIBE`` when the node's last client leaves
-``add_presence``       ``HSET`` client -> info in the channel's presence
-                       hash, with a per-entry expiry refreshed by the
-                       keepalive (a sorted set of deadlines beside it)
-``remove_presence``    ``HDEL``
-``presence``           ``HGETALL``, skipping expired entries
-=====================  ===================================================
+- per channel, the offset counter, the epoch and the history;
+- the presence table, whose entries expire unless the node holding the
+  client refreshes them;
+- fan-out: a publication made on any node reaches every node with
+  subscribers on its channel, in offset order;
+- control: messages to every node (disconnect a user, surveys);
+- the list of live nodes, kept by their heartbeats.
 
-Join and leave pushes travel as publications without an offset, so that
-every node relays them to its own subscribers.
+Each node has its own broker object. :class:`~.memory.MemoryBroker` keeps
+everything in this process (several nodes in one process may share a
+:class:`~.memory.MemoryBackend`); :class:`~.redis.RedisBroker` maps each
+method onto Redis, as docs/scaling.md describes.
+
+Publication data crosses the broker as JSON bytes, encoded once where the
+publication entered the hub; no node decodes or re-encodes it.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, Protocol
+
+from ...exceptions import TidingsError
 
 __all__ = [
     "Broker",
+    "BrokerUnavailable",
     "ChannelOptions",
     "ClientInfo",
     "HistoryResult",
+    "NodeEvents",
     "Publication",
     "Push",
 ]
+
+
+class BrokerUnavailable(TidingsError):
+    """The broker cannot be reached, or too many calls are waiting for it.
+
+    The hub answers 503 (error 503 on the wire protocol); the caller may
+    retry later. Clients stay connected meanwhile.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,29 +64,33 @@ class ClientInfo:
 
 @dataclass(frozen=True, slots=True)
 class Publication:
-    """One message in a channel; ``offset`` orders it within the channel."""
+    """One message of a channel's history; ``offset`` orders it within the
+    channel, and ``data`` is its JSON encoding (UTF-8)."""
 
     offset: int
-    data: Any
+    data: bytes
     info: ClientInfo | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """The form used on the wire."""
-        out: dict[str, Any] = {"offset": self.offset, "data": self.data}
-        if self.info is not None:
-            out["info"] = self.info.to_json()
-        return out
 
 
 @dataclass(frozen=True, slots=True)
 class Push:
-    """What a broker delivers to the nodes subscribed to a channel: a
-    publication, or a join or leave."""
+    """What the broker delivers to a node for one of its channels.
+
+    - ``pub``: a publication, at ``offset`` in ``epoch``, with ``data``
+      (JSON bytes) and ``info`` (who published it, if a client did).
+    - ``join`` and ``leave``: ``info`` entered or left the channel's
+      presence.
+    - ``position``: the channel is at ``offset`` in ``epoch``. Sent after
+      the broker was unreachable, when publications may have been missed:
+      a subscriber that is behind, or in another epoch, must recover.
+    """
 
     channel: str
-    publication: Publication | None = None
-    join: ClientInfo | None = None
-    leave: ClientInfo | None = None
+    kind: Literal["pub", "join", "leave", "position"]
+    epoch: str = ""
+    offset: int = 0
+    data: bytes = b"null"
+    info: ClientInfo | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,28 +115,49 @@ class ChannelOptions:
     history_ttl: float = 0.0
 
 
+class NodeEvents(Protocol):
+    """What a broker calls on the node it serves."""
+
+    def on_push(self, push: Push) -> None:
+        """A push for a channel this node subscribed to."""
+
+    def on_control(self, message: dict[str, Any]) -> None:
+        """A control message sent by any node (this one included)."""
+
+
 class Broker(ABC):
-    """Channel state and fan-out between nodes; all methods are safe to call
-    concurrently from one event loop."""
+    """Channel state shared by the nodes of a hub, and fan-out between them.
+
+    All methods are safe to call concurrently from one event loop. Those
+    that need the broker's server raise :class:`BrokerUnavailable` while it
+    is unreachable.
+    """
 
     @abstractmethod
-    async def start(self, deliver: Callable[[Push], None]) -> None:
-        """Begin delivering pushes for subscribed channels to ``deliver``."""
+    async def start(self, node: str, events: NodeEvents) -> None:
+        """Join the hub as node ``node``: deliver pushes and control
+        messages to ``events`` from now on."""
 
     @abstractmethod
     async def close(self) -> None:
-        """Stop delivering and release resources."""
+        """Leave the hub: stop delivering and release resources."""
+
+    @abstractmethod
+    def status(self) -> dict[str, Any]:
+        """The broker's state for ``/healthz``; ``"ok"`` is false while
+        pushes cannot be delivered."""
 
     @abstractmethod
     async def publish(
         self,
         channel: str,
-        data: Any,
+        data: bytes,
         options: ChannelOptions,
         info: ClientInfo | None = None,
-    ) -> tuple[Publication, str]:
-        """Give ``data`` the channel's next offset, keep it in the history
-        and deliver it to every node subscribed; return it and the epoch."""
+    ) -> tuple[int, str]:
+        """Give ``data`` (JSON bytes) the channel's next offset, keep it in
+        the history and deliver it to every node subscribed; return the
+        offset and the epoch."""
 
     @abstractmethod
     async def history(
@@ -141,22 +170,28 @@ class Broker(ABC):
     ) -> HistoryResult:
         """Publications after offset ``since`` (the newest ``limit`` when
         ``since`` is None), oldest first, with the channel's epoch and
-        latest offset."""
+        latest offset. Reading a channel gives it an epoch."""
 
     @abstractmethod
     async def subscribe(self, channel: str) -> None:
-        """This node has subscribers on ``channel``: deliver its pushes."""
+        """This node has subscribers on ``channel``: deliver its pushes.
+        Returns once every later publication is sure to be delivered."""
 
     @abstractmethod
     async def unsubscribe(self, channel: str) -> None:
         """This node has no more subscribers on ``channel``."""
 
     @abstractmethod
-    async def add_presence(
-        self, channel: str, info: ClientInfo, options: ChannelOptions
+    async def add_presence(self, channel: str, info: ClientInfo, ttl: float) -> None:
+        """Record ``info`` as present on ``channel`` for ``ttl`` seconds and
+        announce the join."""
+
+    @abstractmethod
+    async def refresh_presence(
+        self, channel: str, infos: Sequence[ClientInfo], ttl: float
     ) -> None:
-        """Record ``info`` as present on ``channel`` (refreshing its expiry)
-        and announce the join."""
+        """Extend the entries of ``infos`` on ``channel`` by ``ttl`` seconds
+        from now, without announcing anything."""
 
     @abstractmethod
     async def remove_presence(self, channel: str, info: ClientInfo) -> None:
@@ -164,4 +199,17 @@ class Broker(ABC):
 
     @abstractmethod
     async def presence(self, channel: str) -> list[ClientInfo]:
-        """Who is present on ``channel``."""
+        """Who is present on ``channel``; expired entries are left out."""
+
+    @abstractmethod
+    async def control(self, message: dict[str, Any]) -> None:
+        """Send ``message`` (a JSON object) to every node, this one
+        included."""
+
+    @abstractmethod
+    async def heartbeat(self, ttl: float) -> None:
+        """Count this node as live for ``ttl`` seconds more."""
+
+    @abstractmethod
+    async def nodes(self) -> set[str]:
+        """The nodes whose heartbeat has not expired."""

@@ -1,16 +1,30 @@
-"""The memory broker: one process, nothing else to run. The default."""
+"""The memory broker: one process, nothing else to run. The default.
+
+Several nodes in one process can share a :class:`MemoryBackend` (one
+:class:`MemoryBroker` each), which behaves as one Redis would for them: the
+hub's test suite runs "three nodes in one process" that way.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from .base import Broker, ChannelOptions, ClientInfo, HistoryResult, Publication, Push
+from .base import (
+    Broker,
+    ChannelOptions,
+    ClientInfo,
+    HistoryResult,
+    NodeEvents,
+    Publication,
+    Push,
+)
 
-__all__ = ["MemoryBroker"]
+__all__ = ["MemoryBackend", "MemoryBroker"]
 
 #: Seconds between sweeps that forget idle channels.
 SWEEP_INTERVAL = 60.0
@@ -25,12 +39,60 @@ class _Channel:
         self.epoch = secrets.token_hex(4)
         self.offset = 0
         self.history: deque[tuple[float, Publication]] = deque()
-        self.presence: dict[str, ClientInfo] = {}
+        #: client id -> (who, when the entry expires)
+        self.presence: dict[str, tuple[ClientInfo, float]] = {}
         self.history_ttl = 0.0
 
 
+class MemoryBackend:
+    """The state that the nodes sharing it see as one hub: channels, and
+    which node is subscribed to what."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.channels: dict[str, _Channel] = {}
+        #: node -> its events, while started
+        self.events: dict[str, NodeEvents] = {}
+        #: channel -> nodes subscribed to it
+        self.subscribed: dict[str, set[str]] = {}
+        #: node -> when its heartbeat expires
+        self.heartbeats: dict[str, float] = {}
+        self._next_sweep = clock() + SWEEP_INTERVAL
+
+    def channel(self, name: str) -> _Channel:
+        channel = self.channels.get(name)
+        if channel is None:
+            channel = self.channels[name] = _Channel()
+        return channel
+
+    def push(self, push: Push) -> None:
+        """Deliver ``push`` to every node subscribed to its channel, now:
+        publications reach every node in offset order."""
+        for node in tuple(self.subscribed.get(push.channel, ())):
+            events = self.events.get(node)
+            if events is not None:
+                events.on_push(push)
+
+    def maybe_sweep(self) -> None:
+        now = self.clock()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + SWEEP_INTERVAL
+        idle = []
+        for name, state in self.channels.items():
+            _expire(state, now)
+            if (
+                name not in self.subscribed
+                and not _live_presence(state, now)
+                and not state.history
+            ):
+                idle.append(name)
+        for name in idle:
+            del self.channels[name]
+
+
 class MemoryBroker(Broker):
-    """Keeps every channel in this process.
+    """One node's view of a :class:`MemoryBackend` (its own by default).
 
     Methods never await, so a publication and a history read can never
     interleave. Channels with no subscribers, no presence and no live
@@ -38,47 +100,51 @@ class MemoryBroker(Broker):
     memory without bound.
     """
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._channels: dict[str, _Channel] = {}
-        self._subscribed: set[str] = set()
-        self._deliver: Callable[[Push], None] | None = None
-        self._next_sweep = clock() + SWEEP_INTERVAL
+    def __init__(
+        self,
+        backend: MemoryBackend | None = None,
+        *,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        if backend is None:
+            backend = MemoryBackend(clock=clock or time.monotonic)
+        self.backend = backend
+        self._node = ""
+        self._channels: set[str] = set()
 
-    async def start(self, deliver: Callable[[Push], None]) -> None:
-        self._deliver = deliver
+    async def start(self, node: str, events: NodeEvents) -> None:
+        self._node = node
+        self.backend.events[node] = events
 
     async def close(self) -> None:
-        self._deliver = None
+        backend = self.backend
+        backend.events.pop(self._node, None)
+        backend.heartbeats.pop(self._node, None)
+        for channel in self._channels:
+            _discard(backend.subscribed, channel, self._node)
+        self._channels.clear()
 
-    def _channel(self, name: str) -> _Channel:
-        channel = self._channels.get(name)
-        if channel is None:
-            channel = self._channels[name] = _Channel()
-        return channel
-
-    def _push(self, push: Push) -> None:
-        if self._deliver is not None and push.channel in self._subscribed:
-            self._deliver(push)
+    def status(self) -> dict[str, Any]:
+        return {"kind": "memory", "ok": True}
 
     async def publish(
         self,
         channel: str,
-        data: Any,
+        data: bytes,
         options: ChannelOptions,
         info: ClientInfo | None = None,
-    ) -> tuple[Publication, str]:
-        state = self._channel(channel)
+    ) -> tuple[int, str]:
+        backend = self.backend
+        state = backend.channel(channel)
         state.offset += 1
-        publication = Publication(state.offset, data, info)
         if options.history_size > 0:
             state.history_ttl = options.history_ttl
-            now = self._clock()
-            state.history.append((now, publication))
-            self._trim(state, options, now)
-        self._push(Push(channel, publication=publication))
-        self._maybe_sweep()
-        return publication, state.epoch
+            now = backend.clock()
+            state.history.append((now, Publication(state.offset, data, info)))
+            _trim(state, options, now)
+        backend.push(Push(channel, "pub", state.epoch, state.offset, data, info))
+        backend.maybe_sweep()
+        return state.offset, state.epoch
 
     async def history(
         self,
@@ -88,8 +154,8 @@ class MemoryBroker(Broker):
         since: int | None = None,
         limit: int | None = None,
     ) -> HistoryResult:
-        state = self._channel(channel)
-        self._trim(state, options, self._clock())
+        state = self.backend.channel(channel)
+        _trim(state, options, self.backend.clock())
         kept = [publication for _, publication in state.history]
         if since is None:
             selected = kept if limit is None else kept[-limit:] if limit > 0 else []
@@ -103,49 +169,77 @@ class MemoryBroker(Broker):
         return HistoryResult(state.epoch, state.offset, selected)
 
     async def subscribe(self, channel: str) -> None:
-        self._subscribed.add(channel)
+        self._channels.add(channel)
+        self.backend.subscribed.setdefault(channel, set()).add(self._node)
 
     async def unsubscribe(self, channel: str) -> None:
-        self._subscribed.discard(channel)
+        self._channels.discard(channel)
+        _discard(self.backend.subscribed, channel, self._node)
 
-    async def add_presence(
-        self, channel: str, info: ClientInfo, options: ChannelOptions
+    async def add_presence(self, channel: str, info: ClientInfo, ttl: float) -> None:
+        backend = self.backend
+        state = backend.channel(channel)
+        state.presence[info.client] = (info, backend.clock() + ttl)
+        backend.push(Push(channel, "join", info=info))
+
+    async def refresh_presence(
+        self, channel: str, infos: Sequence[ClientInfo], ttl: float
     ) -> None:
-        self._channel(channel).presence[info.client] = info
-        self._push(Push(channel, join=info))
+        state = self.backend.channels.get(channel)
+        if state is None:
+            return
+        deadline = self.backend.clock() + ttl
+        for info in infos:
+            if info.client in state.presence:
+                state.presence[info.client] = (info, deadline)
 
     async def remove_presence(self, channel: str, info: ClientInfo) -> None:
-        state = self._channels.get(channel)
+        state = self.backend.channels.get(channel)
         if state is not None and state.presence.pop(info.client, None) is not None:
-            self._push(Push(channel, leave=info))
+            self.backend.push(Push(channel, "leave", info=info))
 
     async def presence(self, channel: str) -> list[ClientInfo]:
-        state = self._channels.get(channel)
-        return list(state.presence.values()) if state is not None else []
+        state = self.backend.channels.get(channel)
+        if state is None:
+            return []
+        return _live_presence(state, self.backend.clock())
 
-    @staticmethod
-    def _trim(state: _Channel, options: ChannelOptions, now: float) -> None:
-        history = state.history
-        while len(history) > options.history_size:
-            history.popleft()
-        _expire(state, now)
+    async def control(self, message: dict[str, Any]) -> None:
+        # Later, as a message from Redis would come: a handler may call the
+        # broker again without re-entering the caller.
+        loop = asyncio.get_running_loop()
+        for events in tuple(self.backend.events.values()):
+            loop.call_soon(events.on_control, message)
 
-    def _maybe_sweep(self) -> None:
-        now = self._clock()
-        if now < self._next_sweep:
-            return
-        self._next_sweep = now + SWEEP_INTERVAL
-        idle = []
-        for name, state in self._channels.items():
-            _expire(state, now)
-            if (
-                name not in self._subscribed
-                and not state.presence
-                and not state.history
-            ):
-                idle.append(name)
-        for name in idle:
-            del self._channels[name]
+    async def heartbeat(self, ttl: float) -> None:
+        self.backend.heartbeats[self._node] = self.backend.clock() + ttl
+
+    async def nodes(self) -> set[str]:
+        now = self.backend.clock()
+        return {node for node, until in self.backend.heartbeats.items() if until > now}
+
+
+def _discard(index: dict[str, set[str]], channel: str, node: str) -> None:
+    nodes = index.get(channel)
+    if nodes is not None:
+        nodes.discard(node)
+        if not nodes:
+            del index[channel]
+
+
+def _live_presence(state: _Channel, now: float) -> list[ClientInfo]:
+    """The unexpired entries; expired ones (their node died) are dropped."""
+    expired = [c for c, (_, until) in state.presence.items() if until <= now]
+    for client in expired:
+        del state.presence[client]
+    return [info for info, _ in state.presence.values()]
+
+
+def _trim(state: _Channel, options: ChannelOptions, now: float) -> None:
+    history = state.history
+    while len(history) > options.history_size:
+        history.popleft()
+    _expire(state, now)
 
 
 def _expire(state: _Channel, now: float) -> None:

@@ -1,0 +1,625 @@
+"""The Redis broker: every ``tidings serve --broker redis://...`` node on one
+Redis acts as one hub (docs/scaling.md).
+
+How each part of the broker maps onto Redis, for channel ``C`` and the key
+prefix ``P`` (``tidings:`` by default):
+
+- ``P{C}:meta``, a hash: ``offset`` (the latest) and ``epoch``. The epoch is
+  made once, with the hash; it is lost with the hash (Redis restarted
+  without persistence, or the channel idle longer than its expiry), and
+  then a new one is made, so a client can never mistake a new history for
+  the old one.
+- ``P{C}:stream``, a stream: the kept publications, entry ID ``OFFSET-0``,
+  trimmed to ``history_size`` and expiring ``history_ttl`` after the last
+  publication.
+- Publishing is one Lua script, so one atomic round trip: ``HINCRBY`` the
+  offset, ``XADD`` the publication, ``PUBLISH`` it on the pub/sub channel
+  ``Pch:C``. Offsets are gap-free across all nodes, and every node receives
+  a channel's publications in offset order.
+- Each node holds one pub/sub connection, subscribed to ``Pcontrol`` and to
+  ``Pch:C`` for each channel it has subscribers on (one subscription per
+  node, however many clients).
+- ``P{C}:presence`` (a hash: client -> who) beside ``P{C}:presence-exp`` (a
+  sorted set: client -> expiry, in Redis' own clock): entries outlive
+  their last refresh by ``presence_ttl``.
+- ``Pnodes``, a sorted set: node -> heartbeat expiry.
+
+The braces are Redis Cluster hash tags: every key of a channel lives in one
+slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import random
+import secrets
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from .base import (
+    Broker,
+    BrokerUnavailable,
+    ChannelOptions,
+    ClientInfo,
+    HistoryResult,
+    NodeEvents,
+    Publication,
+    Push,
+)
+
+__all__ = ["RedisBroker"]
+
+logger = logging.getLogger("tidings.hub.redis")
+
+_T = TypeVar("_T")
+
+#: Seconds a channel's offset and epoch outlive its last publication (at
+#: least its history TTL): a channel quiet for longer starts a new epoch.
+META_TTL = 86400
+
+#: Seconds between pings on the pub/sub connection; one silent for three
+#: intervals is counted as lost.
+PING_INTERVAL = 5.0
+
+#: Reconnect delays: from the first to the longest, doubling, with jitter.
+BACKOFF_INITIAL = 0.1
+BACKOFF_MAX = 5.0
+
+# Fields of a pub/sub message: kind, offset, epoch, data, who. Publication
+# data is JSON, which never holds a raw 0x1F, so only the last field (the
+# user id, which may) needs no escaping.
+_SEP = b"\x1f"
+_WHO = b"\x1e"
+
+# KEYS: meta, stream. ARGV: pub/sub channel, data, who, history_size,
+# history_ttl, meta_ttl, a new epoch.
+_PUBLISH = """
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[7]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+if tonumber(ARGV[4]) > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], offset .. '-0',
+             'd', ARGV[2], 'w', ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ARGV[5])
+end
+redis.call('PUBLISH', ARGV[1], 'p\\31' .. offset .. '\\31' .. epoch
+           .. '\\31' .. ARGV[2] .. '\\31' .. ARGV[3])
+return {offset, epoch}
+"""
+
+# KEYS: meta, stream. ARGV: a new epoch, meta_ttl, since (-1: none), limit
+# (-1: none). Returns epoch, offset, complete, entries, newest_first.
+_HISTORY = """
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch)
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+local offset = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0')
+local since = tonumber(ARGV[3])
+local limit = tonumber(ARGV[4])
+if limit == 0 then
+  if since > offset then return {epoch, offset, 0, {}, 0} end
+  return {epoch, offset, 1, {}, 0}
+end
+if since < 0 then
+  if limit < 0 then
+    return {epoch, offset, 1, redis.call('XRANGE', KEYS[2], '-', '+'), 0}
+  end
+  return {epoch, offset, 1,
+          redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', limit), 1}
+end
+if since > offset then return {epoch, offset, 0, {}, 0} end
+if since == offset then return {epoch, offset, 1, {}, 0} end
+local first = (since + 1) .. '-0'
+local entries
+if limit < 0 then
+  entries = redis.call('XRANGE', KEYS[2], first, '+')
+else
+  entries = redis.call('XRANGE', KEYS[2], first, '+', 'COUNT', limit)
+end
+if #entries == 0 or entries[1][1] ~= first then return {epoch, offset, 0, {}, 0} end
+return {epoch, offset, 1, entries, 0}
+"""
+
+_NOW_MS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# Extend a key's expiry to ttl ms, never shortening it.
+_EXTEND = """
+local function extend(key, ttl)
+  if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
+end
+"""
+
+# KEYS: presence, presence-exp. ARGV: ttl ms, pub/sub channel, then (client,
+# who) pairs; a non-empty pub/sub channel announces the first pair's join.
+_ADD_PRESENCE = (
+    _NOW_MS
+    + _EXTEND
+    + """
+local ttl = tonumber(ARGV[1])
+for i = 3, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', KEYS[2], now + ttl, ARGV[i])
+end
+extend(KEYS[1], ttl)
+extend(KEYS[2], ttl)
+if ARGV[2] ~= '' then
+  redis.call('PUBLISH', ARGV[2], 'j\\31\\31\\31\\31' .. ARGV[4])
+end
+"""
+)
+
+# KEYS: presence, presence-exp. ARGV: client, pub/sub channel.
+_REMOVE_PRESENCE = """
+redis.call('ZREM', KEYS[2], ARGV[1])
+local who = redis.call('HGET', KEYS[1], ARGV[1])
+if who then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('PUBLISH', ARGV[2], 'l\\31\\31\\31\\31' .. who)
+end
+"""
+
+# KEYS: presence, presence-exp. Drops expired entries, returns the others.
+_PRESENCE = (
+    _NOW_MS
+    + """
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+for _, client in ipairs(expired) do
+  redis.call('HDEL', KEYS[1], client)
+  redis.call('ZREM', KEYS[2], client)
+end
+return redis.call('HVALS', KEYS[1])
+"""
+)
+
+# KEYS: nodes. ARGV: node, ttl ms.
+_HEARTBEAT = (
+    _NOW_MS
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+"""
+)
+
+# KEYS: nodes.
+_NODES = (
+    _NOW_MS
+    + """
+return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+"""
+)
+
+
+class RedisBroker(Broker):
+    """A node's broker on Redis (redis-py's asyncio client; hiredis is used
+    when installed: ``pip install tidings[redis]``).
+
+    While Redis is unreachable, calls raise :class:`BrokerUnavailable` and
+    the node reconnects with backoff; once back, it resubscribes its
+    channels and sends each of them a ``position`` push, so that clients
+    that missed publications recover them (or learn that they are lost).
+    At most ``max_pending`` calls wait for Redis at once; more are refused
+    at once, so a slow Redis cannot grow a node's memory without bound.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "tidings:",
+        timeout: float = 5.0,
+        max_pending: int = 1000,
+    ) -> None:
+        try:
+            from redis import asyncio as redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+        except ImportError:
+            raise BrokerUnavailable(
+                "the Redis broker needs redis-py: pip install 'tidings[redis]'"
+            ) from None
+        self._url = url
+        self._prefix = prefix
+        self._timeout = timeout
+        self._max_pending = max_pending
+        self._pending = 0
+        # One retry at once: the first command on a pooled connection that
+        # Redis closed (it restarted) fails, the second connects afresh.
+        self._redis = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 1),
+        )
+        self._scripts = {
+            name: self._redis.register_script(source)
+            for name, source in (
+                ("publish", _PUBLISH),
+                ("history", _HISTORY),
+                ("add_presence", _ADD_PRESENCE),
+                ("remove_presence", _REMOVE_PRESENCE),
+                ("presence", _PRESENCE),
+                ("heartbeat", _HEARTBEAT),
+                ("nodes", _NODES),
+            )
+        }
+        self._node = ""
+        self._events: NodeEvents | None = None
+        self._control = (prefix + "control").encode()
+        #: Channels this node wants delivered.
+        self._wanted: set[str] = set()
+        #: Pub/sub names waiting for their SUBSCRIBE to be confirmed.
+        self._confirming: dict[bytes, list[asyncio.Future[None]]] = {}
+        self._conn: Any = None  # the pub/sub connection while it is up
+        self._error = "not started"
+        self._reader: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self._resyncing: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self, node: str, events: NodeEvents) -> None:
+        self._node = node
+        self._events = events
+        self._reader = asyncio.create_task(self._run())
+        # Serve at once when Redis is there; otherwise start anyway, unhealthy,
+        # and keep trying (a node may well start before its Redis).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._timeout):
+                await self._connected.wait()
+        if self._conn is None:
+            logger.warning("redis at %s is unreachable: %s", self._where(), self._error)
+
+    async def close(self) -> None:
+        for task in (self._reader, self._resyncing):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._reader = self._resyncing = None
+        self._events = None
+        with contextlib.suppress(BrokerUnavailable):
+            await self._call(self._redis.zrem(self._key("nodes"), self._node))
+        await self._redis.aclose()
+
+    def status(self) -> dict[str, Any]:
+        status: dict[str, Any] = {
+            "kind": "redis",
+            "ok": self._conn is not None,
+            "server": self._where(),
+        }
+        if self._conn is None:
+            status["error"] = self._error
+        return status
+
+    def _where(self) -> str:
+        # Never the password: host, port and database only.
+        parts = urlsplit(self._url)
+        return f"{parts.hostname or parts.path}:{parts.port or 6379}{parts.path}"
+
+    # -- channel state -------------------------------------------------------
+
+    async def publish(
+        self,
+        channel: str,
+        data: bytes,
+        options: ChannelOptions,
+        info: ClientInfo | None = None,
+    ) -> tuple[int, str]:
+        offset, epoch = await self._script(
+            "publish",
+            [self._key(f"{{{channel}}}:meta"), self._key(f"{{{channel}}}:stream")],
+            [
+                self._pubsub_name(channel),
+                data,
+                _who(info),
+                options.history_size,
+                max(1, math.ceil(options.history_ttl)),
+                max(META_TTL, math.ceil(options.history_ttl)),
+                secrets.token_hex(4),
+            ],
+        )
+        return int(offset), epoch.decode()
+
+    async def history(
+        self,
+        channel: str,
+        options: ChannelOptions,
+        *,
+        since: int | None = None,
+        limit: int | None = None,
+    ) -> HistoryResult:
+        epoch, offset, complete, entries, newest_first = await self._script(
+            "history",
+            [self._key(f"{{{channel}}}:meta"), self._key(f"{{{channel}}}:stream")],
+            [
+                secrets.token_hex(4),
+                max(META_TTL, math.ceil(options.history_ttl)),
+                -1 if since is None else since,
+                -1 if limit is None else limit,
+            ],
+        )
+        publications = [_entry(id, fields) for id, fields in entries]
+        if newest_first:
+            publications.reverse()
+        return HistoryResult(epoch.decode(), int(offset), publications, bool(complete))
+
+    # -- delivery --------------------------------------------------------------
+
+    async def subscribe(self, channel: str) -> None:
+        conn = self._up()
+        name = self._pubsub_name(channel)
+        confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._confirming.setdefault(name, []).append(confirmed)
+        self._wanted.add(channel)
+        try:
+            await self._call(conn.send_command("SUBSCRIBE", name))
+            async with asyncio.timeout(self._timeout):
+                await confirmed
+        except BaseException as exc:
+            self._wanted.discard(channel)
+            waiting = self._confirming.get(name, [])
+            if confirmed in waiting:
+                waiting.remove(confirmed)
+            if isinstance(exc, TimeoutError):
+                raise BrokerUnavailable(
+                    "redis did not confirm a subscription"
+                ) from None
+            raise
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._wanted.discard(channel)
+        conn = self._conn
+        if conn is not None:
+            # Not waited for: whatever still comes for the channel is dropped
+            # here, and a resubscribe's confirmation comes after this one's.
+            with contextlib.suppress(BrokerUnavailable):
+                await self._call(
+                    conn.send_command("UNSUBSCRIBE", self._pubsub_name(channel))
+                )
+
+    async def control(self, message: dict[str, Any]) -> None:
+        payload = json.dumps(message, separators=(",", ":"))
+        await self._call(self._redis.publish(self._control, payload))
+
+    async def heartbeat(self, ttl: float) -> None:
+        await self._script(
+            "heartbeat", [self._key("nodes")], [self._node, math.ceil(ttl * 1000)]
+        )
+
+    async def nodes(self) -> set[str]:
+        nodes = await self._script("nodes", [self._key("nodes")], [])
+        return {node.decode() for node in nodes}
+
+    # -- presence ----------------------------------------------------------------
+
+    async def add_presence(self, channel: str, info: ClientInfo, ttl: float) -> None:
+        await self._script(
+            "add_presence",
+            self._presence_keys(channel),
+            [
+                math.ceil(ttl * 1000),
+                self._pubsub_name(channel),
+                info.client,
+                _who(info),
+            ],
+        )
+
+    async def refresh_presence(
+        self, channel: str, infos: Sequence[ClientInfo], ttl: float
+    ) -> None:
+        pairs: list[Any] = []
+        for info in infos:
+            pairs += [info.client, _who(info)]
+        await self._script(
+            "add_presence",
+            self._presence_keys(channel),
+            [math.ceil(ttl * 1000), "", *pairs],
+        )
+
+    async def remove_presence(self, channel: str, info: ClientInfo) -> None:
+        await self._script(
+            "remove_presence",
+            self._presence_keys(channel),
+            [info.client, self._pubsub_name(channel)],
+        )
+
+    async def presence(self, channel: str) -> list[ClientInfo]:
+        values = await self._script("presence", self._presence_keys(channel), [])
+        return [_info(value) for value in values]
+
+    # -- calls -------------------------------------------------------------------
+
+    def _key(self, name: str) -> str:
+        return self._prefix + name
+
+    def _presence_keys(self, channel: str) -> list[str]:
+        return [
+            self._key(f"{{{channel}}}:presence"),
+            self._key(f"{{{channel}}}:presence-exp"),
+        ]
+
+    def _pubsub_name(self, channel: str) -> bytes:
+        return f"{self._prefix}ch:{channel}".encode()
+
+    def _up(self) -> Any:
+        if self._conn is None:
+            raise BrokerUnavailable(f"redis is unreachable: {self._error}")
+        return self._conn
+
+    async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        return await self._call(self._scripts[name](keys=keys, args=args))
+
+    async def _call(self, call: Awaitable[_T]) -> _T:
+        """Await a Redis call; its failures become BrokerUnavailable, and
+        beyond ``max_pending`` calls in flight it is refused at once."""
+        from redis.exceptions import RedisError
+
+        if self._pending >= self._max_pending:
+            if asyncio.iscoroutine(call):
+                call.close()
+            raise BrokerUnavailable("too many calls are waiting for redis")
+        self._pending += 1
+        try:
+            return await call
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"redis failed: {exc}") from None
+        finally:
+            self._pending -= 1
+
+    # -- the pub/sub connection ------------------------------------------------
+
+    async def _run(self) -> None:
+        """Hold the pub/sub connection: read from it, ping it, and reconnect
+        with backoff when it is lost."""
+        from redis.exceptions import RedisError
+
+        delay = BACKOFF_INITIAL
+        resync = False  # after the first time up, every connection resyncs
+        while True:
+            conn = self._redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+            try:
+                await conn.connect()
+                names = [self._control] + [self._pubsub_name(c) for c in self._wanted]
+                await conn.send_command("SUBSCRIBE", *names)
+                await self._listen(conn, len(names), resync=resync)
+            except (RedisError, OSError) as exc:
+                self._error = str(exc) or type(exc).__name__
+            finally:
+                was_up = self._conn is conn
+                self._conn = None
+                self._connected.clear()
+                lost = BrokerUnavailable(f"lost redis: {self._error}")
+                for waiting in self._confirming.values():
+                    for future in waiting:
+                        if not future.done():
+                            future.set_exception(lost)
+                self._confirming.clear()
+                with contextlib.suppress(Exception):
+                    await conn.disconnect(nowait=True)
+            if was_up:
+                logger.warning("lost redis at %s: %s", self._where(), self._error)
+                resync = True
+                delay = BACKOFF_INITIAL
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    async def _listen(self, conn: Any, expected: int, *, resync: bool) -> None:
+        """Read the pub/sub connection until it fails. The first
+        ``expected`` confirmations are those of (re)subscribing; once they
+        are in, the node is up."""
+        loop = asyncio.get_running_loop()
+        seen = loop.time()
+        pinger = asyncio.create_task(self._ping(conn, lambda: seen))
+        try:
+            while True:
+                message = await conn.read_response(timeout=math.inf, push_request=True)
+                seen = loop.time()
+                kind = message[0]
+                if kind == b"message":
+                    try:
+                        self._received(message[1], message[2])
+                    except Exception:
+                        logger.exception("cannot deliver %.200r", message[2])
+                elif kind == b"subscribe":
+                    if expected > 0:
+                        expected -= 1
+                        if expected == 0:
+                            self._conn = conn
+                            self._error = ""
+                            self._connected.set()
+                            if resync:
+                                logger.warning("redis at %s is back", self._where())
+                                self._resyncing = asyncio.create_task(self._resync())
+                    for future in self._confirming.pop(message[1], ()):
+                        if not future.done():
+                            future.set_result(None)
+        finally:
+            pinger.cancel()
+
+    async def _ping(self, conn: Any, last_seen: Any) -> None:
+        """Ping the pub/sub connection; drop it when it stays silent, so
+        that a Redis gone without closing the socket is noticed."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(PING_INTERVAL)
+            if loop.time() - last_seen() > 3 * PING_INTERVAL:
+                self._error = "no answer to pings"
+                await conn.disconnect(nowait=True)
+                return
+            with contextlib.suppress(Exception):
+                await conn.send_command("PING")
+
+    async def _resync(self) -> None:
+        """After Redis was unreachable: tell each channel's subscribers
+        where it is, so that those who missed publications recover."""
+        for channel in list(self._wanted):
+            try:
+                position = await self.history(channel, ChannelOptions(), limit=0)
+            except BrokerUnavailable:
+                return  # lost again: the next reconnect resyncs
+            events = self._events
+            if events is not None and channel in self._wanted:
+                events.on_push(
+                    Push(channel, "position", position.epoch, position.offset)
+                )
+
+    def _received(self, name: bytes, payload: bytes) -> None:
+        events = self._events
+        if events is None:
+            return
+        if name == self._control:
+            try:
+                message = json.loads(payload)
+            except ValueError:
+                logger.warning("invalid control message %.200r", payload)
+                return
+            events.on_control(message)
+            return
+        channel = name[len(self._prefix) + 3 :].decode()
+        if channel not in self._wanted:
+            return  # unsubscribed meanwhile
+        kind, offset, epoch, data, who = payload.split(_SEP, 4)
+        if kind == b"p":
+            events.on_push(
+                Push(channel, "pub", epoch.decode(), int(offset), data, _info(who))
+            )
+        else:
+            info = _info(who)
+            events.on_push(
+                Push(channel, "join" if kind == b"j" else "leave", info=info)
+            )
+
+
+def _who(info: ClientInfo | None) -> bytes:
+    if info is None:
+        return b""
+    return info.client.encode() + _WHO + info.user.encode()
+
+
+def _info(who: bytes) -> Any:
+    if not who:
+        return None
+    client, _, user = who.partition(_WHO)
+    return ClientInfo(client.decode(), user.decode())
+
+
+def _entry(id: bytes, fields: list[bytes]) -> Publication:
+    values = dict(zip(fields[::2], fields[1::2], strict=True))
+    return Publication(int(id.partition(b"-")[0]), values[b"d"], _info(values[b"w"]))

@@ -1,0 +1,232 @@
+"""The broker contract (tidings.hub.brokers.base), checked on every broker
+kind of conftest.BROKERS: offsets and epochs, history, fan-out between
+nodes, presence that expires, control messages and the list of nodes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from tidings.hub.brokers.base import (
+    Broker,
+    ChannelOptions,
+    ClientInfo,
+    HistoryResult,
+    Publication,
+    Push,
+)
+
+from .conftest import Brokers
+
+#: Each kind once: these tests start the nodes they need themselves.
+pytestmark = pytest.mark.parametrize("brokers", ["memory", "redis"], indirect=True)
+
+BOUND = 10
+KEEP_5 = ChannelOptions(history_size=5, history_ttl=60)
+NO_HISTORY = ChannelOptions()
+ALICE = ClientInfo("c1", "alice")
+BOB = ClientInfo("c2", "bob \x1f\x1e odd")  # user ids may hold anything
+
+
+class Node:
+    """What a broker delivers to one node, with a way to wait for it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.pushes: list[Push] = []
+        self.controls: list[dict[str, Any]] = []
+        self._changed = asyncio.Event()
+
+    def on_push(self, push: Push) -> None:
+        self.pushes.append(push)
+        self._changed.set()
+
+    def on_control(self, message: dict[str, Any]) -> None:
+        self.controls.append(message)
+        self._changed.set()
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        async with asyncio.timeout(BOUND):
+            while not condition():
+                self._changed.clear()
+                await self._changed.wait()
+
+
+Start = Callable[..., Any]
+
+
+@pytest.fixture
+async def start(brokers: Brokers) -> AsyncIterator[Start]:
+    """``broker, node = await start("a")``: a started broker of the kind,
+    on the backend every broker of this test shares."""
+    started: list[Broker] = []
+
+    async def start_one(name: str) -> tuple[Broker, Node]:
+        broker = brokers()
+        node = Node(name)
+        await broker.start(name, node)
+        started.append(broker)
+        return broker, node
+
+    yield start_one
+    for broker in started:
+        await broker.close()
+
+
+def data(value: Any) -> bytes:
+    return repr(value).encode()
+
+
+async def test_offsets_count_up_per_channel_in_one_epoch(start: Start) -> None:
+    broker, _ = await start("a")
+    offset, epoch = await broker.publish("a:x", b'"one"', KEEP_5, ALICE)
+    assert offset == 1
+    offset, same = await broker.publish("a:x", b'"two"', KEEP_5)
+    assert offset == 2 and same == epoch
+    offset, other_epoch = await broker.publish("a:y", b"1", KEEP_5)
+    assert offset == 1 and other_epoch != epoch
+    assert await broker.history("a:x", KEEP_5) == HistoryResult(
+        epoch, 2, [Publication(1, b'"one"', ALICE), Publication(2, b'"two"')]
+    )
+
+
+async def test_a_new_channel_is_at_offset_0_in_an_epoch_that_stays(
+    start: Start,
+) -> None:
+    broker, _ = await start("a")
+    result = await broker.history("a:new", KEEP_5)
+    assert result.offset == 0 and result.publications == [] and result.complete
+    # Nothing was missed since offset 0 of this epoch...
+    assert (await broker.history("a:new", KEEP_5, since=0)).complete
+    # ...but an offset it never reached is not recoverable.
+    assert not (await broker.history("a:new", KEEP_5, since=1)).complete
+    # The first publication keeps the epoch a reader was given.
+    assert (await broker.publish("a:new", b"1", KEEP_5))[1] == result.epoch
+
+
+async def test_history_is_trimmed_to_its_size(start: Start) -> None:
+    broker, _ = await start("a")
+    for i in range(8):
+        await broker.publish("a:x", data(i), KEEP_5)
+    result = await broker.history("a:x", KEEP_5)
+    assert [p.offset for p in result.publications] == [4, 5, 6, 7, 8]
+    newest = await broker.history("a:x", KEEP_5, limit=2)
+    assert [p.data for p in newest.publications] == [data(6), data(7)]
+    assert (await broker.history("a:x", KEEP_5, limit=0)).publications == []
+    # since: complete only while the history reaches back to since + 1.
+    result = await broker.history("a:x", KEEP_5, since=3)
+    assert result.complete
+    assert [p.offset for p in result.publications] == [4, 5, 6, 7, 8]
+    result = await broker.history("a:x", KEEP_5, since=5, limit=2)
+    assert [p.offset for p in result.publications] == [6, 7]
+    assert (await broker.history("a:x", KEEP_5, since=8)).publications == []
+    result = await broker.history("a:x", KEEP_5, since=2)
+    assert not result.complete and result.publications == [] and result.offset == 8
+    result = await broker.history("a:x", KEEP_5, since=9)
+    assert not result.complete
+
+
+async def test_without_history_nothing_is_kept(start: Start) -> None:
+    broker, _ = await start("a")
+    await broker.publish("a:x", b"1", NO_HISTORY)
+    result = await broker.history("a:x", NO_HISTORY)
+    assert result.offset == 1 and result.publications == []
+    assert (await broker.history("a:x", NO_HISTORY, since=1)).complete
+    assert not (await broker.history("a:x", NO_HISTORY, since=0)).complete
+
+
+async def test_pushes_reach_the_subscribed_nodes_only(start: Start) -> None:
+    a, node_a = await start("a")
+    b, node_b = await start("b")
+    await a.publish("a:x", b"0", KEEP_5)
+    await a.subscribe("a:x")
+    offset, epoch = await b.publish("a:x", b'{"n":1}', KEEP_5, BOB)
+    await b.publish("a:y", b"1", KEEP_5)
+    await b.add_presence("a:x", ALICE, 30)
+    await b.remove_presence("a:x", ALICE)
+    await b.remove_presence("a:x", ALICE)  # not present: no second leave
+    expected = [
+        Push("a:x", "pub", epoch, offset, b'{"n":1}', BOB),
+        Push("a:x", "join", info=ALICE),
+        Push("a:x", "leave", info=ALICE),
+    ]
+    await node_a.until(lambda: len(node_a.pushes) >= 3)
+    assert node_a.pushes == expected
+    await a.unsubscribe("a:x")
+    await b.subscribe("a:x")  # then a publication b must see, a must not
+    await b.publish("a:x", b"2", KEEP_5)
+    await node_b.until(lambda: len(node_b.pushes) == 1)
+    await a.close()
+    await b.publish("a:x", b"3", KEEP_5)
+    await node_b.until(lambda: len(node_b.pushes) == 2)
+    assert node_a.pushes == expected
+
+
+async def test_offsets_stay_gap_free_when_every_node_publishes_at_once(
+    start: Start,
+) -> None:
+    nodes = [await start(name) for name in ("a", "b", "c")]
+    for broker, _ in nodes:
+        await broker.subscribe("a:race")
+
+    async def publish(broker: Broker, n: int) -> list[int]:
+        return [(await broker.publish("a:race", b"0", KEEP_5))[0] for _ in range(n)]
+
+    offsets = await asyncio.gather(*(publish(broker, 200) for broker, _ in nodes))
+    assert sorted(o for some in offsets for o in some) == list(range(1, 601))
+    for _, node in nodes:
+        await node.until(lambda node=node: len(node.pushes) == 600)  # type: ignore[misc]
+        assert [p.offset for p in node.pushes] == list(range(1, 601))
+
+
+async def test_presence_lists_every_node_and_expires_without_refresh(
+    start: Start,
+) -> None:
+    a, _ = await start("a")
+    b, _ = await start("b")
+    assert await a.presence("a:x") == []
+    await a.add_presence("a:x", ALICE, 30)
+    await b.add_presence("a:x", BOB, 0.3)
+    await a.add_presence("a:x", ALICE, 30)  # again: still one entry
+    assert sorted(await b.presence("a:x"), key=str) == sorted([ALICE, BOB], key=str)
+    await a.remove_presence("a:x", ALICE)
+    assert await a.presence("a:x") == [BOB]
+    await a.remove_presence("a:nobody", ALICE)
+    # Refreshed, an entry outlives its first TTL; then it expires.
+    await b.refresh_presence("a:x", [BOB], 0.6)
+    async with asyncio.timeout(BOUND):
+        while await a.presence("a:x"):  # b stopped refreshing: bob goes
+            await asyncio.sleep(0.05)
+
+
+async def test_control_messages_reach_every_node(start: Start) -> None:
+    a, node_a = await start("a")
+    _, node_b = await start("b")
+    await a.control({"op": "hello", "n": 1})
+    for node in (node_a, node_b):
+        await node.until(lambda node=node: node.controls != [])  # type: ignore[misc]
+        assert node.controls == [{"op": "hello", "n": 1}]
+
+
+async def test_nodes_are_listed_while_their_heartbeat_lasts(start: Start) -> None:
+    a, _ = await start("a")
+    b, _ = await start("b")
+    c, _ = await start("c")
+    await a.heartbeat(30)
+    await b.heartbeat(30)
+    await c.heartbeat(0.2)
+    assert await a.nodes() >= {"a", "b"}
+    await b.close()
+    assert "b" not in await a.nodes()
+    async with asyncio.timeout(BOUND):
+        while "c" in await a.nodes():
+            await asyncio.sleep(0.05)
+    assert await c.nodes() == {"a"}
+
+
+async def test_status_is_ok_while_connected(start: Start) -> None:
+    broker, _ = await start("a")
+    assert broker.status()["ok"] is True
