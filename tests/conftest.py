@@ -209,3 +209,20 @@ def redis_server() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.remove()
+
+
+def lose(hub: Any, offsets: set[int]) -> list[Any]:
+    """From now on, publications at ``offsets`` never reach this node's
+    subscribers, as if the broker had lost them on the way; return the
+    list of pushes that were lost."""
+    lost: list[Any] = []
+    deliver = hub.on_push
+
+    def lossy(push: Any) -> None:
+        if push.kind == "pub" and push.offset in offsets:
+            lost.append(push)
+        else:
+            deliver(push)
+
+    hub.on_push = lossy  # type: ignore[method-assign]
+    return lost

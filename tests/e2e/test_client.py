@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 
-from tidings.hub import Hub, HubConfig, mint_token
+from tidings.hub import Hub, HubConfig, MemoryBroker, mint_token
+from tidings.hub.brokers.base import Push
 
+from ..conftest import lose
 from .conftest import BOUND, Browser, Page
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -409,3 +411,102 @@ async def test_a_silent_connection_is_dropped_and_replaced(
     assert event["code"] == 1006
     assert event["reason"] == "the hub did not answer a ping"
     assert event["reconnect"] is True
+
+
+async def test_a_skipped_offset_is_recovered_in_order(
+    browser: Browser, hub: Hub
+) -> None:
+    page = await client_page(browser, hub)
+    await page.evaluate(
+        """async () => {
+            window.got = [];
+            window.subscribed = [];
+            window.hub = new T.Hub();
+            hub.subscribe("chat:gap", {
+                onPublication: (p) => got.push([p.offset, p.data]),
+                onSubscribe: (info) => subscribed.push(info),
+            });
+            await hub.connect();
+            await until(() => subscribed.length === 1);
+        }"""
+    )
+    lost = lose(hub, {2, 3})
+    for i in range(1, 6):
+        await hub.publish("chat:gap", i)
+    result = await page.wait_for("() => got.length === 5 && { got, subscribed }")
+    assert result["got"] == [[n, n] for n in range(1, 6)]
+    assert [p.offset for p in lost] == [2, 3]
+    # The second subscribe (with since) recovered what the push skipped.
+    assert result["subscribed"][1]["recovered"] is True
+
+
+async def test_a_position_ahead_is_recovered(browser: Browser, hub: Hub) -> None:
+    page = await client_page(browser, hub)
+    await page.evaluate(
+        """async () => {
+            window.got = [];
+            window.hub = new T.Hub();
+            let subscribed = false;
+            hub.subscribe("chat:pos", {
+                onPublication: (p) => got.push(p.offset),
+                onSubscribe: () => { subscribed = true; },
+            });
+            await hub.connect();
+            await until(() => subscribed);
+        }"""
+    )
+    lose(hub, {1})
+    offset, epoch = await hub.publish("chat:pos", "quiet")
+    hub.on_push(Push("chat:pos", "position", epoch, offset))
+    assert await page.wait_for("() => got.length === 1 && got") == [1]
+
+
+async def test_a_new_epoch_live_calls_on_recovery_failed(
+    browser: Browser, hub: Hub
+) -> None:
+    page = await client_page(browser, hub)
+    await page.evaluate(
+        """async () => {
+            window.got = [];
+            window.failed = [];
+            window.hub = new T.Hub();
+            hub.subscribe("chat:epoch", {
+                onPublication: (p) => got.push([p.offset, p.data]),
+                onRecoveryFailed: (position) => failed.push(position),
+            });
+            await hub.connect();
+        }"""
+    )
+    await hub.publish("chat:epoch", "old")
+    await page.wait_for("() => got.length === 1")
+    assert isinstance(hub.broker, MemoryBroker)
+    del hub.broker.backend.channels["chat:epoch"]  # as a Redis restart would
+    _, epoch = await hub.publish("chat:epoch", "new 1")
+    await page.wait_for("() => failed.length === 1")
+    await hub.publish("chat:epoch", "new 2")
+    result = await page.wait_for("() => got.length === 2 && { got, failed }")
+    assert result["got"] == [[1, "old"], [2, "new 2"]]
+    assert result["failed"] == [{"offset": 1, "epoch": epoch}]
+
+
+async def test_the_hub_unsubscribing_calls_on_unsubscribe(browser: Browser) -> None:
+    async with Hub(HubConfig(port=0, secret=SECRET)) as hub:
+        page = await client_page(browser, hub)
+        await page.evaluate(
+            """async (token) => {
+                window.ended = [];
+                window.hub = new T.Hub({ token });
+                let subscribed = false;
+                window.sub = hub.subscribe("chat:kick", {
+                    onSubscribe: () => { subscribed = true; },
+                    onUnsubscribe: () => ended.push(sub.active),
+                });
+                await hub.connect();
+                await until(() => subscribed);
+            }""",
+            mint_token(SECRET, "alice"),
+        )
+        body = {"user": "alice", "channel": "chat:kick"}
+        answer = await asyncio.to_thread(api, hub, "/api/unsubscribe", body)
+        assert answer == {"unsubscribed": 1}
+        assert await page.wait_for("() => ended.length === 1 && ended") == [False]

@@ -18,7 +18,9 @@ from tidings.hub import (
     RecoveryFailed,
     Subscription,
 )
-from tidings.hub.brokers.base import ClientInfo
+from tidings.hub.brokers.base import ClientInfo, Push
+
+from ..conftest import lose
 
 BOUND = 10
 FAST = {"backoff_initial": 0.05, "backoff_max": 0.2, "timeout": BOUND}
@@ -329,3 +331,75 @@ async def test_a_token_refused_on_reconnect_ends_everything(
         with pytest.raises(HubError):
             await client.presence("chat:x")
         assert not client.connected
+
+
+async def test_an_offset_skipped_live_is_recovered_in_order(start_hub: Any) -> None:
+    hub = await start_hub()
+    async with Client(url(hub), **FAST) as client:
+        sub = await client.subscribe("chat:gap")
+        lost = lose(hub, {2, 3})
+        for i in range(1, 6):
+            await hub.publish("chat:gap", i)
+        received = await take(sub, 5)
+        assert [(p.offset, p.data) for p in received] == [(n, n) for n in range(1, 6)]
+        assert [p.offset for p in lost] == [2, 3]  # they did go missing
+        await hub.publish("chat:gap", 6)
+        [live] = await take(sub, 1)
+        assert live.offset == 6
+
+
+async def test_a_position_ahead_of_the_subscription_is_recovered(
+    start_hub: Any,
+) -> None:
+    hub = await start_hub()
+    async with Client(url(hub), **FAST) as client:
+        sub = await client.subscribe("chat:behind")
+        lose(hub, {1, 2})
+        offset, epoch = (0, "")
+        for i in (1, 2):
+            offset, epoch = await hub.publish("chat:behind", i)
+        # Nothing else will be published: only the position tells.
+        hub.on_push(Push("chat:behind", "position", epoch, offset))
+        assert [p.data for p in await take(sub, 2)] == [1, 2]
+
+
+async def test_a_new_epoch_live_means_recovery_failed(start_hub: Any) -> None:
+    hub = await start_hub(broker=MemoryBroker())
+    async with Client(url(hub), **FAST) as client:
+        sub = await client.subscribe("chat:epoch")
+        await hub.publish("chat:epoch", "old")
+        [old] = await take(sub, 1)
+        old_epoch = sub.epoch
+        # The broker loses the channel (a Redis restarted without
+        # persistence would): its offsets start again in a new epoch.
+        assert isinstance(hub.broker, MemoryBroker)
+        del hub.broker.backend.channels["chat:epoch"]
+        await hub.publish("chat:epoch", "new 1")
+        async with asyncio.timeout(BOUND):
+            with pytest.raises(RecoveryFailed) as failed:
+                await sub.__anext__()
+        assert failed.value.epoch != old_epoch and failed.value.offset == 1
+        await hub.publish("chat:epoch", "new 2")
+        [new] = await take(sub, 1)
+        assert (new.offset, new.data, sub.epoch) == (2, "new 2", failed.value.epoch)
+        assert old.offset == 1
+
+
+async def test_the_hub_unsubscribing_the_client_ends_the_iteration(
+    start_hub: Any, mint: Any, http: Any
+) -> None:
+    hub = await start_hub()
+    async with Client(url(hub), token=mint("alice"), **FAST) as client:
+        sub = await client.subscribe("chat:kick")
+        kept = await client.subscribe("chat:stay")
+        answer = await http(
+            hub, "POST", "/api/unsubscribe", {"user": "alice", "channel": "chat:kick"}
+        )
+        assert answer.json() == {"unsubscribed": 1}
+        assert await take(sub, 1) == []  # the iteration ended
+        await hub.publish("chat:stay", "still here")
+        assert [p.data for p in await take(kept, 1)] == ["still here"]
+        # It may subscribe again.
+        again = await client.subscribe("chat:kick")
+        await hub.publish("chat:kick", 1)
+        assert [p.offset for p in await take(again, 1)] == [1]

@@ -359,8 +359,12 @@ export class Subscription {
     this.handlers = handlers;
     this.offset = handlers.since ? handlers.since.offset : null;
     this.epoch = handlers.since ? handlers.since.epoch : null;
-    /** False after unsubscribe() or an error reply to subscribe. */
+    /** False after unsubscribe(), an error reply to subscribe, or the hub
+     * unsubscribing the client. */
     this.active = true;
+    // True from a subscribe command until its reply: the pushes in between
+    // are covered by the reply.
+    this._resyncing = false;
   }
 
   /** Stop receiving. Resolves when the hub confirmed (at once if offline). */
@@ -407,6 +411,7 @@ export class Subscription {
   }
 
   _send() {
+    this._resyncing = true;
     const fields = { channel: this.channel };
     const since = this.epoch !== null;
     if (since) fields.since = { offset: this.offset, epoch: this.epoch };
@@ -418,6 +423,7 @@ export class Subscription {
   _subscribed(result, error, since) {
     const hub = this.hub;
     if (hub._subs.get(this.channel) !== this) return; // unsubscribed meanwhile
+    this._resyncing = false;
     if (error) {
       if (error.code === "disconnected") return; // sent again on reconnect
       hub._subs.delete(this.channel);
@@ -452,9 +458,39 @@ export class Subscription {
     this._call("onPublication", recovered ? { ...pub, recovered } : pub);
   }
 
+  // Every live publication carries its position: one that skips an offset,
+  // or comes from another epoch, means publications were missed (a node of
+  // the hub lost its broker for a while, say). Subscribe again with since:
+  // the reply recovers them, or says they are lost. Never a silent gap.
+  _live(pub) {
+    if (this._resyncing) return;
+    if (pub.epoch === this.epoch && pub.offset <= this.offset) return; // seen
+    if (pub.epoch !== this.epoch || pub.offset !== this.offset + 1) this._resync();
+    else this._publication(pub);
+  }
+
+  _resync() {
+    const hub = this.hub;
+    if (hub.state !== "connected") return; // the reconnect resubscribes
+    hub._transmit(hub._ws, {
+      op: "unsubscribe",
+      fields: { channel: this.channel },
+      reply: () => {},
+    });
+    this._send();
+  }
+
   _push(message) {
-    if (message.pub !== undefined) this._publication(message.pub);
-    else if (message.join !== undefined) this._call("onJoin", message.join);
+    if (message.pub !== undefined) this._live(message.pub);
+    else if (message.position !== undefined) {
+      const { offset, epoch } = message.position;
+      if (!this._resyncing && (epoch !== this.epoch || offset > this.offset)) this._resync();
+    } else if (message.unsubscribe !== undefined) {
+      // The hub unsubscribed us (its HTTP API's /api/unsubscribe).
+      if (this.hub._subs.get(this.channel) === this) this.hub._subs.delete(this.channel);
+      this.active = false;
+      this._call("onUnsubscribe", {});
+    } else if (message.join !== undefined) this._call("onJoin", message.join);
     else if (message.leave !== undefined) this._call("onLeave", message.leave);
   }
 }
