@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tidings.hub import auth
+from tidings.hub.brokers.base import BrokerUnavailable
 
 BOUND = 10
 KEY = "the-api-key"
@@ -247,3 +248,62 @@ async def test_an_api_publish_while_clients_subscribe_concurrently(
         )
     for offsets in received:
         assert offsets == list(range(11 - len(offsets), 11))
+
+
+async def test_unsubscribe_reaches_the_user_on_every_node(
+    start_hub: Any, connect: Any, http: Any, mint: Any
+) -> None:
+    hub = await start_hub()
+    alice = [await connect(hub, mint("alice")) for _ in range(3)]
+    bob = await connect(hub, mint("bob"))
+    for peer in [*alice, bob]:
+        await peer.result("subscribe", channel="chat:u")
+    answer = await http(
+        hub, "POST", "/api/unsubscribe", {"user": "alice", "channel": "chat:u"}
+    )
+    assert answer.json() == {"unsubscribed": 3}
+    for peer in alice:  # told, after the joins of the others
+        while "join" in (push := await peer.push()):
+            pass
+        assert push == {"channel": "chat:u", "unsubscribe": {}}
+    await hub.publish("chat:u", "after")
+    assert [p["data"] for p in await bob.pubs(1)] == ["after"]
+    for peer in alice:
+        assert await peer.result("ping") == {}
+        assert not [p for p in peer.pushes if "pub" in p]
+        # It is no longer subscribed: it may subscribe again.
+        await peer.result("subscribe", channel="chat:u")
+    assert [c.user for c in await hub.broker.presence("chat:u")].count("alice") == 3
+    bad = await http(hub, "POST", "/api/unsubscribe", {"user": "alice"})
+    assert bad.status == 400
+
+
+async def test_healthz_is_503_while_the_broker_is_down(
+    start_hub: Any, http: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub = await start_hub()
+    status = {"kind": "test", "ok": False, "error": "connection refused"}
+    monkeypatch.setattr(hub.broker, "status", lambda: status)
+    answer = await http(hub, "GET", "/healthz")
+    assert answer.status == 503
+    assert answer.json() == {"status": "broker unavailable", "broker": status}
+    metrics = (await http(hub, "GET", "/metrics")).body.decode()
+    assert "tidings_broker_up 0" in metrics.splitlines()
+
+
+async def test_an_unreachable_broker_is_503_on_the_api(
+    start_hub: Any, http: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub = await start_hub()
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise BrokerUnavailable("redis is unreachable: connection refused")
+
+    monkeypatch.setattr(hub.broker, "publish", down)
+    answer = await http(hub, "POST", "/api/publish", {"channel": "chat:x", "data": 1})
+    assert answer.status == 503
+    assert (
+        answer.json()["error"]["message"] == "redis is unreachable: connection refused"
+    )
+    nan = await http(hub, "POST", "/api/publish", b'{"channel": "chat:x", "data": NaN}')
+    assert nan.status == 400

@@ -483,3 +483,81 @@ async def test_shutdown_closes_every_client_with_1001(
     for peer in peers:
         if peer.hub is not hub:
             assert await peer.result("ping") == {}
+
+
+async def test_a_subscribe_waits_until_the_node_receives_the_channel(
+    start_hub: Any, connect: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With a broker that yields, a second subscriber must not read the
+    # channel's position before the node's broker subscription is live, or
+    # a publication in between is lost to it.
+    hub = await start_hub()
+    gate, entered = asyncio.Event(), asyncio.Event()
+    subscribe = hub.broker.subscribe
+
+    async def slow_subscribe(channel: str) -> None:
+        entered.set()
+        await gate.wait()
+        await subscribe(channel)
+
+    monkeypatch.setattr(hub.broker, "subscribe", slow_subscribe)
+    first, second = await connect(hub, node=hub), await connect(hub, node=hub)
+    await first.send({"id": 10, "op": "subscribe", "channel": "chat:race"})
+    async with asyncio.timeout(BOUND):
+        await entered.wait()
+    await second.send({"id": 10, "op": "subscribe", "channel": "chat:race"})
+    async with asyncio.timeout(BOUND):  # until the hub has the second one too
+        while len([s for s in hub._sessions if s.subscriptions]) < 2:
+            await asyncio.sleep(0.01)
+    await hub.publish("chat:race", "in the window")
+    gate.set()
+    for peer in (first, second):
+        reply = await peer.reply(10)
+        if reply["result"]["offset"] == 0:
+            [pub] = await peer.pubs(1)
+            assert pub["data"] == "in the window"
+        else:
+            assert reply["result"]["offset"] == 1
+
+
+async def test_presence_of_a_node_that_stops_refreshing_expires(
+    start_hub: Any, connect: Any
+) -> None:
+    hub = await start_hub(presence_ttl=0.3)
+    peers = [await connect(hub) for _ in range(3)]
+    for peer in peers:
+        await peer.result("subscribe", channel="chat:alive")
+    # One node stops refreshing, as if it died: its client's entry expires;
+    # the others are refreshed and stay.
+    [keep_alive, *_] = hub._tasks
+    keep_alive.cancel()
+    async with asyncio.timeout(BOUND):
+        while len(await hub.broker.presence("chat:alive")) != 3 - (
+            sum(peer.hub is hub for peer in peers)
+        ):
+            await asyncio.sleep(0.05)
+    present = {c.client for c in await peers[-1].hub.broker.presence("chat:alive")}
+    assert present == {peer.client for peer in peers if peer.hub is not hub}
+
+
+async def test_pushes_that_trail_a_subscribe_reply_are_not_sent_twice(
+    start_hub: Any, connect: Any
+) -> None:
+    # A broker's pushes may reach a node after a read that already counts
+    # them (Redis delivers pub/sub on another connection than the read).
+    hub = await start_hub()
+    early = await connect(hub, node=hub)
+    await early.result("subscribe", channel="chat:trail")
+    trailing: list[Any] = []
+    deliver = hub.on_push
+    hub.on_push = trailing.append  # type: ignore[method-assign]
+    for i in range(1, 4):
+        await hub.publish("chat:trail", i)
+    late = await connect(hub, node=hub)
+    assert (await late.result("subscribe", channel="chat:trail"))["offset"] == 3
+    hub.on_push = deliver  # type: ignore[method-assign]
+    for push in trailing:
+        deliver(push)
+    await hub.publish("chat:trail", 4)
+    assert [p["offset"] for p in await late.pubs(1)] == [4]
+    assert [p["offset"] for p in await early.pubs(4)] == [1, 2, 3, 4]

@@ -14,6 +14,7 @@ import pytest
 
 from tidings import ConnectionClosed
 from tidings.hub import session as session_module
+from tidings.hub.brokers.base import BrokerUnavailable
 
 BOUND = 10
 
@@ -297,3 +298,49 @@ async def test_an_internal_failure_is_500_and_the_connection_stays_usable(
     assert (await peer.error("subscribe", channel="chat:x"))[0] == 500
     assert hub.subscriber_count("chat:x") == 0  # the failed subscribe left nothing
     assert await peer.result("ping") == {}
+
+
+async def test_an_unreachable_broker_is_503_and_the_connection_stays_usable(
+    start_hub: Any, connect: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub = await start_hub()
+    peer = await connect(hub)
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise BrokerUnavailable("redis is unreachable: connection refused")
+
+    monkeypatch.setattr(hub.broker, "publish", down)
+    assert await peer.error("publish", channel="chat:x", data=1) == (
+        503,
+        "redis is unreachable: connection refused",
+    )
+    monkeypatch.setattr(hub.broker, "history", down)
+    assert (await peer.error("subscribe", channel="chat:x"))[0] == 503
+    assert peer.hub.subscriber_count("chat:x") == 0
+    assert await peer.result("ping") == {}
+
+
+@pytest.mark.parametrize(
+    "data",
+    ['{"x": NaN}', "[Infinity]", '"\\ud800"', '{"\\udfff": 1}'],
+    ids=["nan", "infinity", "lone-high-surrogate", "surrogate-key"],
+)
+async def test_data_json_cannot_carry_to_every_client_is_400(
+    start_hub: Any, connect: Any, data: str
+) -> None:
+    hub = await start_hub()
+    peer = await connect(hub)
+    await peer.result("subscribe", channel="chat:poison")
+    await peer.send(
+        f'{{"id": 7, "op": "publish", "channel": "chat:poison", "data": {data}}}'
+    )
+    reply = await peer.reply(7)
+    assert reply["error"]["code"] == 400
+    # Nothing was stored: the channel's history and subscribers are fine.
+    assert (await peer.result("publish", channel="chat:poison", data="ok"))[
+        "offset"
+    ] == 1
+    [pub] = await peer.pubs(1)
+    assert pub["data"] == "ok"
+    history = await peer.result("history", channel="chat:poison")
+    assert [p["data"] for p in history["publications"]] == ["ok"]

@@ -55,10 +55,17 @@ class _Local:
     """This node's side of one channel: its subscribers here, and whether
     the broker delivers the channel to this node."""
 
-    __slots__ = ("live", "lock", "subscribers", "waiting")
+    __slots__ = ("epoch", "floors", "live", "lock", "offset", "subscribers", "waiting")
 
     def __init__(self) -> None:
         self.subscribers: dict[Session, None] = {}
+        #: The position of the last publication delivered here.
+        self.epoch = ""
+        self.offset = 0
+        #: Sessions whose subscribe reply is ahead of what was delivered
+        #: here (the broker's pushes may trail its reads): the publications
+        #: up to that position, in that epoch, are not sent to them again.
+        self.floors: dict[Session, tuple[str, int]] = {}
         #: Held around the node's first subscribe and last unsubscribe, so
         #: that no session reads the channel's position before the broker
         #: delivers it here.
@@ -380,6 +387,17 @@ class Hub:
             raise
         return result
 
+    def subscribed(
+        self, session: Session, channel: str, epoch: str, offset: int
+    ) -> None:
+        """``session``'s subscribe reply, at ``offset`` in ``epoch``, was
+        sent: it must get what follows, and nothing it covered."""
+        local = self._local.get(channel)
+        if local is None or session not in local.subscribers:
+            return
+        if local.epoch != epoch or local.offset < offset:
+            local.floors[session] = (epoch, offset)
+
     async def unsubscribe(self, session: Session, channel: str) -> None:
         """Remove ``session`` from ``channel``."""
         await self._left(session, channel, self._leave(session, channel))
@@ -393,6 +411,7 @@ class Hub:
         if local is None or session not in local.subscribers:
             return False
         del local.subscribers[session]
+        local.floors.pop(session, None)
         return True
 
     async def _left(self, session: Session, channel: str, was_subscriber: bool) -> None:
@@ -423,8 +442,12 @@ class Hub:
             return
         offset: int | None = None
         kind = push.kind
+        covered: set[Session] = set()
         if kind == "pub":
             offset = push.offset
+            local.epoch, local.offset = push.epoch, offset
+            if local.floors:
+                covered = _covered(local.floors, push.epoch, offset)
             text = encode_pub(push.channel, push.epoch, offset, push.data, push.info)
         elif kind == "position":
             text = encode_push(
@@ -440,7 +463,7 @@ class Hub:
             held = session.recovering.get(push.channel) if session.recovering else None
             if held is not None:
                 held.append((offset, text))
-            else:
+            elif not covered or session not in covered:
                 ready.append(session.ws)
         self.metrics.deliveries += broadcast(ready, text, on_slow=self.drop_slow)
 
@@ -494,3 +517,18 @@ class Hub:
 
     async def _process_request(self, request: Request) -> HTTPResponse | None:
         return await handle_http(self, request)
+
+
+def _covered(
+    floors: dict[Session, tuple[str, int]], epoch: str, offset: int
+) -> set[Session]:
+    """The sessions whose subscribe reply covered the publication at
+    ``offset`` in ``epoch``; floors that later publications pass are
+    dropped."""
+    covered = set()
+    for session, (floor_epoch, floor) in list(floors.items()):
+        if floor_epoch == epoch and offset <= floor:
+            covered.add(session)
+        if floor_epoch != epoch or offset >= floor:
+            del floors[session]
+    return covered

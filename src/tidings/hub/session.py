@@ -78,7 +78,7 @@ class Session:
         #: Pushes held back per channel while its subscribe is in flight.
         self.recovering: dict[str, list[tuple[int | None, str]]] = {}
         #: The offset of each subscribe reply about to be sent.
-        self._subscribed_at: dict[str, int] = {}
+        self._subscribed_at: dict[str, tuple[str, int]] = {}
         self._tokens = float(hub.config.rate_burst)
         self._refilled = time.monotonic()
         self._bad = 0
@@ -142,7 +142,9 @@ class Session:
             return
         self.send(encode_reply(command.id, result))
         if command.op == "subscribe":
-            self._flush(command.channel, self._subscribed_at.pop(command.channel))
+            epoch, offset = self._subscribed_at.pop(command.channel)
+            self._flush(command.channel, offset)
+            hub.subscribed(self, command.channel, epoch, offset)
 
     def _refuse(self, id: int | None, code: int, message: str) -> None:
         self.hub.metrics.errors[f"code_{code}"] += 1
@@ -267,7 +269,7 @@ class Session:
         except BaseException:
             self.recovering.pop(channel, None)
             raise
-        self._subscribed_at[channel] = position.offset
+        self._subscribed_at[channel] = (position.epoch, position.offset)
         if command.since is None:
             return encode_position(position)
         if position.complete and position.epoch == command.since[1]:
