@@ -353,6 +353,14 @@ async def _serve(config: HubConfig) -> int:
     _on_signals(asyncio.get_running_loop(), stop.set)
     print(f"tidings hub running at {hub.url}", flush=True)
     print(f"  WebSocket endpoint: {hub.ws_url}", flush=True)
+    broker = hub.broker.status()
+    if broker["kind"] == "redis":
+        state = (
+            "connected" if broker["ok"] else f"unreachable, retrying: {broker['error']}"
+        )
+        print(f"  broker: redis at {broker['server']} ({state})", flush=True)
+    else:
+        print("  broker: memory (this process only)", flush=True)
     if config.demo:
         print(f"  demos: {hub.url}chat  {hub.url}ticker  {hub.url}report", flush=True)
     try:

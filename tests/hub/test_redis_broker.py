@@ -1,0 +1,156 @@
+"""The Redis broker when Redis goes away and comes back, with and without
+persistence; a Redis that stalls; a node started before its Redis
+(tidings.hub.brokers.redis). Each test has a redis-server of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tidings.hub.brokers import redis as redis_module
+from tidings.hub.brokers.base import BrokerUnavailable, ChannelOptions, Push
+from tidings.hub.brokers.redis import RedisBroker
+
+from ..conftest import RedisServer
+
+BOUND = 20
+KEEP = ChannelOptions(history_size=100, history_ttl=600)
+
+
+class Node:
+    def __init__(self) -> None:
+        self.pushes: list[Push] = []
+        self._changed = asyncio.Event()
+
+    def on_push(self, push: Push) -> None:
+        self.pushes.append(push)
+        self._changed.set()
+
+    def on_control(self, message: dict[str, Any]) -> None:
+        pass
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        async with asyncio.timeout(BOUND):
+            while not condition():
+                self._changed.clear()
+                await self._changed.wait()
+
+
+async def until_status(broker: RedisBroker, ok: bool) -> None:
+    async with asyncio.timeout(BOUND):
+        while broker.status()["ok"] is not ok:
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture(params=[True, False], ids=["aof", "no-persistence"])
+def server(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
+    server = RedisServer(persistent=request.param)
+    server.start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+async def started(
+    server: RedisServer,
+) -> AsyncIterator[Callable[..., Any]]:
+    brokers: list[RedisBroker] = []
+
+    async def start(**options: Any) -> tuple[RedisBroker, Node]:
+        broker = RedisBroker(server.url, **options)
+        node = Node()
+        await broker.start(f"n{len(brokers)}", node)
+        brokers.append(broker)
+        return broker, node
+
+    yield start
+    for broker in brokers:
+        await broker.close()
+
+
+async def test_redis_restarted_calls_fail_clearly_then_channels_resync(
+    server: RedisServer, started: Callable[..., Any]
+) -> None:
+    broker, node = await started()
+    await broker.subscribe("a:x")
+    for i in range(3):
+        await broker.publish("a:x", str(i).encode(), KEEP)
+    before = await broker.history("a:x", KEEP)
+    await node.until(lambda: len(node.pushes) == 3)
+
+    server.stop()
+    await until_status(broker, False)
+    assert broker.status()["error"]
+    with pytest.raises(BrokerUnavailable):
+        await broker.publish("a:x", b"lost", KEEP)
+    with pytest.raises(BrokerUnavailable):
+        await broker.subscribe("a:y")
+
+    server.start()
+    await until_status(broker, True)
+    # Back: every subscribed channel gets its position, so that clients that
+    # missed something recover it.
+    await node.until(lambda: any(p.kind == "position" for p in node.pushes))
+    [position] = [p for p in node.pushes if p.kind == "position"]
+    after = await broker.history("a:x", KEEP, since=1)
+    if server.persistent:
+        # Nothing was lost: same epoch, and the history still reaches back.
+        assert (position.epoch, position.offset) == (before.epoch, 3)
+        assert after.complete and [p.data for p in after.publications] == [
+            b"1",
+            b"2",
+        ]
+    else:
+        # Everything was lost: a new epoch, and recovery fails, clearly.
+        assert position.epoch != before.epoch and position.offset == 0
+        assert not after.complete
+    # Live again, on the resubscribed channel.
+    offset, epoch = await broker.publish("a:x", b"next", KEEP)
+    await node.until(
+        lambda: node.pushes[-1].kind == "pub" and node.pushes[-1].data == b"next"
+    )
+    assert (node.pushes[-1].offset, node.pushes[-1].epoch) == (offset, epoch)
+
+
+async def test_a_node_started_before_its_redis_waits_for_it(
+    server: RedisServer, started: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.stop()
+    broker, _ = await started(timeout=0.2)
+    assert broker.status()["ok"] is False
+    with pytest.raises(BrokerUnavailable):
+        await broker.history("a:x", KEEP)
+    server.start()
+    await until_status(broker, True)
+    assert (await broker.history("a:x", KEEP)).offset == 0
+
+
+async def test_a_stalled_redis_is_noticed_and_calls_are_bounded(
+    server: RedisServer, started: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_module, "PING_INTERVAL", 0.1)
+    broker, _ = await started(timeout=0.5, max_pending=2)
+    assert server.proc is not None
+    os.kill(server.proc.pid, signal.SIGSTOP)  # ours: it answers nothing
+    try:
+        slow = [
+            asyncio.create_task(broker.publish("a:x", b"1", KEEP)) for _ in range(2)
+        ]
+        await asyncio.sleep(0)  # both are now waiting for Redis
+        # A third is refused at once: a stalled Redis cannot grow memory.
+        with pytest.raises(BrokerUnavailable, match="too many calls"):
+            await broker.publish("a:x", b"2", KEEP)
+        for task in slow:  # the waiting ones time out, clearly
+            with pytest.raises(BrokerUnavailable):
+                await task
+        # Silent to pings: the node counts Redis as lost.
+        await until_status(broker, False)
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    await until_status(broker, True)
+    assert (await broker.publish("a:x", b"3", KEEP))[0] >= 1
