@@ -127,6 +127,9 @@ async def test_history_is_trimmed_to_its_size(start: Start) -> None:
     assert not result.complete and result.publications == [] and result.offset == 8
     result = await broker.history("a:x", KEEP_5, since=9)
     assert not result.complete
+    # With limit 0 too: the answer says whether history reaches back.
+    assert (await broker.history("a:x", KEEP_5, since=3, limit=0)).complete
+    assert not (await broker.history("a:x", KEEP_5, since=2, limit=0)).complete
 
 
 async def test_without_history_nothing_is_kept(start: Start) -> None:

@@ -13,13 +13,19 @@ from typing import Any
 import pytest
 
 from tidings.hub.brokers import redis as redis_module
-from tidings.hub.brokers.base import BrokerUnavailable, ChannelOptions, Push
+from tidings.hub.brokers.base import (
+    BrokerUnavailable,
+    ChannelOptions,
+    ClientInfo,
+    Push,
+)
 from tidings.hub.brokers.redis import RedisBroker
 
 from ..conftest import RedisServer
 
 BOUND = 20
 KEEP = ChannelOptions(history_size=100, history_ttl=600)
+ALICE = ClientInfo("c1", "alice")
 
 
 class Node:
@@ -109,6 +115,9 @@ async def test_redis_restarted_calls_fail_clearly_then_channels_resync(
         # Everything was lost: a new epoch, and recovery fails, clearly.
         assert position.epoch != before.epoch and position.offset == 0
         assert not after.complete
+    # The node's refresh makes its presence entries again if Redis lost them.
+    await broker.refresh_presence("a:x", [ALICE], 30)
+    assert await broker.presence("a:x") == [ALICE]
     # Live again, on the resubscribed channel.
     offset, epoch = await broker.publish("a:x", b"next", KEEP)
     await node.until(

@@ -190,8 +190,9 @@ class Broker(ABC):
     async def refresh_presence(
         self, channel: str, infos: Sequence[ClientInfo], ttl: float
     ) -> None:
-        """Extend the entries of ``infos`` on ``channel`` by ``ttl`` seconds
-        from now, without announcing anything."""
+        """Keep the entries of ``infos`` on ``channel`` for ``ttl`` seconds
+        from now, without announcing anything; entries the broker lost (a
+        Redis restarted empty) are made again."""
 
     @abstractmethod
     async def remove_presence(self, channel: str, info: ClientInfo) -> None:

@@ -185,13 +185,10 @@ class MemoryBroker(Broker):
     async def refresh_presence(
         self, channel: str, infos: Sequence[ClientInfo], ttl: float
     ) -> None:
-        state = self.backend.channels.get(channel)
-        if state is None:
-            return
+        state = self.backend.channel(channel)
         deadline = self.backend.clock() + ttl
         for info in infos:
-            if info.client in state.presence:
-                state.presence[info.client] = (info, deadline)
+            state.presence[info.client] = (info, deadline)
 
     async def remove_presence(self, channel: str, info: ClientInfo) -> None:
         state = self.backend.channels.get(channel)

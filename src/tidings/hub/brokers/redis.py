@@ -110,11 +110,8 @@ end
 local offset = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0')
 local since = tonumber(ARGV[3])
 local limit = tonumber(ARGV[4])
-if limit == 0 then
-  if since > offset then return {epoch, offset, 0, {}, 0} end
-  return {epoch, offset, 1, {}, 0}
-end
 if since < 0 then
+  if limit == 0 then return {epoch, offset, 1, {}, 0} end
   if limit < 0 then
     return {epoch, offset, 1, redis.call('XRANGE', KEYS[2], '-', '+'), 0}
   end
@@ -128,9 +125,10 @@ local entries
 if limit < 0 then
   entries = redis.call('XRANGE', KEYS[2], first, '+')
 else
-  entries = redis.call('XRANGE', KEYS[2], first, '+', 'COUNT', limit)
+  entries = redis.call('XRANGE', KEYS[2], first, '+', 'COUNT', math.max(limit, 1))
 end
 if #entries == 0 or entries[1][1] ~= first then return {epoch, offset, 0, {}, 0} end
+if limit == 0 then entries = {} end
 return {epoch, offset, 1, entries, 0}
 """
 
