@@ -1,0 +1,60 @@
+"""Imports point down the layers of DESIGN: the CLI and the benchmark on
+top, then the hub, then the engine, then the protocol core. (The protocol
+core's own rule, no I/O, is tests/protocol/test_no_io.py.)"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import tidings
+
+PACKAGE = Path(tidings.__file__).parent
+
+#: Modules (by path under src/tidings) and what they must never import.
+RULES = {
+    "hub": ("tidings.cli", "tidings.bench"),
+    "protocol": ("tidings.cli", "tidings.bench", "tidings.hub", "tidings.server"),
+    "server.py": ("tidings.cli", "tidings.bench", "tidings.hub"),
+    "client.py": ("tidings.cli", "tidings.bench", "tidings.hub"),
+    "connection.py": ("tidings.cli", "tidings.bench", "tidings.hub"),
+    "fanout.py": ("tidings.cli", "tidings.bench", "tidings.hub"),
+}
+
+
+def imported(path: Path) -> set[str]:
+    """Every module ``path`` imports, relative imports made absolute."""
+    package = ["tidings", *path.relative_to(PACKAGE).parent.parts]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            found.add(module)
+            found |= {f"{module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def violations(where: str, banned: tuple[str, ...]) -> list[str]:
+    root = PACKAGE / where
+    paths = sorted(root.rglob("*.py")) if root.is_dir() else [root]
+    return [
+        f"{path.relative_to(PACKAGE)} imports {module}"
+        for path in paths
+        for module in sorted(imported(path))
+        if any(module == b or module.startswith(b + ".") for b in banned)
+    ]
+
+
+def test_imports_point_down() -> None:
+    found = [v for where, banned in RULES.items() for v in violations(where, banned)]
+    assert found == []
+
+
+def test_the_check_sees_relative_imports() -> None:
+    # The CLI imports the hub with a relative import: the scan must see it,
+    # or the rules above could never fail.
+    assert "tidings.hub.config" in imported(PACKAGE / "cli.py")
+    assert violations("cli.py", ("tidings.hub",)) != []
