@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
+import json
 import os
 import shutil
 import signal
@@ -11,6 +14,7 @@ import ssl
 import subprocess
 import tempfile
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,8 @@ from typing import Any
 import pytest
 import trustme
 from hypothesis import settings
+
+from tidings import ConnectionClosed
 
 # Tests check behaviour, never speed: a slow or busy machine must not fail them.
 settings.register_profile("tidings", deadline=None)
@@ -226,3 +232,191 @@ def lose(hub: Any, offsets: set[int]) -> list[Any]:
 
     hub.on_push = lossy  # type: ignore[method-assign]
     return lost
+
+
+class Peer:
+    """A hub client written from docs/protocol.md alone: JSON commands with
+    ids, replies matched by id, pushes kept in order on the side. ``node``
+    is the hub node it is connected to (a Hub, or a process)."""
+
+    #: Seconds any one wait may take.
+    bound = 20.0
+
+    def __init__(self, ws: Any, node: Any) -> None:
+        self.ws = ws
+        self.node = node
+        self.ids = itertools.count(1)
+        self.pushes: deque[dict[str, Any]] = deque()
+        self.client = ""
+        self.user = ""
+
+    def __repr__(self) -> str:
+        return f"<peer {self.client} on {self.node!r}>"
+
+    async def send(self, message: Any) -> None:
+        await self.ws.send(message if isinstance(message, str) else json.dumps(message))
+
+    async def recv(self) -> dict[str, Any]:
+        try:
+            async with asyncio.timeout(self.bound):
+                message = await self.ws.recv()
+        except TimeoutError:
+            raise AssertionError(
+                f"{self!r} received nothing for {self.bound} s"
+            ) from None
+        assert isinstance(message, str)
+        decoded = json.loads(message)
+        assert isinstance(decoded, dict)
+        return decoded
+
+    async def reply(self, id: int | None) -> dict[str, Any]:
+        """The reply to command ``id`` (None: an error without id); pushes
+        that come first are kept for :meth:`push`."""
+        while True:
+            message = await self.recv()
+            if "channel" in message and "id" not in message:
+                self.pushes.append(message)
+                continue
+            assert message.get("id") == id, (id, message)
+            return message
+
+    async def call(self, op: str, **fields: Any) -> dict[str, Any]:
+        """Send a command; return the whole reply."""
+        id = next(self.ids)
+        await self.send({"id": id, "op": op, **fields})
+        return await self.reply(id)
+
+    async def result(self, op: str, **fields: Any) -> Any:
+        reply = await self.call(op, **fields)
+        assert "result" in reply, reply
+        return reply["result"]
+
+    async def error(self, op: str, **fields: Any) -> tuple[int, str]:
+        reply = await self.call(op, **fields)
+        assert "error" in reply, reply
+        return reply["error"]["code"], reply["error"]["message"]
+
+    async def publish_many(self, channel: str, datas: list[Any]) -> list[Any]:
+        """Publish every item of ``datas``, pipelined: all commands are sent
+        before the first reply is read. Returns the results, in order."""
+        ids = [next(self.ids) for _ in datas]
+        for id, data in zip(ids, datas, strict=True):
+            await self.send(
+                {"id": id, "op": "publish", "channel": channel, "data": data}
+            )
+        results = []
+        for id in ids:
+            reply = await self.reply(id)
+            assert "result" in reply, reply
+            results.append(reply["result"])
+        return results
+
+    async def push(self) -> dict[str, Any]:
+        """The next push."""
+        if self.pushes:
+            return self.pushes.popleft()
+        message = await self.recv()
+        assert "id" not in message, message
+        return message
+
+    async def pubs(self, n: int, channel: str | None = None) -> list[dict[str, Any]]:
+        """The next ``n`` publications (of ``channel``), skipping joins and
+        leaves (and failing on any other push)."""
+        out: list[dict[str, Any]] = []
+        while len(out) < n:
+            try:
+                push = await self.push()
+            except AssertionError as exc:
+                last = [pub["offset"] for pub in out[-5:]]
+                raise AssertionError(
+                    f"{exc}, after {len(out)} of {n} publications (the last at "
+                    f"offsets {last})"
+                ) from None
+            if "pub" in push and (channel is None or push["channel"] == channel):
+                out.append(push["pub"])
+            else:
+                assert "join" in push or "leave" in push, push
+        return out
+
+    async def closed(self) -> int:
+        """Read until the hub closes the connection; return the close code
+        (1006 when the connection ended without one)."""
+        async with asyncio.timeout(self.bound):
+            with contextlib.suppress(ConnectionClosed):
+                while True:
+                    await self.ws.recv()
+        return self.ws.close_code or 1006
+
+
+class HTTPAnswer:
+    """A plain HTTP response."""
+
+    def __init__(self, raw: bytes) -> None:
+        head, _, self.body = raw.partition(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        self.status = int(status_line.split()[1])
+        self.headers = {
+            name.strip().lower(): value.strip()
+            for name, _, value in (line.partition(":") for line in lines)
+        }
+
+    def json(self) -> Any:
+        assert self.headers.get("content-type") == "application/json", self.headers
+        return json.loads(self.body)
+
+    def __repr__(self) -> str:
+        return f"<HTTP {self.status} {self.body[:300]!r}>"
+
+
+async def wait_for(
+    check: Callable[[], Any], what: str, *, timeout: float = 20.0
+) -> float:
+    """Call ``check`` (a function, or a coroutine function) until it returns
+    true, at most ``timeout`` seconds; return how long it took. For states
+    that nothing announces (an entry expiring, /healthz, a broker's
+    connection); what something announces is awaited, not polled."""
+    start = time.monotonic()
+    for _ in range(int(timeout / 0.02) + 1):
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            break
+        await asyncio.sleep(0.02)  # the polling interval
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+async def http_request(
+    port: int,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    headers: Iterable[tuple[str, str]] = (),
+    timeout: float = 20.0,
+) -> HTTPAnswer:
+    """One plain HTTP/1.1 request to 127.0.0.1:``port``, read to the end; a
+    ``body`` other than bytes is sent as JSON."""
+    data = (
+        b""
+        if body is None
+        else body
+        if isinstance(body, bytes)
+        else json.dumps(body).encode()
+    )
+    fields = [("Host", "127.0.0.1"), *headers]
+    if data:
+        fields.append(("Content-Length", str(len(data))))
+    head = f"{method} {path} HTTP/1.1\r\n" + "".join(
+        f"{name}: {value}\r\n" for name, value in fields
+    )
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(head.encode() + b"\r\n" + data)
+            raw = await reader.read()
+        finally:
+            writer.close()
+    return HTTPAnswer(raw)

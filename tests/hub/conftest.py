@@ -13,19 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import secrets
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
 import tidings
-from tidings import ConnectionClosed, WebSocket
 from tidings.hub import Broker, Hub, HubConfig, MemoryBroker, NamespaceConfig
 from tidings.hub import mint_token as _mint_token
+from tidings.hub.brokers.base import Push
 from tidings.hub.brokers.memory import MemoryBackend
+
+from ..conftest import HTTPAnswer, Peer, http_request
 
 BOUND = 10  # seconds: every wait in these tests is bounded
 SECRET = "a test secret that is 32+ bytes long"
@@ -152,84 +152,6 @@ def mint() -> Callable[..., str]:
     return mint
 
 
-class Peer:
-    """A hub client written from docs/protocol.md alone: JSON commands with
-    ids, replies matched by id, pushes kept in order on the side."""
-
-    def __init__(self, ws: WebSocket, hub: Hub) -> None:
-        self.ws = ws
-        #: The node this peer is connected to.
-        self.hub = hub
-        self.ids = itertools.count(1)
-        self.pushes: deque[dict[str, Any]] = deque()
-        self.client = ""
-
-    async def send(self, message: Any) -> None:
-        await self.ws.send(message if isinstance(message, str) else json.dumps(message))
-
-    async def recv(self) -> dict[str, Any]:
-        async with asyncio.timeout(BOUND):
-            message = await self.ws.recv()
-        assert isinstance(message, str)
-        decoded = json.loads(message)
-        assert isinstance(decoded, dict)
-        return decoded
-
-    async def reply(self, id: int | None) -> dict[str, Any]:
-        """The reply to command ``id`` (None: an error without id); pushes
-        that come first are kept for :meth:`push`."""
-        while True:
-            message = await self.recv()
-            if "channel" in message and "id" not in message:
-                self.pushes.append(message)
-                continue
-            assert message.get("id") == id, (id, message)
-            return message
-
-    async def call(self, op: str, **fields: Any) -> dict[str, Any]:
-        """Send a command; return the whole reply."""
-        id = next(self.ids)
-        await self.send({"id": id, "op": op, **fields})
-        return await self.reply(id)
-
-    async def result(self, op: str, **fields: Any) -> Any:
-        reply = await self.call(op, **fields)
-        assert "result" in reply, reply
-        return reply["result"]
-
-    async def error(self, op: str, **fields: Any) -> tuple[int, str]:
-        reply = await self.call(op, **fields)
-        assert "error" in reply, reply
-        return reply["error"]["code"], reply["error"]["message"]
-
-    async def push(self) -> dict[str, Any]:
-        """The next push."""
-        if self.pushes:
-            return self.pushes.popleft()
-        message = await self.recv()
-        assert "id" not in message, message
-        return message
-
-    async def pubs(self, n: int, channel: str | None = None) -> list[dict[str, Any]]:
-        """The next ``n`` publications (of ``channel``), skipping joins and
-        leaves."""
-        out = []
-        while len(out) < n:
-            push = await self.push()
-            if "pub" in push and (channel is None or push["channel"] == channel):
-                out.append(push["pub"])
-        return out
-
-    async def closed(self) -> int:
-        """Read until the hub closes the connection; return the close code."""
-        async with asyncio.timeout(BOUND):
-            try:
-                while True:
-                    await self.ws.recv()
-            except ConnectionClosed as exc:
-                return exc.code
-
-
 Connect = Callable[..., Awaitable[Peer]]
 
 
@@ -259,6 +181,7 @@ async def connect() -> AsyncIterator[Connect]:
         async with asyncio.timeout(BOUND):
             ws = await tidings.connect(url, **options)
         peer = Peer(ws, node)
+        peer.bound = BOUND
         peers.append(peer)
         if hello:
             fields = {} if token is None else {"token": token}
@@ -268,23 +191,6 @@ async def connect() -> AsyncIterator[Connect]:
     yield open_peer
     async with asyncio.timeout(BOUND):
         await asyncio.gather(*(peer.ws.close() for peer in peers))
-
-
-class HTTPAnswer:
-    """A plain HTTP response."""
-
-    def __init__(self, raw: bytes) -> None:
-        head, _, self.body = raw.partition(b"\r\n\r\n")
-        status_line, *lines = head.decode("latin-1").split("\r\n")
-        self.status = int(status_line.split()[1])
-        self.headers = {
-            name.strip().lower(): value.strip()
-            for name, _, value in (line.partition(":") for line in lines)
-        }
-
-    def json(self) -> Any:
-        assert self.headers["content-type"] == "application/json"
-        return json.loads(self.body)
 
 
 HTTP = Callable[..., Awaitable[HTTPAnswer]]
@@ -304,28 +210,39 @@ def http() -> HTTP:
         key: str | None = None,
         headers: tuple[tuple[str, str], ...] = (),
     ) -> HTTPAnswer:
-        data = (
-            b""
-            if body is None
-            else body
-            if isinstance(body, bytes)
-            else json.dumps(body).encode()
-        )
-        fields = [("Host", "127.0.0.1"), *headers]
         if key is not None:
-            fields.append(("Authorization", f"apikey {key}"))
-        if data:
-            fields.append(("Content-Length", str(len(data))))
-        head = f"{method} {path} HTTP/1.1\r\n" + "".join(
-            f"{name}: {value}\r\n" for name, value in fields
+            headers = (*headers, ("Authorization", f"apikey {key}"))
+        return await http_request(
+            hub.port, method, path, body, headers=headers, timeout=BOUND
         )
-        async with asyncio.timeout(BOUND):
-            reader, writer = await asyncio.open_connection("127.0.0.1", hub.port)
-            try:
-                writer.write(head.encode() + b"\r\n" + data)
-                raw = await reader.read()
-            finally:
-                writer.close()
-        return HTTPAnswer(raw)
 
     return request
+
+
+class Recorder:
+    """A node, as far as a broker can tell: it records what the broker
+    delivers, and lets a test wait for it."""
+
+    def __init__(self) -> None:
+        self.pushes: list[Push] = []
+        self.controls: list[dict[str, Any]] = []
+        self.reconnected = 0
+        self._changed = asyncio.Event()
+
+    def on_push(self, push: Push) -> None:
+        self.pushes.append(push)
+        self._changed.set()
+
+    def on_control(self, message: dict[str, Any]) -> None:
+        self.controls.append(message)
+        self._changed.set()
+
+    def on_reconnected(self) -> None:
+        self.reconnected += 1
+        self._changed.set()
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        async with asyncio.timeout(BOUND):
+            while not condition():
+                self._changed.clear()
+                await self._changed.wait()

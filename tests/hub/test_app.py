@@ -17,6 +17,8 @@ import tidings
 from tidings.hub import Hub
 from tidings.hub.wire import encode_pub
 
+from ..conftest import wait_for
+
 BOUND = 10
 
 
@@ -397,7 +399,7 @@ async def test_a_reader_that_stops_is_dropped_with_4005_and_memory_stays_bounded
     # A tidings client queues a few messages, then stops reading the socket.
     slow = await connect(hub, compression=None, max_queue=2)
     await slow.result("subscribe", channel="bulk:firehose")
-    [slow_side] = [s for s in slow.hub._sessions if s.info.client == slow.client]
+    [slow_side] = [s for s in slow.node._sessions if s.info.client == slow.client]
     chunk = "x" * (64 * 1024)
     count = 100 * 1024 * 1024 // len(chunk)
     epoch = (await hub.history("bulk:firehose")).epoch
@@ -416,14 +418,14 @@ async def test_a_reader_that_stops_is_dropped_with_4005_and_memory_stays_bounded
             assert pub["offset"] == i + 1
     growth = rss() - before
     assert slow_side.ws.close_code == 4005
-    assert slow.hub.metrics.dropped_slow == 1
+    assert slow.node.metrics.dropped_slow == 1
     assert 0 < peak_buffer <= max_outbound + frame
     assert growth < 30 * 1024 * 1024, growth
     # The slow client's connection is gone (its close frame was behind the
     # data it never read, so it may only see the TCP connection end).
     assert await slow.closed() != 1000
-    assert fast.hub.subscriber_count("bulk:firehose") == 1
-    assert slow.hub.subscriber_count("bulk:firehose") == (slow.hub is fast.hub)
+    assert fast.node.subscriber_count("bulk:firehose") == 1
+    assert slow.node.subscriber_count("bulk:firehose") == (slow.node is fast.node)
 
 
 async def test_a_thousand_subscribers_all_receive_a_publication(
@@ -473,7 +475,7 @@ async def test_shutdown_closes_every_client_with_1001(
     hub: Hub = await start_hub()
     peers = [await connect(hub) for _ in range(3)]
     await peers[0].result("subscribe", channel="chat:bye")
-    mine = [peer for peer in peers if peer.hub is hub]
+    mine = [peer for peer in peers if peer.node is hub]
     async with asyncio.timeout(BOUND):
         await hub.close()
     for peer in mine:
@@ -481,7 +483,7 @@ async def test_shutdown_closes_every_client_with_1001(
     assert hub.connection_count() == 0 and hub.channels() == {}
     # The other nodes' clients stay connected.
     for peer in peers:
-        if peer.hub is not hub:
+        if peer.node is not hub:
             assert await peer.result("ping") == {}
 
 
@@ -506,9 +508,11 @@ async def test_a_subscribe_waits_until_the_node_receives_the_channel(
     async with asyncio.timeout(BOUND):
         await entered.wait()
     await second.send({"id": 10, "op": "subscribe", "channel": "chat:race"})
-    async with asyncio.timeout(BOUND):  # until the hub has the second one too
-        while len([s for s in hub._sessions if s.subscriptions]) < 2:
-            await asyncio.sleep(0.01)
+    await wait_for(
+        lambda: len([s for s in hub._sessions if s.subscriptions]) == 2,
+        "the hub to have the second subscribe",
+        timeout=BOUND,
+    )
     await hub.publish("chat:race", "in the window")
     gate.set()
     for peer in (first, second):
@@ -531,13 +535,14 @@ async def test_presence_of_a_node_that_stops_refreshing_expires(
     # the others are refreshed and stay.
     [keep_alive, *_] = hub._tasks
     keep_alive.cancel()
-    async with asyncio.timeout(BOUND):
-        while len(await hub.broker.presence("chat:alive")) != 3 - (
-            sum(peer.hub is hub for peer in peers)
-        ):
-            await asyncio.sleep(0.05)
-    present = {c.client for c in await peers[-1].hub.broker.presence("chat:alive")}
-    assert present == {peer.client for peer in peers if peer.hub is not hub}
+    others = 3 - sum(peer.node is hub for peer in peers)
+
+    async def expired() -> bool:
+        return len(await hub.broker.presence("chat:alive")) == others
+
+    await wait_for(expired, "the stopped node's entries to expire", timeout=BOUND)
+    present = {c.client for c in await peers[-1].node.broker.presence("chat:alive")}
+    assert present == {peer.client for peer in peers if peer.node is not hub}
 
 
 async def test_pushes_that_trail_a_subscribe_reply_are_not_sent_twice(

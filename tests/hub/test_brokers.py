@@ -19,7 +19,8 @@ from tidings.hub.brokers.base import (
     Push,
 )
 
-from .conftest import Brokers
+from ..conftest import wait_for
+from .conftest import Brokers, Recorder
 
 #: Each kind once: these tests start the nodes they need themselves.
 pytestmark = pytest.mark.parametrize("brokers", ["memory", "redis"], indirect=True)
@@ -31,30 +32,6 @@ ALICE = ClientInfo("c1", "alice")
 BOB = ClientInfo("c2", "bob \x1f\x1e odd")  # user ids may hold anything
 
 
-class Node:
-    """What a broker delivers to one node, with a way to wait for it."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.pushes: list[Push] = []
-        self.controls: list[dict[str, Any]] = []
-        self._changed = asyncio.Event()
-
-    def on_push(self, push: Push) -> None:
-        self.pushes.append(push)
-        self._changed.set()
-
-    def on_control(self, message: dict[str, Any]) -> None:
-        self.controls.append(message)
-        self._changed.set()
-
-    async def until(self, condition: Callable[[], bool]) -> None:
-        async with asyncio.timeout(BOUND):
-            while not condition():
-                self._changed.clear()
-                await self._changed.wait()
-
-
 Start = Callable[..., Any]
 
 
@@ -64,9 +41,9 @@ async def start(brokers: Brokers) -> AsyncIterator[Start]:
     on the backend every broker of this test shares."""
     started: list[Broker] = []
 
-    async def start_one(name: str) -> tuple[Broker, Node]:
+    async def start_one(name: str) -> tuple[Broker, Recorder]:
         broker = brokers()
-        node = Node(name)
+        node = Recorder()
         await broker.start(name, node)
         started.append(broker)
         return broker, node
@@ -200,9 +177,11 @@ async def test_presence_lists_every_node_and_expires_without_refresh(
     await a.remove_presence("a:nobody", ALICE)
     # Refreshed, an entry outlives its first TTL; then it expires.
     await b.refresh_presence("a:x", [BOB], 0.6)
-    async with asyncio.timeout(BOUND):
-        while await a.presence("a:x"):  # b stopped refreshing: bob goes
-            await asyncio.sleep(0.05)
+
+    async def bob_gone() -> bool:  # b stopped refreshing
+        return await a.presence("a:x") == []
+
+    await wait_for(bob_gone, "bob's entry to expire", timeout=BOUND)
 
 
 async def test_control_messages_reach_every_node(start: Start) -> None:
@@ -224,9 +203,11 @@ async def test_nodes_are_listed_while_their_heartbeat_lasts(start: Start) -> Non
     assert await a.nodes() >= {"a", "b"}
     await b.close()
     assert "b" not in await a.nodes()
-    async with asyncio.timeout(BOUND):
-        while "c" in await a.nodes():
-            await asyncio.sleep(0.05)
+
+    async def c_gone() -> bool:
+        return "c" not in await a.nodes()
+
+    await wait_for(c_gone, "c's heartbeat to expire", timeout=BOUND)
     assert await c.nodes() == {"a"}
 
 

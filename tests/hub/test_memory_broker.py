@@ -5,10 +5,10 @@ shares with the Redis broker."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from tidings.hub.brokers.base import ChannelOptions, ClientInfo, Push
 from tidings.hub.brokers.memory import SWEEP_INTERVAL, MemoryBackend, MemoryBroker
+
+from .conftest import Recorder
 
 
 class Clock:
@@ -19,17 +19,6 @@ class Clock:
         return self.now
 
 
-class Node:
-    def __init__(self) -> None:
-        self.pushes: list[Push] = []
-
-    def on_push(self, push: Push) -> None:
-        self.pushes.append(push)
-
-    def on_control(self, message: dict[str, Any]) -> None:
-        pass
-
-
 KEEP_5 = ChannelOptions(history_size=5, history_ttl=60)
 NO_HISTORY = ChannelOptions()
 ALICE = ClientInfo("c1", "alice")
@@ -38,7 +27,7 @@ ALICE = ClientInfo("c1", "alice")
 async def started() -> tuple[MemoryBroker, Clock, list[Push]]:
     clock = Clock()
     broker = MemoryBroker(clock=clock)
-    node = Node()
+    node = Recorder()
     await broker.start("n1", node)
     return broker, clock, node.pushes
 
@@ -112,7 +101,7 @@ async def test_presence_expires_on_the_clock_and_refresh_extends_it() -> None:
 async def test_nodes_on_one_backend_share_channels() -> None:
     backend = MemoryBackend()
     one, two = MemoryBroker(backend), MemoryBroker(backend)
-    node_one, node_two = Node(), Node()
+    node_one, node_two = Recorder(), Recorder()
     await one.start("one", node_one)
     await two.start("two", node_two)
     await two.subscribe("a:x")

@@ -17,40 +17,20 @@ from tidings.hub.brokers.base import (
     BrokerUnavailable,
     ChannelOptions,
     ClientInfo,
-    Push,
 )
 from tidings.hub.brokers.redis import RedisBroker
 
-from ..conftest import RedisServer
+from ..conftest import RedisServer, wait_for
+from .conftest import Recorder
 
 BOUND = 20
 KEEP = ChannelOptions(history_size=100, history_ttl=600)
 ALICE = ClientInfo("c1", "alice")
 
 
-class Node:
-    def __init__(self) -> None:
-        self.pushes: list[Push] = []
-        self._changed = asyncio.Event()
-
-    def on_push(self, push: Push) -> None:
-        self.pushes.append(push)
-        self._changed.set()
-
-    def on_control(self, message: dict[str, Any]) -> None:
-        pass
-
-    async def until(self, condition: Callable[[], bool]) -> None:
-        async with asyncio.timeout(BOUND):
-            while not condition():
-                self._changed.clear()
-                await self._changed.wait()
-
-
 async def until_status(broker: RedisBroker, ok: bool) -> None:
-    async with asyncio.timeout(BOUND):
-        while broker.status()["ok"] is not ok:
-            await asyncio.sleep(0.02)
+    what = "redis to be " + ("up" if ok else "down")
+    await wait_for(lambda: broker.status()["ok"] is ok, what, timeout=BOUND)
 
 
 @pytest.fixture(params=[True, False], ids=["aof", "no-persistence"])
@@ -67,9 +47,9 @@ async def started(
 ) -> AsyncIterator[Callable[..., Any]]:
     brokers: list[RedisBroker] = []
 
-    async def start(**options: Any) -> tuple[RedisBroker, Node]:
+    async def start(**options: Any) -> tuple[RedisBroker, Recorder]:
         broker = RedisBroker(server.url, **options)
-        node = Node()
+        node = Recorder()
         await broker.start(f"n{len(brokers)}", node)
         brokers.append(broker)
         return broker, node
@@ -103,6 +83,7 @@ async def test_redis_restarted_calls_fail_clearly_then_channels_resync(
     # missed something recover it.
     await node.until(lambda: any(p.kind == "position" for p in node.pushes))
     [position] = [p for p in node.pushes if p.kind == "position"]
+    assert node.reconnected == 1  # the node was asked to refresh its entries
     after = await broker.history("a:x", KEEP, since=1)
     if server.persistent:
         # Nothing was lost: same epoch, and the history still reaches back.

@@ -30,7 +30,7 @@ async def test_connect_names_the_client_and_the_user(
     alice_result = await alice.result("connect", token=mint("alice"))
     assert alice_result["user"] == "alice"
     assert alice_result["client"] != result["client"]
-    nodes = {anonymous.hub, alice.hub}
+    nodes = {anonymous.node, alice.node}
     assert sum(node.connection_count() for node in nodes) == 2
 
 
@@ -316,7 +316,7 @@ async def test_an_unreachable_broker_is_503_and_the_connection_stays_usable(
     )
     monkeypatch.setattr(hub.broker, "history", down)
     assert (await peer.error("subscribe", channel="chat:x"))[0] == 503
-    assert peer.hub.subscriber_count("chat:x") == 0
+    assert peer.node.subscriber_count("chat:x") == 0
     assert await peer.result("ping") == {}
 
 

@@ -206,20 +206,24 @@ class Hub:
         """Refresh this node's heartbeat and its clients' presence entries,
         three times per ``presence_ttl``, so that they outlive a missed
         refresh but not this node."""
-        ttl = self.config.presence_ttl
         while True:
-            await asyncio.sleep(ttl / 3)
-            try:
-                await self.broker.heartbeat(ttl)
-                for channel, local in list(self._local.items()):
-                    namespace = self.config.namespace(channel)
-                    if namespace is None or not namespace.presence:
-                        continue
-                    infos = [s.info for s in local.subscribers if s.info is not None]
-                    if infos:
-                        await self.broker.refresh_presence(channel, infos, ttl)
-            except BrokerUnavailable as exc:
-                logger.debug("presence refresh postponed: %s", exc)
+            await asyncio.sleep(self.config.presence_ttl / 3)
+            await self._refresh()
+
+    async def _refresh(self) -> None:
+        """Refresh this node's heartbeat and presence entries once."""
+        ttl = self.config.presence_ttl
+        try:
+            await self.broker.heartbeat(ttl)
+            for channel, local in list(self._local.items()):
+                namespace = self.config.namespace(channel)
+                if namespace is None or not namespace.presence:
+                    continue
+                infos = [s.info for s in local.subscribers if s.info is not None]
+                if infos:
+                    await self.broker.refresh_presence(channel, infos, ttl)
+        except BrokerUnavailable as exc:
+            logger.debug("presence refresh postponed: %s", exc)
 
     # -- the in-process API ---------------------------------------------------
 
@@ -496,6 +500,10 @@ class Hub:
             "result": result,
         }
         self._spawn(self.broker.control(answer))
+
+    def on_reconnected(self) -> None:
+        """The broker is back after an outage (called by the broker)."""
+        self._spawn(self._refresh())
 
     def _spawn(self, coroutine: Any) -> None:
         """Run ``coroutine`` in the background; log its failure."""

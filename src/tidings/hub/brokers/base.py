@@ -124,6 +124,10 @@ class NodeEvents(Protocol):
     def on_control(self, message: dict[str, Any]) -> None:
         """A control message sent by any node (this one included)."""
 
+    def on_reconnected(self) -> None:
+        """The broker was unreachable and is back: what it keeps for this
+        node (heartbeat, presence entries) may be gone; make it again."""
+
 
 class Broker(ABC):
     """Channel state shared by the nodes of a hub, and fan-out between them.

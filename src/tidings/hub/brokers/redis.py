@@ -565,8 +565,12 @@ class RedisBroker(Broker):
                 await conn.send_command("PING")
 
     async def _resync(self) -> None:
-        """After Redis was unreachable: tell each channel's subscribers
-        where it is, so that those who missed publications recover."""
+        """After Redis was unreachable: have the node make its heartbeat and
+        presence entries again (Redis may have restarted empty), and tell
+        each channel's subscribers where it is, so that those who missed
+        publications recover."""
+        if self._events is not None:
+            self._events.on_reconnected()
         for channel in list(self._wanted):
             try:
                 position = await self.history(channel, ChannelOptions(), limit=0)
