@@ -406,7 +406,8 @@ async def http_request(
         if isinstance(body, bytes)
         else json.dumps(body).encode()
     )
-    fields = [("Host", "127.0.0.1"), *headers]
+    # Read to the end: a proxy in between must close, not keep it alive.
+    fields = [("Host", "127.0.0.1"), ("Connection", "close"), *headers]
     if data:
         fields.append(("Content-Length", str(len(data))))
     head = f"{method} {path} HTTP/1.1\r\n" + "".join(
