@@ -37,7 +37,7 @@ import logging
 import math
 import random
 import secrets
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -440,7 +440,7 @@ class RedisBroker(Broker):
 
     async def presence(self, channel: str) -> list[ClientInfo]:
         values = await self._script("presence", self._presence_keys(channel), [])
-        return [_info(value) for value in values]
+        return [info for value in values if (info := _info(value)) is not None]
 
     # -- calls -------------------------------------------------------------------
 
@@ -551,7 +551,7 @@ class RedisBroker(Broker):
         finally:
             pinger.cancel()
 
-    async def _ping(self, conn: Any, last_seen: Any) -> None:
+    async def _ping(self, conn: Any, last_seen: Callable[[], float]) -> None:
         """Ping the pub/sub connection; drop it when it stays silent, so
         that a Redis gone without closing the socket is noticed."""
         loop = asyncio.get_running_loop()
@@ -615,7 +615,7 @@ def _who(info: ClientInfo | None) -> bytes:
     return info.client.encode() + _WHO + info.user.encode()
 
 
-def _info(who: bytes) -> Any:
+def _info(who: bytes) -> ClientInfo | None:
     if not who:
         return None
     client, _, user = who.partition(_WHO)
