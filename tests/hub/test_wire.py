@@ -9,11 +9,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tidings.hub.brokers.base import ClientInfo, HistoryResult, Publication
 from tidings.hub.wire import (
     OPS,
     Command,
     CommandError,
+    encode_data,
     encode_error,
+    encode_position,
+    encode_pub,
     encode_push,
     encode_reply,
     parse_command,
@@ -139,8 +143,12 @@ def test_encoding_is_compact_json() -> None:
     assert encode_error(3, 403, "no") == '{"id":3,"error":{"code":403,"message":"no"}}'
     assert encode_error(None, 400, "bad") == '{"error":{"code":400,"message":"bad"}}'
     assert (
-        encode_push("a:b", "pub", {"data": "é"})
-        == '{"channel":"a:b","pub":{"data":"é"}}'
+        encode_push("a:b", "join", {"user": "é"})
+        == '{"channel":"a:b","join":{"user":"é"}}'
+    )
+    assert (
+        encode_pub("a:b", "e1", 3, b'"\xc3\xa9"', None)
+        == '{"channel":"a:b","pub":{"offset":3,"epoch":"e1","data":"é"}}'
     )
 
 
@@ -189,3 +197,65 @@ def test_any_text_parses_or_raises_command_error(text: str) -> None:
         parse_command(text)
     except CommandError as exc:
         assert exc.code == 400
+
+
+# What json.loads accepts: also NaN, Infinity and lone surrogates.
+parsed_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(st.characters(codec=None), max_size=10),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(st.characters(codec=None), max_size=5), children)
+    ),
+    max_leaves=20,
+)
+
+
+@given(parsed_values)
+def test_data_encodes_to_portable_json_or_is_refused(value: Any) -> None:
+    # What a client may publish is what every client can decode: strict
+    # UTF-8, no NaN, no Infinity. Anything else is refused at the edge.
+    try:
+        data = encode_data(value)
+    except CommandError as exc:
+        assert exc.code == 400
+        return
+    assert json.loads(data.decode("utf-8", errors="strict")) == value
+    pub = encode_pub("a:b", "e1", 5, data, ClientInfo("c1", "ü"))
+    assert json.loads(pub) == {
+        "channel": "a:b",
+        "pub": {
+            "offset": 5,
+            "epoch": "e1",
+            "data": value,
+            "info": {"client": "c1", "user": "ü"},
+        },
+    }
+
+
+def test_results_splice_raw_publications() -> None:
+    position = HistoryResult(
+        "e1", 7, [Publication(6, b'{"a":[1]}'), Publication(7, b"null")]
+    )
+    text = encode_reply(
+        4, encode_position(position, position.publications, recovered=True)
+    )
+    assert json.loads(text) == {
+        "id": 4,
+        "result": {
+            "epoch": "e1",
+            "offset": 7,
+            "recovered": True,
+            "publications": [
+                {"offset": 6, "data": {"a": [1]}},
+                {"offset": 7, "data": None},
+            ],
+        },
+    }
+    assert json.loads(encode_reply(1, encode_position(position))) == {
+        "id": 1,
+        "result": {"epoch": "e1", "offset": 7},
+    }
