@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,7 @@ from tidings.bench.scenarios import (
     HUB_SERVERS,
     HUB_TIDINGS,
     LABELS,
+    REDIS_TIDINGS,
     TIDINGS,
     smoke,
 )
@@ -48,8 +50,16 @@ from tidings.bench.scenarios import (
 #: The smoke run takes about 30 s; a slow CI machine gets room to spare.
 SMOKE_TIMEOUT = 240
 
-#: What the smoke run measures by default: tidings, its hub included.
-SMOKE_SERVERS = (*TIDINGS, *HUB_TIDINGS)
+#: Whether the hub of several nodes on Redis can run here (the runner
+#: skips it, saying why, where redis-server or redis-py is missing).
+REDIS_READY = (
+    shutil.which("redis-server") is not None
+    and importlib.util.find_spec("redis") is not None
+)
+
+#: What the smoke run measures by default: tidings, its hub included, and
+#: its hub as several nodes on Redis where that can run.
+SMOKE_SERVERS = (*TIDINGS, *HUB_TIDINGS, *(REDIS_TIDINGS if REDIS_READY else ()))
 
 
 @pytest.fixture(scope="module")
@@ -114,10 +124,18 @@ def test_smoke_report_has_every_row(smoke_run: dict[str, object]) -> None:
             # "median [min-max]", a number first: nothing failed or missing.
             assert cell[0].isdigit(), (scenario.title, cell)
     # The hub's own table: the tidings hub, then python-socketio, not run.
-    hub = rows[smoke()[-1].title]
+    hub = rows[next(s for s in smoke() if s.key == "hub-idle").title]
     assert hub[1 : 1 + len(HUB_SERVERS)] == [hub[1], "not run"]
     assert f"{LABELS['tidings-hub']} ≤ 16 KiB/conn" in report
     assert "## Hub" in report
+    # Many nodes: one node, then the tidings hub on Redis (or why not), then
+    # python-socketio on Redis, not run.
+    assert "## Many nodes on Redis" in report
+    for scenario in smoke():
+        if scenario.kind in ("hub-nodes", "hub-latency"):
+            one, many, peer = rows[scenario.title][1:4]
+            assert one[0].isdigit() and peer == "not run", (one, peer)
+            assert many[0].isdigit() if REDIS_READY else "not installed" in many
     assert "## Targets" in report
     assert "## Clients" in report
     assert "smoke run" in report

@@ -1,9 +1,9 @@
 """Bar charts of ``results.json`` (matplotlib, Agg backend).
 
 ``python -m tidings.bench.charts RESULTS.json OUT_DIR`` writes
-``throughput.png``, ``per-cpu.png``, ``memory.png``, ``clients.png`` and
-``hub.png`` (those with data) and prints their paths. Each bar is a
-median; its whisker spans min-max.
+``throughput.png``, ``per-cpu.png``, ``memory.png``, ``clients.png``,
+``hub.png`` and ``nodes.png`` (those with data) and prints their paths.
+Each bar is a median; its whisker spans min-max (latency: the p99).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .report import number, stats
-from .scenarios import HUB_SERVERS, LABELS
+from .scenarios import HUB_SERVERS, LABELS, NODE_LABELS, NODE_SERVERS
 
 COLORS = {
     "tidings-cb": "#1f6fb4",
@@ -29,6 +29,8 @@ COLORS = {
     "picows": "#b0413e",
     "tidings-hub": "#1f6fb4",
     "socketio": "#7a5195",
+    "tidings-hub-redis": "#6aaee0",
+    "socketio-redis": "#b48ec8",
 }
 
 
@@ -41,6 +43,7 @@ def draw(
     *,
     compact: Any,
     key: str = "values",
+    labels: dict[str, str] | None = None,
 ) -> Path | None:
     entries = [e for e in entries if e["results"]]
     if not entries:
@@ -79,9 +82,13 @@ def draw(
                     fontsize=7,
                 )
         ax.set_xticks(list(xs))
-        ax.set_xticklabels([LABELS[n].replace(" (", "\n(") for n in shown], fontsize=7)
+        tick_names = labels or LABELS
+        ax.set_xticklabels(
+            [tick_names[n].replace(" (", "\n(").replace(", ", ",\n") for n in shown],
+            fontsize=7,
+        )
         better = "lower is better" if e["lower_is_better"] else "higher is better"
-        unit = e["unit"]
+        unit = "ms, p99" if e["kind"] == "hub-latency" else e["unit"]
         if key == "per_cpu":
             unit = unit.removesuffix("/s") + " per CPU-second of the server"
         ax.set_title(f"{e['title']}\n{unit}, {better}", fontsize=8)
@@ -157,6 +164,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             out / "hub.png",
             f"tidings bench: hub against python-socketio\n{when}",
             compact=compact,
+        ),
+        draw(
+            plt,
+            [e for e in scn if e["kind"] in ("hub-nodes", "hub-latency")],
+            [s for s in NODE_SERVERS if s in servers],
+            out / "nodes.png",
+            f"tidings bench: many nodes on Redis\n{when}",
+            compact=compact,
+            labels=NODE_LABELS,
         ),
     ]
     for path in made:

@@ -18,8 +18,11 @@ and holds them, driven by commands on stdin), ``client`` (one library's
 own client against a server, for the client-side comparison) and ``hub``
 (subscribers of one channel of a hub, ``--protocol`` tidings-hub or
 socketio, one of them publishing; ``idle`` with ``--protocol`` holds
-subscribed clients). Every loop is bounded by ``--duration``/``--repeat``
-and by ``--timeout``.
+subscribed clients) and ``hub-latency`` (the same subscribers, one of them
+publishing at a fixed rate, each publication carrying its send time: the
+latency to every subscriber). ``--ports`` spreads the connections over the
+nodes of a hub. Every loop is bounded by ``--duration``/``--repeat`` and by
+``--timeout``, and every count by a fixed cap.
 """
 
 from __future__ import annotations
@@ -27,17 +30,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import bisect
 import contextlib
 import functools
 import hashlib
 import importlib
 import json
+import math
 import os
 import resource
 import socket
 import string
+import struct
 import sys
 import time
+from array import array
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
@@ -222,6 +229,9 @@ class Conn(asyncio.Protocol):
     """
 
     ready_on_open = True
+    #: Which connection of the run this is (the node it went to: ``index``
+    #: modulo the number of ports).
+    index = 0
 
     def __init__(self, bench: Bench, hs: Handshake, stream: Stream | None) -> None:
         self.bench = bench
@@ -319,7 +329,8 @@ class BroadcastBench(Bench):
     every client. A server may drop a delivery (to a slow client, say);
     then nothing moves for a while and a watchdog lets one more through,
     counted in ``stalls``. The publisher is one of the clients
-    (:class:`BroadcastConn` or :class:`HubConn`), and receives its own.
+    (:class:`BroadcastConn` or :class:`HubConn`), and receives its own;
+    with ``others`` (``--publishers``), publications go round them all.
     """
 
     def __init__(self, clients: int, depth: int, lowat: int) -> None:
@@ -331,6 +342,8 @@ class BroadcastBench(Bench):
         self.credit = 0
         self.stalls = 0
         self.publisher: BroadcastConn | HubConn | None = None
+        self.others: list[BroadcastConn | HubConn] = []
+        self.turn = 0
 
     def delivered(self, k: int) -> None:
         self.count += k
@@ -351,7 +364,13 @@ class BroadcastBench(Bench):
             n += 1
         if n:
             self.sent += n
-            pub.publish(n)
+            if not self.others:
+                pub.publish(n)
+                return
+            pubs = [pub, *self.others]
+            for _ in range(n):
+                pubs[self.turn % len(pubs)].publish(1)
+                self.turn += 1
 
     def unstick(self) -> None:
         self.stalls += 1
@@ -411,6 +430,9 @@ class HubConn(Conn):
         self.payload = payload
         self.pending = b""
         self.joined = False
+        #: Given ``(buffer, end, k)`` where ``buffer[:end]`` holds ``k``
+        #: deliveries, instead of :meth:`Bench.delivered` (latency mode).
+        self.timed: Callable[[bytes, int, int], None] | None = None
 
     def on_data(self, data: bytes) -> None:
         buf = self.pending + data if self.pending else data
@@ -457,7 +479,11 @@ class HubConn(Conn):
             pos = end
         self.pending = buf[pos:] if pos < size else b""
         if found:
-            self.bench.delivered(found)
+            timed = self.timed
+            if timed is None:
+                self.bench.delivered(found)
+            else:
+                timed(buf, pos, found)
 
     def on_frame(self, opcode: int, payload: bytes) -> None:
         if opcode == 0x9:  # ping
@@ -500,6 +526,10 @@ class HubConn(Conn):
     def publish(self, n: int) -> None:
         raise NotImplementedError
 
+    def publish_payload(self, payload: bytes) -> None:
+        """Publish ``payload`` (letters and digits) once."""
+        raise NotImplementedError
+
 
 class TidingsHubConn(HubConn):
     """docs/protocol.md: ``connect``, then ``subscribe``, each waiting for
@@ -511,9 +541,8 @@ class TidingsHubConn(HubConn):
         super().__init__(bench, hs, payload)
         self.next_id = 3
         channel = json.dumps(HUB_CHANNEL).encode()
-        self.publish_tail = (
-            b',"op":"publish","channel":' + channel + b',"data":"' + payload + b'"}'
-        )
+        self.publish_head = b',"op":"publish","channel":' + channel + b',"data":"'
+        self.publish_tail = self.publish_head + payload + b'"}'
 
     def on_open(self) -> None:
         self.send_text(b'{"id":1,"op":"connect"}')
@@ -550,6 +579,12 @@ class TidingsHubConn(HubConn):
         self.next_id += n
         transport.write(b"".join(frames))
 
+    def publish_payload(self, payload: bytes) -> None:
+        if self.transport is not None:
+            text = b'{"id":%d' % self.next_id + self.publish_head + payload + b'"}'
+            self.next_id += 1
+            self.transport.write(build_frame(text, 0x1, masked=True))
+
 
 class SocketIOConn(HubConn):
     """Socket.IO 5 over Engine.IO 4, WebSocket transport only: wait for the
@@ -564,9 +599,8 @@ class SocketIOConn(HubConn):
         self.step = 0
         room = json.dumps(HUB_ROOM).encode()
         self.join_packet = b'421["join",' + room + b"]"
-        self.out = build_frame(
-            b'42["publish",' + room + b',"' + payload + b'"]', 0x1, masked=True
-        )
+        self.publish_head = b'42["publish",' + room + b',"'
+        self.out = build_frame(self.publish_head + payload + b'"]', 0x1, masked=True)
 
     def on_message(self, text: bytes) -> None:
         if text == b"2":
@@ -588,6 +622,11 @@ class SocketIOConn(HubConn):
     def publish(self, n: int) -> None:
         if self.transport is not None:
             self.transport.write(self.out * n)
+
+    def publish_payload(self, payload: bytes) -> None:
+        if self.transport is not None:
+            text = self.publish_head + payload + b'"]'
+            self.transport.write(build_frame(text, 0x1, masked=True))
 
 
 #: The hub clients, by server name.
@@ -633,29 +672,33 @@ async def measure(
     warmup: float,
     duration: float,
     repeat: int,
-    server_pid: int | None,
+    server_pid: int | Sequence[int] | None,
     server_core: int | None = None,
     client_core: int | None = None,
     max_foreign: float = 1.0,
     extra: Callable[[], dict[str, Any]] | None = None,
+    marks: list[tuple[int, int, bool]] | None = None,
 ) -> None:
     """Report ``repeat`` windows of ``duration`` seconds after ``warmup``.
 
     Each gives the count, the CPU time of this process and of the server
-    per wall second, and ``foreign``: the largest share of the server's or
-    the client's core that other processes took (the machine may be
-    shared). A window where that is above ``max_foreign`` is reported as
-    ``discarded`` and measured again, at most ``repeat // 2`` times (once at least).
+    (of all the server's processes, given several pids) per wall second,
+    and ``foreign``: the largest share of the server's or the client's core
+    that other processes took (the machine may be shared). A window where
+    that is above ``max_foreign`` is reported as ``discarded`` and measured
+    again, at most ``repeat // 2`` times (once at least). ``marks`` gets
+    each window's start and end (``time.time_ns``) and whether it was kept.
     """
+    pids = [server_pid] if isinstance(server_pid, int) else list(server_pid or [])
     emit(event="started")
     await asyncio.sleep(warmup)
     rep = retries = 0
     while rep < repeat:
-        c0, w0 = bench.count, time.perf_counter()
-        p0, s0, k0 = time.process_time(), proc_cpu(server_pid), core_times()
+        c0, w0, m0 = bench.count, time.perf_counter(), time.time_ns()
+        p0, s0, k0 = time.process_time(), servers_cpu(pids), core_times()
         await asyncio.sleep(duration)
-        c1, w1 = bench.count, time.perf_counter()
-        p1, s1, k1 = time.process_time(), proc_cpu(server_pid), core_times()
+        c1, w1, m1 = bench.count, time.perf_counter(), time.time_ns()
+        p1, s1, k1 = time.process_time(), servers_cpu(pids), core_times()
         wall = w1 - w0
         client = (p1 - p0) / wall
         server = None if s0 is None or s1 is None else (s1 - s0) / wall
@@ -683,10 +726,27 @@ async def measure(
             retries += 1
             fields["event"] = "discarded"
             emit(**fields)
+            if marks is not None:
+                marks.append((m0, m1, False))
             continue
         emit(**fields)
+        if marks is not None:
+            marks.append((m0, m1, True))
         rep += 1
     bench.sending = False
+
+
+def servers_cpu(pids: Sequence[int]) -> float | None:
+    """CPU seconds used so far by all of ``pids``; None if one is unreadable."""
+    if not pids:
+        return None
+    total = 0.0
+    for pid in pids:
+        used = proc_cpu(pid)
+        if used is None:
+            return None
+        total += used
+    return total
 
 
 def sources(count: int) -> list[str]:
@@ -697,7 +757,7 @@ def sources(count: int) -> list[str]:
 async def open_many(
     factory: Callable[[], Conn],
     host: str,
-    port: int,
+    port: int | Sequence[int],
     count: int,
     *,
     src: Sequence[str],
@@ -706,7 +766,9 @@ async def open_many(
     start: int = 0,
 ) -> list[Conn]:
     """Open ``count`` connections, ``concurrency`` at a time; return those
-    whose handshake succeeded."""
+    whose handshake succeeded. Given several ports (the nodes of a hub),
+    connection ``i`` goes to ``port[i % len(port)]``."""
+    ports = [port] if isinstance(port, int) else list(port)
     loop = asyncio.get_running_loop()
     opened: list[Conn] = []
     sem = asyncio.Semaphore(concurrency)
@@ -716,12 +778,13 @@ async def open_many(
         nonlocal failures
         async with sem:
             conn = factory()
+            conn.index = i
             try:
                 await asyncio.wait_for(
                     loop.create_connection(
                         lambda: conn,
                         host,
-                        port,
+                        ports[i % len(ports)],
                         local_addr=(src[i % len(src)], 0),
                     ),
                     timeout,
@@ -815,7 +878,7 @@ async def fan_out(
     conns = await open_many(
         factory,
         args.host,
-        args.port,
+        node_ports(args),
         args.conns,
         src=sources(args.sources),
         concurrency=200,
@@ -826,9 +889,10 @@ async def fan_out(
         raise SystemExit("no connection could be opened")
     bench.clients = len(conns)
     await asyncio.sleep(settle)
-    first = conns[0]
+    first, *others = publishers(conns, args)
     assert isinstance(first, BroadcastConn | HubConn)
     bench.publisher = first
+    bench.others = [c for c in others if isinstance(c, BroadcastConn | HubConn)]
     last = -1
 
     async def watchdog() -> None:
@@ -870,6 +934,413 @@ async def fan_out(
     )
     for c in conns:
         c.abort()
+
+
+# -- latency -------------------------------------------------------------
+
+#: A timed publication: its sequence number and send time (10 and 20
+#: digits), then the marker that finds it in the frames.
+_SEQ_DIGITS = 10
+_TIME_DIGITS = 20
+
+#: Latency histogram: 10 µs buckets up to 1 s; slower ones are kept as they are.
+_BUCKET_NS = 10_000
+_BUCKETS = 100_000
+
+#: Fixed caps: read records kept (four numbers each), publications sent.
+_MAX_RECORDS = 4 * 15_000_000
+_MAX_PUBLICATIONS = 10_000_000
+
+#: Kernel receive timestamps (``struct timespec``, CLOCK_REALTIME) on a
+#: socket: ``SO_TIMESTAMPNS``, which Python does not name (Linux: 35).
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_TIMESPEC = struct.Struct("@qq")
+
+#: Largest read of a subscriber's socket (below malloc's mmap threshold).
+_READ = 64 * 1024
+
+
+class LatencyBench(Bench):
+    """Subscribers timing the publications of one of them, sent at a fixed
+    rate whatever is in flight (open loop).
+
+    Each publication's payload starts with its sequence number and its send
+    time (``time.time_ns()``, taken just before the write), then a fixed
+    marker. The subscribers' sockets are read here with ``recvmsg``, which
+    also gives the kernel's receive timestamp (``SO_TIMESTAMPNS``): when the
+    bytes reached the subscriber's socket, on the same clock (one machine,
+    loopback). Each read that brings deliveries is recorded as (arrival,
+    read time, first sequence number, last) for each run of consecutive
+    sequence numbers in it: one record per read while they come in order.
+    The first delivery's embedded send time is checked against the one sent.
+    Latencies are worked out after the measurement, so that timing costs the
+    client little meanwhile.
+
+    A read that takes several segments gets the newest one's arrival: an
+    arrival is never earlier than the truth. The read time adds the time
+    this one process took to come round to the socket among all the others.
+    """
+
+    def __init__(self, clients: int, rate: float, marker: bytes, cap: int) -> None:
+        super().__init__()
+        self.clients = clients
+        self.rate = rate
+        self.marker = marker
+        #: Most publications in flight (sent minus delivered ÷ clients): past
+        #: it, a due publication is skipped rather than queued without bound.
+        self.cap = cap
+        self.sent_ns = array("q")  # by sequence number
+        self.late_ns = array("q")  # how late after its schedule each was sent
+        self.records = array("q")
+        self.skipped = 0
+        self.unrecorded = 0
+        self.untimed = 0
+        self.recording = True
+        #: The kernel's receive timestamp of the read being handled (0: none).
+        self.arrival = 0
+
+    def received(self, buf: bytes, end: int, found: int) -> None:
+        """``buf[:end]`` brought ``found`` deliveries: record them."""
+        now = time.time_ns()
+        arrival = self.arrival
+        if not arrival:
+            self.untimed += 1
+            arrival = now
+        self.count += found
+        if not self.recording:
+            return
+        records = self.records
+        if len(records) >= _MAX_RECORDS:
+            self.unrecorded += found
+            return
+        marker = self.marker
+        step = len(marker)
+        i = buf.find(marker, 0, end)
+        first = int(buf[i - 30 : i - 20])
+        sent = self.sent_ns
+        if first >= len(sent) or int(buf[i - 20 : i]) != sent[first]:
+            self.error(f"a publication's send time is not the one sent: {first}")
+            return
+        # Each delivery's sequence number, in the order received (several
+        # publishers, or a server that reorders, need not keep send order);
+        # recorded as runs of consecutive ones.
+        start = prev = first
+        for _ in range(found - 1):
+            i = buf.find(marker, i + step, end)
+            if i < 0:
+                break
+            seq = int(buf[i - 30 : i - 20])
+            if seq != prev + 1:
+                records.extend((arrival, now, start, prev))
+                start = seq
+            prev = seq
+        records.extend((arrival, now, start, prev))
+
+    def in_flight(self) -> float:
+        return len(self.sent_ns) - self.count / max(self.clients, 1)
+
+
+def tap(conn: HubConn, bench: LatencyBench) -> socket.socket | None:
+    """Read ``conn``'s socket here, with its kernel receive timestamps,
+    instead of through its transport (which still writes)."""
+    transport = conn.transport
+    if transport is None:
+        return None
+    loop = asyncio.get_running_loop()
+    fd = transport.get_extra_info("socket").fileno()
+    transport.pause_reading()
+    sock = socket.socket(fileno=os.dup(fd))
+    sock.setblocking(False)
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    mine = sock.fileno()
+    unpack = _TIMESPEC.unpack_from
+
+    def readable() -> None:
+        try:
+            data, ancillary, _, _ = sock.recvmsg(_READ, 64)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(mine)
+            if conn.joined and bench.sending:
+                bench.error("a subscribed connection was closed")
+            return
+        arrival = 0
+        for level, kind, raw in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                sec, nsec = unpack(raw)
+                arrival = sec * 1_000_000_000 + nsec
+        bench.arrival = arrival
+        conn.on_data(data)
+
+    loop.add_reader(mine, readable)
+    return sock
+
+
+def timed_payload(size: int) -> tuple[bytes, Callable[[int, int], bytes]]:
+    """The marker, and the function that makes a publication's payload of
+    ``size`` bytes from its sequence number and send time."""
+    head = _SEQ_DIGITS + _TIME_DIGITS
+    if size < head + 16:
+        raise SystemExit(f"hub-latency: --size must be at least {head + 16}")
+    marker = text_payload(size - head)
+
+    def make(seq: int, sent: int) -> bytes:
+        return b"%010d%020d" % (seq, sent) + marker
+
+    return marker, make
+
+
+async def publish_at_rate(
+    bench: LatencyBench,
+    pubs: Sequence[HubConn],
+    make: Callable[[int, int], bytes],
+) -> None:
+    """Publish ``bench.rate`` per second on a fixed schedule (monotonic
+    clock) until ``bench.sending`` ends (at most :data:`_MAX_PUBLICATIONS`),
+    from ``pubs`` in turn. Several due at once (the loop was late) are sent
+    at once; one due while more than ``bench.cap`` are in flight is skipped,
+    and counted."""
+    interval = 1e9 / bench.rate
+    start = time.monotonic_ns()
+    n = 0
+    sent = bench.sent_ns
+    while bench.sending and n < _MAX_PUBLICATIONS:
+        now = time.monotonic_ns()
+        due = start + int(n * interval)
+        if due > now:
+            await asyncio.sleep((due - now) / 1e9)
+            continue
+        while due <= now and n < _MAX_PUBLICATIONS:
+            if bench.in_flight() >= bench.cap:
+                bench.skipped += 1
+            else:
+                late = time.monotonic_ns() - due
+                t = time.time_ns()
+                pubs[len(sent) % len(pubs)].publish_payload(make(len(sent), t))
+                sent.append(t)
+                bench.late_ns.append(late)
+            n += 1
+            due = start + int(n * interval)
+        if any(pub.transport is None for pub in pubs):
+            bench.error("a publisher's connection was lost")
+            return
+
+
+class Histogram:
+    """Latencies (ns) by 10 µs bucket below 1 s; slower ones as they are,
+    each with how many had it."""
+
+    __slots__ = ("counts", "slow")
+
+    def __init__(self) -> None:
+        self.counts = [0] * _BUCKETS
+        self.slow: dict[int, int] = {}
+
+    def add(self, latency: int, n: int = 1) -> None:
+        bucket = latency // _BUCKET_NS
+        if bucket < _BUCKETS:
+            self.counts[max(bucket, 0)] += n
+        else:
+            self.slow[latency] = self.slow.get(latency, 0) + n
+
+    def quantiles(self, qs: Sequence[float]) -> list[float]:
+        """The ``qs`` quantiles in ms (below 1 s: a bucket's upper edge)."""
+        total = sum(self.counts) + sum(self.slow.values())
+        if not total:
+            return []
+        ranks = [max(1, math.ceil(q * total)) for q in qs]
+        out: list[float] = []
+        seen = 0
+        k = 0
+        for bucket, n in enumerate(self.counts):
+            seen += n
+            while k < len(ranks) and seen >= ranks[k]:
+                out.append((bucket + 1) * _BUCKET_NS / 1e6)
+                k += 1
+            if k == len(ranks):
+                return out
+        for latency, n in sorted(self.slow.items()):
+            seen += n
+            while k < len(ranks) and seen >= ranks[k]:
+                out.append(latency / 1e6)
+                k += 1
+        return out
+
+
+#: The quantiles reported: p50, p99, p99.9 and the largest.
+_QUANTILES = (0.50, 0.99, 0.999, 1.0)
+
+
+def latencies(
+    bench: LatencyBench, windows: Sequence[tuple[int, int]], drained: int
+) -> list[dict[str, Any]]:
+    """Per window: the latency figures of the publications sent in it
+    (``windows`` and ``drained`` on ``time.time_ns``).
+
+    A delivery that did not arrive by ``drained`` counts as arriving then,
+    so that it is among the slowest: where more than 1 % are missing, the
+    p99 is a lower bound (``bound``); more than half, the p50 too
+    (``bound50``)."""
+    sent = bench.sent_ns
+    clients = bench.clients
+    none = len(windows)
+    which = bytearray([none]) * len(sent)
+    ranges = []
+    for w, (t0, t1) in enumerate(windows):
+        a, b = bisect.bisect_left(sent, t0), bisect.bisect_left(sent, t1)
+        which[a:b] = bytes([w]) * (b - a)
+        ranges.append((a, b))
+    arrived = [Histogram() for _ in windows]
+    read = [Histogram() for _ in windows]
+    got = array("l", bytes(8 * len(sent)))
+    records = bench.records
+    for r in range(0, len(records), 4):
+        t, now, first, last = records[r : r + 4]
+        for seq in range(first, min(last + 1, len(sent))):
+            w = which[seq]
+            if w == none:
+                continue
+            got[seq] += 1
+            arrived[w].add(t - sent[seq])
+            read[w].add(now - sent[seq])
+    out = []
+    for w, (a, b) in enumerate(ranges):
+        expected = (b - a) * clients
+        delivered = missing = extra = 0
+        for seq in range(a, b):
+            n = got[seq]
+            delivered += n
+            if n < clients:
+                missing += clients - n
+                arrived[w].add(drained - sent[seq], clients - n)
+                read[w].add(drained - sent[seq], clients - n)
+            elif n > clients:
+                extra += n - clients
+        figures: dict[str, Any] = {
+            "publications": b - a,
+            "expected": expected,
+            "delivered": delivered,
+            "missing": missing,
+            "duplicates": extra,
+            "bound": missing > 0.01 * expected,
+            "bound50": missing > 0.5 * expected,
+        }
+        q = arrived[w].quantiles(_QUANTILES)
+        if q:
+            figures.update(p50=q[0], p99=q[1], p999=q[2], max=q[3])
+            read_p50, read_p99 = read[w].quantiles(_QUANTILES[:2])
+            figures.update(read_p50=read_p50, read_p99=read_p99)
+        late = sorted(bench.late_ns[a:b])
+        if late:
+            figures["send_late_p99"] = (
+                late[min(len(late) - 1, int(0.99 * len(late)))] / 1e6
+            )
+        out.append(figures)
+    return out
+
+
+async def run_hub_latency(args: argparse.Namespace) -> None:
+    """Subscribers of one channel; one publishes ``--rate`` per second,
+    timed to every subscriber (``--protocol``, ``--ports``)."""
+    cls = HUB_CONNS[args.protocol or "tidings-hub"]
+    marker, make = timed_payload(args.size)
+    cap = args.max_in_flight or max(10, int(args.rate / 4))
+    bench = LatencyBench(args.conns, args.rate, marker, cap)
+    hs = Handshake(args.host, args.port, cls.path)
+    conns = await open_many(
+        lambda: cls(bench, hs, marker),
+        args.host,
+        node_ports(args),
+        args.conns,
+        src=sources(args.sources),
+        concurrency=200,
+        timeout=args.timeout,
+    )
+    emit(event="opened", conns=len(conns), failed=args.conns - len(conns))
+    if not conns:
+        raise SystemExit("no connection could be opened")
+    bench.clients = len(conns)
+    taps = []
+    for c in conns:
+        assert isinstance(c, HubConn)
+        c.timed = bench.received
+        taps.append(tap(c, bench))
+    pubs = [c for c in publishers(conns, args) if isinstance(c, HubConn)]
+    # Two clocks: the schedule's (monotonic) and the timestamps' (the wall
+    # clock, as the kernel's): how far they drift apart is reported.
+    offset = time.time_ns() - time.monotonic_ns()
+    task = asyncio.ensure_future(publish_at_rate(bench, pubs, make))
+    marks: list[tuple[int, int, bool]] = []
+    await measure(
+        bench,
+        warmup=args.warmup,
+        duration=args.duration,
+        repeat=args.repeat,
+        server_pid=args.server_pid,
+        server_core=args.server_core,
+        client_core=args.cpu,
+        max_foreign=args.max_foreign,
+        extra=lambda: {"errors": bench.errors, "skipped": bench.skipped},
+        marks=marks,
+    )
+    await asyncio.wait_for(task, args.timeout)
+    # Drain: wait (at most --drain s) for what was sent to arrive everywhere.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + args.drain
+    expected = len(bench.sent_ns) * bench.clients
+    while bench.count < expected and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    drained = time.time_ns()
+    drift = time.time_ns() - time.monotonic_ns() - offset
+    bench.recording = False
+    for sock in taps:
+        if sock is not None:
+            loop.remove_reader(sock.fileno())
+            sock.close()
+    for c in conns:
+        c.abort()
+    kept = [(t0, t1) for t0, t1, ok in marks if ok]
+    t0 = time.process_time()
+    for rep, figures in enumerate(latencies(bench, kept, drained)):
+        emit(event="latency", rep=rep, **figures)
+    emit(
+        event="done",
+        sent=len(bench.sent_ns),
+        skipped=bench.skipped,
+        delivered=bench.count,
+        most=expected,
+        errors=bench.errors,
+        unrecorded=bench.unrecorded,
+        untimed=bench.untimed,
+        cap=cap,
+        drain_complete=bench.count >= expected,
+        clock_drift_ms=round(drift / 1e6, 3),
+        reckoning_cpu=round(time.process_time() - t0, 2),
+    )
+
+
+def publishers(conns: Sequence[Conn], args: argparse.Namespace) -> list[Conn]:
+    """``--publishers`` of the connections, each on another node while
+    there are nodes without one (``conns`` is in order of opening)."""
+    want = max(1, min(args.publishers, len(conns)))
+    nodes = max(1, len(node_ports(args)))
+    chosen: list[Conn] = []
+    seen: set[int] = set()
+    for c in conns:
+        if len(chosen) == want:
+            return chosen
+        if c.index % nodes not in seen or len(seen) == nodes:
+            seen.add(c.index % nodes)
+            chosen.append(c)
+    return chosen
+
+
+def node_ports(args: argparse.Namespace) -> list[int]:
+    """The ports of the hub's nodes: ``--ports``, else ``--port``."""
+    return list(args.ports) if args.ports else [args.port]
 
 
 async def run_handshake(args: argparse.Namespace) -> None:
@@ -1105,7 +1576,16 @@ MODES: dict[str, Callable[[argparse.Namespace], Awaitable[None]]] = {
     "idle": run_idle,
     "client": run_client,
     "hub": run_hub,
+    "hub-latency": run_hub_latency,
 }
+
+
+def pid_list(text: str) -> list[int]:
+    """``"1,2,3"`` -> ``[1, 2, 3]`` (process ids, ports)."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
 
 
 def raise_fd_limit() -> int:
@@ -1156,7 +1636,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("--sources", type=int, default=1, help="127.0.0.x addresses")
-    p.add_argument("--server-pid", type=int)
+    p.add_argument(
+        "--server-pid",
+        type=pid_list,
+        help="the server's process, or comma-separated processes (a hub's "
+        "nodes and its Redis), whose CPU time is measured",
+    )
+    p.add_argument(
+        "--ports",
+        type=pid_list,
+        help="comma-separated ports of a hub's nodes: connection i goes to "
+        "the (i mod n)-th (hub, hub-latency)",
+    )
+    p.add_argument(
+        "--publishers",
+        type=int,
+        default=1,
+        help="hub, hub-latency, broadcast: publish from this many of the "
+        "clients in turn, on different nodes where there are several (1)",
+    )
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=1000.0,
+        help="hub-latency: publications per second",
+    )
+    p.add_argument(
+        "--max-in-flight",
+        type=int,
+        help="hub-latency: skip a due publication while this many are in "
+        "flight (default: a quarter second's worth)",
+    )
+    p.add_argument(
+        "--drain",
+        type=float,
+        default=3.0,
+        help="hub-latency: seconds to wait for deliveries after the last publication",
+    )
     p.add_argument("--cpu", type=int, help="pin to this core")
     p.add_argument("--nice", type=int, default=0, help="priority change (os.nice)")
     p.add_argument("--server-core", type=int, help="the core the server runs on")

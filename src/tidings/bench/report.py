@@ -17,7 +17,11 @@ from .scenarios import (
     HUB_SERVERS,
     HUB_TIDINGS,
     LABELS,
+    NODE_LABELS,
+    NODE_SERVERS,
+    NODES,
     PEERS,
+    REDIS_SERVERS,
     TARGETS,
     TIDINGS,
     Scenario,
@@ -26,6 +30,9 @@ from .scenarios import (
 
 #: Scenario kinds of the hub section (the rest: WebSocket servers, clients).
 HUB_KINDS = ("hub", "hub-idle")
+
+#: Scenario kinds of the "many nodes on Redis" section.
+NODE_KINDS = ("hub-nodes", "hub-latency")
 
 #: A load client at or above this share of its core is taken as saturated.
 SATURATED = 0.9
@@ -90,6 +97,23 @@ def ratio_text(r: tuple[float, float, float] | None) -> str:
     return f"{r[0]:.2f}x [{r[1]:.2f}-{r[2]:.2f}]"
 
 
+def latency_cell(result: dict[str, Any] | None) -> str:
+    """``p50 [range] / p99 [range]`` in ms; ``†`` marks a figure that is a
+    lower bound (deliveries missing at the end of the drain)."""
+    if result is None:
+        return "—"
+    if result.get("error"):
+        return "failed"
+    p99 = cell(result)
+    if p99 == "—":
+        return p99
+    p50 = cell({"values": result.get("series", {}).get("p50", [])})
+    info = result.get("info", {})
+    p50 += " †" if info.get("p50_lower_bound") else ""
+    p99 += " †" if info.get("p99_lower_bound") else ""
+    return f"{p50} / {p99}"
+
+
 def scenario_of(entry: dict[str, Any]) -> Scenario:
     return Scenario(
         entry["key"],
@@ -99,6 +123,8 @@ def scenario_of(entry: dict[str, Any]) -> Scenario:
         size=entry["size"],
         depth=entry["depth"],
         lower_is_better=entry["lower_is_better"],
+        rate=entry.get("rate", 0),
+        publishers=entry.get("publishers", 1),
     )
 
 
@@ -116,6 +142,36 @@ def pct(value: float | None) -> str:
     return "—" if value is None else f"{value:.0%}"
 
 
+NODES_TEXT = (
+    f"The tidings hub as {NODES} nodes on one Redis (its Redis broker: "
+    "`tidings serve --broker redis://...`), and python-socketio as "
+    f"{NODES} uvicorn processes sharing rooms through the same kind of Redis "
+    "(`socketio.AsyncRedisManager`), with one tidings hub node on its memory "
+    "broker beside them; the subscribers spread evenly over the nodes, one of "
+    "them publishing, the same load client for all. The nodes and Redis share "
+    "the server core (see Setup). Latency: publications at a fixed rate, each "
+    "carrying its send time, taken just before its publish is written; each "
+    "delivery timed when it reached the subscriber's socket (the kernel's "
+    "receive timestamp, SO_TIMESTAMPNS: one clock on one machine; a read of "
+    "several segments takes the newest one's, so never early); ms, p50 / p99; "
+    "† marks a figure that is only a lower bound: more of the deliveries than "
+    "it leaves out (1 % for the p99, half for the p50) had not arrived at the "
+    "end of the drain, and were counted as arriving then. A hub that cannot "
+    "keep up with the rate is seen in the table below: publications/s sent "
+    "falls short of the rate (a due publication is skipped while a quarter "
+    "second's worth are in flight), and the latency is then that queue, not "
+    "the hub's latency at that rate. For latency, the ratios are of the p99s: "
+    "below 1x is quicker."
+)
+
+LATENCY_TEXT = (
+    "Behind the latency figures (medians of the measurements): the arrival "
+    "quantiles, the same deliveries timed when the load client read them (one "
+    "process reading every subscriber's socket in turn: its own lag is in "
+    "there), what the publisher managed to send on schedule, what arrived, "
+    "and the CPU each side used."
+)
+
 # -- sections ------------------------------------------------------------
 
 
@@ -124,12 +180,18 @@ def server_entries(data: Data) -> list[dict[str, Any]]:
     return [
         e
         for e in data["scenarios"]
-        if e["kind"] != "client" and e["kind"] not in HUB_KINDS
+        if e["kind"] != "client"
+        and e["kind"] not in HUB_KINDS
+        and e["kind"] not in NODE_KINDS
     ]
 
 
 def hub_entries(data: Data) -> list[dict[str, Any]]:
     return [e for e in data["scenarios"] if e["kind"] in HUB_KINDS]
+
+
+def node_entries(data: Data) -> list[dict[str, Any]]:
+    return [e for e in data["scenarios"] if e["kind"] in NODE_KINDS]
 
 
 def ws_servers(data: Data) -> list[str]:
@@ -139,10 +201,13 @@ def ws_servers(data: Data) -> list[str]:
 
 def server_cell(data: Data, entry: dict[str, Any], name: str, key: str) -> str:
     """:func:`cell`, saying why a server has no figure."""
-    if name in data["meta"].get("missing", ()):
-        return "not installed"
+    meta = data["meta"]
+    if name in meta.get("missing", ()):
+        return str(meta.get("why_missing", {}).get(name, "not installed"))
     if name not in entry["results"]:
         return "not run"
+    if entry["kind"] == "hub-latency":
+        return latency_cell(entry["results"][name])
     return cell(entry["results"][name], key)
 
 
@@ -157,7 +222,8 @@ def absolute_row(t: Target, entry: dict[str, Any], text: str) -> list[str]:
     """The row of a target on ``ours``' own figure (no peer)."""
     res = entry["results"].get(t.ours)
     s = None if res is None or res.get("error") else stats(res.get("values", []))
-    value = "—" if s is None else f"{cell(res)} {entry['unit']}"
+    unit = t.unit if t.unit is not None else entry["unit"]
+    value = "—" if s is None else f"{cell(res)} {unit}"
     lower = entry["lower_is_better"]
     if s is None:
         return [text, value, "not measured", "—", "—"]
@@ -293,6 +359,93 @@ def hub_table(data: Data) -> str | None:
     return table(header, rows)
 
 
+def nodes_table(data: Data) -> str | None:
+    """The "many nodes" scenarios: one tidings hub node, then the hubs of
+    several nodes on Redis; tidings ÷ python-socketio on Redis, of the
+    figures and per server CPU-second; and the tidings hub's many nodes ÷
+    its one. For latency the ratios are of the p99s (below 1x: quicker)."""
+    entries = node_entries(data)
+    if not entries:
+        return None
+    ours, peer, one = "tidings-hub-redis", "socketio-redis", "tidings-hub"
+    rows = []
+    for e in entries:
+        res = e["results"]
+        row = [e["title"], e["unit"]]
+        row += [server_cell(data, e, name, "values") for name in NODE_SERVERS]
+        row.append(ratio_text(ratio(res.get(ours), res.get(peer))))
+        if e["kind"] == "hub-latency":
+            row.append("—")
+        else:
+            row.append(ratio_text(ratio(res.get(ours), res.get(peer), "per_cpu")))
+        row.append(ratio_text(ratio(res.get(ours), res.get(one))))
+        rows.append(row)
+    header = ["scenario", "unit", *(NODE_LABELS[s] for s in NODE_SERVERS)]
+    header += [
+        f"{LABELS[ours]} ÷ {LABELS[peer]}",
+        "same, per server CPU-s",
+        f"tidings hub: {NODES} nodes ÷ 1 node",
+    ]
+    return table(header, rows)
+
+
+def latency_table(data: Data) -> str | None:
+    """What stands behind each latency figure: the load held, what was
+    missing, and where the CPU went."""
+    rows = []
+    for e in node_entries(data):
+        if e["kind"] != "hub-latency":
+            continue
+        for name in NODE_SERVERS:
+            res = e["results"].get(name)
+            if res is None or res.get("error") or not res.get("values"):
+                continue
+            series = res.get("series", {})
+            info = res.get("info", {})
+
+            def med(key: str, series: dict[str, list[float]] = series) -> str:
+                value = median_of(series.get(key, []))
+                return "—" if value is None else number(value)
+
+            missing = series.get("missing", [])
+            rows.append(
+                [
+                    e["title"],
+                    NODE_LABELS[name],
+                    med("p50") + (" †" if info.get("p50_lower_bound") else ""),
+                    number(statistics.median(res["values"]))
+                    + (" †" if info.get("p99_lower_bound") else ""),
+                    med("p999"),
+                    med("max"),
+                    f"{med('read_p50')} / {med('read_p99')}",
+                    med("publications/s"),
+                    med("deliveries/s"),
+                    "—" if not missing else f"{max(missing):.1%}",
+                    med("send_late_p99"),
+                    pct(median_of(res.get("client_cpu", []))),
+                    pct(median_of(res.get("server_cpu", []))),
+                ]
+            )
+    if not rows:
+        return None
+    header = [
+        "scenario",
+        "server",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms",
+        "read by the load client, p50 / p99 ms",
+        "publications/s sent",
+        "deliveries/s",
+        "missing at drain end (max)",
+        "publisher late p99 ms",
+        "load client CPU",
+        "server CPU",
+    ]
+    return table(header, rows)
+
+
 def cpu_table(data: Data) -> tuple[str, list[str]]:
     """CPU shares per step, and the steps where the load client saturated."""
     rows = []
@@ -392,6 +545,39 @@ def setup_section(data: Data) -> str:
         )
     else:
         lines.append("- processes not pinned (fewer than two usable cores)")
+    on_redis = {
+        name
+        for e in node_entries(data)
+        for name, res in e["results"].items()
+        if name in REDIS_SERVERS and not res.get("error")
+    }
+    if on_redis:
+        redis = next(
+            (
+                res["info"]["redis"]
+                for e in node_entries(data)
+                for res in e["results"].values()
+                if "redis" in res.get("info", {})
+            ),
+            "?",
+        )
+        where = (
+            f"all {NODES} node processes and redis-server pinned to core "
+            f"{meta['server_cpu']}, so that they share one core, and the load "
+            f"client to core {meta['client_cpu']}; the single tidings hub node "
+            f"of those rows alone on core {meta['server_cpu']}, as everywhere"
+            if meta["server_cpu"] is not None
+            else "nothing pinned"
+        )
+        lines.append(
+            f"- many nodes on Redis: each hub is {NODES} server processes (one "
+            f"node each, the clients spread evenly over them) and one redis-server "
+            f"{redis}, started by the runner for the step on a free loopback "
+            f'port (`--save "" --appendonly no`, default output buffer limits, '
+            f"a temporary directory) and stopped after; {where}. The same "
+            "placement for both hubs. Server CPU there is the sum over the nodes "
+            "and Redis"
+        )
     if meta.get("nice"):
         lines.append(f"- servers and load client ran at nice {meta['nice']:+d}")
     loops: dict[str, str] = {}
@@ -527,7 +713,9 @@ def render(
         "Figures are medians of the repeated measurements, with their range as "
         "[min-max]; ratios compare medians from this same run, with the widest "
         "range the measurements allow. Above 1x tidings is faster (for memory: "
-        "below 1x it uses less).",
+        "below 1x it uses less; for latency: below 1x it is quicker). Each row "
+        "names what was in flight: messages per connection, broadcasts or "
+        "publications in flight, or the fixed rate of the latency rows.",
         "",
         NOTES_START,
         kept_notes(notes_from),
@@ -574,6 +762,12 @@ def render(
             hub,
             "",
         ]
+    nodes = nodes_table(data)
+    if nodes is not None:
+        parts += ["## Many nodes on Redis", "", NODES_TEXT, "", nodes, ""]
+        detail = latency_table(data)
+        if detail is not None:
+            parts += [LATENCY_TEXT, "", detail, ""]
     clients = client_table(data)
     if clients is not None:
         server = LABELS.get(meta.get("client_server", ""), meta.get("client_server"))
@@ -618,6 +812,7 @@ def render(
         "tidings bench --smoke              # seconds, tidings only: proves it works",
         "tidings bench --servers tidings-cb,picows --scenarios echo-100x32",
         "tidings bench --scenarios hub-1k,hub-10k,hub-idle   # the hub only",
+        "tidings bench --scenarios nodes-1k,nodes-latency-1k  # many nodes on Redis",
         "```",
         "",
         "The first full run creates `.bench/venv` (websockets, aiohttp, picows, "
@@ -625,8 +820,11 @@ def render(
         "editable); tidings never "
         "depends on them. Results go to `benchmarks/` (`results.json`, "
         "`report.md`, the PNGs); the servers' and load clients' stderr to "
-        "`.bench/logs/children.log`. A full run takes about 15 minutes on "
-        "2 cores (the hub rows about 3 of them). `--help` lists the options.",
+        "`.bench/logs/children.log`. A full run takes about 17 minutes on "
+        "2 cores (the hub rows about 3 of them, the many-node rows about 2). "
+        "The many-node rows need `redis-server` (on PATH, or "
+        "`--redis-server PATH`): the runner starts one for each step. `--help` "
+        "lists the options.",
         "",
         "## Scenarios",
         "",
@@ -652,4 +850,10 @@ def summary(data: Data) -> str:
     hub = hub_table(data)
     if hub is not None:
         parts += ["Hub (median [min-max])", "", hub, ""]
+    nodes = nodes_table(data)
+    if nodes is not None:
+        parts += ["Many nodes on Redis (median [min-max])", "", nodes, ""]
+        detail = latency_table(data)
+        if detail is not None:
+            parts += [detail, ""]
     return "\n".join(parts)

@@ -4,7 +4,10 @@ For each scenario and each server it starts the server as its own process,
 pinned to one core, and the load client (:mod:`tidings.bench.loadgen`) as
 another, pinned to the other core; it reads their JSON lines, shows
 progress, and at the end writes ``results.json``, a Markdown report and, when
-matplotlib is there, PNG charts.
+matplotlib is there, PNG charts. A hub of several nodes is several server
+processes and a ``redis-server`` the runner starts for the step (on a free
+port, nothing saved, in a temporary directory), all pinned to the server's
+core.
 
 The peers (websockets, aiohttp, picows; python-socketio and uvicorn for
 the hub) and uvloop and matplotlib are installed into the benchmark's own
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -25,8 +29,11 @@ import os
 import platform
 import selectors
 import shlex
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +49,9 @@ from .scenarios import (
     LABELS,
     MEMORY_KINDS,
     NEEDS,
+    PROCESSES,
+    REDIS_SERVERS,
+    REDIS_TIDINGS,
     SERVERS,
     TIDINGS,
     Scenario,
@@ -54,6 +64,8 @@ PEER_PACKAGES = (
     "picows",
     "python-socketio>=5",
     "uvicorn>=0.30",
+    "redis>=5",
+    "hiredis",
     "uvloop",
     "matplotlib",
 )
@@ -68,6 +80,8 @@ PROBE = (
     "picows",
     "socketio",
     "uvicorn",
+    "redis",
+    "hiredis",
     "matplotlib",
 )
 
@@ -75,7 +89,16 @@ PROBE = (
 DISTRIBUTIONS = {"jwt": "PyJWT", "socketio": "python-socketio"}
 
 #: What a ready benchmark environment has: else it is filled (again).
-COMPLETE = ("tidings", "jwt", "websockets", "aiohttp", "picows", "socketio", "uvicorn")
+COMPLETE = (
+    "tidings",
+    "jwt",
+    "websockets",
+    "aiohttp",
+    "picows",
+    "socketio",
+    "uvicorn",
+    "redis",
+)
 
 
 class BenchError(Exception):
@@ -312,6 +335,157 @@ def wait_events(
     return [got[id(c)] for c in children]
 
 
+# -- Redis and hubs of several nodes ---------------------------------------
+
+
+def find_redis(path: str | None = None) -> str | None:
+    """The ``redis-server`` to run: ``path``, else the one on ``PATH``."""
+    return shutil.which(path or "redis-server")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def pin_process(pid: int, cpu: int | None, nice: int = 0) -> None:
+    """Pin every thread of ``pid`` to ``cpu`` (and renice it), as the
+    servers pin themselves."""
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            tid = int(task)
+            if cpu is not None and hasattr(os, "sched_setaffinity"):
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(tid, {cpu})
+            if nice:
+                with contextlib.suppress(OSError):
+                    os.setpriority(os.PRIO_PROCESS, tid, nice)
+
+
+def redis_version(binary: str) -> str:
+    try:
+        out = subprocess.run(
+            [binary, "--version"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    for word in out.split():
+        if word.startswith("v="):
+            return word[2:]
+    return out.strip() or "?"
+
+
+class RedisProcess:
+    """A ``redis-server`` for one step: a free loopback port, no snapshots,
+    no append-only file, its directory a temporary one; pinned (all its
+    threads) to ``cpu``. Stopped, and its directory removed, by :meth:`stop`."""
+
+    def __init__(
+        self, binary: str, log: IO[bytes], cpu: int | None, nice: int = 0
+    ) -> None:
+        self.binary = binary
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="tidings-bench-redis-")
+        self.argv = [
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            self.dir,
+            "--daemonize",
+            "no",
+            "--logfile",
+            "",
+        ]
+        log.write(f"== {shlex.join(self.argv)}\n".encode())
+        log.flush()
+        self.proc = subprocess.Popen(
+            self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+        )
+        try:
+            self.wait_ready(10.0)
+        except BaseException:
+            self.stop()
+            raise
+        pin_process(self.proc.pid, cpu, nice)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def wait_ready(self, timeout: float) -> None:
+        """Until it answers PING (bounded by ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise BenchError(
+                    f"redis-server exited with status {self.proc.returncode}"
+                )
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 1.0) as sock,
+            ):
+                sock.settimeout(1.0)
+                sock.sendall(b"PING\r\n")
+                if sock.recv(64).startswith(b"+PONG"):
+                    return
+            if time.monotonic() > deadline:
+                raise BenchError(f"redis-server did not answer within {timeout:g} s")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@dataclass
+class ServerGroup:
+    """The processes serving one step: one server, or a hub's nodes and
+    its Redis."""
+
+    children: list[Child]
+    readies: list[dict[str, Any]]
+    redis: RedisProcess | None = None
+
+    @property
+    def ports(self) -> list[int]:
+        return [int(r["port"]) for r in self.readies]
+
+    @property
+    def pids(self) -> list[int]:
+        pids = [c.pid for c in self.children]
+        return pids + ([self.redis.pid] if self.redis is not None else [])
+
+    def stop(self) -> None:
+        for child in self.children:
+            with contextlib.suppress(OSError):
+                child.stop()
+        if self.redis is not None:
+            self.redis.stop()
+
+
 # -- machine -------------------------------------------------------------
 
 
@@ -337,7 +511,12 @@ def git_state() -> str | None:
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
-    return head + (" with uncommitted changes in src/" if dirty else "")
+    if not dirty:
+        return head
+    paths = [line.split()[-1] for line in dirty.splitlines() if line.split()]
+    if all(path.startswith("src/tidings/bench/") for path in paths):
+        return head + " with uncommitted changes to the benchmark (src/tidings/bench)"
+    return head + " with uncommitted changes in src/"
 
 
 def cpu_model() -> str:
@@ -462,6 +641,9 @@ class Outcome:
     info: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     error: str | None = None
+    #: Other figures per measurement, by name (latency: ``p50``, ``p999``,
+    #: ``max``, ``deliveries/s``...; ``values`` holds its p99).
+    series: dict[str, list[float]] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -473,6 +655,7 @@ class Outcome:
             "info": self.info,
             "notes": self.notes,
             "error": self.error,
+            "series": self.series,
         }
 
 
@@ -491,6 +674,10 @@ class Config:
     nice: int
     logs: Path
     smoke: bool
+    #: The ``redis-server`` for the hubs of several nodes (None: not there).
+    redis: str | None = None
+    #: hub-latency: seconds to wait for deliveries after the last publication.
+    drain: float = 3.0
 
 
 class Runner:
@@ -521,8 +708,43 @@ class Runner:
             raise
         return child, ready
 
+    def start_group(self, server: str, mode: str) -> ServerGroup:
+        """Start ``server``: one process, or (:data:`PROCESSES`) a hub's
+        nodes on a Redis started for them, everything on the server core."""
+        name, count, on_redis = PROCESSES.get(server, (server, 1, False))
+        if count == 1 and not on_redis:
+            child, ready = self.start_server(server, mode)
+            return ServerGroup([child], [ready])
+        redis = None
+        argv = self.module("servers", name, mode, "--watch-stdin")
+        if on_redis:
+            if self.cfg.redis is None:
+                raise BenchError("redis-server not installed")
+            self.progress.set("starting redis-server")
+            redis = RedisProcess(
+                self.cfg.redis, self.log, self.cfg.server_cpu, self.cfg.nice
+            )
+            argv += ["--redis", redis.url]
+        if self.cfg.nice:
+            argv += ["--nice", str(self.cfg.nice)]
+        if self.cfg.server_cpu is not None:
+            argv += ["--cpu", str(self.cfg.server_cpu)]
+        self.progress.set(f"starting {count} nodes")
+        children: list[Child] = []
+        group = ServerGroup(children, [], redis)
+        try:
+            for i in range(count):
+                self.log.write(f"\n== node {i + 1}: {shlex.join(argv)}\n".encode())
+                self.log.flush()
+                children.append(Child(f"{server} node {i + 1}", argv, self.log))
+            group.readies = wait_events(children, "ready", 60, self.progress.tick)
+        except BaseException:
+            group.stop()
+            raise
+        return group
+
     def start_loadgen(
-        self, mode: str, port: int, server_pid: int, *args: object
+        self, mode: str, port: int, server_pid: int | str, *args: object
     ) -> Child:
         argv = self.module(
             "loadgen",
@@ -575,10 +797,21 @@ class Runner:
         busy = self.wait_quiet()
         if busy is not None:
             out.notes.append(f"other processes kept a core {busy:.0%} busy at start")
-        mode = scn.kind if scn.kind in ("broadcast", "hub") else "echo"
-        srv, ready = self.start_server(server, mode)
+        mode = "echo"
+        if scn.kind in ("broadcast", "hub"):
+            mode = scn.kind
+        elif scn.kind in ("hub-nodes", "hub-latency"):
+            mode = "hub"
+        group = self.start_group(server, mode)
+        ready = group.readies[0]
         out.info = {k: v for k, v in ready.items() if k not in ("event", "pid", "port")}
+        name, nodes, on_redis = PROCESSES.get(server, (server, 1, False))
+        if nodes > 1 or on_redis:
+            out.info["nodes"] = nodes
+        if group.redis is not None:
+            out.info["redis"] = redis_version(group.redis.binary)
         cfg = self.cfg
+        latency = scn.kind == "hub-latency"
         args: list[object] = [
             "--warmup",
             cfg.warmup,
@@ -599,10 +832,17 @@ class Runner:
         ]
         if client is not None:
             args += ["--client", client]
-        if scn.kind == "hub":
-            args += ["--protocol", server]
+        if scn.kind in ("hub", "hub-nodes", "hub-latency"):
+            args += ["--protocol", name, "--publishers", scn.publishers]
+        if len(group.ports) > 1:
+            args += ["--ports", ",".join(map(str, group.ports))]
+        if latency:
+            args += ["--rate", scn.rate, "--drain", cfg.drain]
         kind = "client" if scn.kind == "client" else scn.kind
-        lg = self.start_loadgen(kind, ready["port"], srv.pid, *args)
+        if scn.kind == "hub-nodes":
+            kind = "hub"
+        pids = ",".join(map(str, group.pids))
+        lg = self.start_loadgen(kind, group.ports[0], pids, *args)
         try:
             self.progress.set("connecting")
             discarded: list[float] = []
@@ -620,10 +860,21 @@ class Runner:
                     self.progress.set("warming up")
                 elif what == "window":
                     value = event["count"] / event["seconds"]
-                    out.values.append(value)
                     out.client_cpu.append(event["client_cpu"])
                     if event.get("server_cpu") is not None:
                         out.server_cpu.append(event["server_cpu"])
+                    if event.get("foreign") is not None:
+                        out.foreign.append(event["foreign"])
+                    if latency:
+                        # The figures come after the drain ("latency").
+                        out.series.setdefault("deliveries/s", []).append(value)
+                        self.progress.set(
+                            f"{event['rep'] + 1}/{cfg.repeat}: "
+                            f"{report_mod.number(value)} deliveries/s, load "
+                            f"client CPU {event['client_cpu']:.0%}"
+                        )
+                        return
+                    out.values.append(value)
                     measured = (
                         event["client_cpu"]
                         if scn.kind == "client"
@@ -631,13 +882,13 @@ class Runner:
                     )
                     if measured:
                         out.per_cpu.append(value / measured)
-                    if event.get("foreign") is not None:
-                        out.foreign.append(event["foreign"])
                     self.progress.set(
                         f"{event['rep'] + 1}/{cfg.repeat}: "
                         f"{report_mod.number(value)} {scn.unit}, "
                         f"load client CPU {event['client_cpu']:.0%}"
                     )
+                elif what == "latency":
+                    self.latency_event(out, event)
                 elif what == "discarded":
                     discarded.append(event["count"] / event["seconds"])
                     self.progress.set(
@@ -648,6 +899,8 @@ class Runner:
                     out.notes.append(str(event.get("text")))
 
             budget = cfg.warmup + 2 * cfg.repeat * cfg.duration + 60 + scn.conns / 200
+            if latency:
+                budget += cfg.drain + 60  # the drain, then the reckoning
             done = wait_events([lg], "done", budget, self.progress.tick, on_event)[0]
             if discarded:
                 out.notes.append(
@@ -664,7 +917,7 @@ class Runner:
             if done.get("errors"):
                 out.notes.append(
                     f"{done['errors']} frames were not what the protocol expects"
-                    if scn.kind == "hub"
+                    if scn.kind.startswith("hub")
                     else f"{done['errors']} reads did not match the expected bytes"
                 )
             if done.get("stalls"):
@@ -673,11 +926,15 @@ class Runner:
                     "broadcast let through (the client was descheduled, or the "
                     "server dropped deliveries)"
                 )
+            if latency:
+                self.latency_done(scn, out, done)
         finally:
             lg.stop()
-            srv.stop()
+            group.stop()
         if out.values:
             result = report_mod.cell(out.as_json())
+            if latency:
+                result = report_mod.latency_cell(out.as_json())
             client_share = report_mod.median_of(out.client_cpu)
             server_share = report_mod.median_of(out.server_cpu)
             self.progress.line(
@@ -685,6 +942,73 @@ class Runner:
                 f"{report_mod.pct(client_share)}, server {report_mod.pct(server_share)}"
             )
         return out
+
+    def latency_event(self, out: Outcome, event: dict[str, Any]) -> None:
+        """One measurement's latency figures (after the drain)."""
+        if "p99" not in event:
+            out.notes.append(f"measurement {event['rep'] + 1}: nothing delivered")
+            return
+        out.values.append(event["p99"])
+        for key in ("p50", "p999", "max", "read_p50", "read_p99", "send_late_p99"):
+            if key in event:
+                out.series.setdefault(key, []).append(event[key])
+        expected = max(1, event["expected"])
+        out.series.setdefault("missing", []).append(event["missing"] / expected)
+        out.series.setdefault("publications/s", []).append(
+            event["publications"] / self.cfg.duration
+        )
+        if event.get("bound"):
+            out.info["p99_lower_bound"] = True
+        if event.get("bound50"):
+            out.info["p50_lower_bound"] = True
+        if event.get("duplicates"):
+            out.notes.append(
+                f"measurement {event['rep'] + 1}: {event['duplicates']:,} "
+                "deliveries more than once"
+            )
+
+    def latency_done(self, scn: Scenario, out: Outcome, done: dict[str, Any]) -> None:
+        """What the end of a latency step says about the load held."""
+        sent, skipped = done.get("sent", 0), done.get("skipped", 0)
+        out.info["publications_sent"] = sent
+        out.info["in_flight_cap"] = done.get("cap")
+        if skipped:
+            out.notes.append(
+                f"the offered rate was not held: {skipped:,} of {sent + skipped:,} "
+                f"due publications skipped while {done.get('cap')} were in flight "
+                "(deliveries fell behind)"
+            )
+        missing = out.series.get("missing", [])
+        if missing and max(missing) > 0:
+            out.notes.append(
+                f"up to {max(missing):.1%} of a measurement's deliveries had not "
+                f"arrived {self.cfg.drain:g} s after publishing stopped: counted as "
+                "arriving then"
+                + (
+                    ", so the p50 and the p99 are lower bounds"
+                    if out.info.get("p50_lower_bound")
+                    else ", so the p99 is a lower bound"
+                    if out.info.get("p99_lower_bound")
+                    else ""
+                )
+            )
+        if done.get("unrecorded"):
+            out.notes.append(
+                f"{done['unrecorded']:,} deliveries not timed: too many reads to keep"
+            )
+        if done.get("untimed"):
+            out.notes.append(
+                f"{done['untimed']:,} reads came without a kernel receive "
+                "timestamp: their arrival is taken as their read time"
+            )
+        drift = done.get("clock_drift_ms")
+        if drift is not None and abs(drift) > 0.1:
+            out.notes.append(
+                f"the wall clock moved {drift:+.2f} ms against the monotonic "
+                "clock during the step (time adjusted): latencies may be off by "
+                "as much"
+            )
+        out.info["latency_reckoning_cpu_s"] = done.get("reckoning_cpu")
 
     def idle_step(self, scns: list[Scenario], server: str, rep: int) -> list[Outcome]:
         """Open the connections of each scenario in turn, largest last, on one
@@ -790,8 +1114,12 @@ def estimate(scn: Scenario, cfg: Config) -> float:
     base = 1.5 + cfg.warmup + cfg.repeat * cfg.duration
     if scn.kind == "broadcast":
         base += 1 + scn.conns / 2500
-    if scn.kind == "hub":
+    if scn.kind in ("hub", "hub-nodes", "hub-latency"):
         base += 1 + scn.conns / 1000
+    if scn.kind in ("hub-nodes", "hub-latency"):
+        base += 2  # the nodes, and Redis
+    if scn.kind == "hub-latency":
+        base += cfg.drain / 2 + scn.rate * cfg.repeat * cfg.duration * scn.conns / 4e6
     return base
 
 
@@ -897,6 +1225,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "as root): only on a machine nobody else needs meanwhile",
     )
     parser.add_argument(
+        "--redis-server",
+        metavar="PATH",
+        help="the redis-server for the hubs of several nodes (default: the one "
+        "on PATH; without one, those rows are skipped)",
+    )
+    parser.add_argument(
+        "--publishers",
+        type=int,
+        metavar="N",
+        help="hub rows: publish from N subscribers in turn, on different nodes "
+        "(1, as every figure on the page unless its title says otherwise)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=int,
+        metavar="N",
+        help="latency rows: publications per second (1,000; smoke: 500); the "
+        "titles state it",
+    )
+    parser.add_argument(
+        "--drain",
+        type=float,
+        metavar="SECONDS",
+        help="latency rows: how long to wait for deliveries after the last "
+        "publication (3; smoke: 1)",
+    )
+    parser.add_argument(
         "--quiet-wait",
         type=float,
         help="before each step, wait up to this many seconds (60 in all) for "
@@ -944,10 +1299,24 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
     wanted = select(args.scenarios, [s.key for s in FULL], "scenarios")
     if wanted is not None:
         scenarios = tuple(s for s in scenarios if s.key in wanted)
+    if args.rate is not None:
+        scenarios = tuple(
+            dataclasses.replace(s, rate=max(1, args.rate))
+            if s.kind == "hub-latency"
+            else s
+            for s in scenarios
+        )
+    if args.publishers is not None:
+        scenarios = tuple(
+            dataclasses.replace(s, publishers=max(1, args.publishers))
+            if s.kind in ("hub", "hub-nodes", "hub-latency")
+            else s
+            for s in scenarios
+        )
     servers = select(args.servers, SERVERS, "servers")
     clients = select(args.clients, CLIENTS, "clients")
     if smoke_run:
-        servers = servers or [*TIDINGS, *HUB_TIDINGS]
+        servers = servers or [*TIDINGS, *HUB_TIDINGS, *REDIS_TIDINGS]
         clients = clients or ["raw", "tidings-cb", "tidings"]
 
     python = args.python
@@ -963,11 +1332,23 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
             )
             python = sys.executable
     found = probe(python)
-    available = [s for s in SERVERS if installed(s, found["found"])]
-    missing = [s for s in (servers or SERVERS) if s not in available]
-    servers = [s for s in (servers or SERVERS) if s in available]
-    if missing:
-        say(f"not installed in {python}: {', '.join(missing)}; running without them")
+    redis_bin = find_redis(args.redis_server)
+    why: dict[str, str] = {}
+    for s in servers or SERVERS:
+        if not installed(s, found["found"]):
+            why[s] = "not installed"
+        elif s in REDIS_SERVERS and redis_bin is None:
+            why[s] = "redis-server not installed"
+    missing = [s for s in (servers or SERVERS) if s in why]
+    servers = [s for s in (servers or SERVERS) if s not in why]
+    lacking = [s for s in missing if why[s] == "not installed"]
+    if lacking:
+        say(f"not installed in {python}: {', '.join(lacking)}; running without them")
+    if any(why[s] != "not installed" for s in missing):
+        say(
+            "redis-server not installed (--redis-server PATH, or on PATH): "
+            "skipping " + ", ".join(s for s in missing if why[s] != "not installed")
+        )
     clients = [c for c in (clients or CLIENTS) if installed(c, found["found"])]
 
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
@@ -1000,12 +1381,18 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
         nice=args.nice,
         logs=args.logs or bench_dir(base) / "logs",
         smoke=smoke_run,
+        redis=redis_bin,
+        drain=args.drain if args.drain is not None else (1.0 if smoke_run else 3.0),
     )
     out_dir: Path = args.out or base / "benchmarks"
     results: dict[str, dict[str, Outcome]] = {s.key: {} for s in scenarios}
     plans: list[Plan] = []
     progress = Progress([], err)
     runner = Runner(cfg, progress)
+    if not servers:
+        raise SystemExit(
+            "no server to run: " + ", ".join(f"{s}: {why[s]}" for s in missing)
+        )
     client_server = "picows" if "picows" in servers else servers[0]
 
     def guarded(key: str, name: str, fn: Callable[[], Outcome]) -> Callable[[], None]:
@@ -1085,6 +1472,11 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
     )
     if server_cpu is not None:
         say(f"servers on core {server_cpu}, load client on core {client_cpu}")
+        if any(s in REDIS_SERVERS for s in servers):
+            say(
+                f"hubs of several nodes: every node and redis-server on core "
+                f"{server_cpu}, the load client on core {client_cpu}"
+            )
     started = time.time()
     progress.started = time.monotonic()
     for plan in plans:
@@ -1117,7 +1509,10 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
         "git": git_state(),
         "servers": servers,
         "missing": missing,
+        "why_missing": why,
         "clients": clients,
+        "redis_server": redis_bin,
+        "drain": cfg.drain,
     }
     data = {
         "meta": meta,
@@ -1131,6 +1526,9 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
                 "conns": s.conns,
                 "size": s.size,
                 "depth": s.depth,
+                "rate": s.rate,
+                "publishers": s.publishers,
+                "load": s.load,
                 "lower_is_better": s.lower_is_better,
                 "results": {k: v.as_json() for k, v in results[s.key].items()},
             }

@@ -14,8 +14,27 @@ HUB_SERVERS = ("tidings-hub", "socketio")
 HUB_TIDINGS = ("tidings-hub",)
 HUB_PEERS = ("socketio",)
 
+#: Hub nodes per hub in the "many nodes" scenarios.
+NODES = 3
+
+#: Hubs of several nodes on one Redis (started by the runner): the tidings
+#: hub on its Redis broker, python-socketio with its AsyncRedisManager.
+REDIS_SERVERS = ("tidings-hub-redis", "socketio-redis")
+REDIS_TIDINGS = ("tidings-hub-redis",)
+
+#: The "many nodes" scenarios: one tidings hub node on the memory broker,
+#: then the hubs of :data:`NODES` nodes on Redis.
+NODE_SERVERS = ("tidings-hub", *REDIS_SERVERS)
+
 #: Every server, in report order.
-SERVERS = WS_SERVERS + HUB_SERVERS
+SERVERS = WS_SERVERS + HUB_SERVERS + REDIS_SERVERS
+
+#: What each server is run as: (``tidings.bench.servers`` name, processes,
+#: whether on Redis); the load client speaks that name's protocol.
+PROCESSES: dict[str, tuple[str, int, bool]] = {
+    "tidings-hub-redis": ("tidings-hub", NODES, True),
+    "socketio-redis": ("socketio", NODES, True),
+}
 
 #: Clients compared in the client-side scenario, in report order.
 CLIENTS = ("raw", "tidings-cb", "tidings", "websockets", "aiohttp", "picows")
@@ -31,6 +50,8 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "aiohttp": ("aiohttp",),
     "picows": ("picows",),
     "socketio": ("socketio", "uvicorn"),
+    "tidings-hub-redis": ("tidings", "jwt", "redis"),
+    "socketio-redis": ("socketio", "uvicorn", "redis"),
 }
 
 LABELS = {
@@ -43,6 +64,14 @@ LABELS = {
     "picows": "picows",
     "tidings-hub": "tidings hub",
     "socketio": "python-socketio",
+    "tidings-hub-redis": f"tidings hub, {NODES} nodes on Redis",
+    "socketio-redis": f"python-socketio, {NODES} nodes on Redis",
+}
+
+#: Column names where one node is set beside many (the "many nodes" rows).
+NODE_LABELS = {
+    "tidings-hub": "tidings hub, 1 node (memory broker)",
+    **{name: LABELS[name] for name in REDIS_SERVERS},
 }
 
 #: The channel (tidings hub) or room (socket.io) of the hub scenarios.
@@ -55,10 +84,13 @@ class Scenario:
     """One row of the report.
 
     ``kind`` is the load client's mode (``echo``, ``broadcast``,
-    ``handshake``, ``client``, ``hub``) or ``idle`` / ``hub-idle`` (memory,
-    measured by the runner). ``depth`` is messages in flight per connection
-    (echo), broadcasts or publications in flight (broadcast, hub),
-    connections opened at once (handshake, idle, hub-idle).
+    ``handshake``, ``client``, ``hub``, ``hub-latency``), ``hub-nodes``
+    (mode ``hub`` against hubs of several nodes) or ``idle`` /
+    ``hub-idle`` (memory, measured by the runner). ``depth`` is messages in
+    flight per connection (echo, client), broadcasts or publications in
+    flight (broadcast, hub, hub-nodes), connections opened at once
+    (handshake, idle, hub-idle). ``hub-latency`` publishes at a fixed
+    ``rate`` (publications per second) instead, whatever is in flight.
     """
 
     key: str
@@ -69,28 +101,60 @@ class Scenario:
     depth: int = 1
     servers: tuple[str, ...] = WS_SERVERS
     lower_is_better: bool = False
+    rate: int = 0
+    #: Hub rows: how many subscribers publish, in turn (``--publishers``).
+    publishers: int = 1
+
+    @property
+    def load(self) -> str:
+        """How much is in flight, as every title states it."""
+        by = f" from {self.publishers} publishers" if self.publishers > 1 else ""
+        if self.kind in ("echo", "client"):
+            return f"{self.depth} in flight per conn"
+        if self.kind in ("broadcast", "hub", "hub-nodes"):
+            return f"{self.depth} in flight{by}"
+        if self.kind == "handshake":
+            return f"{self.depth} at a time"
+        if self.kind == "hub-latency":
+            return f"{self.rate:,}/s{by}, open loop"
+        return ""
 
     @property
     def title(self) -> str:
         conns = f"{self.conns:,} conn{'s' if self.conns != 1 else ''}"
+        size = size_text(self.size)
+        load = f", {self.load}" if self.load else ""
         if self.kind == "echo":
-            return f"echo, {conns} x {size_text(self.size)}"
+            return f"echo, {conns} x {size}{load}"
         if self.kind == "broadcast":
-            return f"broadcast {size_text(self.size)} to {self.conns:,} clients"
+            return f"broadcast {size} to {self.conns:,} clients{load}"
         if self.kind == "handshake":
-            return "new connections (open + close)"
+            return f"new connections (open + close){load}"
         if self.kind == "idle":
             return f"idle memory, {self.conns:,} conns"
         if self.kind == "client":
-            return f"client echo, {conns} x {size_text(self.size)}"
+            return f"client echo, {conns} x {size}{load}"
         if self.kind == "hub":
-            return (
-                f"hub: {size_text(self.size)} publications to "
-                f"{self.conns:,} subscribers"
-            )
+            return f"hub: {size} publications to {self.conns:,} subscribers{load}"
         if self.kind == "hub-idle":
             return f"hub: idle memory, {self.conns:,} subscribed clients"
+        if self.kind == "hub-nodes":
+            return (
+                f"many nodes: {size} publications to {self.conns:,} subscribers{load}"
+            )
+        if self.kind == "hub-latency":
+            return (
+                f"many nodes: latency, {size} publications to {self.conns:,} "
+                f"subscribers{load}"
+            )
         return self.key
+
+    @property
+    def who(self) -> str:
+        """Who publishes, in the hub rows."""
+        if self.publishers > 1:
+            return f"{self.publishers} subscribers publish in turn, on different nodes"
+        return "one subscriber publishes"
 
     @property
     def detail(self) -> str:
@@ -105,7 +169,7 @@ class Scenario:
             return "server RSS growth ÷ connections, handshakes done"
         if self.kind == "hub":
             return (
-                f"one channel (socket.io: room); one subscriber publishes, "
+                f"one channel (socket.io: room); {self.who}, "
                 f"{self.depth} publications in flight; deliveries (frames holding "
                 "the payload) counted at the clients, the publisher's own included"
             )
@@ -113,6 +177,27 @@ class Scenario:
             return (
                 "server RSS growth ÷ clients, each connected and subscribed to "
                 "one channel (socket.io: joined to one room)"
+            )
+        if self.kind == "hub-nodes":
+            return (
+                f"as the hub rows, {self.depth} publications in flight, against "
+                f"one tidings hub node (memory broker) and against hubs of {NODES} "
+                f"nodes on one Redis, the subscribers spread evenly over the nodes "
+                "(connection i to node i mod "
+                f"{NODES}); {self.who}"
+            )
+        if self.kind == "hub-latency":
+            return (
+                f"the same hubs; {self.who}, {self.rate:,} publications/s in "
+                "all, on a fixed schedule (open loop: not waiting for "
+                "deliveries; a due one is skipped, and counted, only while a "
+                "quarter second's worth are in flight), each carrying its "
+                "sequence number and send time (wall clock, just before the "
+                "write); latency: to when it reached each subscriber's socket, "
+                "the publisher's own included (the kernel's receive timestamp, "
+                "same clock, same machine); ms, p50 / p99 over every delivery "
+                "of the publications sent in each measurement; a delivery "
+                "missing when the drain ends counts as arriving then"
             )
         return ""
 
@@ -171,6 +256,25 @@ FULL: tuple[Scenario, ...] = (
         servers=HUB_SERVERS,
         lower_is_better=True,
     ),
+    Scenario(
+        "nodes-1k",
+        "hub-nodes",
+        "deliveries/s",
+        conns=1000,
+        size=100,
+        depth=128,
+        servers=NODE_SERVERS,
+    ),
+    Scenario(
+        "nodes-latency-1k",
+        "hub-latency",
+        "ms, p50 / p99",
+        conns=1000,
+        size=100,
+        servers=NODE_SERVERS,
+        lower_is_better=True,
+        rate=1000,
+    ),
 )
 
 #: Kinds measured by the runner from the server's memory, not by a load.
@@ -187,10 +291,14 @@ def smoke(scenarios: tuple[Scenario, ...] = FULL) -> tuple[Scenario, ...]:
         "hub-1k": 50,
         "hub-10k": 200,
         "hub-idle": 100,
+        "nodes-1k": 60,
+        "nodes-latency-1k": 60,
     }
     out = []
     for s in scenarios:
-        if s.key in small:
+        if s.kind == "hub-latency":
+            out.append(replace(s, conns=small[s.key], rate=min(s.rate, 500)))
+        elif s.key in small:
             out.append(replace(s, conns=small[s.key], depth=min(s.depth, 32)))
         elif s.kind == "handshake":
             out.append(replace(s, depth=8))
@@ -201,21 +309,28 @@ def smoke(scenarios: tuple[Scenario, ...] = FULL) -> tuple[Scenario, ...]:
 
 @dataclass(frozen=True)
 class Target:
-    """``ours`` ÷ ``peer`` in ``scenario`` must be at least (or, for memory,
-    at most) ``bound``; without a ``peer``, ``ours``' own figure must."""
+    """``ours`` ÷ ``peer`` in ``scenario`` must be at least (or, for memory
+    and latency, at most) ``bound``; without a ``peer``, ``ours``' own
+    figure must. ``what`` and ``unit`` name that figure where the
+    scenario's unit does not (latency: the p99, in ms)."""
 
     scenario: str
     ours: str
     peer: str | None
     bound: float
+    what: str = ""
+    unit: str | None = None
 
     def text(self, scenarios: dict[str, Scenario]) -> str:
         s = scenarios.get(self.scenario)
         title = s.title if s else self.scenario
         sign = "≤" if s is not None and s.lower_is_better else "≥"
         if self.peer is None:
-            unit = f" {s.unit}" if s is not None else ""
-            return f"{title}: {LABELS[self.ours]} {sign} {self.bound:g}{unit}"
+            unit = self.unit if self.unit is not None else s.unit if s else ""
+            what = f" {self.what}" if self.what else ""
+            return f"{title}: {LABELS[self.ours]}{what} {sign} {self.bound:g}" + (
+                f" {unit}" if unit else ""
+            )
         return (
             f"{title}: {LABELS[self.ours]} {sign} {self.bound:g}x {LABELS[self.peer]}"
         )
@@ -232,4 +347,6 @@ TARGETS: tuple[Target, ...] = (
     Target("hub-1k", "tidings-hub", "socketio", 5.0),
     Target("hub-10k", "tidings-hub", "socketio", 5.0),
     Target("hub-idle", "tidings-hub", None, 16.0),
+    Target("nodes-1k", "tidings-hub-redis", "socketio-redis", 5.0),
+    Target("nodes-latency-1k", "tidings-hub-redis", None, 10.0, what="p99", unit="ms"),
 )

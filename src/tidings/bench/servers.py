@@ -13,7 +13,10 @@ client, the sender included; so is every later one.
 Hub (mode ``hub``, servers ``tidings-hub`` and ``socketio``): clients
 subscribe to a channel (join a room) and publish to it; every subscriber,
 the publisher included, receives each publication. Keepalive pings are
-pushed out past any run (the hub cannot turn them off).
+pushed out past any run (the hub cannot turn them off). With ``--redis
+URL`` the process is one node of a hub on that Redis: the tidings hub with
+its Redis broker, python-socketio with its ``AsyncRedisManager``; the
+runner starts several such processes on one Redis.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import importlib
 import json
 import os
@@ -309,10 +313,17 @@ async def picows_server(
 
 
 async def tidings_hub_server(
-    name: str, mode: str, host: str, port: int, stop: asyncio.Future[None]
+    name: str,
+    mode: str,
+    host: str,
+    port: int,
+    stop: asyncio.Future[None],
+    *,
+    redis: str | None = None,
 ) -> None:
     """The hub as ``tidings serve`` runs it (``Hub(load_config(...))``),
-    with one namespace for the benchmark."""
+    with one namespace for the benchmark; with ``redis``, one node of a hub
+    on that Redis (``--broker redis://...``)."""
     import tidings
     from tidings.hub import Hub, load_config
 
@@ -339,37 +350,63 @@ async def tidings_hub_server(
             "rate_burst": 10**9,
             "ping_interval": HUB_PING_INTERVAL,
             "ping_timeout": HUB_PING_INTERVAL,
+            "broker": redis or "memory",
         },
+    )
+    broker = (
+        "memory broker"
+        if redis is None
+        else "Redis broker (`tidings serve --broker redis://...`: one node of "
+        "several on one Redis; redis-py "
+        f"{version('redis')}, hiredis {version('hiredis')})"
     )
     info: Info = {
         "version": tidings.__version__,
         "loop": _loop_name(),
         "core": _tidings_core(),
         "hub": (
-            f"tidings.hub.Hub as `tidings serve` runs it, memory broker; namespace "
+            f"tidings.hub.Hub as `tidings serve` runs it, {broker}; namespace "
             f"`{namespace}`: anonymous clients, client publish, history 100 for "
             "1 h, presence off; rate limit lifted for the publisher; max outbound "
             f"{config.max_outbound // 1024} KiB per client"
         ),
     }
     async with Hub(config) as hub:
+        if redis is not None and not hub.broker.status().get("ok"):
+            raise RuntimeError(f"the hub cannot reach redis: {hub.broker.status()}")
         ready(hub.port, **info)
         await stop
 
 
 async def socketio_server(
-    name: str, mode: str, host: str, port: int, stop: asyncio.Future[None]
+    name: str,
+    mode: str,
+    host: str,
+    port: int,
+    stop: asyncio.Future[None],
+    *,
+    redis: str | None = None,
 ) -> None:
-    """python-socketio's AsyncServer (ASGI) under uvicorn, on this loop."""
+    """python-socketio's AsyncServer (ASGI) under uvicorn, on this loop;
+    with ``redis``, one node of several sharing rooms through that Redis
+    (``socketio.AsyncRedisManager``)."""
     socketio = importlib.import_module("socketio")
     uvicorn = importlib.import_module("uvicorn")
+    options: dict[str, Any] = {}
+    manager: Any = None
+    if redis is not None:
+        manager = socketio.AsyncRedisManager(redis)
+        options["client_manager"] = manager
     sio = socketio.AsyncServer(
         async_mode="asgi",
         transports=["websocket"],
         ping_interval=HUB_PING_INTERVAL,
         ping_timeout=HUB_PING_INTERVAL,
         max_http_buffer_size=MAX_SIZE,
+        **options,
     )
+    if manager is not None:
+        await _socketio_listening(sio, manager)
 
     async def join(sid: str, room: str) -> bool:
         await sio.enter_room(sid, room)
@@ -418,6 +455,14 @@ async def socketio_server(
             f"{config.http_protocol_class.__name__}); `join` enters the room "
             "and acks, `publish` does `await sio.emit('msg', data, room=room)`, "
             "the sender included"
+            + (
+                ""
+                if redis is None
+                else "; client_manager=socketio.AsyncRedisManager(url): one node "
+                f"of several on one Redis (redis-py {version('redis')}, hiredis "
+                f"{version('hiredis')}), its listener subscribed before the node "
+                "says it is ready"
+            )
         ),
     }
     try:
@@ -427,6 +472,20 @@ async def socketio_server(
         server.should_exit = True
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 10)
+
+
+async def _socketio_listening(sio: Any, manager: Any) -> None:
+    """Start the Redis listener now, not at the first client (as
+    python-socketio does), and wait until it is subscribed: a publication
+    from another node never finds this one deaf."""
+    sio.manager_initialized = True
+    manager.initialize()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while not (manager.pubsub is not None and manager.pubsub.subscribed):
+        if loop.time() > deadline:
+            raise RuntimeError("AsyncRedisManager did not subscribe within 30 s")
+        await asyncio.sleep(0.01)
 
 
 # -- process -------------------------------------------------------------
@@ -469,7 +528,12 @@ async def _serve(args: argparse.Namespace) -> None:
     if args.watch_stdin:
         loop.add_reader(0, stdin_readable)
     loop.call_later(args.max_seconds, stop_now)
-    await MAINS[args.server](args.server, args.mode, args.host, args.port, stop)
+    main = MAINS[args.server]
+    if args.redis is not None:
+        if args.server not in HUB_SERVERS:
+            raise ValueError(f"{args.server} has no Redis mode")
+        main = functools.partial(main, redis=args.redis)
+    await main(args.server, args.mode, args.host, args.port, stop)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -483,6 +547,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seconds", type=float, default=900.0)
     p.add_argument("--loop", default="auto", choices=["auto", "uvloop", "asyncio"])
     p.add_argument("--watch-stdin", action="store_true")
+    p.add_argument(
+        "--redis",
+        metavar="URL",
+        help="hub servers: be one node of a hub on this Redis (redis://...)",
+    )
     return p
 
 
