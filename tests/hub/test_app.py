@@ -83,7 +83,9 @@ async def test_publications_arrive_in_order_to_every_subscriber_and_the_publishe
             await peer.send(
                 {"id": ids[-1], "op": "publish", "channel": "chat:order", "data": i}
             )
-        return [(await peer.reply(id))["result"]["offset"] for id in ids]
+        replies = [await peer.reply(id) for id in ids]
+        assert all("result" in r for r in replies), replies
+        return [r["result"]["offset"] for r in replies]
 
     offsets = await asyncio.gather(*(publish(p, 50) for p in publishers))
     assert sorted(o for batch in offsets for o in batch) == list(range(1, 151))

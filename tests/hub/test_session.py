@@ -16,6 +16,8 @@ from tidings import ConnectionClosed
 from tidings.hub import session as session_module
 from tidings.hub.brokers.base import BrokerUnavailable
 
+from ..conftest import wait_for
+
 BOUND = 10
 
 
@@ -344,3 +346,55 @@ async def test_data_json_cannot_carry_to_every_client_is_400(
     assert pub["data"] == "ok"
     history = await peer.result("history", channel="chat:poison")
     assert [p["data"] for p in history["publications"]] == ["ok"]
+
+
+async def test_publishes_in_a_row_go_to_the_broker_together_replies_in_order(
+    start_hub: Any, connect: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub = await start_hub()
+    peer = await connect(hub, node=hub)
+    publish = hub.broker.publish
+    gates: list[asyncio.Event] = []
+
+    async def gated(*args: Any, **kwargs: Any) -> Any:
+        gate = asyncio.Event()
+        gates.append(gate)
+        await gate.wait()
+        return await publish(*args, **kwargs)
+
+    monkeypatch.setattr(hub.broker, "publish", gated)
+    n = session_module.MAX_PIPELINED + 6
+    for i in range(n):
+        await peer.send(
+            {"id": 100 + i, "op": "publish", "channel": "chat:p", "data": i}
+        )
+    await peer.send({"id": 99, "op": "history", "channel": "chat:p"})
+    # The first MAX_PIPELINED are at the broker together; no more.
+    await wait_for(lambda: len(gates) == session_module.MAX_PIPELINED, "publishes")
+    assert len(gates) == session_module.MAX_PIPELINED
+    for gate in gates[1:]:  # all but the first may go: nothing is answered yet
+        gate.set()
+    await wait_for(lambda: all(g.is_set() for g in gates[1:]), "the gates")
+    gates[0].set()
+    await wait_for(lambda: len(gates) == n, "the rest of the publishes")
+    for gate in gates:
+        gate.set()
+    # Replies in command order; the history waited for every publish.
+    replies = [await peer.recv() for _ in range(n + 1)]
+    assert [r["id"] for r in replies] == [*range(100, 100 + n), 99]
+    assert sorted(r["result"]["offset"] for r in replies[:-1]) == list(range(1, n + 1))
+    assert replies[-1]["result"]["offset"] == n
+
+
+async def test_an_error_between_publishes_keeps_its_place(
+    start_hub: Any, connect: Any
+) -> None:
+    hub = await start_hub()
+    peer = await connect(hub)
+    await peer.send({"id": 1, "op": "publish", "channel": "chat:e", "data": 1})
+    await peer.send({"id": 2, "op": "publish", "channel": "news:e", "data": 2})  # 403
+    await peer.send("{not json")  # 400, without an id
+    await peer.send({"id": 4, "op": "publish", "channel": "chat:e", "data": 4})
+    replies = [await peer.recv() for _ in range(4)]
+    assert [r.get("id") for r in replies] == [1, 2, None, 4]
+    assert [r.get("error", {}).get("code") for r in replies] == [None, 403, 400, None]

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -50,6 +51,11 @@ CLOSE_RATE_LIMIT = 4008
 MAX_BAD_COMMANDS = 20
 MAX_RATE_LIMITED = 50
 
+#: Publishes of one connection at the broker at once. Consecutive publishes
+#: go out without waiting for each other (one Redis round trip can carry
+#: many), their replies in order; any other command waits for them first.
+MAX_PIPELINED = 64
+
 
 class Session:
     """A connected client: its identity, subscriptions and limits."""
@@ -58,6 +64,7 @@ class Session:
         "_bad",
         "_closing",
         "_limited",
+        "_pipeline",
         "_refilled",
         "_subscribed_at",
         "_tokens",
@@ -85,6 +92,9 @@ class Session:
         #: Our closing handshake, once we decided to end the connection.
         self._closing: asyncio.Task[None] | None = None
         self._limited = 0
+        #: Replies of the publishes in flight (and of what came after them),
+        #: in command order.
+        self._pipeline: deque[asyncio.Future[str | None]] = deque()
 
     # -- the loop --------------------------------------------------------
 
@@ -96,6 +106,8 @@ class Session:
         except ConnectionClosed:
             pass
         finally:
+            if self._pipeline:
+                await self._settle()  # what was published stays published
             await self.hub.session_ended(self)
             if self._closing is not None:
                 await self._closing
@@ -103,57 +115,112 @@ class Session:
     async def _handle(self, message: str | bytes) -> None:
         if self._closing is not None:
             return  # closing: read on to the client's close frame, ignoring commands
+        self.hub.metrics.commands += 1
+        command = self._accept(message)
+        if command is None:
+            return
+        if command.op == "publish" and self.info is not None:
+            if len(self._pipeline) >= MAX_PIPELINED:
+                await asyncio.wait([self._pipeline[0]])
+                self._send_ready()
+            answer = asyncio.ensure_future(self._answer(command))
+            self._pipeline.append(answer)
+            answer.add_done_callback(self._send_ready)
+            return
+        if self._pipeline:
+            await self._settle()
+        reply = await self._answer(command)
+        if reply is not None:
+            self.send(reply)
+        if command.op == "subscribe" and command.channel in self._subscribed_at:
+            epoch, offset = self._subscribed_at.pop(command.channel)
+            self._flush(command.channel, offset)
+            self.hub.subscribed(self, command.channel, epoch, offset)
+
+    def _accept(self, message: str | bytes) -> Command | None:
+        """The command in ``message``, or None when it is refused (binary,
+        rate limited, malformed, too large): then the refusal is queued."""
         hub = self.hub
-        hub.metrics.commands += 1
         if isinstance(message, bytes):
             self._refuse(None, 400, "binary frames are not supported")
-            return
+            return None
         if not self._take_token():
             self._limited += 1
             hub.metrics.errors["rate_limited"] += 1
             if self._limited > MAX_RATE_LIMITED:
                 self.close(CLOSE_RATE_LIMIT, "rate limit exceeded again and again")
             else:
-                self.send(encode_error(_peek_id(message), 429, "too many commands"))
-            return
+                self._reply(encode_error(_peek_id(message), 429, "too many commands"))
+            return None
         id: int | None = None
         try:
             command = parse_command(message)
             id = command.id
             if _utf8_length(message) > hub.config.max_message_size:
                 raise CommandError(413, "command is too large", id)
-            result = await self._dispatch(command)
         except CommandError as exc:
             self._refuse(id if exc.id is None else exc.id, exc.code, exc.message)
-            return
+            return None
+        return command
+
+    async def _answer(self, command: Command) -> str | None:
+        """Carry out ``command``; return the reply (or error) to send, or
+        None when the connection is being closed instead."""
+        hub = self.hub
+        id = command.id
+        try:
+            return encode_reply(id, await self._dispatch(command))
+        except CommandError as exc:
+            return self._error(id if exc.id is None else exc.id, exc.code, exc.message)
         except BrokerUnavailable as exc:
             hub.metrics.errors["broker_unavailable"] += 1
-            self.send(encode_error(id, 503, str(exc)))
-            return
+            return encode_error(id, 503, str(exc))
         except AuthError as exc:
             hub.metrics.errors["auth"] += 1
-            self.send(encode_error(id, 401, str(exc)))
             self.close(CLOSE_TOKEN, str(exc))
-            return
+            return encode_error(id, 401, str(exc))
         except Exception:
             logger.exception("hub command failed")
             hub.metrics.errors["internal"] += 1
-            self.send(encode_error(id, 500, "internal error"))
+            return encode_error(id, 500, "internal error")
+
+    def _reply(self, text: str | None) -> None:
+        """Send a reply, after those of the publishes in flight."""
+        if text is None:
             return
-        self.send(encode_reply(command.id, result))
-        if command.op == "subscribe":
-            epoch, offset = self._subscribed_at.pop(command.channel)
-            self._flush(command.channel, offset)
-            hub.subscribed(self, command.channel, epoch, offset)
+        if self._pipeline:
+            ready = asyncio.get_running_loop().create_future()
+            ready.set_result(text)
+            self._pipeline.append(ready)
+        else:
+            self.send(text)
+
+    def _send_ready(self, _: object = None) -> None:
+        """Send the replies at the head of the pipeline that are ready."""
+        pipeline = self._pipeline
+        while pipeline and pipeline[0].done():
+            reply = pipeline.popleft().result()
+            if reply is not None:
+                self.send(reply)
+
+    async def _settle(self) -> None:
+        """Wait for the publishes in flight and send their replies."""
+        await asyncio.wait(list(self._pipeline))
+        self._send_ready()
 
     def _refuse(self, id: int | None, code: int, message: str) -> None:
+        self._reply(self._error(id, code, message))
+
+    def _error(self, id: int | None, code: int, message: str) -> str | None:
+        """An error reply, counted; too many malformed commands close the
+        connection instead (None)."""
         self.hub.metrics.errors[f"code_{code}"] += 1
         if code == 400:
             self._bad += 1
             if self._bad > MAX_BAD_COMMANDS:
                 self.close(CLOSE_BAD_COMMANDS, "too many malformed commands")
-                return
-        self.send(encode_error(id, code, message))
+                return None
+        return encode_error(id, code, message)
 
     def close(self, code: int, reason: str) -> None:
         """End the connection with ``code``; ignore further commands.

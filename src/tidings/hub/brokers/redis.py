@@ -66,6 +66,10 @@ META_TTL = 86400
 #: intervals is counted as lost.
 PING_INTERVAL = 5.0
 
+#: Connections for commands (the pub/sub connection is apart); a call that
+#: finds them all busy waits for one, within its timeout.
+MAX_CONNECTIONS = 32
+
 #: Reconnect delays: from the first to the longest, doubling, with jitter.
 BACKOFF_INITIAL = 0.1
 BACKOFF_MAX = 5.0
@@ -226,8 +230,8 @@ class RedisBroker(Broker):
     ) -> None:
         try:
             from redis import asyncio as redis
+            from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
-            from redis.retry import Retry
         except ImportError:
             raise BrokerUnavailable(
                 "the Redis broker needs redis-py: pip install 'tidings[redis]'"
@@ -237,18 +241,20 @@ class RedisBroker(Broker):
         self._timeout = timeout
         self._max_pending = max_pending
         self._pending = 0
-        # One retry at once: the first command on a pooled connection that
-        # Redis closed (it restarted) fails, the second connects afresh.
-        self._redis = redis.Redis.from_url(
+        pool = redis.BlockingConnectionPool.from_url(
             url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 1),
         )
+        # One retry at once: the first command on a pooled connection that
+        # Redis closed (it restarted) fails, the second connects afresh.
+        self._redis = redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 1))
         self._scripts = {
             name: self._redis.register_script(source)
             for name, source in (
-                ("publish", _PUBLISH),
+                ("publish", _PUBLISH),  # sent by _send_publications
                 ("history", _HISTORY),
                 ("add_presence", _ADD_PRESENCE),
                 ("remove_presence", _REMOVE_PRESENCE),
@@ -269,6 +275,9 @@ class RedisBroker(Broker):
         self._reader: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._resyncing: asyncio.Task[None] | None = None
+        #: Publications waiting for the next round trip, in order.
+        self._outbox: list[tuple[list[Any], asyncio.Future[Any]]] = []
+        self._sending: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -285,12 +294,12 @@ class RedisBroker(Broker):
             logger.warning("redis at %s is unreachable: %s", self._where(), self._error)
 
     async def close(self) -> None:
-        for task in (self._reader, self._resyncing):
+        for task in (self._reader, self._resyncing, self._sending):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._reader = self._resyncing = None
+        self._reader = self._resyncing = self._sending = None
         self._events = None
         with contextlib.suppress(BrokerUnavailable):
             await self._call(self._redis.zrem(self._key("nodes"), self._node))
@@ -320,20 +329,75 @@ class RedisBroker(Broker):
         options: ChannelOptions,
         info: ClientInfo | None = None,
     ) -> tuple[int, str]:
-        offset, epoch = await self._script(
-            "publish",
-            [self._key(f"{{{channel}}}:meta"), self._key(f"{{{channel}}}:stream")],
-            [
-                self._pubsub_name(channel),
-                data,
-                _who(info),
-                options.history_size,
-                max(1, math.ceil(options.history_ttl)),
-                max(META_TTL, math.ceil(options.history_ttl)),
-                secrets.token_hex(4),
-            ],
-        )
+        command = [
+            2,
+            self._key(f"{{{channel}}}:meta"),
+            self._key(f"{{{channel}}}:stream"),
+            self._pubsub_name(channel),
+            data,
+            _who(info),
+            options.history_size,
+            max(1, math.ceil(options.history_ttl)),
+            max(META_TTL, math.ceil(options.history_ttl)),
+            secrets.token_hex(4),
+        ]
+        offset, epoch = await self._call(self._queue_publish(command))
         return int(offset), epoch.decode()
+
+    async def _queue_publish(self, command: list[Any]) -> Any:
+        """Publish in the next round trip: publications made while one is
+        on its way go together in the next, in the order they were made,
+        so that a burst reaches every node as a burst."""
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._outbox.append((command, done))
+        if self._sending is None:
+            self._sending = asyncio.create_task(self._send_publications())
+        async with asyncio.timeout(self._timeout):
+            return await done
+
+    async def _send_publications(self) -> None:
+        from redis.exceptions import RedisError
+
+        try:
+            while self._outbox:
+                batch, self._outbox = self._outbox, []
+                commands = [command for command, _ in batch]
+                try:
+                    results = await self._publish_all(commands)
+                except (RedisError, OSError) as exc:
+                    results = [exc] * len(batch)
+                for (_, done), result in zip(batch, results, strict=True):
+                    if done.done():
+                        continue  # its caller gave up waiting
+                    if isinstance(result, Exception):
+                        done.set_exception(result)
+                    else:
+                        done.set_result(result)
+        finally:
+            self._sending = None
+
+    async def _publish_all(self, commands: list[list[Any]]) -> list[Any]:
+        """Run the publish script for each of ``commands``, in order, in one
+        round trip (two if Redis lost the script: it restarted)."""
+        from redis.exceptions import NoScriptError
+
+        sha = self._scripts["publish"].sha
+        results: list[Any] = [None] * len(commands)
+        todo = list(range(len(commands)))
+        for attempt in range(2):
+            if attempt:
+                await self._redis.script_load(_PUBLISH)
+            pipe = self._redis.pipeline(transaction=False)
+            for i in todo:
+                pipe.evalsha(sha, *commands[i])
+            answers = await pipe.execute(raise_on_error=False)
+            for i, answer in zip(todo, answers, strict=True):
+                results[i] = answer
+            # A NoScriptError means that command did not run: run it again.
+            todo = [i for i in todo if isinstance(results[i], NoScriptError)]
+            if not todo:
+                break
+        return results
 
     async def history(
         self,
@@ -476,6 +540,10 @@ class RedisBroker(Broker):
         self._pending += 1
         try:
             return await call
+        except TimeoutError:
+            raise BrokerUnavailable(
+                f"redis did not answer within {self._timeout:g} s"
+            ) from None
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(f"redis failed: {exc}") from None
         finally:
