@@ -307,3 +307,22 @@ async def test_an_unreachable_broker_is_503_on_the_api(
     )
     nan = await http(hub, "POST", "/api/publish", b'{"channel": "chat:x", "data": NaN}')
     assert nan.status == 400
+
+
+async def test_metrics_need_the_api_key_when_one_is_set(
+    start_hub: Any, http: Any
+) -> None:
+    hub = await start_hub(api_key=KEY)
+    assert (await http(hub, "GET", "/metrics")).status == 401
+    assert (await http(hub, "GET", "/metrics", key="wrong")).status == 401
+    answer = await http(hub, "GET", "/metrics", key=KEY)
+    assert answer.status == 200 and b"tidings_connections" in answer.body
+
+
+async def test_a_limit_too_long_for_an_integer_is_400(
+    start_hub: Any, http: Any
+) -> None:
+    hub = await start_hub()
+    answer = await http(hub, "GET", "/api/history?channel=chat:x&limit=" + "9" * 5000)
+    assert answer.status == 400
+    assert answer.json()["error"]["message"] == "limit must be a non-negative integer"

@@ -398,3 +398,53 @@ async def test_an_error_between_publishes_keeps_its_place(
     replies = [await peer.recv() for _ in range(4)]
     assert [r.get("id") for r in replies] == [1, 2, None, 4]
     assert [r.get("error", {}).get("code") for r in replies] == [None, 403, 400, None]
+
+
+async def test_an_oversized_command_is_refused_unparsed_and_repeats_close_4000(
+    start_hub: Any, connect: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub = await start_hub(max_message_size=1024)
+    peer = await connect(hub)
+    parsed: list[str] = []
+    parse = session_module.parse_command
+
+    def counting(text: str) -> Any:
+        parsed.append(text)
+        return parse(text)
+
+    monkeypatch.setattr(session_module, "parse_command", counting)
+    big = json.dumps(
+        {"id": 5, "op": "publish", "channel": "chat:x", "data": [{}] * 900}
+    )
+    await peer.send(big)
+    assert await peer.reply(5) == {
+        "id": 5,
+        "error": {"code": 413, "message": "command is too large"},
+    }
+    assert parsed == []  # refused before parsing
+    # The id is read only where clients put it: first.
+    await peer.send('{"op": "ping", "id": 6, "x": "' + "y" * 2000 + '"}')
+    assert (await peer.reply(None))["error"]["code"] == 413
+    # Over and over: like malformed commands, the connection is closed.
+    for _ in range(session_module.MAX_BAD_COMMANDS):
+        await peer.send(big)
+    assert await peer.closed() == 4000
+
+
+async def test_a_token_whose_user_is_a_lone_surrogate_is_401(
+    start_hub: Any, connect: Any, mint: Any
+) -> None:
+    hub = await start_hub()
+    peer = await connect(hub, hello=False)
+    # JSON lets "\ud800" through; no client could be sent that user id.
+    assert await peer.error("connect", token=mint("\ud800")) == (401, "invalid token")
+    assert await peer.closed() == 4001
+
+
+async def test_a_token_holding_a_lone_surrogate_is_401(
+    start_hub: Any, connect: Any
+) -> None:
+    hub = await start_hub()
+    peer = await connect(hub, hello=False)
+    await peer.send('{"id": 1, "op": "connect", "token": "a.\\ud800.b"}')
+    assert (await peer.reply(1))["error"] == {"code": 401, "message": "invalid token"}

@@ -65,6 +65,11 @@ async def handle_http(hub: Hub, request: Request) -> HTTPResponse | None:
             return _json(200, {"status": "ok", "broker": broker})
         return _json(503, {"status": "broker unavailable", "broker": broker})
     if path == "/metrics":
+        if hub.config.api_key is not None:
+            try:
+                _authorize(hub, request)
+            except ApiError as exc:
+                return _error(hub, exc)
         return HTTPResponse(
             200,
             hub.metrics_text().encode(),
@@ -167,7 +172,7 @@ async def _history(hub: Hub, request: Request) -> Any:
     limit_text = _query(request, "limit", required=False)
     limit = None
     if limit_text is not None:
-        if not (limit_text.isascii() and limit_text.isdigit()):
+        if not (limit_text.isascii() and limit_text.isdigit() and len(limit_text) < 16):
             raise ApiError(400, "limit must be a non-negative integer")
         limit = int(limit_text)
     since_text = _query(request, "since", required=False)

@@ -66,14 +66,24 @@ def decode_token(token: object, secret: str | None) -> Identity:
         )
     except jwt.ExpiredSignatureError:
         raise AuthError("token expired") from None
-    except jwt.PyJWTError:
+    except (jwt.PyJWTError, ValueError):  # ValueError: lone surrogates
         raise AuthError("invalid token") from None
     user = claims.get("sub")
-    if not isinstance(user, str) or not user:
+    if not isinstance(user, str) or not user or not _encodable(user):
         raise AuthError("invalid token")
     return Identity(
         user, _patterns(claims.get("channels")), _patterns(claims.get("publish"))
     )
+
+
+def _encodable(text: str) -> bool:
+    """False for text with lone surrogates, which JSON's parser lets
+    through and no client could be sent."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _patterns(value: object) -> tuple[str, ...] | None:
