@@ -145,3 +145,32 @@ def test_the_api_key_is_compared_in_constant_time(
 def test_an_empty_api_key_matches_nothing() -> None:
     for header in ("apikey", "apikey ", "apikey  ", None, ""):
         assert not api_key_matches(header, "")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "channel", "matches"),
+    [
+        ("chat:*", "chat:lobby", True),
+        ("chat:*", "chat:lobby/private", False),  # * stays in its segment
+        ("chat:room1*", "chat:room12", True),
+        ("chat:room1*", "chat:room10/x", False),
+        ("chat:*", "chat:a:b", False),
+        ("chat:**", "chat:a:b/c", True),  # ** crosses them
+        ("chat:room?", "chat:room1", True),
+        ("chat:room?", "chat:room/", False),
+        ("*:lobby", "chat:lobby", True),
+        ("chat.v2:*", "chatxv2:x", False),  # the rest is literal
+        ("chat:[ab]", "chat:a", True),
+        ("chat:[!ab]", "chat:c", True),
+        ("chat:[a-c]x", "chat:bx", True),
+        ("chat:[a-c]x", "chat:dx", False),
+        ("chat:[!ab]", "chat:/", False),
+        ("chat:x[:/]", "chat:x/", False),
+    ],
+)
+def test_patterns_match_within_segments(
+    pattern: str, channel: str, matches: bool
+) -> None:
+    identity = Identity("u", (pattern,), (pattern,))
+    assert can_subscribe(identity, MEMBERS, channel) is matches
+    assert can_publish(identity, MEMBERS, channel) is matches

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hmac
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
+from functools import lru_cache
 
 import jwt
 
@@ -95,12 +96,41 @@ def _patterns(value: object) -> tuple[str, ...] | None:
     raise AuthError("invalid token")
 
 
+@lru_cache(maxsize=4096)
+def _pattern(glob: str) -> re.Pattern[str]:
+    """A token's channel pattern: ``*``, ``?`` and ``[...]`` stay within
+    one segment of the name (between ``:`` and ``/``), so that
+    ``chat:room1*`` grants ``chat:room12`` but not ``chat:room1/private``;
+    ``**`` crosses them."""
+    parts = []
+    for token in re.split(r"(\*\*|\*|\?|\[!?[^]]+\])", glob):
+        if token == "**":
+            parts.append(".*")
+        elif token == "*":
+            parts.append("[^:/]*")
+        elif token == "?":
+            parts.append("[^:/]")
+        elif token.startswith("[!"):
+            parts.append(f"[^:/{_in_class(token[2:-1])}]")
+        elif token.startswith("["):
+            parts.append(f"(?![:/])[{_in_class(token[1:-1])}]")
+        else:
+            parts.append(re.escape(token))
+    return re.compile("".join(parts))
+
+
+def _in_class(chars: str) -> str:
+    """A glob class's characters and ranges (``a-z``), inside a regex
+    class."""
+    return chars.replace("\\", "\\\\").replace("^", "\\^").replace("[", "\\[")
+
+
 def can_subscribe(
     identity: Identity | None, namespace: NamespaceConfig, channel: str
 ) -> bool:
     """May this client subscribe to ``channel``?"""
     if identity is not None and identity.channels is not None:
-        return any(fnmatchcase(channel, p) for p in identity.channels)
+        return any(_pattern(p).fullmatch(channel) for p in identity.channels)
     return namespace.allow_anonymous
 
 
@@ -109,7 +139,7 @@ def can_publish(
 ) -> bool:
     """May this client publish to ``channel``?"""
     if identity is not None and identity.publish is not None:
-        return any(fnmatchcase(channel, p) for p in identity.publish)
+        return any(_pattern(p).fullmatch(channel) for p in identity.publish)
     return namespace.allow_publish and (
         identity is not None or namespace.allow_anonymous
     )
