@@ -276,7 +276,7 @@ def _add_serve(sub: Any) -> None:
         dest="demo",
         action="store_const",
         const=False,
-        help="don't serve the demo pages or run the demo feeds",
+        help="no demo: no demo pages, feeds or demo namespaces (chat, ticker, report)",
     )
 
 
@@ -361,6 +361,12 @@ async def _serve(config: HubConfig) -> int:
         print(f"  broker: redis at {broker['server']} ({state})", flush=True)
     else:
         print("  broker: memory (this process only)", flush=True)
+    if not config.namespaces:
+        print(
+            "  no namespaces: clients can subscribe to nothing "
+            "(set [namespaces] in --config; see docs/hub.md)",
+            flush=True,
+        )
     if config.demo:
         print(f"  demos: {hub.url}chat  {hub.url}ticker  {hub.url}report", flush=True)
     try:

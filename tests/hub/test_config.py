@@ -75,7 +75,7 @@ def test_tidings_variables() -> None:
     )
     assert config.port == 9001 and config.secret == SECRET and config.demo is False
     assert config.rate_limit == 2.5 and config.max_connections == 10
-    assert set(config.namespaces) == {"chat", "ticker", "report"}
+    assert config.namespaces == {}  # not from the environment; no demo, none
     for value in ("1", "true", "YES", "on"):
         assert load_config(env={"TIDINGS_DEMO": value}).demo is True
 
@@ -162,3 +162,20 @@ def test_an_unreadable_or_invalid_file_says_which(tmp_path: Path) -> None:
     bad.write_text("port = \n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad)
+
+
+def test_the_demo_namespaces_come_only_with_the_demo() -> None:
+    assert set(HubConfig().namespaces) == {"chat", "ticker", "report"}
+    assert HubConfig(demo=False).namespaces == {}
+    assert load_config(None, {"TIDINGS_DEMO": "false"}).namespaces == {}
+    own = {"news": NamespaceConfig(allow_anonymous=True)}
+    assert HubConfig(demo=False, namespaces=own).namespaces == own
+    assert HubConfig(namespaces=own).namespaces == own
+
+
+def test_connections_and_subscriptions_are_capped_by_default() -> None:
+    config = HubConfig()
+    assert config.max_connections == 10_000 and config.max_subscriptions == 128
+    assert load_config(None, {"TIDINGS_MAX_SUBSCRIPTIONS": "5"}).max_subscriptions == 5
+    with pytest.raises(ConfigError, match="max_subscriptions must be >= 1"):
+        load_config(None, {}, {"max_subscriptions": 0})

@@ -448,3 +448,16 @@ async def test_a_token_holding_a_lone_surrogate_is_401(
     peer = await connect(hub, hello=False)
     await peer.send('{"id": 1, "op": "connect", "token": "a.\\ud800.b"}')
     assert (await peer.reply(1))["error"] == {"code": 401, "message": "invalid token"}
+
+
+async def test_subscriptions_per_connection_are_capped(
+    start_hub: Any, connect: Any
+) -> None:
+    hub = await start_hub(max_subscriptions=3)
+    peer = await connect(hub)
+    for i in range(3):
+        await peer.result("subscribe", channel=f"chat:{i}")
+    code, message = await peer.error("subscribe", channel="chat:3")
+    assert (code, message) == (429, "too many subscriptions on one connection (3)")
+    await peer.result("unsubscribe", channel="chat:0")
+    await peer.result("subscribe", channel="chat:3")

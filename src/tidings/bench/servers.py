@@ -348,6 +348,8 @@ async def tidings_hub_server(
             # One client publishes for all: far more than 100 commands/s.
             "rate_limit": 1e9,
             "rate_burst": 10**9,
+            # 10,000 subscribers and the publisher: past the default cap.
+            "max_connections": None,
             "ping_interval": HUB_PING_INTERVAL,
             "ping_timeout": HUB_PING_INTERVAL,
             "broker": redis or "memory",

@@ -70,7 +70,9 @@ class HubConfig:
     secret: str | None = None
     #: Key for the HTTP API; without one, the API answers loopback only.
     api_key: str | None = None
-    namespaces: dict[str, NamespaceConfig] = field(default_factory=_demo_namespaces)
+    #: Without any, the demo's namespaces when ``demo`` is on, and none
+    #: (nothing to subscribe to) when it is off.
+    namespaces: dict[str, NamespaceConfig] = field(default_factory=dict)
     #: Largest command or publication a client may send, in bytes.
     max_message_size: int = 65536
     #: Bytes queued for one client before it is dropped as too slow (4005).
@@ -78,7 +80,10 @@ class HubConfig:
     #: Commands per second per connection, and the burst allowed above it.
     rate_limit: float = 100.0
     rate_burst: int = 200
-    max_connections: int | None = None
+    #: Connections to this node at once (503 beyond); None for no limit.
+    max_connections: int | None = 10_000
+    #: Channels one connection may be subscribed to at once (error 429).
+    max_subscriptions: int = 128
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     #: ``memory`` (one process), or a Redis URL (``redis://HOST:PORT/DB``,
@@ -90,6 +95,11 @@ class HubConfig:
     presence_ttl: float = 30.0
     #: Serve the demo pages and run the simulated ticker and the report feed.
     demo: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.namespaces and self.demo:
+            # The development default: the demo pages work with nothing set.
+            object.__setattr__(self, "namespaces", _demo_namespaces())
 
     def namespace(self, channel: str) -> NamespaceConfig | None:
         """The options of ``channel``'s namespace, or None if unknown."""
@@ -241,7 +251,7 @@ def _check_ranges(config: HubConfig) -> None:
         raise ConfigError("api_key must not be empty")
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ConfigError("tls_cert and tls_key must be given together")
-    for key in ("max_message_size", "max_outbound", "rate_burst"):
+    for key in ("max_message_size", "max_outbound", "rate_burst", "max_subscriptions"):
         if getattr(config, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {getattr(config, key)}")
     if config.broker != "memory" and not config.broker.startswith(

@@ -324,6 +324,11 @@ class Session:
         self._check_subscribe(command, namespace)
         if channel in self.subscriptions:
             raise CommandError(409, f"already subscribed to {channel}", command.id)
+        most = self.hub.config.max_subscriptions
+        if len(self.subscriptions) >= most:
+            raise CommandError(
+                429, f"too many subscriptions on one connection ({most})", command.id
+            )
         limit = namespace.max_subscribers
         if limit is not None and self.hub.subscriber_count(channel) >= limit:
             raise CommandError(503, f"{channel} has too many subscribers", command.id)
