@@ -407,7 +407,9 @@ async def http_request(
         else json.dumps(body).encode()
     )
     # Read to the end: a proxy in between must close, not keep it alive.
-    fields = [("Host", "127.0.0.1"), ("Connection", "close"), *headers]
+    fields = [("Connection", "close"), *headers]
+    if not any(name.lower() == "host" for name, _ in fields):
+        fields.insert(0, ("Host", "127.0.0.1"))
     if data:
         fields.append(("Content-Length", str(len(data))))
     head = f"{method} {path} HTTP/1.1\r\n" + "".join(

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tidings import InvalidStatus
 from tidings.hub import auth
 from tidings.hub.brokers.base import BrokerUnavailable
 
@@ -326,3 +327,55 @@ async def test_a_limit_too_long_for_an_integer_is_400(
     answer = await http(hub, "GET", "/api/history?channel=chat:x&limit=" + "9" * 5000)
     assert answer.status == 400
     assert answer.json()["error"]["message"] == "limit must be a non-negative integer"
+
+
+async def test_the_keyless_api_refuses_foreign_hosts_and_origins(
+    start_hub: Any, http: Any
+) -> None:
+    hub = await start_hub()
+    body = {"channel": "chat:x", "data": 1}
+
+    async def publish(*headers: tuple[str, str]) -> Any:
+        return await http(hub, "POST", "/api/publish", body, headers=headers)
+
+    # DNS rebinding: evil.example resolved to 127.0.0.1.
+    rebound = await publish(("Host", "evil.example:8000"))
+    assert rebound.status == 403
+    assert "loopback" in rebound.json()["error"]["message"]
+    # A page of another site POSTing from a visitor's browser.
+    foreign = await publish(("Origin", "https://evil.example"))
+    assert foreign.status == 403
+    assert (await publish(("Origin", "null"))).status == 403
+    # What stays open: no Origin (curl, back ends), pages of this machine.
+    assert (await publish()).status == 200
+    assert (await publish(("Origin", "http://localhost:5173"))).status == 200
+    assert (await publish(("Host", "[::1]:8000"))).status == 200
+    # With a key, the key decides.
+    keyed = await start_hub(api_key=KEY)
+    answer = await http(
+        keyed, "POST", "/api/publish", body, key=KEY, headers=(("Host", "hub.example"),)
+    )
+    assert answer.status == 200
+
+
+async def test_the_websocket_refuses_pages_of_other_origins(
+    start_hub: Any, connect: Any
+) -> None:
+    hub = await start_hub(allowed_origins=("https://app.example",))
+
+    async def opens(origin: str) -> bool:
+        try:
+            peer = await connect(
+                hub, node=hub, hello=False, headers=[("Origin", origin)]
+            )
+        except InvalidStatus as exc:
+            assert exc.status == 403
+            return False
+        assert await peer.result("connect")
+        return True
+
+    assert not await opens("https://evil.example")
+    assert await opens(f"http://127.0.0.1:{hub.port}")  # the hub's own pages
+    assert await opens("http://localhost:3000")  # a page on this machine
+    assert await opens("https://app.example")  # allowed_origins
+    assert await connect(hub, node=hub)  # no Origin: not a browser

@@ -179,3 +179,20 @@ def test_connections_and_subscriptions_are_capped_by_default() -> None:
     assert load_config(None, {"TIDINGS_MAX_SUBSCRIPTIONS": "5"}).max_subscriptions == 5
     with pytest.raises(ConfigError, match="max_subscriptions must be >= 1"):
         load_config(None, {}, {"max_subscriptions": 0})
+
+
+def test_allowed_origins_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "hub.toml"
+    path.write_text('allowed_origins = ["https://a.example", "https://b.example"]\n')
+    assert load_config(path).allowed_origins == (
+        "https://a.example",
+        "https://b.example",
+    )
+    env = {"TIDINGS_ALLOWED_ORIGINS": "https://a.example, https://c.example"}
+    assert load_config(None, env).allowed_origins == (
+        "https://a.example",
+        "https://c.example",
+    )
+    path.write_text("allowed_origins = [1]\n")
+    with pytest.raises(ConfigError, match="allowed_origins must be a list of strings"):
+        load_config(path)

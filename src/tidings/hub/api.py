@@ -8,7 +8,7 @@ import json
 from functools import cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from ..http import HTTPResponse
 from ..protocol import Request
@@ -56,6 +56,11 @@ async def handle_http(hub: Hub, request: Request) -> HTTPResponse | None:
     """Answer a plain HTTP request, or return None to upgrade ``/ws``."""
     path = request.path
     if path == WEBSOCKET_PATH:
+        if not _origin_allowed(hub, request):
+            # Cross-site WebSocket hijacking: another site's page would ride
+            # on its visitor's network position and cookies.
+            hub.metrics.errors["origin"] += 1
+            return HTTPResponse(403, "origin not allowed")
         return None
     if request.headers.get("Upgrade") is not None:
         return HTTPResponse(404, f"the WebSocket endpoint is {WEBSOCKET_PATH}")
@@ -109,6 +114,13 @@ def _authorize(hub: Hub, request: Request) -> None:
             raise ApiError(401, "missing or wrong API key")
     elif not _is_loopback(hub.config.host):
         raise ApiError(403, "set an API key to use the HTTP API on a public address")
+    elif not _is_loopback(_host_name(request.headers.get("Host") or "")):
+        # DNS rebinding: a page of evil.example, resolved to 127.0.0.1, would
+        # reach the keyless API with its own name as Host.
+        raise ApiError(403, "without an API key, the Host must be a loopback name")
+    elif not _loopback_origin(request.headers.get("Origin")):
+        # Any web page may POST here from a visitor's browser.
+        raise ApiError(403, "without an API key, pages of other origins are refused")
 
 
 def _is_loopback(host: str) -> bool:
@@ -118,6 +130,33 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _host_name(authority: str) -> str:
+    """``host`` of ``host:port`` or ``[v6]:port``."""
+    if authority.startswith("["):
+        return authority[1 : authority.find("]")]
+    return authority.rpartition(":")[0] if ":" in authority else authority
+
+
+def _loopback_origin(origin: str | None) -> bool:
+    """No Origin (not a browser), or a page served from this machine."""
+    if origin is None:
+        return True
+    parts = urlsplit(origin)
+    return parts.scheme in ("http", "https") and _is_loopback(parts.hostname or "")
+
+
+def _origin_allowed(hub: Hub, request: Request) -> bool:
+    """May a page of the request's Origin open the hub's WebSocket? Yes
+    without an Origin (not a browser), for the hub's own pages (same host),
+    for pages served from this machine, and for ``allowed_origins``."""
+    origin = request.headers.get("Origin")
+    if origin is None or origin in hub.config.allowed_origins:
+        return True
+    parts = urlsplit(origin)
+    host = request.headers.get("Host") or ""
+    return parts.netloc.lower() == host.lower() or _loopback_origin(origin)
 
 
 async def _api(hub: Hub, request: Request) -> Any:

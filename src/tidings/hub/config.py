@@ -90,6 +90,9 @@ class HubConfig:
     #: ``rediss://`` with TLS, ``unix:///PATH``) that makes every node on it
     #: one hub.
     broker: str = "memory"
+    #: Origins (``https://app.example``) whose pages may open the hub's
+    #: WebSocket, beside the hub's own and this machine's.
+    allowed_origins: tuple[str, ...] = ()
     #: Seconds a node's presence entries outlive its last refresh: how long
     #: the clients of a node that died stay listed.
     presence_ttl: float = 30.0
@@ -149,6 +152,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def _parse_env(key: str, raw: str) -> Any:
     kind = _FIELDS[key].type
+    if "tuple" in str(kind):
+        return [item.strip() for item in raw.split(",") if item.strip()]
     if "bool" in str(kind):
         if raw.lower() in ("1", "true", "yes", "on"):
             return True
@@ -175,6 +180,8 @@ def _build(values: dict[str, Any]) -> HubConfig:
     for key, value in values.items():
         if key != "namespaces":
             _check_type(key, value, _FIELDS[key].type)
+            if isinstance(value, list):
+                values[key] = tuple(value)
     config = HubConfig(**values)
     _check_ranges(config)
     return config
@@ -215,7 +222,10 @@ def _namespaces(raw: Any) -> dict[str, NamespaceConfig]:
 
 def _check_type(key: str, value: Any, kind: Any) -> None:
     spec = str(kind)
-    if "bool" in spec:
+    if "tuple" in spec:
+        ok = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+        allowed = "a list of strings"
+    elif "bool" in spec:
         ok = isinstance(value, bool)
         allowed = "true or false"
     elif "float" in spec:
