@@ -104,6 +104,9 @@ class Session:
         try:
             async for message in self.ws:
                 await self._handle(message)
+                # Commands read together would otherwise run back to back,
+                # however many: let every other connection have its turn.
+                await asyncio.sleep(0)
         except ConnectionClosed:
             pass
         finally:
