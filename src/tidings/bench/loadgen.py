@@ -805,6 +805,29 @@ async def open_many(
     return opened
 
 
+async def open_clients(
+    args: argparse.Namespace,
+    factory: Callable[[], Conn],
+    port: int | Sequence[int],
+    concurrency: int,
+) -> list[Conn]:
+    """Open ``--conns`` clients (see :func:`open_many`), report how many
+    opened, and stop when none did."""
+    conns = await open_many(
+        factory,
+        args.host,
+        port,
+        args.conns,
+        src=sources(args.sources),
+        concurrency=concurrency,
+        timeout=args.timeout,
+    )
+    emit(event="opened", conns=len(conns), failed=args.conns - len(conns))
+    if not conns:
+        raise SystemExit("no connection could be opened")
+    return conns
+
+
 # -- modes ---------------------------------------------------------------
 
 
@@ -814,18 +837,9 @@ async def run_echo(args: argparse.Namespace) -> None:
     payload = payload_of(args.size)
     out = build_frame(payload, masked=True)
     back = Expected(build_frame(payload), verify=not args.no_verify)
-    conns = await open_many(
-        lambda: EchoConn(bench, hs, out, back, args.depth),
-        args.host,
-        args.port,
-        args.conns,
-        src=sources(args.sources),
-        concurrency=100,
-        timeout=args.timeout,
+    conns = await open_clients(
+        args, lambda: EchoConn(bench, hs, out, back, args.depth), args.port, 100
     )
-    emit(event="opened", conns=len(conns), failed=args.conns - len(conns))
-    if not conns:
-        raise SystemExit("no connection could be opened")
 
     def extra() -> dict[str, Any]:
         return {"errors": sum(c.stream.errors for c in conns if c.stream)}
@@ -875,18 +889,7 @@ async def fan_out(
 ) -> None:
     """Open the clients, then keep ``depth`` broadcasts (publications) in
     flight from the first one, counting deliveries at every client."""
-    conns = await open_many(
-        factory,
-        args.host,
-        node_ports(args),
-        args.conns,
-        src=sources(args.sources),
-        concurrency=200,
-        timeout=args.timeout,
-    )
-    emit(event="opened", conns=len(conns), failed=args.conns - len(conns))
-    if not conns:
-        raise SystemExit("no connection could be opened")
+    conns = await open_clients(args, factory, node_ports(args), 200)
     bench.clients = len(conns)
     await asyncio.sleep(settle)
     first, *others = publishers(conns, args)
@@ -1250,18 +1253,9 @@ async def run_hub_latency(args: argparse.Namespace) -> None:
     cap = args.max_in_flight or max(10, int(args.rate / 4))
     bench = LatencyBench(args.conns, args.rate, marker, cap)
     hs = Handshake(args.host, args.port, cls.path)
-    conns = await open_many(
-        lambda: cls(bench, hs, marker),
-        args.host,
-        node_ports(args),
-        args.conns,
-        src=sources(args.sources),
-        concurrency=200,
-        timeout=args.timeout,
+    conns = await open_clients(
+        args, lambda: cls(bench, hs, marker), node_ports(args), 200
     )
-    emit(event="opened", conns=len(conns), failed=args.conns - len(conns))
-    if not conns:
-        raise SystemExit("no connection could be opened")
     bench.clients = len(conns)
     taps = []
     for c in conns:

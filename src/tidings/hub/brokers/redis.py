@@ -80,30 +80,9 @@ BACKOFF_MAX = 5.0
 _SEP = b"\x1f"
 _WHO = b"\x1e"
 
-# KEYS: meta, stream. ARGV: pub/sub channel, data, who, history_size,
-# history_ttl, meta_ttl, a new epoch.
-_PUBLISH = """
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[7]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch)
-end
-local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
-redis.call('EXPIRE', KEYS[1], ARGV[6])
-if tonumber(ARGV[4]) > 0 then
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], offset .. '-0',
-             'd', ARGV[2], 'w', ARGV[3])
-  redis.call('EXPIRE', KEYS[2], ARGV[5])
-end
-redis.call('PUBLISH', ARGV[1], 'p\\31' .. offset .. '\\31' .. epoch
-           .. '\\31' .. ARGV[2] .. '\\31' .. ARGV[3])
-return {offset, epoch}
-"""
-
-# KEYS: meta, stream. ARGV: a new epoch, meta_ttl, since (-1: none), limit
-# (-1: none). Returns epoch, offset, complete, entries, newest_first.
-_HISTORY = """
+# The channel's epoch, made with its hash (KEYS[1]) from ARGV[1], its expiry
+# ARGV[2]; a new epoch starts a new history (KEYS[2]).
+_EPOCH = """
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   epoch = ARGV[1]
@@ -111,6 +90,31 @@ if not epoch then
   redis.call('HSET', KEYS[1], 'epoch', epoch)
   redis.call('EXPIRE', KEYS[1], ARGV[2])
 end
+"""
+
+# KEYS: meta, stream. ARGV: a new epoch, meta_ttl, pub/sub channel, data,
+# who, history_size, history_ttl.
+_PUBLISH = (
+    _EPOCH
+    + """
+local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+if tonumber(ARGV[6]) > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[6], offset .. '-0',
+             'd', ARGV[4], 'w', ARGV[5])
+  redis.call('EXPIRE', KEYS[2], ARGV[7])
+end
+redis.call('PUBLISH', ARGV[3], 'p\\31' .. offset .. '\\31' .. epoch
+           .. '\\31' .. ARGV[4] .. '\\31' .. ARGV[5])
+return {offset, epoch}
+"""
+)
+
+# KEYS: meta, stream. ARGV: a new epoch, meta_ttl, since (-1: none), limit
+# (-1: none). Returns epoch, offset, complete, entries, newest_first.
+_HISTORY = (
+    _EPOCH
+    + """
 local offset = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0')
 local since = tonumber(ARGV[3])
 local limit = tonumber(ARGV[4])
@@ -135,6 +139,7 @@ if #entries == 0 or entries[1][1] ~= first then return {epoch, offset, 0, {}, 0}
 if limit == 0 then entries = {} end
 return {epoch, offset, 1, entries, 0}
 """
+)
 
 _NOW_MS = """
 local t = redis.call('TIME')
@@ -333,13 +338,13 @@ class RedisBroker(Broker):
             2,
             self._key(f"{{{channel}}}:meta"),
             self._key(f"{{{channel}}}:stream"),
+            secrets.token_hex(4),
+            max(META_TTL, math.ceil(options.history_ttl)),
             self._pubsub_name(channel),
             data,
             _who(info),
             options.history_size,
             max(1, math.ceil(options.history_ttl)),
-            max(META_TTL, math.ceil(options.history_ttl)),
-            secrets.token_hex(4),
         ]
         offset, epoch = await self._call(self._queue_publish(command))
         return int(offset), epoch.decode()
