@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.request
 from typing import Any
 
@@ -364,6 +365,39 @@ async def test_no_reconnect_after_an_invalid_token(browser: Browser) -> None:
             (4001, False)
         ]
         assert hub.connection_count() == 0
+
+
+async def test_get_token_refreshes_the_token_before_it_expires(
+    browser: Browser,
+) -> None:
+    async with Hub(HubConfig(port=0, secret=SECRET)) as hub:
+        page = await client_page(browser, hub)
+        short = mint_token(SECRET, "alice", ttl=2)
+        expires = time.time() + 2
+        await page.evaluate(
+            """async (tokens) => {
+                window.events = [];
+                window.got = [];
+                window.asked = 0;
+                window.hub = new T.Hub({
+                    getToken: async () => tokens[Math.min(asked++, 1)],
+                });
+                hub.on("disconnect", (e) => events.push(e));
+                hub.subscribe("chat:t", { onPublication: (p) => got.push(p.data) });
+                await hub.connect();
+                window.first = hub.client;
+            }""",
+            [short, mint_token(SECRET, "alice", ttl=3600)],
+        )
+        await page.wait_for("() => asked === 2")
+        # Past the first token's expiry, on the same connection.
+        await page.wait_for(f"() => Date.now() > {(expires + 0.5) * 1000}")
+        await hub.publish("chat:t", "after")
+        await page.wait_for("() => got.length === 1")
+        result = await page.evaluate(
+            "() => ({ events, got, same: hub.client === first })"
+        )
+        assert result == {"events": [], "got": ["after"], "same": True}
 
 
 async def test_close_stops_and_connect_resumes(browser: Browser, hub: Hub) -> None:

@@ -333,6 +333,52 @@ async def test_a_token_refused_on_reconnect_ends_everything(
         assert not client.connected
 
 
+async def test_get_token_keeps_the_connection_past_its_tokens(
+    start_hub: Any, mint: Any
+) -> None:
+    hub = await start_hub()
+    calls = 0
+    refreshed_twice = asyncio.Event()
+
+    async def get_token() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 3:  # connect, then two refreshes
+            refreshed_twice.set()
+        return str(mint("alice", ttl=2))
+
+    async with Client(url(hub), get_token=get_token, **FAST) as client:
+        first_id = client.client_id
+        sub = await client.subscribe("news:r")
+        async with asyncio.timeout(BOUND):
+            await refreshed_twice.wait()
+        # The first token has expired by now; the connection is the same.
+        await hub.publish("news:r", "still here")
+        assert [p.data for p in await take(sub, 1)] == ["still here"]
+        assert client.connected and client.client_id == first_id
+
+
+async def test_a_token_that_expires_unrefreshed_ends_everything(
+    start_hub: Any, mint: Any
+) -> None:
+    hub = await start_hub()
+    async with Client(url(hub), token=mint("alice", ttl=1), **FAST) as client:
+        sub = await client.subscribe("news:e")
+        with pytest.raises(ConnectionClosed) as info:
+            await take(sub, 1)
+        assert info.value.code == 4002
+        assert not client.connected
+
+
+async def test_refresh_by_hand_replaces_the_token(start_hub: Any, mint: Any) -> None:
+    hub = await start_hub()
+    async with Client(url(hub), token=mint("alice", ttl=60), **FAST) as client:
+        assert 3590 <= await client.refresh(mint("alice")) <= 3600
+        with pytest.raises(HubError) as info:
+            await client.refresh(mint("bob"))
+        assert info.value.code == 403
+
+
 async def test_an_offset_skipped_live_is_recovered_in_order(start_hub: Any) -> None:
     hub = await start_hub()
     async with Client(url(hub), **FAST) as client:

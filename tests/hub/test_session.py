@@ -80,6 +80,69 @@ async def test_an_expired_token_is_401_then_close_4001(
     assert hub.connection_count() == 0
 
 
+async def test_a_connection_is_closed_with_4002_when_its_token_expires(
+    start_hub: Any, connect: Any, mint: Any
+) -> None:
+    hub = await start_hub()
+    peer = await connect(hub, hello=False)
+    result = await peer.result("connect", token=mint("alice", ttl=2))
+    assert result["ttl"] in (0, 1, 2)  # exp is whole seconds
+    anonymous = await connect(hub, hello=False)
+    assert "ttl" not in await anonymous.result("connect")
+    assert await peer.closed() == 4002
+    assert peer.ws.close_reason == "token expired"
+    assert await anonymous.result("ping") == {}
+
+
+async def test_refresh_replaces_the_token_before_it_expires(
+    start_hub: Any, connect: Any, mint: Any
+) -> None:
+    hub = await start_hub()
+    peer = await connect(hub, hello=False)
+    await peer.result("connect", token=mint("alice", ttl=1))
+    old_expiry = time.time() + 1
+    assert 3590 <= (await peer.result("refresh", token=mint("alice")))["ttl"] <= 3600
+    # Past the first token's expiry, the connection is still open: had its
+    # timer still been armed, it would have fired before the ping is read.
+    await asyncio.sleep(max(0.0, old_expiry - time.time()) + 0.2)
+    assert await peer.result("ping") == {}
+
+
+async def test_a_refused_refresh_leaves_the_old_token_in_force(
+    start_hub: Any, connect: Any, mint: Any
+) -> None:
+    hub = await start_hub()
+    peer = await connect(hub, token=mint("alice"))
+    assert await peer.error("refresh", token=mint("bob")) == (
+        403,
+        "a refresh must keep the user",
+    )
+    assert await peer.error("refresh", token=mint("alice", ttl=-5)) == (
+        401,
+        "token expired",
+    )
+    assert await peer.error("refresh", token="garbage") == (401, "invalid token")
+    assert (await peer.error("refresh"))[0] == 400
+    assert await peer.result("ping") == {}
+    anonymous = await connect(hub)
+    assert (await anonymous.error("refresh", token=mint("alice")))[0] == 403
+
+
+async def test_a_refresh_that_narrows_the_channels_unsubscribes_the_others(
+    start_hub: Any, connect: Any, mint: Any
+) -> None:
+    hub = await start_hub()
+    peer = await connect(hub, token=mint("alice", channels=["private:*"]))
+    await peer.result("subscribe", channel="private:a")
+    await peer.result("subscribe", channel="private:b")
+    await peer.result("refresh", token=mint("alice", channels=["private:a"]))
+    assert await peer.push() == {"channel": "private:b", "unsubscribe": {}}
+    assert (await peer.error("subscribe", channel="private:b"))[0] == 403
+    node = peer.node
+    await wait_for(lambda: node.subscriber_count("private:b") == 0, "the expulsion")
+    assert node.subscriber_count("private:a") == 1
+
+
 @pytest.mark.parametrize(
     "token",
     [

@@ -298,10 +298,15 @@ class Hub:
             s for s in local.subscribers if s.info is not None and s.info.user == user
         ]
         for session in doomed:
-            self._leave(session, channel)
-            session.send(encode_push(channel, "unsubscribe", {}))
-            self._spawn(self._left(session, channel, True))
+            self.expel(session, channel)
         return len(doomed)
+
+    def expel(self, session: Session, channel: str) -> None:
+        """Unsubscribe ``session`` from ``channel`` on the hub's initiative,
+        telling it with an ``unsubscribe`` push."""
+        was_subscriber = self._leave(session, channel)
+        session.send(encode_push(channel, "unsubscribe", {}))
+        self._spawn(self._left(session, channel, was_subscriber))
 
     async def survey(self, op: str, **args: Any) -> list[Any]:
         """Ask every node of the hub (this one included) to do ``op``

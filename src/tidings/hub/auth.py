@@ -37,6 +37,8 @@ class Identity:
     user: str
     channels: tuple[str, ...] | None = None
     publish: tuple[str, ...] | None = None
+    #: When the token expires (its ``exp``, Unix time).
+    expires: float | None = None
 
 
 def mint_token(
@@ -73,7 +75,10 @@ def decode_token(token: object, secret: str | None) -> Identity:
     if not isinstance(user, str) or not user or not _encodable(user):
         raise AuthError("invalid token")
     return Identity(
-        user, _patterns(claims.get("channels")), _patterns(claims.get("publish"))
+        user,
+        _patterns(claims.get("channels")),
+        _patterns(claims.get("publish")),
+        float(claims["exp"]),
     )
 
 

@@ -18,7 +18,7 @@ import json
 import logging
 import random
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -42,6 +42,11 @@ logger = logging.getLogger("tidings.hub.client")
 
 #: Close codes after which reconnecting would not help (docs/protocol.md).
 _FINAL_CLOSE_CODES = frozenset({1009, 4000, 4001, 4003})
+#: The connection's token expired: final unless a new one can be had.
+_TOKEN_EXPIRED = 4002
+
+#: How far into a token's lifetime ``get_token`` is asked for the next one.
+_REFRESH_AT = 0.75
 
 _Handler = Callable[[Any, BaseException | None], None]
 
@@ -242,6 +247,11 @@ class Client:
     that fails). It stops after close codes that reconnecting cannot help
     (1009, 4000, 4001, 4003) or a refused token.
 
+    ``get_token``, when given, is awaited for a fresh token before every
+    connect and, three quarters into each token's lifetime, for the one that
+    replaces it (sent with ``refresh``), so the connection outlives its
+    tokens. Without it a connection ends with 4002 when its token expires.
+
     Every command raises :class:`HubError` on an error reply and
     ``TimeoutError`` after ``timeout`` seconds (which includes waiting for
     a reconnect); a command in flight when the connection drops raises
@@ -253,6 +263,7 @@ class Client:
         url: str,
         token: str | None = None,
         *,
+        get_token: Callable[[], Awaitable[str]] | None = None,
         timeout: float = 10.0,
         backoff_initial: float = 0.25,
         backoff_max: float = 10.0,
@@ -260,6 +271,7 @@ class Client:
     ) -> None:
         self.url = url
         self.token = token
+        self.get_token = get_token
         self.timeout = timeout
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
@@ -275,6 +287,7 @@ class Client:
         self._failure: BaseException | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._closed: asyncio.Future[None] | None = None
+        self._refresher: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -294,6 +307,8 @@ class Client:
     async def close(self) -> None:
         """Close the connection; subscriptions end."""
         self._fail(ConnectionClosed(1000, "client closed"))
+        if self._refresher is not None:
+            self._refresher.cancel()
         if self._supervisor is not None:
             self._supervisor.cancel()
             await asyncio.wait([self._supervisor])
@@ -362,6 +377,13 @@ class Client:
             [_publication(p) for p in result["publications"]],
             result.get("complete", True),
         )
+
+    async def refresh(self, token: str) -> float:
+        """Replace the connection's token with ``token`` (same user) before
+        the old one expires; return the new one's seconds to live."""
+        result = await self._call("refresh", token=token)
+        self.token = token
+        return float(result["ttl"])
 
     async def _call(self, op: str, **fields: Any) -> Any:
         async with asyncio.timeout(self.timeout):
@@ -453,12 +475,16 @@ class Client:
         self._closed.add_done_callback(lambda _: self._on_closed(ws, pending))
         try:
             async with asyncio.timeout(self.timeout):
+                if self.get_token is not None:
+                    self.token = await self.get_token()
                 fields = {} if self.token is None else {"token": self.token}
                 result = await self._request(ws, "connect", fields)
         except BaseException:
             await ws.close()
             raise
         self.client_id, self.user = result["client"], result["user"]
+        if "ttl" in result and self.get_token is not None:
+            self._refresher = asyncio.create_task(self._keep_token(ws, result["ttl"]))
         for sub in list(self._subs.values()):
             self._send_subscribe(sub)
         self._ready.set()
@@ -468,7 +494,9 @@ class Client:
             ws = self._ws
             assert ws is not None and self._closed is not None
             await self._closed
-            if ws.close_code in _FINAL_CLOSE_CODES:
+            if ws.close_code in _FINAL_CLOSE_CODES or (
+                ws.close_code == _TOKEN_EXPIRED and self.get_token is None
+            ):
                 self._fail(_close_error(ws))
                 return
             delay = self.backoff_initial
@@ -486,7 +514,24 @@ class Client:
                     logger.info("reconnecting to %s failed: %s", self.url, exc)
                 delay = min(delay * 2, self.backoff_max)
 
+    async def _keep_token(self, ws: WebSocket, ttl: float) -> None:
+        """Refresh the token of connection ``ws`` until it closes. A refresh
+        that fails is logged and left: the hub closes the connection with
+        4002 when the token expires, and the reconnect gets a new one."""
+        assert self.get_token is not None
+        try:
+            while True:
+                await asyncio.sleep(ttl * _REFRESH_AT)
+                async with asyncio.timeout(self.timeout):
+                    self.token = await self.get_token()
+                    result = await self._request(ws, "refresh", {"token": self.token})
+                ttl = result["ttl"]
+        except Exception as exc:
+            logger.warning("refreshing the token failed: %r", exc)
+
     def _on_closed(self, ws: WebSocket, pending: dict[int, _Handler]) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
         if self._failure is None:
             self._ready.clear()
         self._lost(_close_error(ws), pending)

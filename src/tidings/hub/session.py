@@ -36,6 +36,7 @@ __all__ = [
     "CLOSE_RATE_LIMIT",
     "CLOSE_SLOW",
     "CLOSE_TOKEN",
+    "CLOSE_TOKEN_EXPIRED",
     "Session",
 ]
 
@@ -44,6 +45,7 @@ logger = logging.getLogger("tidings.hub")
 #: Close codes of docs/protocol.md.
 CLOSE_BAD_COMMANDS = 4000
 CLOSE_TOKEN = 4001
+CLOSE_TOKEN_EXPIRED = 4002
 CLOSE_DISCONNECTED = 4003
 CLOSE_SLOW = 4005
 CLOSE_RATE_LIMIT = 4008
@@ -64,6 +66,7 @@ class Session:
     __slots__ = (
         "_bad",
         "_closing",
+        "_expiry",
         "_limited",
         "_pipeline",
         "_refilled",
@@ -92,6 +95,8 @@ class Session:
         self._bad = 0
         #: Our closing handshake, once we decided to end the connection.
         self._closing: asyncio.Task[None] | None = None
+        #: Closes the connection when its token expires, unless refreshed.
+        self._expiry: asyncio.TimerHandle | None = None
         self._limited = 0
         #: Replies of the publishes in flight (and of what came after them),
         #: in command order.
@@ -110,6 +115,8 @@ class Session:
         except ConnectionClosed:
             pass
         finally:
+            if self._expiry is not None:
+                self._expiry.cancel()
             if self._pipeline:
                 await self._settle()  # what was published stays published
             await self.hub.session_ended(self)
@@ -270,6 +277,8 @@ class Session:
             raise CommandError(401, "send connect first", command.id)
         if op == "ping":
             return {}
+        if op == "refresh":
+            return self._refresh(command)
         namespace = self.hub.config.namespace(command.channel)
         if namespace is None:
             raise CommandError(
@@ -303,7 +312,7 @@ class Session:
             return {"clients": [c.to_json() for c in clients]}
         return await self._history(command)
 
-    def _connect(self, command: Command) -> dict[str, str]:
+    def _connect(self, command: Command) -> dict[str, Any]:
         if self.info is not None:
             raise CommandError(400, "already connected", command.id)
         token = command.token
@@ -314,7 +323,39 @@ class Session:
         user = self.identity.user if self.identity is not None else ""
         self.info = ClientInfo(secrets.token_hex(6), user)
         self.hub.session_connected(self)
-        return self.info.to_json()
+        return {**self.info.to_json(), **self._watch_expiry()}
+
+    def _refresh(self, command: Command) -> dict[str, Any]:
+        """Replace the connection's token before it expires. A refused
+        token leaves the old one in force (until it expires)."""
+        try:
+            identity = decode_token(command.token, self.hub.config.secret)
+        except AuthError as exc:
+            raise CommandError(401, str(exc), command.id) from None
+        if self.identity is None or identity.user != self.identity.user:
+            raise CommandError(403, "a refresh must keep the user", command.id)
+        self.identity = identity
+        # The new token may grant fewer channels than the old one.
+        for channel in list(self.subscriptions):
+            namespace = self.hub.config.namespace(channel)
+            if namespace is None or not can_subscribe(identity, namespace, channel):
+                self.hub.expel(self, channel)
+        return self._watch_expiry()
+
+    def _watch_expiry(self) -> dict[str, Any]:
+        """Close the connection with 4002 when its token expires; return
+        the reply's ``ttl`` (seconds left), which tells the client when to
+        refresh."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if self.identity is None or self.identity.expires is None:
+            return {}
+        ttl = max(0.0, self.identity.expires - time.time())
+        self._expiry = asyncio.get_running_loop().call_later(
+            ttl, self.close, CLOSE_TOKEN_EXPIRED, "token expired"
+        )
+        return {"ttl": int(ttl)}
 
     def _check_subscribe(self, command: Command, namespace: NamespaceConfig) -> None:
         if not can_subscribe(self.identity, namespace, command.channel):

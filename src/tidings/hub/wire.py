@@ -30,7 +30,16 @@ __all__ = [
 ]
 
 OPS = frozenset(
-    {"connect", "subscribe", "unsubscribe", "publish", "presence", "history", "ping"}
+    {
+        "connect",
+        "subscribe",
+        "unsubscribe",
+        "publish",
+        "presence",
+        "history",
+        "ping",
+        "refresh",
+    }
 )
 _CHANNEL_OPS = frozenset({"subscribe", "unsubscribe", "publish", "presence", "history"})
 CHANNEL_RE = re.compile(r"[A-Za-z0-9_\-.@/=]+:[A-Za-z0-9_\-.@/=:]*")
@@ -85,6 +94,8 @@ def parse_command(text: str) -> Command:
     token = raw.get("token")
     if token is not None and not isinstance(token, str):
         raise CommandError(400, "token must be a string", id)
+    if op == "refresh" and token is None:
+        raise CommandError(400, "refresh needs a token", id)
     since = parse_since(raw["since"], id) if raw.get("since") is not None else None
     limit = raw.get("limit")
     if limit is not None and (

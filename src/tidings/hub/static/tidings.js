@@ -43,7 +43,9 @@ export class Hub {
    * @param {object} [options]
    * @param {string} [options.token] a JWT for the connect command
    * @param {() => (string|null|Promise<string|null>)} [options.getToken]
-   *   called before every (re)connect for a fresh token; wins over `token`
+   *   called before every (re)connect for a fresh token, and three quarters
+   *   into each token's lifetime for the one that replaces it (sent with
+   *   `refresh`, so the connection outlives its tokens); wins over `token`
    * @param {number} [options.timeout=10000] ms before a command fails with "timeout"
    * @param {number} [options.minDelay=500] first reconnect delay, ms (doubles)
    * @param {number} [options.maxDelay=20000] longest reconnect delay, ms
@@ -75,6 +77,7 @@ export class Hub {
     this._retryTimer = null;
     this._openTimer = null;
     this._pingTimer = null;
+    this._refreshTimer = null;
     this._waiters = []; // connect() promises: [resolve, reject]
     this._everConnected = false;
     this._stopped = false; // by close() or a final close code
@@ -252,6 +255,7 @@ export class Hub {
     this._attempt = 0;
     this._everConnected = true;
     this._heartbeat(ws);
+    this._keepToken(ws, result.ttl);
     // Resubscribe first: whatever the application sends next is answered
     // after the subscriptions are back.
     for (const sub of this._subs.values()) sub._send();
@@ -298,6 +302,24 @@ export class Hub {
     }, this.options.pingInterval);
   }
 
+  // Refresh the token of `ws` before it expires (`ttl` seconds from now). A
+  // refresh that fails is reported and left: the hub closes with 4002 when
+  // the token expires, and the reconnect asks getToken again.
+  _keepToken(ws, ttl) {
+    clearTimeout(this._refreshTimer);
+    if (ttl === undefined || !this.options.getToken) return;
+    this._refreshTimer = setTimeout(async () => {
+      try {
+        const token = await this.options.getToken();
+        if (ws !== this._ws) return;
+        const result = await this._call("refresh", { token });
+        this._keepToken(ws, result.ttl);
+      } catch (error) {
+        if (ws === this._ws) this._emit("error", error);
+      }
+    }, ttl * 750);
+  }
+
   // The connection `ws` is gone: closed by the hub or the network, timed
   // out, or abandoned by us (then closed here, its events ignored).
   _lost(ws, code, reason) {
@@ -305,6 +327,7 @@ export class Hub {
     this._ws = null;
     clearTimeout(this._openTimer);
     clearInterval(this._pingTimer);
+    clearTimeout(this._refreshTimer);
     if (ws.readyState !== WebSocket.CLOSED) {
       ws.onclose = ws.onmessage = ws.onopen = null;
       ws.close(1000);
