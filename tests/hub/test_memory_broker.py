@@ -5,10 +5,18 @@ shares with the Redis broker."""
 
 from __future__ import annotations
 
-from tidings.hub.brokers.base import ChannelOptions, ClientInfo, Push
-from tidings.hub.brokers.memory import SWEEP_INTERVAL, MemoryBackend, MemoryBroker
+from typing import Any
 
-from .conftest import Recorder
+from tidings.hub import Hub
+from tidings.hub.brokers.base import ChannelOptions, ClientInfo, Push
+from tidings.hub.brokers.memory import (
+    PUBLICATION_OVERHEAD,
+    SWEEP_INTERVAL,
+    MemoryBackend,
+    MemoryBroker,
+)
+
+from .conftest import Recorder, hub_config
 
 
 class Clock:
@@ -112,3 +120,76 @@ async def test_nodes_on_one_backend_share_channels() -> None:
     await two.close()  # a node that leaves gets nothing more
     await one.publish("a:x", b"2", KEEP_5)
     assert len(node_two.pushes) == 1 and "a:x" not in backend.subscribed
+
+
+async def test_beyond_max_channels_the_least_recently_published_idle_one_goes() -> None:
+    backend = MemoryBackend(max_channels=3)
+    broker = MemoryBroker(backend)
+    await broker.start("n1", Recorder())
+    epochs = {}
+    for name in ("a:old", "a:subscribed", "a:present"):
+        epochs[name] = (await broker.publish(name, b"1", KEEP_5))[1]
+    await broker.subscribe("a:subscribed")
+    await broker.add_presence("a:present", ALICE, 1000)
+    await broker.publish("a:old", b"2", KEEP_5)  # now the most recent
+    await broker.unsubscribe("a:subscribed")
+    await broker.subscribe("a:subscribed")
+    await broker.publish("a:new", b"1", KEEP_5)
+    # "a:old" was published last but the others are in use: it goes.
+    assert set(backend.channels) == {"a:subscribed", "a:present", "a:new"}
+    assert backend.history_bytes == sum(s.bytes for s in backend.channels.values())
+    gone = await broker.history("a:old", KEEP_5, since=2)
+    assert gone.epoch != epochs["a:old"] and gone.offset == 0
+    assert len(backend.channels) == 3
+    # Every channel in use: the count grows rather than break a subscriber.
+    await broker.subscribe("a:new")
+    await broker.subscribe("a:old")
+    await broker.publish("a:fourth", b"1", KEEP_5)
+    assert len(backend.channels) == 4
+
+
+async def test_beyond_max_history_bytes_the_least_recently_published_lose_it() -> None:
+    size = 1000 + PUBLICATION_OVERHEAD
+    backend = MemoryBackend(max_history_bytes=3 * size)
+    broker = MemoryBroker(backend)
+    await broker.start("n1", Recorder())
+    data = b"x" * 1000
+    for name in ("a:1", "a:2", "a:1"):
+        await broker.publish(name, data, KEEP_5)
+    assert backend.history_bytes == 3 * size
+    await broker.publish("a:3", data, KEEP_5)  # over: a:2 is the oldest
+    assert backend.history_bytes == 3 * size
+    lost = await broker.history("a:2", KEEP_5, since=0)
+    assert not lost.complete and lost.offset == 1
+    kept = await broker.history("a:1", KEEP_5, since=0)
+    assert kept.complete and [p.offset for p in kept.publications] == [1, 2]
+    # One channel alone over the budget keeps its newest publications.
+    for i in range(5):
+        await broker.publish("a:big", data + bytes([i]), KEEP_5)
+    result = await broker.history("a:big", KEEP_5)
+    assert [p.offset for p in result.publications] == [4, 5]
+    assert backend.history_bytes <= 3 * size + 2
+    assert set(backend.histories) == {"a:big"}
+    # History trimmed by size and TTL gives its bytes back.
+    small = ChannelOptions(history_size=1, history_ttl=60)
+    await broker.publish("a:big", b"1", small)
+    assert backend.history_bytes == 1 + PUBLICATION_OVERHEAD
+
+
+async def test_a_flood_of_publications_to_new_channels_stays_within_budget(
+    connect: Any,
+) -> None:
+    # Hardening finding 2: 64 KiB publications to ever new chat channels,
+    # each keeping 100 for an hour, grew the hub by 450 MB.
+    config = hub_config(max_history_bytes=1 << 20, max_channels=50)
+    async with Hub(config) as hub:
+        assert isinstance(hub.broker, MemoryBroker)
+        backend = hub.broker.backend
+        peer = await connect(hub)
+        flood = [{}] * 15_000  # 60 KB of JSON
+        for i in range(100):
+            await peer.publish_many(f"chat:flood{i}", [flood])
+        assert backend.history_bytes <= 1 << 20
+        assert len(backend.channels) <= 50
+        newest = await peer.result("history", channel="chat:flood99")
+        assert newest["offset"] == 1 and len(newest["publications"]) == 1

@@ -40,15 +40,20 @@ logger = logging.getLogger("tidings.hub")
 SURVEY_TIMEOUT = 2.0
 
 
-def make_broker(spec: str) -> Broker:
-    """The broker a ``broker`` setting names: ``memory`` or a Redis URL."""
-    if spec == "memory":
-        from .brokers.memory import MemoryBroker
+def make_broker(config: HubConfig) -> Broker:
+    """The broker ``config.broker`` names: ``memory`` or a Redis URL."""
+    if config.broker == "memory":
+        from .brokers.memory import MemoryBackend, MemoryBroker
 
-        return MemoryBroker()
+        return MemoryBroker(
+            MemoryBackend(
+                max_channels=config.max_channels,
+                max_history_bytes=config.max_history_bytes,
+            )
+        )
     from .brokers.redis import RedisBroker
 
-    return RedisBroker(spec)
+    return RedisBroker(config.broker)
 
 
 class _Local:
@@ -99,7 +104,7 @@ class Hub:
         self, config: HubConfig | None = None, broker: Broker | None = None
     ) -> None:
         self.config = config or HubConfig()
-        self.broker: Broker = broker or make_broker(self.config.broker)
+        self.broker: Broker = broker or make_broker(self.config)
         #: This node's name among the hub's nodes.
         self.node = secrets.token_hex(6)
         self.metrics = Metrics()

@@ -84,6 +84,12 @@ class HubConfig:
     max_connections: int | None = 10_000
     #: Channels one connection may be subscribed to at once (error 429).
     max_subscriptions: int = 128
+    #: The memory broker's budgets: channels kept (beyond, the least
+    #: recently published one not in use is forgotten), and bytes of kept
+    #: publications (beyond, the least recently published channels lose
+    #: their history). With Redis, Redis's ``maxmemory`` is the budget.
+    max_channels: int = 100_000
+    max_history_bytes: int = 256 << 20
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     #: ``memory`` (one process), or a Redis URL (``redis://HOST:PORT/DB``,
@@ -261,7 +267,14 @@ def _check_ranges(config: HubConfig) -> None:
         raise ConfigError("api_key must not be empty")
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ConfigError("tls_cert and tls_key must be given together")
-    for key in ("max_message_size", "max_outbound", "rate_burst", "max_subscriptions"):
+    for key in (
+        "max_message_size",
+        "max_outbound",
+        "rate_burst",
+        "max_subscriptions",
+        "max_channels",
+        "max_history_bytes",
+    ):
         if getattr(config, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {getattr(config, key)}")
     if config.broker != "memory" and not config.broker.startswith(

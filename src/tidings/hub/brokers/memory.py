@@ -29,28 +29,61 @@ __all__ = ["MemoryBackend", "MemoryBroker"]
 #: Seconds between sweeps that forget idle channels.
 SWEEP_INTERVAL = 60.0
 
+#: Bytes a kept publication costs beyond its data (its objects): counted
+#: against ``max_history_bytes``, so that tiny publications are not free.
+PUBLICATION_OVERHEAD = 200
+
+#: Channels looked at, least recently published first, for one to forget
+#: when there are ``max_channels``; all of them in use lets the count grow
+#: (subscriptions have their own budgets).
+_EVICTION_SCAN = 64
+
 
 class _Channel:
-    __slots__ = ("epoch", "history", "history_ttl", "offset", "presence")
+    __slots__ = ("bytes", "epoch", "history", "history_ttl", "offset", "presence")
 
     def __init__(self) -> None:
         # A new epoch for every new channel: state lost with a restart, or
         # forgotten by a sweep, can never be mistaken for the old one.
         self.epoch = secrets.token_hex(4)
         self.offset = 0
-        self.history: deque[tuple[float, Publication]] = deque()
+        #: (when, publication, what it costs)
+        self.history: deque[tuple[float, Publication, int]] = deque()
         #: client id -> (who, when the entry expires)
         self.presence: dict[str, tuple[ClientInfo, float]] = {}
         self.history_ttl = 0.0
+        #: What the history costs, as counted against max_history_bytes.
+        self.bytes = 0
 
 
 class MemoryBackend:
     """The state that the nodes sharing it see as one hub: channels, and
-    which node is subscribed to what."""
+    which node is subscribed to what.
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+    Two budgets bound its memory, whatever clients do. Beyond
+    ``max_channels`` channels, the least recently published one that no node
+    is subscribed to and nobody is present in is forgotten. Beyond
+    ``max_history_bytes`` of kept publications, the least recently published
+    channels lose their history. Either way a client that asks to recover
+    from there is told that recovery failed.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_channels: int = 100_000,
+        max_history_bytes: int = 256 << 20,
+    ) -> None:
         self.clock = clock
+        self.max_channels = max_channels
+        self.max_history_bytes = max_history_bytes
+        #: Least recently published first.
         self.channels: dict[str, _Channel] = {}
+        #: The channels with a history, least recently published first,
+        #: and what their histories cost together.
+        self.histories: dict[str, _Channel] = {}
+        self.history_bytes = 0
         #: node -> its events, while started
         self.events: dict[str, NodeEvents] = {}
         #: channel -> nodes subscribed to it
@@ -62,8 +95,67 @@ class MemoryBackend:
     def channel(self, name: str) -> _Channel:
         channel = self.channels.get(name)
         if channel is None:
+            if len(self.channels) >= self.max_channels:
+                self._forget_a_channel()
             channel = self.channels[name] = _Channel()
         return channel
+
+    def keep(self, name: str, state: _Channel, publication: Publication) -> None:
+        """Add ``publication`` to ``name``'s history, within the budget."""
+        now = self.clock()
+        size = len(publication.data) + PUBLICATION_OVERHEAD
+        state.history.append((now, publication, size))
+        state.bytes += size
+        self.history_bytes += size
+        # Both orders: least recently published first.
+        self.channels[name] = self.channels.pop(name)
+        self.histories.pop(name, None)
+        self.histories[name] = state
+        while self.history_bytes > self.max_history_bytes:
+            oldest_name, oldest = next(iter(self.histories.items()))
+            if oldest is state:  # the only history left: shorten it
+                self.drop_oldest(name, state)
+            else:
+                self.forget_history(oldest_name, oldest)
+
+    def drop_oldest(self, name: str, state: _Channel) -> None:
+        """Drop the oldest publication of ``name``'s (non-empty) history."""
+        size = state.history.popleft()[2]
+        state.bytes -= size
+        self.history_bytes -= size
+        if not state.history:
+            del self.histories[name]
+
+    def forget_history(self, name: str, state: _Channel) -> None:
+        state.history.clear()
+        self.history_bytes -= state.bytes
+        state.bytes = 0
+        self.histories.pop(name, None)
+
+    def trim(self, name: str, state: _Channel, options: ChannelOptions) -> None:
+        """Drop what ``name``'s history no longer keeps: beyond its size, or
+        older than its TTL."""
+        while len(state.history) > options.history_size:
+            self.drop_oldest(name, state)
+        self._expire(name, state, self.clock())
+
+    def _expire(self, name: str, state: _Channel, now: float) -> None:
+        """Drop publications older than the channel's history TTL."""
+        if state.history_ttl > 0:
+            deadline = now - state.history_ttl
+            while state.history and state.history[0][0] < deadline:
+                self.drop_oldest(name, state)
+
+    def _forget_a_channel(self) -> None:
+        """Forget the least recently published channel not in use."""
+        for _ in range(min(_EVICTION_SCAN, len(self.channels))):
+            name = next(iter(self.channels))
+            state = self.channels.pop(name)
+            if name in self.subscribed or _live_presence(state, self.clock()):
+                self.channels[name] = state  # in use: to the back
+                continue
+            self.forget_history(name, state)
+            return
 
     def push(self, push: Push) -> None:
         """Deliver ``push`` to every node subscribed to its channel, now:
@@ -80,7 +172,7 @@ class MemoryBackend:
         self._next_sweep = now + SWEEP_INTERVAL
         idle = []
         for name, state in self.channels.items():
-            _expire(state, now)
+            self._expire(name, state, now)
             if (
                 name not in self.subscribed
                 and not _live_presence(state, now)
@@ -139,9 +231,8 @@ class MemoryBroker(Broker):
         state.offset += 1
         if options.history_size > 0:
             state.history_ttl = options.history_ttl
-            now = backend.clock()
-            state.history.append((now, Publication(state.offset, data, info)))
-            _trim(state, options, now)
+            backend.keep(channel, state, Publication(state.offset, data, info))
+            backend.trim(channel, state, options)
         backend.push(Push(channel, "pub", state.epoch, state.offset, data, info))
         backend.maybe_sweep()
         return state.offset, state.epoch
@@ -155,8 +246,8 @@ class MemoryBroker(Broker):
         limit: int | None = None,
     ) -> HistoryResult:
         state = self.backend.channel(channel)
-        _trim(state, options, self.backend.clock())
-        kept = [publication for _, publication in state.history]
+        self.backend.trim(channel, state, options)
+        kept = [publication for _, publication, _ in state.history]
         if since is None:
             selected = kept if limit is None else kept[-limit:] if limit > 0 else []
             return HistoryResult(state.epoch, state.offset, selected)
@@ -230,19 +321,3 @@ def _live_presence(state: _Channel, now: float) -> list[ClientInfo]:
     for client in expired:
         del state.presence[client]
     return [info for info, _ in state.presence.values()]
-
-
-def _trim(state: _Channel, options: ChannelOptions, now: float) -> None:
-    history = state.history
-    while len(history) > options.history_size:
-        history.popleft()
-    _expire(state, now)
-
-
-def _expire(state: _Channel, now: float) -> None:
-    """Drop publications older than the channel's history TTL."""
-    if state.history_ttl > 0:
-        deadline = now - state.history_ttl
-        history = state.history
-        while history and history[0][0] < deadline:
-            history.popleft()
