@@ -193,6 +193,44 @@ async def test_history_with_limit_and_since(start_hub: Any, connect: Any) -> Non
         assert result["publications"] == [] and result["complete"] is False
 
 
+async def test_history_replies_are_capped_and_page_with_since(
+    start_hub: Any, connect: Any
+) -> None:
+    # Hardening finding 3: a 45-byte command made the hub encode and
+    # compress everything a channel keeps (6.5 MB) into one reply.
+    hub = await start_hub(max_outbound=1 << 20)
+    peer = await connect(hub)  # with permessage-deflate, the default
+    data = "x" * 50_000
+    for _ in range(40):  # 2 MB kept
+        await hub.publish("news:big", data)
+    cap = (1 << 20) // 2
+
+    def size(result: dict[str, Any]) -> int:
+        return sum(len(p["data"]) for p in result["publications"])
+
+    newest = await peer.result("history", channel="news:big")
+    offsets = [p["offset"] for p in newest["publications"]]
+    assert size(newest) <= cap and offsets == list(range(41 - len(offsets), 41))
+    # With since, the oldest after it; asking on from the last one gets
+    # the rest, without a gap.
+    epoch, since, pages, got = newest["epoch"], 0, 0, []
+    while since < 40:
+        page = await peer.result(
+            "history", channel="news:big", since={"offset": since, "epoch": epoch}
+        )
+        assert size(page) <= cap and page["offset"] == 40
+        got += [p["offset"] for p in page["publications"]]
+        since, pages = got[-1], pages + 1
+    assert got == list(range(1, 41)) and pages >= 4
+    # A subscribe that would have to carry more than a reply may: the
+    # client is told, and may page through the history itself.
+    reply = await peer.result(
+        "subscribe", channel="news:big", since={"offset": 0, "epoch": epoch}
+    )
+    assert reply == {"epoch": epoch, "offset": 40, "recovered": False}
+    assert await peer.result("ping") == {}  # not dropped as too slow
+
+
 # -- presence ------------------------------------------------------------
 
 

@@ -9,13 +9,14 @@ import re
 import secrets
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from ..connection import WebSocket
 from ..exceptions import ConnectionClosed
 from .auth import AuthError, Identity, can_publish, can_subscribe, decode_token
-from .brokers.base import BrokerUnavailable, ClientInfo
+from .brokers.base import BrokerUnavailable, ClientInfo, Publication
 from .config import NamespaceConfig
 from .wire import (
     Command,
@@ -58,6 +59,9 @@ MAX_RATE_LIMITED = 50
 #: go out without waiting for each other (one Redis round trip can carry
 #: many), their replies in order; any other command waits for them first.
 MAX_PIPELINED = 64
+
+#: What a publication costs in a reply beyond its data (offset, info).
+_REPLY_OVERHEAD = 100
 
 
 class Session:
@@ -388,8 +392,14 @@ class Session:
         self._subscribed_at[channel] = (position.epoch, position.offset)
         if command.since is None:
             return encode_position(position)
-        if position.complete and position.epoch == command.since[1]:
+        if (
+            position.complete
+            and position.epoch == command.since[1]
+            and self._fits(position.publications) == len(position.publications)
+        ):
             return encode_position(position, position.publications, recovered=True)
+        # Lost, or more than one reply may carry: the client may page
+        # through the history itself.
         return encode_position(position, recovered=False)
 
     def _flush(self, channel: str, offset: int) -> None:
@@ -409,7 +419,25 @@ class Session:
         )
         if since is not None and (not result.complete or result.epoch != since[1]):
             return encode_position(result, (), complete=False)
-        return encode_position(result, result.publications)
+        publications = result.publications
+        if since is None:  # the newest that fit
+            fit = self._fits(reversed(publications))
+            return encode_position(result, publications[len(publications) - fit :])
+        return encode_position(result, publications[: self._fits(publications)])
+
+    def _fits(self, publications: Iterable[Publication]) -> int:
+        """How many of ``publications``, in order, one reply carries: at most
+        half of ``max_outbound`` (a reply alone never gets its client dropped
+        as too slow, and one command costs bounded CPU to encode and
+        compress), and at least one."""
+        budget = self.hub.config.max_outbound // 2
+        count = 0
+        for publication in publications:
+            budget -= len(publication.data) + _REPLY_OVERHEAD
+            if budget < 0 and count:
+                break
+            count += 1
+        return count
 
 
 def _query_token(ws: WebSocket) -> str | None:
