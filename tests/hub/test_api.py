@@ -346,6 +346,11 @@ async def test_the_keyless_api_refuses_foreign_hosts_and_origins(
     foreign = await publish(("Origin", "https://evil.example"))
     assert foreign.status == 403
     assert (await publish(("Origin", "null"))).status == 403
+    # A reverse proxy on this machine, forwarding callers from anywhere.
+    for name in ("X-Forwarded-For", "Forwarded", "X-Real-IP", "x-forwarded-host"):
+        proxied = await publish((name, "203.0.113.9"))
+        assert proxied.status == 403
+        assert "proxied" in proxied.json()["error"]["message"]
     # What stays open: no Origin (curl, back ends), pages of this machine.
     assert (await publish()).status == 200
     assert (await publish(("Origin", "http://localhost:5173"))).status == 200

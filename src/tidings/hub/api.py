@@ -121,6 +121,13 @@ def _authorize(hub: Hub, request: Request) -> None:
     elif not _loopback_origin(request.headers.get("Origin")):
         # Any web page may POST here from a visitor's browser.
         raise ApiError(403, "without an API key, pages of other origins are refused")
+    elif any(name in request.headers for name in _FORWARDED):
+        # A reverse proxy on this machine makes every caller look local.
+        raise ApiError(403, "without an API key, proxied requests are refused")
+
+
+#: Headers a reverse proxy adds to say whom it forwards for.
+_FORWARDED = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Real-IP")
 
 
 def _is_loopback(host: str) -> bool:
