@@ -454,9 +454,24 @@ class WebSocket(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        # Pongs wait too, or a peer that sends pings and never reads would
+        # have us queue a pong per ping without end. While they wait, only
+        # the latest ping is kept, to be answered once the buffer drains
+        # (RFC 6455 §5.5.3): memory stays bounded, at one payload.
+        #
+        # Why not stop reading until the buffer drains, as a full message
+        # queue does? A peer may well send without reading until its send
+        # is done (a client uploading while we push a feed to it, a script
+        # that writes everything and then reads). If we stopped reading
+        # whenever our buffer is full, each side would wait for the other.
+        # Holding pongs keeps reading going, and a peer that reads gets the
+        # pong to its latest ping as soon as our buffer drains.
+        self._conn.hold_pongs(True)
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self._conn.hold_pongs(False)
+        self._write_out()  # the pong to the latest ping, if one waited
         waiter = self._drain_waiter
         if waiter is not None:
             self._drain_waiter = None
@@ -549,7 +564,9 @@ class WebSocket(asyncio.BufferedProtocol):
             self._transport.pause_reading()
 
     def _closed_event(self, event: Closed) -> None:
-        if event.error is not None and self._conn.state is not _CONNECTING:
+        # A handshake that failed is the caller's to report (connect()
+        # raises; the server logs it).
+        if event.error is not None and self._opened.done():
             self.logger.info(
                 "connection %s failed with close code %d: %s",
                 self.remote_address,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import random
+import zlib
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -25,7 +27,12 @@ from tidings.protocol import (
     State,
     TextMessage,
 )
-from tidings.protocol.frames import Opcode, serialize_close, serialize_frame
+from tidings.protocol.frames import (
+    Opcode,
+    serialize_close,
+    serialize_frame,
+    serialize_header,
+)
 
 
 def wire(conn: Connection) -> bytes:
@@ -391,6 +398,108 @@ def test_max_message_size_holds_exactly_for_an_uncompressed_whole_frame(
     assert closed.code == 1009
 
 
+# -- how long a compressed frame may be (RFC 7692) ---------------------------
+
+DEFLATE_LIMIT = 256 * 1024
+# Lets the client compress with any window, 9 to 15 bits.
+ANY_WINDOW = DeflateConfig(client_max_window_bits=15)
+
+
+def deflate_bound(size: int) -> int:
+    """zlib's deflateBound for unknown settings (zlib 1.2.12+, deflate.c):
+    fixed blocks of 9-bit literals, or stored blocks of 127 bytes."""
+    fixed = size + (size >> 3) + (size >> 8) + (size >> 9) + 4
+    stored = size + (size >> 5) + (size >> 7) + (size >> 11) + 7
+    return max(fixed, stored)
+
+
+def incompressible(kind: str, size: int, seed: int) -> bytes:
+    rng = random.Random(seed)
+    if kind == "random":
+        return rng.randbytes(size)
+    # Bytes 144..255 cost 9 bits each in a fixed Huffman block.
+    return bytes(rng.choices(range(144, 256), k=size))
+
+
+def zlib_frames(
+    data: bytes,
+    *,
+    level: int,
+    mem_level: int,
+    wbits: int,
+    cuts: tuple[int, ...] = (),
+) -> bytes:
+    """``data`` as one compressed message, compressed by zlib with these
+    settings, its compressed bytes cut into frames at ``cuts`` (RFC 7692
+    §6.1 lets an encoder split them anywhere)."""
+    compressor = zlib.compressobj(level, zlib.DEFLATED, -wbits, mem_level)
+    out = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    assert out.endswith(b"\x00\x00\xff\xff")
+    out = out[:-4]  # §7.2.1
+    bounds = [0, *sorted(min(c, len(out)) for c in cuts), len(out)]
+    pieces = [out[a:b] for a, b in itertools.pairwise(bounds)]
+    return b"".join(
+        client_frame(
+            Opcode.BINARY if i == 0 else Opcode.CONTINUATION,
+            piece,
+            fin=i == len(pieces) - 1,
+            rsv1=i == 0,
+        )
+        for i, piece in enumerate(pieces)
+    )
+
+
+@pytest.mark.parametrize("wbits", range(9, 16))
+@pytest.mark.parametrize(
+    ("level", "mem_level"), [(6, 1), (1, 1), (0, 1), (1, 3), (9, 9)]
+)
+@pytest.mark.parametrize("kind", ["random", "high"])
+def test_rfc7692_a_message_at_the_limit_is_accepted_from_zlib_at_any_setting(
+    wbits: int, level: int, mem_level: int, kind: str
+) -> None:
+    # max_message_size counts bytes after decompression; incompressible data
+    # grows when deflated (memLevel 1: a 5-byte stored block header per 127
+    # bytes; memLevel 2+ with a small window: 9-bit literals), and a frame
+    # that carries a message within the limit must not be refused for it.
+    data = incompressible(kind, DEFLATE_LIMIT, wbits)
+    wire = zlib_frames(data, level=level, mem_level=mem_level, wbits=wbits)
+    _, server = open_pair(compression=ANY_WINDOW, max_message_size=DEFLATE_LIMIT)
+    assert server.receive_data(wire) == [BinaryMessage(data)]
+    # One byte more is still refused, once inflated.
+    wire = zlib_frames(data + b"!", level=level, mem_level=mem_level, wbits=wbits)
+    _, server = open_pair(compression=ANY_WINDOW, max_message_size=DEFLATE_LIMIT)
+    closed = last_close(server.receive_data(wire))
+    assert closed.code == 1009
+    assert sent_close_code(server) == 1009
+
+
+@pytest.mark.parametrize(
+    "cuts", [(1,), (5, 6), (100_000,), (50_000, 150_000, 250_000), (269_000,)]
+)
+def test_rfc7692_a_message_at_the_limit_is_accepted_however_it_is_cut(
+    cuts: tuple[int, ...],
+) -> None:
+    data = incompressible("random", DEFLATE_LIMIT, len(cuts))
+    wire = zlib_frames(data, level=1, mem_level=1, wbits=12, cuts=cuts)
+    _, server = open_pair(compression=ANY_WINDOW, max_message_size=DEFLATE_LIMIT)
+    assert server.receive_data(wire) == [BinaryMessage(data)]
+
+
+def test_rfc7692_a_compressed_frame_is_still_bounded_before_it_is_buffered() -> None:
+    # Allowing for deflate's worst case still bounds what a peer makes us
+    # buffer: a header announcing more than any zlib setting could make of
+    # the limit is refused before its payload arrives.
+    most = deflate_bound(DEFLATE_LIMIT) + 256
+    assert most < DEFLATE_LIMIT * 1.14 + 300
+    _, server = open_pair(compression=ANY_WINDOW, max_message_size=DEFLATE_LIMIT)
+    header = serialize_header(Opcode.BINARY, most, rsv1=True, mask=b"mask")
+    assert server.receive_data(header) == []  # waits for the payload
+    _, server = open_pair(compression=ANY_WINDOW, max_message_size=DEFLATE_LIMIT)
+    header = serialize_header(Opcode.BINARY, most + 1, rsv1=True, mask=b"mask")
+    assert last_close(server.receive_data(header)).code == 1009
+    assert server.get_buffer() is None
+
+
 # -- ping and pong (RFC 6455 §5.5.2, §5.5.3) ---------------------------------
 
 
@@ -406,6 +515,61 @@ def test_auto_pong_can_be_turned_off() -> None:
     client.send_ping(b"p")
     assert server.receive_data(wire(client)) == [Ping(b"p")]
     assert wire(server) == b""
+
+
+def pongs(*payloads: bytes) -> bytes:
+    return b"".join(serialize_frame(Opcode.PONG, p) for p in payloads)
+
+
+def test_a_burst_of_pings_gets_a_pong_each() -> None:
+    _, server = open_pair()
+    payloads = [b"%d" % i for i in range(10)]  # as Autobahn's case 2.10
+    data = b"".join(client_frame(Opcode.PING, p) for p in payloads)
+    assert server.receive_data(data) == [Ping(p) for p in payloads]
+    assert wire(server) == pongs(*payloads)
+
+
+def test_rfc6455_5_5_3_a_flood_of_pings_gets_a_pong_to_the_latest() -> None:
+    # A pong may answer only the most recent ping: a read full of pings
+    # costs a bounded number of pongs, not one per ping.
+    _, server = open_pair()
+    payloads = [b"%d" % i for i in range(1000)]
+    data = b"".join(client_frame(Opcode.PING, p) for p in payloads)
+    assert server.receive_data(data) == [Ping(p) for p in payloads]
+    assert wire(server) == pongs(*payloads[:16], payloads[-1])
+    assert wire(server) == b""
+    # Then each read gets its pongs again.
+    server.receive_data(b"".join(client_frame(Opcode.PING, p) for p in payloads[:10]))
+    assert wire(server) == pongs(*payloads[:10])
+
+
+def test_rfc6455_5_5_3_held_pongs_answer_the_latest_ping_when_let_go() -> None:
+    client, server = open_pair()
+    server.hold_pongs()
+    for payload in (b"a", b"b", b"c"):
+        client.send_ping(payload)
+    assert server.receive_data(wire(client)) == [Ping(b"a"), Ping(b"b"), Ping(b"c")]
+    assert wire(server) == b""  # however long they stay held
+    client.send_ping(b"d")
+    server.receive_data(wire(client))
+    assert wire(server) == b""
+    server.hold_pongs(False)
+    assert client.receive_data(wire(server)) == [Pong(b"d")]
+    server.hold_pongs(False)  # nothing more
+    assert wire(server) == b""
+    # And pings are answered at once again.
+    client.send_ping(b"e")
+    server.receive_data(wire(client))
+    assert client.receive_data(wire(server)) == [Pong(b"e")]
+
+
+def test_a_held_pong_is_not_sent_after_our_close_frame() -> None:
+    _, server = open_pair()
+    server.hold_pongs()
+    server.receive_data(client_frame(Opcode.PING, b"p"))
+    server.send_close(1001)
+    server.hold_pongs(False)
+    assert wire(server) == serialize_frame(Opcode.CLOSE, serialize_close(1001))
 
 
 def test_control_payload_over_125_bytes_is_refused_when_sending() -> None:
@@ -675,14 +839,21 @@ def test_receiving_into_the_offered_buffer_gives_the_same_messages(
     assert receiver.get_buffer() is None  # nothing still arriving
 
 
-def test_a_large_frame_is_received_into_a_buffer_of_its_size() -> None:
+def test_a_large_frame_is_received_into_a_buffer_that_grows_as_it_fills() -> None:
     _, server = open_pair(compression=None, max_message_size=None)
     frame = client_frame(Opcode.BINARY, b"x" * 100_000)
     assert server.get_buffer() is None
     assert server.receive_data(frame[:1000]) == []
+    # A quarter of the 100,000 bytes announced to begin with, not all...
     view = server.get_buffer()
-    assert view is not None and len(view) == len(frame) - 1000
-    view[: len(view)] = frame[1000:]
+    assert view is not None and len(view) == 25_000 - (1000 - 14)
+    view[: len(view)] = frame[1000 : 1000 + len(view)]
+    assert server.receive_into(len(view)) == []
+    # ...then the rest, once a quarter came.
+    received = 1000 + len(view)
+    view = server.get_buffer()
+    assert view is not None and len(view) == len(frame) - received
+    view[: len(view)] = frame[received:]
     assert server.receive_into(len(view)) == [BinaryMessage(b"x" * 100_000)]
     assert server.get_buffer() is None
 

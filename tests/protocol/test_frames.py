@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
+import random
+import tracemalloc
+
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tidings.exceptions import PayloadTooBig, ProtocolError
+from tidings.protocol import frames as frames_module
 from tidings.protocol.frames import (
+    RECEIVE_INTO,
     RSV1,
     Frame,
     FrameParser,
@@ -18,6 +24,7 @@ from tidings.protocol.frames import (
     serialize_frame,
     serialize_header,
 )
+from tidings.protocol.limits import MAX_MESSAGE_SIZE
 
 MASK = bytes.fromhex("37fa213d")
 
@@ -320,3 +327,146 @@ def test_partial_header_needs_the_whole_header() -> None:
     assert parser.next_frame() is None
     assert parser.partial_header() == (Opcode.BINARY, True)
     assert parser.partial_payload(0) == b"xx"
+
+
+# -- a large frame still arriving holds memory for what came, not what was
+# announced ------------------------------------------------------------------
+
+_TWIN_NAMES = ("payload_buffer", "grow_payload", "finish_payload")
+
+
+@pytest.fixture(params=["Python", "C"])
+def twin(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test on the pure-Python twin, then on the C one (when built):
+    the parser's next_raw and the functions that hold a large payload."""
+    if request.param == "Python":
+        monkeypatch.setattr(FrameParser, "next_raw", frames_module._py_next_raw)
+        for name in _TWIN_NAMES:
+            if hasattr(frames_module, f"_py_{name}"):
+                monkeypatch.setattr(
+                    frames_module, name, getattr(frames_module, f"_py_{name}")
+                )
+        return "Python"
+    try:
+        from tidings.protocol import _speedups
+    except ImportError:  # pragma: no cover - depends on the install
+        pytest.skip("tidings.protocol._speedups was not built")
+    monkeypatch.setattr(frames_module, "_speedups", _speedups, raising=False)
+    monkeypatch.setattr(FrameParser, "next_raw", frames_module._c_next_raw)
+    for name in _TWIN_NAMES:
+        if hasattr(_speedups, name):
+            monkeypatch.setattr(
+                frames_module, name, getattr(_speedups, name), raising=False
+            )
+    return "C"
+
+
+def held(parser: FrameParser, received: int) -> int:
+    """The size of the buffer the parser holds for the frame still arriving:
+    what arrived of its payload and the room offered for the rest."""
+    view = parser.get_buffer()
+    assert view is not None
+    return received + len(view)
+
+
+def test_a_header_announcing_a_large_payload_pins_little_memory(twin: str) -> None:
+    # A 14-byte header announcing 1 MiB used to make the parser allocate the
+    # whole MiB at once: a peer pinned max_message_size per connection.
+    announced = MAX_MESSAGE_SIZE
+    frame_head = serialize_header(Opcode.BINARY, announced, mask=MASK)
+    parser = FrameParser(expect_mask=True)
+    parser.max_payload = announced
+    tracemalloc.start()
+    try:
+        parser.feed(frame_head + b"x" * 10)
+        assert parser.next_frame() is None
+        current = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert held(parser, 10) <= RECEIVE_INTO
+    assert current < 2 * RECEIVE_INTO <= announced // 8
+
+
+@pytest.mark.parametrize("chunk", [1000, 65_536, 100_000])
+def test_the_payload_buffer_grows_with_the_bytes_received(
+    twin: str, chunk: int
+) -> None:
+    payload = random.Random(chunk).randbytes(3 * MAX_MESSAGE_SIZE + 7)
+    frame = serialize_frame(Opcode.BINARY, payload, mask=True)
+    header = len(frame) - len(payload)
+    parser = FrameParser(expect_mask=True)
+    parser.feed(frame[: header + 10])
+    assert parser.next_frame() is None
+    received = 10
+    grown = []
+    while received + chunk < len(payload):
+        parser.feed(frame[header + received : header + received + chunk])
+        received += chunk
+        assert parser.next_frame() is None
+        size = held(parser, received)
+        # Never more than 4 times what came, nor than a first 64 KiB.
+        assert size <= max(RECEIVE_INTO, 4 * received)
+        if not grown or size != grown[-1]:
+            grown.append(size)
+    # Geometric growth, a few steps and not one per read, each 4 times the
+    # last, up to the payload's size: the copies add up to a third of it.
+    steps = grown if grown[-1] == len(payload) else [*grown, len(payload)]
+    assert len(steps) <= 6, steps
+    assert all(-(-b // 4) == a for a, b in itertools.pairwise(steps)), steps
+    assert sum(steps[:-1]) <= len(payload) // 3 + len(steps)
+    parser.feed(frame[header + received :])
+    assert parser.next_frame() == Frame(Opcode.BINARY, payload)
+    assert parser.get_buffer() is None
+
+
+# The twin fixture patches the module once for all examples, which is what
+# is wanted here: nothing in it needs resetting between examples.
+@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    sizes=st.lists(
+        st.sampled_from([RECEIVE_INTO - 20, RECEIVE_INTO, 262_143, 262_145])
+        | st.integers(RECEIVE_INTO, 1_300_000),
+        min_size=1,
+        max_size=3,
+    ),
+    seed=st.integers(0, 2**32),
+    chunks=st.lists(st.integers(1, 400_000), min_size=1, max_size=6),
+    into=st.lists(st.booleans(), min_size=1, max_size=4),
+    mask=st.booleans(),
+)
+def test_large_frames_parse_the_same_in_any_chunking(
+    twin: str,
+    *,
+    sizes: list[int],
+    seed: int,
+    chunks: list[int],
+    into: list[bool],
+    mask: bool,
+) -> None:
+    rng = random.Random(seed)
+    sent = [Frame(Opcode.BINARY, rng.randbytes(n), fin=n % 2 == 0) for n in sizes]
+    wire = b"".join(
+        serialize_frame(f.opcode, f.payload, fin=f.fin, mask=mask) for f in sent
+    )
+    parser = FrameParser(expect_mask=mask)
+    got: list[Frame] = []
+    pos = 0
+    steps = zip(itertools.cycle(chunks), itertools.cycle(into), strict=False)
+    for size, receive_into in steps:
+        if pos == len(wire):
+            break
+        view = parser.get_buffer()
+        if receive_into and view is not None:
+            # As asyncio's BufferedProtocol does: straight into the parser's
+            # buffer, at most as much as it offers.
+            n = min(size, len(view), len(wire) - pos)
+            view[:n] = wire[pos : pos + n]
+            parser.buffer_updated(n)
+        else:
+            n = min(size, len(wire) - pos)
+            parser.feed(wire[pos : pos + n])
+        pos += n
+        while (frame := parser.next_frame()) is not None:
+            got.append(frame)
+    assert got == sent
+    assert parser.get_buffer() is None

@@ -9,20 +9,22 @@ need the extension; they are skipped, saying why, where it was not built.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import importlib.util
 import itertools
 import os
+import random
 import shlex
 import shutil
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tidings.exceptions import ProtocolError
@@ -197,6 +199,57 @@ def test_finish_payload_refuses_what_payload_buffer_did_not_make() -> None:
         c().finish_payload(payload, b"abc")
     with pytest.raises(ValueError):
         c().payload_buffer(-1)
+
+
+@needs_c
+@given(
+    data=st.binary(min_size=1, max_size=300)
+    | st.binary(min_size=1, max_size=64).map(lambda b: b * (140_000 // len(b) + 1)),
+    mask=st.none() | st.binary(min_size=4, max_size=4),
+    steps=st.lists(st.integers(1, 140_000), max_size=4),
+    first=st.integers(1, 140_000),
+)
+def test_grow_payload_twins_agree(
+    data: bytes, mask: bytes | None, steps: list[int], first: int
+) -> None:
+    # A buffer made small, filled, grown, filled... as FrameParser does.
+    sizes = sorted({min(x, len(data)) for x in [first, *steps]} | {len(data)})
+    results = []
+    for make, grow, finish in (
+        (c().payload_buffer, c().grow_payload, c().finish_payload),
+        (frames._py_payload_buffer, frames._py_grow_payload, frames._py_finish_payload),
+    ):
+        payload, view = make(sizes[0])
+        view[:] = data[: sizes[0]]
+        for filled, size in itertools.pairwise(sizes):
+            payload, view = grow(payload, filled, size)
+            assert len(view) == size and not view.readonly
+            assert bytes(view[:filled]) == data[:filled]
+            view[filled:] = data[filled:size]
+        results.append(finish(payload, mask))
+    assert type(results[0]) is bytes and type(results[1]) is bytes
+    assert results[0] == results[1]
+    assert results[1] == (data if mask is None else frames._py_apply_mask(data, mask))
+
+
+@needs_c
+@pytest.mark.parametrize(
+    ("filled", "size"), [(-1, 8), (9, 16), (8, 7), (0, -1), (2**70, 8)]
+)
+def test_grow_payload_twins_refuse_the_same_bounds(filled: int, size: int) -> None:
+    errors = []
+    for make, grow in (
+        (c().payload_buffer, c().grow_payload),
+        (frames._py_payload_buffer, frames._py_grow_payload),
+    ):
+        payload, _ = make(8)
+        with pytest.raises((ValueError, OverflowError)) as info:
+            grow(payload, filled, size)
+        errors.append((type(info.value), str(info.value)))
+    if errors[0][0] is ValueError:  # Python ints never overflow
+        assert errors[0] == errors[1]
+    with pytest.raises(TypeError):
+        c().grow_payload(bytearray(8), 0, 16)
 
 
 # -- UTF-8 --------------------------------------------------------------------
@@ -515,3 +568,93 @@ def test_frame_parser_twins_agree_at_the_payload_limit(length: int, over: int) -
     steps = parse_steps(frames._c_next_raw, *args)
     assert steps == parse_steps(frames._py_next_raw, *args)
     assert isinstance(steps[-1], tuple) == (over > 0)
+
+
+# The parser's twins: next_raw and the functions that hold a large payload.
+_PAYLOAD_TWINS = ("payload_buffer", "grow_payload", "finish_payload")
+
+
+@contextlib.contextmanager
+def parser_twin(name: str) -> Iterator[None]:
+    """Make FrameParser use the C or the Python twins while inside."""
+    saved = FrameParser.next_raw, {n: getattr(frames, n) for n in _PAYLOAD_TWINS}
+    source = c() if name == "C" else None
+    FrameParser.next_raw = (  # type: ignore[method-assign]
+        frames._c_next_raw if source is not None else frames._py_next_raw
+    )
+    for n in _PAYLOAD_TWINS:
+        twin = getattr(source, n) if source is not None else getattr(frames, f"_py_{n}")
+        setattr(frames, n, twin)
+    try:
+        yield
+    finally:
+        FrameParser.next_raw = saved[0]  # type: ignore[method-assign]
+        for n, function in saved[1].items():
+            setattr(frames, n, function)
+
+
+def receive_steps(
+    wire: bytes, chunks: list[int], into: list[bool], expect_mask: bool
+) -> list[object]:
+    """Every frame the parser gives for ``wire`` read in ``chunks``, fed or
+    received into its buffer, and the room it offers after each read."""
+    parser = FrameParser(expect_mask=expect_mask)
+    steps: list[object] = []
+    pos = 0
+    for size, receive_into in zip(
+        itertools.cycle(chunks), itertools.cycle(into), strict=False
+    ):
+        if pos == len(wire):
+            return steps
+        view = parser.get_buffer()
+        if receive_into and view is not None:
+            n = min(size, len(view), len(wire) - pos)
+            view[:n] = wire[pos : pos + n]
+            parser.buffer_updated(n)
+        else:
+            n = min(size, len(wire) - pos)
+            parser.feed(wire[pos : pos + n])
+        pos += n
+        while (frame := parser.next_raw()) is not None:
+            steps.append(frame)
+        room = parser.get_buffer()
+        steps.append(None if room is None else len(room))
+    raise AssertionError("unreachable")
+
+
+@needs_c
+@settings(max_examples=40)
+@given(
+    sizes=st.lists(
+        st.sampled_from([65_535, 65_536, 262_144, 262_145, 1 << 20])
+        | st.integers(65_536, 1_200_000)
+        | st.integers(0, 300),
+        min_size=1,
+        max_size=4,
+    ),
+    seed=st.integers(0, 2**32),
+    chunks=st.lists(st.integers(1, 300_000), min_size=1, max_size=6),
+    into=st.lists(st.booleans(), min_size=1, max_size=4),
+    expect_mask=st.booleans(),
+)
+def test_frame_parser_twins_agree_on_large_frames_and_their_buffers(
+    sizes: list[int],
+    seed: int,
+    chunks: list[int],
+    into: list[bool],
+    expect_mask: bool,
+) -> None:
+    rng = random.Random(seed)
+    payloads = [rng.randbytes(n) for n in sizes]
+    wire = b"".join(
+        serialize_frame(Opcode.BINARY, p, mask=expect_mask) for p in payloads
+    )
+    args = (wire, chunks, into, expect_mask)
+    with parser_twin("C"):
+        compiled = receive_steps(*args)
+    with parser_twin("Python"):
+        reference = receive_steps(*args)
+    # The same frames, and the same room offered at every step: both grow
+    # their buffers at the same points, by the same rule.
+    assert compiled == reference
+    assert [s[1] for s in compiled if isinstance(s, tuple)] == payloads

@@ -79,10 +79,12 @@ _DEFAULT_COMPRESSION: Final = deflate.DeflateConfig()
 # _write_frame).
 _JOIN_MAX = 1024
 
-# A compressed frame may be a little larger than the data it holds (stored
-# blocks cost 5 bytes per 64 KiB); allow that much beyond the size limit
-# before buffering, and check the exact limit after inflating.
-_DEFLATE_SLACK = 256
+# Automatic pongs queued between two data_to_send() calls, at most; beyond,
+# only the latest ping is answered, when the bytes are next handed out
+# (RFC 6455 §5.5.3 allows it). A read full of pings then costs the peer one
+# pong per ping it sent in a burst, up to this many (Autobahn's case 2.10
+# sends 10 and likes a pong for each), not a pong per 131 bytes of input.
+_MAX_UNSENT_PONGS = 16
 
 
 class Connection:
@@ -103,6 +105,7 @@ class Connection:
         "_close_sent_code",
         "_compression",
         "_deflate",
+        "_held_pong",
         "_in_binary",
         "_in_compressed",
         "_in_opcode",
@@ -116,6 +119,8 @@ class Connection:
         "_partial_checked",
         "_partial_utf8",
         "_pending_error",
+        "_pongs_held",
+        "_unsent_pongs",
         "auto_pong",
         "close_code",
         "close_reason",
@@ -166,6 +171,11 @@ class Connection:
         self._partial_checked = 0
         # A protocol error found after messages in the same batch of bytes.
         self._pending_error: ProtocolError | None = None
+        # Automatic pongs: how many wait in _out, whether hold_pongs() holds
+        # them back, and the payload of the latest ping not yet answered.
+        self._unsent_pongs = 0
+        self._pongs_held = False
+        self._held_pong: bytes | None = None
 
     # -- properties ----------------------------------------------------
 
@@ -191,9 +201,36 @@ class Connection:
 
     def data_to_send(self) -> list[Buffer]:
         """Return the bytes queued for the peer, in order, and forget them."""
+        if self._held_pong is not None and not self._pongs_held:
+            self._release_pong()  # more pings came than _MAX_UNSENT_PONGS
         out = self._out
         self._out = []
+        self._unsent_pongs = 0
         return out
+
+    def hold_pongs(self, hold: bool = True) -> None:
+        """Hold automatic pongs back (``hold=False``: let them go again).
+
+        While they are held, pings are still reported, but only the latest
+        one's payload is kept, and it is answered when they are let go: RFC
+        6455 §5.5.3 lets a pong answer only the most recent ping. The asyncio
+        layer holds them while its write buffer is over its limit, so that a
+        peer that sends pings and never reads cannot make us queue pongs
+        without end; the pong then queued waits in :meth:`data_to_send`.
+        """
+        self._pongs_held = hold
+        if not hold and self._held_pong is not None:
+            self._release_pong()
+
+    def _release_pong(self) -> None:
+        payload = self._held_pong
+        assert payload is not None
+        self._held_pong = None
+        # Not after our close frame, as for pings that come after it, nor
+        # once closed.
+        if self.state is _OPEN and self._close_sent_code is None:
+            self._unsent_pongs += 1
+            self._write_frame(_PONG, payload)
 
     # -- receiving -----------------------------------------------------
 
@@ -219,10 +256,12 @@ class Connection:
         return self._receive_frames(unread)
 
     def get_buffer(self) -> memoryview | None:
-        """The rest of a large frame still arriving, to receive straight
-        into (as an ``asyncio.BufferedProtocol`` does) and then report with
-        :meth:`receive_into`; or None: read into a buffer of your own and
-        pass the bytes to :meth:`receive_data`."""
+        """Room for more of a large frame still arriving, to receive
+        straight into (as an ``asyncio.BufferedProtocol`` does) and then
+        report with :meth:`receive_into`; or None: read into a buffer of
+        your own and pass the bytes to :meth:`receive_data`. The room grows
+        with the bytes received, so it may be less than the rest of the
+        frame; it never reaches past it."""
         if self.state is _CONNECTING or self.state is _CLOSED:
             return None
         return self._parser.get_buffer()
@@ -339,7 +378,10 @@ class Connection:
             return None
         budget = self.max_message_size - in_size
         if self._deflate is not None:
-            budget += _DEFLATE_SLACK + (budget >> 10)
+            # A compressed frame may be larger than the data it holds: allow
+            # deflate's worst case before buffering it, and check the exact
+            # limit while inflating (_receive_data_frame).
+            budget = deflate.max_compressed_size(budget)
         return budget
 
     def _receive_frame(
@@ -374,7 +416,11 @@ class Connection:
         elif opcode is _PING:
             events.append(Ping(payload))
             if self.auto_pong and self._close_sent_code is None:
-                self._write_frame(_PONG, payload)
+                if self._pongs_held or self._unsent_pongs >= _MAX_UNSENT_PONGS:
+                    self._held_pong = payload  # see hold_pongs()
+                else:
+                    self._unsent_pongs += 1
+                    self._write_frame(_PONG, payload)
         elif opcode is _PONG:
             events.append(Pong(payload))
         else:

@@ -111,9 +111,22 @@ def serialize_frame(
 
 
 def payload_buffer(size: int) -> tuple[bytearray, memoryview]:
-    """A buffer to receive a payload of ``size`` bytes into, and a
-    writable view of it."""
+    """A buffer to receive ``size`` bytes of a payload into, and a writable
+    view of it."""
     buf = bytearray(size)
+    return buf, memoryview(buf)
+
+
+def grow_payload(
+    data: bytes | bytearray, filled: int, size: int
+) -> tuple[bytearray, memoryview]:
+    """A buffer of ``size`` bytes that starts with the first ``filled`` bytes
+    of ``data`` (from :func:`payload_buffer` or this function), and a
+    writable view of it; ``data`` is not used again."""
+    if not 0 <= filled <= min(len(data), size):
+        raise ValueError("filled must be within both buffers")
+    buf = bytearray(size)
+    buf[:filled] = memoryview(data)[:filled]
     return buf, memoryview(buf)
 
 
@@ -127,9 +140,36 @@ RawFrame = tuple[Opcode, bytes, bool, bool]
 
 Buffer = bytes | bytearray | memoryview
 
-# A frame this large that is still arriving is received into a buffer of its
-# own size (FrameParser.get_buffer); smaller ones are read with others.
+# A frame this large that is still arriving is received straight into a
+# buffer for its payload (FrameParser.get_buffer); smaller ones are read with
+# others.
 RECEIVE_INTO = 64 * 1024
+
+# That buffer follows the bytes that arrive, not the size the header
+# announced, or a 14-byte header would pin max_message_size per connection
+# (and a bytearray is zeroed: real memory). Its sizes are the payload's size
+# divided by powers of _GROWTH, rounded up. It starts at the largest of them
+# that is no more than RECEIVE_INTO or _GROWTH times what already came,
+# whichever is more, and each time it fills it is replaced by the next one,
+# _GROWTH times larger. So it never holds more than _GROWTH times the bytes
+# received (or RECEIVE_INTO), and as its last size is the payload's, the
+# copies made in growing add up to at most a third of it (1/4 + 1/16 + ...):
+# a 1 MiB payload is copied once at 64 KiB and once at 256 KiB, or less
+# when its first read brought more. Sizes that did not lead to the
+# payload's (4 times the first read, say) would copy almost all of it again
+# for its last few bytes: 1 MiB echoes ran a third slower that way, mostly
+# in page faults.
+_GROWTH = 4
+
+
+def _capacity(size: int, filled: int) -> int:
+    """How large the buffer of a ``size``-byte payload is made once
+    ``filled`` bytes (fewer than ``size``) have arrived."""
+    most = max(RECEIVE_INTO, _GROWTH * filled)
+    capacity = size
+    while capacity > most:
+        capacity = -(-capacity // _GROWTH)  # then more than filled
+    return capacity
 
 
 class FrameParser:
@@ -149,6 +189,7 @@ class FrameParser:
         "_payload",
         "_pos",
         "_ready",
+        "_size",
         "_view",
         "expect_mask",
         "max_payload",
@@ -162,10 +203,12 @@ class FrameParser:
         self._pos = 0
         # A large payload still arriving is received through _view straight
         # into _payload, which is then handed out (get_buffer): _filled
-        # bytes so far, its frame's (opcode, fin, rsv1, mask) in _head.
+        # bytes so far out of _size, in a buffer that grows as they come
+        # (see _GROWTH); its frame's (opcode, fin, rsv1, mask) in _head.
         self._payload: bytes | bytearray | None = None
         self._view: memoryview | None = None
         self._filled = 0
+        self._size = 0
         self._head: tuple[Opcode, bool, bool, bytes | None] | None = None
         # Such a frame once whole, for the next next_raw() to return.
         self._ready: RawFrame | None = None
@@ -176,15 +219,20 @@ class FrameParser:
     def feed(self, data: Buffer) -> None:
         """Add received bytes. The parser may read ``data`` itself, without
         a copy, until :meth:`next_raw` next returns None."""
-        view = self._view
-        if view is not None:
-            n = min(len(data), len(view) - self._filled)
-            view[self._filled : self._filled + n] = memoryview(data)[:n]
-            self._filled += n
-            if self._filled < len(view):
-                return
-            self._finish()
-            self._buf = memoryview(data)[n:]
+        if self._view is not None:
+            data = memoryview(data)
+            while True:
+                view = self._view
+                filled = self._filled
+                n = min(len(data), len(view) - filled)
+                view[filled : filled + n] = data[:n]
+                data = data[n:]
+                self.buffer_updated(n)  # grows the buffer when it is full
+                if self._view is None:
+                    break  # the payload is whole
+                if not data:
+                    return
+            self._buf = data
         elif self._pos == len(self._buf):
             self._buf = data
         else:
@@ -192,11 +240,13 @@ class FrameParser:
         self._pos = 0
 
     def get_buffer(self) -> memoryview | None:
-        """The rest of a large payload still arriving (a frame of
+        """Room for more of a large payload still arriving (a frame of
         :data:`RECEIVE_INTO` bytes or more), for an
         ``asyncio.BufferedProtocol`` to receive straight into, then call
         :meth:`buffer_updated`; None when there is none: then :meth:`feed`
-        what you read."""
+        what you read. The room never reaches past the payload's end, and
+        may be less than the rest of it: the buffer grows as it fills. The
+        view is valid until the next call to another method."""
         view = self._view
         return None if view is None else view[self._filled :]
 
@@ -205,7 +255,13 @@ class FrameParser:
         assert self._view is not None, "get_buffer() gave no buffer"
         self._filled += nbytes
         if self._filled == len(self._view):
-            self._finish()
+            if self._filled == self._size:
+                self._finish()
+            else:
+                assert self._payload is not None
+                self._payload, self._view = grow_payload(
+                    self._payload, self._filled, _capacity(self._size, self._filled)
+                )
 
     def _finish(self) -> None:
         assert self._head is not None and self._payload is not None
@@ -217,7 +273,8 @@ class FrameParser:
         """When no whole frame is left: keep the rest of the bytes fed in a
         buffer of our own, as the caller may reuse theirs. ``size`` is the
         length of the frame they begin, once its header is known and valid;
-        a large one is received into its payload from now on."""
+        a large one is received into a buffer for its payload from now on,
+        sized for the bytes that came (see _GROWTH)."""
         if self._view is not None:
             return
         buf = self._buf
@@ -237,9 +294,11 @@ class FrameParser:
                     bool(b0 & RSV1),
                     mask if self.expect_mask else None,
                 )
-                self._payload, view = payload_buffer(size - header)
-                self._filled = left - header
-                view[: self._filled] = memoryview(buf)[pos + header :]
+                filled = left - header
+                self._size = size - header  # more than filled: it is incomplete
+                self._payload, view = payload_buffer(_capacity(self._size, filled))
+                view[:filled] = memoryview(buf)[pos + header :]
+                self._filled = filled
                 self._view = view
                 self._buf = b""
                 self._pos = 0
@@ -446,13 +505,14 @@ def serialize_close(code: int, reason: str = "") -> bytes:
 
 # -- compiled twins (docs/speedups.md) --------------------------------------
 # The code above is the reference. When the C extension is in use, its twins
-# replace apply_mask, payload_buffer, finish_payload and FrameParser.next_raw
-# here, for every caller; the reference stays reachable under these names for
-# the tests that compare them.
+# replace apply_mask, payload_buffer, grow_payload, finish_payload and
+# FrameParser.next_raw here, for every caller; the reference stays reachable
+# under these names for the tests that compare them.
 
 _py_apply_mask = apply_mask
 _py_next_raw = FrameParser.next_raw
 _py_payload_buffer = payload_buffer
+_py_grow_payload = grow_payload
 _py_finish_payload = finish_payload
 
 
@@ -477,5 +537,6 @@ if speedups.ACTIVE:
 
     apply_mask = _speedups.apply_mask
     payload_buffer = _speedups.payload_buffer  # type: ignore[assignment]
+    grow_payload = _speedups.grow_payload  # type: ignore[assignment]
     finish_payload = _speedups.finish_payload  # type: ignore[assignment]
     FrameParser.next_raw = _c_next_raw  # type: ignore[method-assign]
