@@ -14,7 +14,7 @@ from typing import Any, TypeAlias
 from .connection import OnMessage, WebSocket
 from .exceptions import ConnectionClosed
 from .http import HTTPResponse
-from .protocol import DeflateConfig, Request, ServerConnection, State
+from .protocol import Closed, DeflateConfig, Request, ServerConnection, State
 from .protocol.handshake import parse_subprotocols
 from .protocol.limits import (
     CLOSE_TIMEOUT,
@@ -42,12 +42,15 @@ _DEFAULT_COMPRESSION = DeflateConfig()
 class _ServerWebSocket(WebSocket):
     """A connection accepted by a :class:`Server`."""
 
-    __slots__ = ("_open_timer", "_server")
+    __slots__ = ("_answered", "_open_timer", "_server")
 
     def __init__(self, server: Server, conn: ServerConnection, **kwargs: Any) -> None:
         super().__init__(conn, **kwargs)
         self._server = server
         self._open_timer: asyncio.TimerHandle | None = None
+        #: Answered with an HTTP response of the server's or the
+        #: application's choosing, which logs it if it wants to.
+        self._answered = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -80,6 +83,13 @@ class _ServerWebSocket(WebSocket):
             self._open_timer.cancel()
             self._open_timer = None
         super()._opened_ok()
+
+    def _closed_event(self, event: Closed) -> None:
+        if event.error is not None and not self._opened.done() and not self._answered:
+            self.logger.info(
+                "handshake from %s failed: %s", self.remote_address, event.error
+            )
+        super()._closed_event(event)
 
 
 class Server:
@@ -285,6 +295,7 @@ class Server:
             self.max_connections is not None
             and len(self._connections) > self.max_connections
         ):
+            self.logger.info("connection %s refused: server full", ws.remote_address)
             self._respond(
                 ws,
                 HTTPResponse(
@@ -298,6 +309,11 @@ class Server:
         ):
             # Cross-site WebSocket hijacking: a page from another origin
             # would otherwise ride on the user's cookies.
+            self.logger.info(
+                "connection %s refused: origin %.100r not allowed",
+                ws.remote_address,
+                request.headers.get("Origin"),
+            )
             self._respond(ws, HTTPResponse(403, "origin not allowed"))
             return
         if self.process_request is None:
@@ -335,6 +351,7 @@ class Server:
             self._respond(ws, result)
 
     def _respond(self, ws: _ServerWebSocket, response: HTTPResponse) -> None:
+        ws._answered = True
         conn = ws._conn
         assert isinstance(conn, ServerConnection)
         ws._handle_events(conn.reject(response.status, response.body, response.headers))
@@ -357,10 +374,6 @@ class Server:
             ws._opened_ok()
             if self.handler is not None:
                 self._spawn(self._run_handler(ws, self.handler))
-        elif conn.error is not None:
-            self.logger.info(
-                "handshake from %s refused: %s", ws.remote_address, conn.error
-            )
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

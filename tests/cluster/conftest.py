@@ -187,10 +187,17 @@ class Cluster:
         return node
 
     async def start(
-        self, n: int, redis: RedisServer, *, presence_ttl: float | None = None
+        self,
+        n: int,
+        redis: RedisServer,
+        *,
+        presence_ttl: float | None = None,
+        api_key: str | None = None,
     ) -> list[Node]:
         """Start ``n`` nodes on ``redis`` at once."""
         args = [] if presence_ttl is None else ["--presence-ttl", str(presence_ttl)]
+        if api_key is not None:
+            args += ["--api-key", api_key]
         return list(
             await asyncio.gather(*(self.start_node(redis.url, *args) for _ in range(n)))
         )

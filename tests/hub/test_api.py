@@ -4,6 +4,7 @@ API"), over real sockets."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from typing import Any
 
@@ -384,3 +385,45 @@ async def test_the_websocket_refuses_pages_of_other_origins(
     assert await opens("http://localhost:3000")  # a page on this machine
     assert await opens("https://app.example")  # allowed_origins
     assert await connect(hub, node=hub)  # no Origin: not a browser
+
+
+async def test_bad_input_gets_a_4xx_and_one_log_line_without_traceback(
+    start_hub: Any, connect: Any, http: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    hub = await start_hub()
+    caplog.set_level(logging.DEBUG, logger="tidings")
+    garbage = b"\x00\x01 not HTTP\r\n\r\n"
+    cases: list[tuple[Any, int, str]] = [
+        (("POST", "/api/publish", b"{not json"), 400, "the body must be JSON"),
+        (("GET", "/api/history?channel=chat:x&limit=" + "9" * 5000), 400, "limit"),
+        (("GET", "/api/presence?channel=" + "x" * 300), 400, "channel"),
+        (("GET", "/ws", None, (("Upgrade", "websocket"),)), 400, "handshake"),
+    ]
+    for args, status, words in cases:
+        caplog.clear()
+        method, path, *rest = args
+        body = rest[0] if rest else None
+        headers = rest[1] if len(rest) > 1 else ()
+        answer = await http(hub, method, path, body, headers=headers)
+        assert answer.status == status, (args, answer)
+        lines = [r for r in caplog.records if r.levelno >= logging.INFO]
+        assert len(lines) == 1, (args, [r.getMessage() for r in lines])
+        assert words in lines[0].getMessage() and lines[0].exc_info is None
+    caplog.clear()
+    reader, writer = await asyncio.open_connection("127.0.0.1", hub.port)
+    writer.write(garbage)
+    assert (await reader.read()).startswith(b"HTTP/1.1 400")
+    writer.close()
+    lines = [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert len(lines) == 1 and "malformed" in lines[0].getMessage()
+    # Malformed commands: an error reply each, one line when the hub gives up.
+    peer = await connect(hub)
+    caplog.clear()
+    for _ in range(21):
+        await peer.send("{not json")
+    assert await peer.closed() == 4000
+    lines = [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert [r.getMessage().split(": ")[-1] for r in lines] == [
+        "too many malformed commands"
+    ]
+    assert all(r.exc_info is None for r in caplog.records)

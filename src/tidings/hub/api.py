@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 from functools import cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,8 @@ from .wire import CommandError, dumps, encode_position, parse_since, valid_chann
 
 if TYPE_CHECKING:
     from .app import Hub
+
+logger = logging.getLogger("tidings.hub")
 
 __all__ = ["handle_http"]
 
@@ -60,6 +63,10 @@ async def handle_http(hub: Hub, request: Request) -> HTTPResponse | None:
             # Cross-site WebSocket hijacking: another site's page would ride
             # on its visitor's network position and cookies.
             hub.metrics.errors["origin"] += 1
+            logger.info(
+                "WebSocket refused: origin %.100r not allowed",
+                request.headers.get("Origin"),
+            )
             return HTTPResponse(403, "origin not allowed")
         return None
     if request.headers.get("Upgrade") is not None:
@@ -74,7 +81,7 @@ async def handle_http(hub: Hub, request: Request) -> HTTPResponse | None:
             try:
                 _authorize(hub, request)
             except ApiError as exc:
-                return _error(hub, exc)
+                return _error(hub, request, exc)
         return HTTPResponse(
             200,
             hub.metrics_text().encode(),
@@ -85,11 +92,11 @@ async def handle_http(hub: Hub, request: Request) -> HTTPResponse | None:
             _authorize(hub, request)
             return _json(200, await _api(hub, request))
         except CommandError as exc:
-            return _error(hub, ApiError(exc.code, exc.message))
+            return _error(hub, request, ApiError(exc.code, exc.message))
         except BrokerUnavailable as exc:
-            return _error(hub, ApiError(503, str(exc)))
+            return _error(hub, request, ApiError(503, str(exc)))
         except ApiError as exc:
-            return _error(hub, exc)
+            return _error(hub, request, exc)
     if hub.config.demo:
         static = _static_file(_PAGES.get(path, path.lstrip("/")))
         if static is not None:
@@ -102,8 +109,11 @@ async def handle_http(hub: Hub, request: Request) -> HTTPResponse | None:
     return HTTPResponse(404, "not found")
 
 
-def _error(hub: Hub, exc: ApiError) -> HTTPResponse:
+def _error(hub: Hub, request: Request, exc: ApiError) -> HTTPResponse:
     hub.metrics.errors[f"api_{exc.status}"] += 1
+    logger.info(
+        "HTTP %d for %s %.100s: %s", exc.status, request.method, request.path, exc
+    )
     return _json(exc.status, {"error": {"code": exc.status, "message": exc.message}})
 
 

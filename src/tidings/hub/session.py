@@ -229,6 +229,8 @@ class Session:
         """An error reply, counted; too many malformed commands close the
         connection instead (None)."""
         self.hub.metrics.errors[f"code_{code}"] += 1
+        # Counted always; logged only when asked: a client can send many.
+        logger.debug("%s: error %d: %s", self.ws.remote_address, code, message)
         if code in (400, 413):
             self._bad += 1
             if self._bad > MAX_BAD_COMMANDS:
@@ -245,6 +247,7 @@ class Session:
         that the client's close frame behind them is read too.
         """
         if self._closing is None:
+            logger.info("closing %s with %d: %s", self.ws.remote_address, code, reason)
             self._closing = asyncio.create_task(self.ws.close(code, reason))
 
     def _take_token(self) -> bool:
