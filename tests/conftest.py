@@ -412,6 +412,8 @@ async def http_request(
         fields.insert(0, ("Host", "127.0.0.1"))
     if data:
         fields.append(("Content-Length", str(len(data))))
+        if not any(name.lower() == "content-type" for name, _ in fields):
+            fields.append(("Content-Type", "application/json"))
     head = f"{method} {path} HTTP/1.1\r\n" + "".join(
         f"{name}: {value}\r\n" for name, value in fields
     )

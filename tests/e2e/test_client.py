@@ -47,7 +47,10 @@ async def client_page(browser: Browser, hub: Hub) -> Page:
 
 def api(hub: Hub, path: str, body: Any) -> Any:
     request = urllib.request.Request(
-        hub.url + path.lstrip("/"), data=json.dumps(body).encode(), method="POST"
+        hub.url + path.lstrip("/"),
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
     )
     with urllib.request.urlopen(request, timeout=BOUND) as response:
         return json.loads(response.read())

@@ -352,6 +352,13 @@ async def test_the_keyless_api_refuses_foreign_hosts_and_origins(
         proxied = await publish((name, "203.0.113.9"))
         assert proxied.status == 403
         assert "proxied" in proxied.json()["error"]["message"]
+    # A page's text/plain POST needs no CORS preflight; JSON does.
+    plain = await publish(("Content-Type", "text/plain"))
+    assert plain.status == 415
+    assert "application/json" in plain.json()["error"]["message"]
+    assert (
+        await publish(("Content-Type", "Application/JSON; charset=utf-8"))
+    ).status == 200
     # What stays open: no Origin (curl, back ends), pages of this machine.
     assert (await publish()).status == 200
     assert (await publish(("Origin", "http://localhost:5173"))).status == 200
@@ -359,7 +366,12 @@ async def test_the_keyless_api_refuses_foreign_hosts_and_origins(
     # With a key, the key decides.
     keyed = await start_hub(api_key=KEY)
     answer = await http(
-        keyed, "POST", "/api/publish", body, key=KEY, headers=(("Host", "hub.example"),)
+        keyed,
+        "POST",
+        "/api/publish",
+        body,
+        key=KEY,
+        headers=(("Host", "hub.example"), ("Content-Type", "text/plain")),
     )
     assert answer.status == 200
 

@@ -134,6 +134,15 @@ def _authorize(hub: Hub, request: Request) -> None:
     elif any(name in request.headers for name in _FORWARDED):
         # A reverse proxy on this machine makes every caller look local.
         raise ApiError(403, "without an API key, proxied requests are refused")
+    elif request.method == "POST" and not _is_json(request):
+        # A page may POST text/plain to another site without asking first
+        # (no CORS preflight), even where it sends no Origin; JSON it may not.
+        raise ApiError(415, "without an API key, a POST body must be application/json")
+
+
+def _is_json(request: Request) -> bool:
+    content_type = request.headers.get("Content-Type") or ""
+    return content_type.partition(";")[0].strip().lower() == "application/json"
 
 
 #: Headers a reverse proxy adds to say whom it forwards for.
