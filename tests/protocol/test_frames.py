@@ -26,6 +26,8 @@ from tidings.protocol.frames import (
 )
 from tidings.protocol.limits import MAX_MESSAGE_SIZE
 
+from .reading import receive_steps
+
 MASK = bytes.fromhex("37fa213d")
 
 
@@ -448,25 +450,7 @@ def test_large_frames_parse_the_same_in_any_chunking(
     wire = b"".join(
         serialize_frame(f.opcode, f.payload, fin=f.fin, mask=mask) for f in sent
     )
-    parser = FrameParser(expect_mask=mask)
-    got: list[Frame] = []
-    pos = 0
-    steps = zip(itertools.cycle(chunks), itertools.cycle(into), strict=False)
-    for size, receive_into in steps:
-        if pos == len(wire):
-            break
-        view = parser.get_buffer()
-        if receive_into and view is not None:
-            # As asyncio's BufferedProtocol does: straight into the parser's
-            # buffer, at most as much as it offers.
-            n = min(size, len(view), len(wire) - pos)
-            view[:n] = wire[pos : pos + n]
-            parser.buffer_updated(n)
-        else:
-            n = min(size, len(wire) - pos)
-            parser.feed(wire[pos : pos + n])
-        pos += n
-        while (frame := parser.next_frame()) is not None:
-            got.append(frame)
+    steps = receive_steps(wire, chunks, into, mask)
+    got = [Frame(*step) for step in steps if isinstance(step, tuple)]
     assert got == sent
-    assert parser.get_buffer() is None
+    assert steps[-1] is None  # no room offered once every frame is whole
