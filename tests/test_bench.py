@@ -1,6 +1,8 @@
 """The benchmark's smoke form, and the pieces it is built from.
 
-The smoke run proves that ``tidings bench`` works end to end (servers,
+The harness is ``benchmarks/harness`` at the repository root, beside the
+package, never in it (``python -m pytest`` from the root imports it). The
+smoke run proves that ``python -m benchmarks`` works end to end (servers,
 load client, report) with tidings alone, in seconds. It asserts nothing
 about speed.
 """
@@ -17,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from tidings.bench import add_arguments, build_parser
-from tidings.bench.loadgen import (
+from benchmarks.harness import add_arguments, build_parser
+from benchmarks.harness.loadgen import (
     Bench,
     Expected,
     Handshake,
@@ -30,14 +32,14 @@ from tidings.bench.loadgen import (
     mask_bytes,
     text_payload,
 )
-from tidings.bench.report import (
+from benchmarks.harness.report import (
     NOTES_END,
     NOTES_START,
     kept_notes,
     number,
     ratio,
 )
-from tidings.bench.scenarios import (
+from benchmarks.harness.scenarios import (
     FULL,
     HUB_SERVERS,
     HUB_TIDINGS,
@@ -46,6 +48,9 @@ from tidings.bench.scenarios import (
     TIDINGS,
     smoke,
 )
+
+#: The repository root: ``python -m benchmarks`` runs from there.
+ROOT = Path(__file__).resolve().parent.parent
 
 #: The smoke run takes about 30 s; a slow CI machine gets room to spare.
 SMOKE_TIMEOUT = 240
@@ -71,7 +76,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         [
             sys.executable,
             "-m",
-            "tidings.bench",
+            "benchmarks",
             "--smoke",
             "--out",
             str(out),
@@ -84,6 +89,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         text=True,
         timeout=SMOKE_TIMEOUT,
         check=False,
+        cwd=ROOT,
     )
     log = out / "logs" / "children.log"
     assert proc.returncode == 0, proc.stderr[-3000:] + (
@@ -229,7 +235,7 @@ def test_hub_with_socketio(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "tidings.bench",
+            "benchmarks",
             "--smoke",
             "--scenarios",
             "hub-1k,hub-idle",
@@ -245,6 +251,7 @@ def test_hub_with_socketio(tmp_path: Path) -> None:
         text=True,
         timeout=SMOKE_TIMEOUT,
         check=False,
+        cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = table_rows((out / "report.md").read_text())
@@ -389,7 +396,7 @@ async def test_hub_client_refused() -> None:
 
 
 def test_hub_targets_in_report() -> None:
-    from tidings.bench.report import targets_table
+    from benchmarks.harness.report import targets_table
 
     def entry(key: str, kind: str, unit: str, results: dict[str, Any]) -> Any:
         scn = next(s for s in FULL if s.key == key)

@@ -1,6 +1,10 @@
-"""Imports point down the layers of DESIGN: the CLI and the benchmark on
-top, then the hub, then the engine, then the protocol core. (The protocol
-core's own rule, no I/O, is tests/protocol/test_no_io.py.)"""
+"""Imports point down the layers of DESIGN: the CLI (and its load tool,
+``tidings.bench``) on top, then the hub, then the engine, then the protocol
+core. (The protocol core's own rule, no I/O, is tests/protocol/test_no_io.py.)
+
+The side-by-side benchmark harness is not a layer: it lives beside the
+package, in ``benchmarks/`` at the repository root, and the package never
+imports it, nor the peers it measures tidings against."""
 
 from __future__ import annotations
 
@@ -48,6 +52,13 @@ def violations(where: str, banned: tuple[str, ...]) -> list[str]:
     ]
 
 
+#: What no module of the package imports: the harness, the peers it measures
+#: tidings against and its charts' library, which only the harness's own
+#: environment (.bench/venv) installs. (Not uvicorn: DESIGN's asgi.py serves
+#: it.)
+OUTSIDE = ("benchmarks", "websockets", "aiohttp", "picows", "socketio", "matplotlib")
+
+
 def test_imports_point_down() -> None:
     found = [v for where, banned in RULES.items() for v in violations(where, banned)]
     assert found == []
@@ -58,3 +69,7 @@ def test_the_check_sees_relative_imports() -> None:
     # or the rules above could never fail.
     assert "tidings.hub.config" in imported(PACKAGE / "cli.py")
     assert violations("cli.py", ("tidings.hub",)) != []
+
+
+def test_the_package_leaves_the_harness_outside() -> None:
+    assert violations(".", OUTSIDE) == []

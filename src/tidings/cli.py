@@ -1,5 +1,9 @@
 """The ``tidings`` command line: the hub (``serve``, ``token``), an ``echo``
-server, the ``connect`` client, ``bench`` and ``demo``."""
+server, the ``connect`` client and ``demo``.
+
+The side-by-side benchmark against other libraries is a development tool,
+not part of the package: ``python -m benchmarks`` in a checkout
+(``benchmarks/README.md``)."""
 
 from __future__ import annotations
 
@@ -90,20 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_token(sub)
     _add_echo(sub)
     _add_connect(sub)
-    bench = sub.add_parser(
-        "bench",
-        help="benchmark tidings side by side with websockets, aiohttp, picows and "
-        "python-socketio",
-        description=(
-            "Benchmark tidings against websockets, aiohttp and picows, and the "
-            "tidings hub against python-socketio. The peers "
-            "are installed into the benchmark's own environment (.bench/venv). "
-            "See docs/performance.md."
-        ),
-    )
-    from .bench import add_arguments
-
-    add_arguments(bench)
     demo = sub.add_parser(
         "demo",
         help="run a client and a server protocol engine against each other in memory",
@@ -197,10 +187,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(_echo_main(args))
     if args.command == "connect":
         return _run(_connect_main(args))
-    if args.command == "bench":
-        from .bench import run
-
-        return run(args)
     if args.command == "serve":
         return _serve_main(args)
     if args.command == "token":

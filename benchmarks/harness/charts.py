@@ -1,6 +1,6 @@
 """Bar charts of ``results.json`` (matplotlib, Agg backend).
 
-``python -m tidings.bench.charts RESULTS.json OUT_DIR`` writes
+``python -m benchmarks.harness.charts RESULTS.json OUT_DIR`` writes
 ``throughput.png``, ``per-cpu.png``, ``memory.png``, ``clients.png``,
 ``hub.png`` and ``nodes.png`` (those with data) and prints their paths.
 Each bar is a median; its whisker spans min-max (latency: the p99).
@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 2:
         print(
-            "usage: python -m tidings.bench.charts RESULTS.json OUT_DIR",
+            "usage: python -m benchmarks.harness.charts RESULTS.json OUT_DIR",
             file=sys.stderr,
         )
         return 2
@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             [e for e in scn if e["kind"] in ("echo", "broadcast", "handshake")],
             servers,
             out / "throughput.png",
-            f"tidings bench: throughput\n{when}",
+            f"tidings benchmark: throughput\n{when}",
             compact=compact,
         ),
         draw(
@@ -136,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             [e for e in scn if e["kind"] in ("echo", "broadcast", "handshake")],
             servers,
             out / "per-cpu.png",
-            f"tidings bench: work per CPU-second of the server\n{when}",
+            f"tidings benchmark: work per CPU-second of the server\n{when}",
             compact=compact,
             key="per_cpu",
         ),
@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             [e for e in scn if e["kind"] == "idle"],
             servers,
             out / "memory.png",
-            f"tidings bench: idle memory per connection\n{when}",
+            f"tidings benchmark: idle memory per connection\n{when}",
             compact=compact,
         ),
         draw(
@@ -153,8 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             [e for e in scn if e["kind"] == "client"],
             clients,
             out / "clients.png",
-            f"tidings bench: clients against {LABELS.get(meta['client_server'], '?')}\n"
-            f"{when}",
+            "tidings benchmark: clients against "
+            f"{LABELS.get(meta['client_server'], '?')}\n{when}",
             compact=compact,
         ),
         draw(
@@ -162,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             [e for e in scn if e["kind"] in ("hub", "hub-idle")],
             [s for s in HUB_SERVERS if s in servers],
             out / "hub.png",
-            f"tidings bench: hub against python-socketio\n{when}",
+            f"tidings benchmark: hub against python-socketio\n{when}",
             compact=compact,
         ),
         draw(
@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             [e for e in scn if e["kind"] in ("hub-nodes", "hub-latency")],
             [s for s in NODE_SERVERS if s in servers],
             out / "nodes.png",
-            f"tidings bench: many nodes on Redis\n{when}",
+            f"tidings benchmark: many nodes on Redis\n{when}",
             compact=compact,
             labels=NODE_LABELS,
         ),

@@ -608,7 +608,7 @@ def setup_section(data: Data) -> str:
             "message limit, listen backlog 1024"
         )
         lines.append(
-            "- load client (the same for every server): `tidings.bench.loadgen`, "
+            "- load client (the same for every server): `benchmarks.harness.loadgen`, "
             "raw sockets on uvloop; each message it sends is one frame masked once "
             "at start, written `k` at a time; replies are counted from the byte "
             "count and compared in place with the expected bytes; several messages "
@@ -699,8 +699,8 @@ def render(
     parts = [
         "# Performance",
         "",
-        "<!-- Written by `tidings bench --docs ...`: edit only between the notes "
-        "markers, which a new run keeps. -->",
+        "<!-- Written by `python -m benchmarks --docs ...`: edit only between the "
+        "notes markers, which a new run keeps. -->",
         "",
         f"Run {meta['started']}, {meta['seconds']:.0f} s"
         + (" — **smoke run: the figures mean nothing**" if meta["smoke"] else "")
@@ -807,17 +807,20 @@ def render(
         "## How to run",
         "",
         "```sh",
-        "tidings bench                      # or: python -m tidings.bench",
-        "tidings bench --docs docs/performance.md   # and rewrite this page",
-        "tidings bench --smoke              # seconds, tidings only: proves it works",
-        "tidings bench --servers tidings-cb,picows --scenarios echo-100x32",
-        "tidings bench --scenarios hub-1k,hub-10k,hub-idle   # the hub only",
-        "tidings bench --scenarios nodes-1k,nodes-latency-1k  # many nodes on Redis",
+        "python -m benchmarks                  # everything",
+        "python -m benchmarks --docs docs/performance.md   # and rewrite this page",
+        "python -m benchmarks --smoke          # seconds, tidings only: it works",
+        "python -m benchmarks --servers tidings-cb,picows --scenarios echo-100x32",
+        "python -m benchmarks --scenarios hub-1k,hub-10k,hub-idle   # the hub only",
+        "python -m benchmarks --scenarios nodes-1k,nodes-latency-1k  # nodes on Redis",
         "```",
         "",
+        "Run it from the repository root with the project's interpreter "
+        "(`.venv/bin/python`); the harness is `benchmarks/harness`, never "
+        "installed with tidings (`benchmarks/README.md`). "
         "The first full run creates `.bench/venv` (websockets, aiohttp, picows, "
-        "python-socketio, uvicorn, uvloop, matplotlib, and tidings itself, "
-        "editable); tidings never "
+        "python-socketio, uvicorn, redis-py, uvloop, matplotlib, and tidings "
+        "itself, editable); tidings never "
         "depends on them. Results go to `benchmarks/` (`results.json`, "
         "`report.md`, the PNGs); the servers' and load clients' stderr to "
         "`.bench/logs/children.log`. A full run takes about 17 minutes on "

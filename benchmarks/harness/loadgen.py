@@ -1617,7 +1617,7 @@ def loop_runner(name: str) -> tuple[str, Callable[[Awaitable[None]], None]]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m tidings.bench.loadgen", description=__doc__.split("\n")[0]
+        prog="python -m benchmarks.harness.loadgen", description=__doc__.split("\n")[0]
     )
     p.add_argument("mode", choices=sorted(MODES))
     p.add_argument("--host", default="127.0.0.1")

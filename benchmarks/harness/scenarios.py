@@ -29,7 +29,7 @@ NODE_SERVERS = ("tidings-hub", *REDIS_SERVERS)
 #: Every server, in report order.
 SERVERS = WS_SERVERS + HUB_SERVERS + REDIS_SERVERS
 
-#: What each server is run as: (``tidings.bench.servers`` name, processes,
+#: What each server is run as: (``benchmarks.harness.servers`` name, processes,
 #: whether on Redis); the load client speaks that name's protocol.
 PROCESSES: dict[str, tuple[str, int, bool]] = {
     "tidings-hub-redis": ("tidings-hub", NODES, True),

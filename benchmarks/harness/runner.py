@@ -1,7 +1,8 @@
-"""The benchmark runner: ``tidings bench`` / ``python -m tidings.bench``.
+"""The benchmark runner: ``python -m benchmarks`` from the repository root.
 
-For each scenario and each server it starts the server as its own process,
-pinned to one core, and the load client (:mod:`tidings.bench.loadgen`) as
+For each scenario and each server it starts the server as its own process
+(:mod:`benchmarks.harness.servers`), pinned to one core, and the load client
+(:mod:`benchmarks.harness.loadgen`) as
 another, pinned to the other core; it reads their JSON lines, shows
 progress, and at the end writes ``results.json``, a Markdown report and, when
 matplotlib is there, PNG charts. A hub of several nodes is several server
@@ -12,7 +13,9 @@ core.
 The peers (websockets, aiohttp, picows; python-socketio and uvicorn for
 the hub) and uvloop and matplotlib are installed into the benchmark's own
 virtual environment, ``.bench/venv`` at the root of the checkout, on first
-run; tidings itself never depends on them. ``--smoke`` runs every row for a
+run; tidings itself never depends on them. The children import the harness
+and this checkout's tidings (``src``) by ``PYTHONPATH``, whatever their
+interpreter and working directory. ``--smoke`` runs every row for a
 moment with tidings alone, in the current interpreter, to prove that the
 benchmark works.
 """
@@ -108,25 +111,23 @@ class BenchError(Exception):
 # -- paths and environment -----------------------------------------------
 
 
-def package_dir() -> Path:
-    return Path(__file__).resolve().parent
+#: The harness's own package, and the importable name of its modules.
+HARNESS = Path(__file__).resolve().parent
+PACKAGE = __package__ or "benchmarks.harness"
+
+
+def checkout_root() -> Path:
+    """The repository root: the harness lives in its ``benchmarks/``."""
+    return HARNESS.parent.parent
 
 
 def source_root() -> Path:
     """The directory that holds the ``tidings`` package (``src``)."""
-    return package_dir().parent.parent
-
-
-def checkout_root() -> Path | None:
-    """The repository root when tidings runs from a source checkout."""
-    root = source_root().parent
-    if (root / "pyproject.toml").is_file() and (source_root() / "tidings").is_dir():
-        return root
-    return None
+    return checkout_root() / "src"
 
 
 def default_base() -> Path:
-    return checkout_root() or Path.cwd()
+    return checkout_root()
 
 
 def bench_dir(base: Path) -> Path:
@@ -140,12 +141,12 @@ def bench_dir(base: Path) -> Path:
 
 
 def child_env() -> dict[str, str]:
-    """The children import this very tidings, whatever their interpreter."""
+    """The children import the harness (from the repository root) and this
+    very tidings (``src``), whatever their interpreter and working
+    directory."""
     env = dict(os.environ)
-    src = str(source_root())
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (src, env.get("PYTHONPATH", "")) if p
-    )
+    paths = (str(checkout_root()), str(source_root()), env.get("PYTHONPATH", ""))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
 
@@ -198,10 +199,7 @@ def ensure_env(env_dir: Path, say: Callable[[str], None], *, setup: bool) -> str
     pip = [str(python), "-m", "pip", "install", "--quiet"]
     steps.append([*pip, "--upgrade", "pip"])
     steps.append([*pip, *PEER_PACKAGES])
-    root = checkout_root()
-    from tidings import __version__
-
-    steps.append([*pip, "-e", str(root)] if root else [*pip, f"tidings=={__version__}"])
+    steps.append([*pip, "-e", str(checkout_root())])
     with log.open("a") as f:
         for cmd in steps:
             say("  $ " + shlex.join(cmd))
@@ -490,10 +488,12 @@ class ServerGroup:
 
 
 def git_state() -> str | None:
-    """The checkout's commit, and whether it has changes, if it is one."""
+    """The checkout's commit, and whether its code (tidings in ``src``, the
+    harness) has changes, if it is one."""
     root = checkout_root()
-    if root is None or not (root / ".git").exists():
+    if not (root / ".git").exists():
         return None
+    harness = HARNESS.relative_to(root).as_posix()
     try:
         head = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
@@ -503,7 +503,7 @@ def git_state() -> str | None:
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--", "src"],
+            ["git", "-C", str(root), "status", "--porcelain", "--", "src", harness],
             capture_output=True,
             text=True,
             timeout=10,
@@ -514,8 +514,8 @@ def git_state() -> str | None:
     if not dirty:
         return head
     paths = [line.split()[-1] for line in dirty.splitlines() if line.split()]
-    if all(path.startswith("src/tidings/bench/") for path in paths):
-        return head + " with uncommitted changes to the benchmark (src/tidings/bench)"
+    if all(path.startswith(harness + "/") for path in paths):
+        return head + f" with uncommitted changes to the benchmark ({harness})"
     return head + " with uncommitted changes in src/"
 
 
@@ -690,7 +690,7 @@ class Runner:
     # processes
 
     def module(self, name: str, *args: object) -> list[str]:
-        return [self.cfg.python, "-m", f"tidings.bench.{name}", *map(str, args)]
+        return [self.cfg.python, "-m", f"{PACKAGE}.{name}", *map(str, args)]
 
     def start_server(self, server: str, mode: str) -> tuple[Child, dict[str, Any]]:
         argv = self.module("servers", server, mode, "--watch-stdin")
@@ -1136,7 +1136,7 @@ def select(names: str | None, known: Iterable[str], what: str) -> list[str] | No
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the benchmark's options to ``parser`` (for ``tidings bench``)."""
+    """Add the benchmark's options to ``parser``."""
     parser.add_argument(
         "--smoke",
         action="store_true",
@@ -1261,18 +1261,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m tidings.bench",
+        prog="python -m benchmarks",
         description="Benchmark tidings against websockets, aiohttp and picows, "
-        "and the tidings hub against python-socketio.",
+        "and the tidings hub against python-socketio. Run from the repository "
+        "root; see benchmarks/README.md.",
     )
     add_arguments(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``tidings bench``: run the benchmark; 0 if every step ran."""
+    """``python -m benchmarks``: run the benchmark; 0 if every step ran."""
     args = build_parser().parse_args(argv)
-    command = "python -m tidings.bench " + shlex.join(
+    command = "python -m benchmarks " + shlex.join(
         list(sys.argv[1:] if argv is None else argv)
     )
     return run(args, command=command.rstrip())
@@ -1466,7 +1467,7 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
 
     progress.estimates = [p.estimate for p in plans]
     say(
-        f"tidings bench: {len(plans)} steps, about "
+        f"benchmark: {len(plans)} steps, about "
         f"{duration_text(sum(progress.estimates))}; servers: "
         f"{', '.join(servers)}; interpreter: {python}"
     )
@@ -1485,7 +1486,7 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
     progress.line(f"done in {duration_text(time.time() - started)}")
 
     meta = {
-        "command": command or "tidings " + shlex.join(sys.argv[1:]),
+        "command": command or "python -m benchmarks " + shlex.join(sys.argv[1:]),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
         "seconds": round(time.time() - started, 1),
         "smoke": smoke_run,
@@ -1579,7 +1580,7 @@ def make_charts(
     python: str, results: Path, out_dir: Path, say: Callable[[str], None]
 ) -> list[Path]:
     """Draw the PNGs with matplotlib in the benchmark's interpreter."""
-    cmd = [python, "-m", "tidings.bench.charts", str(results), str(out_dir)]
+    cmd = [python, "-m", f"{PACKAGE}.charts", str(results), str(out_dir)]
     try:
         out = subprocess.run(
             cmd,

@@ -1,6 +1,6 @@
 """The benchmark's servers: one echo and one broadcast server per library.
 
-Each runs as its own process (``python -m tidings.bench.servers NAME MODE``),
+Each runs as its own process (``python -m benchmarks.harness.servers NAME MODE``),
 pinned to one core, on uvloop where the library runs on it (all of them
 do), with compression and keepalive pings off and a 16 MiB message limit.
 When it listens it prints one JSON line on stdout (``"event": "ready"``,
@@ -539,7 +539,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tidings.bench.servers")
+    p = argparse.ArgumentParser(prog="python -m benchmarks.harness.servers")
     p.add_argument("server", choices=SERVERS)
     p.add_argument("mode", choices=["echo", "broadcast", "hub"])
     p.add_argument("--host", default="127.0.0.1")
