@@ -1,5 +1,5 @@
 """The ``tidings`` command line: the hub (``serve``, ``token``), an ``echo``
-server, the ``connect`` client and ``demo``.
+server, the ``connect`` client, the ``bench`` load tool and ``demo``.
 
 The side-by-side benchmark against other libraries is a development tool,
 not part of the package: ``python -m benchmarks`` in a checkout
@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_token(sub)
     _add_echo(sub)
     _add_connect(sub)
+    _add_bench(sub)
     demo = sub.add_parser(
         "demo",
         help="run a client and a server protocol engine against each other in memory",
@@ -187,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(_echo_main(args))
     if args.command == "connect":
         return _run(_connect_main(args))
+    if args.command == "bench":
+        return _run(_bench_main(args))
     if args.command == "serve":
         return _serve_main(args)
     if args.command == "token":
@@ -220,6 +223,101 @@ def _on_signals(loop: asyncio.AbstractEventLoop, callback: Any) -> None:
         # Not on Windows, nor outside the main thread: Ctrl-C then ends it all.
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, callback)
+
+
+# -- tidings bench -------------------------------------------------------
+
+
+def _add_bench(sub: Any) -> None:
+    bench = sub.add_parser(
+        "bench",
+        help="load-test a WebSocket echo server: round trips, msg/s, latency",
+        description="Send messages to a WebSocket server that echoes them, from "
+        "many connections, each keeping a number of messages in flight, and "
+        "report round trips per second and their latency. Ctrl-C ends the run "
+        "early with the figures so far.",
+    )
+    bench.add_argument("url", metavar="URL", help="ws:// or wss:// URI of an echo")
+    bench.add_argument(
+        "-c", "--connections", type=_positive, default=1, help="default: 1"
+    )
+    bench.add_argument(
+        "-k",
+        "--in-flight",
+        type=_positive,
+        default=1,
+        help="messages in flight per connection (default: 1, send and wait)",
+    )
+    bench.add_argument(
+        "-s", "--size", type=_size, default=32, help="bytes per message (32)"
+    )
+    bench.add_argument("--text", action="store_true", help="text, not binary")
+    bench.add_argument(
+        "-d", "--duration", type=float, default=10.0, help="seconds measured (10)"
+    )
+    bench.add_argument(
+        "--warmup", type=float, default=1.0, help="seconds before measuring (1)"
+    )
+    bench.add_argument(
+        "--compression", action="store_true", help="offer permessage-deflate"
+    )
+    bench.add_argument(
+        "--insecure",
+        action="store_true",
+        help="skip TLS certificate and host name verification",
+    )
+    bench.add_argument(
+        "--json", action="store_true", help="print the result as one JSON object"
+    )
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+async def _bench_main(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from .bench import BenchResult, bench
+
+    stop = asyncio.Event()
+    _on_signals(asyncio.get_running_loop(), stop.set)
+    end = "\r" if sys.stderr.isatty() else "\n"
+
+    def progress(elapsed: float, so_far: BenchResult) -> None:
+        print(
+            f"{elapsed:5.1f} s  {so_far.rate:12,.0f} msg/s  p50 "
+            f"{so_far.latency_p50_ms:.3f} ms  p99 {so_far.latency_p99_ms:.3f} ms",
+            end=end,
+            file=sys.stderr,
+            flush=True,
+        )
+
+    tls = _client_tls(args.insecure) if args.url.startswith("wss:") else None
+    try:
+        result = await bench(
+            args.url,
+            connections=args.connections,
+            in_flight=args.in_flight,
+            size=args.size,
+            text=args.text,
+            duration=args.duration,
+            warmup=args.warmup,
+            compression=args.compression,
+            ssl=tls,
+            progress=progress,
+            stop=stop,
+        )
+    except Exception as exc:
+        return _error(f"cannot connect to {args.url}: {_describe_failure(exc)}")
+    if end == "\r":
+        print(file=sys.stderr)
+    print(json.dumps(result.to_json()) if args.json else result.summary(), flush=True)
+    return 0
 
 
 # -- tidings serve and tidings token ------------------------------------

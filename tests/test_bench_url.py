@@ -1,0 +1,206 @@
+"""``tidings bench URL``, the load tool, against real echo servers: tidings'
+own and the websockets library's. What it counts must agree with what the
+server saw, its latency figures must be ordered and plausible, and Ctrl-C
+must print the figures so far."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import serve as ws_serve
+
+import tidings
+from tidings import WebSocket
+from tidings.bench import BenchResult, Histogram, bench
+
+BOUND = 30
+
+
+class Seen:
+    """What an echo server received."""
+
+    def __init__(self) -> None:
+        self.messages = 0
+        self.bytes = 0
+
+    def count(self, message: str | bytes) -> None:
+        self.messages += 1
+        self.bytes += len(message)
+
+
+@asynccontextmanager
+async def tidings_echo(seen: Seen) -> AsyncIterator[str]:
+    def on_message(ws: WebSocket, message: str | bytes) -> None:
+        seen.count(message)
+        ws.send_nowait(message)
+
+    async with tidings.serve(None, "127.0.0.1", 0, on_message=on_message) as server:
+        yield f"ws://127.0.0.1:{server.port}/"
+
+
+@asynccontextmanager
+async def websockets_echo(seen: Seen) -> AsyncIterator[str]:
+    async def echo(ws: ServerConnection) -> None:
+        async for message in ws:
+            seen.count(message)
+            await ws.send(message)
+
+    async with ws_serve(echo, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        yield f"ws://127.0.0.1:{port}/"
+
+
+def check(result: BenchResult, seen: Seen, *, size: int, connections: int) -> None:
+    # Every message sent reached the server, and every echo came back.
+    assert result.sent == seen.messages == result.received
+    assert seen.bytes == result.sent * size
+    assert result.errors == 0 and result.connections == connections
+    assert 0 < result.messages <= result.received
+    assert (
+        0
+        < result.latency_p50_ms
+        <= result.latency_p90_ms
+        <= result.latency_p99_ms
+        <= result.latency_max_ms
+        < BOUND * 1000
+    )
+    assert result.rate == pytest.approx(result.messages / result.seconds)
+
+
+@pytest.mark.parametrize("server", [tidings_echo, websockets_echo])
+@pytest.mark.parametrize(("connections", "in_flight"), [(1, 1), (4, 8)])
+async def test_counts_agree_with_the_server(
+    server: object, connections: int, in_flight: int
+) -> None:
+    seen = Seen()
+    async with server(seen) as url:  # type: ignore[operator]
+        async with asyncio.timeout(BOUND):
+            result = await bench(
+                url,
+                connections=connections,
+                in_flight=in_flight,
+                size=100,
+                duration=0.5,
+                warmup=0.1,
+            )
+    check(result, seen, size=100, connections=connections)
+    assert result.in_flight == in_flight and not result.interrupted
+
+
+async def test_text_compressed() -> None:
+    seen = Seen()
+    async with tidings_echo(seen) as url, asyncio.timeout(BOUND):
+        result = await bench(
+            url, size=2000, text=True, compression=True, duration=0.3, warmup=0
+        )
+    check(result, seen, size=2000, connections=1)
+
+
+async def test_stop_ends_the_run_with_the_figures_so_far() -> None:
+    seen = Seen()
+    stop = asyncio.Event()
+    rounds: list[float] = []
+
+    def progress(elapsed: float, so_far: BenchResult) -> None:
+        rounds.append(elapsed)
+        stop.set()  # after the first progress report
+
+    async with tidings_echo(seen) as url, asyncio.timeout(BOUND):
+        result = await bench(url, duration=600, warmup=0, progress=progress, stop=stop)
+    assert result.interrupted and len(rounds) == 1 and result.seconds < BOUND
+    check(result, seen, size=32, connections=1)
+
+
+async def test_the_command_prints_the_summary_on_ctrl_c() -> None:
+    seen = Seen()
+    async with tidings_echo(seen) as url:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tidings",
+            "bench",
+            url,
+            "-c",
+            "2",
+            "--duration",
+            "600",
+            "--warmup",
+            "0",
+            "--json",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        try:
+            async with asyncio.timeout(BOUND):
+                line = await proc.stderr.readline()  # the first progress line
+                assert b"msg/s" in line, line
+                proc.send_signal(signal.SIGINT)
+                out, _ = await proc.communicate()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert proc.returncode == 0
+    result = json.loads(out)
+    assert result["interrupted"] is True and result["connections"] == 2
+    assert result["sent"] == result["received"] == seen.messages
+    assert result["messages_per_second"] > 0
+
+
+async def test_the_command_says_why_it_cannot_connect() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tidings",
+        "bench",
+        f"ws://127.0.0.1:{_closed_port()}/",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(BOUND):
+        out, err = await proc.communicate()
+    assert proc.returncode == 1 and out == b""
+    assert err.decode().startswith("tidings: cannot connect to ws://127.0.0.1:")
+    assert "connection refused" in err.decode()
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@given(st.lists(st.integers(1, 10**11), min_size=1, max_size=500))
+def test_histogram_quantiles_are_within_its_bucket_width(values: list[int]) -> None:
+    histogram = Histogram()
+    for value in values:
+        histogram.add(value)
+    ordered = sorted(values)
+    assert histogram.max == ordered[-1] and histogram.count == len(values)
+    for q in (0.5, 0.9, 0.99, 1.0):
+        exact = ordered[max(1, round(q * len(values))) - 1]
+        got = histogram.quantile(q)
+        # Never below the exact value, and at most one bucket (~3%) above.
+        assert exact <= got <= max(exact * 1.07, exact + 1), (q, exact, got)
+
+
+def test_an_empty_histogram_says_zero() -> None:
+    assert Histogram().quantile(0.99) == 0
+    histogram = Histogram()
+    for _ in range(100):
+        histogram.add(random.randrange(1000))
+    assert histogram.quantile(0.5) <= histogram.quantile(0.99) <= histogram.max
