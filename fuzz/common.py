@@ -3,8 +3,26 @@ without it (``python fuzz/NAME.py FILE...``, as the tests do)."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+
+#: Not replaying crashes: running under atheris.
+FUZZING = sys.argv[1:2] != ["--replay"]
+
+
+@contextlib.contextmanager
+def instrumented(*packages: str) -> Iterator[None]:
+    """Instrument for coverage the modules of ``packages`` imported inside
+    (when fuzzing): what the target tests, not the standard library, whose
+    instrumentation would only slow every input down."""
+    if not FUZZING:
+        yield
+        return
+    import atheris
+
+    with atheris.instrument_imports(include=list(packages)):
+        yield
 
 
 def chunks(data: bytes, seed: int) -> list[bytes]:
@@ -17,15 +35,12 @@ def chunks(data: bytes, seed: int) -> list[bytes]:
 def main(target: Callable[[bytes], None]) -> None:
     """Fuzz ``target`` with atheris (its arguments: libFuzzer's), or, with
     ``--replay FILE...``, run it once on each file."""
-    if sys.argv[1:2] == ["--replay"]:
+    if not FUZZING:
         for path in sys.argv[2:]:
             with open(path, "rb") as file:
                 target(file.read())
         return
     import atheris
 
-    # Coverage of the Python code loaded so far (tidings included) guides
-    # the fuzzer; the C twin is compared, not instrumented.
-    atheris.instrument_all()
     atheris.Setup(sys.argv, target)
     atheris.Fuzz()

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 
-from common import main
+from common import instrumented, main
 
-from tidings.hub.wire import CommandError, encode_data, parse_command
+with instrumented("tidings"):
+    from tidings.hub.wire import CommandError, encode_data, parse_command
 
 
 def target(data: bytes) -> None:

@@ -6,9 +6,10 @@ close codes RFC 6455 names (tidings.protocol.connection)."""
 
 from __future__ import annotations
 
-from common import chunks, main
+from common import chunks, instrumented, main
 
-from tidings.protocol import Closed, Request, ServerConnection
+with instrumented("tidings", "h11"):
+    from tidings.protocol import Closed, Request, ServerConnection
 
 #: A valid upgrade, offering permessage-deflate, that inputs may start with.
 UPGRADE = (
@@ -24,10 +25,12 @@ FAILURES = {1002, 1006, 1007, 1009}
 
 def target(data: bytes) -> None:
     seed = data[0] if data else 0
-    stream = UPGRADE + data[1:] if seed & 1 else data[1:]
     conn = ServerConnection(max_message_size=4096, max_head_size=2048)
     events = []
-    for chunk in chunks(stream, seed >> 1):
+    # The valid upgrade comes whole (fuzz_handshake cuts heads anywhere):
+    # the inputs' time goes to what follows it.
+    pieces = [UPGRADE] if seed & 1 else []
+    for chunk in pieces + chunks(data[1:], seed >> 1):
         received = conn.receive_data(chunk)
         if any(isinstance(event, Request) for event in received):
             received += conn.accept()

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from common import chunks, main
+from common import chunks, instrumented, main
 
-from tidings.exceptions import ProtocolError
-from tidings.protocol import _speedups, frames
+with instrumented("tidings"):
+    from tidings.exceptions import ProtocolError
+    from tidings.protocol import _speedups, frames
 
 # The C glue in frames.py reads the extension from its module.
 frames._speedups = _speedups  # type: ignore[attr-defined]
@@ -22,8 +23,7 @@ def run(next_raw: NextRaw, data: bytes) -> list[object]:
     flags = data[0] if data else 0
     parser = frames.FrameParser(expect_mask=bool(flags & 2))
     parser.rsv_allowed = frames.RSV1 if flags & 1 else 0
-    # Always a limit: without one (trusted peers only, docs/limits.md) a
-    # frame may announce any size, and its buffer is made at that size.
+    # Always a limit, as a peer that is not trusted gets (docs/limits.md).
     parser.max_payload = 1 << 20 if flags & 4 else 300
     out: list[object] = []
     try:

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import contextlib
 
-from common import chunks, main
+from common import chunks, instrumented, main
 
-from tidings.exceptions import InvalidHandshake
-from tidings.protocol.handshake import (
-    RequestReader,
-    ResponseReader,
-    parse_extension_header,
-)
+with instrumented("tidings", "h11"):
+    from tidings.exceptions import InvalidHandshake
+    from tidings.protocol.handshake import (
+        RequestReader,
+        ResponseReader,
+        parse_extension_header,
+    )
 
 
 def target(data: bytes) -> None:
