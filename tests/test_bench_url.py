@@ -21,7 +21,7 @@ from websockets.asyncio.server import serve as ws_serve
 
 import tidings
 from tidings import WebSocket
-from tidings.bench import BenchResult, Histogram, bench
+from tidings.bench import BenchResult, Histogram, bench, fanout
 
 BOUND = 30
 
@@ -171,7 +171,7 @@ async def test_the_command_says_why_it_cannot_connect() -> None:
     async with asyncio.timeout(BOUND):
         out, err = await proc.communicate()
     assert proc.returncode == 1 and out == b""
-    assert err.decode().startswith("tidings: cannot connect to ws://127.0.0.1:")
+    assert err.decode().startswith("tidings: ws://127.0.0.1:")
     assert "connection refused" in err.decode()
 
 
@@ -204,3 +204,37 @@ def test_an_empty_histogram_says_zero() -> None:
     for _ in range(100):
         histogram.add(random.randrange(1000))
     assert histogram.quantile(0.5) <= histogram.quantile(0.99) <= histogram.max
+
+
+async def test_fanout_times_every_delivery_from_a_hub() -> None:
+    from tidings.hub import Hub, HubConfig
+
+    async with Hub(HubConfig(port=0)) as hub, asyncio.timeout(BOUND):
+        result = await fanout(
+            hub.ws_url,
+            "chat:bench",
+            subscribers=5,
+            rate=50,
+            size=100,
+            duration=0.5,
+            warmup=0.1,
+        )
+        position = await hub.history("chat:bench", limit=0)
+    # Every publication the hub took reached every subscriber, once.
+    assert result.mode == "fanout" and result.connections == 5
+    assert position.offset == result.sent > 0
+    assert result.received == result.sent * 5 and result.errors == 0
+    assert 0 < result.messages <= result.received
+    assert 0 < result.latency_p50_ms <= result.latency_p99_ms <= result.latency_max_ms
+    assert "deliveries" in result.summary()
+
+
+async def test_fanout_counts_what_the_hub_refuses() -> None:
+    from tidings.hub import Hub, HubConfig
+
+    async with Hub(HubConfig(port=0, rate_limit=5, rate_burst=5)) as hub:
+        async with asyncio.timeout(BOUND):
+            result = await fanout(
+                hub.ws_url, "chat:limited", subscribers=1, rate=100, duration=0.5
+            )
+    assert result.errors > 0  # the publisher's 429s

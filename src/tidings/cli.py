@@ -231,13 +231,15 @@ def _on_signals(loop: asyncio.AbstractEventLoop, callback: Any) -> None:
 def _add_bench(sub: Any) -> None:
     bench = sub.add_parser(
         "bench",
-        help="load-test a WebSocket echo server: round trips, msg/s, latency",
+        help="load-test a WebSocket server: echo round trips, or hub fan-out",
         description="Send messages to a WebSocket server that echoes them, from "
         "many connections, each keeping a number of messages in flight, and "
-        "report round trips per second and their latency. Ctrl-C ends the run "
+        "report round trips per second and their latency. With --hub CHANNEL, "
+        "the URL is a tidings hub's /ws: subscribers on CHANNEL and one "
+        "publisher at --rate, every delivery timed. Ctrl-C ends the run "
         "early with the figures so far.",
     )
-    bench.add_argument("url", metavar="URL", help="ws:// or wss:// URI of an echo")
+    bench.add_argument("url", metavar="URL", help="ws:// or wss:// URI")
     bench.add_argument(
         "-c", "--connections", type=_positive, default=1, help="default: 1"
     )
@@ -269,6 +271,13 @@ def _add_bench(sub: Any) -> None:
     bench.add_argument(
         "--json", action="store_true", help="print the result as one JSON object"
     )
+    hub = bench.add_argument_group("hub fan-out")
+    hub.add_argument("--hub", metavar="CHANNEL", help="fan out on this channel")
+    hub.add_argument("--subscribers", type=_positive, default=100, help="default: 100")
+    hub.add_argument(
+        "--rate", type=_positive, default=50, help="publications per second (50)"
+    )
+    hub.add_argument("--token", help="a token for the hub's connect")
 
 
 def _positive(text: str) -> int:
@@ -282,7 +291,7 @@ async def _bench_main(args: argparse.Namespace) -> int:
     import asyncio
     import json
 
-    from .bench import BenchResult, bench
+    from .bench import BenchResult, bench, fanout
 
     stop = asyncio.Event()
     _on_signals(asyncio.get_running_loop(), stop.set)
@@ -297,23 +306,35 @@ async def _bench_main(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    tls = _client_tls(args.insecure) if args.url.startswith("wss:") else None
+    common: dict[str, Any] = {
+        "size": args.size,
+        "duration": args.duration,
+        "warmup": args.warmup,
+        "compression": args.compression,
+        "ssl": _client_tls(args.insecure) if args.url.startswith("wss:") else None,
+        "progress": progress,
+        "stop": stop,
+    }
     try:
-        result = await bench(
-            args.url,
-            connections=args.connections,
-            in_flight=args.in_flight,
-            size=args.size,
-            text=args.text,
-            duration=args.duration,
-            warmup=args.warmup,
-            compression=args.compression,
-            ssl=tls,
-            progress=progress,
-            stop=stop,
-        )
+        if args.hub is not None:
+            result = await fanout(
+                args.url,
+                args.hub,
+                subscribers=args.subscribers,
+                rate=args.rate,
+                token=args.token,
+                **common,
+            )
+        else:
+            result = await bench(
+                args.url,
+                connections=args.connections,
+                in_flight=args.in_flight,
+                text=args.text,
+                **common,
+            )
     except Exception as exc:
-        return _error(f"cannot connect to {args.url}: {_describe_failure(exc)}")
+        return _error(f"{args.url}: {_describe_failure(exc)}")
     if end == "\r":
         print(file=sys.stderr)
     print(json.dumps(result.to_json()) if args.json else result.summary(), flush=True)
