@@ -263,23 +263,46 @@ class _Echo(_Load):
         return on_message
 
 
+async def _open(
+    url: str,
+    count: int,
+    on_message: OnMessage,
+    compression: bool,
+    ssl: ssl_module.SSLContext | None,
+) -> list[WebSocket | BaseException]:
+    """Open ``count`` connections at once; those that failed, as errors."""
+    deflate = DeflateConfig() if compression else None
+    return await asyncio.gather(
+        *(
+            connect(url, on_message=on_message, compression=deflate, ssl=ssl)
+            for _ in range(count)
+        ),
+        return_exceptions=True,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Timing:
+    duration: float
+    warmup: float
+    progress: Progress | None
+    stop: asyncio.Event | None
+
+
 async def _run(
     load: _Load,
     opened: list[WebSocket | BaseException],
     begin: Callable[[list[WebSocket]], Awaitable[None]],
-    *,
-    duration: float,
-    warmup: float,
-    progress: Progress | None,
-    stop: asyncio.Event | None,
+    timing: _Timing,
 ) -> BenchResult:
     """Start the load on the connections that opened, measure, drain."""
+    duration, warmup, progress = timing.duration, timing.warmup, timing.progress
     sockets = [ws for ws in opened if isinstance(ws, WebSocket)]
     load.errors += len(opened) - len(sockets)
     load.connections = len(sockets)
     if not sockets:
         raise next(e for e in opened if isinstance(e, BaseException))
-    stop = stop or asyncio.Event()
+    stop = timing.stop or asyncio.Event()
     try:
         await begin(sockets)
         with contextlib.suppress(TimeoutError):
@@ -338,23 +361,8 @@ async def bench(
         for ws in sockets:
             callbacks[ws] = load.start(ws)
 
-    deflate = DeflateConfig() if compression else None
-    opened = await asyncio.gather(
-        *(
-            connect(url, on_message=on_message, compression=deflate, ssl=ssl)
-            for _ in range(connections)
-        ),
-        return_exceptions=True,
-    )
-    return await _run(
-        load,
-        opened,
-        begin,
-        duration=duration,
-        warmup=warmup,
-        progress=progress,
-        stop=stop,
-    )
+    opened = await _open(url, connections, on_message, compression, ssl)
+    return await _run(load, opened, begin, _Timing(duration, warmup, progress, stop))
 
 
 class _Fanout(_Load):
@@ -442,18 +450,11 @@ async def fanout(
     The hub's own limits apply: its per-connection ``rate_limit`` (100/s by
     default) refuses a faster publisher, and refusals count as errors."""
     load = _Fanout(url, channel, size, rate)
-    deflate = DeflateConfig() if compression else None
     hello = {} if token is None else {"token": token}
-    publisher = await connect(
-        url, on_message=load.on_message, compression=deflate, ssl=ssl
-    )
-    opened = await asyncio.gather(
-        *(
-            connect(url, on_message=load.on_message, compression=deflate, ssl=ssl)
-            for _ in range(subscribers)
-        ),
-        return_exceptions=True,
-    )
+    [publisher] = await _open(url, 1, load.on_message, compression, ssl)
+    if not isinstance(publisher, WebSocket):
+        raise publisher
+    opened = await _open(url, subscribers, load.on_message, compression, ssl)
     publishing: asyncio.Task[None] | None = None
 
     async def begin(sockets: list[WebSocket]) -> None:
@@ -469,13 +470,7 @@ async def fanout(
 
     try:
         return await _run(
-            load,
-            opened,
-            begin,
-            duration=duration,
-            warmup=warmup,
-            progress=progress,
-            stop=stop,
+            load, opened, begin, _Timing(duration, warmup, progress, stop)
         )
     finally:
         load.stopping = True
