@@ -25,7 +25,7 @@ FAILURES = {1002, 1006, 1007, 1009}
 
 def target(data: bytes) -> None:
     seed = data[0] if data else 0
-    conn = ServerConnection(max_message_size=4096, max_head_size=2048)
+    conn = ServerConnection(max_message_size=4096, max_head_size=1024)
     events = []
     # The valid upgrade comes whole (fuzz_handshake cuts heads anywhere):
     # the inputs' time goes to what follows it.
