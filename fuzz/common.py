@@ -26,9 +26,12 @@ def instrumented(*packages: str) -> Iterator[None]:
 
 
 def chunks(data: bytes, seed: int) -> list[bytes]:
-    """Cut ``data`` into pieces of 1 to 17 bytes (by ``seed``), so that
-    every parser also meets its input cut at arbitrary places."""
-    step = seed % 17 + 1
+    """Cut ``data`` into pieces of 1 to 17 bytes (by ``seed``), or into 16
+    equal pieces when those would be longer, so that every parser also meets
+    its input cut at arbitrary places. Bounding the count keeps a long input
+    from costing a parser call per byte: the cuts, not their number, are
+    what reach the parsers' partial states."""
+    step = max(seed % 17 + 1, -(-len(data) // 16))
     return [data[i : i + step] for i in range(0, len(data), step)]
 
 
