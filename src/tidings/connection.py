@@ -107,6 +107,7 @@ class WebSocket(asyncio.BufferedProtocol):
         "_pings",
         "_reading_paused",
         "_recv_waiter",
+        "_scratch",
         "_transport",
         "_write_paused",
         "close_timeout",
@@ -166,6 +167,7 @@ class WebSocket(asyncio.BufferedProtocol):
         self._held = 0
         # True when the last get_buffer() gave the parser's own buffer.
         self._into = False
+        self._scratch = _scratch()
         #: Resolved when the opening handshake ends, either way.
         self._opened: asyncio.Future[None] = self._loop.create_future()
         #: Resolved when the TCP connection is gone.
@@ -412,7 +414,7 @@ class WebSocket(asyncio.BufferedProtocol):
         # which whole frames are parsed without a copy.
         view = self._conn.get_buffer()
         self._into = view is not None
-        return _scratch() if view is None else view
+        return self._scratch if view is None else view
 
     def buffer_updated(self, nbytes: int) -> None:
         # Unread messages keep a protocol error in this data from failing
@@ -423,7 +425,7 @@ class WebSocket(asyncio.BufferedProtocol):
             if self._into:
                 events = self._conn.receive_into(nbytes, unread=unread)
             else:
-                events = self._conn.receive_data(_scratch()[:nbytes], unread=unread)
+                events = self._conn.receive_data(self._scratch[:nbytes], unread=unread)
             self._handle_events(events)
         finally:
             self._corked = False
@@ -508,7 +510,15 @@ class WebSocket(asyncio.BufferedProtocol):
     def _handle_events(self, events: list[Event]) -> None:
         for event in events:
             if isinstance(event, _MESSAGES):
-                self._deliver(event.data)
+                callback = self.on_message
+                if callback is None:
+                    self._queue(event.data)
+                    continue
+                try:
+                    callback(self, event.data)
+                except Exception:
+                    self.logger.exception("error in on_message callback")
+                    self._fail(1011, "internal error")
             elif isinstance(event, Pong):
                 self._pong_received(event.data)
             elif isinstance(event, Closed):
@@ -534,15 +544,7 @@ class WebSocket(asyncio.BufferedProtocol):
             # our buffer unflushed.
             self._arm_close_timer()
 
-    def _deliver(self, message: Message) -> None:
-        callback = self.on_message
-        if callback is not None:
-            try:
-                callback(self, message)
-            except Exception:
-                self.logger.exception("error in on_message callback")
-                self._fail(1011, "internal error")
-            return
+    def _queue(self, message: Message) -> None:
         messages = self._messages
         if messages is None:
             messages = self._messages = deque()

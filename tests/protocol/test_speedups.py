@@ -63,11 +63,13 @@ def test_implementation_names_the_twins_in_use() -> None:
     assert speedups.implementation() == ("C" if speedups.ACTIVE else "Python")
     if speedups.ACTIVE:
         assert frames.apply_mask is c().apply_mask
+        assert frames.build_frame is c().build_frame
         assert FrameParser.next_raw is frames._c_next_raw
         assert utf8.utf8_check is c().utf8_check
         assert isinstance(utf8.Utf8Decoder()._decoder, c().Utf8IncrementalDecoder)
     else:
         assert frames.apply_mask is frames._py_apply_mask
+        assert frames.build_frame is frames._py_build_frame
         assert FrameParser.next_raw is frames._py_next_raw
         assert utf8.utf8_check is utf8._py_utf8_check
 
@@ -159,6 +161,54 @@ def test_apply_mask_on_large_buffers() -> None:
     data = bytes(range(256)) * 4099 + b"tail"  # over the no-GIL threshold
     mask = b"\x01\x80\xff\x10"
     assert c().apply_mask(data, mask) == frames._py_apply_mask(data, mask)
+
+
+# -- build_frame ----------------------------------------------------------------
+
+
+@needs_c
+@given(
+    opcode=st.sampled_from(list(Opcode)),
+    # Each length encoding and its edges: 7-bit, 16-bit and 64-bit.
+    size=st.sampled_from([0, 1, 125, 126, 127, 65535, 65536, 70001]),
+    fin=st.booleans(),
+    rsv1=st.booleans(),
+    mask=st.none() | st.binary(min_size=4, max_size=4),
+    kind=st.sampled_from(["bytes", "bytearray", "memoryview", "strided"]),
+)
+def test_build_frame_twins_agree(
+    opcode: Opcode, size: int, fin: bool, rsv1: bool, mask: bytes | None, kind: str
+) -> None:
+    data = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+    arg: bytes | bytearray | memoryview
+    if kind == "bytes":
+        arg = data
+    elif kind == "bytearray":
+        arg = bytearray(data)
+    elif kind == "memoryview":
+        arg = memoryview(data)
+    else:
+        arg = memoryview(data + data)[::2]  # not contiguous
+    expected = frames._py_build_frame(opcode, arg, fin, rsv1, mask)
+    assert c().build_frame(opcode, arg, fin, rsv1, mask) == expected
+    if opcode in frames.DATA_OPCODES:  # control frames have rules of their own
+        # What a parser reads back is what was framed.
+        parser = FrameParser(expect_mask=mask is not None)
+        parser.rsv_allowed = RSV1
+        parser.feed(expected)
+        assert parser.next_raw() == (opcode, bytes(arg), fin, rsv1)
+
+
+@needs_c
+def test_build_frame_refuses_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="4 bytes"):
+        c().build_frame(Opcode.TEXT, b"data", True, False, b"abc")
+    with pytest.raises(ValueError, match="opcode"):
+        c().build_frame(16, b"data", True, False, None)
+    with pytest.raises(TypeError):
+        c().build_frame(Opcode.TEXT, "text", True, False, None)
+    with pytest.raises(TypeError):
+        c().build_frame(Opcode.TEXT, b"data", True, False)
 
 
 # -- payloads received in place ------------------------------------------------

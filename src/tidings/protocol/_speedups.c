@@ -170,6 +170,93 @@ apply_mask(PyObject *module, PyObject *args, PyObject *kwargs)
     return result;
 }
 
+/* -- frames out (RFC 6455 §5.2) ------------------------------------------ */
+
+/* build_frame(opcode, payload, fin, rsv1, mask) -> bytes: the header with
+   the minimal length encoding, then the payload (masked with the 4-byte
+   mask unless it is None), in one new bytes object. */
+static PyObject *
+build_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer data;
+    PyObject *copy, *result;
+    unsigned char key[4], *out;
+    long opcode;
+    int fin, rsv1, masked;
+    Py_ssize_t header;
+
+    if (!check_nargs("build_frame", nargs, 5, 5)) {
+        return NULL;
+    }
+    opcode = PyLong_AsLong(args[0]);
+    if (opcode == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (opcode < 0 || opcode > 0x0F) {
+        PyErr_SetString(PyExc_ValueError, "opcode must be 0 to 15");
+        return NULL;
+    }
+    fin = PyObject_IsTrue(args[2]);
+    rsv1 = PyObject_IsTrue(args[3]);
+    if (fin < 0 || rsv1 < 0) {
+        return NULL;
+    }
+    masked = args[4] != Py_None;
+    if (masked && get_mask_key(args[4], key) < 0) {
+        return NULL;
+    }
+    if (get_contiguous(args[1], &data, &copy) < 0) {
+        Py_XDECREF(copy);
+        return NULL;
+    }
+    header = data.len < 126 ? 2 : data.len < 65536 ? 4 : 10;
+    result = PyBytes_FromStringAndSize(NULL, header + (masked ? 4 : 0) + data.len);
+    if (result != NULL) {
+        out = (unsigned char *)PyBytes_AS_STRING(result);
+        out[0] = (unsigned char)(opcode | (fin ? 0x80 : 0) | (rsv1 ? 0x40 : 0));
+        if (header == 2) {
+            out[1] = (unsigned char)data.len;
+        }
+        else if (header == 4) {
+            out[1] = 126;
+            out[2] = (unsigned char)(data.len >> 8);
+            out[3] = (unsigned char)data.len;
+        }
+        else {
+            uint64_t n = (uint64_t)data.len;
+            out[1] = 127;
+            for (int i = 9; i >= 2; i--, n >>= 8) {
+                out[i] = (unsigned char)n;
+            }
+        }
+        out += header;
+        if (masked) {
+            PyBytes_AS_STRING(result)[1] |= (char)0x80;
+            memcpy(out, key, 4);
+            out += 4;
+            if (data.len >= NOGIL_THRESHOLD) {
+                Py_BEGIN_ALLOW_THREADS
+                mask_bytes(out, data.buf, data.len, key);
+                Py_END_ALLOW_THREADS
+            }
+            else {
+                mask_bytes(out, data.buf, data.len, key);
+            }
+        }
+        else if (data.len >= NOGIL_THRESHOLD) {
+            Py_BEGIN_ALLOW_THREADS
+            memcpy(out, data.buf, (size_t)data.len);
+            Py_END_ALLOW_THREADS
+        }
+        else {
+            memcpy(out, data.buf, (size_t)data.len);
+        }
+    }
+    PyBuffer_Release(&data);
+    Py_XDECREF(copy);
+    return result;
+}
+
 /* -- large payloads received in place ---------------------------------- */
 
 /* A new uninitialized bytes object of `size` bytes and a writable view of
@@ -874,6 +961,9 @@ static PyMethodDef speedups_methods[] = {
      METH_VARARGS | METH_KEYWORDS,
      "apply_mask(data, mask) -> bytes: XOR data with the 4-byte mask repeated "
      "(RFC 6455 5.3)."},
+    {"build_frame", (PyCFunction)(void (*)(void))build_frame, METH_FASTCALL,
+     "build_frame(opcode, payload, fin, rsv1, mask) -> bytes: one frame, its "
+     "payload masked with the 4-byte mask unless mask is None."},
     {"parse_frame", (PyCFunction)(void (*)(void))parse_frame, METH_FASTCALL,
      "parse_frame(buf, pos, expect_mask, rsv_allowed, max_payload) -> "
      "(opcode, payload, fin, rsv1, end) | frame size | None: parse the frame "

@@ -8,6 +8,9 @@ UTF8_ACCEPT: Final = 0
 UTF8_REJECT: Final = -1
 
 def apply_mask(data: Buffer, mask: Buffer) -> bytes: ...
+def build_frame(
+    opcode: int, payload: Buffer, fin: bool, rsv1: bool, mask: Buffer | None, /
+) -> bytes: ...
 def parse_frame(
     buf: Buffer,
     pos: int,

@@ -12,6 +12,7 @@ States follow RFC 6455: ``CONNECTING`` (opening handshake) -> ``OPEN`` ->
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from enum import IntEnum
 from typing import Final
@@ -39,9 +40,9 @@ from .frames import (
     Buffer,
     FrameParser,
     Opcode,
+    build_frame,
     parse_close,
     serialize_close,
-    serialize_frame,
     serialize_header,
 )
 from .limits import MAX_HEAD_SIZE, MAX_HEADERS, MAX_MESSAGE_SIZE
@@ -125,6 +126,7 @@ class Connection:
         "close_code",
         "close_reason",
         "error",
+        "failure_pending",
         "is_client",
         "max_message_size",
         "state",
@@ -171,6 +173,16 @@ class Connection:
         self._partial_checked = 0
         # A protocol error found after messages in the same batch of bytes.
         self._pending_error: ProtocolError | None = None
+        #: True when the bytes received hold a protocol error that comes
+        #: after messages returned in the same call or still unread.
+        #:
+        #: Those messages stay answerable, the connection ``OPEN``, so that
+        #: answers to them go out before the close frame, as the peer expects
+        #: (Autobahn cases 3.2, 4.1.3, 5.15); the connection fails at the next
+        #: ``receive_data`` call without ``unread=True`` (``b""`` will do), or
+        #: at ``receive_eof``. (An attribute, not a property: the I/O layer
+        #: reads it after every read.)
+        self.failure_pending = False
         # Automatic pongs: how many wait in _out, whether hold_pongs() holds
         # them back, and the payload of the latest ping not yet answered.
         self._unsent_pongs = 0
@@ -262,9 +274,12 @@ class Connection:
         your own and pass the bytes to :meth:`receive_data`. The room grows
         with the bytes received, so it may be less than the rest of the
         frame; it never reaches past it."""
-        if self.state is _CONNECTING or self.state is _CLOSED:
+        parser = self._parser
+        # Room is only ever offered for a frame still arriving: when no part
+        # of one is held, as after most reads, this costs no call.
+        if not parser.incomplete or self.state is _CONNECTING or self.state is _CLOSED:
             return None
-        return self._parser.get_buffer()
+        return parser.get_buffer()
 
     def receive_into(self, nbytes: int, *, unread: bool = False) -> list[Event]:
         """``nbytes`` were received at the start of :meth:`get_buffer`;
@@ -272,24 +287,12 @@ class Connection:
         self._parser.buffer_updated(nbytes)
         return self._receive_frames(unread)
 
-    @property
-    def failure_pending(self) -> bool:
-        """True when the bytes received hold a protocol error that comes after
-        messages returned in the same call or still unread.
-
-        Those messages stay answerable, the connection ``OPEN``, so that
-        answers to them go out before the close frame, as the peer expects
-        (Autobahn cases 3.2, 4.1.3, 5.15); the connection fails at the next
-        ``receive_data`` call without ``unread=True`` (``b""`` will do), or
-        at ``receive_eof``.
-        """
-        return self._pending_error is not None
-
     def _fail_pending(self) -> list[Event]:
         assert self._pending_error is not None
         events: list[Event] = []
         self._fail(self._pending_error, events)
         self._pending_error = None
+        self.failure_pending = False
         return events
 
     def receive_eof(self) -> list[Event]:
@@ -315,9 +318,10 @@ class Connection:
                 parser.max_payload = self._frame_budget(in_size) if in_size else whole
                 frame = parser.next_raw()
                 if frame is None:
-                    partial = parser.partial_header()
-                    if partial is not None:
-                        self._check_partial_text(*partial)
+                    if parser.incomplete:
+                        partial = parser.partial_header()
+                        if partial is not None:
+                            self._check_partial_text(*partial)
                     break
                 if self._partial_utf8 is not None:
                     self._partial_utf8 = None
@@ -343,7 +347,8 @@ class Connection:
                     self._receive_frame(opcode, payload, fin, rsv1, events)
         except ProtocolError as exc:
             if unread or any(isinstance(e, _MESSAGE_EVENTS) for e in events):
-                self._pending_error = exc  # see failure_pending
+                self._pending_error = exc
+                self.failure_pending = True
             else:
                 self._fail(exc, events)
         return events
@@ -591,7 +596,10 @@ class Connection:
             and opcode is not _CONTINUATION
         ):
             # The common case, a whole uncompressed message, checked at once.
-            self._write_frame(opcode, payload)
+            if self.is_client or len(payload) > _JOIN_MAX:
+                self._write_frame(opcode, payload)
+            else:
+                self._out.append(build_frame(opcode, payload, True, False, None))
             return
         self._check_can_send()
         rsv1 = False
@@ -623,18 +631,16 @@ class Connection:
         self, opcode: Opcode, payload: Buffer, fin: bool = True, rsv1: bool = False
     ) -> None:
         if self.is_client:
-            self._out.append(
-                serialize_frame(opcode, bytes(payload), fin=fin, rsv1=rsv1, mask=True)
+            self._out.append(build_frame(opcode, payload, fin, rsv1, os.urandom(4)))
+        elif len(payload) > _JOIN_MAX:
+            # A large payload is never copied to prepend its header.
+            self._out += (
+                serialize_header(opcode, len(payload), fin=fin, rsv1=rsv1),
+                payload,
             )
         else:
-            size = len(payload)
-            header = serialize_header(opcode, size, fin=fin, rsv1=rsv1)
-            if size > _JOIN_MAX:
-                # A large payload is never copied to prepend its header.
-                self._out += (header, payload)
-            else:
-                # A small one is: one buffer is written faster than two.
-                self._out.append(header + payload)
+            # A small one is: one buffer is written faster than two.
+            self._out.append(build_frame(opcode, payload, fin, rsv1, None))
 
     def _enable_deflate(self, params: deflate.DeflateParams) -> None:
         assert self._compression is not None

@@ -94,6 +94,16 @@ def serialize_header(
     return header + mask if mask is not None else header
 
 
+def build_frame(
+    opcode: int, payload: Buffer, fin: bool, rsv1: bool, mask: bytes | None
+) -> bytes:
+    """Return one frame as one ``bytes``: the header, then the payload,
+    masked with the 4-byte ``mask`` unless it is None. The connections'
+    hot path, where a header and a join cost more than the frame."""
+    header = serialize_header(opcode, len(payload), fin=fin, rsv1=rsv1, mask=mask)
+    return header + (bytes(payload) if mask is None else apply_mask(payload, mask))
+
+
 def serialize_frame(
     opcode: int,
     payload: bytes,
@@ -103,11 +113,7 @@ def serialize_frame(
     mask: bool = False,
 ) -> bytes:
     """Return one complete frame; with ``mask`` a fresh random key is used."""
-    if mask:
-        key = os.urandom(4)
-        header = serialize_header(opcode, len(payload), fin=fin, rsv1=rsv1, mask=key)
-        return header + apply_mask(payload, key)
-    return serialize_header(opcode, len(payload), fin=fin, rsv1=rsv1) + payload
+    return build_frame(opcode, payload, fin, rsv1, os.urandom(4) if mask else None)
 
 
 def payload_buffer(size: int) -> tuple[bytearray, memoryview]:
@@ -192,6 +198,7 @@ class FrameParser:
         "_size",
         "_view",
         "expect_mask",
+        "incomplete",
         "max_payload",
         "rsv_allowed",
     )
@@ -213,6 +220,9 @@ class FrameParser:
         # Such a frame once whole, for the next next_raw() to return.
         self._ready: RawFrame | None = None
         self.expect_mask = expect_mask
+        #: After :meth:`next_raw` returned None: whether part of a frame is
+        #: held (see :meth:`partial_header`).
+        self.incomplete = False
         self.rsv_allowed = 0
         self.max_payload: int | None = None
 
@@ -275,6 +285,7 @@ class FrameParser:
         length of the frame they begin, once its header is known and valid;
         a large one is received into a buffer for its payload from now on,
         sized for the bytes that came (see _GROWTH)."""
+        self.incomplete = True
         if self._view is not None:
             return
         buf = self._buf
@@ -309,6 +320,7 @@ class FrameParser:
             self._buf = bytes(memoryview(buf)[pos:])
         else:
             self._buf = b""
+            self.incomplete = False
         self._pos = 0
 
     def next_frame(self) -> Frame | None:
@@ -505,11 +517,12 @@ def serialize_close(code: int, reason: str = "") -> bytes:
 
 # -- compiled twins (docs/speedups.md) --------------------------------------
 # The code above is the reference. When the C extension is in use, its twins
-# replace apply_mask, payload_buffer, grow_payload, finish_payload and
-# FrameParser.next_raw here, for every caller; the reference stays reachable
-# under these names for the tests that compare them.
+# replace apply_mask, build_frame, payload_buffer, grow_payload,
+# finish_payload and FrameParser.next_raw here, for every caller; the
+# reference stays reachable under these names for the tests that compare them.
 
 _py_apply_mask = apply_mask
+_py_build_frame = build_frame
 _py_next_raw = FrameParser.next_raw
 _py_payload_buffer = payload_buffer
 _py_grow_payload = grow_payload
@@ -526,7 +539,14 @@ def _c_next_raw(self: FrameParser) -> RawFrame | None:
         self._buf, self._pos, self.expect_mask, self.rsv_allowed, self.max_payload
     )
     if not isinstance(result, tuple):
-        self._keep(result)
+        if result is None and self._pos == len(self._buf) and self._view is None:
+            # Nothing left over, as at the end of most reads: _keep's result
+            # without its call.
+            self._buf = b""
+            self._pos = 0
+            self.incomplete = False
+        else:
+            self._keep(result)
         return None
     opcode, payload, fin, rsv1, self._pos = result
     return _KNOWN_OPCODES[opcode], payload, fin, rsv1
@@ -536,6 +556,7 @@ if speedups.ACTIVE:
     from . import _speedups
 
     apply_mask = _speedups.apply_mask
+    build_frame = _speedups.build_frame
     payload_buffer = _speedups.payload_buffer  # type: ignore[assignment]
     grow_payload = _speedups.grow_payload  # type: ignore[assignment]
     finish_payload = _speedups.finish_payload  # type: ignore[assignment]
