@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import random
 import tracemalloc
 
@@ -454,3 +455,38 @@ def test_large_frames_parse_the_same_in_any_chunking(
     got = [Frame(*step) for step in steps if isinstance(step, tuple)]
     assert got == sent
     assert steps[-1] is None  # no room offered once every frame is whole
+
+
+def test_mask_keys_come_from_urandom_in_draws_each_handed_out_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    draws: list[bytes] = []
+
+    def urandom(n: int) -> bytes:
+        # Distinct blocks, each a run of distinct 4-byte keys.
+        start = len(draws) * n
+        block = b"".join(i.to_bytes(4, "big") for i in range(start, start + n, 4))
+        draws.append(block)
+        return block
+
+    monkeypatch.setattr(frames_module, "_mask_keys", [])
+    monkeypatch.setattr(frames_module.os, "urandom", urandom)
+    keys = [frames_module.mask_key() for _ in range(600)]
+    assert len(draws) == 3  # 256 keys per system call, not one each
+    assert len(set(keys)) == 600
+    assert set(keys) <= {block[i : i + 4] for block in draws for i in range(0, 1024, 4)}
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_never_reuses_the_parents_mask_keys() -> None:
+    frames_module.mask_key()  # the pool now holds keys the parent will use
+    assert frames_module._mask_keys
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, b"empty" if not frames_module._mask_keys else b"kept")
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    assert os.read(read, 16) == b"empty"
+    os.close(read)

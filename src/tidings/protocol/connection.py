@@ -12,7 +12,6 @@ States follow RFC 6455: ``CONNECTING`` (opening handshake) -> ``OPEN`` ->
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 from enum import IntEnum
 from typing import Final
@@ -41,6 +40,7 @@ from .frames import (
     FrameParser,
     Opcode,
     build_frame,
+    mask_key,
     parse_close,
     serialize_close,
     serialize_header,
@@ -631,7 +631,7 @@ class Connection:
         self, opcode: Opcode, payload: Buffer, fin: bool = True, rsv1: bool = False
     ) -> None:
         if self.is_client:
-            self._out.append(build_frame(opcode, payload, fin, rsv1, os.urandom(4)))
+            self._out.append(build_frame(opcode, payload, fin, rsv1, mask_key()))
         elif len(payload) > _JOIN_MAX:
             # A large payload is never copied to prepend its header.
             self._out += (

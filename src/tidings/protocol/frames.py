@@ -104,6 +104,25 @@ def build_frame(
     return header + (bytes(payload) if mask is None else apply_mask(payload, mask))
 
 
+# Masking keys, drawn from os.urandom 256 at a time rather than one system
+# call per frame. Every key is as unpredictable as urandom's output, as RFC
+# 6455 §10.3 asks; list.pop() hands each out once, even between threads; a
+# forked child drops the parent's unused keys, which the parent still holds.
+_KEYS_PER_DRAW = 256
+_mask_keys: list[bytes] = []
+os.register_at_fork(after_in_child=_mask_keys.clear)
+
+
+def mask_key() -> bytes:
+    """A fresh 4-byte masking key for a client frame (RFC 6455 §5.3)."""
+    try:
+        return _mask_keys.pop()
+    except IndexError:
+        block = os.urandom(4 * _KEYS_PER_DRAW)
+        _mask_keys.extend([block[i : i + 4] for i in range(4, len(block), 4)])
+        return block[:4]
+
+
 def serialize_frame(
     opcode: int,
     payload: bytes,
@@ -113,7 +132,7 @@ def serialize_frame(
     mask: bool = False,
 ) -> bytes:
     """Return one complete frame; with ``mask`` a fresh random key is used."""
-    return build_frame(opcode, payload, fin, rsv1, os.urandom(4) if mask else None)
+    return build_frame(opcode, payload, fin, rsv1, mask_key() if mask else None)
 
 
 def payload_buffer(size: int) -> tuple[bytearray, memoryview]:
