@@ -575,7 +575,7 @@ if speedups.ACTIVE:
     from . import _speedups
 
     apply_mask = _speedups.apply_mask
-    build_frame = _speedups.build_frame
+    build_frame = _speedups.build_frame  # type: ignore[assignment]
     payload_buffer = _speedups.payload_buffer  # type: ignore[assignment]
     grow_payload = _speedups.grow_payload  # type: ignore[assignment]
     finish_payload = _speedups.finish_payload  # type: ignore[assignment]
