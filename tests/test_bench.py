@@ -238,7 +238,7 @@ def test_hub_with_socketio(tmp_path: Path) -> None:
             "benchmarks",
             "--smoke",
             "--scenarios",
-            "hub-1k,hub-idle",
+            "hub-1k-k128,hub-idle",
             "--servers",
             ",".join(HUB_SERVERS),
             "--no-charts",
@@ -259,7 +259,7 @@ def test_hub_with_socketio(tmp_path: Path) -> None:
         importlib.util.find_spec(m) is not None for m in ("socketio", "uvicorn")
     )
     for scenario in smoke():
-        if scenario.key not in ("hub-1k", "hub-idle"):
+        if scenario.key not in ("hub-1k-k128", "hub-idle"):
             continue
         ours, peer = rows[scenario.title][1:3]
         assert ours[0].isdigit(), (scenario.title, ours)
@@ -416,7 +416,7 @@ def test_hub_targets_in_report() -> None:
         "meta": {"servers": list(HUB_SERVERS), "missing": []},
         "scenarios": [
             entry(
-                "hub-1k",
+                "hub-1k-k128",
                 "hub",
                 "deliveries/s",
                 {
@@ -433,7 +433,7 @@ def test_hub_targets_in_report() -> None:
         ],
     }
     rows = table_rows(targets_table(data))
-    title = next(s.title for s in FULL if s.key == "hub-1k")
+    title = next(s.title for s in FULL if s.key == "hub-1k-k128")
     assert rows[f"{title}: tidings hub ≥ 5x python-socketio"][:2] == [
         "6.00x [6.00-6.00]",
         "met",

@@ -125,6 +125,8 @@ def scenario_of(entry: dict[str, Any]) -> Scenario:
         lower_is_better=entry["lower_is_better"],
         rate=entry.get("rate", 0),
         publishers=entry.get("publishers", 1),
+        repeat=entry.get("repeat", 0),
+        timed=entry.get("timed", False),
     )
 
 
@@ -231,6 +233,26 @@ def absolute_row(t: Target, entry: dict[str, Any], text: str) -> list[str]:
     return [text, value, "met" if ok else "**not met**", "—", "—"]
 
 
+def series_of(result: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
+    """``result`` with its ``name`` series (say, the p99s) as its values."""
+    if result is None or result.get("error"):
+        return result
+    return {"values": result.get("series", {}).get(name, [])}
+
+
+def spread_row(t: Target, entry: dict[str, Any], text: str) -> list[str]:
+    """The row of a steadiness target: ``ours``' farthest extreme from its
+    median, as a fraction of the median."""
+    res = entry["results"].get(t.ours)
+    s = None if res is None or res.get("error") else stats(res.get("values", []))
+    if s is None or s[0] <= 0:
+        return [text, "—", "not measured", "—", "—"]
+    med, lo, hi = s
+    spread = max(med - lo, hi - med) / med
+    value = f"{spread:.0%} ({cell(res)} {entry['unit']})"
+    return [text, value, "met" if spread <= t.bound else "**not met**", "—", "—"]
+
+
 def targets_table(data: Data) -> str:
     entries = {e["key"]: e for e in data["scenarios"]}
     scns = {k: scenario_of(e) for k, e in entries.items()}
@@ -239,12 +261,18 @@ def targets_table(data: Data) -> str:
         entry = entries.get(t.scenario)
         if entry is None:
             continue
+        if t.figure == "spread":
+            rows.append(spread_row(t, entry, t.text(scns)))
+            continue
         if t.peer is None:
             rows.append(absolute_row(t, entry, t.text(scns)))
             continue
         results = entry["results"]
-        lower = entry["lower_is_better"]
-        r = ratio(results.get(t.ours), results.get(t.peer))
+        lower = t.lower_is_better(scns.get(t.scenario))
+        ours, peer = results.get(t.ours), results.get(t.peer)
+        if t.figure == "p99":
+            ours, peer = series_of(ours, "p99"), series_of(peer, "p99")
+        r = ratio(ours, peer)
         row = [t.text(scns), ratio_text(r), verdict(r, t.bound, lower)]
         if lower:
             row += ["—", "—"]
@@ -311,6 +339,24 @@ def results_table(data: Data, key: str = "values") -> str:
         row += [cell(e["results"].get(s), key) for s in servers]
         rows.append(row)
     return table(["scenario", "unit", *(LABELS[s] for s in servers)], rows)
+
+
+def round_trip_table(data: Data) -> str | None:
+    """p50 / p99 round trips of the timed echo rows, in ms."""
+    servers = ws_servers(data)
+    rows = []
+    for e in server_entries(data):
+        if not e.get("timed"):
+            continue
+        row = [e["title"]]
+        for name in servers:
+            res = series_of(e["results"].get(name), "p50")
+            p99 = series_of(e["results"].get(name), "p99")
+            row.append("—" if res is None else f"{cell(res)} / {cell(p99)}")
+        rows.append(row)
+    if not rows:
+        return None
+    return table(["scenario", *(LABELS[s] for s in servers)], rows)
 
 
 def ratios_table(data: Data, key: str = "values") -> str:
@@ -736,6 +782,20 @@ def render(
             "",
             ratios_table(data),
             "",
+        ]
+        trips = round_trip_table(data)
+        if trips is not None:
+            parts += [
+                "## Round trips",
+                "",
+                "Each round trip of the timed rows, from the load client's "
+                "write of a message to its read of the echo, in ms: p50 / p99 "
+                "[min-max over the measurements].",
+                "",
+                trips,
+                "",
+            ]
+        parts += [
             "## Per CPU-second",
             "",
             "The same measurements divided by the CPU time the server used: its "
@@ -810,9 +870,9 @@ def render(
         "python -m benchmarks                  # everything",
         "python -m benchmarks --docs docs/performance.md   # and rewrite this page",
         "python -m benchmarks --smoke          # seconds, tidings only: it works",
-        "python -m benchmarks --servers tidings-cb,picows --scenarios echo-100x32",
-        "python -m benchmarks --scenarios hub-1k,hub-10k,hub-idle   # the hub only",
-        "python -m benchmarks --scenarios nodes-1k,nodes-latency-1k  # nodes on Redis",
+        "python -m benchmarks --servers tidings-cb,picows --scenarios echo-100x32-k1",
+        "python -m benchmarks --scenarios hub-1k-k128,hub-10k-k32,hub-idle   # the hub only",
+        "python -m benchmarks --scenarios nodes-1k-k128,nodes-latency-1k  # nodes on Redis",
         "```",
         "",
         "Run it from the repository root with the project's interpreter "

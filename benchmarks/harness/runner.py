@@ -812,13 +812,14 @@ class Runner:
             out.info["redis"] = redis_version(group.redis.binary)
         cfg = self.cfg
         latency = scn.kind == "hub-latency"
+        repeat = scn.repeat or cfg.repeat
         args: list[object] = [
             "--warmup",
             cfg.warmup,
             "--duration",
             cfg.duration,
             "--repeat",
-            cfg.repeat,
+            repeat,
             "--conns",
             scn.depth if scn.kind == "handshake" else scn.conns,
             "--size",
@@ -832,6 +833,8 @@ class Runner:
         ]
         if client is not None:
             args += ["--client", client]
+        if scn.timed:
+            args.append("--timed")
         if scn.kind in ("hub", "hub-nodes", "hub-latency"):
             args += ["--protocol", name, "--publishers", scn.publishers]
         if len(group.ports) > 1:
@@ -869,12 +872,15 @@ class Runner:
                         # The figures come after the drain ("latency").
                         out.series.setdefault("deliveries/s", []).append(value)
                         self.progress.set(
-                            f"{event['rep'] + 1}/{cfg.repeat}: "
+                            f"{event['rep'] + 1}/{repeat}: "
                             f"{report_mod.number(value)} deliveries/s, load "
                             f"client CPU {event['client_cpu']:.0%}"
                         )
                         return
                     out.values.append(value)
+                    for q in ("p50", "p99"):
+                        if f"{q}_ms" in event:
+                            out.series.setdefault(q, []).append(event[f"{q}_ms"])
                     measured = (
                         event["client_cpu"]
                         if scn.kind == "client"
@@ -883,7 +889,7 @@ class Runner:
                     if measured:
                         out.per_cpu.append(value / measured)
                     self.progress.set(
-                        f"{event['rep'] + 1}/{cfg.repeat}: "
+                        f"{event['rep'] + 1}/{repeat}: "
                         f"{report_mod.number(value)} {scn.unit}, "
                         f"load client CPU {event['client_cpu']:.0%}"
                     )
@@ -898,7 +904,7 @@ class Runner:
                 elif what == "note":
                     out.notes.append(str(event.get("text")))
 
-            budget = cfg.warmup + 2 * cfg.repeat * cfg.duration + 60 + scn.conns / 200
+            budget = cfg.warmup + 2 * repeat * cfg.duration + 60 + scn.conns / 200
             if latency:
                 budget += cfg.drain + 60  # the drain, then the reckoning
             done = wait_events([lg], "done", budget, self.progress.tick, on_event)[0]
@@ -1111,7 +1117,7 @@ class Plan:
 
 
 def estimate(scn: Scenario, cfg: Config) -> float:
-    base = 1.5 + cfg.warmup + cfg.repeat * cfg.duration
+    base = 1.5 + cfg.warmup + (scn.repeat or cfg.repeat) * cfg.duration
     if scn.kind == "broadcast":
         base += 1 + scn.conns / 2500
     if scn.kind in ("hub", "hub-nodes", "hub-latency"):
@@ -1529,6 +1535,8 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
                 "depth": s.depth,
                 "rate": s.rate,
                 "publishers": s.publishers,
+                "repeat": s.repeat,
+                "timed": s.timed,
                 "load": s.load,
                 "lower_is_better": s.lower_is_better,
                 "results": {k: v.as_json() for k, v in results[s.key].items()},

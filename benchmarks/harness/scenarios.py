@@ -104,6 +104,10 @@ class Scenario:
     rate: int = 0
     #: Hub rows: how many subscribers publish, in turn (``--publishers``).
     publishers: int = 1
+    #: Measurements of this row (0: the run's ``--repeat``).
+    repeat: int = 0
+    #: Echo rows: the load client times every round trip (p50, p99).
+    timed: bool = False
 
     @property
     def load(self) -> str:
@@ -210,27 +214,43 @@ def size_text(size: int) -> str:
 
 
 FULL: tuple[Scenario, ...] = (
-    Scenario("echo-1x32", "echo", "msg/s", conns=1, size=32, depth=64),
-    Scenario("echo-1x1k", "echo", "msg/s", conns=1, size=1024, depth=64),
-    Scenario("echo-1x64k", "echo", "msg/s", conns=1, size=64 * 1024, depth=8),
-    Scenario("echo-1x1m", "echo", "msg/s", conns=1, size=1 << 20, depth=2),
-    Scenario("echo-100x32", "echo", "msg/s", conns=100, size=32, depth=8),
+    # One message in flight per connection first: how interactive clients
+    # talk, and how the peers publish their own figures.
+    Scenario("echo-100x32-k1", "echo", "msg/s", conns=100, size=32, depth=1),
+    Scenario("echo-1x32-k1", "echo", "msg/s", conns=1, size=32, depth=1, timed=True),
+    Scenario("echo-1x1m-k1", "echo", "msg/s", conns=1, size=1 << 20, depth=1, repeat=5),
+    Scenario("handshake-64", "handshake", "conns/s", depth=64),
+    # Several in flight: what batching adds.
+    Scenario("echo-100x32-k8", "echo", "msg/s", conns=100, size=32, depth=8),
+    Scenario("echo-1x32-k64", "echo", "msg/s", conns=1, size=32, depth=64),
+    Scenario("echo-1x1k-k64", "echo", "msg/s", conns=1, size=1024, depth=64),
+    Scenario("echo-1x64k-k8", "echo", "msg/s", conns=1, size=64 * 1024, depth=8),
+    Scenario("echo-1x1m-k2", "echo", "msg/s", conns=1, size=1 << 20, depth=2),
     Scenario(
-        "broadcast-1k", "broadcast", "deliveries/s", conns=1000, size=100, depth=128
+        "broadcast-1k-k128",
+        "broadcast",
+        "deliveries/s",
+        conns=1000,
+        size=100,
+        depth=128,
     ),
     Scenario(
-        "broadcast-10k", "broadcast", "deliveries/s", conns=10000, size=100, depth=32
+        "broadcast-10k-k32",
+        "broadcast",
+        "deliveries/s",
+        conns=10000,
+        size=100,
+        depth=32,
     ),
-    Scenario("handshake", "handshake", "conns/s", depth=64),
     Scenario(
         "idle-5k", "idle", "KiB/conn", conns=5000, depth=200, lower_is_better=True
     ),
     Scenario(
         "idle-20k", "idle", "KiB/conn", conns=20000, depth=200, lower_is_better=True
     ),
-    Scenario("client-1x32", "client", "msg/s", conns=1, size=32, depth=64),
+    Scenario("client-1x32-k64", "client", "msg/s", conns=1, size=32, depth=64),
     Scenario(
-        "hub-1k",
+        "hub-1k-k128",
         "hub",
         "deliveries/s",
         conns=1000,
@@ -239,7 +259,7 @@ FULL: tuple[Scenario, ...] = (
         servers=HUB_SERVERS,
     ),
     Scenario(
-        "hub-10k",
+        "hub-10k-k32",
         "hub",
         "deliveries/s",
         conns=10000,
@@ -257,7 +277,7 @@ FULL: tuple[Scenario, ...] = (
         lower_is_better=True,
     ),
     Scenario(
-        "nodes-1k",
+        "nodes-1k-k128",
         "hub-nodes",
         "deliveries/s",
         conns=1000,
@@ -284,14 +304,14 @@ MEMORY_KINDS = ("idle", "hub-idle")
 def smoke(scenarios: tuple[Scenario, ...] = FULL) -> tuple[Scenario, ...]:
     """The same rows, small enough to run in seconds."""
     small = {
-        "broadcast-1k": 50,
-        "broadcast-10k": 200,
+        "broadcast-1k-k128": 50,
+        "broadcast-10k-k32": 200,
         "idle-5k": 100,
         "idle-20k": 400,
-        "hub-1k": 50,
-        "hub-10k": 200,
+        "hub-1k-k128": 50,
+        "hub-10k-k32": 200,
         "hub-idle": 100,
-        "nodes-1k": 60,
+        "nodes-1k-k128": 60,
         "nodes-latency-1k": 60,
     }
     out = []
@@ -312,7 +332,12 @@ class Target:
     """``ours`` ÷ ``peer`` in ``scenario`` must be at least (or, for memory
     and latency, at most) ``bound``; without a ``peer``, ``ours``' own
     figure must. ``what`` and ``unit`` name that figure where the
-    scenario's unit does not (latency: the p99, in ms)."""
+    scenario's unit does not (latency: the p99, in ms).
+
+    ``figure`` picks what is compared: the scenario's own figure
+    (``values``), the p99 round trip of a timed row (``p99``, lower is
+    better), or how steady ``ours`` was (``spread``: the farthest of its
+    minimum and maximum from the median, as a fraction of the median)."""
 
     scenario: str
     ours: str
@@ -320,33 +345,58 @@ class Target:
     bound: float
     what: str = ""
     unit: str | None = None
+    figure: str = "values"
+
+    def lower_is_better(self, scenario: Scenario | None) -> bool:
+        if self.figure != "values":
+            return True
+        return scenario is not None and scenario.lower_is_better
 
     def text(self, scenarios: dict[str, Scenario]) -> str:
         s = scenarios.get(self.scenario)
         title = s.title if s else self.scenario
-        sign = "≤" if s is not None and s.lower_is_better else "≥"
+        sign = "≤" if self.lower_is_better(s) else "≥"
+        ours = LABELS[self.ours]
+        if self.figure == "spread":
+            reps = f" over {s.repeat} measurements" if s and s.repeat else ""
+            return (
+                f"{title}: {ours}, min and max within {self.bound:.0%} of the "
+                f"median{reps}"
+            )
+        if self.figure == "p99":
+            assert self.peer is not None
+            return (
+                f"{title}: {ours} p99 round trip {sign} {self.bound:g}x "
+                f"{LABELS[self.peer]}'s"
+            )
         if self.peer is None:
             unit = self.unit if self.unit is not None else s.unit if s else ""
             what = f" {self.what}" if self.what else ""
-            return f"{title}: {LABELS[self.ours]}{what} {sign} {self.bound:g}" + (
+            return f"{title}: {ours}{what} {sign} {self.bound:g}" + (
                 f" {unit}" if unit else ""
             )
-        return (
-            f"{title}: {LABELS[self.ours]} {sign} {self.bound:g}x {LABELS[self.peer]}"
-        )
+        return f"{title}: {ours} {sign} {self.bound:g}x {LABELS[self.peer]}"
 
 
 TARGETS: tuple[Target, ...] = (
-    Target("echo-100x32", "tidings-cb", "picows", 1.0),
-    Target("echo-100x32", "tidings-async", "websockets", 1.5),
-    Target("echo-100x32", "tidings-async", "aiohttp", 1.0),
-    Target("echo-1x1m", "tidings-cb", "picows", 1.0),
-    Target("broadcast-1k", "tidings-cb", "websockets", 3.0),
+    Target("echo-100x32-k1", "tidings-cb", "picows", 1.2),
+    Target("echo-100x32-k1", "tidings-async", "aiohttp", 1.0),
+    Target("echo-100x32-k1", "tidings-async", "websockets", 2.5),
+    Target("echo-1x32-k1", "tidings-cb", "picows", 1.0),
+    Target("echo-1x32-k1", "tidings-cb", "picows", 1.0, figure="p99"),
+    Target("echo-1x1m-k1", "tidings-cb", "picows", 1.0),
+    Target("echo-1x1m-k1", "tidings-cb", None, 0.15, figure="spread"),
+    Target("handshake-64", "tidings-cb", "picows", 1.0),
+    Target("echo-100x32-k8", "tidings-cb", "picows", 1.0),
+    Target("echo-100x32-k8", "tidings-async", "websockets", 1.5),
+    Target("echo-100x32-k8", "tidings-async", "aiohttp", 1.0),
+    Target("echo-1x1m-k2", "tidings-cb", "picows", 1.0),
+    Target("broadcast-1k-k128", "tidings-cb", "websockets", 3.0),
     Target("idle-20k", "tidings-cb", "websockets", 0.6),
     Target("idle-20k", "tidings-async", "websockets", 0.6),
-    Target("hub-1k", "tidings-hub", "socketio", 5.0),
-    Target("hub-10k", "tidings-hub", "socketio", 5.0),
+    Target("hub-1k-k128", "tidings-hub", "socketio", 5.0),
+    Target("hub-10k-k32", "tidings-hub", "socketio", 5.0),
     Target("hub-idle", "tidings-hub", None, 16.0),
-    Target("nodes-1k", "tidings-hub-redis", "socketio-redis", 5.0),
+    Target("nodes-1k-k128", "tidings-hub-redis", "socketio-redis", 5.0),
     Target("nodes-latency-1k", "tidings-hub-redis", None, 10.0, what="p99", unit="ms"),
 )
