@@ -871,8 +871,8 @@ def render(
         "python -m benchmarks --docs docs/performance.md   # and rewrite this page",
         "python -m benchmarks --smoke          # seconds, tidings only: it works",
         "python -m benchmarks --servers tidings-cb,picows --scenarios echo-100x32-k1",
-        "python -m benchmarks --scenarios hub-1k-k128,hub-10k-k32,hub-idle   # the hub only",
-        "python -m benchmarks --scenarios nodes-1k-k128,nodes-latency-1k  # nodes on Redis",
+        "python -m benchmarks --scenarios hub-1k-k128,hub-10k-k32,hub-idle  # the hub",
+        "python -m benchmarks --scenarios nodes-1k-k128,nodes-latency-1k  # Redis",
         "```",
         "",
         "Run it from the repository root with the project's interpreter "

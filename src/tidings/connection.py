@@ -417,16 +417,25 @@ class WebSocket(asyncio.BufferedProtocol):
         return self._scratch if view is None else view
 
     def buffer_updated(self, nbytes: int) -> None:
-        # Unread messages keep a protocol error in this data from failing
-        # the connection before the application could answer them.
-        unread = bool(self._messages)
         self._corked = True
         try:
+            conn = self._conn
+            # Unread messages keep a protocol error in this data from failing
+            # the connection before the application could answer them.
             if self._into:
-                events = self._conn.receive_into(nbytes, unread=unread)
-            else:
-                events = self._conn.receive_data(self._scratch[:nbytes], unread=unread)
-            self._handle_events(events)
+                self._handle_events(
+                    conn.receive_into(nbytes, unread=bool(self._messages))
+                )
+                return
+            data = self._scratch[:nbytes]
+            messages = conn.receive_messages(data)
+            if messages is None:
+                self._handle_events(
+                    conn.receive_data(data, unread=bool(self._messages))
+                )
+                return
+            for message in messages:
+                self._deliver(message)
         finally:
             self._corked = False
             self._flush()
@@ -510,15 +519,7 @@ class WebSocket(asyncio.BufferedProtocol):
     def _handle_events(self, events: list[Event]) -> None:
         for event in events:
             if isinstance(event, _MESSAGES):
-                callback = self.on_message
-                if callback is None:
-                    self._queue(event.data)
-                    continue
-                try:
-                    callback(self, event.data)
-                except Exception:
-                    self.logger.exception("error in on_message callback")
-                    self._fail(1011, "internal error")
+                self._deliver(event.data)
             elif isinstance(event, Pong):
                 self._pong_received(event.data)
             elif isinstance(event, Closed):
@@ -544,7 +545,15 @@ class WebSocket(asyncio.BufferedProtocol):
             # our buffer unflushed.
             self._arm_close_timer()
 
-    def _queue(self, message: Message) -> None:
+    def _deliver(self, message: Message) -> None:
+        callback = self.on_message
+        if callback is not None:
+            try:
+                callback(self, message)
+            except Exception:
+                self.logger.exception("error in on_message callback")
+                self._fail(1011, "internal error")
+            return
         messages = self._messages
         if messages is None:
             messages = self._messages = deque()

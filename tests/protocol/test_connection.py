@@ -34,6 +34,8 @@ from tidings.protocol.frames import (
     serialize_header,
 )
 
+from .reading import message_wire
+
 
 def wire(conn: Connection) -> bytes:
     return b"".join(conn.data_to_send())
@@ -1043,3 +1045,59 @@ def test_no_common_subprotocol_is_refused_with_400() -> None:
     response = wire(server)
     assert response.startswith(b"HTTP/1.1 400 ")
     assert b"chat.v3" in response and b"chat.v1, chat.v2" in response
+
+
+# -- the fast path for the usual read -----------------------------------------
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), max_size=st.none() | st.integers(0, 80))
+def test_receive_messages_leaves_everything_as_receive_data_would(
+    data: st.DataObject, max_size: int | None
+) -> None:
+    # Two servers fed the same reads, one through receive_messages wherever
+    # it takes them: every message, event and byte sent must agree.
+    fast = open_pair(max_message_size=max_size)[1]
+    usual = open_pair(max_message_size=max_size)[1]
+    for _ in range(data.draw(st.integers(1, 4))):
+        read = data.draw(message_wire(True))
+        messages = fast.receive_messages(read)
+        events = usual.receive_data(read)
+        if messages is None:
+            assert comparable(fast.receive_data(read)) == comparable(events)
+        else:
+            assert events == [
+                TextMessage(m) if isinstance(m, str) else BinaryMessage(m)
+                for m in messages
+            ]
+        assert wire(fast) == wire(usual)
+        assert (fast.state, fast.close_code) == (usual.state, usual.close_code)
+    close = client_frame(Opcode.CLOSE, b"\x03\xe8")
+    assert comparable(fast.receive_data(close)) == comparable(usual.receive_data(close))
+    assert wire(fast) == wire(usual)
+
+
+def comparable(events: list[Event]) -> list[object]:
+    """Events, with a failure's exception as its type and text (exceptions
+    compare by identity)."""
+    return [
+        (e.code, e.reason, type(e.error), str(e.error)) if isinstance(e, Closed) else e
+        for e in events
+    ]
+
+
+def test_receive_messages_declines_what_it_does_not_handle() -> None:
+    server = open_pair()[1]
+    text = client_frame(Opcode.TEXT, "é".encode())
+    assert server.receive_messages(text * 2) == ["é", "é"]
+    # A control frame, a fragment, an incomplete frame: the usual path.
+    assert server.receive_messages(text + client_frame(Opcode.PING, b"")) is None
+    assert server.receive_messages(client_frame(Opcode.TEXT, b"a", fin=False)) is None
+    assert server.receive_messages(text[:-1]) is None
+    # Once part of a frame is held, the next read continues it the usual way.
+    assert server.receive_data(text[:3]) == []
+    assert server.receive_messages(text[3:]) is None
+    assert server.receive_data(text[3:]) == [TextMessage("é")]
+    # With compression negotiated, never.
+    server = open_pair(compression=DeflateConfig())[1]
+    assert server.receive_messages(text) is None

@@ -31,7 +31,7 @@ from tidings.exceptions import ProtocolError
 from tidings.protocol import frames, speedups, utf8
 from tidings.protocol.frames import RSV1, FrameParser, Opcode, RawFrame, serialize_frame
 
-from .reading import receive_steps
+from .reading import BOUNDARIES, message_wire, receive_steps
 
 _speedups: ModuleType | None
 try:
@@ -64,12 +64,14 @@ def test_implementation_names_the_twins_in_use() -> None:
     if speedups.ACTIVE:
         assert frames.apply_mask is c().apply_mask
         assert frames.build_frame is c().build_frame
+        assert frames.parse_messages is c().parse_messages
         assert FrameParser.next_raw is frames._c_next_raw
         assert utf8.utf8_check is c().utf8_check
         assert isinstance(utf8.Utf8Decoder()._decoder, c().Utf8IncrementalDecoder)
     else:
         assert frames.apply_mask is frames._py_apply_mask
         assert frames.build_frame is frames._py_build_frame
+        assert frames.parse_messages is frames._py_parse_messages
         assert FrameParser.next_raw is frames._py_next_raw
         assert utf8.utf8_check is utf8._py_utf8_check
 
@@ -171,14 +173,18 @@ def test_apply_mask_on_large_buffers() -> None:
     opcode=st.sampled_from(list(Opcode)),
     # Each length encoding and its edges: 7-bit, 16-bit and 64-bit.
     size=st.sampled_from([0, 1, 125, 126, 127, 65535, 65536, 70001]),
-    fin=st.booleans(),
-    rsv1=st.booleans(),
+    flags=st.tuples(st.booleans(), st.booleans()),
     mask=st.none() | st.binary(min_size=4, max_size=4),
     kind=st.sampled_from(["bytes", "bytearray", "memoryview", "strided"]),
 )
 def test_build_frame_twins_agree(
-    opcode: Opcode, size: int, fin: bool, rsv1: bool, mask: bytes | None, kind: str
+    opcode: Opcode,
+    size: int,
+    flags: tuple[bool, bool],
+    mask: bytes | None,
+    kind: str,
 ) -> None:
+    fin, rsv1 = flags
     data = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
     arg: bytes | bytearray | memoryview
     if kind == "bytes":
@@ -467,10 +473,6 @@ def test_utf8_check_defers_a_split_surrogate_as_cpython_does() -> None:
 # -- frame parsing ------------------------------------------------------------
 
 
-# Payload lengths where the length encoding or a limit changes.
-BOUNDARIES = [0, 1, 2, 125, 126, 127, 65535, 65536]
-
-
 @st.composite
 def wire_bytes(draw: st.DrawFn) -> bytes:
     """Frames valid and broken, with random bytes between them."""
@@ -508,6 +510,38 @@ def wire_bytes(draw: st.DrawFn) -> bytes:
         else:
             parts.append(draw(st.binary(max_size=12)))
     return b"".join(parts)
+
+
+@needs_c
+@settings(max_examples=300)
+@given(
+    data=st.data(),
+    expect_mask=st.booleans(),
+    max_payload=st.none() | st.sampled_from(BOUNDARIES) | st.integers(-1, 70),
+)
+def test_parse_messages_twins_agree(
+    data: st.DataObject, expect_mask: bool, max_payload: int | None
+) -> None:
+    wire = data.draw(message_wire(expect_mask))
+    expected = frames._py_parse_messages(wire, expect_mask, max_payload)
+    assert c().parse_messages(wire, expect_mask, max_payload) == expected
+    assert c().parse_messages(memoryview(wire), expect_mask, max_payload) == expected
+    if expected is not None:
+        # The messages are what the frame parser gives, frame by frame.
+        parser = FrameParser(expect_mask=expect_mask)
+        parser.feed(wire)
+        whole = []
+        while (frame := frames._py_next_raw(parser)) is not None:
+            opcode, payload, _, _ = frame
+            whole.append(payload.decode() if opcode is Opcode.TEXT else payload)
+        assert whole == expected
+
+
+@needs_c
+@given(wire=wire_bytes(), expect_mask=st.booleans())
+def test_parse_messages_twins_agree_on_anything(wire: bytes, expect_mask: bool) -> None:
+    expected = frames._py_parse_messages(wire, expect_mask, None)
+    assert c().parse_messages(wire, expect_mask, None) == expected
 
 
 def parse_steps(

@@ -617,6 +617,126 @@ parse_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return result;
 }
 
+/* parse_messages(buf, expect_mask, max_payload) -> list | None: the
+   messages in buf when it holds nothing but whole, final, uncompressed text
+   and binary frames, masked as expected, each within max_payload, text
+   valid UTF-8: str for text, bytes for binary. Anything else (a control
+   frame, a fragment, RSV bits, an incomplete frame, a protocol error) gives
+   None, and the caller parses buf frame by frame as usual: this never
+   raises for what a peer sends. */
+static PyObject *
+parse_messages(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view;
+    const unsigned char *buf;
+    Py_ssize_t size, pos = 0, available, header_size, start;
+    unsigned long long length;
+    unsigned int b0, b1;
+    int expect_mask, over;
+    PyObject *messages, *message, *payload;
+
+    if (!check_nargs("parse_messages", nargs, 3, 3)) {
+        return NULL;
+    }
+    expect_mask = PyObject_IsTrue(args[1]);
+    if (expect_mask < 0) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    buf = view.buf;
+    size = view.len;
+    messages = PyList_New(0);
+    if (messages == NULL) {
+        goto error;
+    }
+    while (pos < size) {
+        available = size - pos;
+        if (available < 2) {
+            goto other;
+        }
+        b0 = buf[pos];
+        b1 = buf[pos + 1];
+        /* FIN, no RSV bit, text or binary; masked as expected. */
+        if ((b0 != 0x81 && b0 != 0x82) || ((b1 & 0x80) != 0) != expect_mask) {
+            goto other;
+        }
+        length = b1 & 0x7F;
+        header_size = 2;
+        if (length == 126) {
+            if (available < 4) {
+                goto other;
+            }
+            length = ((unsigned long long)buf[pos + 2] << 8) | buf[pos + 3];
+            header_size = 4;
+        }
+        else if (length == 127) {
+            if (available < 10) {
+                goto other;
+            }
+            length = 0;
+            for (int i = 2; i < 10; i++) {
+                length = (length << 8) | buf[pos + i];
+            }
+            if (length >> 63) {
+                goto other;
+            }
+            header_size = 10;
+        }
+        over = exceeds(length, args[2]);
+        if (over < 0) {
+            goto error;
+        }
+        start = pos + header_size + (expect_mask ? 4 : 0);
+        if (over || start > size || length > (unsigned long long)(size - start)) {
+            goto other;
+        }
+        payload = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
+        if (payload == NULL) {
+            goto error;
+        }
+        if (expect_mask) {
+            mask_bytes((unsigned char *)PyBytes_AS_STRING(payload), buf + start,
+                       (Py_ssize_t)length, buf + start - 4);
+        }
+        else {
+            memcpy(PyBytes_AS_STRING(payload), buf + start, (size_t)length);
+        }
+        if (b0 == 0x81) {
+            message = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(payload),
+                                           (Py_ssize_t)length, NULL);
+            Py_DECREF(payload);
+            if (message == NULL) {
+                if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+                    goto error;
+                }
+                PyErr_Clear();
+                goto other;
+            }
+        }
+        else {
+            message = payload;
+        }
+        if (PyList_Append(messages, message) < 0) {
+            Py_DECREF(message);
+            goto error;
+        }
+        Py_DECREF(message);
+        pos = start + (Py_ssize_t)length;
+    }
+    PyBuffer_Release(&view);
+    return messages;
+other:
+    Py_DECREF(messages);
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+error:
+    Py_XDECREF(messages);
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
 /* -- UTF-8 (RFC 3629; RFC 6455 §8.1) ----------------------------------- */
 
 /*
@@ -968,6 +1088,10 @@ static PyMethodDef speedups_methods[] = {
      "parse_frame(buf, pos, expect_mask, rsv_allowed, max_payload) -> "
      "(opcode, payload, fin, rsv1, end) | frame size | None: parse the frame "
      "at buf[pos:]."},
+    {"parse_messages", (PyCFunction)(void (*)(void))parse_messages, METH_FASTCALL,
+     "parse_messages(buf, expect_mask, max_payload) -> list | None: the "
+     "messages in buf when it holds only whole, final, uncompressed data "
+     "frames; None for anything else."},
     {"payload_buffer", (PyCFunction)payload_buffer, METH_O,
      "payload_buffer(size) -> (bytes, memoryview): a new bytes object to "
      "receive a payload into through the writable view; hold both."},

@@ -19,6 +19,9 @@ def parse_frame(
     max_payload: int | None,
     /,
 ) -> tuple[int, bytes, bool, bool, int] | int | None: ...
+def parse_messages(
+    buf: Buffer, expect_mask: bool, max_payload: int | None, /
+) -> list[str | bytes] | None: ...
 def payload_buffer(size: int, /) -> tuple[bytes, memoryview]: ...
 def grow_payload(
     data: bytes, filled: int, size: int, /

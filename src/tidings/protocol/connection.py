@@ -42,6 +42,7 @@ from .frames import (
     build_frame,
     mask_key,
     parse_close,
+    parse_messages,
     serialize_close,
     serialize_header,
 )
@@ -266,6 +267,25 @@ class Connection:
             return self._fail_pending()
         self._parser.feed(data)
         return self._receive_frames(unread)
+
+    def receive_messages(self, data: Buffer) -> list[str | bytes] | None:
+        """:meth:`receive_data` for the usual read, where ``data`` holds
+        nothing but whole text and binary messages: return them (``str``
+        and ``bytes``, not events), with everything else exactly as
+        :meth:`receive_data` would leave it. In any other case (the
+        connection not open, a message under way, part of a frame held,
+        compression, a control frame, an error) return None having consumed
+        nothing: then pass the same ``data`` to :meth:`receive_data`."""
+        if (
+            self.state is not _OPEN
+            or self._parser.incomplete
+            or self._in_opcode is not None
+            or self._deflate is not None
+            or self.stream_messages
+            or self._pending_error is not None
+        ):
+            return None
+        return parse_messages(data, not self.is_client, self.max_message_size)
 
     def get_buffer(self) -> memoryview | None:
         """Room for more of a large frame still arriving, to receive

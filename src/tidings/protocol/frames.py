@@ -534,14 +534,40 @@ def serialize_close(code: int, reason: str = "") -> bytes:
     return data
 
 
+def parse_messages(
+    buf: Buffer, expect_mask: bool, max_payload: int | None
+) -> list[str | bytes] | None:
+    """The messages in ``buf`` when it holds nothing but whole, final,
+    uncompressed text and binary frames, masked as ``expect_mask`` says,
+    each within ``max_payload``, text valid UTF-8: ``str`` for text and
+    ``bytes`` for binary. For anything else (a control frame, a fragment,
+    RSV bits, an incomplete frame, a protocol error) None: the caller then
+    parses ``buf`` frame by frame as usual. Never raises for what a peer
+    sends. The connections' fast path for the usual read."""
+    parser = FrameParser(expect_mask=expect_mask)
+    parser.max_payload = max_payload
+    parser.feed(buf)
+    messages: list[str | bytes] = []
+    try:
+        while (frame := _py_next_raw(parser)) is not None:
+            opcode, payload, fin, rsv1 = frame
+            if not fin or rsv1 or opcode not in (Opcode.TEXT, Opcode.BINARY):
+                return None
+            messages.append(decode_utf8(payload) if opcode is Opcode.TEXT else payload)
+    except ProtocolError:
+        return None
+    return None if parser.incomplete else messages
+
+
 # -- compiled twins (docs/speedups.md) --------------------------------------
 # The code above is the reference. When the C extension is in use, its twins
-# replace apply_mask, build_frame, payload_buffer, grow_payload,
-# finish_payload and FrameParser.next_raw here, for every caller; the
+# replace apply_mask, build_frame, parse_messages, payload_buffer,
+# grow_payload, finish_payload and FrameParser.next_raw here, for every caller; the
 # reference stays reachable under these names for the tests that compare them.
 
 _py_apply_mask = apply_mask
 _py_build_frame = build_frame
+_py_parse_messages = parse_messages
 _py_next_raw = FrameParser.next_raw
 _py_payload_buffer = payload_buffer
 _py_grow_payload = grow_payload
@@ -576,6 +602,7 @@ if speedups.ACTIVE:
 
     apply_mask = _speedups.apply_mask
     build_frame = _speedups.build_frame  # type: ignore[assignment]
+    parse_messages = _speedups.parse_messages  # type: ignore[assignment]
     payload_buffer = _speedups.payload_buffer  # type: ignore[assignment]
     grow_payload = _speedups.grow_payload  # type: ignore[assignment]
     finish_payload = _speedups.finish_payload  # type: ignore[assignment]
