@@ -1,4 +1,5 @@
-"""Fuzz target: a server connection, from the first byte: the opening
+"""Fuzz target: a server connection, from the first byte, read as the
+asyncio engine reads it (receive_messages, then receive_data): the opening
 handshake, then frames, permessage-deflate (negotiated when the input asks
 for it) and UTF-8, in chunks cut anywhere. Whatever arrives, receive_data
 and accept never raise, and a peer that breaks the protocol gets one of the
@@ -9,7 +10,14 @@ from __future__ import annotations
 from common import chunks, instrumented, main
 
 with instrumented("tidings", "h11"):
-    from tidings.protocol import Closed, Request, ServerConnection
+    from tidings.protocol import (
+        BinaryMessage,
+        Closed,
+        Event,
+        Request,
+        ServerConnection,
+        TextMessage,
+    )
 
 #: A valid upgrade, offering permessage-deflate, that inputs may start with.
 UPGRADE = (
@@ -31,7 +39,17 @@ def target(data: bytes) -> None:
     # the inputs' time goes to what follows it.
     pieces = [UPGRADE] if seed & 1 else []
     for chunk in pieces + chunks(data[1:], seed >> 1):
-        received = conn.receive_data(chunk)
+        # As the asyncio engine reads: the fast path for whole messages
+        # first, the frame-by-frame one when it declines.
+        messages = conn.receive_messages(chunk)
+        received: list[Event] = (
+            conn.receive_data(chunk)
+            if messages is None
+            else [
+                TextMessage(m) if isinstance(m, str) else BinaryMessage(m)
+                for m in messages
+            ]
+        )
         if any(isinstance(event, Request) for event in received):
             received += conn.accept()
         conn.data_to_send()
