@@ -190,3 +190,39 @@ async def test_a_tidings_client_ping_gets_its_pong() -> None:
         async with asyncio.timeout(BOUND):
             assert await ws.ping(b"hello") >= 0
             assert await ws.ping() >= 0
+
+
+@pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
+def test_the_event_loops_set_tcp_nodelay_so_the_engine_need_not(loop_name: str) -> None:
+    # WebSocket.connection_made relies on this: frames go out whole, and
+    # Nagle's algorithm would only hold small ones back.
+    if loop_name == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    else:
+        runner = asyncio.Runner()
+
+    async def nodelay() -> tuple[int, int]:
+        accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        class Accept(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                sock = transport.get_extra_info("socket")
+                accepted.set_result(
+                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                )
+
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Accept, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+        sock = transport.get_extra_info("socket")
+        dialed = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        served = await asyncio.wait_for(accepted, BOUND)
+        transport.close()
+        server.close()
+        return dialed, served
+
+    with runner:
+        dialed, served = runner.run(nodelay())
+    assert dialed and served

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import threading
 import time
 from collections import deque
@@ -399,10 +398,8 @@ class WebSocket(asyncio.BufferedProtocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = transport = cast(asyncio.Transport, transport)
         self.remote_address = transport.get_extra_info("peername")
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            # Frames are written whole; Nagle would only delay small ones.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # No TCP_NODELAY here: asyncio and uvloop set it on every TCP
+        # transport they make (tests/test_connection.py checks).
         transport.set_write_buffer_limits(
             high=self.write_limit, low=self.write_limit // 4
         )
