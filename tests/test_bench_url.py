@@ -106,6 +106,34 @@ async def test_text_compressed() -> None:
     check(result, seen, size=2000, connections=1)
 
 
+async def test_repeated_measurements_add_up_to_the_run() -> None:
+    seen = Seen()
+    reported: list[tuple[int, BenchResult]] = []
+    async with tidings_echo(seen) as url, asyncio.timeout(BOUND):
+        result = await bench(
+            url,
+            connections=2,
+            duration=0.3,
+            warmup=0.1,
+            repeat=3,
+            on_window=lambda i, r: reported.append((i, r)),
+        )
+    check(result, seen, size=32, connections=2)
+    # Each measurement was reported as it ended, and is kept in the result.
+    assert [i for i, _ in reported] == [0, 1, 2]
+    assert tuple(r for _, r in reported) == result.windows
+    assert sum(w.messages for w in result.windows) == result.messages
+    assert sum(w.seconds for w in result.windows) == pytest.approx(
+        result.seconds, abs=0.05
+    )
+    for window in result.windows:
+        assert window.messages > 0 and window.seconds == pytest.approx(0.3, abs=0.1)
+        assert window.latency_max_ms <= result.latency_max_ms
+        # The share of a core this process used: something, at most all of it.
+        assert 0 < window.client_cpu <= 1.05
+    assert "3 measurements" in result.summary()
+
+
 async def test_stop_ends_the_run_with_the_figures_so_far() -> None:
     seen = Seen()
     stop = asyncio.Event()
@@ -156,6 +184,24 @@ async def test_the_command_prints_the_summary_on_ctrl_c() -> None:
     assert result["interrupted"] is True and result["connections"] == 2
     assert result["sent"] == result["received"] == seen.messages
     assert result["messages_per_second"] > 0
+
+
+async def test_the_command_prints_a_json_line_per_measurement() -> None:
+    seen = Seen()
+    async with tidings_echo(seen) as url:
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "tidings", "bench", url, "--json"),
+            *("--duration", "0.2", "--warmup", "0", "--repeat", "2"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(BOUND):
+            out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    *windows, whole = [json.loads(line) for line in out.splitlines()]
+    assert [w["window"] for w in windows] == [0, 1]
+    assert sum(w["messages"] for w in windows) == whole["messages"] > 0
+    assert whole["sent"] == whole["received"] == seen.messages
 
 
 async def test_the_command_says_why_it_cannot_connect() -> None:

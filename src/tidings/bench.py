@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import ssl as ssl_module
+import statistics
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -46,8 +47,15 @@ _SUB_BITS = 5
 #: Seconds the messages still in flight get once the run ends.
 _DRAIN = 5.0
 
+#: Seconds before a measurement's end at which it ends (see _measure).
+_SLACK = 0.005
+
+#: A share of one core at which the load tool is the bottleneck.
+CLIENT_BOUND = 0.9
+
 OnMessage = Callable[[WebSocket, Message], None]
 Progress = Callable[[float, "BenchResult"], None]
+Window = Callable[[int, "BenchResult"], None]
 
 
 class Histogram:
@@ -73,6 +81,12 @@ class Histogram:
         self.counts[index] += 1
         self.count += 1
         self.max = max(self.max, value)
+
+    def merge(self, other: Histogram) -> None:
+        """Add ``other``'s values to these."""
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        self.count += other.count
+        self.max = max(self.max, other.max)
 
     def quantile(self, q: float) -> int:
         """The upper bound of the bucket holding the ``q`` quantile (0 when
@@ -120,6 +134,11 @@ class BenchResult:
     latency_p99_ms: float
     latency_max_ms: float
     interrupted: bool = False
+    #: The share of one core this process used while measuring: near 1.0,
+    #: the load tool, not the server, set the pace.
+    client_cpu: float = 0.0
+    #: With ``repeat``: each measurement on its own, in order.
+    windows: tuple[BenchResult, ...] = ()
 
     @property
     def rate(self) -> float:
@@ -163,9 +182,27 @@ class BenchResult:
             f"{self.latency_p90_ms:.3f} ms, p99 {self.latency_p99_ms:.3f} ms, "
             f"max {self.latency_max_ms:.3f} ms",
         ]
+        if self.windows:
+            rates = sorted(w.rate for w in self.windows)
+            lines.append(
+                f"  {len(rates)} measurements: {rates[0]:,.0f} to {rates[-1]:,.0f}/s, "
+                f"median {statistics.median(rates):,.0f}/s"
+            )
+        if self.client_cpu >= CLIENT_BOUND:
+            lines.append(
+                f"  this tool used {self.client_cpu:.0%} of a core: it set the "
+                "pace, and the server may be faster than these figures"
+            )
         if self.errors:
             lines.append(f"  {self.errors} errors (connections or commands refused)")
         return "\n".join(lines)
+
+    def line(self, index: int) -> str:
+        """One measurement of several, on one line."""
+        return (
+            f"  {index + 1}: {self.rate:,.0f}/s, p50 {self.latency_p50_ms:.3f} ms, "
+            f"p99 {self.latency_p99_ms:.3f} ms, client CPU {self.client_cpu:.0%}"
+        )
 
 
 def _bytes(n: float) -> str:
@@ -209,8 +246,24 @@ class _Load:
         """What ``received`` comes to once nothing is in flight."""
         return self.sent
 
-    def result(self, seconds: float, *, interrupted: bool = False) -> BenchResult:
-        h = self.histogram
+    def end_window(self) -> tuple[Histogram, int]:
+        """This measurement's histogram and count; the next starts empty."""
+        window = self.histogram, self.messages
+        self.histogram = Histogram()
+        self.messages = 0
+        return window
+
+    def result(
+        self,
+        seconds: float,
+        window: tuple[Histogram, int] | None = None,
+        *,
+        interrupted: bool = False,
+        client_cpu: float = 0.0,
+        windows: tuple[BenchResult, ...] = (),
+    ) -> BenchResult:
+        """The figures of ``window`` (default: the measurement under way)."""
+        h, messages = window or (self.histogram, self.messages)
         ms = 1e-6
         return BenchResult(
             mode=self.mode,
@@ -219,7 +272,7 @@ class _Load:
             in_flight=self.in_flight,
             size=self.size,
             seconds=seconds,
-            messages=self.messages,
+            messages=messages,
             sent=self.sent,
             received=self.received,
             errors=self.errors,
@@ -228,6 +281,8 @@ class _Load:
             latency_p99_ms=h.quantile(0.99) * ms,
             latency_max_ms=h.max * ms,
             interrupted=interrupted,
+            client_cpu=client_cpu,
+            windows=windows,
         )
 
 
@@ -291,6 +346,8 @@ class _Timing:
     warmup: float
     progress: Progress | None
     stop: asyncio.Event | None
+    repeat: int = 1
+    on_window: Window | None = None
 
 
 async def _run(
@@ -299,30 +356,34 @@ async def _run(
     begin: Callable[[list[WebSocket]], Awaitable[None]],
     timing: _Timing,
 ) -> BenchResult:
-    """Start the load on the connections that opened, measure, drain."""
-    duration, warmup, progress = timing.duration, timing.warmup, timing.progress
+    """Start the load on the connections that opened, measure (``repeat``
+    times), drain."""
     sockets = [ws for ws in opened if isinstance(ws, WebSocket)]
     load.errors += len(opened) - len(sockets)
     load.connections = len(sockets)
     if not sockets:
         raise next(e for e in opened if isinstance(e, BaseException))
     stop = timing.stop or asyncio.Event()
+    whole = Histogram()
+    windows: list[BenchResult] = []
     try:
         await begin(sockets)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), warmup)
+            await asyncio.wait_for(stop.wait(), timing.warmup)
         load.measuring = True
-        began = time.monotonic()
-        deadline = began + duration
-        while not stop.is_set() and time.monotonic() < deadline:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    stop.wait(), min(1.0, deadline - time.monotonic())
-                )
-            if progress is not None:
-                elapsed = time.monotonic() - began
-                progress(elapsed, load.result(elapsed))
+        began, cpu = time.monotonic(), time.process_time()
+        for index in range(timing.repeat):
+            if stop.is_set():
+                break
+            seconds, share = await _measure(load, timing, stop, began)
+            window = load.end_window()
+            whole.merge(window[0])
+            result = load.result(seconds, window, client_cpu=share)
+            windows.append(result)
+            if timing.on_window is not None:
+                timing.on_window(index, result)
         seconds = time.monotonic() - began
+        share = (time.process_time() - cpu) / seconds if seconds else 0.0
         load.measuring = False
         load.stopping = True
         if load.received >= load.expected():
@@ -331,7 +392,32 @@ async def _run(
             await asyncio.wait_for(load.drained.wait(), _DRAIN)
     finally:
         await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
-    return load.result(seconds, interrupted=stop.is_set())
+    return load.result(
+        seconds,
+        (whole, sum(w.messages for w in windows)),
+        interrupted=stop.is_set(),
+        client_cpu=share,
+        windows=tuple(windows) if timing.repeat > 1 else (),
+    )
+
+
+async def _measure(
+    load: _Load, timing: _Timing, stop: asyncio.Event, began: float
+) -> tuple[float, float]:
+    """One measurement: its seconds, and the share of a core this process
+    used meanwhile."""
+    start, cpu = time.monotonic(), time.process_time()
+    deadline = start + timing.duration
+    # Within a few ms of the deadline counts as there: loops' timers may
+    # fire that much early, and each early one would report progress again.
+    while not stop.is_set() and (left := deadline - time.monotonic()) > _SLACK:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), min(1.0, left))
+        if timing.progress is not None:
+            elapsed = time.monotonic() - began
+            timing.progress(elapsed, load.result(time.monotonic() - start))
+    seconds = time.monotonic() - start
+    return seconds, (time.process_time() - cpu) / seconds if seconds else 0.0
 
 
 async def bench(
@@ -347,12 +433,17 @@ async def bench(
     ssl: ssl_module.SSLContext | None = None,
     progress: Progress | None = None,
     stop: asyncio.Event | None = None,
+    repeat: int = 1,
+    on_window: Window | None = None,
 ) -> BenchResult:
     """Run echo round trips against ``url`` (see the module docstring).
 
     ``progress`` is called about once a second with the figures so far;
     setting ``stop`` ends the run early, with the figures so far
-    (``interrupted``).
+    (``interrupted``). With ``repeat``, the measurement is taken that many
+    times in a row (``duration`` each, after one warm-up), each reported to
+    ``on_window(index, result)`` as it ends and kept in the result's
+    ``windows``.
     """
     payload: bytes | str = "x" * size if text else os.urandom(size)
     load = _Echo(url, payload, in_flight)
@@ -363,7 +454,12 @@ async def bench(
 
     # Nothing arrives before begin() sends; then each connection has its own.
     opened = await _open(url, connections, _unexpected, compression, ssl)
-    return await _run(load, opened, begin, _Timing(duration, warmup, progress, stop))
+    return await _run(
+        load,
+        opened,
+        begin,
+        _Timing(duration, warmup, progress, stop, repeat, on_window),
+    )
 
 
 class _Fanout(_Load):
@@ -445,11 +541,15 @@ async def fanout(
     ssl: ssl_module.SSLContext | None = None,
     progress: Progress | None = None,
     stop: asyncio.Event | None = None,
+    repeat: int = 1,
+    on_window: Window | None = None,
 ) -> BenchResult:
     """Publish to ``channel`` of the tidings hub at ``url`` (its ``/ws``)
     and time every delivery to ``subscribers`` (see the module docstring).
     The hub's own limits apply: its per-connection ``rate_limit`` (100/s by
-    default) refuses a faster publisher, and refusals count as errors."""
+    default) refuses a faster publisher, and refusals count as errors.
+    ``progress``, ``stop``, ``repeat`` and ``on_window`` work as in
+    :func:`bench`."""
     load = _Fanout(url, channel, size, rate)
     hello = {} if token is None else {"token": token}
     [publisher] = await _open(url, 1, load.on_message, compression, ssl)
@@ -471,7 +571,10 @@ async def fanout(
 
     try:
         return await _run(
-            load, opened, begin, _Timing(duration, warmup, progress, stop)
+            load,
+            opened,
+            begin,
+            _Timing(duration, warmup, progress, stop, repeat, on_window),
         )
     finally:
         load.stopping = True

@@ -261,6 +261,14 @@ def _add_bench(sub: Any) -> None:
         "--warmup", type=float, default=1.0, help="seconds before measuring (1)"
     )
     bench.add_argument(
+        "-r",
+        "--repeat",
+        type=_positive,
+        default=1,
+        help="measure this many times in a row, -d seconds each, and report "
+        "each (default: 1)",
+    )
+    bench.add_argument(
         "--compression", action="store_true", help="offer permessage-deflate"
     )
     bench.add_argument(
@@ -269,7 +277,10 @@ def _add_bench(sub: Any) -> None:
         help="skip TLS certificate and host name verification",
     )
     bench.add_argument(
-        "--json", action="store_true", help="print the result as one JSON object"
+        "--json",
+        action="store_true",
+        help="print the result as one JSON object (with --repeat, one line "
+        "per measurement as it ends, then the whole run's)",
     )
     hub = bench.add_argument_group("hub fan-out")
     hub.add_argument("--hub", metavar="CHANNEL", help="fan out on this channel")
@@ -306,6 +317,14 @@ async def _bench_main(args: argparse.Namespace) -> int:
             flush=True,
         )
 
+    def window(index: int, result: BenchResult) -> None:
+        if args.repeat == 1:
+            return
+        if args.json:
+            print(json.dumps({"window": index, **result.to_json()}), flush=True)
+        else:
+            print(f"{result.line(index):<72}", file=sys.stderr, flush=True)
+
     common: dict[str, Any] = {
         "size": args.size,
         "duration": args.duration,
@@ -314,6 +333,8 @@ async def _bench_main(args: argparse.Namespace) -> int:
         "ssl": _client_tls(args.insecure) if args.url.startswith("wss:") else None,
         "progress": progress,
         "stop": stop,
+        "repeat": args.repeat,
+        "on_window": window,
     }
     try:
         if args.hub is not None:
