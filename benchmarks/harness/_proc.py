@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -74,3 +75,16 @@ def open_fds(pid: int) -> int | None:
     with contextlib.suppress(OSError):
         return len(os.listdir(f"/proc/{pid}/fd"))
     return None
+
+
+def servers_cpu(pids: Sequence[int]) -> float | None:
+    """CPU seconds used so far by all of ``pids``; None if one is unreadable."""
+    if not pids:
+        return None
+    total = 0.0
+    for pid in pids:
+        used = proc_cpu(pid)
+        if used is None:
+            return None
+        total += used
+    return total

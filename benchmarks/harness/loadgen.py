@@ -45,11 +45,10 @@ import struct
 import sys
 import time
 from array import array
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
-from ._proc import busy_fraction, core_times, proc_cpu
+from ._proc import busy_fraction, core_times, servers_cpu
 from .scenarios import HUB_CHANNEL, HUB_ROOM
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -292,27 +291,14 @@ class Conn(asyncio.Protocol):
 
 
 class EchoConn(Conn):
-    """Keeps ``depth`` messages in flight: sends one for each one back.
-
-    Given ``latencies``, it times each round trip there (in ns, from the
-    write of a message to the read that completes its echo: echoes come
-    back in order)."""
+    """Keeps ``depth`` messages in flight: sends one for each one back."""
 
     def __init__(
-        self,
-        bench: Bench,
-        hs: Handshake,
-        out: bytes,
-        back: Expected,
-        depth: int,
-        *,
-        latencies: list[int] | None = None,
+        self, bench: Bench, hs: Handshake, out: bytes, back: Expected, depth: int
     ) -> None:
         super().__init__(bench, hs, Stream(back))
         self.out = out
         self.depth = depth
-        self.latencies = latencies
-        self.sent_at: deque[int] = deque()
 
     def on_open(self) -> None:
         self.send(self.depth)
@@ -321,9 +307,6 @@ class EchoConn(Conn):
         transport = self.transport
         if transport is None:
             return
-        if self.latencies is not None:
-            now = time.perf_counter_ns()
-            self.sent_at.extend([now] * k)
         if len(self.out) <= _JOIN_LIMIT:
             transport.write(self.out * k)
         else:
@@ -333,11 +316,6 @@ class EchoConn(Conn):
         assert self.stream is not None
         k = self.stream.feed(data)
         if k:
-            latencies = self.latencies
-            if latencies is not None:
-                now = time.perf_counter_ns()
-                sent_at = self.sent_at
-                latencies += [now - sent_at.popleft() for _ in range(k)]
             bench = self.bench
             bench.count += k
             if bench.sending:
@@ -700,7 +678,6 @@ async def measure(
     max_foreign: float = 1.0,
     extra: Callable[[], dict[str, Any]] | None = None,
     marks: list[tuple[int, int, bool]] | None = None,
-    window_started: Callable[[], None] | None = None,
 ) -> None:
     """Report ``repeat`` windows of ``duration`` seconds after ``warmup``.
 
@@ -711,16 +688,12 @@ async def measure(
     that is above ``max_foreign`` is reported as ``discarded`` and measured
     again, at most ``repeat // 2`` times (once at least). ``marks`` gets
     each window's start and end (``time.time_ns``) and whether it was kept.
-    ``extra`` adds fields to each window's report; ``window_started`` is
-    called as each window starts.
     """
     pids = [server_pid] if isinstance(server_pid, int) else list(server_pid or [])
     emit(event="started")
     await asyncio.sleep(warmup)
     rep = retries = 0
     while rep < repeat:
-        if window_started is not None:
-            window_started()
         c0, w0, m0 = bench.count, time.perf_counter(), time.time_ns()
         p0, s0, k0 = time.process_time(), servers_cpu(pids), core_times()
         await asyncio.sleep(duration)
@@ -761,19 +734,6 @@ async def measure(
             marks.append((m0, m1, True))
         rep += 1
     bench.sending = False
-
-
-def servers_cpu(pids: Sequence[int]) -> float | None:
-    """CPU seconds used so far by all of ``pids``; None if one is unreadable."""
-    if not pids:
-        return None
-    total = 0.0
-    for pid in pids:
-        used = proc_cpu(pid)
-        if used is None:
-            return None
-        total += used
-    return total
 
 
 def sources(count: int) -> list[str]:
@@ -864,28 +824,12 @@ async def run_echo(args: argparse.Namespace) -> None:
     payload = payload_of(args.size)
     out = build_frame(payload, masked=True)
     back = Expected(build_frame(payload), verify=not args.no_verify)
-    latencies: list[int] | None = [] if args.timed else None
     conns = await open_clients(
-        args,
-        lambda: EchoConn(bench, hs, out, back, args.depth, latencies=latencies),
-        args.port,
-        100,
+        args, lambda: EchoConn(bench, hs, out, back, args.depth), args.port, 100
     )
 
     def extra() -> dict[str, Any]:
-        fields: dict[str, Any] = {
-            "errors": sum(c.stream.errors for c in conns if c.stream)
-        }
-        if latencies:
-            ordered = sorted(latencies)
-            for q in (50, 99):
-                rank = min(len(ordered) - 1, round(q / 100 * len(ordered)))
-                fields[f"p{q}_ms"] = ordered[rank] / 1e6
-        return fields
-
-    def window_started() -> None:
-        if latencies is not None:
-            latencies.clear()  # the warm-up's and the previous window's
+        return {"errors": sum(c.stream.errors for c in conns if c.stream)}
 
     await measure(
         bench,
@@ -897,7 +841,6 @@ async def run_echo(args: argparse.Namespace) -> None:
         client_core=args.cpu,
         max_foreign=args.max_foreign,
         extra=extra,
-        window_started=window_started,
     )
     lost = sum(1 for c in conns if c.transport is None)
     emit(event="done", errors=extra()["errors"], lost=lost)
@@ -1669,11 +1612,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conns", type=int, default=1)
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--depth", type=int, default=1, help="messages in flight")
-    p.add_argument(
-        "--timed",
-        action="store_true",
-        help="echo: time every round trip (p50 and p99 in each window)",
-    )
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--repeat", type=int, default=3)

@@ -126,7 +126,6 @@ def scenario_of(entry: dict[str, Any]) -> Scenario:
         rate=entry.get("rate", 0),
         publishers=entry.get("publishers", 1),
         repeat=entry.get("repeat", 0),
-        timed=entry.get("timed", False),
     )
 
 
@@ -342,11 +341,11 @@ def results_table(data: Data, key: str = "values") -> str:
 
 
 def round_trip_table(data: Data) -> str | None:
-    """p50 / p99 round trips of the timed echo rows, in ms."""
+    """p50 / p99 round trips of the echo rows at one message in flight, in ms."""
     servers = ws_servers(data)
     rows = []
     for e in server_entries(data):
-        if not e.get("timed"):
+        if e["kind"] != "echo" or e["depth"] != 1:
             continue
         row = [e["title"]]
         for name in servers:
@@ -788,9 +787,10 @@ def render(
             parts += [
                 "## Round trips",
                 "",
-                "Each round trip of the timed rows, from the load client's "
-                "write of a message to its read of the echo, in ms: p50 / p99 "
-                "[min-max over the measurements].",
+                "Round trips at one message in flight, as `tidings bench` "
+                "timed them (from just before the write of a message to the "
+                "callback that received its echo), in ms: p50 / p99 [min-max "
+                "over the measurements].",
                 "",
                 trips,
                 "",

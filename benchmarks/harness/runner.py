@@ -44,7 +44,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from . import report as report_mod
-from ._proc import busy_fraction, core_times, fd_limit, open_fds, rss_kib
+from ._proc import (
+    busy_fraction,
+    core_times,
+    fd_limit,
+    open_fds,
+    rss_kib,
+    servers_cpu,
+)
 from .scenarios import (
     CLIENTS,
     FULL,
@@ -790,6 +797,107 @@ class Runner:
 
     # scenarios
 
+    def bench_step(self, scn: Scenario, server: str) -> Outcome:
+        """An echo row, driven by ``tidings bench``, the users' load tool.
+
+        It measures one window more than the row needs, first: as each
+        window's line arrives, the server's CPU time and the cores' busy
+        time are read, so the first window's end is where the measured ones
+        begin. Windows are not taken again when other processes intrude
+        (as the raw client's are): that is noted instead.
+        """
+        out = Outcome()
+        busy = self.wait_quiet()
+        if busy is not None:
+            out.notes.append(f"other processes kept a core {busy:.0%} busy at start")
+        group = self.start_group(server, "echo")
+        ready = group.readies[0]
+        out.info = {k: v for k, v in ready.items() if k not in ("event", "pid", "port")}
+        cfg = self.cfg
+        repeat = scn.repeat or cfg.repeat
+        argv = [
+            *(cfg.python, "-m", "tidings", "bench"),
+            f"ws://127.0.0.1:{group.ports[0]}/",
+            *("-c", str(scn.conns), "-k", str(scn.depth), "-s", str(scn.size)),
+            *("-d", str(cfg.duration), "--warmup", str(cfg.warmup)),
+            *("--repeat", str(repeat + 1), "--json"),
+        ]
+        self.log.write(f"== {shlex.join(argv)}\n".encode())
+        self.log.flush()
+        client = Child("tidings bench", argv, self.log)
+        pin_process(client.pid, cfg.client_cpu, cfg.nice)
+        out.info["client_loop"] = "tidings bench"
+        self.progress.set("connecting, warming up")
+        previous: tuple[float | None, dict[int, tuple[int, int]], float] | None = None
+        deadline = time.monotonic() + cfg.warmup + 2 * (repeat + 1) * cfg.duration + 60
+        try:
+            while not client.eof:
+                client.read()
+                for event in client.events:
+                    if "window" not in event:
+                        continue
+                    now = (servers_cpu(group.pids), core_times(), time.perf_counter())
+                    if previous is not None:
+                        self._bench_window(out, event, previous, now)
+                        self.progress.set(
+                            f"{event['window']}/{repeat}: "
+                            f"{report_mod.number(event['messages_per_second'])} "
+                            f"{scn.unit}, load client CPU {event['client_cpu']:.0%}"
+                        )
+                    previous = now
+                client.events.clear()
+                if time.monotonic() > deadline:
+                    raise BenchError("tidings bench did not finish in time")
+                with selectors.DefaultSelector() as sel:
+                    sel.register(client.stdout, selectors.EVENT_READ)
+                    sel.select(0.5)
+                self.progress.tick()
+            if client.proc.wait(10) != 0:
+                raise BenchError(f"tidings bench exited with {client.proc.returncode}")
+        finally:
+            client.stop()
+            group.stop()
+        if out.values:
+            self.progress.line(
+                f"      {report_mod.cell(out.as_json())} {scn.unit}; CPU: load client "
+                f"{report_mod.pct(report_mod.median_of(out.client_cpu))}, server "
+                f"{report_mod.pct(report_mod.median_of(out.server_cpu))}"
+            )
+        return out
+
+    def _bench_window(
+        self,
+        out: Outcome,
+        event: dict[str, Any],
+        before: tuple[float | None, dict[int, tuple[int, int]], float],
+        after: tuple[float | None, dict[int, tuple[int, int]], float],
+    ) -> None:
+        """One measured window of :meth:`bench_step`."""
+        value = event["messages_per_second"]
+        wall = after[2] - before[2]
+        client = event["client_cpu"]
+        out.values.append(value)
+        out.client_cpu.append(client)
+        out.series.setdefault("p50", []).append(event["latency_p50_ms"])
+        out.series.setdefault("p99", []).append(event["latency_p99_ms"])
+        if event["errors"]:
+            out.notes.append(f"{event['errors']} connections or messages failed")
+        if before[0] is None or after[0] is None or wall <= 0:
+            return
+        server = (after[0] - before[0]) / wall
+        out.server_cpu.append(server)
+        if server > 0:
+            out.per_cpu.append(value / server)
+        busy_s = busy_fraction(before[1], after[1], self.cfg.server_cpu)
+        busy_c = busy_fraction(before[1], after[1], self.cfg.client_cpu)
+        if busy_s is not None and busy_c is not None:
+            foreign = max(0.0, busy_s - server, busy_c - client)
+            out.foreign.append(foreign)
+            if foreign > self.cfg.max_foreign:
+                out.notes.append(
+                    f"other processes took {foreign:.0%} of a core in a window"
+                )
+
     def load_step(
         self, scn: Scenario, server: str, client: str | None = None
     ) -> Outcome:
@@ -833,8 +941,6 @@ class Runner:
         ]
         if client is not None:
             args += ["--client", client]
-        if scn.timed:
-            args.append("--timed")
         if scn.kind in ("hub", "hub-nodes", "hub-latency"):
             args += ["--protocol", name, "--publishers", scn.publishers]
         if len(group.ports) > 1:
@@ -878,9 +984,6 @@ class Runner:
                         )
                         return
                     out.values.append(value)
-                    for q in ("p50", "p99"):
-                        if f"{q}_ms" in event:
-                            out.series.setdefault(q, []).append(event[f"{q}_ms"])
                     measured = (
                         event["client_cpu"]
                         if scn.kind == "client"
@@ -1117,7 +1220,8 @@ class Plan:
 
 
 def estimate(scn: Scenario, cfg: Config) -> float:
-    base = 1.5 + cfg.warmup + (scn.repeat or cfg.repeat) * cfg.duration
+    windows = (scn.repeat or cfg.repeat) + (scn.kind == "echo")  # see bench_step
+    base = 1.5 + cfg.warmup + windows * cfg.duration
     if scn.kind == "broadcast":
         base += 1 + scn.conns / 2500
     if scn.kind in ("hub", "hub-nodes", "hub-latency"):
@@ -1427,9 +1531,10 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
                     )
                 )
             continue
+        step = runner.bench_step if scn.kind == "echo" else runner.load_step
         for server in servers:
             if server in scn.servers:
-                work = functools.partial(runner.load_step, scn, server)
+                work = functools.partial(step, scn, server)
                 plans.append(
                     Plan(
                         f"{scn.title} · {LABELS[server]}",
@@ -1536,7 +1641,6 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
                 "rate": s.rate,
                 "publishers": s.publishers,
                 "repeat": s.repeat,
-                "timed": s.timed,
                 "load": s.load,
                 "lower_is_better": s.lower_is_better,
                 "results": {k: v.as_json() for k, v in results[s.key].items()},

@@ -106,8 +106,6 @@ class Scenario:
     publishers: int = 1
     #: Measurements of this row (0: the run's ``--repeat``).
     repeat: int = 0
-    #: Echo rows: the load client times every round trip (p50, p99).
-    timed: bool = False
 
     @property
     def load(self) -> str:
@@ -217,7 +215,7 @@ FULL: tuple[Scenario, ...] = (
     # One message in flight per connection first: how interactive clients
     # talk, and how the peers publish their own figures.
     Scenario("echo-100x32-k1", "echo", "msg/s", conns=100, size=32, depth=1),
-    Scenario("echo-1x32-k1", "echo", "msg/s", conns=1, size=32, depth=1, timed=True),
+    Scenario("echo-1x32-k1", "echo", "msg/s", conns=1, size=32, depth=1),
     Scenario("echo-1x1m-k1", "echo", "msg/s", conns=1, size=1 << 20, depth=1, repeat=5),
     Scenario("handshake-64", "handshake", "conns/s", depth=64),
     # Several in flight: what batching adds.
@@ -335,7 +333,7 @@ class Target:
     scenario's unit does not (latency: the p99, in ms).
 
     ``figure`` picks what is compared: the scenario's own figure
-    (``values``), the p99 round trip of a timed row (``p99``, lower is
+    (``values``), the p99 round trip of an echo row (``p99``, lower is
     better), or how steady ``ours`` was (``spread``: the farthest of its
     minimum and maximum from the median, as a fraction of the median)."""
 
