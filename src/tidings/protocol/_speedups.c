@@ -95,6 +95,30 @@ mask_bytes(unsigned char *out, const unsigned char *in, Py_ssize_t n,
     }
 }
 
+/* Copy n bytes from in to out, masked with key unless it is NULL; large
+   buffers without the GIL, so other threads can run. */
+static void
+copy_masked(unsigned char *out, const unsigned char *in, Py_ssize_t n,
+            const unsigned char *key)
+{
+    if (n >= NOGIL_THRESHOLD) {
+        Py_BEGIN_ALLOW_THREADS
+        if (key != NULL) {
+            mask_bytes(out, in, n, key);
+        }
+        else {
+            memcpy(out, in, (size_t)n);
+        }
+        Py_END_ALLOW_THREADS
+    }
+    else if (key != NULL) {
+        mask_bytes(out, in, n, key);
+    }
+    else {
+        memcpy(out, in, (size_t)n);
+    }
+}
+
 /* A contiguous view of a bytes-like object. A non-contiguous one (such as
    memoryview(b)[::2]) is copied first, as bytes(data) would. */
 static int
@@ -155,15 +179,8 @@ apply_mask(PyObject *module, PyObject *args, PyObject *kwargs)
     }
     result = PyBytes_FromStringAndSize(NULL, data.len);
     if (result != NULL) {
-        unsigned char *out = (unsigned char *)PyBytes_AS_STRING(result);
-        if (data.len >= NOGIL_THRESHOLD) {
-            Py_BEGIN_ALLOW_THREADS
-            mask_bytes(out, data.buf, data.len, key);
-            Py_END_ALLOW_THREADS
-        }
-        else {
-            mask_bytes(out, data.buf, data.len, key);
-        }
+        copy_masked((unsigned char *)PyBytes_AS_STRING(result), data.buf, data.len,
+                    key);
     }
     PyBuffer_Release(&data);
     Py_XDECREF(copy);
@@ -234,23 +251,8 @@ build_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             PyBytes_AS_STRING(result)[1] |= (char)0x80;
             memcpy(out, key, 4);
             out += 4;
-            if (data.len >= NOGIL_THRESHOLD) {
-                Py_BEGIN_ALLOW_THREADS
-                mask_bytes(out, data.buf, data.len, key);
-                Py_END_ALLOW_THREADS
-            }
-            else {
-                mask_bytes(out, data.buf, data.len, key);
-            }
         }
-        else if (data.len >= NOGIL_THRESHOLD) {
-            Py_BEGIN_ALLOW_THREADS
-            memcpy(out, data.buf, (size_t)data.len);
-            Py_END_ALLOW_THREADS
-        }
-        else {
-            memcpy(out, data.buf, (size_t)data.len);
-        }
+        copy_masked(out, data.buf, data.len, masked ? key : NULL);
     }
     PyBuffer_Release(&data);
     Py_XDECREF(copy);
@@ -330,14 +332,8 @@ grow_payload(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     /* The one copy that growing costs; FrameParser grows by 4 times, so
        these copies add up to at most a third of the payload. */
-    if (filled >= NOGIL_THRESHOLD) {
-        Py_BEGIN_ALLOW_THREADS
-        memcpy(PyBytes_AS_STRING(data), PyBytes_AS_STRING(args[0]), (size_t)filled);
-        Py_END_ALLOW_THREADS
-    }
-    else {
-        memcpy(PyBytes_AS_STRING(data), PyBytes_AS_STRING(args[0]), (size_t)filled);
-    }
+    copy_masked((unsigned char *)PyBytes_AS_STRING(data),
+                (const unsigned char *)PyBytes_AS_STRING(args[0]), filled, NULL);
     return Py_BuildValue("(NN)", data, view);
 }
 
@@ -469,6 +465,59 @@ exceeds(unsigned long long length, PyObject *max_payload)
     }
 }
 
+/* The payload length in the header at buf[pos:] (available bytes): 1 with
+   *length and *header_size set, 0 when the header is not whole yet, -1 when
+   a 64-bit length has its top bit set (RFC 6455 §5.2). */
+static int
+read_length(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t available,
+            unsigned long long *length, Py_ssize_t *header_size)
+{
+    *length = buf[pos + 1] & 0x7F;
+    *header_size = 2;
+    if (*length == 126) {
+        if (available < 4) {
+            return 0;
+        }
+        *length = ((unsigned long long)buf[pos + 2] << 8) | buf[pos + 3];
+        *header_size = 4;
+    }
+    else if (*length == 127) {
+        if (available < 10) {
+            return 0;
+        }
+        *length = 0;
+        for (int i = 2; i < 10; i++) {
+            *length = (*length << 8) | buf[pos + i];
+        }
+        if (*length >> 63) {
+            return -1;
+        }
+        *header_size = 10;
+    }
+    return 1;
+}
+
+/* A new bytes object holding the payload at buf[start:start + length],
+   unmasked with the 4 bytes before it when masked. */
+static PyObject *
+take_payload(const unsigned char *buf, Py_ssize_t start, Py_ssize_t length,
+             int masked)
+{
+    PyObject *payload = PyBytes_FromStringAndSize(NULL, length);
+
+    if (payload == NULL) {
+        return NULL;
+    }
+    if (masked) {
+        mask_bytes((unsigned char *)PyBytes_AS_STRING(payload), buf + start, length,
+                   buf + start - 4);
+    }
+    else {
+        memcpy(PyBytes_AS_STRING(payload), buf + start, (size_t)length);
+    }
+    return payload;
+}
+
 static PyObject *
 parse_frame_in(const unsigned char *buf, Py_ssize_t size, Py_ssize_t pos,
                int expect_mask, unsigned long rsv_allowed, PyObject *max_payload)
@@ -497,29 +546,12 @@ parse_frame_in(const unsigned char *buf, Py_ssize_t size, Py_ssize_t pos,
                                   : "server frame is masked (RFC 6455 " SECTION "5.1)");
     }
     opcode = b0 & 0x0F;
-    length = b1 & 0x7F;
-    header_size = 2;
-    if (length == 126) {
-        if (available < 4) {
-            Py_RETURN_NONE;
-        }
-        length = ((unsigned long long)buf[pos + 2] << 8) | buf[pos + 3];
-        header_size = 4;
-    }
-    else if (length == 127) {
-        int i;
-        if (available < 10) {
-            Py_RETURN_NONE;
-        }
-        length = 0;
-        for (i = 2; i < 10; i++) {
-            length = (length << 8) | buf[pos + i];
-        }
-        if (length >> 63) {
-            return protocol_error("64-bit payload length has its most significant "
-                                  "bit set (RFC 6455 " SECTION "5.2)");
-        }
-        header_size = 10;
+    switch (read_length(buf, pos, available, &length, &header_size)) {
+    case 0:
+        Py_RETURN_NONE;
+    case -1:
+        return protocol_error("64-bit payload length has its most significant "
+                              "bit set (RFC 6455 " SECTION "5.2)");
     }
     if (opcode >= 0x8) {
         if (length > 125) {
@@ -550,16 +582,9 @@ parse_frame_in(const unsigned char *buf, Py_ssize_t size, Py_ssize_t pos,
         /* The header is whole and valid: say how long the frame is. */
         return PyLong_FromUnsignedLongLong((unsigned long long)(start - pos) + length);
     }
-    payload = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
+    payload = take_payload(buf, start, (Py_ssize_t)length, expect_mask);
     if (payload == NULL) {
         return NULL;
-    }
-    if (expect_mask) {
-        mask_bytes((unsigned char *)PyBytes_AS_STRING(payload), buf + start,
-                   (Py_ssize_t)length, buf + start - 4);
-    }
-    else {
-        memcpy(PyBytes_AS_STRING(payload), buf + start, (size_t)length);
     }
     /* Py_BuildValue would parse its format string on every frame. */
     result = PyTuple_New(5);
@@ -662,27 +687,8 @@ parse_messages(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if ((b0 != 0x81 && b0 != 0x82) || ((b1 & 0x80) != 0) != expect_mask) {
             goto other;
         }
-        length = b1 & 0x7F;
-        header_size = 2;
-        if (length == 126) {
-            if (available < 4) {
-                goto other;
-            }
-            length = ((unsigned long long)buf[pos + 2] << 8) | buf[pos + 3];
-            header_size = 4;
-        }
-        else if (length == 127) {
-            if (available < 10) {
-                goto other;
-            }
-            length = 0;
-            for (int i = 2; i < 10; i++) {
-                length = (length << 8) | buf[pos + i];
-            }
-            if (length >> 63) {
-                goto other;
-            }
-            header_size = 10;
+        if (read_length(buf, pos, available, &length, &header_size) != 1) {
+            goto other;
         }
         over = exceeds(length, args[2]);
         if (over < 0) {
@@ -692,16 +698,9 @@ parse_messages(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (over || start > size || length > (unsigned long long)(size - start)) {
             goto other;
         }
-        payload = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
+        payload = take_payload(buf, start, (Py_ssize_t)length, expect_mask);
         if (payload == NULL) {
             goto error;
-        }
-        if (expect_mask) {
-            mask_bytes((unsigned char *)PyBytes_AS_STRING(payload), buf + start,
-                       (Py_ssize_t)length, buf + start - 4);
-        }
-        else {
-            memcpy(PyBytes_AS_STRING(payload), buf + start, (size_t)length);
         }
         if (b0 == 0x81) {
             message = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(payload),
