@@ -642,6 +642,28 @@ async def test_shutdown_is_bounded_when_a_peer_stops_reading(raw_connect: Any) -
         await server.wait_closed()
 
 
+async def test_shutdown_reads_the_answer_of_a_connection_that_stopped_reading() -> None:
+    # The handler never reads: its queue fills and reading pauses. Shutting
+    # down must read again, or the peer's answer to our close frame would
+    # sit unread until close_timeout (here far longer than the wait below).
+    async def handler(ws: WebSocket) -> None:
+        await ws.wait_closed()
+
+    server = await tidings.serve(
+        handler, "127.0.0.1", 0, max_queue=1, close_timeout=BOUND * 6
+    )
+    async with tidings.connect(uri(server), close_timeout=BOUND * 6) as ws:
+        (conn,) = server.connections
+        for _ in range(2):
+            await ws.send("unread")  # the second fills the queue of one
+        async with asyncio.timeout(BOUND):
+            while not conn._reading_paused:  # no event says so: poll
+                await asyncio.sleep(0)
+            server.close()
+            await server.wait_closed()
+        assert ws.close_code == 1001
+
+
 async def test_close_is_not_held_up_by_a_peer_that_keeps_sending() -> None:
     # After our close frame, messages still arriving must not pause reading
     # again, or the peer's close frame would wait behind them.

@@ -240,14 +240,13 @@ class Server:
     async def _close(self, code: int, reason: str) -> None:
         if self._server is not None:
             self._server.close()
-        for ws in list(self._connections):
-            if ws.state is State.OPEN:
-                ws._conn.send_close(code, reason)
-                ws._write_out()
-                ws._arm_close_timer()
-            elif ws.state is State.CONNECTING and ws._transport is not None:
-                ws._transport.abort()
-        await asyncio.gather(*(ws.wait_closed() for ws in list(self._connections)))
+        # WebSocket.close(): the close frame, reading resumed if it was
+        # paused (the answer may wait behind unread messages), the close
+        # timeout; a connection still opening is dropped.
+        await asyncio.gather(
+            *(ws.close(code, reason) for ws in list(self._connections)),
+            return_exceptions=True,
+        )
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=self.close_timeout)
             for task in pending:
