@@ -1,6 +1,6 @@
 """``tidings demo``: a client and a server protocol engine talking in memory.
 
-Until the asyncio server lands this shows the protocol core at work: the
+It shows the protocol core at work, with no socket and no event loop: the
 opening handshake, a compressed message each way, a ping and the close
 handshake, with the bytes that would cross the wire.
 """

@@ -14,9 +14,6 @@ MAX_HEAD_SIZE = 8192
 #: Most header lines accepted in an HTTP head.
 MAX_HEADERS = 128
 
-#: Largest body of a non-101 response kept for the error message (client).
-MAX_REJECTION_BODY = 4096
-
 # The asyncio layer's limits live here too, so that every default is in one
 # place; this module holds numbers only and does no I/O.
 
