@@ -23,6 +23,16 @@ RULES = {
     "client.py": ("tidings.cli", "tidings.bench", "tidings.hub"),
     "connection.py": ("tidings.cli", "tidings.bench", "tidings.hub"),
     "fanout.py": ("tidings.cli", "tidings.bench", "tidings.hub"),
+    # The blocking client stands on the protocol core alone: no event loop.
+    "sync.py": (
+        "tidings.cli",
+        "tidings.bench",
+        "tidings.hub",
+        "tidings.server",
+        "tidings.client",
+        "tidings.connection",
+        "asyncio",
+    ),
 }
 
 
