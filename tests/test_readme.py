@@ -11,12 +11,11 @@ from pathlib import Path
 README = Path(__file__).parent.parent / "README.md"
 
 
-def python_block_after(heading: str) -> str:
+def python_block_after(heading: str, index: int = 0) -> str:
+    """The ``index``-th Python block after ``heading``."""
     text = README.read_text()
     section = text[text.index(heading) :]
-    match = re.search(r"```python\n(.*?)```", section, re.S)
-    assert match is not None
-    return match.group(1)
+    return re.findall(r"```python\n(.*?)```", section, re.S)[index]
 
 
 def test_the_echo_example_prints_its_message() -> None:
@@ -32,5 +31,32 @@ def test_the_echo_example_prints_its_message() -> None:
         text=True,
         timeout=30,
     )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Hello, tidings!\n"
+
+
+def test_the_sync_client_example_prints_the_echo() -> None:
+    code = python_block_after("## An echo server and a client", 1)
+    assert "tidings.sync" in code
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tidings", "echo", "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()  # "echo server listening on ws://..."
+        match = re.search(r"ws://127\.0\.0\.1:(\d+)/", line)
+        assert match is not None, line
+        result = subprocess.run(
+            [sys.executable, "-c", code.replace("8765", match.group(1))],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        server.terminate()
+        server.wait(30)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "Hello, tidings!\n"
