@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from common import chunks, instrumented, main
 
-with instrumented("tidings", "h11"):
+with instrumented("tidings"):
     from tidings.protocol import (
         BinaryMessage,
         Closed,

@@ -1,7 +1,7 @@
-"""Fuzz target: the opening handshake's HTTP parsers (h11 underneath, our
-limits and header rules on top). Any input ends in a request or response,
-in nothing yet, or in InvalidHandshake; never another exception
-(tidings.protocol.handshake)."""
+"""Fuzz target: the opening handshake's HTTP readers (llhttp, through
+httptools, underneath; our limits, callbacks and header rules on top). Any
+input ends in a request or response, in nothing yet, or in InvalidHandshake;
+never another exception (tidings.protocol.handshake)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import contextlib
 
 from common import chunks, instrumented, main
 
-with instrumented("tidings", "h11"):
+with instrumented("tidings"):
     from tidings.exceptions import InvalidHandshake
     from tidings.protocol.handshake import (
         RequestReader,

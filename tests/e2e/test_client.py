@@ -190,6 +190,8 @@ async def test_reconnects_after_a_drop_and_recovers(browser: Browser, hub: Hub) 
             await hub.connect();
         }"""
     )
+    # Subscribed without a position: only what comes after the reply counts.
+    await page.wait_for("() => subscribed.length === 1")
     await hub.publish("chat:r", "live 1")
     await page.wait_for("() => got.length === 1")
     first_client = await page.evaluate("() => hub.client")

@@ -736,7 +736,7 @@ class ServerConnection(Connection):
         )
         self.subprotocols = list(subprotocols)
         self.request: handshake.Request | None = None
-        # Dropped once the request is read: its h11 state is ~1 KiB that an
+        # Dropped once the request is read: its parser state is ~1 KiB that an
         # open connection never needs again.
         self._reader: handshake.RequestReader | None = handshake.RequestReader(
             max_head_size=max_head_size,

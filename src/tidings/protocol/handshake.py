@@ -1,12 +1,13 @@
 """The RFC 6455 §4 opening handshake, without I/O.
 
-``h11`` parses HTTP/1.1 message syntax; this module adds the WebSocket rules
-on top. Servers feed bytes to :class:`RequestReader`, check the result with
-:func:`validate_request` and answer with :func:`build_response` or
-:func:`build_rejection`. Clients send :func:`build_request`, feed the answer
-to :class:`ResponseReader` and check it with :func:`validate_response`.
+``httptools`` (llhttp) parses HTTP/1.1 message syntax; this module adds the
+WebSocket rules on top. Servers feed bytes to :class:`RequestReader`, check
+the result with :func:`validate_request` and answer with
+:func:`build_response` or :func:`build_rejection`. Clients send
+:func:`build_request`, feed the answer to :class:`ResponseReader` and check
+it with :func:`validate_response`.
 
-Header names are decoded as ASCII (h11 only accepts tokens) and values as
+Header names are decoded as ASCII (llhttp only accepts tokens) and values as
 Latin-1, so obs-text bytes (RFC 9110 §5.5) survive as U+0080..U+00FF instead
 of failing the handshake; the headers WebSocket needs are all ASCII.
 """
@@ -24,7 +25,7 @@ from http import HTTPStatus
 from typing import Generic, TypeVar
 from urllib.parse import urlsplit
 
-import h11
+import httptools
 
 from tidings.exceptions import InvalidHandshake, InvalidStatus
 from tidings.protocol.limits import MAX_HEAD_SIZE, MAX_HEADERS
@@ -71,28 +72,37 @@ class Headers:
     Names are kept as received; lookups ignore case.
     """
 
-    __slots__ = ("_items",)
+    __slots__ = ("_index", "_items")
     __hash__ = None  # type: ignore[assignment]  # mutable contents
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._items = list(items)
+        self._index: dict[str, list[str]] | None = None
+
+    def _values(self, name: str) -> list[str]:
+        # An upgrade looks up about eight names: index them once.
+        index = self._index
+        if index is None:
+            index = self._index = {}
+            for key, value in self._items:
+                index.setdefault(key.lower(), []).append(value)
+        return index.get(name.lower(), [])
 
     def get(self, name: str) -> str | None:
         """All values of ``name`` joined with ", " (RFC 9110 §5.3), or None."""
-        values = self.get_all(name)
+        values = self._values(name)
         return ", ".join(values) if values else None
 
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name``, in order received."""
-        name = name.lower()
-        return [v for n, v in self._items if n.lower() == name]
+        return list(self._values(name))
 
     def items(self) -> list[tuple[str, str]]:
         """A copy of the (name, value) pairs, in order received."""
         return list(self._items)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and bool(self.get_all(name))
+        return isinstance(name, str) and bool(self._values(name))
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self._items)
@@ -265,38 +275,54 @@ def parse_subprotocols(request: Request) -> list[str]:
     return offered
 
 
+class _Done(Exception):
+    """Raised from a parser callback: the message wanted is complete."""
+
+
 _Head = TypeVar("_Head", Request, Response)
 
 
 class _HeadReader(Generic[_Head]):
-    """Buffers bytes through h11 until one message head has arrived."""
+    """Feeds bytes to llhttp (httptools) until one message head has arrived.
+
+    llhttp calls back with the parts of the message. The callbacks stop it,
+    by raising :class:`_Done`, as soon as the message wanted is complete, so
+    it never parses what follows: frames after an upgrade, a pipelined
+    request, a response body. The bytes of the head are kept (the head size
+    limit bounds them) to say where it ended.
+    """
 
     __slots__ = (
-        "_conn",
+        "_buffer",
         "_error",
+        "_fields",
         "_head",
         "_kind",
         "_max_head_size",
         "_max_headers",
-        "_received",
+        "_start",
         "_trailing",
     )
 
-    def __init__(
-        self, conn: h11.Connection, kind: str, max_head_size: int, max_headers: int
-    ) -> None:
-        self._conn = conn
+    def __init__(self, kind: str, max_head_size: int, max_headers: int) -> None:
         self._kind = kind
         self._max_head_size = max_head_size
         self._max_headers = max_headers
-        self._received = 0
+        self._buffer = bytearray()
+        #: Where the message being read began in _buffer (after 1xx heads).
+        self._start = 0
+        self._fields: list[tuple[str, str]] = []
         self._head: _Head | None = None
         self._error: InvalidHandshake | None = None
         self._trailing = b""
 
     @property
     def trailing_data(self) -> bytes:
-        """Bytes received after the head (empty until the head is complete)."""
+        """Bytes received after the head (empty until the head is complete).
+
+        A request with a body is answered and its connection closed, so
+        nothing after its body is kept.
+        """
         return self._trailing
 
     def feed(self, data: bytes) -> _Head | None:
@@ -311,51 +337,65 @@ class _HeadReader(Generic[_Head]):
             self._trailing += data
             return self._head
         if not data:
-            return None  # h11 would take b"" to mean the peer closed
-        self._received += len(data)
-        self._conn.receive_data(data)
+            return None
+        reading_head = self._reading_head()
+        if reading_head:
+            self._buffer += data
         try:
-            self._head = self._read()
-        except InvalidHandshake as exc:
-            self._error = exc
-            raise
-        if self._head is not None:
-            self._trailing = self._conn.trailing_data[0]
+            self._parser().feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, InvalidHandshake):
+                self._error = cause
+                raise cause from None
+            if not isinstance(cause, _Done):
+                self._error = self._malformed(exc)
+                raise self._error from None
+        except httptools.HttpParserError as exc:
+            self._error = self._malformed(exc)
+            raise self._error from None
+        else:
+            if self._reading_head() and len(self._buffer) > self._max_head_size:
+                self._error = self._too_big()
+                raise self._error
         return self._head
 
-    def _read(self) -> _Head | None:
+    def _parser(self) -> httptools.HttpRequestParser | httptools.HttpResponseParser:
         raise NotImplementedError
 
-    def _next_event(self) -> h11.Event | None:
-        """The next h11 event, or None if more data is needed."""
-        try:
-            event = self._conn.next_event()
-        except h11.RemoteProtocolError as exc:
-            if exc.error_status_hint == 431:
-                raise self._too_big() from None
-            raise InvalidHandshake(f"malformed HTTP {self._kind}: {exc}") from None
-        if not isinstance(event, h11.Event):
-            return None
-        # h11 only limits the size of an *incomplete* head; one that arrives
-        # whole in a single chunk is checked here.
-        if (
-            isinstance(event, h11.Request | h11.Response | h11.InformationalResponse)
-            and self._received - len(self._conn.trailing_data[0]) > self._max_head_size
-        ):
-            raise self._too_big()
-        return event
+    def _reading_head(self) -> bool:
+        """Whether the bytes arriving still belong to the head."""
+        return self._head is None
 
-    def _headers(
-        self, event: h11.Request | h11.Response | h11.InformationalResponse
-    ) -> Headers:
-        raw = event.headers.raw_items()
-        if len(raw) > self._max_headers:
+    def _malformed(self, exc: Exception) -> InvalidHandshake:
+        return InvalidHandshake(f"malformed HTTP {self._kind}: {exc}")
+
+    # -- llhttp's callbacks (httptools calls them by these names) --------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """One header line of the head."""
+        fields = self._fields
+        if len(fields) >= self._max_headers:
             raise InvalidHandshake(
-                f"HTTP {self._kind} has {len(raw)} headers, "
-                f"more than the limit of {self._max_headers}",
+                f"HTTP {self._kind} has more than {self._max_headers} headers",
                 status=431,
             )
-        return Headers((n.decode("ascii"), v.decode("latin-1")) for n, v in raw)
+        # llhttp has checked that the name is a token and the value has no
+        # control characters; it drops the value's leading whitespace only.
+        fields.append((name.decode("ascii"), value.rstrip(b" \t").decode("latin-1")))
+
+    def _head_end(self) -> int:
+        """Where the head just completed ends in _buffer, within the limit."""
+        buffer = self._buffer
+        start = self._start
+        # RFC 9112 §2.2: empty lines before a message are ignored (llhttp
+        # skips them too), and every line of a head ends in CRLF.
+        while buffer[start] in b"\r\n":
+            start += 1
+        end = buffer.index(b"\r\n\r\n", start) + 4
+        if end > self._max_head_size:
+            raise self._too_big()
+        return end
 
     def _too_big(self) -> InvalidHandshake:
         return InvalidHandshake(
@@ -369,10 +409,11 @@ class RequestReader(_HeadReader[Request]):
 
     A body is read only up to ``max_body_size`` bytes (413 beyond it); with
     the default of 0, a request with a body is refused with 400, since an
-    upgrade request never has one.
+    upgrade request never has one. An upgrade request with a body is
+    refused whatever ``max_body_size`` says.
     """
 
-    __slots__ = ("_body", "_max_body_size", "_pending")
+    __slots__ = ("_body", "_http", "_max_body_size", "_pending", "_url")
 
     def __init__(
         self,
@@ -381,52 +422,74 @@ class RequestReader(_HeadReader[Request]):
         max_headers: int = MAX_HEADERS,
         max_body_size: int = 0,
     ) -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head_size)
-        super().__init__(conn, "request", max_head_size, max_headers)
+        super().__init__("request", max_head_size, max_headers)
+        self._http = httptools.HttpRequestParser(self)
         self._max_body_size = max_body_size
+        self._url = b""
+        #: A request whose body is still arriving.
         self._pending: Request | None = None
         self._body = bytearray()
 
-    def _read(self) -> Request | None:
-        while True:
-            event = self._next_event()
-            if event is None:
-                return None
-            if isinstance(event, h11.Request):
-                request = self._parse_head(event)
-                if not self._has_body(request.headers):
-                    return request
-                self._pending = request
-            elif isinstance(event, h11.Data):
-                self._body += event.data
-                if len(self._body) > self._max_body_size:
-                    raise self._body_too_big()
-            elif isinstance(event, h11.EndOfMessage) and self._pending is not None:
-                pending = self._pending
-                return Request(
-                    pending.method, pending.target, pending.headers, bytes(self._body)
-                )
-            else:  # pragma: no cover - h11 contract
-                raise InvalidHandshake(f"unexpected HTTP event {event!r}")
+    def _parser(self) -> httptools.HttpRequestParser:
+        return self._http
 
-    def _parse_head(self, event: h11.Request) -> Request:
-        if event.http_version < b"1.1":
+    def _reading_head(self) -> bool:
+        return self._head is None and self._pending is None
+
+    def on_url(self, url: bytes) -> None:
+        """A piece of the request target."""
+        self._url += url
+
+    def on_headers_complete(self) -> None:
+        """The head is complete: a request, or the wait for its body."""
+        head_end = self._head_end()
+        http = self._http
+        version = http.get_http_version()
+        if version < "1.1":
             # §4.1: "The method of the request MUST be GET, and the HTTP
             # version MUST be at least 1.1."
             raise InvalidHandshake(
-                "WebSocket upgrade requires HTTP/1.1 or later, "
-                f"got HTTP/{event.http_version.decode()}"
+                f"WebSocket upgrade requires HTTP/1.1 or later, got HTTP/{version}"
             )
-        return Request(
-            event.method.decode(), event.target.decode(), self._headers(event)
-        )
+        headers = Headers(self._fields)
+        if len(headers.get_all("Host")) != 1:
+            # RFC 9112 §3.2
+            raise self._malformed(ValueError("exactly one Host header is required"))
+        try:
+            target = self._url.decode("ascii")
+        except UnicodeDecodeError:
+            raise self._malformed(ValueError("the target is not ASCII")) from None
+        request = Request(http.get_method().decode("ascii"), target, headers)
+        if not self._has_body(headers, http.should_upgrade()):
+            self._head = request
+            self._trailing = bytes(self._buffer[head_end:])
+            raise _Done
+        self._pending = request
 
-    def _has_body(self, headers: Headers) -> bool:
-        # h11 has checked that Content-Length is digits.
+    def on_body(self, body: bytes) -> None:
+        """A piece of the body, once decoded from chunks."""
+        self._body += body
+        if len(self._body) > self._max_body_size:
+            raise self._body_too_big()
+
+    def on_message_complete(self) -> None:
+        """The body is complete."""
+        pending = self._pending
+        if pending is not None:
+            self._head = Request(
+                pending.method, pending.target, pending.headers, bytes(self._body)
+            )
+            raise _Done
+
+    def _has_body(self, headers: Headers, upgrade: bool) -> bool:
+        # llhttp has checked that Content-Length is digits (and checks
+        # Transfer-Encoding once this returns).
         length = int(headers.get("Content-Length") or "0")
         if "Transfer-Encoding" not in headers and length == 0:
             return False
-        if self._max_body_size == 0:
+        if self._max_body_size == 0 or upgrade:
+            # After an upgrade request's head, llhttp hands what follows to
+            # the new protocol: it would not read the body.
             raise InvalidHandshake(
                 "WebSocket upgrade request must not have a body "
                 "(Content-Length or Transfer-Encoding header)"
@@ -448,39 +511,35 @@ class ResponseReader(_HeadReader[Response]):
     ``max_head_size`` bounds all heads read together.
     """
 
-    __slots__ = ()
+    __slots__ = ("_http", "_reason")
 
     def __init__(
         self, *, max_head_size: int = MAX_HEAD_SIZE, max_headers: int = MAX_HEADERS
     ) -> None:
-        conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_head_size)
-        # h11 must see an upgrade request before it accepts a 101 answer; the
-        # bytes it produces are discarded, the caller sends build_request().
-        conn.send(
-            h11.Request(
-                method="GET",
-                target="/",
-                headers=[
-                    ("Host", "localhost"),
-                    ("Upgrade", "websocket"),
-                    ("Connection", "Upgrade"),
-                ],
-            )
-        )
-        conn.send(h11.EndOfMessage())
-        super().__init__(conn, "response", max_head_size, max_headers)
+        super().__init__("response", max_head_size, max_headers)
+        self._http = httptools.HttpResponseParser(self)
+        self._reason = b""
 
-    def _read(self) -> Response | None:
-        while (event := self._next_event()) is not None:
-            if isinstance(event, h11.InformationalResponse | h11.Response) and (
-                event.status_code == 101 or event.status_code >= 200
-            ):
-                return Response(
-                    event.status_code,
-                    event.reason.decode("latin-1"),
-                    self._headers(event),
-                )
-        return None
+    def _parser(self) -> httptools.HttpResponseParser:
+        return self._http
+
+    def on_status(self, reason: bytes) -> None:
+        """A piece of the reason phrase."""
+        self._reason += reason
+
+    def on_headers_complete(self) -> None:
+        """A head is complete: skip it if interim, else the response."""
+        head_end = self._head_end()
+        status = self._http.get_status_code()
+        if status < 200 and status != 101:
+            self._start = head_end
+            self._fields = []
+            self._reason = b""
+            return
+        headers = Headers(self._fields)
+        self._head = Response(status, self._reason.decode("latin-1"), headers)
+        self._trailing = bytes(self._buffer[head_end:])
+        raise _Done
 
 
 def _has_token(headers: Headers, name: str, token: str) -> bool:
