@@ -18,11 +18,25 @@ PACKAGE = Path(tidings.__file__).parent
 #: Modules (by path under src/tidings) and what they must never import.
 RULES = {
     "hub": ("tidings.cli", "tidings.bench"),
+    # A broker knows channels, offsets and presence entries; not who is
+    # connected, nor how (the sessions, the transports, the engine).
+    "hub/brokers": (
+        "tidings.cli",
+        "tidings.bench",
+        "tidings.hub.app",
+        "tidings.hub.session",
+        "tidings.hub.transports",
+        "tidings.connection",
+        "tidings.server",
+        "tidings.fanout",
+        "tidings.http",
+    ),
     "protocol": ("tidings.cli", "tidings.bench", "tidings.hub", "tidings.server"),
     "server.py": ("tidings.cli", "tidings.bench", "tidings.hub"),
     "client.py": ("tidings.cli", "tidings.bench", "tidings.hub"),
     "connection.py": ("tidings.cli", "tidings.bench", "tidings.hub"),
     "fanout.py": ("tidings.cli", "tidings.bench", "tidings.hub"),
+    "http.py": ("tidings.cli", "tidings.bench", "tidings.hub"),
     # The blocking client stands on the protocol core alone: no event loop.
     "sync.py": (
         "tidings.cli",

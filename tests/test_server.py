@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 import tidings
-from tidings import ConnectionClosed, HTTPResponse, InvalidStatus, WebSocket
+from tidings import ConnectionClosed, HTTPResponse, HTTPStream, InvalidStatus, WebSocket
+from tidings.http import ResponseStream
 from tidings.protocol import Request
 from tidings.protocol.frames import Opcode, serialize_frame
 
@@ -289,6 +290,85 @@ async def test_process_request_answers_healthz_and_refuses_with_401(
         ) as ws:
             await ws.send("in")
             assert await ws.recv() == "in"
+
+
+async def test_process_request_streams_a_body_as_it_is_made(
+    raw_connect: Any,
+) -> None:
+    more = asyncio.Event()
+
+    async def body(stream: ResponseStream) -> None:
+        stream.write(b"first\n")
+        await more.wait()
+        stream.write(b"second\n")
+
+    def process_request(request: Request) -> HTTPStream:
+        return HTTPStream(200, [("Content-Type", "text/plain")], body)
+
+    async with tidings.serve(
+        echo, "127.0.0.1", 0, process_request=process_request
+    ) as server:
+        peer = await raw_connect(server.port)
+        peer.writer.write(b"GET /feed HTTP/1.1\r\nHost: x\r\n\r\n")
+        async with asyncio.timeout(BOUND):
+            head = await peer.reader.readuntil(b"\r\n\r\n")
+            assert head == (
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                b"Connection: close\r\n\r\n"
+            )
+            assert await peer.reader.readline() == b"first\n"
+        more.set()
+        # The body returned: the connection closes, which ends the body.
+        assert await peer.read_all() == b"second\n"
+
+
+async def test_a_streamed_body_is_cancelled_when_the_client_leaves(
+    raw_connect: Any,
+) -> None:
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def body(stream: ResponseStream) -> None:
+        started.set()
+        try:
+            while True:  # writes reveal that the client is gone
+                stream.write(b"tick\n")
+                await asyncio.sleep(0.01)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async with tidings.serve(
+        echo,
+        "127.0.0.1",
+        0,
+        process_request=lambda request: HTTPStream(200, [], body),
+    ) as server:
+        peer = await raw_connect(server.port)
+        peer.writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        async with asyncio.timeout(BOUND):
+            await started.wait()
+            peer.close()
+            await cancelled.wait()
+            while server.connections:
+                await asyncio.sleep(0.01)  # connection_lost is not awaitable
+
+
+async def test_open_timeout_ends_once_the_request_is_read(raw_connect: Any) -> None:
+    # A held answer (a long-poll) may take longer than open_timeout.
+    async def process_request(request: Request) -> HTTPResponse:
+        await asyncio.sleep(0.5)
+        return HTTPResponse(200, "late but fine")
+
+    async with tidings.serve(
+        echo, "127.0.0.1", 0, process_request=process_request, open_timeout=0.1
+    ) as server:
+        peer = await raw_connect(server.port)
+        peer.writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = await peer.read_all()
+        assert response.startswith(b"HTTP/1.1 200 OK") and response.endswith(
+            b"late but fine\n"
+        )
+        peer.close()
 
 
 async def test_oversized_head_gets_431(raw_connect: Any) -> None:

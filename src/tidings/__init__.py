@@ -25,6 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ConnectionClosed",
     "HTTPResponse",
+    "HTTPStream",
     "InvalidHandshake",
     "InvalidStatus",
     "InvalidURI",
@@ -41,6 +42,7 @@ __all__ = [
 
 _LAZY = {
     "HTTPResponse": ".http",
+    "HTTPStream": ".http",
     "Server": ".server",
     "WebSocket": ".connection",
     "broadcast": ".fanout",
@@ -54,7 +56,7 @@ if TYPE_CHECKING:
     from .connection import WebSocket
     from .eventloop import run
     from .fanout import broadcast
-    from .http import HTTPResponse
+    from .http import HTTPResponse, HTTPStream
     from .server import Server, serve
 
 

@@ -273,7 +273,7 @@ class WebSocket(asyncio.BufferedProtocol):
                 # together, in one write at the end of this loop iteration,
                 # rather than in a system call each.
                 self._corked = True
-                self._loop.call_soon(self._uncork)
+                self._loop.call_soon(self.flush)
             self.send_nowait(message)
         elif isinstance(message, AsyncIterable):
             await self._send_fragments(aiter(message))
@@ -295,6 +295,20 @@ class WebSocket(asyncio.BufferedProtocol):
         else:
             self._conn.send_binary(message)
         self._write_out()
+
+    def send_frame(self, frame: bytes) -> bool:
+        """Queue a whole frame built once for many connections (as
+        :func:`~tidings.broadcast` does); it goes out with this connection's
+        next write. Returns True when it starts a batch: the caller then
+        calls :meth:`flush` once it has queued everything, so that a burst
+        costs one write per connection. The frame must suit the connection:
+        unmasked (a server's), and compressed only as it negotiated.
+        """
+        self._conn.send_prepared(frame)
+        if self._corked:
+            return False
+        self._corked = True
+        return True
 
     @property
     def write_buffer_size(self) -> int:
@@ -499,7 +513,8 @@ class WebSocket(asyncio.BufferedProtocol):
             if self._held >= _HOLD_MAX:
                 self._flush()
 
-    def _uncork(self) -> None:
+    def flush(self) -> None:
+        """Write what is queued now, ending a batch of :meth:`send_frame`."""
         self._corked = False
         self._flush()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
 
 from .connection import Data, WebSocket
@@ -45,10 +46,9 @@ def broadcast(
     sent = 0
     for ws in connections:
         conn = ws.protocol
-        transport = ws._transport
-        if transport is None or not conn.can_send_message:
+        if not conn.can_send_message:
             continue
-        if transport.get_write_buffer_size() > ws.write_limit:
+        if ws.write_buffer_size > ws.write_limit:
             if on_slow is not None:
                 on_slow(ws)
             continue
@@ -71,19 +71,17 @@ def broadcast(
                 frame = compressed[key] = _compress_once(
                     opcode, payload, params, config
                 )
-        conn.send_prepared(frame)
-        if not ws._corked:
-            ws._corked = True
+        if ws.send_frame(frame):
             corked.append(ws)
         sent += 1
     if corked:
-        corked[0]._loop.call_soon(_uncork, corked)
+        asyncio.get_running_loop().call_soon(_flush, corked)
     return sent
 
 
-def _uncork(connections: list[WebSocket]) -> None:
+def _flush(connections: list[WebSocket]) -> None:
     for ws in connections:
-        ws._uncork()
+        ws.flush()
 
 
 def _compress_once(

@@ -13,9 +13,9 @@ from typing import Any, TypeAlias
 
 from .connection import OnMessage, WebSocket
 from .exceptions import ConnectionClosed
-from .http import HTTPResponse
+from .http import HTTPResponse, HTTPStream, ResponseStream
 from .protocol import Closed, DeflateConfig, Request, ServerConnection, State
-from .protocol.handshake import parse_subprotocols
+from .protocol.handshake import build_stream_head, parse_subprotocols
 from .protocol.limits import (
     CLOSE_TIMEOUT,
     MAX_HEAD_SIZE,
@@ -31,8 +31,9 @@ from .protocol.limits import (
 __all__ = ["Server", "serve"]
 
 Handler: TypeAlias = Callable[[WebSocket], Awaitable[object]]
+Answer: TypeAlias = HTTPResponse | HTTPStream
 ProcessRequest: TypeAlias = Callable[
-    [Request], HTTPResponse | Awaitable[HTTPResponse | None] | None
+    [Request], Answer | Awaitable[Answer | None] | None
 ]
 SelectSubprotocol: TypeAlias = Callable[[Request, Sequence[str]], str | None]
 
@@ -76,13 +77,12 @@ class _ServerWebSocket(WebSocket):
             self._transport.abort()
 
     def _request_received(self, request: Request) -> None:
-        self._server._handle_request(self, request)
-
-    def _opened_ok(self) -> None:
+        # open_timeout bounds the reading of the request; what the
+        # application does with it (a held long-poll) is its own to bound.
         if self._open_timer is not None:
             self._open_timer.cancel()
             self._open_timer = None
-        super()._opened_ok()
+        self._server._handle_request(self, request)
 
     def _closed_event(self, event: Closed) -> None:
         if event.error is not None and not self._opened.done() and not self._answered:
@@ -335,7 +335,7 @@ class Server:
         self,
         ws: _ServerWebSocket,
         request: Request,
-        pending: Awaitable[HTTPResponse | None],
+        pending: Awaitable[Answer | None],
     ) -> None:
         try:
             result = await pending
@@ -349,11 +349,50 @@ class Server:
         else:
             self._respond(ws, result)
 
-    def _respond(self, ws: _ServerWebSocket, response: HTTPResponse) -> None:
+    def _respond(self, ws: _ServerWebSocket, response: Answer) -> None:
         ws._answered = True
+        if isinstance(response, HTTPStream):
+            self._stream(ws, response)
+            return
         conn = ws._conn
         assert isinstance(conn, ServerConnection)
         ws._handle_events(conn.reject(response.status, response.body, response.headers))
+
+    def _stream(self, ws: _ServerWebSocket, response: HTTPStream) -> None:
+        transport = ws._transport
+        assert transport is not None
+        try:
+            head = build_stream_head(response.status, response.headers)
+        except ValueError:
+            self.logger.exception("invalid HTTPStream head")
+            self._respond(ws, HTTPResponse(500, "internal server error"))
+            return
+        # The client has nothing more to send: what it might would wait in
+        # the kernel, not in our memory. A client that goes away is seen
+        # when a write to it fails.
+        transport.pause_reading()
+        transport.write(head)
+        stream = ResponseStream(transport, ws.remote_address)
+        self._spawn(self._run_stream(ws, response.body(stream), transport))
+
+    async def _run_stream(
+        self,
+        ws: _ServerWebSocket,
+        body: Awaitable[None],
+        transport: asyncio.Transport,
+    ) -> None:
+        writing = asyncio.ensure_future(body)
+        await asyncio.wait([writing, ws._closed], return_when=asyncio.FIRST_COMPLETED)
+        if not writing.done():
+            writing.cancel()  # the client went away
+        elif not writing.cancelled() and writing.exception() is not None:
+            self.logger.error(
+                "error in an HTTPStream body", exc_info=writing.exception()
+            )
+        transport.close()
+        # A client that stopped reading would keep what is queued, and the
+        # connection, forever.
+        ws._arm_close_timer()
 
     def _accept(self, ws: _ServerWebSocket, request: Request) -> None:
         conn = ws._conn

@@ -127,6 +127,10 @@ class Context:
     async def new_page(self) -> Page:
         return Page(self, await self.browser.request("newPage", context=self.id))
 
+    async def add_init_script(self, script: str) -> None:
+        """Run ``script`` in every page of this context before its own."""
+        await self.browser.request("addInitScript", context=self.id, script=script)
+
     async def set_offline(self, offline: bool) -> None:
         await self.browser.request("setOffline", context=self.id, offline=offline)
 

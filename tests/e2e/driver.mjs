@@ -118,6 +118,10 @@ const OPS = {
     await lookup(pages, page, "page").screenshot({ path, fullPage });
     return path;
   },
+  async addInitScript({ context, script }) {
+    await lookup(contexts, context, "context").addInitScript({ content: script });
+    return null;
+  },
   async setOffline({ context, offline }) {
     await lookup(contexts, context, "context").setOffline(offline);
     return null;

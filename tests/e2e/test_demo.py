@@ -59,6 +59,48 @@ async def open_chat(browser: Browser, hub: Hub, name: str, scale: float = 1) -> 
     return page
 
 
+#: A network that breaks the WebSocket Upgrade: every WebSocket the page
+#: makes fails as such a network makes it fail, closing with 1006 unopened.
+NO_WEBSOCKET = """
+window.WebSocket = class {
+    static CLOSED = 3;
+    constructor(url) {
+        this.url = url;
+        this.readyState = 0;
+        setTimeout(() => {
+            this.readyState = 3;
+            this.onclose?.({ code: 1006, reason: "" });
+        }, 20);
+    }
+    send() { throw new Error("not open"); }
+    close() { this.readyState = 3; }
+};
+"""
+
+#: And one that buffers streamed responses: no Server-Sent Events either.
+NO_STREAMS = """
+const realFetch = window.fetch;
+window.fetch = (url, init) => String(url).includes("/sse?")
+    ? Promise.reject(new TypeError("the proxy holds streamed responses"))
+    : realFetch(url, init);
+"""
+
+
+async def open_chat_without(
+    browser: Browser, hub: Hub, name: str, scripts: list[str]
+) -> Page:
+    """A chat page whose network blocks what ``scripts`` take away."""
+    context = await browser.new_context()
+    for script in scripts:
+        await context.add_init_script(script)
+    page = await context.new_page()
+    await page.goto(hub.url + "chat")
+    await page.fill("#name", name)
+    await page.press("#name", "Tab")
+    await page.wait_for(CONNECTED)
+    return page
+
+
 async def online(page: Page) -> list[str]:
     return await page.texts("#online li")
 
@@ -114,6 +156,45 @@ async def test_two_chat_pages_exchange_messages_and_see_each_other(
         "() => document.querySelectorAll('#online li').length === 1", timeout=BOUND
     )
     assert await online(alice) == ["alice (you)"]
+
+
+@pytest.mark.parametrize(
+    ("scripts", "transport", "label"),
+    [
+        ([NO_WEBSOCKET], "sse", "Server-Sent Events"),
+        ([NO_WEBSOCKET, NO_STREAMS], "poll", "long-polling"),
+    ],
+)
+async def test_chat_falls_back_when_websocket_is_blocked(
+    browser: Browser, hub: Hub, scripts: list[str], transport: str, label: str
+) -> None:
+    blocked = await open_chat_without(browser, hub, "fran", scripts)
+    assert await blocked.evaluate("() => hub.transport") == transport
+    status = await blocked.texts("#status .label")
+    assert status == [f"connected · {label}"]
+    open_ = await open_chat(browser, hub, "gus")
+    assert await open_.evaluate("() => hub.transport") == "websocket"
+
+    count = "(n) => document.querySelectorAll('.message').length >= n"
+    await blocked.fill("#text", "through the fallback")
+    await blocked.press("#text", "Enter")
+    await open_.wait_for(count, 1)
+    await open_.fill("#text", "over a WebSocket")
+    await open_.press("#text", "Enter")
+    await blocked.wait_for(count, 2)
+    for page in (blocked, open_):
+        assert await page.texts(MESSAGES) == [
+            "through the fallback",
+            "over a WebSocket",
+        ]
+        assert await page.texts(".message .who") == ["fran", "gus"]
+    assert await blocked.texts(".message.mine .text") == ["through the fallback"]
+    if transport == "sse":  # a stream is a connection: it is in presence
+        both = "() => document.querySelectorAll('#online li').length === 2"
+        await open_.wait_for(both)
+        assert await online(open_) == ["fran", "gus (you)"]
+    await blocked.context.close()
+    await open_.context.close()
 
 
 async def test_chat_loads_the_last_messages_from_history(

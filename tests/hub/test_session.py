@@ -527,8 +527,10 @@ async def test_subscriptions_per_connection_are_capped(
 
 
 async def test_commands_read_together_let_other_work_run_between_them(
-    start_hub: Any, connect: Any
+    start_hub: Any, connect: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Each command here takes longer than a turn.
+    monkeypatch.setattr(session_module, "TURN", 0.0)
     hub = await start_hub()
     peer = await connect(hub, node=hub)
     before = hub.metrics.commands

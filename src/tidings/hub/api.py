@@ -11,10 +11,11 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from ..http import HTTPResponse
+from ..http import HTTPResponse, HTTPStream
 from ..protocol import Request
 from .auth import api_key_matches
 from .brokers.base import BrokerUnavailable
+from .transports import COMMAND_PATH, POLL_PATH, SSE_PATH, handle_fallback
 from .wire import CommandError, dumps, encode_position, parse_since, valid_channel
 
 if TYPE_CHECKING:
@@ -25,6 +26,8 @@ logger = logging.getLogger("tidings.hub")
 __all__ = ["handle_http"]
 
 WEBSOCKET_PATH = "/ws"
+#: Where clients connect: the WebSocket, and its fallbacks.
+_CLIENT_PATHS = frozenset({WEBSOCKET_PATH, SSE_PATH, POLL_PATH, COMMAND_PATH})
 
 _CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -55,19 +58,23 @@ def _json(status: int, body: Any) -> HTTPResponse:
     return HTTPResponse(status, data, [("Content-Type", "application/json")])
 
 
-async def handle_http(hub: Hub, request: Request) -> HTTPResponse | None:
+async def handle_http(hub: Hub, request: Request) -> HTTPResponse | HTTPStream | None:
     """Answer a plain HTTP request, or return None to upgrade ``/ws``."""
     path = request.path
-    if path == WEBSOCKET_PATH:
+    if path in _CLIENT_PATHS:
         if not _origin_allowed(hub, request):
             # Cross-site WebSocket hijacking: another site's page would ride
-            # on its visitor's network position and cookies.
+            # on its visitor's network position and cookies (and a fallback
+            # request on the same).
             hub.metrics.errors["origin"] += 1
             logger.info(
-                "WebSocket refused: origin %.100r not allowed",
+                "%s refused: origin %.100r not allowed",
+                path,
                 request.headers.get("Origin"),
             )
             return HTTPResponse(403, "origin not allowed")
+        if path != WEBSOCKET_PATH:
+            return await handle_fallback(hub, request)
         return None
     if request.headers.get("Upgrade") is not None:
         return HTTPResponse(404, f"the WebSocket endpoint is {WEBSOCKET_PATH}")

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..connection import WebSocket
 from ..fanout import broadcast
-from ..http import HTTPResponse
+from ..http import HTTPResponse, HTTPStream
 from ..protocol import Request
 from ..server import Server, serve
 from .api import handle_http
@@ -28,7 +28,8 @@ from .brokers.base import (
 )
 from .config import HubConfig, NamespaceConfig
 from .metrics import Metrics
-from .session import CLOSE_DISCONNECTED, CLOSE_SLOW, Session
+from .session import CLOSE_DISCONNECTED, CLOSE_SLOW, Outlet, Session
+from .transports import EventStream
 from .wire import encode_data, encode_pub, encode_push
 
 __all__ = ["Hub"]
@@ -224,7 +225,11 @@ class Hub:
                 namespace = self.config.namespace(channel)
                 if namespace is None or not namespace.presence:
                     continue
-                infos = [s.info for s in local.subscribers if s.info is not None]
+                infos = [
+                    s.info
+                    for s in local.subscribers
+                    if s.info is not None and s.present
+                ]
                 if infos:
                     await self.broker.refresh_presence(channel, infos, ttl)
         except BrokerUnavailable as exc:
@@ -306,6 +311,24 @@ class Hub:
             self.expel(session, channel)
         return len(doomed)
 
+    def unsubscribe_stream(self, client: str, channel: str) -> int:
+        """Unsubscribe the event stream of fallback client ``client``
+        (hub/transports.py) from ``channel`` if this node serves it, telling
+        it with an ``unsubscribe`` push; return how many (0 or 1)."""
+        local = self._local.get(channel)
+        if local is None:
+            return 0
+        for session in local.subscribers:
+            info = session.info
+            if (
+                isinstance(session.ws, EventStream)
+                and info is not None
+                and info.client == client
+            ):
+                self.expel(session, channel)
+                return 1
+        return 0
+
     def expel(self, session: Session, channel: str) -> None:
         """Unsubscribe ``session`` from ``channel`` on the hub's initiative,
         telling it with an ``unsubscribe`` push."""
@@ -315,7 +338,8 @@ class Hub:
 
     async def survey(self, op: str, **args: Any) -> list[Any]:
         """Ask every node of the hub (this one included) to do ``op``
-        (``channels``, ``disconnect`` or ``unsubscribe``) and return their
+        (``channels``, ``disconnect``, ``unsubscribe`` or
+        ``unsubscribe_stream``) and return their
         answers; a node that does not answer within ``SURVEY_TIMEOUT``
         seconds is left out."""
         expected = await self.broker.nodes() | {self.node}
@@ -391,7 +415,7 @@ class Hub:
                 result = await self.broker.history(channel, options, since=since[0])
             else:
                 result = await self.broker.history(channel, options, limit=0)
-            if namespace.presence:
+            if namespace.presence and session.present:
                 assert session.info is not None
                 await self.broker.add_presence(
                     channel, session.info, self.config.presence_ttl
@@ -433,7 +457,12 @@ class Hub:
         entry, and the node's broker subscription after its last
         subscriber."""
         namespace = self.config.namespace(channel)
-        if was_subscriber and namespace is not None and namespace.presence:
+        if (
+            was_subscriber
+            and namespace is not None
+            and namespace.presence
+            and session.present
+        ):
             assert session.info is not None
             await self.broker.remove_presence(channel, session.info)
         local = self._local.get(channel)
@@ -478,7 +507,11 @@ class Hub:
             if held is not None:
                 held.append((offset, text))
             elif not covered or session not in covered:
-                ready.append(session.ws)
+                ws = session.ws
+                if isinstance(ws, WebSocket):
+                    ready.append(ws)
+                else:  # a fallback transport frames each push its own way
+                    session.send(text)
         self.metrics.deliveries += broadcast(ready, text, on_slow=self.drop_slow)
 
     def on_control(self, message: dict[str, Any]) -> None:
@@ -498,6 +531,8 @@ class Hub:
                 result = self.disconnect(args["user"])
             elif op == "unsubscribe":
                 result = self.unsubscribe_user(args["user"], args["channel"])
+            elif op == "unsubscribe_stream":
+                result = self.unsubscribe_stream(args["client"], args["channel"])
             else:
                 raise ValueError(op)
         except (KeyError, TypeError, ValueError):
@@ -526,14 +561,16 @@ class Hub:
         if not task.cancelled() and task.exception() is not None:
             logger.warning("hub background task failed: %s", task.exception())
 
-    def drop_slow(self, ws: WebSocket) -> None:
+    def drop_slow(self, ws: Outlet) -> None:
         """Drop a client whose outbound queue overflowed (close 4005)."""
         self.metrics.dropped_slow += 1
         ws.drop(CLOSE_SLOW, "too slow: reconnect and recover")
 
     # -- HTTP --------------------------------------------------------------------
 
-    async def _process_request(self, request: Request) -> HTTPResponse | None:
+    async def _process_request(
+        self, request: Request
+    ) -> HTTPResponse | HTTPStream | None:
         return await handle_http(self, request)
 
 

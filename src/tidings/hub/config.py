@@ -102,6 +102,12 @@ class HubConfig:
     #: Seconds a node's presence entries outlive its last refresh: how long
     #: the clients of a node that died stay listed.
     presence_ttl: float = 30.0
+    #: Seconds between comment lines on an idle Server-Sent Events stream,
+    #: which keep proxies from closing it and show when its client is gone.
+    sse_heartbeat: float = 15.0
+    #: The longest a long-poll is held, in seconds; a request may ask for
+    #: less (``timeout=``).
+    poll_timeout: float = 30.0
     #: Serve the demo pages and run the simulated ticker and the report feed.
     demo: bool = True
 
@@ -284,6 +290,13 @@ def _check_ranges(config: HubConfig) -> None:
             f"broker must be memory or a redis://, rediss:// or unix:// URL, "
             f"got {config.broker!r}"
         )
-    for key in ("rate_limit", "ping_interval", "ping_timeout", "presence_ttl"):
+    for key in (
+        "rate_limit",
+        "ping_interval",
+        "ping_timeout",
+        "presence_ttl",
+        "sse_heartbeat",
+        "poll_timeout",
+    ):
         if getattr(config, key) <= 0:
             raise ConfigError(f"{key} must be > 0, got {getattr(config, key)}")

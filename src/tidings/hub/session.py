@@ -1,5 +1,6 @@
-"""One client's session on the hub over a WebSocket: commands in, replies
-and pushes out (docs/protocol.md)."""
+"""One client's session on the hub: commands in, replies and pushes out
+(docs/protocol.md), over a WebSocket or a fallback transport's outlet
+(hub/transports.py)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs
 
-from ..connection import WebSocket
 from ..exceptions import ConnectionClosed
+from ..protocol import Request
 from .auth import AuthError, Identity, can_publish, can_subscribe, decode_token
 from .brokers.base import BrokerUnavailable, ClientInfo, Publication
 from .config import NamespaceConfig
@@ -38,6 +39,7 @@ __all__ = [
     "CLOSE_SLOW",
     "CLOSE_TOKEN",
     "CLOSE_TOKEN_EXPIRED",
+    "Outlet",
     "Session",
 ]
 
@@ -55,6 +57,11 @@ CLOSE_RATE_LIMIT = 4008
 MAX_BAD_COMMANDS = 20
 MAX_RATE_LIMITED = 50
 
+#: Seconds of commands one connection may run back to back before every
+#: other connection gets its turn. Not one command each: publications made
+#: in one turn go out in one write per subscriber, not one write each.
+TURN = 0.001
+
 #: Publishes of one connection at the broker at once. Consecutive publishes
 #: go out without waiting for each other (one Redis round trip can carry
 #: many), their replies in order; any other command waits for them first.
@@ -64,11 +71,36 @@ MAX_PIPELINED = 64
 _REPLY_OVERHEAD = 100
 
 
+class Outlet(Protocol):
+    """Where a session's replies and pushes go: its WebSocket, or what a
+    fallback transport (hub/transports.py) makes of them."""
+
+    remote_address: Any
+
+    @property
+    def request(self) -> Request | None:
+        """The client's HTTP request."""
+
+    @property
+    def write_buffer_size(self) -> int:
+        """Bytes queued to the client and not yet sent."""
+
+    def send_nowait(self, message: str) -> None:
+        """Queue ``message``; raise ConnectionClosed once closed."""
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """End the session's connection with ``code``."""
+
+    def drop(self, code: int = 1011, reason: str = "") -> None:
+        """End it now, for a client too slow to keep up."""
+
+
 class Session:
     """A connected client: its identity, subscriptions and limits."""
 
     __slots__ = (
         "_bad",
+        "_client",
         "_closing",
         "_expiry",
         "_limited",
@@ -79,14 +111,27 @@ class Session:
         "hub",
         "identity",
         "info",
+        "present",
         "recovering",
         "subscriptions",
         "ws",
     )
 
-    def __init__(self, hub: Hub, ws: WebSocket) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        ws: Outlet,
+        *,
+        present: bool = True,
+        client: str | None = None,
+    ) -> None:
         self.hub = hub
         self.ws = ws
+        #: The client id connect gives, if not a new random one.
+        self._client = client
+        #: Whether it shows in the presence of the channels it subscribes
+        #: to: not a long-poll, which holds no connection between polls.
+        self.present = present
         self.info: ClientInfo | None = None
         self.identity: Identity | None = None
         self.subscriptions: set[str] = set()
@@ -108,14 +153,25 @@ class Session:
 
     # -- the loop --------------------------------------------------------
 
-    async def run(self) -> None:
-        """Serve commands until the connection ends, then clean up."""
+    async def run(self, commands: AsyncIterable[str | bytes] | None = None) -> None:
+        """Serve commands until the connection ends, then clean up.
+
+        The commands are the WebSocket's messages, or those a fallback
+        transport hands over.
+        """
+        if commands is None:
+            assert isinstance(self.ws, AsyncIterable)
+            commands = self.ws
+        loop = asyncio.get_running_loop()
+        turn = loop.time()
         try:
-            async for message in self.ws:
+            async for message in commands:
                 await self._handle(message)
                 # Commands read together would otherwise run back to back,
                 # however many: let every other connection have its turn.
-                await asyncio.sleep(0)
+                if loop.time() - turn > TURN:
+                    await asyncio.sleep(0)
+                    turn = loop.time()
         except ConnectionClosed:
             pass
         finally:
@@ -328,7 +384,7 @@ class Session:
         if token is not None:
             self.identity = decode_token(token, self.hub.config.secret)
         user = self.identity.user if self.identity is not None else ""
-        self.info = ClientInfo(secrets.token_hex(6), user)
+        self.info = ClientInfo(self._client or secrets.token_hex(6), user)
         self.hub.session_connected(self)
         return {**self.info.to_json(), **self._watch_expiry()}
 
@@ -398,7 +454,7 @@ class Session:
         if (
             position.complete
             and position.epoch == command.since[1]
-            and self._fits(position.publications) == len(position.publications)
+            and self.fits(position.publications) == len(position.publications)
         ):
             return encode_position(position, position.publications, recovered=True)
         # Lost, or more than one reply may carry: the client may page
@@ -424,11 +480,11 @@ class Session:
             return encode_position(result, (), complete=False)
         publications = result.publications
         if since is None:  # the newest that fit
-            fit = self._fits(reversed(publications))
+            fit = self.fits(reversed(publications))
             return encode_position(result, publications[len(publications) - fit :])
-        return encode_position(result, publications[: self._fits(publications)])
+        return encode_position(result, publications[: self.fits(publications)])
 
-    def _fits(self, publications: Iterable[Publication]) -> int:
+    def fits(self, publications: Iterable[Publication]) -> int:
         """How many of ``publications``, in order, one reply carries: at most
         half of ``max_outbound`` (a reply alone never gets its client dropped
         as too slow, and one command costs bounded CPU to encode and
@@ -443,7 +499,7 @@ class Session:
         return count
 
 
-def _query_token(ws: WebSocket) -> str | None:
+def _query_token(ws: Outlet) -> str | None:
     request = ws.request
     if request is None:
         return None

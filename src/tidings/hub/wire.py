@@ -27,6 +27,8 @@ __all__ = [
     "encode_reply",
     "parse_command",
     "parse_since",
+    "pub_position",
+    "reply_position",
 ]
 
 OPS = frozenset(
@@ -194,6 +196,32 @@ def encode_position(
         return Raw(text)
     items = ",".join(_publication(p.offset, p.data, p.info) for p in publications)
     return Raw(f'{text[:-1]},"publications":[{items}]}}')
+
+
+_PUB_HEAD = re.compile(
+    r'\{"channel":"([^"\\]*)","pub":\{"offset":(\d+),"epoch":("(?:[^"\\]|\\.)*")'
+)
+_REPLY_HEAD = re.compile(
+    r'\{"id":(\d+),"result":\{"epoch":("(?:[^"\\]|\\.)*"),"offset":(\d+)'
+)
+
+
+def pub_position(text: str) -> tuple[str, int, str] | None:
+    """The channel, offset and epoch of a push :func:`encode_pub` made, or
+    None for any other text."""
+    match = _PUB_HEAD.match(text)
+    if match is None:
+        return None
+    return match[1], int(match[2]), json.loads(match[3])
+
+
+def reply_position(text: str) -> tuple[int, int, str] | None:
+    """The command id, offset and epoch of a reply carrying a channel's
+    position (:func:`encode_reply` of :func:`encode_position`), or None."""
+    match = _REPLY_HEAD.match(text)
+    if match is None:
+        return None
+    return int(match[1]), int(match[3]), json.loads(match[2])
 
 
 def _publication(

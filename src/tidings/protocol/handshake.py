@@ -42,6 +42,7 @@ __all__ = [
     "build_rejection",
     "build_request",
     "build_response",
+    "build_stream_head",
     "format_extension_header",
     "generate_key",
     "parse_extension_header",
@@ -721,10 +722,7 @@ def build_rejection(
     header among ``headers`` (as a 426 needs) is merged into the "close" one
     rather than repeated.
     """
-    try:
-        reason = HTTPStatus(status).phrase
-    except ValueError:
-        reason = ""  # RFC 9112 §4: the reason phrase may be empty
+    reason = _reason(status)
     extra = list(headers)
     fields = []
     if isinstance(message, str):
@@ -739,3 +737,21 @@ def build_rejection(
         *((n, v) for n, v in extra if n.lower() != "connection"),
     ]
     return _encode_head(f"HTTP/1.1 {status} {reason}", fields) + body
+
+
+def build_stream_head(status: int, headers: Iterable[tuple[str, str]] = ()) -> bytes:
+    """The head of a response whose body follows as it is made.
+
+    Without Content-Length or a chunked coding, the body ends when the
+    connection closes (RFC 9112 §6.3), which ``Connection: close`` says.
+    """
+    return _encode_head(
+        f"HTTP/1.1 {status} {_reason(status)}", [*headers, ("Connection", "close")]
+    )
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""  # RFC 9112 §4: the reason phrase may be empty

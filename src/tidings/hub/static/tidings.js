@@ -7,11 +7,18 @@
 //   const sub = hub.subscribe("chat:lobby", { onPublication: (pub) => show(pub.data) });
 //   hub.connect();
 //   await hub.publish("chat:lobby", { name: "ada", text: "hi" });
+//
+// Where a WebSocket cannot open (a proxy that breaks the Upgrade), it falls
+// back to Server-Sent Events, then to long-polling, with commands sent as
+// POST requests; the application's code does not change, and it goes back
+// to WebSocket as soon as one opens.
 
 // After these, reconnecting cannot help: malformed commands, a refused token,
 // a disconnect through the HTTP API, a message over the hub's size limit.
 const FINAL_CLOSE_CODES = new Set([1009, 4000, 4001, 4003]);
 const CLOSE_RATE_LIMITED = 4008;
+const WS_OPEN = 1;
+const WS_CLOSED = 3;
 
 /** An error from the hub or from the connection. `code` is the hub's error
  * code (403, 404, 429...), the close code that ended the connection for
@@ -51,6 +58,10 @@ export class Hub {
    * @param {number} [options.maxDelay=20000] longest reconnect delay, ms
    * @param {number} [options.pingInterval=25000] ms between pings that
    *   detect a connection gone silent (one unanswered for `timeout` drops it)
+   * @param {string[]} [options.transports=["websocket", "sse", "poll"]] what
+   *   to try, in order: each one that cannot connect hands over to the next
+   * @param {number} [options.probeInterval=30000] ms between attempts to go
+   *   back to WebSocket while connected over a fallback
    */
   constructor(url, options = {}) {
     if (url !== null && typeof url === "object") [url, options] = [undefined, url];
@@ -60,6 +71,8 @@ export class Hub {
       minDelay: 500,
       maxDelay: 20000,
       pingInterval: 25000,
+      transports: ["websocket", "sse", "poll"],
+      probeInterval: 30000,
       ...options,
     };
     /** "idle", "connecting", "connected", "reconnecting" or "closed". */
@@ -67,7 +80,10 @@ export class Hub {
     /** The connection id and user id the hub gave (new on every connect). */
     this.client = "";
     this.user = "";
-    this._ws = null;
+    /** The transport in use: "websocket", "sse" or "poll" (null until connected). */
+    this.transport = null;
+    this._transportIndex = 0; // into options.transports: the one to try next
+    this._ws = null; // a WebSocket, or a FallbackSocket that acts like one
     this._nextId = 1;
     this._inFlight = new Map(); // id -> command, sent on this._ws
     this._queue = []; // commands waiting for a connection
@@ -78,6 +94,7 @@ export class Hub {
     this._openTimer = null;
     this._pingTimer = null;
     this._refreshTimer = null;
+    this._probeTimer = null;
     this._waiters = []; // connect() promises: [resolve, reject]
     this._everConnected = false;
     this._stopped = false; // by close() or a final close code
@@ -214,8 +231,13 @@ export class Hub {
       if (this._stopped) return;
     }
     let ws;
+    const transports = this.options.transports;
+    const kind = transports[this._transportIndex % transports.length];
     try {
-      ws = new WebSocket(this.url);
+      if (kind === "sse") ws = new EventSocket(httpBase(this.url));
+      else if (kind === "poll") ws = new PollSocket(httpBase(this.url));
+      else ws = new WebSocket(this.url);
+      ws.tidingsTransport = kind;
     } catch (error) {
       // An invalid URL, or ws: from an https: page: retrying cannot help.
       this._stop(error);
@@ -251,11 +273,13 @@ export class Hub {
     clearTimeout(this._openTimer);
     this.client = result.client;
     this.user = result.user;
+    this.transport = ws.tidingsTransport;
     this.state = "connected";
     this._attempt = 0;
     this._everConnected = true;
     this._heartbeat(ws);
     this._keepToken(ws, result.ttl);
+    if (this.transport !== "websocket") this._probe(ws);
     // Resubscribe first: whatever the application sends next is answered
     // after the subscriptions are back.
     for (const sub of this._subs.values()) sub._send();
@@ -302,6 +326,28 @@ export class Hub {
     }, this.options.pingInterval);
   }
 
+  // While on a fallback, try a WebSocket now and then; once one opens, start
+  // over on it (the subscriptions recover what the switch costs).
+  _probe(ws) {
+    clearInterval(this._probeTimer);
+    if (!this.options.transports.includes("websocket")) return;
+    this._probeTimer = setInterval(() => {
+      let probe;
+      try {
+        probe = new WebSocket(this.url);
+      } catch {
+        return;
+      }
+      probe.onopen = () => {
+        probe.close(1000);
+        if (ws !== this._ws) return;
+        this._transportIndex = this.options.transports.indexOf("websocket");
+        this._attempt = 0;
+        this._lost(ws, 1000, "WebSocket is back");
+      };
+    }, this.options.probeInterval);
+  }
+
   // Refresh the token of `ws` before it expires (`ttl` seconds from now). A
   // refresh that fails is reported and left: the hub closes with 4002 when
   // the token expires, and the reconnect asks getToken again.
@@ -328,7 +374,10 @@ export class Hub {
     clearTimeout(this._openTimer);
     clearInterval(this._pingTimer);
     clearTimeout(this._refreshTimer);
-    if (ws.readyState !== WebSocket.CLOSED) {
+    clearInterval(this._probeTimer);
+    // A transport that never connected hands over to the next one.
+    if (this.state !== "connected") this._transportIndex += 1;
+    if (ws.readyState !== WS_CLOSED) {
       ws.onclose = ws.onmessage = ws.onopen = null;
       ws.close(1000);
     }
@@ -515,5 +564,350 @@ export class Subscription {
       this._call("onUnsubscribe", {});
     } else if (message.join !== undefined) this._call("onJoin", message.join);
     else if (message.leave !== undefined) this._call("onLeave", message.leave);
+  }
+}
+
+// -- fallbacks: what the Hub needs of a WebSocket, over plain HTTP ------------
+
+// The hub's HTTP address beside its WebSocket endpoint: ws://host/ws -> http://host.
+function httpBase(wsUrl) {
+  const url = new URL(wsUrl);
+  url.protocol = url.protocol === "wss:" ? "https:" : "http:";
+  url.pathname = url.pathname.replace(/\/ws$/, "");
+  url.search = "";
+  return url.href.replace(/\/$/, "");
+}
+
+// Commands go out as POST /command, answered with their replies; replies
+// and pushes come back as `onmessage({data})`, as from a WebSocket. A
+// failure of the network or a refusal ends it with `onclose({code, reason})`.
+// Every request carries `session=`, a secret of this connection: the hub
+// derives the client id from it, so that requests to any node act as one
+// client.
+class FallbackSocket {
+  constructor(base) {
+    this.base = base;
+    this.readyState = 0;
+    this.onopen = this.onmessage = this.onclose = null;
+    this._token = null;
+    const bytes = crypto.getRandomValues(new Uint8Array(18));
+    this._session = btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-").replace(/\//g, "_");
+    this._requests = new Set(); // AbortControllers of the requests under way
+    setTimeout(() => {
+      if (this.readyState !== 0) return;
+      this.readyState = WS_OPEN;
+      this.onopen?.();
+    }, 0);
+  }
+
+  send(text) {
+    const command = JSON.parse(text);
+    if (command.op === "connect") {
+      this._token = command.token ?? null;
+      this._connect(command);
+    } else if (command.op === "subscribe") this._subscribe(command);
+    else if (command.op === "unsubscribe") this._unsubscribe(command);
+    else if (command.op === "refresh") this._refresh(command);
+    else this._post(command).then((reply) => this._deliver(reply));
+  }
+
+  close() {
+    this.readyState = WS_CLOSED;
+    for (const request of this._requests) request.abort();
+    this._requests.clear();
+  }
+
+  _fail(code, reason) {
+    if (this.readyState === WS_CLOSED) return;
+    this.close();
+    this.onclose?.({ code, reason });
+  }
+
+  _deliver(message) {
+    if (message && this.readyState === WS_OPEN) {
+      this.onmessage?.({ data: JSON.stringify(message) });
+    }
+  }
+
+  // A reply that refuses the token ends the connection, as the hub's 4001 would.
+  _connected(reply) {
+    this._deliver(reply);
+    if (reply?.error?.code === 401) this._fail(4001, reply.error.message);
+  }
+
+  // `path` is "/command", "/sse" or "/poll"; `params` a URLSearchParams.
+  // Aborted by close() until the answer's head has come, or by `request`.
+  async _fetch(path, params, init = {}, request = new AbortController()) {
+    this._requests.add(request);
+    const headers = { ...init.headers };
+    if (this._token) headers.Authorization = `Bearer ${this._token}`;
+    params.set("session", this._session);
+    try {
+      return await fetch(`${this.base}${path}?${params}`, {
+        ...init,
+        headers,
+        signal: request.signal,
+        cache: "no-store",
+      });
+    } finally {
+      this._requests.delete(request);
+    }
+  }
+
+  // `command` as POST /command: its reply, or null once the connection failed.
+  async _post(command) {
+    try {
+      const response = await this._fetch("/command", new URLSearchParams(), {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(command),
+      });
+      const reply = await response.json();
+      return reply.id === undefined ? { ...reply, id: command.id } : reply;
+    } catch (error) {
+      this._fail(1006, `${this.base}/command failed: ${error.message}`);
+      return null;
+    }
+  }
+
+  async _refresh(command) {
+    const reply = await this._post(command);
+    if (reply && !reply.error) {
+      this._token = command.token;
+      this._renewed();
+    }
+    this._deliver(reply);
+  }
+
+  _renewed() {}
+}
+
+// Server-Sent Events: one stream for every channel, reopened (from the
+// positions it reached) when the channels change or the token does.
+class EventSocket extends FallbackSocket {
+  constructor(base) {
+    super(base);
+    this._channels = new Map(); // channel -> {offset, epoch} or null
+    this._waiting = new Map(); // channel -> id of the subscribe to answer
+    this._connectId = null; // the connect to answer with the next stream's
+    this._stream = null; // the AbortController of the stream being read
+    this._reopening = false;
+  }
+
+  _connect(command) {
+    this._connectId = command.id;
+    this._open();
+  }
+
+  _subscribe(command) {
+    this._channels.set(command.channel, command.since ?? null);
+    this._waiting.set(command.channel, command.id);
+    this._renewed();
+  }
+
+  _unsubscribe(command) {
+    this._channels.delete(command.channel);
+    this._waiting.delete(command.channel);
+    this._post(command).then((reply) => this._deliver(reply));
+  }
+
+  // Reopen once for everything changed in this turn of the event loop.
+  _renewed() {
+    if (this._reopening) return;
+    this._reopening = true;
+    setTimeout(() => {
+      this._reopening = false;
+      if (this.readyState === WS_OPEN) this._open();
+    }, 0);
+  }
+
+  async _open() {
+    this._stream?.abort();
+    const stream = new AbortController();
+    this._stream = stream;
+    const channels = [...this._channels.keys()];
+    const params = new URLSearchParams();
+    for (const channel of channels) params.append("channel", channel);
+    const positions = channels.map((channel) => this._channels.get(channel));
+    if (positions.some((position) => position)) {
+      for (const position of positions) {
+        params.append("since", position ? String(position.offset) : "");
+        params.append("epoch", position ? position.epoch : "");
+      }
+    }
+    let response;
+    try {
+      response = await this._fetch(
+        "/sse",
+        params,
+        { headers: { Accept: "text/event-stream" } },
+        stream,
+      );
+      if (!response.ok) {
+        const body = await response.json().catch(() => ({}));
+        this._refused(body.error ?? { code: response.status, message: "refused" });
+        return;
+      }
+      await this._read(response.body.getReader(), channels, stream);
+    } catch (error) {
+      if (stream !== this._stream) return; // replaced
+      this._fail(1006, `the event stream failed: ${error.message}`);
+      return;
+    }
+    if (stream === this._stream) this._fail(1006, "the event stream ended");
+  }
+
+  _refused(error) {
+    if (this._connectId !== null) {
+      this._connected({ id: this._connectId, error });
+      this._connectId = null;
+    }
+    this._fail(error.code === 401 ? 4001 : 1006, error.message);
+  }
+
+  async _read(reader, channels, stream) {
+    const decoder = new TextDecoder();
+    let text = "";
+    let event = {};
+    while (stream === this._stream) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      text += decoder.decode(value, { stream: true });
+      let end;
+      while ((end = text.indexOf("\n")) >= 0) {
+        const line = text.slice(0, end).replace(/\r$/, "");
+        text = text.slice(end + 1);
+        if (line === "") {
+          if (event.data !== undefined) this._event(event, channels);
+          event = {};
+          if (stream !== this._stream) return;
+          continue;
+        }
+        const colon = line.indexOf(":");
+        if (colon === 0) continue; // a heartbeat
+        const field = colon < 0 ? line : line.slice(0, colon);
+        const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+        event[field] = value;
+      }
+    }
+  }
+
+  _event(event, channels) {
+    const data = JSON.parse(event.data);
+    if (event.event === "close") {
+      this._fail(data.code, data.reason);
+      return;
+    }
+    if (event.id !== undefined) {
+      event.id.split(",").forEach((part, index) => {
+        const colon = part.indexOf(":");
+        if (colon > 0 && this._channels.has(channels[index])) {
+          this._channels.set(channels[index], {
+            offset: Number(part.slice(0, colon)),
+            epoch: part.slice(colon + 1),
+          });
+        }
+      });
+    }
+    if (data.id === 1) {
+      // The connect reply: the Hub's own, or that of a stream reopened.
+      if (this._connectId !== null) this._connected({ ...data, id: this._connectId });
+      else if (data.error) this._fail(data.error.code === 401 ? 4001 : 1006, data.error.message);
+      this._connectId = null;
+    } else if (data.id !== undefined) {
+      this._answered(channels[data.id - 2], data);
+    } else {
+      this._deliver(data);
+    }
+  }
+
+  // A subscribe reply of the stream: to the Hub's subscribe if one waits;
+  // for a channel the Hub already had, what it says, as pushes.
+  _answered(channel, reply) {
+    const id = this._waiting.get(channel);
+    if (id !== undefined) {
+      this._waiting.delete(channel);
+      this._deliver({ ...reply, id });
+      return;
+    }
+    const result = reply.result;
+    if (result?.recovered) {
+      for (const pub of result.publications) {
+        this._deliver({ channel, pub: { ...pub, epoch: result.epoch } });
+      }
+    } else if (result?.recovered === false || reply.error) {
+      // The Subscription sees a position it did not reach, and resubscribes.
+      this._deliver({ channel, position: { offset: -1, epoch: "" } });
+    }
+  }
+
+  close() {
+    super.close();
+    this._stream?.abort();
+    this._stream = null;
+  }
+}
+
+// Long-polling: one request held per channel, each carrying its position,
+// so that consecutive polls may go to different nodes of a hub.
+class PollSocket extends FallbackSocket {
+  constructor(base) {
+    super(base);
+    this._polls = new Map(); // channel -> the loop's token
+  }
+
+  _connect(command) {
+    this._post(command).then((reply) => this._connected(reply));
+  }
+
+  _subscribe(command) {
+    const token = {};
+    this._polls.set(command.channel, token);
+    this._poll(command.channel, command.id, command.since ?? null, token);
+  }
+
+  _unsubscribe(command) {
+    this._polls.delete(command.channel);
+    this._deliver({ id: command.id, result: {} });
+  }
+
+  async _poll(channel, id, since, token) {
+    let position = since;
+    let first = true;
+    while (this.readyState === WS_OPEN && this._polls.get(channel) === token) {
+      const params = new URLSearchParams({ channel, timeout: first ? "0" : "25" });
+      if (position) {
+        params.set("since", String(position.offset));
+        params.set("epoch", position.epoch);
+      }
+      let answer;
+      try {
+        answer = await (await this._fetch("/poll", params)).json();
+      } catch (error) {
+        this._fail(1006, `a poll failed: ${error.message}`);
+        return;
+      }
+      if (this._polls.get(channel) !== token) return;
+      if (answer.error) {
+        if (first) this._deliver({ id, error: answer.error });
+        else this._fail(answer.error.code === 401 ? 4001 : 1006, answer.error.message);
+        return;
+      }
+      const at = { offset: answer.offset, epoch: answer.epoch };
+      if (first) {
+        const result = position ? answer : at;
+        this._deliver({ id, result });
+        first = false;
+      } else if (answer.recovered === false) {
+        this._deliver({ channel, position: at }); // the Subscription resubscribes
+        return;
+      } else {
+        for (const pub of answer.publications) {
+          this._deliver({ channel, pub: { ...pub, epoch: answer.epoch } });
+        }
+      }
+      for (const push of answer.pushes) this._deliver(push);
+      position = at;
+    }
   }
 }
