@@ -23,6 +23,7 @@ import base64
 import importlib
 import json
 import os
+import secrets
 import statistics
 import subprocess
 import sys
@@ -137,7 +138,14 @@ async def ws_client(
 ) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     key = base64.b64encode(os.urandom(16)).decode()
-    offer = "Sec-WebSocket-Extensions: permessage-deflate\r\n" if deflate else ""
+    # Compressed once for every subscriber only without server context
+    # takeover (RFC 7692 §7.1.1.1), so ask for that; a browser's plain
+    # offer gets the pushes uncompressed.
+    offer = (
+        "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n"
+        if deflate
+        else ""
+    )
     writer.write(
         f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
@@ -184,13 +192,17 @@ async def ws_client(
 
 
 async def publisher(port: int, stop: asyncio.Event) -> None:
-    """One publication a second through the HTTP API; data of PAYLOAD bytes."""
-    pad = "x" * (PAYLOAD - len('{"t":1234567890123456789,"p":""}'))
+    """One publication a second through the HTTP API; data of PAYLOAD bytes,
+    as random as hex digits (a repeated letter would compress to nothing)."""
+    pad = PAYLOAD - len('{"t":1234567890123456789,"p":""}')
     loop = asyncio.get_running_loop()
     next_at = loop.time()
     while not stop.is_set():
         body = json.dumps(
-            {"channel": HUB_CHANNEL, "data": {"t": time.time_ns(), "p": pad}}
+            {
+                "channel": HUB_CHANNEL,
+                "data": {"t": time.time_ns(), "p": secrets.token_hex(pad)[:pad]},
+            }
         ).encode()
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(
