@@ -549,3 +549,37 @@ async def test_the_hub_unsubscribing_calls_on_unsubscribe(browser: Browser) -> N
         answer = await asyncio.to_thread(api, hub, "/api/unsubscribe", body)
         assert answer == {"unsubscribed": 1}
         assert await page.wait_for("() => ended.length === 1 && ended") == [False]
+
+
+async def test_a_browsers_event_source_resumes_with_last_event_id(
+    browser: Browser, hub: Hub
+) -> None:
+    # The hub's event stream as a page reads it without tidings.js: the
+    # browser's own EventSource, which reopens a stream that ended and sends
+    # the last event id back (the WHATWG HTML spec, "Server-sent events").
+    page = await client_page(browser, hub)
+    await page.evaluate(
+        """() => {
+            window.events = [];
+            window.source = new EventSource("/sse?channel=ticker:es");
+            source.onmessage = (e) => events.push([e.lastEventId, JSON.parse(e.data)]);
+        }"""
+    )
+    await page.wait_for("() => events.length === 2")  # connect, subscribe
+    await hub.publish("ticker:es", "live")
+    await page.wait_for("() => events.length === 3")
+    last_id, pushed = (await page.evaluate("() => events"))[2]
+    assert pushed["pub"]["data"] == "live"
+    assert last_id == f"1:{pushed['pub']['epoch']}"
+    drop_everyone(hub)  # the stream ends; the browser reopens it in 2 s
+    for text in ("missed 1", "missed 2"):
+        await hub.publish("ticker:es", text)
+    again = "() => events.filter(([, m]) => m.id === 2).length === 2 && events.at(-1)"
+    _, reply = await page.wait_for(again)
+    assert reply["id"] == 2 and reply["result"]["recovered"] is True
+    assert [p["data"] for p in reply["result"]["publications"]] == [
+        "missed 1",
+        "missed 2",
+    ]
+    await page.evaluate("() => source.close()")
+    await page.context.close()
