@@ -13,7 +13,7 @@ T = TypeVar("T")
 
 def run(main: Coroutine[Any, Any, T]) -> T:
     """Run ``main`` like :func:`asyncio.run`, on uvloop if it is installed
-    (``pip install 'tidings[speed]'``)."""
+    (``pip install 'tidings[uvloop]'``)."""
     try:
         import uvloop
     except ImportError:
