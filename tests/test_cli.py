@@ -18,8 +18,8 @@ import pytest
 
 import tidings
 from tidings.cli import _describe_failure, main
-from tidings.connection import WebSocket
-from tidings.eventloop import loop_name
+from tidings.engine.connection import WebSocket
+from tidings.engine.eventloop import loop_name
 from tidings.protocol import Request
 
 #: Bound on every wait for a process: generous, since CI machines can be slow.

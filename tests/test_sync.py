@@ -19,8 +19,8 @@ from websockets.sync.server import serve as ws_serve
 import tidings
 import tidings.sync
 from tidings import ConnectionClosed, WebSocket
+from tidings.engine.http import HTTPResponse
 from tidings.exceptions import InvalidStatus
-from tidings.http import HTTPResponse
 from tidings.protocol import State
 
 BOUND = 30  # seconds: every wait in these tests is bounded

@@ -41,23 +41,23 @@ __all__ = [
 ]
 
 _LAZY = {
-    "HTTPResponse": ".http",
-    "HTTPStream": ".http",
-    "Server": ".server",
-    "WebSocket": ".connection",
-    "broadcast": ".fanout",
-    "connect": ".client",
-    "run": ".eventloop",
-    "serve": ".server",
+    "HTTPResponse": ".engine.http",
+    "HTTPStream": ".engine.http",
+    "Server": ".engine.server",
+    "WebSocket": ".engine.connection",
+    "broadcast": ".engine.broadcast",
+    "connect": ".engine.client",
+    "run": ".engine.eventloop",
+    "serve": ".engine.server",
 }
 
 if TYPE_CHECKING:
-    from .client import connect
-    from .connection import WebSocket
-    from .eventloop import run
-    from .fanout import broadcast
-    from .http import HTTPResponse, HTTPStream
-    from .server import Server, serve
+    from .engine.broadcast import broadcast
+    from .engine.client import connect
+    from .engine.connection import WebSocket
+    from .engine.eventloop import run
+    from .engine.http import HTTPResponse, HTTPStream
+    from .engine.server import Server, serve
 
 
 def __getattr__(name: str) -> Any:

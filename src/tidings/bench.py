@@ -34,8 +34,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .client import connect
-from .connection import Message, WebSocket
+from .engine.client import connect
+from .engine.connection import Message, WebSocket
 from .exceptions import ConnectionClosed
 from .protocol import DeflateConfig
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import asyncio
     import ssl
 
-    from .connection import Message, WebSocket
+    from .engine.connection import Message, WebSocket
     from .hub.config import HubConfig
 
 #: Close codes after which ``tidings connect`` exits with status 0.
@@ -55,7 +55,7 @@ class _Version(argparse.Action):
         )
 
     def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
-        from .eventloop import loop_name
+        from .engine.eventloop import loop_name
         from .protocol.speedups import implementation
 
         python = sys.version.split()[0]
@@ -200,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(main: Coroutine[Any, Any, int]) -> int:
     """Run a command's coroutine; a Ctrl-C it didn't handle exits with 130."""
-    from .eventloop import run
+    from .engine.eventloop import run
 
     try:
         return run(main)
@@ -545,8 +545,8 @@ async def _echo_main(args: argparse.Namespace) -> int:
     """``tidings echo``: serve until SIGINT or SIGTERM."""
     import asyncio
 
+    from .engine.server import serve
     from .protocol import DeflateConfig
-    from .server import serve
 
     context = None
     if args.tls_cert is not None:
@@ -655,7 +655,7 @@ async def _talk(args: argparse.Namespace, binary_out: BinaryIO | None) -> int:
     """Open the connection, run the console, report how it closed."""
     import asyncio
 
-    from .client import connect
+    from .engine.client import connect
     from .exceptions import TidingsError
     from .protocol import DeflateConfig, parse_uri
 

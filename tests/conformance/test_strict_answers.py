@@ -13,7 +13,7 @@ import hashlib
 import pytest
 
 import tidings
-from tidings.connection import Message, WebSocket
+from tidings.engine.connection import Message, WebSocket
 from tidings.protocol.frames import Frame, FrameParser, Opcode, serialize_frame
 
 # One write: a message, a frame with RSV2 set (no extension gives it a

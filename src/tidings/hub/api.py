@@ -11,7 +11,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from ..http import HTTPResponse, HTTPStream
+from ..engine.http import HTTPResponse, HTTPStream
 from ..protocol import Request
 from .auth import api_key_matches
 from .brokers.base import BrokerUnavailable

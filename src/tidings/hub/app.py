@@ -12,11 +12,11 @@ import ssl as ssl_module
 from types import TracebackType
 from typing import Any
 
-from ..connection import WebSocket
-from ..fanout import broadcast
-from ..http import HTTPResponse, HTTPStream
+from ..engine.broadcast import broadcast
+from ..engine.connection import WebSocket
+from ..engine.http import HTTPResponse, HTTPStream
+from ..engine.server import Server, serve
 from ..protocol import Request
-from ..server import Server, serve
 from .api import handle_http
 from .brokers.base import (
     Broker,

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from ..client import connect
-from ..connection import WebSocket
+from ..engine.client import connect
+from ..engine.connection import WebSocket
 from ..exceptions import ConnectionClosed, InvalidStatus, TidingsError
 from ..protocol import State
 from .brokers.base import ClientInfo

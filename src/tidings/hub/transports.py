@@ -20,8 +20,8 @@ from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
+from ..engine.http import HTTPResponse, HTTPStream, ResponseStream
 from ..exceptions import ConnectionClosed
-from ..http import HTTPResponse, HTTPStream, ResponseStream
 from ..protocol import Request
 from .auth import AuthError, can_subscribe, decode_token
 from .brokers.base import BrokerUnavailable, HistoryResult

@@ -1,4 +1,4 @@
-"""Tests of tidings.client over real loopback sockets."""
+"""Tests of tidings.engine.client over real loopback sockets."""
 
 from __future__ import annotations
 

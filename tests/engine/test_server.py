@@ -1,4 +1,4 @@
-"""Tests of tidings.server over real loopback sockets."""
+"""Tests of tidings.engine.server over real loopback sockets."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ import pytest
 
 import tidings
 from tidings import ConnectionClosed, HTTPResponse, HTTPStream, InvalidStatus, WebSocket
-from tidings.http import ResponseStream
+from tidings.engine.http import ResponseStream
 from tidings.protocol import Request
 from tidings.protocol.frames import Opcode, serialize_frame
 
-from .conftest import count_writes
+from ..conftest import count_writes
 
 BOUND = 10  # seconds: every wait in these tests is bounded
 

@@ -10,7 +10,7 @@ import tidings
 from tidings import ConnectionClosed, WebSocket
 from tidings.protocol import DeflateConfig
 
-from .conftest import count_writes
+from ..conftest import count_writes
 
 BOUND = 10
 

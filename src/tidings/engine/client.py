@@ -11,10 +11,9 @@ from collections.abc import AsyncIterator, Generator, Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
-from .connection import OnMessage, WebSocket
-from .exceptions import InvalidHandshake, InvalidStatus
-from .protocol import ClientConnection, DeflateConfig, WebSocketURI, parse_uri
-from .protocol.limits import (
+from ..exceptions import InvalidHandshake, InvalidStatus
+from ..protocol import ClientConnection, DeflateConfig, WebSocketURI, parse_uri
+from ..protocol.limits import (
     CLOSE_TIMEOUT,
     MAX_HEAD_SIZE,
     MAX_HEADERS,
@@ -25,6 +24,7 @@ from .protocol.limits import (
     PING_TIMEOUT,
     WRITE_LIMIT,
 )
+from .connection import OnMessage, WebSocket
 
 __all__ = ["connect"]
 

@@ -11,12 +11,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, TypeAlias
 
-from .connection import OnMessage, WebSocket
-from .exceptions import ConnectionClosed
-from .http import HTTPResponse, HTTPStream, ResponseStream
-from .protocol import Closed, DeflateConfig, Request, ServerConnection, State
-from .protocol.handshake import build_stream_head, parse_subprotocols
-from .protocol.limits import (
+from ..exceptions import ConnectionClosed
+from ..protocol import Closed, DeflateConfig, Request, ServerConnection, State
+from ..protocol.handshake import build_stream_head, parse_subprotocols
+from ..protocol.limits import (
     CLOSE_TIMEOUT,
     MAX_HEAD_SIZE,
     MAX_HEADERS,
@@ -27,6 +25,8 @@ from .protocol.limits import (
     PING_TIMEOUT,
     WRITE_LIMIT,
 )
+from .connection import OnMessage, WebSocket
+from .http import HTTPResponse, HTTPStream, ResponseStream
 
 __all__ = ["Server", "serve"]
 

@@ -17,8 +17,8 @@ from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Any, Final, TypeAlias, cast
 
-from .exceptions import ConnectionClosed
-from .protocol import (
+from ..exceptions import ConnectionClosed
+from ..protocol import (
     BinaryMessage,
     ClientConnection,
     Closed,
@@ -31,7 +31,7 @@ from .protocol import (
     State,
     TextMessage,
 )
-from .protocol.limits import (
+from ..protocol.limits import (
     CLOSE_TIMEOUT,
     MAX_QUEUE,
     PING_INTERVAL,
@@ -413,7 +413,7 @@ class WebSocket(asyncio.BufferedProtocol):
         self._transport = transport = cast(asyncio.Transport, transport)
         self.remote_address = transport.get_extra_info("peername")
         # No TCP_NODELAY here: asyncio and uvloop set it on every TCP
-        # transport they make (tests/test_connection.py checks).
+        # transport they make (tests/engine/test_connection.py checks).
         transport.set_write_buffer_limits(
             high=self.write_limit, low=self.write_limit // 4
         )

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable
 
+from ..protocol.deflate import DeflateConfig, DeflateParams, PerMessageDeflate
+from ..protocol.frames import Opcode, serialize_header
 from .connection import Data, WebSocket
-from .protocol.deflate import DeflateConfig, DeflateParams, PerMessageDeflate
-from .protocol.frames import Opcode, serialize_header
 
 __all__ = ["broadcast"]
 

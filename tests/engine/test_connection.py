@@ -1,4 +1,4 @@
-"""Tests of tidings.connection, the asyncio WebSocket, over loopback sockets."""
+"""Tests of tidings.engine.connection, the asyncio WebSocket, over loopback sockets."""
 
 from __future__ import annotations
 
