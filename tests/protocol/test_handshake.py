@@ -878,3 +878,15 @@ def test_rfc6455_4_1_an_upgrade_request_with_a_body_is_refused() -> None:
     with pytest.raises(InvalidHandshake, match="body") as info:
         RequestReader(max_body_size=100).feed(head + b"hi")
     assert info.value.status == 400
+
+
+def test_feed_inside_an_except_block_still_reads_and_refuses() -> None:
+    # uvicorn hands the request over from an except clause, where Python
+    # replaces the context httptools gives its error.
+    try:
+        raise KeyError("outer")
+    except KeyError:
+        assert RequestReader().feed(SAMPLE_REQUEST) == read_request(SAMPLE_REQUEST)
+        with pytest.raises(InvalidHandshake) as info:
+            RequestReader(max_headers=2).feed(SAMPLE_REQUEST)
+        assert info.value.status == 431

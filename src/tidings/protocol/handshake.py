@@ -301,6 +301,7 @@ class _HeadReader(Generic[_Head]):
         "_kind",
         "_max_head_size",
         "_max_headers",
+        "_refusal",
         "_start",
         "_trailing",
     )
@@ -315,6 +316,8 @@ class _HeadReader(Generic[_Head]):
         self._fields: list[tuple[str, str]] = []
         self._head: _Head | None = None
         self._error: InvalidHandshake | None = None
+        #: What a callback refused the message with.
+        self._refusal: InvalidHandshake | None = None
         self._trailing = b""
 
     @property
@@ -345,11 +348,11 @@ class _HeadReader(Generic[_Head]):
         try:
             self._parser().feed_data(data)
         except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if isinstance(cause, InvalidHandshake):
-                self._error = cause
-                raise cause from None
-            if not isinstance(cause, _Done):
+            # A callback raised: _Done once the head is in, or a refusal.
+            if self._refusal is not None:
+                self._error = self._refusal
+                raise self._error from None
+            if self._head is None:
                 self._error = self._malformed(exc)
                 raise self._error from None
         except httptools.HttpParserError as exc:
@@ -371,15 +374,27 @@ class _HeadReader(Generic[_Head]):
     def _malformed(self, exc: Exception) -> InvalidHandshake:
         return InvalidHandshake(f"malformed HTTP {self._kind}: {exc}")
 
+    def _refuse(self, exc: InvalidHandshake) -> InvalidHandshake:
+        """Keep ``exc``, which a callback raises, for feed() to raise.
+
+        httptools raises its own error instead, with ours as its context;
+        but where feed() runs inside an ``except`` block (uvicorn hands the
+        request over from one), Python replaces that context.
+        """
+        self._refusal = exc
+        return exc
+
     # -- llhttp's callbacks (httptools calls them by these names) --------
 
     def on_header(self, name: bytes, value: bytes) -> None:
         """One header line of the head."""
         fields = self._fields
         if len(fields) >= self._max_headers:
-            raise InvalidHandshake(
-                f"HTTP {self._kind} has more than {self._max_headers} headers",
-                status=431,
+            raise self._refuse(
+                InvalidHandshake(
+                    f"HTTP {self._kind} has more than {self._max_headers} headers",
+                    status=431,
+                )
             )
         # llhttp has checked that the name is a token and the value has no
         # control characters; it drops the value's leading whitespace only.
@@ -395,7 +410,7 @@ class _HeadReader(Generic[_Head]):
             start += 1
         end = buffer.index(b"\r\n\r\n", start) + 4
         if end > self._max_head_size:
-            raise self._too_big()
+            raise self._refuse(self._too_big())
         return end
 
     def _too_big(self) -> InvalidHandshake:
@@ -449,17 +464,23 @@ class RequestReader(_HeadReader[Request]):
         if version < "1.1":
             # §4.1: "The method of the request MUST be GET, and the HTTP
             # version MUST be at least 1.1."
-            raise InvalidHandshake(
-                f"WebSocket upgrade requires HTTP/1.1 or later, got HTTP/{version}"
+            raise self._refuse(
+                InvalidHandshake(
+                    f"WebSocket upgrade requires HTTP/1.1 or later, got HTTP/{version}"
+                )
             )
         headers = Headers(self._fields)
         if len(headers.get_all("Host")) != 1:
             # RFC 9112 §3.2
-            raise self._malformed(ValueError("exactly one Host header is required"))
+            raise self._refuse(
+                self._malformed(ValueError("exactly one Host header is required"))
+            )
         try:
             target = self._url.decode("ascii")
         except UnicodeDecodeError:
-            raise self._malformed(ValueError("the target is not ASCII")) from None
+            raise self._refuse(
+                self._malformed(ValueError("the target is not ASCII"))
+            ) from None
         request = Request(http.get_method().decode("ascii"), target, headers)
         if not self._has_body(headers, http.should_upgrade()):
             self._head = request
@@ -471,7 +492,7 @@ class RequestReader(_HeadReader[Request]):
         """A piece of the body, once decoded from chunks."""
         self._body += body
         if len(self._body) > self._max_body_size:
-            raise self._body_too_big()
+            raise self._refuse(self._body_too_big())
 
     def on_message_complete(self) -> None:
         """The body is complete."""
@@ -491,12 +512,14 @@ class RequestReader(_HeadReader[Request]):
         if self._max_body_size == 0 or upgrade:
             # After an upgrade request's head, llhttp hands what follows to
             # the new protocol: it would not read the body.
-            raise InvalidHandshake(
-                "WebSocket upgrade request must not have a body "
-                "(Content-Length or Transfer-Encoding header)"
+            raise self._refuse(
+                InvalidHandshake(
+                    "WebSocket upgrade request must not have a body "
+                    "(Content-Length or Transfer-Encoding header)"
+                )
             )
         if length > self._max_body_size:
-            raise self._body_too_big()
+            raise self._refuse(self._body_too_big())
         return True
 
     def _body_too_big(self) -> InvalidHandshake:

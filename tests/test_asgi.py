@@ -1,0 +1,226 @@
+"""tidings.asgi: the ASGI WebSocket protocol under a real uvicorn, in
+process (``uvicorn.Server``) and as ``uvicorn --ws
+tidings.asgi:WebSocketProtocol``, serving FastAPI, Starlette and raw ASGI
+apps to the websockets library's client and tidings' own."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+import websockets
+from websockets.exceptions import ConnectionClosed as WsClosed
+from websockets.exceptions import InvalidStatus as WsInvalidStatus
+
+import tidings
+from tidings.asgi import WebSocketProtocol
+
+from .asgi_apps import RAW_DISCONNECTS, fastapi_app, raw_app, starlette_app
+
+BOUND = 10
+
+Serve = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    """``url = await serve(app, **uvicorn_options)``: the app under an
+    in-process uvicorn with tidings' protocol; stopped after the test."""
+    servers: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
+
+    async def start(app: Any, **options: Any) -> str:
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=0,
+            ws=WebSocketProtocol,
+            lifespan="off",
+            log_level="info",
+            **options,
+        )
+        server = uvicorn.Server(config)
+        task = asyncio.ensure_future(server.serve())
+        servers.append((server, task))
+        async with asyncio.timeout(BOUND):
+            while not server.started:
+                await asyncio.sleep(0.01)  # uvicorn announces nothing else
+        port = server.servers[0].sockets[0].getsockname()[1]
+        return f"ws://127.0.0.1:{port}"
+
+    yield start
+    for server, task in servers:
+        server.should_exit = True
+        async with asyncio.timeout(BOUND):
+            await task
+
+
+@pytest.mark.parametrize("app", [fastapi_app, starlette_app, raw_app])
+async def test_echo_text_and_bytes_for_every_framework(serve: Serve, app: Any) -> None:
+    url = await serve(app)
+    async with websockets.connect(url + "/echo") as ws:
+        await ws.send("hello")
+        assert await ws.recv() == "hello"
+        if app is not starlette_app:  # its iter_text takes text only
+            await ws.send(b"\x00\xff")
+            assert await ws.recv() == b"\x00\xff"
+    async with tidings.connect(url + "/echo") as peer:
+        await peer.send("from tidings")
+        assert await peer.recv() == "from tidings"
+
+
+async def test_the_scope_as_uvicorn_gives_it(serve: Serve) -> None:
+    url = await serve(raw_app, root_path="/base")
+    async with websockets.connect(
+        url + "/scope?x=1%202", subprotocols=["one", "two"]
+    ) as ws:
+        scope = json.loads(await ws.recv())
+        assert ws.subprotocol == "two"
+        assert ws.response.headers["x-app"] == "raw"
+        assert "server" in ws.response.headers  # uvicorn's default headers
+    assert scope["path"] == "/base/scope"
+    assert scope["raw_path"] == "/base/scope"
+    assert scope["root_path"] == "/base"
+    assert scope["query_string"] == "x=1%202"
+    assert scope["scheme"] == "ws"
+    assert scope["http_version"] == "1.1"
+    assert scope["subprotocols"] == ["one", "two"]
+    assert scope["asgi"] == {"version": "3.0", "spec_version": "2.4"}
+    assert scope["server"][0] == "127.0.0.1" and scope["client"][0] == "127.0.0.1"
+    assert scope["extensions"] == {"websocket.http.response": {}}
+    names = [name for name, _ in scope["headers"]]
+    assert "sec-websocket-key" in names and all(n == n.lower() for n in names)
+
+
+async def test_the_app_closes_with_its_code_and_reason(serve: Serve) -> None:
+    url = await serve(raw_app)
+    async with websockets.connect(url + "/close/4001") as ws:
+        with pytest.raises(WsClosed) as info:
+            await ws.recv()
+    assert (info.value.rcvd.code, info.value.rcvd.reason) == (4001, "bye")
+
+
+async def test_the_client_close_reaches_the_app_as_disconnect(serve: Serve) -> None:
+    url = await serve(raw_app)
+    RAW_DISCONNECTS.clear()
+    async with websockets.connect(url + "/disconnect") as ws:
+        await ws.close(4000, "later")
+    async with asyncio.timeout(BOUND):
+        while not RAW_DISCONNECTS:
+            await asyncio.sleep(0.01)  # the app's side is not announced
+    assert RAW_DISCONNECTS == [{"code": 4000, "reason": "later"}]
+
+
+async def test_denial_response_and_refusal(serve: Serve) -> None:
+    url = await serve(raw_app)
+    with pytest.raises(WsInvalidStatus) as info:
+        await websockets.connect(url + "/deny")
+    response = info.value.response
+    assert response.status_code == 401
+    assert response.headers["x-why"] == "token"
+    assert response.body == b"who are you?"
+    with pytest.raises(WsInvalidStatus) as info:
+        await websockets.connect(url + "/refuse")
+    assert info.value.response.status_code == 403
+
+
+async def test_an_app_that_fails_gets_500_or_1011(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = await serve(raw_app)
+    # uvicorn's loggers do not propagate to the root one that caplog watches.
+    logger = logging.getLogger("uvicorn.error")
+    logger.addHandler(caplog.handler)
+    try:
+        with pytest.raises(WsInvalidStatus) as info:
+            await websockets.connect(url + "/crash")
+        assert info.value.response.status_code == 500
+        async with websockets.connect(url + "/crash-later") as ws:
+            with pytest.raises(WsClosed) as closed:
+                await ws.recv()
+        assert closed.value.rcvd.code == 1011
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert caplog.text.count("Exception in ASGI application") == 2
+
+
+async def test_uvicorns_size_and_compression_settings_apply(serve: Serve) -> None:
+    url = await serve(raw_app, ws_max_size=1000, ws_per_message_deflate=False)
+    async with websockets.connect(url + "/echo") as ws:
+        assert ws.response.headers.get("sec-websocket-extensions") is None
+        await ws.send("x" * 2000)
+        with pytest.raises(WsClosed) as info:
+            await ws.recv()
+    assert info.value.rcvd.code == 1009
+    url = await serve(raw_app)
+    async with websockets.connect(url + "/echo") as ws:
+        assert "permessage-deflate" in ws.response.headers["sec-websocket-extensions"]
+        await ws.send("y" * 500)
+        assert await ws.recv() == "y" * 500
+
+
+async def test_shutdown_closes_open_connections_with_1012(serve: Serve) -> None:
+    config = uvicorn.Config(
+        raw_app, host="127.0.0.1", port=0, ws=WebSocketProtocol, lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.ensure_future(server.serve())
+    async with asyncio.timeout(BOUND):
+        while not server.started:
+            await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    async with websockets.connect(f"ws://127.0.0.1:{port}/echo") as ws:
+        server.should_exit = True
+        with pytest.raises(WsClosed) as info:
+            async with asyncio.timeout(BOUND):
+                await ws.recv()
+    assert info.value.rcvd.code == 1012
+    async with asyncio.timeout(BOUND):
+        await task
+
+
+def test_the_uvicorn_command_line_takes_the_class() -> None:
+    tests = Path(__file__).parent
+    env = dict(
+        os.environ, PYTHONPATH=f"{tests.parent}{os.pathsep}{tests.parent / 'src'}"
+    )
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "uvicorn", "tests.asgi_apps:fastapi_app"),
+            *("--ws", "tidings.asgi:WebSocketProtocol", "--port", "0"),
+            *("--host", "127.0.0.1", "--lifespan", "off"),
+        ],
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=tests.parent,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        port = None
+        for line in proc.stderr:
+            if match := re.search(r"running on http://127\.0\.0\.1:(\d+)", line):
+                port = int(match[1])
+                break
+        assert port is not None, "uvicorn did not start"
+
+        async def talk() -> str:
+            async with tidings.connect(f"ws://127.0.0.1:{port}/echo") as ws:
+                await ws.send("over the command line")
+                reply = await ws.recv()
+                assert isinstance(reply, str)
+                return reply
+
+        assert asyncio.run(asyncio.wait_for(talk(), BOUND)) == "over the command line"
+    finally:
+        proc.terminate()
+        proc.wait(BOUND)
