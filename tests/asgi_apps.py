@@ -32,11 +32,15 @@ async def fastapi_echo(websocket: WebSocket) -> None:
 
 
 async def starlette_echo(websocket: StarletteWebSocket) -> None:
-    await websocket.accept(
-        subprotocol="chat" if websocket.scope["subprotocols"] else None
-    )
-    async for text in websocket.iter_text():
-        await websocket.send_text(text)
+    await websocket.accept()
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        if message.get("bytes") is not None:
+            await websocket.send_bytes(message["bytes"])
+        else:
+            await websocket.send_text(message["text"])
 
 
 starlette_app = Starlette(routes=[WebSocketRoute("/echo", starlette_echo)])

@@ -348,36 +348,53 @@ def _subprocess_env() -> dict[str, str]:
 # -- the server side: wstest's fuzzing client against `tidings echo` --------
 
 
+#: The servers the fuzzing client tests: the command, the start of the line
+#: it logs once listening (the URL follows it), and the path of its echo.
+ECHO_SERVERS = {
+    "server": (
+        [
+            *("-m", "tidings", "echo", "--host", "127.0.0.1", "--port", "0"),
+            *("--max-size", str(MAX_MESSAGE_SIZE)),
+        ],
+        "echo server listening on ",
+        "",
+    ),
+    # A Starlette echo app under uvicorn, on tidings.asgi (docs/asgi.md).
+    "asgi": (
+        [
+            *("-m", "uvicorn", "tests.asgi_apps:starlette_app"),
+            *("--ws", "tidings.asgi:WebSocketProtocol", "--ws-max-size"),
+            *(str(MAX_MESSAGE_SIZE), "--host", "127.0.0.1", "--port", "0"),
+            *("--lifespan", "off", "--ws-ping-interval", "3600"),
+        ],
+        "INFO:     Uvicorn running on ",
+        "/echo",
+    ),
+}
+
+
 def run_server_side(
-    python: Path, cases: list[str], out: Path, timeout: float, procs: Processes
+    python: Path,
+    cases: list[str],
+    out: Path,
+    timeout: float,
+    procs: Processes,
+    *,
+    name: str = "server",
 ) -> Path:
     """Return the reports directory."""
-    reports = out / "server"
+    reports = out / name
     shutil.rmtree(reports, ignore_errors=True)
     reports.mkdir(parents=True)
-    echo_log_path = out / "echo-server.log"
+    argv, ready, path = ECHO_SERVERS[name]
+    echo_log_path = out / f"echo-{name}.log"
+    env = _subprocess_env()
+    env["PYTHONPATH"] += os.pathsep + str(ROOT)  # tests.asgi_apps
     with echo_log_path.open("wb") as echo_log:
-        echo = procs.start(
-            [
-                sys.executable,
-                "-m",
-                "tidings",
-                "echo",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--max-size",
-                str(MAX_MESSAGE_SIZE),
-            ],
-            echo_log,
-            env=_subprocess_env(),
-        )
+        echo = procs.start([sys.executable, *argv], echo_log, env=env, cwd=ROOT)
     try:
-        line = _wait_for_line(
-            echo, echo_log_path, "echo server listening on ", START_TIMEOUT
-        )
-        url = line.split()[-1].rstrip("/")
+        line = _wait_for_line(echo, echo_log_path, ready, START_TIMEOUT)
+        url = line[len(ready) :].split()[0].rstrip("/").replace("http:", "ws:") + path
         spec = out / "fuzzingclient.json"
         _write_spec(
             spec,
@@ -389,7 +406,7 @@ def run_server_side(
                 "exclude-agent-cases": {},
             },
         )
-        print(f"server side: wstest fuzzingclient -> {url}", flush=True)
+        print(f"{name} side: wstest fuzzingclient -> {url}", flush=True)
         with (out / "wstest-fuzzingclient.log").open("wb") as log:
             wstest = procs.start(_wstest(python, "fuzzingclient", spec), log, cwd=out)
         try:
@@ -624,11 +641,11 @@ def render(mode: str, sides: list[Side], started: datetime.datetime) -> str:
         f"{started:%Y-%m-%d %H:%M} UTC.",
     ]
     for side in sides:
-        what = (
-            "`python -m tidings echo` tested by `wstest -m fuzzingclient`"
-            if side.name == "server"
-            else "a tidings client tested by `wstest -m fuzzingserver`"
-        )
+        what = {
+            "server": "`python -m tidings echo` tested by `wstest -m fuzzingclient`",
+            "asgi": "a Starlette echo app under `uvicorn --ws "
+            "tidings.asgi:WebSocketProtocol` tested by `wstest -m fuzzingclient`",
+        }.get(side.name, "a tidings client tested by `wstest -m fuzzingserver`")
         parts += ["", f"### {side.name.capitalize()}: {what}", ""]
         parts.append(summary_table(side.results))
         details = unclean_details(side)
@@ -646,7 +663,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--full", action="store_const", const="full", dest="mode")
     mode.add_argument("--quick", action="store_const", const="quick", dest="mode")
-    parser.add_argument("--side", choices=("server", "client", "both"), default="both")
+    parser.add_argument(
+        "--side", choices=("server", "client", "both", "asgi"), default="both"
+    )
     parser.add_argument(
         "--cases", nargs="+", metavar="ID", help="run only these cases or patterns"
     )
@@ -673,8 +692,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sides: list[Side] = []
         for name in ("server", "client") if args.side == "both" else (args.side,):
             begin = time.monotonic()
-            if name == "server":
-                reports = run_server_side(python, cases, out, timeout, procs)
+            if name in ECHO_SERVERS:
+                reports = run_server_side(python, cases, out, timeout, procs, name=name)
                 notes: dict[int, str] = {}
             else:
                 reports, notes = run_client_side(python, cases, out, timeout, procs)

@@ -1,11 +1,13 @@
-"""The Autobahn|Testsuite, quick form, on both sides (docs/conformance.md).
+"""The Autobahn|Testsuite, quick form (docs/conformance.md).
 
-Runs ``tests/conformance/autobahn.py --quick --side both``: about 300 cases
-against ``python -m tidings echo`` and 300 with a tidings client, in about a
-minute (plus about a minute the first time, to build the suite's Python 2.7
-environment). Every case must be OK or INFORMATIONAL, its close behavior
-too. Without pyenv's Python 2.7.18 the test is skipped, saying why, except
-under CI (``$CI`` set), where it fails: CI machines have it.
+Runs ``tests/conformance/autobahn.py --quick``: about 300 cases against
+``python -m tidings echo`` and 300 with a tidings client, in about a minute;
+and ``--side asgi``: 300 cases against a Starlette echo app under uvicorn
+with ``tidings.asgi``, in about half a minute (plus about a minute the first
+time, to build the suite's Python 2.7 environment). Every case must be OK or
+INFORMATIONAL, its close behavior too. Without pyenv's Python 2.7.18 the
+test is skipped, saying why, except under CI (``$CI`` set), where it fails:
+CI machines have it.
 
 The other tests here check the harness's own report reading, everywhere.
 """
@@ -41,7 +43,8 @@ def load_harness() -> ModuleType:
     return module
 
 
-def test_autobahn_quick_both_sides(tmp_path: Path) -> None:
+def run_quick(tmp_path: Path, *args: str) -> str:
+    """Run the harness's quick form; return its summary."""
     harness = load_harness()
     python27, how = harness.find_python27()
     if python27 is None:
@@ -49,7 +52,7 @@ def test_autobahn_quick_both_sides(tmp_path: Path) -> None:
             pytest.fail(f"CI must run the Autobahn testsuite, but: {how}")
         pytest.skip(how)
     proc = subprocess.Popen(
-        [sys.executable, str(HARNESS), "--quick", "--out", str(tmp_path)],
+        [sys.executable, str(HARNESS), "--quick", "--out", str(tmp_path), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -63,8 +66,19 @@ def test_autobahn_quick_both_sides(tmp_path: Path) -> None:
         pytest.fail(f"the Autobahn run took over {TIMEOUT} s:\n{output[-5000:]}")
     print(output)
     assert proc.returncode == 0, output[-8000:]
-    summary = (tmp_path / "summary.md").read_text()
+    return (tmp_path / "summary.md").read_text()
+
+
+def test_autobahn_quick_both_sides(tmp_path: Path) -> None:
+    summary = run_quick(tmp_path)
     assert summary.count("| **total** | **301** |") == 2, summary
+
+
+def test_autobahn_quick_against_an_asgi_app_under_uvicorn(tmp_path: Path) -> None:
+    # A Starlette echo app under `uvicorn --ws tidings.asgi:WebSocketProtocol`.
+    summary = run_quick(tmp_path, "--side", "asgi")
+    assert summary.count("| **total** | **301** |") == 1, summary
+    assert "Starlette echo app under `uvicorn" in summary
 
 
 # -- the harness's report reading, without the suite ----------------------------
