@@ -1,5 +1,6 @@
-"""ASGI applications that tests/asgi serves under uvicorn: a FastAPI app,
-a Starlette app, and a raw ASGI app that exercises what frameworks hide."""
+"""ASGI applications that tests/test_asgi.py and the Autobahn harness serve
+under uvicorn: a FastAPI app, the benchmark's Starlette echo app, and a raw
+ASGI app that exercises what frameworks hide."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import json
 from typing import Any
 
 from fastapi import FastAPI, WebSocket
-from starlette.applications import Starlette
-from starlette.routing import WebSocketRoute
-from starlette.websockets import WebSocket as StarletteWebSocket
 from starlette.websockets import WebSocketDisconnect
+
+from benchmarks.asgi_app import app as starlette_app  # also benchmarked
+
+__all__ = ["RAW_DISCONNECTS", "fastapi_app", "raw_app", "starlette_app"]
 
 fastapi_app = FastAPI()
 
@@ -29,21 +31,6 @@ async def fastapi_echo(websocket: WebSocket) -> None:
                 await websocket.send_bytes(message["bytes"])
     except WebSocketDisconnect:
         pass
-
-
-async def starlette_echo(websocket: StarletteWebSocket) -> None:
-    await websocket.accept()
-    while True:
-        message = await websocket.receive()
-        if message["type"] == "websocket.disconnect":
-            return
-        if message.get("bytes") is not None:
-            await websocket.send_bytes(message["bytes"])
-        else:
-            await websocket.send_text(message["text"])
-
-
-starlette_app = Starlette(routes=[WebSocketRoute("/echo", starlette_echo)])
 
 
 async def raw_app(scope: dict[str, Any], receive: Any, send: Any) -> None:

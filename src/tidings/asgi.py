@@ -286,16 +286,10 @@ class WebSocketProtocol(WebSocket):
             self._handle_events(conn.reject(status, body, headers))
 
     def _send_close(self, code: int, reason: str) -> None:
-        """Send our close frame without waiting for the answer (which the
-        engine reads, within ``close_timeout``)."""
+        """Send our close frame without waiting for the answer."""
         self._close_sent = True
         if self._conn.state is State.OPEN:
-            self._conn.send_close(code, reason)
-            self._write_out()
-            self._arm_close_timer()
-            if self._reading_paused and self._transport is not None:
-                self._reading_paused = False
-                self._transport.resume_reading()
+            self._start_close(code, reason)
 
     def _log(self, outcome: str) -> None:
         client = self.scope.get("client")

@@ -385,16 +385,21 @@ class WebSocket(asyncio.BufferedProtocol):
         """Close with ``code`` and ``reason`` and wait until TCP is closed,
         at most ``close_timeout`` for the peer's answer."""
         if self._conn.state is _OPEN:
-            self._conn.send_close(code, reason)
-            self._write_out()
-            self._arm_close_timer()
-            if self._reading_paused and self._transport is not None:
-                # The peer's close frame may be behind messages nobody reads.
-                self._reading_paused = False
-                self._transport.resume_reading()
+            self._start_close(code, reason)
         elif self._conn.state is _CONNECTING and self._transport is not None:
             self._transport.abort()
         await self.wait_closed()
+
+    def _start_close(self, code: int, reason: str) -> None:
+        """Send our close frame; the peer's answer is read, within
+        ``close_timeout``."""
+        self._conn.send_close(code, reason)
+        self._write_out()
+        self._arm_close_timer()
+        if self._reading_paused and self._transport is not None:
+            # The peer's close frame may be behind messages nobody reads.
+            self._reading_paused = False
+            self._transport.resume_reading()
 
     def drop(self, code: int = 1011, reason: str = "") -> None:
         """Fail the connection now: send a close frame with ``code`` if the
