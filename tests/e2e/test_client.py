@@ -238,15 +238,20 @@ async def test_backoff_then_recovery_fails_across_a_hub_restart(
                 window.events = [];
                 window.got = [];
                 window.failed = [];
+                window.subscribed = 0;
                 window.hub = new T.Hub({ minDelay: 100, maxDelay: 800 });
                 hub.on("disconnect", (e) => events.push(e));
                 window.sub = hub.subscribe("chat:restart", {
                     onPublication: (p) => got.push([p.offset, p.data]),
                     onRecoveryFailed: (position) => failed.push(position),
+                    onSubscribe: () => { subscribed += 1; },
                 });
                 await hub.connect();
             }"""
         )
+        # connect() resolves on the connect reply; the subscribe may not
+        # have reached the hub yet, and a publication before it is not sent.
+        await page.wait_for("() => subscribed === 1")
         await first.publish("chat:restart", "before")
         await page.wait_for("() => got.length === 1")
         old_epoch = await page.evaluate("() => sub.epoch")
@@ -509,11 +514,14 @@ async def test_a_new_epoch_live_calls_on_recovery_failed(
             window.got = [];
             window.failed = [];
             window.hub = new T.Hub();
+            let subscribed = false;
             hub.subscribe("chat:epoch", {
                 onPublication: (p) => got.push([p.offset, p.data]),
                 onRecoveryFailed: (position) => failed.push(position),
+                onSubscribe: () => { subscribed = true; },
             });
             await hub.connect();
+            await until(() => subscribed);
         }"""
     )
     await hub.publish("chat:epoch", "old")
