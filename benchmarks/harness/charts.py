@@ -113,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     data = json.loads(Path(args[0]).read_text())
     out = Path(args[1])
+    out.mkdir(parents=True, exist_ok=True)
     matplotlib = importlib.import_module("matplotlib")
     matplotlib.use("Agg")
     plt = importlib.import_module("matplotlib.pyplot")

@@ -751,7 +751,7 @@ def render(
         + (" — **smoke run: the figures mean nothing**" if meta["smoke"] else "")
         + ". The command:",
         "",
-        "```",
+        "```sh",
         meta["command"],
         "```",
         "",

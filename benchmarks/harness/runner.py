@@ -1665,7 +1665,10 @@ def write_outputs(
     charts: list[Path] = []
     if not args.no_charts:
         results = args.from_results or out_dir / "results.json"
-        charts = make_charts(python, results, out_dir, say)
+        # With --docs the charts live beside the page, where the docs site
+        # (mkdocs.yml) can serve them; report.md links them from there.
+        chart_dir = args.docs.parent / "images" if args.docs else out_dir
+        charts = make_charts(python, results, chart_dir, say)
     text = report_mod.render(data, charts, out_dir)
     (out_dir / "report.md").write_text(text)
     if args.docs is not None:

@@ -31,6 +31,7 @@ __all__ = [
     "InvalidURI",
     "PayloadTooBig",
     "ProtocolError",
+    "ResponseStream",
     "Server",
     "TidingsError",
     "WebSocket",
@@ -43,6 +44,7 @@ __all__ = [
 _LAZY = {
     "HTTPResponse": ".engine.http",
     "HTTPStream": ".engine.http",
+    "ResponseStream": ".engine.http",
     "Server": ".engine.server",
     "WebSocket": ".engine.connection",
     "broadcast": ".engine.broadcast",
@@ -56,7 +58,7 @@ if TYPE_CHECKING:
     from .engine.client import connect
     from .engine.connection import WebSocket
     from .engine.eventloop import run
-    from .engine.http import HTTPResponse, HTTPStream
+    from .engine.http import HTTPResponse, HTTPStream, ResponseStream
     from .engine.server import Server, serve
 
 

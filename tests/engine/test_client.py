@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 import pytest
@@ -19,19 +18,14 @@ from tidings import (
 )
 from tidings.protocol import Request
 
+from ..conftest import free_port
+
 BOUND = 10
 
 
 async def echo(ws: WebSocket) -> None:
     async for message in ws:
         await ws.send(message)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def test_ping_returns_the_round_trip() -> None:

@@ -246,8 +246,8 @@ class Hub:
     ) -> tuple[int, str]:
         """Publish ``data`` (any JSON value) to ``channel``; return its
         offset and the epoch. Raises KeyError for a channel in an unknown
-        namespace, :class:`~tidings.hub.wire.CommandError` (400) for data
-        JSON cannot carry, and
+        namespace, ``tidings.hub.wire.CommandError`` (400) for data JSON
+        cannot carry, and
         :class:`~tidings.hub.brokers.base.BrokerUnavailable`."""
         namespace = self.config.namespace(channel)
         if namespace is None:

@@ -1,1 +1,1 @@
-"""Brokers: where a hub keeps channel state (memory, and Redis later)."""
+"""Brokers: where a hub keeps what its nodes share (in memory, or on Redis)."""
