@@ -31,7 +31,7 @@ html_theme = "furo"
 html_title = f"tidings {release}"
 
 autodoc_member_order = "bysource"
-autodoc_typehints = "description"
+autodoc_typehints = "signature"
 autodoc_typehints_format = "short"
 autodoc_default_options = {"show-inheritance": True}
 
