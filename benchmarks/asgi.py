@@ -1,10 +1,19 @@
-"""A Starlette echo endpoint under uvicorn, with uvicorn's WebSocket
+"""Starlette endpoints under uvicorn, with uvicorn's WebSocket
 implementations (``--ws websockets``, ``--ws wsproto``) and tidings'
-(``--ws tidings.asgi:WebSocketProtocol``), side by side: round trips per
-second at 1 and 8 messages in flight, driven by ``tidings bench``.
+(``--ws tidings.asgi:WebSocketProtocol``), side by side: an echo, in round
+trips per second at 1 and 8 messages in flight, driven by ``tidings
+bench``; and a broadcast to 1,000 clients, in deliveries per second at 1
+and 8 broadcasts in flight, driven by the harness's load client
+(``benchmarks/harness/loadgen.py``).
 
 Each uvicorn runs on core 0 (uvloop, httptools, one worker, compression
-off), the load client on core 1; loopback only, every run bounded.
+off), the load client on core 1; loopback only, every run bounded. Before
+each row the run waits for other processes to leave both cores alone (120 s
+at most in all); a broadcast window in which they took more than a tenth of
+a core is measured again (the load client's ``--max-foreign``: once for
+three measurements), and any row they disturbed that much is named under
+the tables. The
+uvicorns' stderr goes to ``.bench/logs/asgi-NAME.log``.
 
     .bench/venv/bin/python -m benchmarks.asgi [--seconds 3] [--repeat 3]
 """
@@ -15,24 +24,44 @@ import argparse
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from .harness._proc import busy_fraction, core_times, proc_cpu
 
 ROOT = Path(__file__).resolve().parent.parent
+ENV = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'src'}")
+LOGS = ROOT / ".bench" / "logs"
 IMPLEMENTATIONS = {
     "websockets": "websockets",
     "wsproto": "wsproto",
     "tidings": "tidings.asgi:WebSocketProtocol",
 }
-#: (connections, size, in flight)
+#: Echo rows: (connections, size, in flight).
 ROWS = ((100, 32, 1), (100, 32, 8), (1, 32, 1))
+#: Broadcast rows: (clients, size, broadcasts in flight).
+BROADCASTS = ((1000, 100, 1), (1000, 100, 8))
+#: Seconds of warm-up before a broadcast row's measurements.
+WARMUP = 0.5
+#: uvicorn's core and the load client's.
+SERVER_CORE, CLIENT_CORE = 0, 1
+#: Seconds the whole run may wait for quiet cores.
+QUIET_BUDGET = 120.0
+#: Share of a core other processes may take during a measurement.
+MAX_FOREIGN = 0.1
+
+HEADER = (
+    "| --ws websockets | --ws wsproto | tidings.asgi "
+    "| tidings ÷ websockets | tidings ÷ wsproto |\n|---|--:|--:|--:|--:|--:|"
+)
 
 
-def start(ws: str) -> tuple[subprocess.Popen[str], int]:
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'src'}")
+def start(ws: str, log: IO[str]) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(
         [
             *("taskset", "-c", "0", sys.executable, "-m", "uvicorn"),
@@ -42,12 +71,11 @@ def start(ws: str) -> tuple[subprocess.Popen[str], int]:
             *("--ws-per-message-deflate", "false", "--log-level", "warning"),
             *("--ws-ping-interval", "900", "--no-access-log"),
         ],
-        stderr=subprocess.PIPE,
-        env=env,
+        stderr=log,
+        env=ENV,
         cwd=ROOT,
         text=True,
     )
-    assert proc.stderr is not None
     # At --log-level warning uvicorn says nothing: ask the kernel instead.
     port = _listening_port(proc.pid)
     return proc, port
@@ -67,7 +95,47 @@ def _listening_port(pid: int) -> int:
     raise SystemExit("uvicorn did not start listening")
 
 
+def wait_quiet(deadline: float) -> None:
+    """Wait until other processes leave both cores below 15 % busy (over
+    0.3 s), or until ``deadline`` (``time.monotonic()``)."""
+    while True:
+        before = core_times()
+        time.sleep(0.3)  # the sampling interval
+        after = core_times()
+        busy = [busy_fraction(before, after, c) for c in (SERVER_CORE, CLIENT_CORE)]
+        if max(b or 0.0 for b in busy) < 0.15 or time.monotonic() >= deadline:
+            return
+
+
+class Foreign:
+    """How much of either core other processes took from now until
+    :meth:`share` (uvicorn is ``pid``; the load client, a child process that
+    has been waited for)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.start = self._now()
+
+    def _now(self) -> tuple[float, dict[int, tuple[int, int]], float, float]:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        server = proc_cpu(self.pid) or 0.0
+        return (
+            time.monotonic(),
+            core_times(),
+            server,
+            children.ru_utime + children.ru_stime,
+        )
+
+    def share(self) -> float:
+        (t0, k0, s0, c0), (t1, k1, s1, c1) = self.start, self._now()
+        wall = t1 - t0
+        busy_server = busy_fraction(k0, k1, SERVER_CORE) or 0.0
+        busy_client = busy_fraction(k0, k1, CLIENT_CORE) or 0.0
+        return max(0.0, busy_server - (s1 - s0) / wall, busy_client - (c1 - c0) / wall)
+
+
 def bench(port: int, conns: int, size: int, depth: int, args: Any) -> list[float]:
+    """Round trips per second through /echo, one figure a measurement."""
     out = subprocess.run(
         [
             *("taskset", "-c", "1", sys.executable, "-m", "tidings", "bench"),
@@ -84,43 +152,133 @@ def bench(port: int, conns: int, size: int, depth: int, args: Any) -> list[float
     return [w["messages_per_second"] for w in windows[:-1] or windows]
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--json", type=Path, help="write the results here")
-    args = parser.parse_args(argv)
-    results: dict[str, dict[str, list[float]]] = {}
-    for name, ws in IMPLEMENTATIONS.items():
-        proc, port = start(ws)
-        try:
-            for conns, size, depth in ROWS:
-                key = f"{conns}x{size}-k{depth}"
-                results.setdefault(key, {})[name] = bench(
-                    port, conns, size, depth, args
-                )
-                print(name, key, results[key][name], file=sys.stderr, flush=True)
-        finally:
-            proc.terminate()
-            proc.wait(30)
-    print(
-        "| echo, Starlette under uvicorn | --ws websockets | --ws wsproto "
-        "| tidings.asgi | tidings ÷ websockets | tidings ÷ wsproto |"
+def broadcast(
+    port: int, pid: int, row: tuple[int, int, int], args: Any
+) -> tuple[list[float], int, float]:
+    """Deliveries per second through /broadcast, one figure a measurement.
+    ``row`` is (clients, size, depth): the clients connect, one of them
+    publishes ``size``-byte text messages, keeping ``depth`` in flight (the
+    next goes once an earlier one reached every client), and every client
+    counts what it receives. Also returns the stalls (how often 0.2 s went
+    by without a delivery, and the load client sent the next one anyway)
+    and the largest share of a core that other processes took in a window
+    kept."""
+    clients, size, depth = row
+    out = subprocess.run(
+        [
+            *(sys.executable, "-m", "benchmarks.harness.loadgen", "broadcast"),
+            *("--port", str(port), "--path", "/broadcast", "--text"),
+            *("--conns", str(clients), "--size", str(size), "--depth", str(depth)),
+            *("--warmup", str(WARMUP), "--duration", str(args.seconds)),
+            *("--repeat", str(args.repeat), "--timeout", "30"),
+            *("--cpu", str(CLIENT_CORE), "--server-core", str(SERVER_CORE)),
+            *("--server-pid", str(pid), "--max-foreign", str(MAX_FOREIGN)),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=ROOT,
+        timeout=90 + (WARMUP + args.seconds) * args.repeat * 2,
+        check=False,
     )
-    print("|---|--:|--:|--:|--:|--:|")
-    for conns, size, depth in ROWS:
-        key = f"{conns}x{size}-k{depth}"
-        row = results[key]
+    events = [json.loads(ln) for ln in out.stdout.splitlines() if ln.startswith("{")]
+    problems = [e for e in events if e["event"] in ("error", "note")]
+    opened = [e for e in events if e["event"] == "opened"]
+    done = [e for e in events if e["event"] == "done"]
+    if out.returncode != 0 or problems or not opened or not done:
+        raise SystemExit(f"the broadcast failed: {problems or out.stderr[-2000:]}")
+    if opened[0]["failed"] or done[0]["errors"]:
+        raise SystemExit(f"the broadcast lost clients or frames: {opened + done}")
+    windows = [e for e in events if e["event"] == "window"]
+    foreign = max((w["foreign"] or 0.0 for w in windows), default=0.0)
+    return [w["count"] / w["seconds"] for w in windows], done[0]["stalls"], foreign
+
+
+def table(title: str, rows: list[tuple[str, dict[str, list[float]]]]) -> None:
+    print(f"| {title} {HEADER}")
+    for label, row in rows:
         med = {n: statistics.median(v) for n, v in row.items()}
         cells = [
             f"{med[n]:,.0f} [{min(row[n]):,.0f}-{max(row[n]):,.0f}]"
             for n in IMPLEMENTATIONS
         ]
         print(
-            f"| {conns} x {size} B, {depth} in flight | "
+            f"| {label} | "
             + " | ".join(cells)
             + f" | {med['tidings'] / med['websockets']:.2f}x"
             + f" | {med['tidings'] / med['wsproto']:.2f}x |"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args(argv)
+    LOGS.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, list[float]]] = {}
+    stalls: list[str] = []
+    disturbed: list[str] = []
+    quiet_until = time.monotonic() + QUIET_BUDGET
+    for name, ws in IMPLEMENTATIONS.items():
+        with (LOGS / f"asgi-{name}.log").open("w") as log:
+            proc, port = start(ws, log)
+            try:
+                for conns, size, depth in ROWS:
+                    key = f"{conns}x{size}-k{depth}"
+                    wait_quiet(quiet_until)
+                    foreign = Foreign(proc.pid)
+                    rates = bench(port, conns, size, depth, args)
+                    share = foreign.share()
+                    results.setdefault(key, {})[name] = rates
+                    if share > MAX_FOREIGN:
+                        disturbed.append(f"{name} {key} ({share:.0%})")
+                    print(name, key, rates, f"{share:.0%}", file=sys.stderr, flush=True)
+                for row in BROADCASTS:
+                    key = "broadcast-{}x{}-k{}".format(*row)
+                    wait_quiet(quiet_until)
+                    rates, stalled, share = broadcast(port, proc.pid, row, args)
+                    results.setdefault(key, {})[name] = rates
+                    if stalled:
+                        stalls.append(f"{name} {key}: {stalled}")
+                    if share > MAX_FOREIGN:
+                        disturbed.append(f"{name} {key} ({share:.0%})")
+                    print(name, key, rates, f"{share:.0%}", file=sys.stderr, flush=True)
+            finally:
+                proc.terminate()
+                proc.wait(30)
+    table(
+        "echo, Starlette under uvicorn (round trips/s)",
+        [(f"{c} x {s} B, {d} in flight", results[f"{c}x{s}-k{d}"]) for c, s, d in ROWS],
+    )
+    print()
+    table(
+        "broadcast, Starlette under uvicorn (deliveries/s)",
+        [
+            (f"{s} B to {c:,}, {d} in flight", results[f"broadcast-{c}x{s}-k{d}"])
+            for c, s, d in BROADCASTS
+        ],
+    )
+    for clients, size, depth in BROADCASTS:
+        if depth != 1:
+            continue
+        measured = results[f"broadcast-{clients}x{size}-k{depth}"]
+        times = ", ".join(
+            f"{clients / statistics.median(measured[n]) * 1000:.1f} ms ({n})"
+            for n in IMPLEMENTATIONS
+        )
+        print(
+            f"\nOne {size} B message to all {clients:,} clients, 1 in flight "
+            f"(from the medians): {times}."
+        )
+    if stalls:
+        print(f"\nStalls (0.2 s without a delivery): {', '.join(stalls)}.")
+    if disturbed:
+        print(
+            "\nOther processes took more than a tenth of a core during: "
+            + ", ".join(disturbed)
+            + "."
         )
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=1) + "\n")

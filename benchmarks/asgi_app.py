@@ -1,5 +1,6 @@
-"""The echo endpoint benchmarks/asgi.py serves under uvicorn: Starlette, as
-an application would write it."""
+"""The endpoints benchmarks/asgi.py serves under uvicorn: Starlette, as an
+application would write them. /echo echoes; /broadcast sends every text
+message a client sends to every client connected there."""
 
 from __future__ import annotations
 
@@ -23,4 +24,24 @@ async def echo(websocket: WebSocket) -> None:
         pass
 
 
-app = Starlette(routes=[WebSocketRoute("/echo", echo)])
+#: The websockets connected to /broadcast.
+connected: set[WebSocket] = set()
+
+
+async def broadcast(websocket: WebSocket) -> None:
+    """A chat room as FastAPI's documentation writes one (its
+    ``ConnectionManager.broadcast``): each message goes to every connected
+    client, the sender too, one ``await send_text()`` after another."""
+    await websocket.accept()
+    connected.add(websocket)
+    try:
+        async for message in websocket.iter_text():
+            for client in list(connected):
+                await client.send_text(message)
+    finally:
+        connected.discard(websocket)
+
+
+app = Starlette(
+    routes=[WebSocketRoute("/echo", echo), WebSocketRoute("/broadcast", broadcast)]
+)

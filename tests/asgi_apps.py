@@ -1,9 +1,11 @@
-"""ASGI applications that tests/test_asgi.py and the Autobahn harness serve
-under uvicorn: a FastAPI app, the benchmark's Starlette echo app, and a raw
-ASGI app that exercises what frameworks hide."""
+"""ASGI applications that tests/test_asgi.py, the interop tests (Node's ws,
+Chromium) and the Autobahn harness serve under uvicorn: a FastAPI app, the
+benchmark's Starlette echo app, and a raw ASGI app that exercises what
+frameworks hide; and :class:`Watched`, to see the events an app receives."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -12,14 +14,27 @@ from starlette.websockets import WebSocketDisconnect
 
 from benchmarks.asgi_app import app as starlette_app  # also benchmarked
 
-__all__ = ["RAW_DISCONNECTS", "fastapi_app", "raw_app", "starlette_app"]
+__all__ = [
+    "RAW_DISCONNECTS",
+    "SUBPROTOCOLS",
+    "Watched",
+    "fastapi_app",
+    "raw_app",
+    "starlette_app",
+]
 
 fastapi_app = FastAPI()
+
+#: The subprotocols fastapi_app's /echo speaks, by preference: it accepts
+#: the first of these that the client offers, or none.
+SUBPROTOCOLS = ("chat.v1", "chat.v2")
 
 
 @fastapi_app.websocket("/echo")
 async def fastapi_echo(websocket: WebSocket) -> None:
-    await websocket.accept()
+    offered = websocket.scope["subprotocols"]
+    chosen = next((name for name in SUBPROTOCOLS if name in offered), None)
+    await websocket.accept(subprotocol=chosen)
     try:
         while True:
             message = await websocket.receive()
@@ -31,6 +46,39 @@ async def fastapi_echo(websocket: WebSocket) -> None:
                 await websocket.send_bytes(message["bytes"])
     except WebSocketDisconnect:
         pass
+
+
+@fastapi_app.websocket("/close/{code}")
+async def fastapi_close(websocket: WebSocket, code: int) -> None:
+    """Closes with ``code``, the client's first message as the reason."""
+    await websocket.accept()
+    reason = await websocket.receive_text()
+    await websocket.close(code, reason)
+
+
+class Watched:
+    """An ASGI app as the server runs it, with each ``websocket.disconnect``
+    event the app receives also put in :attr:`disconnects`. Make it inside
+    the test: the queue belongs to the test's loop, which must be the
+    server's (the ``serve_asgi`` fixture's uvicorn)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.disconnects: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        async def watched_receive() -> dict[str, Any]:
+            event: dict[str, Any] = await receive()
+            if event["type"] == "websocket.disconnect":
+                self.disconnects.put_nowait(event)
+            return event
+
+        await self.app(scope, watched_receive, send)
+
+    async def disconnect(self, timeout: float) -> dict[str, Any]:
+        """The next disconnect event the app receives."""
+        async with asyncio.timeout(timeout):
+            return await self.disconnects.get()
 
 
 async def raw_app(scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -21,9 +21,11 @@ from typing import Any
 
 import pytest
 import trustme
+import uvicorn
 from hypothesis import settings
 
-from tidings import ConnectionClosed
+from tidings import ConnectionClosed, WebSocket
+from tidings.asgi import WebSocketProtocol
 
 # Tests check behaviour, never speed: a slow or busy machine must not fail them.
 settings.register_profile("tidings", deadline=None)
@@ -102,6 +104,36 @@ async def raw_connect() -> AsyncIterator[RawConnect]:
         client.close()
 
 
+ServeASGI = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+async def serve_asgi() -> AsyncIterator[ServeASGI]:
+    """``url = await serve_asgi(app, **uvicorn_options)``: an ASGI app under
+    an in-process uvicorn with tidings' protocol (``--ws
+    tidings.asgi:WebSocketProtocol``), at ``ws://127.0.0.1:PORT``; stopped
+    after the test. Its socket listens before uvicorn starts, so clients may
+    connect at once: the kernel holds them until uvicorn accepts."""
+    servers: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
+
+    async def start(app: Any, **options: Any) -> str:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(128)
+        config = uvicorn.Config(
+            app, ws=WebSocketProtocol, lifespan="off", log_level="info", **options
+        )
+        server = uvicorn.Server(config)
+        servers.append((server, asyncio.ensure_future(server.serve([sock]))))
+        return f"ws://127.0.0.1:{sock.getsockname()[1]}"
+
+    yield start
+    for server, task in servers:
+        server.should_exit = True
+        async with asyncio.timeout(10):
+            await task
+
+
 def count_writes(transports: Iterable[Any]) -> list[Any]:
     """Record every write and writelines call that reaches these real
     transports; return the list the calls are appended to."""
@@ -141,6 +173,12 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def echo(ws: WebSocket) -> None:
+    """A handler that sends every message back."""
+    async for message in ws:
+        await ws.send(message)
 
 
 class RedisServer:

@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,47 +25,16 @@ import tidings
 from tidings.asgi import WebSocketProtocol
 
 from .asgi_apps import RAW_DISCONNECTS, fastapi_app, raw_app, starlette_app
+from .conftest import ServeASGI
 
 BOUND = 10
 
-Serve = Callable[..., Awaitable[str]]
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
-    """``url = await serve(app, **uvicorn_options)``: the app under an
-    in-process uvicorn with tidings' protocol; stopped after the test."""
-    servers: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
-
-    async def start(app: Any, **options: Any) -> str:
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=0,
-            ws=WebSocketProtocol,
-            lifespan="off",
-            log_level="info",
-            **options,
-        )
-        server = uvicorn.Server(config)
-        task = asyncio.ensure_future(server.serve())
-        servers.append((server, task))
-        async with asyncio.timeout(BOUND):
-            while not server.started:
-                await asyncio.sleep(0.01)  # uvicorn announces nothing else
-        port = server.servers[0].sockets[0].getsockname()[1]
-        return f"ws://127.0.0.1:{port}"
-
-    yield start
-    for server, task in servers:
-        server.should_exit = True
-        async with asyncio.timeout(BOUND):
-            await task
-
 
 @pytest.mark.parametrize("app", [fastapi_app, starlette_app, raw_app])
-async def test_echo_text_and_bytes_for_every_framework(serve: Serve, app: Any) -> None:
-    url = await serve(app)
+async def test_echo_text_and_bytes_for_every_framework(
+    serve_asgi: ServeASGI, app: Any
+) -> None:
+    url = await serve_asgi(app)
     async with websockets.connect(url + "/echo") as ws:
         await ws.send("hello")
         assert await ws.recv() == "hello"
@@ -77,8 +45,29 @@ async def test_echo_text_and_bytes_for_every_framework(serve: Serve, app: Any) -
         assert await peer.recv() == "from tidings"
 
 
-async def test_the_scope_as_uvicorn_gives_it(serve: Serve) -> None:
-    url = await serve(raw_app, root_path="/base")
+async def test_the_benchmarks_broadcast_reaches_every_client(
+    serve_asgi: ServeASGI,
+) -> None:
+    # benchmarks/asgi.py's broadcast to 1,000, here to three clients.
+    url = await serve_asgi(starlette_app)
+    async with (
+        websockets.connect(url + "/broadcast") as first,
+        websockets.connect(url + "/broadcast") as second,
+        tidings.connect(url + "/broadcast") as third,
+        asyncio.timeout(BOUND),
+    ):
+        await second.send("from the second")
+        assert await first.recv() == "from the second"
+        assert await second.recv() == "from the second"
+        assert await third.recv() == "from the second"
+        await third.send("from the third")
+        assert [await first.recv(), await second.recv(), await third.recv()] == [
+            "from the third"
+        ] * 3
+
+
+async def test_the_scope_as_uvicorn_gives_it(serve_asgi: ServeASGI) -> None:
+    url = await serve_asgi(raw_app, root_path="/base")
     async with websockets.connect(
         url + "/scope?x=1%202", subprotocols=["one", "two"]
     ) as ws:
@@ -100,16 +89,18 @@ async def test_the_scope_as_uvicorn_gives_it(serve: Serve) -> None:
     assert "sec-websocket-key" in names and all(n == n.lower() for n in names)
 
 
-async def test_the_app_closes_with_its_code_and_reason(serve: Serve) -> None:
-    url = await serve(raw_app)
+async def test_the_app_closes_with_its_code_and_reason(serve_asgi: ServeASGI) -> None:
+    url = await serve_asgi(raw_app)
     async with websockets.connect(url + "/close/4001") as ws:
         with pytest.raises(WsClosed) as info:
             await ws.recv()
     assert (info.value.rcvd.code, info.value.rcvd.reason) == (4001, "bye")
 
 
-async def test_the_client_close_reaches_the_app_as_disconnect(serve: Serve) -> None:
-    url = await serve(raw_app)
+async def test_the_client_close_reaches_the_app_as_disconnect(
+    serve_asgi: ServeASGI,
+) -> None:
+    url = await serve_asgi(raw_app)
     RAW_DISCONNECTS.clear()
     async with websockets.connect(url + "/disconnect") as ws:
         await ws.close(4000, "later")
@@ -119,8 +110,8 @@ async def test_the_client_close_reaches_the_app_as_disconnect(serve: Serve) -> N
     assert RAW_DISCONNECTS == [{"code": 4000, "reason": "later"}]
 
 
-async def test_denial_response_and_refusal(serve: Serve) -> None:
-    url = await serve(raw_app)
+async def test_denial_response_and_refusal(serve_asgi: ServeASGI) -> None:
+    url = await serve_asgi(raw_app)
     with pytest.raises(WsInvalidStatus) as info:
         await websockets.connect(url + "/deny")
     response = info.value.response
@@ -133,9 +124,9 @@ async def test_denial_response_and_refusal(serve: Serve) -> None:
 
 
 async def test_an_app_that_fails_gets_500_or_1011(
-    serve: Serve, caplog: pytest.LogCaptureFixture
+    serve_asgi: ServeASGI, caplog: pytest.LogCaptureFixture
 ) -> None:
-    url = await serve(raw_app)
+    url = await serve_asgi(raw_app)
     # uvicorn's loggers do not propagate to the root one that caplog watches.
     logger = logging.getLogger("uvicorn.error")
     logger.addHandler(caplog.handler)
@@ -152,22 +143,24 @@ async def test_an_app_that_fails_gets_500_or_1011(
     assert caplog.text.count("Exception in ASGI application") == 2
 
 
-async def test_uvicorns_size_and_compression_settings_apply(serve: Serve) -> None:
-    url = await serve(raw_app, ws_max_size=1000, ws_per_message_deflate=False)
+async def test_uvicorns_size_and_compression_settings_apply(
+    serve_asgi: ServeASGI,
+) -> None:
+    url = await serve_asgi(raw_app, ws_max_size=1000, ws_per_message_deflate=False)
     async with websockets.connect(url + "/echo") as ws:
         assert ws.response.headers.get("sec-websocket-extensions") is None
         await ws.send("x" * 2000)
         with pytest.raises(WsClosed) as info:
             await ws.recv()
     assert info.value.rcvd.code == 1009
-    url = await serve(raw_app)
+    url = await serve_asgi(raw_app)
     async with websockets.connect(url + "/echo") as ws:
         assert "permessage-deflate" in ws.response.headers["sec-websocket-extensions"]
         await ws.send("y" * 500)
         assert await ws.recv() == "y" * 500
 
 
-async def test_shutdown_closes_open_connections_with_1012(serve: Serve) -> None:
+async def test_shutdown_closes_open_connections_with_1012() -> None:
     config = uvicorn.Config(
         raw_app, host="127.0.0.1", port=0, ws=WebSocketProtocol, lifespan="off"
     )

@@ -850,10 +850,11 @@ async def run_echo(args: argparse.Namespace) -> None:
 
 async def run_broadcast(args: argparse.Namespace) -> None:
     bench = BroadcastBench(args.conns, args.depth, args.lowat)
-    hs = Handshake(args.host, args.port)
-    payload = payload_of(args.size)
-    out = build_frame(payload, masked=True)
-    back = Expected(build_frame(payload), verify=not args.no_verify)
+    hs = Handshake(args.host, args.port, args.path)
+    payload = payload_of(args.size)  # printable ASCII: valid text too
+    opcode = 0x1 if args.text else 0x2
+    out = build_frame(payload, opcode, masked=True)
+    back = Expected(build_frame(payload, opcode), verify=not args.no_verify)
     # The server registers a client after its handshake: give it a moment.
     await fan_out(args, bench, lambda: BroadcastConn(bench, hs, out, back), 0.5)
 
@@ -1673,6 +1674,12 @@ def build_parser() -> argparse.ArgumentParser:
         "clients subscribed with it",
     )
     p.add_argument("--no-verify", action="store_true")
+    p.add_argument("--path", default="/", help="broadcast: the endpoint's path (/)")
+    p.add_argument(
+        "--text",
+        action="store_true",
+        help="broadcast: text messages instead of binary ones",
+    )
     p.add_argument(
         "--lowat",
         type=int,

@@ -3,9 +3,11 @@
 Each test starts a tidings server whose ``process_request`` serves a page
 over plain HTTP (Chromium won't let about:blank or data: pages reach
 127.0.0.1), and that page opens ``new WebSocket(...)`` back to the same
-server. The page runs a scenario and resolves ``window.__scenario`` with what
-it saw; ``tests/interop/node/browser.mjs`` returns that to the test, which
-checks it against what the server saw.
+server, or to a FastAPI or Starlette app under uvicorn with tidings'
+protocol (``--ws tidings.asgi:WebSocketProtocol``). The page runs a scenario
+and resolves ``window.__scenario`` with what it saw;
+``tests/interop/node/browser.mjs`` returns that to the test, which checks it
+against what the server saw.
 
 For wss://, the fixture issues a certificate from the session's trustme CA
 and starts Chromium with ``--ignore-certificate-errors-spki-list`` naming
@@ -43,6 +45,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 import tidings
 from tidings import ConnectionClosed, HTTPResponse, WebSocket
 from tidings.protocol import Request
+
+from ..asgi_apps import Watched, fastapi_app, starlette_app
+from ..conftest import ServeASGI
 
 NODE_DIR = Path(__file__).parent / "node"
 HELPERS = (NODE_DIR / "page_helpers.js").read_text()
@@ -613,3 +618,73 @@ async def test_browser_answers_pings(browser: Browser) -> None:
         page = await browser.run(http_url(server))
     assert page["message"] == "latency True"
     assert page["close"] == {"code": 1000, "reason": "", "wasClean": True}
+
+
+# -- an ASGI app under uvicorn with tidings' protocol ---------------------------
+
+
+@pytest.mark.parametrize(
+    "app", [fastapi_app, starlette_app], ids=["fastapi", "starlette"]
+)
+async def test_page_against_asgi_app_under_uvicorn(
+    browser: Browser, serve_asgi: ServeASGI, app: Any
+) -> None:
+    # The page comes from a tidings server; its WebSocket goes to uvicorn.
+    scenario = """
+    const peer = await Peer.open(ARGS.url);
+    const sent = ["hello", "ü€𝄞 unicode", "", new Uint8Array([0, 1, 2, 255]),
+                  new Uint8Array(0)];
+    const echoes = [];
+    for (const message of sent) {
+        peer.send(message);
+        echoes.push(describe(await peer.recv()));
+    }
+    const big = randomBytes(1 << 20);
+    peer.send(big);
+    const bigSame = sameBytes(await peer.recv(), big);
+    const close = await peer.close(4002, "page says bye ✓");
+    return {echoes, bigSame, extensions: peer.ws.extensions, close};
+    """
+    watched = Watched(app)
+    url = await serve_asgi(watched)
+    async with page_server(
+        Recorder().echo(), scenario, {"url": url + "/echo"}
+    ) as server:
+        page = await browser.run(http_url(server))
+    disconnect = await watched.disconnect(BOUND)
+    assert page["echoes"] == [
+        {"type": "text", "text": "hello"},
+        {"type": "text", "text": "ü€𝄞 unicode"},
+        {"type": "text", "text": ""},
+        {"type": "binary", "hex": "000102ff"},
+        {"type": "binary", "hex": ""},
+    ]
+    assert page["bigSame"] is True
+    # uvicorn's --ws-per-message-deflate is on by default.
+    assert page["extensions"] == (
+        "permessage-deflate; server_max_window_bits=12; client_max_window_bits=12"
+    )
+    # The app's disconnect event has the page's code and reason; tidings
+    # answered the page with the same code, and no reason.
+    assert disconnect == {
+        "type": "websocket.disconnect",
+        "code": 4002,
+        "reason": "page says bye ✓",
+    }
+    assert page["close"] == {"code": 4002, "reason": "", "wasClean": True}
+
+
+async def test_asgi_app_close_code_and_reason_seen_by_page(
+    browser: Browser, serve_asgi: ServeASGI
+) -> None:
+    scenario = """
+    const peer = await Peer.open(ARGS.url);
+    peer.send("bye page ✓");
+    return await peer.closed;
+    """
+    url = await serve_asgi(fastapi_app)  # /close/CODE: the message is the reason
+    async with page_server(
+        Recorder().echo(), scenario, {"url": url + "/close/4001"}
+    ) as server:
+        page = await browser.run(http_url(server))
+    assert page == {"code": 4001, "reason": "bye page ✓", "wasClean": True}

@@ -1,8 +1,12 @@
-"""Interop with Node.js's ``ws`` package, both directions.
+"""Interop with Node.js's ``ws`` package, both directions, and the ``ws``
+client against FastAPI and Starlette apps under uvicorn with tidings'
+protocol (``--ws tidings.asgi:WebSocketProtocol``).
 
 ``tests/interop/node/ws_peer.mjs`` runs a ``ws`` client or server as a
-subprocess; it echoes what it receives and obeys ``cmd:`` messages, so each
-test drives the conversation from its tidings side.
+subprocess; against tidings it echoes what it receives and obeys ``cmd:``
+messages, so each test drives the conversation from its tidings side.
+Against an app, which echoes, the test drives the ``ws`` client through its
+stdin instead, and reads a digest of each message it receives.
 
 Needs Node.js and ``npm ci`` in tests/interop/node (``scripts/test`` runs
 it); without them the tests skip, unless CI is set.
@@ -11,7 +15,9 @@ it); without them the tests skip, unless CI is set.
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
+import hashlib
 import json
 import os
 import random
@@ -25,6 +31,9 @@ import pytest
 
 import tidings
 from tidings import ConnectionClosed, WebSocket
+
+from ..asgi_apps import Watched, fastapi_app, starlette_app
+from ..conftest import ServeASGI
 
 NODE_DIR = Path(__file__).parent / "node"
 
@@ -104,6 +113,40 @@ class NodePeer:
             raise AssertionError(f"ws_peer.mjs exited ({await self.proc.wait()})")
         event: dict[str, Any] = json.loads(line)
         return event
+
+    async def tell(self, order: dict[str, Any]) -> None:
+        """A command for a driven peer (``ws_peer.mjs drive``), on its stdin."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(order).encode() + b"\n")
+        async with asyncio.timeout(BOUND):
+            await self.proc.stdin.drain()
+
+    async def send(self, message: str | bytes) -> None:
+        """Have a driven peer send ``message``."""
+        if isinstance(message, str):
+            await self.tell({"send": message})
+        else:
+            await self.tell(
+                {"send": base64.b64encode(message).decode(), "binary": True}
+            )
+
+    async def stats(self) -> tuple[int, int]:
+        """Bytes a driven peer has read and written on its socket so far."""
+        await self.tell({"cmd": "stats"})
+        stats = await self.event()
+        assert stats["event"] == "stats", stats
+        return stats["read"], stats["written"]
+
+
+def digest(message: str | bytes) -> dict[str, Any]:
+    """The event a driven peer prints for ``message``, received."""
+    data = message.encode() if isinstance(message, str) else message
+    return {
+        "event": "message",
+        "binary": isinstance(message, bytes),
+        "length": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
 
 
 def flag(compression: bool) -> str:
@@ -268,3 +311,94 @@ async def test_tidings_client_close_code_reaches_ws_server(node: str) -> None:
     assert closed == {"event": "close", "code": 4004, "reason": "bye from tidings ✓"}
     # ws answered with the same code and reason.
     assert (ws.close_code, ws.close_reason) == (4004, "bye from tidings ✓")
+
+
+# -- the ws client, an ASGI app under uvicorn with tidings' protocol ----------
+
+
+@asynccontextmanager
+async def ws_client_of_app(
+    node: str, url: str, *subprotocols: str
+) -> AsyncIterator[tuple[NodePeer, dict[str, Any]]]:
+    """The ws client, offering permessage-deflate and ``subprotocols``,
+    connected to ``url`` and driven from here: (peer, its "open" event)."""
+    async with NodePeer.start(node, "drive", url, "1", *subprotocols) as peer:
+        opened = await peer.event()
+        assert opened["event"] == "open", opened
+        yield peer, opened
+
+
+@pytest.mark.parametrize("compression", [True, False], ids=["deflate", "plain"])
+@pytest.mark.parametrize(
+    "app", [fastapi_app, starlette_app], ids=["fastapi", "starlette"]
+)
+async def test_ws_client_against_asgi_app_under_uvicorn(
+    node: str, serve_asgi: ServeASGI, app: Any, compression: bool
+) -> None:
+    # uvicorn's --ws-per-message-deflate decides; ws always offers it.
+    watched = Watched(app)
+    url = await serve_asgi(watched, ws_per_message_deflate=compression)
+    async with (
+        ws_client_of_app(node, url + "/echo") as (peer, opened),
+        asyncio.timeout(BOUND),
+    ):
+        assert opened["extensions"] == ("permessage-deflate" if compression else "")
+        assert opened["protocol"] == ""
+        for message in SMALL:
+            await peer.send(message)
+            assert await peer.event() == digest(message)
+
+        # 1 MiB of text that compresses well, then 1 MiB that doesn't.
+        text = big_text()[:MiB]
+        read_before, written_before = await peer.stats()
+        await peer.send(text)
+        assert await peer.event() == digest(text)
+        read_after, written_after = await peer.stats()
+        read, written = read_after - read_before, written_after - written_before
+        if compression:  # compressed on the wire, both ways
+            assert read < MiB // 4 and written < MiB // 4
+        else:
+            assert read > MiB and written > MiB
+        binary = big_binary()[:MiB]
+        await peer.send(binary)
+        assert await peer.event() == digest(binary)
+
+        # Fragmented by ws: the app receives it whole.
+        await peer.tell({"cmd": "fragments", "parts": ["from ", "ws ", "✓"]})
+        assert await peer.event() == digest("from ws ✓")
+
+        await peer.tell({"cmd": "close", "code": 4002, "reason": "bye from ws ✓"})
+        closed = await peer.event()
+        disconnect = await watched.disconnect(BOUND)
+    # The app's disconnect event has ws's code and reason; tidings answered
+    # ws with the same code, and no reason.
+    assert disconnect == {
+        "type": "websocket.disconnect",
+        "code": 4002,
+        "reason": "bye from ws ✓",
+    }
+    assert closed == {"event": "close", "code": 4002, "reason": ""}
+
+
+async def test_asgi_app_picks_the_subprotocol_for_ws_client(
+    node: str, serve_asgi: ServeASGI
+) -> None:
+    # ws offers three; the FastAPI app speaks chat.v1 and chat.v2, and picks
+    # by its own preference, not ws's order.
+    url = await serve_asgi(fastapi_app)
+    async with ws_client_of_app(
+        node, url + "/echo", "chat.v3", "chat.v2", "chat.v1"
+    ) as (peer, opened):
+        assert opened["protocol"] == "chat.v1"
+        await peer.send("which?")
+        assert await peer.event() == digest("which?")
+
+
+async def test_asgi_app_close_code_and_reason_reach_ws_client(
+    node: str, serve_asgi: ServeASGI
+) -> None:
+    url = await serve_asgi(fastapi_app)
+    async with ws_client_of_app(node, url + "/close/4001") as (peer, _):
+        await peer.send("bye from the app ✓")
+        closed = await peer.event()
+    assert closed == {"event": "close", "code": 4001, "reason": "bye from the app ✓"}

@@ -16,15 +16,11 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
 import tidings
-from tidings import WebSocket
 from tidings.protocol.limits import MAX_MESSAGE_SIZE
 
+from ..conftest import echo
+
 BOUND = 30  # seconds: every wait in these tests is bounded
-
-
-async def echo(ws: WebSocket) -> None:
-    async for message in ws:
-        await ws.send(message)
 
 
 # websockets compresses with memLevel 5 unless told otherwise; 1 makes the
