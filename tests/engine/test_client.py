@@ -18,14 +18,9 @@ from tidings import (
 )
 from tidings.protocol import Request
 
-from ..conftest import free_port
+from ..conftest import echo, free_port
 
 BOUND = 10
-
-
-async def echo(ws: WebSocket) -> None:
-    async for message in ws:
-        await ws.send(message)
 
 
 async def test_ping_returns_the_round_trip() -> None:

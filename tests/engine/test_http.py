@@ -1,0 +1,167 @@
+"""Tests of tidings.engine.http: the plain HTTP answers that
+``process_request`` gives instead of an upgrade, over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+import tidings
+from tidings import HTTPResponse, HTTPStream, InvalidStatus, ResponseStream
+from tidings.protocol import Request
+
+from ..conftest import echo
+
+BOUND = 10  # seconds: every wait in these tests is bounded
+
+
+def uri(server: tidings.Server) -> str:
+    return f"ws://127.0.0.1:{server.port}/"
+
+
+async def test_process_request_answers_healthz_and_refuses_with_401(
+    raw_connect: Any,
+) -> None:
+    async def process_request(request: Request) -> HTTPResponse | None:
+        if request.path == "/healthz":
+            return HTTPResponse(200, "ok")
+        if request.headers.get("Authorization") != "Bearer secret":
+            return HTTPResponse(401, "who are you?")
+        return None
+
+    async with tidings.serve(
+        echo, "127.0.0.1", 0, process_request=process_request
+    ) as server:
+        peer = await raw_connect(server.port)
+        peer.writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = await peer.read_all()
+        peer.close()  # else the server waits close_timeout for the client's FIN
+        assert response.startswith(b"HTTP/1.1 200 OK\r\n") and response.endswith(
+            b"\r\n\r\nok\n"
+        )
+        with pytest.raises(InvalidStatus) as info:
+            await tidings.connect(uri(server))
+        assert info.value.status == 401
+        async with tidings.connect(
+            uri(server), headers=[("Authorization", "Bearer secret")]
+        ) as ws:
+            await ws.send("in")
+            assert await ws.recv() == "in"
+
+
+async def test_process_request_streams_a_body_as_it_is_made(
+    raw_connect: Any,
+) -> None:
+    more = asyncio.Event()
+
+    async def body(stream: ResponseStream) -> None:
+        stream.write(b"first\n")
+        await more.wait()
+        stream.write(b"second\n")
+
+    def process_request(request: Request) -> HTTPStream:
+        return HTTPStream(200, [("Content-Type", "text/plain")], body)
+
+    async with tidings.serve(
+        echo, "127.0.0.1", 0, process_request=process_request
+    ) as server:
+        peer = await raw_connect(server.port)
+        peer.writer.write(b"GET /feed HTTP/1.1\r\nHost: x\r\n\r\n")
+        async with asyncio.timeout(BOUND):
+            head = await peer.reader.readuntil(b"\r\n\r\n")
+            assert head == (
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                b"Connection: close\r\n\r\n"
+            )
+            assert await peer.reader.readline() == b"first\n"
+        more.set()
+        # The body returned: the connection closes, which ends the body.
+        assert await peer.read_all() == b"second\n"
+
+
+async def test_a_streamed_body_is_cancelled_when_the_client_leaves(
+    raw_connect: Any,
+) -> None:
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def body(stream: ResponseStream) -> None:
+        started.set()
+        try:
+            while True:  # writes reveal that the client is gone
+                stream.write(b"tick\n")
+                await asyncio.sleep(0.01)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async with tidings.serve(
+        echo,
+        "127.0.0.1",
+        0,
+        process_request=lambda request: HTTPStream(200, [], body),
+    ) as server:
+        peer = await raw_connect(server.port)
+        peer.writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        async with asyncio.timeout(BOUND):
+            await started.wait()
+            peer.close()
+            await cancelled.wait()
+            while server.connections:
+                await asyncio.sleep(0.01)  # connection_lost is not awaitable
+
+
+async def test_a_bytes_body_goes_out_with_its_length_and_type(
+    raw_connect: Any,
+) -> None:
+    body = bytes(range(256))
+    answer = HTTPResponse(200, body, [("Content-Type", "application/octet-stream")])
+    async with tidings.serve(
+        echo, "127.0.0.1", 0, process_request=lambda request: answer
+    ) as server:
+        peer = await raw_connect(server.port)
+        peer.writer.write(b"GET /blob HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = await peer.read_all()
+        peer.close()
+    head, _, sent = response.partition(b"\r\n\r\n")
+    assert sent == body
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.1 200 OK"
+    assert b"Content-Length: 256" in lines[1:]
+    assert b"Content-Type: application/octet-stream" in lines[1:]
+
+
+async def test_a_stream_queues_for_a_client_that_does_not_read(
+    raw_connect: Any,
+) -> None:
+    # write() never waits: write_buffer_size is how a body sees a client
+    # that stopped reading. close() still sends what is queued, then ends.
+    filled = asyncio.Event()
+    chunk = b"x" * 65536
+    written = 0
+
+    async def body(stream: ResponseStream) -> None:
+        nonlocal written
+        for _ in range(16_384):  # at most 1 GiB: the kernel's buffers fill first
+            stream.write(chunk)
+            written += len(chunk)
+            if stream.write_buffer_size > 4 * len(chunk):
+                break
+            await asyncio.sleep(0)
+        filled.set()
+        stream.close()
+
+    async with tidings.serve(
+        echo,
+        "127.0.0.1",
+        0,
+        process_request=lambda request: HTTPStream(200, [], body),
+    ) as server:
+        peer = await raw_connect(server.port)
+        peer.writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        async with asyncio.timeout(BOUND):
+            await filled.wait()
+        response = await peer.read_all()
+    _, _, sent = response.partition(b"\r\n\r\n")
+    assert len(sent) == written > 4 * len(chunk)
