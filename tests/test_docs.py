@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterator
@@ -179,17 +180,17 @@ def test_fragments_are_the_exception() -> None:
 # Runs a block as a script, or as a cell with top-level await (like a
 # notebook's) where it awaits at the top; ``tidings`` is imported already.
 RUNNER = """\
-import ast, asyncio, sys, tidings
-code = compile(sys.stdin.read(), "<doc>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
-result = eval(code, {"__name__": "__main__", "tidings": tidings})
+import ast, asyncio, tidings
+code = compile({code!r}, "<doc>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+result = eval(code, {{"__name__": "__main__", "tidings": tidings}})
 if asyncio.iscoroutine(result):
     asyncio.run(result)
 """
 
 
 def runner_for(code: str) -> list[str]:
-    """The command that runs ``code`` as ``RUNNER`` does."""
-    return [sys.executable, "-c", RUNNER.replace("sys.stdin.read()", repr(code))]
+    """The command that runs ``code`` as ``RUNNER`` says."""
+    return [sys.executable, "-c", RUNNER.format(code=code)]
 
 
 def run_python(code: str) -> str:
@@ -209,15 +210,19 @@ def background(command: list[str], ready: str) -> Iterator[str]:
     """Run ``command`` until the block ends; yield its first stdout line
     that contains ``ready``."""
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    # A process that neither prints nor ends is killed: its stdout ends then.
+    deadline = threading.Timer(BOUND, proc.kill)
+    deadline.start()
     try:
         assert proc.stdout is not None
-        for line in proc.stdout:  # bounded: the process prints, or ends
+        for line in proc.stdout:
             if ready in line:
                 yield line
                 break
         else:
             pytest.fail(f"{command} ended before printing {ready!r}")
     finally:
+        deadline.cancel()
         proc.terminate()
         proc.wait(BOUND)
 
