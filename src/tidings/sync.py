@@ -91,10 +91,7 @@ class WebSocket:
     def send(self, message: str | bytes | bytearray | memoryview) -> None:
         """Send ``str`` as text, bytes-like as binary; blocks until the
         kernel took it. Raises :class:`ConnectionClosed` once closed."""
-        if isinstance(message, str):
-            self._conn.send_text(message)
-        else:
-            self._conn.send_binary(message)
+        self._conn.send_message(message)
         try:
             self._flush()
         except OSError as exc:

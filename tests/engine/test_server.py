@@ -180,6 +180,32 @@ async def test_an_error_in_the_callback_closes_only_that_connection_with_1011() 
         assert await good.recv() == "still here"
 
 
+async def test_messages_after_a_failed_callback_are_not_delivered(
+    raw_connect: Any,
+) -> None:
+    seen: list[str | bytes] = []
+
+    def on_message(ws: WebSocket, message: str | bytes) -> None:
+        seen.append(message)
+        if message == b"boom":
+            raise ValueError("boom")
+
+    async with tidings.serve(None, "127.0.0.1", 0, on_message=on_message) as server:
+        peer = await raw_connect(server.port)
+        await peer.handshake()
+        # Three messages in one read: the connection fails at the second.
+        peer.writer.write(
+            b"".join(
+                serialize_frame(Opcode.BINARY, data, mask=True)
+                for data in (b"first", b"boom", b"after")
+            )
+        )
+        data = await peer.read_all()
+        peer.close()
+    assert seen == [b"first", b"boom"]
+    assert data[:1] == b"\x88" and int.from_bytes(data[2:4], "big") == 1011
+
+
 async def test_handler_exception_closes_with_1011() -> None:
     async def handler(ws: WebSocket) -> None:
         raise RuntimeError("bug")

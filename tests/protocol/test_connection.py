@@ -233,6 +233,43 @@ def test_text_and_binary_both_ways() -> None:
     ]
 
 
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    message=st.one_of(st.text(max_size=1500), st.binary(max_size=1500)),
+    compressed=st.booleans(),
+)
+def test_send_message_frames_as_send_text_and_send_binary_do(
+    message: str | bytes, compressed: bool
+) -> None:
+    # send_message frames the usual server answer itself: the same bytes.
+    compression = DeflateConfig(min_size=0) if compressed else None
+    _, by_kind = open_pair(compression)
+    _, whole = open_pair(compression)
+    if isinstance(message, str):
+        by_kind.send_text(message)
+    else:
+        by_kind.send_binary(message)
+    whole.send_message(message)
+    assert wire(whole) == wire(by_kind)
+
+
+@given(message=st.one_of(st.text(max_size=1500), st.binary(max_size=1500)))
+def test_send_message_from_a_client_arrives_as_sent(message: str | bytes) -> None:
+    client, server = open_pair()
+    client.send_message(message)
+    expected = (
+        TextMessage(message) if isinstance(message, str) else BinaryMessage(message)
+    )
+    assert server.receive_data(wire(client)) == [expected]
+
+
+def test_send_message_inside_a_fragmented_message_is_a_programming_error() -> None:
+    _, server = open_pair()
+    server.send_binary(b"a", fin=False)
+    with pytest.raises(RuntimeError, match="in progress"):
+        server.send_message(b"b")
+
+
 def test_client_frames_are_masked_and_server_frames_are_not() -> None:
     client, server = open_pair()
     client.send_text("x")

@@ -290,10 +290,7 @@ class WebSocket(asyncio.BufferedProtocol):
         The write buffer may then grow past ``write_limit``; check
         :attr:`write_buffer_size` to apply a policy of your own.
         """
-        if isinstance(message, str):
-            self._conn.send_text(message)
-        else:
-            self._conn.send_binary(message)
+        self._conn.send_message(message)
         self._write_out()
 
     def send_frame(self, frame: bytes) -> bool:
@@ -450,8 +447,18 @@ class WebSocket(asyncio.BufferedProtocol):
                     conn.receive_data(data, unread=bool(self._messages))
                 )
                 return
+            callback = self.on_message
+            if callback is None:
+                for message in messages:
+                    self._deliver(message)
+                return
+            # The callback path without a _deliver() call per message.
             for message in messages:
-                self._deliver(message)
+                try:
+                    callback(self, message)
+                except Exception:
+                    self._callback_failed()
+                    return
         finally:
             self._corked = False
             self._flush()
@@ -568,8 +575,7 @@ class WebSocket(asyncio.BufferedProtocol):
             try:
                 callback(self, message)
             except Exception:
-                self.logger.exception("error in on_message callback")
-                self._fail(1011, "internal error")
+                self._callback_failed()
             return
         messages = self._messages
         if messages is None:
@@ -590,6 +596,10 @@ class WebSocket(asyncio.BufferedProtocol):
             # makes the peer wait, instead of our memory growing.
             self._reading_paused = True
             self._transport.pause_reading()
+
+    def _callback_failed(self) -> None:
+        self.logger.exception("error in on_message callback")
+        self._fail(1011, "internal error")
 
     def _closed_event(self, event: Closed) -> None:
         # A handshake that failed is the caller's to report (connect()

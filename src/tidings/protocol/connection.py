@@ -543,6 +543,26 @@ class Connection:
         """Send a binary message, or its first fragment when ``fin`` is false."""
         self._send_data(_BINARY, data, fin)
 
+    def send_message(self, data: str | Buffer) -> None:
+        """Send a whole message: ``str`` as text, bytes-like as binary."""
+        payload: Buffer
+        if isinstance(data, str):
+            opcode, payload = _TEXT, data.encode()
+        else:
+            opcode, payload = _BINARY, data
+        if (
+            self.state is _OPEN
+            and self._out_opcode is None
+            and self._deflate is None
+            and not self.is_client
+            and len(payload) <= _JOIN_MAX
+        ):
+            # The usual answer of a server, framed here rather than through
+            # _send_data: one Python call fewer per message.
+            self._out.append(build_frame(opcode, payload, True, False, None))
+        else:
+            self._send_data(opcode, payload, True)
+
     def send_continuation(self, data: str | Buffer, *, fin: bool) -> None:
         """Send the next fragment of the message begun with ``fin=False``."""
         self._send_data(
