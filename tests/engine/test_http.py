@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -19,6 +21,23 @@ BOUND = 10  # seconds: every wait in these tests is bounded
 
 def uri(server: tidings.Server) -> str:
     return f"ws://127.0.0.1:{server.port}/"
+
+
+@contextlib.asynccontextmanager
+async def streamed(
+    body: Callable[[ResponseStream], Awaitable[None]], raw_connect: Any
+) -> AsyncIterator[tuple[tidings.Server, Any]]:
+    """A server that answers every request with ``HTTPStream(200, [], body)``,
+    and a raw client that has sent it a request."""
+    async with tidings.serve(
+        echo,
+        "127.0.0.1",
+        0,
+        process_request=lambda request: HTTPStream(200, [], body),
+    ) as server:
+        peer = await raw_connect(server.port)
+        peer.writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        yield server, peer
 
 
 async def test_process_request_answers_healthz_and_refuses_with_401(
@@ -96,14 +115,7 @@ async def test_a_streamed_body_is_cancelled_when_the_client_leaves(
             cancelled.set()
             raise
 
-    async with tidings.serve(
-        echo,
-        "127.0.0.1",
-        0,
-        process_request=lambda request: HTTPStream(200, [], body),
-    ) as server:
-        peer = await raw_connect(server.port)
-        peer.writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    async with streamed(body, raw_connect) as (server, peer):
         async with asyncio.timeout(BOUND):
             await started.wait()
             peer.close()
@@ -152,14 +164,7 @@ async def test_a_stream_queues_for_a_client_that_does_not_read(
         filled.set()
         stream.close()
 
-    async with tidings.serve(
-        echo,
-        "127.0.0.1",
-        0,
-        process_request=lambda request: HTTPStream(200, [], body),
-    ) as server:
-        peer = await raw_connect(server.port)
-        peer.writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    async with streamed(body, raw_connect) as (_, peer):
         async with asyncio.timeout(BOUND):
             await filled.wait()
         response = await peer.read_all()

@@ -51,6 +51,14 @@ from ..conftest import ServeASGI
 
 NODE_DIR = Path(__file__).parent / "node"
 HELPERS = (NODE_DIR / "page_helpers.js").read_text()
+# What echoSamples() of page_helpers.js returns from an echo server.
+SAMPLE_ECHOES = [
+    {"type": "text", "text": "hello"},
+    {"type": "text", "text": "ü€𝄞 unicode"},
+    {"type": "text", "text": ""},
+    {"type": "binary", "hex": "000102ff"},
+    {"type": "binary", "hex": ""},
+]
 
 #: Seconds for anything one step waits on (a page's scenario, a handler).
 BOUND = 20
@@ -261,13 +269,7 @@ def http_url(server: tidings.Server, scheme: str = "http") -> str:
 async def test_text_and_binary_echo(browser: Browser) -> None:
     scenario = """
     const peer = await Peer.open(WS_BASE + "/echo");
-    const sent = ["hello", "ü€𝄞 unicode", "", new Uint8Array([0, 1, 2, 255]),
-                  new Uint8Array(0)];
-    const echoes = [];
-    for (const message of sent) {
-        peer.send(message);
-        echoes.push(describe(await peer.recv()));
-    }
+    const echoes = await echoSamples(peer);
     const close = await peer.close(1000, "done");
     return {echoes, close};
     """
@@ -275,13 +277,7 @@ async def test_text_and_binary_echo(browser: Browser) -> None:
     async with page_server(recorder.echo(), scenario) as server:
         page = await browser.run(http_url(server))
         seen = await recorder.next()
-    assert page["echoes"] == [
-        {"type": "text", "text": "hello"},
-        {"type": "text", "text": "ü€𝄞 unicode"},
-        {"type": "text", "text": ""},
-        {"type": "binary", "hex": "000102ff"},
-        {"type": "binary", "hex": ""},
-    ]
+    assert page["echoes"] == SAMPLE_ECHOES
     assert seen.messages == ["hello", "ü€𝄞 unicode", "", b"\x00\x01\x02\xff", b""]
     # tidings echoes the code of the page's close frame, not its reason.
     assert page["close"] == {"code": 1000, "reason": "", "wasClean": True}
@@ -632,13 +628,7 @@ async def test_page_against_asgi_app_under_uvicorn(
     # The page comes from a tidings server; its WebSocket goes to uvicorn.
     scenario = """
     const peer = await Peer.open(ARGS.url);
-    const sent = ["hello", "ü€𝄞 unicode", "", new Uint8Array([0, 1, 2, 255]),
-                  new Uint8Array(0)];
-    const echoes = [];
-    for (const message of sent) {
-        peer.send(message);
-        echoes.push(describe(await peer.recv()));
-    }
+    const echoes = await echoSamples(peer);
     const big = randomBytes(1 << 20);
     peer.send(big);
     const bigSame = sameBytes(await peer.recv(), big);
@@ -652,13 +642,7 @@ async def test_page_against_asgi_app_under_uvicorn(
     ) as server:
         page = await browser.run(http_url(server))
     disconnect = await watched.disconnect(BOUND)
-    assert page["echoes"] == [
-        {"type": "text", "text": "hello"},
-        {"type": "text", "text": "ü€𝄞 unicode"},
-        {"type": "text", "text": ""},
-        {"type": "binary", "hex": "000102ff"},
-        {"type": "binary", "hex": ""},
-    ]
+    assert page["echoes"] == SAMPLE_ECHOES
     assert page["bigSame"] is True
     # uvicorn's --ws-per-message-deflate is on by default.
     assert page["extensions"] == (

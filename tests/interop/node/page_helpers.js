@@ -108,3 +108,16 @@ function describe(data) {
     ? { type: "text", text: data }
     : { type: "binary", hex: hex(data) };
 }
+
+// The sample messages of the echo tests (text, non-ASCII text, empty text,
+// binary, empty binary), sent one at a time; each echo described.
+async function echoSamples(peer) {
+  const sent = ["hello", "ü€𝄞 unicode", "", new Uint8Array([0, 1, 2, 255]),
+                new Uint8Array(0)];
+  const echoes = [];
+  for (const message of sent) {
+    peer.send(message);
+    echoes.push(describe(await peer.recv()));
+  }
+  return echoes;
+}
