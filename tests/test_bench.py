@@ -38,6 +38,7 @@ from benchmarks.harness.report import (
     kept_notes,
     number,
     ratio,
+    split_cell,
 )
 from benchmarks.harness.scenarios import (
     FULL,
@@ -146,6 +147,17 @@ def test_smoke_report_has_every_row(smoke_run: dict[str, object]) -> None:
     assert "## Clients" in report
     assert "smoke run" in report
     assert "Load client and CPU" in report
+    # User + system µs per round trip, for the rows at one in flight.
+    section = report.split("## User space and kernel\n", 1)[1].split("\n## ", 1)[0]
+    split_rows = table_rows(section)
+    for scenario in smoke():
+        if scenario.kind == "handshake" or (scenario.kind, scenario.depth) == (
+            "echo",
+            1,
+        ):
+            split = split_rows[scenario.title][0]
+            user, system = (float(part) for part in split.split(" + "))
+            assert user >= 0 and system >= 0 and user + system > 0, split
 
 
 def test_smoke_results_json(smoke_run: dict[str, object]) -> None:
@@ -168,6 +180,11 @@ def test_smoke_results_json(smoke_run: dict[str, object]) -> None:
             assert result["values"], (scenario["key"], name)
             assert max(result["values"]) > 0, (scenario["key"], name)
             assert not any("possible" in n for n in result["notes"]), result
+            assert len(result["server_system"]) == len(result["server_cpu"])
+            for system, cpu in zip(
+                result["server_system"], result["server_cpu"], strict=True
+            ):
+                assert 0 <= system <= cpu, (scenario["key"], name, result)
     bcast = next(s for s in results["scenarios"] if s["kind"] == "broadcast")
     assert "tidings" in bcast["results"]["tidings-cb"]["info"]["broadcast"]
     hub = next(s for s in results["scenarios"] if s["kind"] == "hub")
@@ -225,6 +242,19 @@ def test_report_helpers() -> None:
     r = ratio({"values": [2.0, 4.0, 6.0]}, {"values": [1.0, 2.0, 4.0]})
     assert r == (2.0, 0.5, 6.0)
     assert ratio({"values": [1.0]}, {"values": [], "error": "boom"}) is None
+
+
+def test_split_cell() -> None:
+    result = {
+        "values": [100_000.0, 50_000.0, 200_000.0],
+        "server_cpu": [0.9, 0.9, 1.0],
+        "server_system": [0.6, 0.5, 0.8],
+    }
+    # User µs per message 3, 8 and 1; system 6, 10 and 4: the medians.
+    assert split_cell(result) == "3.0 + 6.0"
+    assert split_cell({**result, "server_system": [0.6]}) == "—"
+    assert split_cell({**result, "error": "boom"}) == "—"
+    assert split_cell(None) == "—"
 
 
 def test_hub_with_socketio(tmp_path: Path) -> None:

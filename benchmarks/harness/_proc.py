@@ -10,8 +10,8 @@ from pathlib import Path
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def proc_cpu(pid: int | None) -> float | None:
-    """CPU seconds (user + system) used so far by process ``pid``."""
+def proc_times(pid: int | None) -> tuple[float, float] | None:
+    """CPU seconds (user, system) used so far by process ``pid``."""
     if pid is None:
         return None
     try:
@@ -19,7 +19,13 @@ def proc_cpu(pid: int | None) -> float | None:
     except OSError:
         return None
     fields = stat[stat.rindex(b")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
+    return int(fields[11]) / _TICK, int(fields[12]) / _TICK
+
+
+def proc_cpu(pid: int | None) -> float | None:
+    """CPU seconds (user + system) used so far by process ``pid``."""
+    times = proc_times(pid)
+    return None if times is None else sum(times)
 
 
 def core_times() -> dict[int, tuple[int, int]]:
@@ -77,14 +83,22 @@ def open_fds(pid: int) -> int | None:
     return None
 
 
-def servers_cpu(pids: Sequence[int]) -> float | None:
-    """CPU seconds used so far by all of ``pids``; None if one is unreadable."""
+def servers_times(pids: Sequence[int]) -> tuple[float, float] | None:
+    """CPU seconds (user, system) used so far by all of ``pids``; None if
+    one is unreadable."""
     if not pids:
         return None
-    total = 0.0
+    user = system = 0.0
     for pid in pids:
-        used = proc_cpu(pid)
-        if used is None:
+        times = proc_times(pid)
+        if times is None:
             return None
-        total += used
-    return total
+        user += times[0]
+        system += times[1]
+    return user, system
+
+
+def servers_cpu(pids: Sequence[int]) -> float | None:
+    """CPU seconds (user + system) used so far by all of ``pids``."""
+    times = servers_times(pids)
+    return None if times is None else sum(times)

@@ -48,7 +48,7 @@ from array import array
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
-from ._proc import busy_fraction, core_times, servers_cpu
+from ._proc import busy_fraction, core_times, servers_times
 from .scenarios import HUB_CHANNEL, HUB_ROOM
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -683,11 +683,12 @@ async def measure(
 
     Each gives the count, the CPU time of this process and of the server
     (of all the server's processes, given several pids) per wall second,
-    and ``foreign``: the largest share of the server's or the client's core
-    that other processes took (the machine may be shared). A window where
-    that is above ``max_foreign`` is reported as ``discarded`` and measured
-    again, at most ``repeat // 2`` times (once at least). ``marks`` gets
-    each window's start and end (``time.time_ns``) and whether it was kept.
+    the server's system (kernel) share of it, and ``foreign``: the largest
+    share of the server's or the client's core that other processes took
+    (the machine may be shared). A window where that is above
+    ``max_foreign`` is reported as ``discarded`` and measured again, at most
+    ``repeat // 2`` times (once at least). ``marks`` gets each window's
+    start and end (``time.time_ns``) and whether it was kept.
     """
     pids = [server_pid] if isinstance(server_pid, int) else list(server_pid or [])
     emit(event="started")
@@ -695,13 +696,16 @@ async def measure(
     rep = retries = 0
     while rep < repeat:
         c0, w0, m0 = bench.count, time.perf_counter(), time.time_ns()
-        p0, s0, k0 = time.process_time(), servers_cpu(pids), core_times()
+        p0, s0, k0 = time.process_time(), servers_times(pids), core_times()
         await asyncio.sleep(duration)
         c1, w1, m1 = bench.count, time.perf_counter(), time.time_ns()
-        p1, s1, k1 = time.process_time(), servers_cpu(pids), core_times()
+        p1, s1, k1 = time.process_time(), servers_times(pids), core_times()
         wall = w1 - w0
         client = (p1 - p0) / wall
-        server = None if s0 is None or s1 is None else (s1 - s0) / wall
+        server = system = None
+        if s0 is not None and s1 is not None:
+            server = (sum(s1) - sum(s0)) / wall
+            system = (s1[1] - s0[1]) / wall
         foreign = None
         busy_s = busy_fraction(k0, k1, server_core)
         busy_c = busy_fraction(k0, k1, client_core)
@@ -714,6 +718,7 @@ async def measure(
             "seconds": wall,
             "client_cpu": client,
             "server_cpu": server,
+            "server_system": system,
             "foreign": foreign,
         }
         if extra is not None:

@@ -358,6 +358,42 @@ def round_trip_table(data: Data) -> str | None:
     return table(["scenario", *(LABELS[s] for s in servers)], rows)
 
 
+def split_cell(result: dict[str, Any] | None) -> str:
+    """The server's user and system CPU microseconds per unit of ``values``
+    (a message, a connection): medians over the measurements."""
+    if not result or result.get("error"):
+        return "—"
+    values = result["values"]
+    cpu = result.get("server_cpu", [])
+    system = result.get("server_system", [])
+    # A window without a reading of the server's CPU leaves the lists
+    # unaligned: then no figure rather than a wrong one.
+    if not values or not len(values) == len(cpu) == len(system):
+        return "—"
+    rows = zip(values, cpu, system, strict=True)
+    windows = [(c - s, s, v) for v, c, s in rows if v > 0]
+    if not windows:
+        return "—"
+    user_us = statistics.median(u / v * 1e6 for u, _, v in windows)
+    system_us = statistics.median(s / v * 1e6 for _, s, v in windows)
+    return f"{user_us:.1f} + {system_us:.1f}"
+
+
+def split_table(data: Data) -> str | None:
+    """User + system µs of server CPU per round trip at one message in
+    flight, and per connection opened and closed."""
+    servers = ws_servers(data)
+    rows = []
+    for e in server_entries(data):
+        if (e["kind"], e["depth"]) == ("echo", 1) or e["kind"] == "handshake":
+            rows.append(
+                [e["title"], *(split_cell(e["results"].get(s)) for s in servers)]
+            )
+    if not rows:
+        return None
+    return table(["scenario", *(LABELS[s] for s in servers)], rows)
+
+
 def ratios_table(data: Data, key: str = "values") -> str:
     servers = data["meta"]["servers"]
     ours = [s for s in TIDINGS if s in servers]
@@ -806,6 +842,22 @@ def render(
             results_table(data, "per_cpu"),
             "",
             ratios_table(data, "per_cpu"),
+            "",
+        ]
+    split = split_table(data)
+    if split is not None:
+        parts += [
+            "## User space and kernel",
+            "",
+            "Server CPU per round trip (per connection opened and closed in "
+            "the handshake row), in µs: user + system time, as `/proc` counts "
+            "them, medians of the measurements. At one message in flight a "
+            "server makes one read and one write system call per message "
+            "(`strace -c`), so the system part is the kernel's work for any "
+            "server: no code of a server's own can go below it, and it bounds "
+            "the ratio between two servers whatever their own code costs.",
+            "",
+            split,
             "",
         ]
     hub = hub_table(data)

@@ -50,7 +50,7 @@ from ._proc import (
     fd_limit,
     open_fds,
     rss_kib,
-    servers_cpu,
+    servers_times,
 )
 from .scenarios import (
     CLIENTS,
@@ -67,6 +67,10 @@ from .scenarios import (
     Scenario,
     smoke,
 )
+
+#: What is read at each window of `tidings bench`: the servers' (user,
+#: system) CPU seconds, the cores' ticks and the time.
+_Reading = tuple[tuple[float, float] | None, dict[int, tuple[int, int]], float]
 
 PEER_PACKAGES = (
     "websockets",
@@ -644,6 +648,8 @@ class Outcome:
     per_cpu: list[float] = field(default_factory=list)
     client_cpu: list[float] = field(default_factory=list)
     server_cpu: list[float] = field(default_factory=list)
+    #: The kernel's part of ``server_cpu``: system time per wall second.
+    server_system: list[float] = field(default_factory=list)
     foreign: list[float] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -658,6 +664,7 @@ class Outcome:
             "per_cpu": self.per_cpu,
             "client_cpu": self.client_cpu,
             "server_cpu": self.server_cpu,
+            "server_system": self.server_system,
             "foreign": self.foreign,
             "info": self.info,
             "notes": self.notes,
@@ -828,7 +835,7 @@ class Runner:
         pin_process(client.pid, cfg.client_cpu, cfg.nice)
         out.info["client_loop"] = "tidings bench"
         self.progress.set("connecting, warming up")
-        previous: tuple[float | None, dict[int, tuple[int, int]], float] | None = None
+        previous: _Reading | None = None
         deadline = time.monotonic() + cfg.warmup + 2 * (repeat + 1) * cfg.duration + 60
         try:
             while not client.eof:
@@ -836,7 +843,7 @@ class Runner:
                 for event in client.events:
                     if "window" not in event:
                         continue
-                    now = (servers_cpu(group.pids), core_times(), time.perf_counter())
+                    now = (servers_times(group.pids), core_times(), time.perf_counter())
                     if previous is not None:
                         self._bench_window(out, event, previous, now)
                         self.progress.set(
@@ -869,8 +876,8 @@ class Runner:
         self,
         out: Outcome,
         event: dict[str, Any],
-        before: tuple[float | None, dict[int, tuple[int, int]], float],
-        after: tuple[float | None, dict[int, tuple[int, int]], float],
+        before: _Reading,
+        after: _Reading,
     ) -> None:
         """One measured window of :meth:`bench_step`."""
         value = event["messages_per_second"]
@@ -884,8 +891,9 @@ class Runner:
             out.notes.append(f"{event['errors']} connections or messages failed")
         if before[0] is None or after[0] is None or wall <= 0:
             return
-        server = (after[0] - before[0]) / wall
+        server = (sum(after[0]) - sum(before[0])) / wall
         out.server_cpu.append(server)
+        out.server_system.append((after[0][1] - before[0][1]) / wall)
         if server > 0:
             out.per_cpu.append(value / server)
         busy_s = busy_fraction(before[1], after[1], self.cfg.server_cpu)
@@ -972,6 +980,7 @@ class Runner:
                     out.client_cpu.append(event["client_cpu"])
                     if event.get("server_cpu") is not None:
                         out.server_cpu.append(event["server_cpu"])
+                        out.server_system.append(event["server_system"])
                     if event.get("foreign") is not None:
                         out.foreign.append(event["foreign"])
                     if latency:
