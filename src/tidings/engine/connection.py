@@ -469,20 +469,20 @@ class WebSocket(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
-        self._handle_events(self._conn.receive_eof())
+        if self._conn.state is not _CLOSED:  # as after a close handshake
+            self._handle_events(self._conn.receive_eof())
         for timer in (self._keepalive_timer, self._close_timer):
             if timer is not None:
                 timer.cancel()
-        closed = self._closed_exc()
         for waiter, _ in (self._pings or {}).values():
             if not waiter.done():
-                waiter.set_exception(closed)
+                waiter.set_exception(self._closed_exc())
         self._pings = None
         if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_exception(closed)
+            self._drain_waiter.set_exception(self._closed_exc())
             self._drain_waiter.exception()  # its waiters hold it through a shield
         if not self._opened.done():
-            self._opened.set_exception(self._conn.error or closed)
+            self._opened.set_exception(self._conn.error or self._closed_exc())
             self._opened.exception()  # a server has nobody waiting on it
         self._closed.set_result(None)
 

@@ -81,7 +81,9 @@ class Headers:
         self._index: dict[str, list[str]] | None = None
 
     def _values(self, name: str) -> list[str]:
-        # An upgrade looks up about eight names: index them once.
+        # An upgrade looks up about eight names: index them once. This
+        # module's own look-ups use this rather than get_all(), without the
+        # copy; they never change the list.
         index = self._index
         if index is None:
             index = self._index = {}
@@ -168,7 +170,7 @@ def accept_key(key: str) -> str:
     # SHA-1 is only a fixed transform here; usedforsecurity=False keeps it
     # available on FIPS-restricted builds.
     digest = hashlib.sha1((key + GUID).encode("ascii"), usedforsecurity=False)
-    return base64.b64encode(digest.digest()).decode("ascii")
+    return binascii.b2a_base64(digest.digest(), newline=False).decode("ascii")
 
 
 def parse_token_list(value: str) -> list[str]:
@@ -266,7 +268,7 @@ def _check_token(value: str, what: str) -> str:
 def parse_subprotocols(request: Request) -> list[str]:
     """The subprotocols the client offers, in order (§4.1, §11.3.4)."""
     offered = []
-    for value in request.headers.get_all("Sec-WebSocket-Protocol"):
+    for value in request.headers._values("Sec-WebSocket-Protocol"):
         for name in parse_token_list(value):
             if not _TOKEN_RE.fullmatch(name):
                 raise InvalidHandshake(
@@ -281,23 +283,32 @@ class _Done(Exception):
 
 
 _Head = TypeVar("_Head", Request, Response)
+_Parser = TypeVar("_Parser", httptools.HttpRequestParser, httptools.HttpResponseParser)
 
 
-class _HeadReader(Generic[_Head]):
+class _HeadReader(Generic[_Head, _Parser]):
     """Feeds bytes to llhttp (httptools) until one message head has arrived.
 
     llhttp calls back with the parts of the message. The callbacks stop it,
-    by raising :class:`_Done`, as soon as the message wanted is complete, so
-    it never parses what follows: frames after an upgrade, a pipelined
-    request, a response body. The bytes of the head are kept (the head size
+    by raising :class:`_Done`, as soon as the message wanted is complete
+    (after the head of an upgrade request it stops by itself), so it never
+    parses what follows: frames after an upgrade, a pipelined request, a
+    response body. The bytes of the head are kept (the head size
     limit bounds them) to say where it ended.
+
+    llhttp holds bound methods of the reader, and the reader holds llhttp:
+    once the head is in or refused, the reader lets go of llhttp, so that
+    both are freed without waiting for the garbage collector.
     """
+
+    _http: _Parser | None
 
     __slots__ = (
         "_buffer",
         "_error",
         "_fields",
         "_head",
+        "_http",
         "_kind",
         "_max_head_size",
         "_max_headers",
@@ -342,30 +353,30 @@ class _HeadReader(Generic[_Head]):
             return self._head
         if not data:
             return None
-        reading_head = self._reading_head()
-        if reading_head:
+        if self._reading_head():
             self._buffer += data
+        http = self._http
+        assert http is not None  # until the head is in or refused
         try:
-            self._parser().feed_data(data)
+            http.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass  # llhttp stopped after the head of an upgrade request
         except httptools.HttpParserCallbackError as exc:
             # A callback raised: _Done once the head is in, or a refusal.
             if self._refusal is not None:
                 self._error = self._refusal
-                raise self._error from None
-            if self._head is None:
+            elif self._head is None:
                 self._error = self._malformed(exc)
-                raise self._error from None
         except httptools.HttpParserError as exc:
             self._error = self._malformed(exc)
-            raise self._error from None
         else:
             if self._reading_head() and len(self._buffer) > self._max_head_size:
                 self._error = self._too_big()
-                raise self._error
+        if self._head is not None or self._error is not None:
+            self._http = None
+        if self._error is not None:
+            raise self._error
         return self._head
-
-    def _parser(self) -> httptools.HttpRequestParser | httptools.HttpResponseParser:
-        raise NotImplementedError
 
     def _reading_head(self) -> bool:
         """Whether the bytes arriving still belong to the head."""
@@ -420,7 +431,7 @@ class _HeadReader(Generic[_Head]):
         )
 
 
-class RequestReader(_HeadReader[Request]):
+class RequestReader(_HeadReader[Request, httptools.HttpRequestParser]):
     """Server side: feed bytes until one complete request arrives.
 
     A body is read only up to ``max_body_size`` bytes (413 beyond it); with
@@ -429,7 +440,7 @@ class RequestReader(_HeadReader[Request]):
     refused whatever ``max_body_size`` says.
     """
 
-    __slots__ = ("_body", "_http", "_max_body_size", "_pending", "_url")
+    __slots__ = ("_body", "_max_body_size", "_pending", "_url")
 
     def __init__(
         self,
@@ -446,9 +457,6 @@ class RequestReader(_HeadReader[Request]):
         self._pending: Request | None = None
         self._body = bytearray()
 
-    def _parser(self) -> httptools.HttpRequestParser:
-        return self._http
-
     def _reading_head(self) -> bool:
         return self._head is None and self._pending is None
 
@@ -460,6 +468,7 @@ class RequestReader(_HeadReader[Request]):
         """The head is complete: a request, or the wait for its body."""
         head_end = self._head_end()
         http = self._http
+        assert http is not None  # llhttp is calling
         version = http.get_http_version()
         if version < "1.1":
             # §4.1: "The method of the request MUST be GET, and the HTTP
@@ -470,7 +479,7 @@ class RequestReader(_HeadReader[Request]):
                 )
             )
         headers = Headers(self._fields)
-        if len(headers.get_all("Host")) != 1:
+        if len(headers._values("Host")) != 1:
             # RFC 9112 §3.2
             raise self._refuse(
                 self._malformed(ValueError("exactly one Host header is required"))
@@ -482,9 +491,14 @@ class RequestReader(_HeadReader[Request]):
                 self._malformed(ValueError("the target is not ASCII"))
             ) from None
         request = Request(http.get_method().decode("ascii"), target, headers)
-        if not self._has_body(headers, http.should_upgrade()):
+        upgrade = http.should_upgrade()
+        if not self._has_body(headers, upgrade):
             self._head = request
             self._trailing = bytes(self._buffer[head_end:])
+            if upgrade:
+                # llhttp stops by itself after an upgrade request's head,
+                # with one exception of its own: cheaper than raising ours.
+                return
             raise _Done
         self._pending = request
 
@@ -528,14 +542,14 @@ class RequestReader(_HeadReader[Request]):
         )
 
 
-class ResponseReader(_HeadReader[Response]):
+class ResponseReader(_HeadReader[Response, httptools.HttpResponseParser]):
     """Client side: feed bytes until the response head arrives.
 
     Interim 1xx responses other than 101 are skipped (RFC 9110 §15.2);
     ``max_head_size`` bounds all heads read together.
     """
 
-    __slots__ = ("_http", "_reason")
+    __slots__ = ("_reason",)
 
     def __init__(
         self, *, max_head_size: int = MAX_HEAD_SIZE, max_headers: int = MAX_HEADERS
@@ -544,9 +558,6 @@ class ResponseReader(_HeadReader[Response]):
         self._http = httptools.HttpResponseParser(self)
         self._reason = b""
 
-    def _parser(self) -> httptools.HttpResponseParser:
-        return self._http
-
     def on_status(self, reason: bytes) -> None:
         """A piece of the reason phrase."""
         self._reason += reason
@@ -554,7 +565,9 @@ class ResponseReader(_HeadReader[Response]):
     def on_headers_complete(self) -> None:
         """A head is complete: skip it if interim, else the response."""
         head_end = self._head_end()
-        status = self._http.get_status_code()
+        http = self._http
+        assert http is not None  # llhttp is calling
+        status = http.get_status_code()
         if status < 200 and status != 101:
             self._start = head_end
             self._fields = []
@@ -568,7 +581,11 @@ class ResponseReader(_HeadReader[Response]):
 
 def _has_token(headers: Headers, name: str, token: str) -> bool:
     value = headers.get(name)
-    return value is not None and token in (t.lower() for t in parse_token_list(value))
+    # parse_token_list() inlined, and the value lowered once: this runs
+    # twice for every connection a server accepts.
+    return value is not None and token in [
+        e.strip(" \t") for e in value.lower().split(",")
+    ]
 
 
 def _require_token(
@@ -606,27 +623,27 @@ def validate_request(request: Request) -> str:
             status=405,
             headers=[("Allow", "GET")],
         )
-    if len(headers.get_all("Host")) != 1:
+    if len(headers._values("Host")) != 1:
         raise InvalidHandshake("request must have exactly one Host header")
     # RFC 9110 §15.5.22: a 426 names the protocol to upgrade to.
     upgrade = [("Upgrade", "websocket"), ("Connection", "Upgrade")]
     _require_token(headers, "Upgrade", "websocket", 426, upgrade)
     _require_token(headers, "Connection", "upgrade")
-    keys = headers.get_all("Sec-WebSocket-Key")
+    keys = headers._values("Sec-WebSocket-Key")
     if len(keys) != 1:
         raise InvalidHandshake(
             f"request must have exactly one Sec-WebSocket-Key header, has {len(keys)}"
         )
     key = keys[0]
     try:
-        raw = base64.b64decode(key, validate=True)
+        raw = binascii.a2b_base64(key.encode("ascii"), strict_mode=True)
     except (binascii.Error, ValueError):  # ValueError: non-ASCII str
         raw = b""
     if len(raw) != 16:
         raise InvalidHandshake(
             f"Sec-WebSocket-Key header {key!r} is not base64 of 16 bytes"
         )
-    versions = headers.get_all("Sec-WebSocket-Version")
+    versions = headers._values("Sec-WebSocket-Version")
     if versions != ["13"]:
         raise InvalidHandshake(
             f"Sec-WebSocket-Version header is {', '.join(versions) or 'missing'}; "
@@ -648,7 +665,7 @@ def validate_response(response: Response, key: str) -> None:
         raise InvalidStatus(response.status, headers.items())
     _require_token(headers, "Upgrade", "websocket")
     _require_token(headers, "Connection", "upgrade")
-    accepts = headers.get_all("Sec-WebSocket-Accept")
+    accepts = headers._values("Sec-WebSocket-Accept")
     expected = accept_key(key)
     if accepts != [expected]:
         got = ", ".join(accepts) or "missing"
@@ -657,9 +674,10 @@ def validate_response(response: Response, key: str) -> None:
         )
 
 
-def _encode_head(start_line: str, fields: Iterable[tuple[str, str]]) -> bytes:
-    """Serialize an HTTP head, refusing anything that could inject headers."""
-    lines = [start_line]
+def _encode_head(start: str, fields: Iterable[tuple[str, str]]) -> bytes:
+    """Serialize an HTTP head, refusing anything in ``fields`` that could
+    inject headers; ``start`` is the start line (and lines of our own)."""
+    lines = [start]
     for name, value in fields:
         _check_token(name, "header name")
         if _CONTROL_RE.search(value):
@@ -720,11 +738,13 @@ def build_response(
     extra_headers: Iterable[tuple[str, str]] = (),
 ) -> bytes:
     """The server's 101 answer to a request with ``key`` (§4.2.2)."""
-    fields = [
-        ("Upgrade", "websocket"),
-        ("Connection", "Upgrade"),
-        ("Sec-WebSocket-Accept", accept_key(key)),
-    ]
+    # These lines are constants and base64: only the fields after them need
+    # checking.
+    start = (
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Accept: {accept_key(key)}"
+    )
+    fields = []
     if subprotocol is not None:
         fields.append(
             ("Sec-WebSocket-Protocol", _check_token(subprotocol, "subprotocol"))
@@ -732,7 +752,7 @@ def build_response(
     if extensions is not None:
         fields.append(("Sec-WebSocket-Extensions", extensions))
     fields.extend(extra_headers)
-    return _encode_head("HTTP/1.1 101 Switching Protocols", fields)
+    return _encode_head(start, fields)
 
 
 def build_rejection(
