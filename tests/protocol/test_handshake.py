@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import gc
 import re
+from collections.abc import Iterator
 from itertools import pairwise
 
 import pytest
@@ -319,6 +321,39 @@ def test_reader_error_is_sticky() -> None:
         reader.feed(b"\x00garbage\r\n\r\n")
     with pytest.raises(InvalidHandshake):
         reader.feed(SAMPLE_REQUEST)
+
+
+@pytest.fixture
+def garbage() -> Iterator[list[object]]:
+    """What the cyclic garbage collector finds after the test: objects that
+    only it could free."""
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        yield gc.garbage
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+
+
+@pytest.mark.parametrize(
+    ("reader", "data"),
+    [
+        (RequestReader, SAMPLE_REQUEST + b"\x88\x80abcd"),  # early frame
+        (RequestReader, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"),
+        (ResponseReader, b"HTTP/1.1 101 Switching Protocols\r\n\r\n"),
+    ],
+)
+def test_a_reader_done_leaves_nothing_for_the_garbage_collector(
+    garbage: list[object], reader: type[RequestReader | ResponseReader], data: bytes
+) -> None:
+    # llhttp holds the reader's bound methods: a server would leave a cycle
+    # of a dozen objects per connection for the collector to find. (A reader
+    # that refused its head keeps the error it raised again, and with it a
+    # traceback back to itself: a cycle on that path only.)
+    assert reader().feed(data) is not None
+    gc.collect()
+    assert not [o for o in garbage if isinstance(o, RequestReader | ResponseReader)]
 
 
 # -- tokens, headers, targets ----------------------------------------------------
