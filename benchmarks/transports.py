@@ -37,6 +37,7 @@ from typing import Any
 from .harness._proc import servers_cpu
 from .harness.loadgen import build_frame, pin, raise_fd_limit
 from .harness.scenarios import HUB_CHANNEL
+from .harness.servers import ready_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PAYLOAD = 100  # bytes of each publication's data
@@ -279,12 +280,7 @@ def start_hub() -> tuple[subprocess.Popen[bytes], int]:
         env=env,
         cwd=ROOT,
     )
-    assert hub.stdout is not None
-    for line in hub.stdout:
-        event = json.loads(line)
-        if event.get("event") == "ready":
-            return hub, int(event["port"])
-    raise SystemExit("the hub did not start")
+    return hub, ready_port(hub, "the hub")
 
 
 def table(results: list[dict[str, Any]]) -> str:

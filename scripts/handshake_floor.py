@@ -29,6 +29,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the harness, from a script
+
+from benchmarks.harness.servers import ready_port  # noqa: E402
+
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 KEY = b"Sec-WebSocket-Key: "
 SERVER_CORE, CLIENT_CORE = 0, 1
@@ -75,12 +79,7 @@ def start(name: str) -> tuple[subprocess.Popen[bytes], int]:
     env = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'src'}")
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env, cwd=ROOT)
     os.sched_setaffinity(proc.pid, {SERVER_CORE})
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        event = json.loads(line)
-        if event.get("event") == "ready":
-            return proc, int(event["port"])
-    raise SystemExit(f"{name} did not start")
+    return proc, ready_port(proc, name)
 
 
 def measure(name: str) -> tuple[float, float, float]:

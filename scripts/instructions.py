@@ -16,7 +16,6 @@ tidings-async, websockets, aiohttp, picows). Counting starts after a warm-up
 from __future__ import annotations
 
 import glob
-import json
 import os
 import socket
 import subprocess
@@ -24,6 +23,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the harness, from a script
+
+from benchmarks.harness.servers import ready_port  # noqa: E402
+
 UPGRADE = (
     b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
     b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
@@ -46,12 +49,7 @@ def start(name: str, out: str) -> tuple[subprocess.Popen[bytes], int]:
         env=env,
         cwd=ROOT,
     )
-    assert server.stdout is not None
-    for line in server.stdout:
-        event = json.loads(line)
-        if event.get("event") == "ready":
-            return server, int(event["port"])
-    raise SystemExit(f"{name} did not start")
+    return server, ready_port(server, name)
 
 
 def opened(port: int) -> socket.socket:

@@ -29,6 +29,7 @@ import importlib
 import json
 import os
 import socket
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -71,6 +72,17 @@ ServerMain = Callable[[str, str, int, "asyncio.Future[None]"], Awaitable[None]]
 def emit(**fields: Any) -> None:
     sys.stdout.write(json.dumps(fields) + "\n")
     sys.stdout.flush()
+
+
+def ready_port(server: subprocess.Popen[bytes], name: str) -> int:
+    """The port that a server started with ``stdout=PIPE`` names in its
+    ``ready`` line; SystemExit if it ends without one."""
+    assert server.stdout is not None
+    for line in server.stdout:
+        event = json.loads(line)
+        if event.get("event") == "ready":
+            return int(event["port"])
+    raise SystemExit(f"{name} did not start")
 
 
 def version(module: str) -> str:
