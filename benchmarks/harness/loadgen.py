@@ -704,8 +704,10 @@ async def measure(
         client = (p1 - p0) / wall
         server = system = None
         if s0 is not None and s1 is not None:
-            server = (sum(s1) - sum(s0)) / wall
-            system = (s1[1] - s0[1]) / wall
+            # Summed from the two differences, so that system <= server
+            # holds in floating point too.
+            user, system = s1[0] - s0[0], s1[1] - s0[1]
+            server, system = (user + system) / wall, system / wall
         foreign = None
         busy_s = busy_fraction(k0, k1, server_core)
         busy_c = busy_fraction(k0, k1, client_core)

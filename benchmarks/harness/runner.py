@@ -891,9 +891,13 @@ class Runner:
             out.notes.append(f"{event['errors']} connections or messages failed")
         if before[0] is None or after[0] is None or wall <= 0:
             return
-        server = (sum(after[0]) - sum(before[0])) / wall
+        # As in loadgen.measure: summed from the differences, so that the
+        # system part never exceeds the whole in floating point.
+        user = after[0][0] - before[0][0]
+        system = after[0][1] - before[0][1]
+        server = (user + system) / wall
         out.server_cpu.append(server)
-        out.server_system.append((after[0][1] - before[0][1]) / wall)
+        out.server_system.append(system / wall)
         if server > 0:
             out.per_cpu.append(value / server)
         busy_s = busy_fraction(before[1], after[1], self.cfg.server_cpu)
