@@ -9,11 +9,12 @@ import contextlib
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from websockets.sync.server import ServerConnection
+from websockets.sync.server import ServerConnection as WsServerConnection
 from websockets.sync.server import serve as ws_serve
 
 import tidings
@@ -21,9 +22,14 @@ import tidings.sync
 from tidings import ConnectionClosed, WebSocket
 from tidings.engine.http import HTTPResponse
 from tidings.exceptions import InvalidStatus
-from tidings.protocol import State
+from tidings.protocol import ServerConnection, State
 
 BOUND = 30  # seconds: every wait in these tests is bounded
+
+#: Seconds a busy server leaves its socket unread: far longer than the short
+#: timeouts the client used before. What the tests check holds however long
+#: it is; it only has to outlast those timeouts for a fault to show.
+BUSY = 0.5
 
 
 @contextlib.contextmanager
@@ -61,7 +67,7 @@ def tidings_server(
 
 @contextlib.contextmanager
 def websockets_server() -> Iterator[int]:
-    def echo(ws: ServerConnection) -> None:
+    def echo(ws: WsServerConnection) -> None:
         for message in ws:
             ws.send(message)
 
@@ -72,6 +78,37 @@ def websockets_server() -> Iterator[int]:
             yield server.socket.getsockname()[1]
         finally:
             server.shutdown()
+            thread.join(BOUND)
+
+
+@contextlib.contextmanager
+def hand_server(
+    script: Callable[[socket.socket, ServerConnection], None],
+) -> Iterator[int]:
+    """A server for one client, driven by hand over the sans-I/O core in a
+    thread: it completes the handshake, then ``script`` does the rest with
+    the socket and the protocol. Yields the port."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(BOUND)
+
+        def run() -> None:
+            sock, _ = listener.accept()
+            with sock:
+                sock.settimeout(BOUND)
+                conn = ServerConnection()
+                while conn.request is None:
+                    data = sock.recv(65536)
+                    assert data, "the client left before its request"
+                    conn.receive_data(data)
+                conn.accept()
+                sock.sendall(b"".join(conn.data_to_send()))
+                script(sock, conn)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        try:
+            yield listener.getsockname()[1]
+        finally:
             thread.join(BOUND)
 
 
@@ -100,6 +137,49 @@ def test_recv_times_out_and_the_connection_goes_on() -> None:
             ws.recv(timeout=0.05)
         ws.send("still here")
         assert ws.recv(timeout=BOUND) == "still here"
+
+
+def test_send_waits_for_a_busy_server_whatever_recv_timed_out_before() -> None:
+    async def busy_then_sizes(ws: WebSocket) -> None:
+        time.sleep(BUSY)  # a busy loop, on purpose: nothing is read meanwhile
+        async for message in ws:
+            await ws.send(str(len(message)))
+
+    big = bytes(16 << 20)  # more than the kernel buffers while nobody reads
+    with (
+        tidings_server(busy_then_sizes, max_message_size=None) as port,
+        tidings.sync.connect(f"ws://127.0.0.1:{port}/", compression=None) as ws,
+    ):
+        with pytest.raises(TimeoutError):
+            ws.recv(timeout=0.05)
+        ws.send(big)  # blocks until the server reads, however long that is
+        assert ws.recv(timeout=BOUND) == str(len(big))
+
+
+def test_a_failed_write_of_a_pong_fails_the_connection() -> None:
+    # Our end refuses writes from the start, as after a write that failed
+    # midway: the pong cannot go out whole, so nothing may follow it.
+    refused = threading.Event()
+    done = threading.Event()
+
+    def ping_then_wait(sock: socket.socket, conn: ServerConnection) -> None:
+        assert refused.wait(BOUND)
+        conn.send_ping(b"are you there?")
+        sock.sendall(b"".join(conn.data_to_send()))
+        done.wait(2 * BOUND)  # keep the connection open, reading nothing
+
+    with hand_server(ping_then_wait) as port:
+        ws = tidings.sync.connect(f"ws://127.0.0.1:{port}/")
+        try:
+            ws._sock.shutdown(socket.SHUT_WR)
+            refused.set()
+            with pytest.raises(ConnectionClosed) as caught:
+                ws.recv(timeout=BOUND)
+        finally:
+            done.set()
+            ws.close()
+    assert caught.value.code == 1006
+    assert ws.state is State.CLOSED
 
 
 def test_iteration_ends_quietly_on_a_clean_close_after_every_message() -> None:

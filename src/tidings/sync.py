@@ -11,6 +11,13 @@ server is seen. A script that stops reading for longer than the server's
 keepalive timeout (20 s for a tidings server) will find the connection
 closed by the server. Read or close in time, or use the asyncio client,
 which reads all along.
+
+Writes have no timeout of their own, as in the websockets library's
+blocking client: a timeout could stop one midway through a frame, after
+which nothing more can be sent. ``send`` and the answers to pings wait
+while the server does not read (TCP flow control), whatever timeout a
+``recv`` had. Only opening and closing are bounded, by ``open_timeout``
+and ``close_timeout``. A write that fails loses the connection (1006).
 """
 
 from __future__ import annotations
@@ -90,20 +97,21 @@ class WebSocket:
 
     def send(self, message: str | bytes | bytearray | memoryview) -> None:
         """Send ``str`` as text, bytes-like as binary; blocks until the
-        kernel took it. Raises :class:`ConnectionClosed` once closed."""
+        kernel took all of it, however long the server takes to read.
+        Raises :class:`ConnectionClosed` once closed."""
         self._conn.send_message(message)
         try:
             self._flush()
         except OSError as exc:
-            self._conn.receive_eof()  # the peer is gone: CLOSED, 1006
-            self._sock.close()
             raise ConnectionClosed(1006, str(exc)) from exc
 
     def recv(self, timeout: float | None = None) -> Message:
         """Return the next message, waiting at most ``timeout`` seconds
-        (None: as long as it takes); raise :class:`TimeoutError` when none
-        came in time, :class:`ConnectionClosed` once the connection is
-        closed and every message before the close was read."""
+        (None: as long as it takes) for one to arrive; raise
+        :class:`TimeoutError` when none came in time,
+        :class:`ConnectionClosed` once the connection is closed and every
+        message before the close was read. Answering a ping may take longer
+        than ``timeout`` while the server does not read."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._messages:
             if self._conn.state is State.CLOSED:
@@ -131,11 +139,11 @@ class WebSocket:
         """Close with ``code`` and ``reason``, and wait at most
         ``close_timeout`` for the server's answer and its end of TCP.
         Messages that arrive meanwhile are kept for :meth:`recv`."""
+        deadline = time.monotonic() + self.close_timeout
         if self._conn.state is State.OPEN:
             self._conn.send_close(code, reason)
-            with contextlib.suppress(OSError):
-                self._flush()
-        deadline = time.monotonic() + self.close_timeout
+            with contextlib.suppress(OSError):  # it closed the socket: done
+                self._flush(self.close_timeout)
         with contextlib.suppress(OSError):
             # RFC 6455 §7.1.1: the server closes TCP first; wait for its EOF.
             while self._sock.fileno() != -1:
@@ -158,10 +166,21 @@ class WebSocket:
 
     # -- internals -----------------------------------------------------
 
-    def _flush(self) -> None:
+    def _flush(self, timeout: float | None = None) -> None:
+        """Write what the protocol has to send, waiting at most ``timeout``
+        seconds (None: as long as it takes). On failure the connection is
+        lost (1006) and the OSError raised: part of a frame may be on the
+        wire, and nothing sent after it would be read right."""
         data = self._conn.data_to_send()
-        if data:
+        if not data:
+            return
+        self._sock.settimeout(timeout)
+        try:
             self._sock.sendall(b"".join(data))
+        except OSError:
+            self._conn.receive_eof()  # CLOSED, 1006
+            self._sock.close()
+            raise
 
     def _read(self, timeout: float | None) -> None:
         """Read once, for at most ``timeout`` seconds: keep the messages,
@@ -179,8 +198,10 @@ class WebSocket:
         self._messages.extend(
             e.data for e in events if isinstance(e, TextMessage | BinaryMessage)
         )
-        with contextlib.suppress(OSError):
-            self._flush()
+        try:
+            self._flush()  # pongs, the answer to a close
+        except OSError:
+            return  # the connection is lost: recv says so
         if not data or (conn.state is State.CLOSED and conn.should_close_transport()):
             self._sock.close()
 
@@ -234,13 +255,13 @@ def connect(
                 sock, server_hostname=server_hostname or target.host
             )
         ws = WebSocket(sock, conn, close_timeout)
-        ws._flush()  # the request
         while conn.state is State.CONNECTING:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise TimeoutError(
                     f"opening a WebSocket to {target} took longer than {open_timeout} s"
                 )
+            ws._flush(left)  # the request, the first time round
             ws._read(left)
         if conn.state is not State.OPEN and conn.error is not None:
             raise conn.error
