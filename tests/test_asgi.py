@@ -6,18 +6,25 @@ apps to the websockets library's client and tidings' own."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
 import websockets
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket as StarletteWebSocket
+from starlette.websockets import WebSocketDisconnect
 from websockets.exceptions import ConnectionClosed as WsClosed
 from websockets.exceptions import InvalidStatus as WsInvalidStatus
 
@@ -25,9 +32,25 @@ import tidings
 from tidings.asgi import WebSocketProtocol
 
 from .asgi_apps import RAW_DISCONNECTS, fastapi_app, raw_app, starlette_app
-from .conftest import ServeASGI
+from .conftest import RawConnect, ServeASGI
 
 BOUND = 10
+
+
+@contextlib.asynccontextmanager
+async def stopped_by_the_test(app: Any) -> AsyncIterator[tuple[uvicorn.Server, int]]:
+    """uvicorn with tidings' protocol for a test that stops it (with
+    ``server.should_exit``): yields the server and its port, then waits for
+    it to end."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    config = uvicorn.Config(app, ws=WebSocketProtocol, lifespan="off")
+    server = uvicorn.Server(config)
+    task = asyncio.ensure_future(server.serve([sock]))
+    yield server, sock.getsockname()[1]
+    async with asyncio.timeout(BOUND):
+        await task
 
 
 @pytest.mark.parametrize("app", [fastapi_app, starlette_app, raw_app])
@@ -161,23 +184,73 @@ async def test_uvicorns_size_and_compression_settings_apply(
 
 
 async def test_shutdown_closes_open_connections_with_1012() -> None:
-    config = uvicorn.Config(
-        raw_app, host="127.0.0.1", port=0, ws=WebSocketProtocol, lifespan="off"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.ensure_future(server.serve())
-    async with asyncio.timeout(BOUND):
-        while not server.started:
-            await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    async with websockets.connect(f"ws://127.0.0.1:{port}/echo") as ws:
+    async with (
+        stopped_by_the_test(raw_app) as (server, port),
+        websockets.connect(f"ws://127.0.0.1:{port}/echo") as ws,
+    ):
         server.should_exit = True
         with pytest.raises(WsClosed) as info:
             async with asyncio.timeout(BOUND):
                 await ws.recv()
     assert info.value.rcvd.code == 1012
-    async with asyncio.timeout(BOUND):
-        await task
+
+
+async def test_a_send_during_shutdown_finds_the_client_gone(
+    raw_connect: RawConnect,
+) -> None:
+    # As with uvicorn's own protocols: the app never sent websocket.close,
+    # so its send raises ClientDisconnected, which Starlette turns into
+    # WebSocketDisconnect, rather than a RuntimeError about its own close.
+    go = asyncio.Event()
+    outcome: asyncio.Future[Exception | None] = asyncio.Future()
+
+    async def send_when_told(websocket: StarletteWebSocket) -> None:
+        await websocket.accept()
+        await go.wait()
+        try:
+            await websocket.send_text("too late")
+        except Exception as exc:
+            outcome.set_result(exc)
+        else:
+            outcome.set_result(None)
+
+    app = Starlette(routes=[WebSocketRoute("/", send_when_told)])
+    async with stopped_by_the_test(app) as (server, port):
+        client = await raw_connect(port)
+        assert (await client.handshake()).startswith(b"HTTP/1.1 101")
+        server.should_exit = True
+        async with asyncio.timeout(BOUND):
+            head = await client.reader.readexactly(2)
+            payload = await client.reader.readexactly(head[1] & 0x7F)
+        assert head[0] == 0x88 and payload[:2] == (1012).to_bytes(2)
+        go.set()  # while the client has not answered the close
+        async with asyncio.timeout(BOUND):
+            raised = await outcome
+        client.close()
+    assert isinstance(raised, WebSocketDisconnect), repr(raised)
+
+
+@pytest.mark.parametrize(
+    "http",
+    [
+        pytest.param({"http": "httptools"}, id="httptools"),
+        # h11 bounds a head that arrives in pieces: set its bound above this one.
+        pytest.param(
+            {"http": "h11", "h11_max_incomplete_event_size": 1 << 20}, id="h11"
+        ),
+    ],
+)
+async def test_a_large_cookie_is_uvicorns_to_bound(
+    serve_asgi: ServeASGI, http: dict[str, Any]
+) -> None:
+    # Browsers send every cookie of the site with the upgrade request.
+    cookie = "session=" + "x" * (20 << 10)
+    url = await serve_asgi(raw_app, **http)
+    async with websockets.connect(
+        url + "/scope", additional_headers={"Cookie": cookie}
+    ) as ws:
+        scope = json.loads(await ws.recv())
+    assert ["cookie", cookie] in scope["headers"]
 
 
 def test_the_uvicorn_command_line_takes_the_class() -> None:

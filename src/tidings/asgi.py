@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from typing import Any
 from urllib.parse import unquote
 
@@ -45,8 +46,8 @@ class WebSocketProtocol(WebSocket):
     __slots__ = (
         "_accepted",
         "_app",
+        "_app_closed",
         "_app_state",
-        "_close_sent",
         "_connect_sent",
         "_denial",
         "_root_path",
@@ -66,7 +67,13 @@ class WebSocketProtocol(WebSocket):
             config.load()
         compression = DeflateConfig() if config.ws_per_message_deflate else None
         conn = ServerConnection(
-            compression=compression, max_message_size=config.ws_max_size
+            compression=compression,
+            max_message_size=config.ws_max_size,
+            # uvicorn read the whole head, within its own bound, before it
+            # hands it over: a second, lower bound here would refuse browsers
+            # with large cookies and offer no setting to change it.
+            max_head_size=sys.maxsize,
+            max_headers=sys.maxsize,
         )
         super().__init__(
             conn,
@@ -82,7 +89,9 @@ class WebSocketProtocol(WebSocket):
         self._app_state = app_state
         self._connect_sent = False
         self._accepted = False
-        self._close_sent = False
+        #: The app sent websocket.close, so a later send is its mistake; after
+        #: a close of ours (shutdown), sends find the client gone instead.
+        self._app_closed = False
         #: Status, headers and body of a denial response being sent.
         self._denial: tuple[int, list[tuple[str, str]], bytearray] | None = None
         self.scope: Event = {}
@@ -196,7 +205,7 @@ class WebSocketProtocol(WebSocket):
             self._denial_body(message)
         elif not self._accepted:
             self._handshake(message)
-        elif self._close_sent:
+        elif self._app_closed:
             raise RuntimeError(
                 f"Unexpected ASGI message '{kind}' after websocket.close"
             )
@@ -211,6 +220,7 @@ class WebSocketProtocol(WebSocket):
             except ConnectionClosed:
                 raise ClientDisconnected("the client is gone") from None
         elif kind == "websocket.close":
+            self._app_closed = True
             self._send_close(message.get("code", 1000), message.get("reason") or "")
         else:
             raise RuntimeError(
@@ -287,7 +297,6 @@ class WebSocketProtocol(WebSocket):
 
     def _send_close(self, code: int, reason: str) -> None:
         """Send our close frame without waiting for the answer."""
-        self._close_sent = True
         if self._conn.state is State.OPEN:
             self._start_close(code, reason)
 
