@@ -1,7 +1,8 @@
-"""``tidings bench URL``, the load tool, against real echo servers: tidings'
-own and the websockets library's. What it counts must agree with what the
-server saw, its latency figures must be ordered and plausible, and Ctrl-C
-must print the figures so far."""
+"""``tidings bench URL``, the load tool, against real echo servers (tidings'
+own and the websockets library's) and a real hub. What it counts must agree
+with what the server saw, its latency figures must be ordered and
+plausible, Ctrl-C must print the figures so far, and a run that lost
+connections or messages must say so and exit non-zero."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import json
 import random
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -22,8 +24,19 @@ from websockets.asyncio.server import serve as ws_serve
 import tidings
 from tidings import WebSocket
 from tidings.bench import BenchResult, Histogram, bench, fanout
+from tidings.hub import Hub, HubConfig
+from tidings.hub.brokers.base import Push
+from tidings.hub.session import MAX_RATE_LIMITED
+
+from .conftest import Peer, free_port, lose
 
 BOUND = 30
+
+#: A channel of the development hub's demo namespaces, where anyone publishes.
+CHANNEL = "chat:bench"
+
+#: The counts of what went wrong, by kind, and of the messages ignored.
+KINDS = ("failed", "refused", "lost", "missing", "foreign")
 
 
 class Seen:
@@ -149,38 +162,46 @@ async def test_stop_ends_the_run_with_the_figures_so_far() -> None:
     check(result, seen, size=32, connections=1)
 
 
+Process = asyncio.subprocess.Process
+
+
+async def interrupt_bench(
+    *args: str, when: Callable[[Process], Awaitable[object]]
+) -> tuple[int, Any]:
+    """Run ``tidings bench ARGS --json`` and Ctrl-C it once ``when(process)``
+    is done; return its exit status and its report."""
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "tidings", "bench", *args, "--json"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(BOUND):
+            await when(proc)
+            proc.send_signal(signal.SIGINT)
+            out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None and out, err.decode()
+    return proc.returncode, json.loads(out)
+
+
+async def first_progress(proc: Process) -> None:
+    assert proc.stderr is not None
+    line = await proc.stderr.readline()
+    assert b"msg/s" in line, line
+
+
 async def test_the_command_prints_the_summary_on_ctrl_c() -> None:
     seen = Seen()
     async with tidings_echo(seen) as url:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tidings",
-            "bench",
-            url,
-            "-c",
-            "2",
-            "--duration",
-            "600",
-            "--warmup",
-            "0",
-            "--json",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        status, result = await interrupt_bench(
+            *(url, "-c", "2", "--duration", "600", "--warmup", "0"),
+            when=first_progress,
         )
-        assert proc.stdout is not None and proc.stderr is not None
-        try:
-            async with asyncio.timeout(BOUND):
-                line = await proc.stderr.readline()  # the first progress line
-                assert b"msg/s" in line, line
-                proc.send_signal(signal.SIGINT)
-                out, _ = await proc.communicate()
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-    assert proc.returncode == 0
-    result = json.loads(out)
+    assert status == 0
     assert result["interrupted"] is True and result["connections"] == 2
     assert result["sent"] == result["received"] == seen.messages
     assert result["messages_per_second"] > 0
@@ -210,7 +231,7 @@ async def test_the_command_says_why_it_cannot_connect() -> None:
         "-m",
         "tidings",
         "bench",
-        f"ws://127.0.0.1:{_closed_port()}/",
+        f"ws://127.0.0.1:{free_port()}/",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -219,15 +240,6 @@ async def test_the_command_says_why_it_cannot_connect() -> None:
     assert proc.returncode == 1 and out == b""
     assert err.decode().startswith("tidings: ws://127.0.0.1:")
     assert "connection refused" in err.decode()
-
-
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 @given(st.lists(st.integers(1, 10**11), min_size=1, max_size=500))
@@ -253,19 +265,17 @@ def test_an_empty_histogram_says_zero() -> None:
 
 
 async def test_fanout_times_every_delivery_from_a_hub() -> None:
-    from tidings.hub import Hub, HubConfig
-
     async with Hub(HubConfig(port=0)) as hub, asyncio.timeout(BOUND):
         result = await fanout(
             hub.ws_url,
-            "chat:bench",
+            CHANNEL,
             subscribers=5,
             rate=50,
             size=100,
             duration=0.5,
             warmup=0.1,
         )
-        position = await hub.history("chat:bench", limit=0)
+        position = await hub.history(CHANNEL, limit=0)
     # Every publication the hub took reached every subscriber, once.
     assert result.mode == "fanout" and result.connections == 5
     assert position.offset == result.sent > 0
@@ -276,11 +286,171 @@ async def test_fanout_times_every_delivery_from_a_hub() -> None:
 
 
 async def test_fanout_counts_what_the_hub_refuses() -> None:
-    from tidings.hub import Hub, HubConfig
-
     async with Hub(HubConfig(port=0, rate_limit=5, rate_burst=5)) as hub:
         async with asyncio.timeout(BOUND):
             result = await fanout(
                 hub.ws_url, "chat:limited", subscribers=1, rate=100, duration=0.5
             )
-    assert result.errors > 0  # the publisher's 429s
+    # The publisher's 429s, then its connection, which the hub closes (4008)
+    # when they go on; a publication refused owes no deliveries.
+    assert errors_of(result.to_json()) == no_errors(refused=MAX_RATE_LIMITED, lost=1)
+    assert not result.complete
+
+
+def errors_of(report: dict[str, Any]) -> dict[str, Any]:
+    """What a run's report (``to_json()``, or ``--json``) counts by kind."""
+    return {kind: report.get(kind) for kind in KINDS}
+
+
+def no_errors(**counts: int) -> dict[str, int]:
+    """``errors_of`` a report with nothing wrong but ``counts``."""
+    return {**dict.fromkeys(KINDS, 0), **counts}
+
+
+@asynccontextmanager
+async def closing_echo(
+    echoes: int, connections: int
+) -> AsyncIterator[tuple[str, asyncio.Event]]:
+    """An echo server that closes every connection after ``echoes`` echoes;
+    the event is set once ``connections`` closing handshakes are done, so
+    that the client has seen every close."""
+    closed = asyncio.Event()
+    done = 0
+
+    async def handler(ws: WebSocket) -> None:
+        nonlocal done
+        for _ in range(echoes):
+            await ws.send(await ws.recv())
+        await ws.close(1000, "enough")
+        done += 1
+        if done == connections:
+            closed.set()
+
+    async with tidings.serve(handler, "127.0.0.1", 0) as server:
+        yield f"ws://127.0.0.1:{server.port}/", closed
+
+
+async def test_echo_counts_the_connections_the_server_closed() -> None:
+    async with closing_echo(20, 2) as (url, closed), asyncio.timeout(BOUND):
+        result = await bench(url, connections=2, duration=BOUND, warmup=0, stop=closed)
+    assert result.received == 40 and result.connections == 2
+    # Whatever each connection sent after its 20th echo was never answered.
+    missing = result.sent - result.received
+    assert errors_of(result.to_json()) == no_errors(lost=2, missing=missing)
+    assert result.errors == 2 + missing and not result.complete
+    assert "2 connections lost before the end" in result.summary()
+
+
+async def test_the_command_exits_non_zero_when_connections_were_lost() -> None:
+    async with closing_echo(20, 2) as (url, closed):
+        status, report = await interrupt_bench(
+            *(url, "-c", "2", "--duration", "600", "--warmup", "0"),
+            when=lambda _: closed.wait(),
+        )
+    assert status == 1
+    assert report["received"] == 40 and report["lost"] == 2
+    assert report["complete"] is False and report["interrupted"] is True
+
+
+def pushed_past(hub: Hub, offset: int) -> asyncio.Future[None]:
+    """Done once ``hub`` has handed its subscribers a publication after
+    ``offset`` (and so, in order, every one before it)."""
+    done = asyncio.get_running_loop().create_future()
+    deliver = hub.on_push
+
+    def watch(push: Push) -> None:
+        deliver(push)
+        if push.kind == "pub" and push.offset > offset and not done.done():
+            done.set_result(None)
+
+    hub.on_push = watch  # type: ignore[method-assign]
+    return done
+
+
+async def test_fanout_ignores_publications_that_are_not_its_own() -> None:
+    stop = asyncio.Event()
+    async with (
+        Hub(HubConfig(port=0)) as hub,
+        tidings.connect(hub.ws_url) as ws,
+        asyncio.timeout(BOUND),
+    ):
+        # Someone else on the channel: it also keeps the hub pushing to it
+        # whatever becomes of the run's subscribers.
+        other = Peer(ws, hub)
+        await other.result("connect")
+        await other.result("subscribe", channel=CHANNEL)
+        run = asyncio.ensure_future(
+            fanout(
+                hub.ws_url,
+                CHANNEL,
+                subscribers=3,
+                rate=50,
+                duration=BOUND,
+                warmup=0,
+                stop=stop,
+            )
+        )
+        await pushed_past(hub, 0)  # the run is publishing
+        # One from the HTTP API's side with no "t", one from another client
+        # that looks like the run's own.
+        await hub.publish(CHANNEL, {"text": "not the bench's"})
+        mimic = await other.result("publish", channel=CHANNEL, data={"t": 1})
+        await pushed_past(hub, mimic["offset"])  # the run's subscribers got both
+        stop.set()
+        result = await run
+        position = await hub.history(CHANNEL, limit=0)
+    assert errors_of(result.to_json()) == no_errors(foreign=2 * 3)
+    assert result.complete and result.connections == 3
+    assert result.received == result.sent * 3 and position.offset == result.sent + 2
+    assert "ignored: 6 messages that were not this run's" in result.summary()
+
+
+async def test_fanout_counts_the_subscribers_the_hub_dropped() -> None:
+    stop = asyncio.Event()
+
+    def progress(elapsed: float, so_far: BenchResult) -> None:
+        if so_far.to_json().get("lost") == 3:
+            stop.set()
+
+    async with Hub(HubConfig(port=0)) as hub, asyncio.timeout(BOUND):
+        run = asyncio.ensure_future(
+            fanout(
+                hub.ws_url,
+                CHANNEL,
+                subscribers=3,
+                rate=50,
+                duration=BOUND / 3,
+                warmup=0,
+                progress=progress,
+                stop=stop,
+            )
+        )
+        await pushed_past(hub, 0)
+        # The run's connections have no user: this ends all its subscriptions.
+        assert hub.unsubscribe_user("", CHANNEL) == 3
+        result = await run
+    report = result.to_json()
+    assert report.get("lost") == 3, report
+    # The run went on publishing to no one: every delivery after is missing.
+    expected = (result.sent - result.refused) * 3
+    missing = expected - result.received
+    assert missing > 0
+    assert errors_of(report) == no_errors(lost=3, missing=missing)
+    assert not result.complete
+    summary = result.summary()
+    assert "3 of 4 connections" in summary and f"{missing:,} of {expected:,}" in summary
+
+
+async def test_the_command_exits_non_zero_when_deliveries_are_missing() -> None:
+    async with Hub(HubConfig(port=0)) as hub:
+        lose(hub, {1})  # every subscriber misses the run's first publication
+        published = pushed_past(hub, 1)
+        status, report = await interrupt_bench(
+            *(hub.ws_url, "--hub", CHANNEL, "--subscribers", "3", "--rate", "50"),
+            *("--duration", "600", "--warmup", "0"),
+            when=lambda _: published,
+        )
+    assert status == 1
+    assert errors_of(report) == no_errors(missing=3)
+    assert report["received"] == (report["sent"] - 1) * 3
+    assert report["complete"] is False

@@ -18,6 +18,15 @@ Both measure for ``duration`` seconds after ``warmup`` and report messages
 p99 and maximum. One message in flight per connection (the echo default) is
 how interactive clients talk and how the peers publish their figures; more
 measures batching, and every figure says which it was.
+
+Figures are only as good as the run behind them, so a run also counts what
+went wrong, by kind: connections that failed to open, publications the hub
+refused, connections lost before the run ended them (in fan-out, also a
+subscription the hub ended), and messages never answered (echoes, or
+deliveries of accepted publications to the subscribers opened). Messages
+that are not the run's own (another client's publications on the channel,
+a message with nothing in flight) are counted apart and ignored. A run
+with any error is not :attr:`BenchResult.complete`.
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ from typing import Any
 from .engine.client import connect
 from .engine.connection import Message, WebSocket
 from .exceptions import ConnectionClosed
-from .protocol import DeflateConfig
+from .protocol import DeflateConfig, State
 
 __all__ = ["BenchResult", "Histogram", "bench", "fanout"]
 
@@ -124,11 +133,22 @@ class BenchResult:
     #: Measured: round trips (echo) or deliveries (fan-out).
     messages: int
     #: Warm-up included: messages sent and echoes received (echo), or
-    #: publications sent and deliveries received (fan-out).
+    #: publications sent and deliveries of them received (fan-out).
     sent: int
     received: int
-    #: Connections that failed to open, and commands refused (fan-out).
-    errors: int
+    #: Errors by kind: connections that failed to open; publications the
+    #: hub refused (fan-out); connections lost before the run ended them
+    #: (fan-out: subscribers and the publisher, and subscriptions the hub
+    #: ended); messages never answered, counted once the run is over (0 in
+    #: progress reports and measurements): echoes, or deliveries of the
+    #: accepted publications to every subscriber opened.
+    failed: int
+    refused: int
+    lost: int
+    missing: int
+    #: Messages that were not this run's, ignored: another client's
+    #: publications on the channel, a message with nothing in flight.
+    foreign: int
     latency_p50_ms: float
     latency_p90_ms: float
     latency_p99_ms: float
@@ -145,9 +165,22 @@ class BenchResult:
         """Round trips or deliveries per second."""
         return self.messages / self.seconds if self.seconds else 0.0
 
+    @property
+    def errors(self) -> int:
+        """Errors of every kind."""
+        return self.failed + self.refused + self.lost + self.missing
+
+    @property
+    def complete(self) -> bool:
+        """Whether the run was what its figures claim: every connection
+        opened and lasted, every message was answered."""
+        return self.errors == 0
+
     def to_json(self) -> dict[str, object]:
         return {
             **asdict(self),
+            "errors": self.errors,
+            "complete": self.complete,
             "messages_per_second": self.rate,
             "bytes_per_second": self.rate * self.size,
         }
@@ -193,9 +226,37 @@ class BenchResult:
                 f"  this tool used {self.client_cpu:.0%} of a core: it set the "
                 "pace, and the server may be faster than these figures"
             )
-        if self.errors:
-            lines.append(f"  {self.errors} errors (connections or commands refused)")
+        errors = self._errors()
+        if errors:
+            lines.append(f"  errors: {', '.join(errors)}")
+        if self.foreign:
+            lines.append(
+                f"  ignored: {_counted(self.foreign, 'message')} that "
+                f"{'was' if self.foreign == 1 else 'were'} not this run's"
+            )
         return "\n".join(lines)
+
+    def _errors(self) -> list[str]:
+        """Each kind of error there was, in words."""
+        if self.mode == "echo":
+            lost = f"{_counted(self.lost, 'connection')} lost before the end"
+            answers = "echoes"
+        else:
+            # Subscribers and the publisher: which one matters less than
+            # that the deliveries below are short.
+            lost = (
+                f"{self.lost} of {self.connections + 1} connections (subscribers "
+                "and the publisher) lost before the end"
+            )
+            answers = "deliveries"
+        expected = self.received + self.missing
+        kinds = [
+            (self.failed, f"{_counted(self.failed, 'connection')} failed to open"),
+            (self.refused, f"{_counted(self.refused, 'publication')} refused"),
+            (self.lost, lost),
+            (self.missing, f"{self.missing:,} of {expected:,} {answers} missing"),
+        ]
+        return [words for count, words in kinds if count]
 
     def line(self, index: int) -> str:
         """One measurement of several, on one line."""
@@ -203,6 +264,10 @@ class BenchResult:
             f"  {index + 1}: {self.rate:,.0f}/s, p50 {self.latency_p50_ms:.3f} ms, "
             f"p99 {self.latency_p99_ms:.3f} ms, client CPU {self.client_cpu:.0%}"
         )
+
+
+def _counted(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
 
 
 def _bytes(n: float) -> str:
@@ -227,7 +292,14 @@ class _Load:
         self.messages = 0
         self.sent = 0
         self.received = 0
-        self.errors = 0
+        self.failed = 0
+        self.refused = 0
+        self.lost = 0
+        self.foreign = 0
+        #: The connections that count as lost if they close, until the run
+        #: ends them; each with the task that waits for its close (held
+        #: here: the loop keeps only a weak reference to a task).
+        self.watched: dict[WebSocket, asyncio.Future[None]] = {}
         #: Counting from the end of the warm-up; sending until stopping.
         self.measuring = False
         self.stopping = False
@@ -239,12 +311,46 @@ class _Load:
         if self.measuring:
             self.histogram.add(latency)
             self.messages += 1
-        if self.stopping and self.received >= self.expected():
+        self.settle()
+
+    def settled(self) -> bool:
+        """Whether nothing more is to come."""
+        raise NotImplementedError
+
+    def settle(self) -> None:
+        """Once stopping, note when nothing more is to come."""
+        if self.stopping and self.settled():
             self.drained.set()
 
-    def expected(self) -> int:
-        """What ``received`` comes to once nothing is in flight."""
-        return self.sent
+    def missing(self) -> int:
+        """Messages never answered, once the run is over."""
+        raise NotImplementedError
+
+    def watch(self, ws: WebSocket) -> None:
+        """Count ``ws`` as lost if it closes before the run ends it."""
+        closed = asyncio.ensure_future(ws.wait_closed())
+        closed.add_done_callback(lambda _: self.lose(ws))
+        self.watched[ws] = closed
+
+    def lose(self, ws: WebSocket) -> None:
+        """``ws`` is gone before the end: count it (once), and expect
+        nothing more of it."""
+        if self.watched.pop(ws, None) is None:
+            return
+        self.lost += 1
+        self.forget(ws)
+        self.settle()
+
+    def forget(self, ws: WebSocket) -> None:
+        """Stop expecting what ``ws`` would still have received."""
+        raise NotImplementedError
+
+    def end(self) -> None:
+        """The run closes its connections from here on: one that is closed
+        or closing already was lost (its close may not have been seen)."""
+        for ws in [ws for ws in self.watched if ws.state is not State.OPEN]:
+            self.lose(ws)
+        self.watched.clear()
 
     def end_window(self) -> tuple[Histogram, int]:
         """This measurement's histogram and count; the next starts empty."""
@@ -258,11 +364,13 @@ class _Load:
         seconds: float,
         window: tuple[Histogram, int] | None = None,
         *,
+        final: bool = False,
         interrupted: bool = False,
         client_cpu: float = 0.0,
         windows: tuple[BenchResult, ...] = (),
     ) -> BenchResult:
-        """The figures of ``window`` (default: the measurement under way)."""
+        """The figures of ``window`` (default: the measurement under way);
+        ``final`` once the run is over."""
         h, messages = window or (self.histogram, self.messages)
         ms = 1e-6
         return BenchResult(
@@ -275,7 +383,11 @@ class _Load:
             messages=messages,
             sent=self.sent,
             received=self.received,
-            errors=self.errors,
+            failed=self.failed,
+            refused=self.refused,
+            lost=self.lost,
+            missing=self.missing() if final else 0,
+            foreign=self.foreign,
             latency_p50_ms=h.quantile(0.5) * ms,
             latency_p90_ms=h.quantile(0.9) * ms,
             latency_p99_ms=h.quantile(0.99) * ms,
@@ -292,10 +404,27 @@ class _Echo(_Load):
     def __init__(self, url: str, payload: bytes | str, in_flight: int) -> None:
         super().__init__(url, len(payload), in_flight)
         self.payload = payload
+        #: Each connection's messages in flight: when each was sent.
+        self.flights: dict[WebSocket, deque[int]] = {}
+        #: Messages in flight on connections lost.
+        self.written_off = 0
+
+    def settled(self) -> bool:
+        return self.received + self.written_off >= self.sent
+
+    def missing(self) -> int:
+        return self.sent - self.received
+
+    def forget(self, ws: WebSocket) -> None:
+        sent_at = self.flights.get(ws)
+        if sent_at:
+            self.written_off += len(sent_at)
+            sent_at.clear()
 
     def start(self, ws: WebSocket) -> OnMessage:
         """Fill ``ws``'s window; return its on_message callback."""
         sent_at: deque[int] = deque()
+        self.flights[ws] = sent_at
         payload = self.payload
         clock = time.perf_counter_ns
 
@@ -303,13 +432,16 @@ class _Echo(_Load):
             try:
                 ws.send_nowait(payload)
             except ConnectionClosed:
-                self.errors += 1  # the server closed it: its load ends
+                self.lose(ws)  # the server closed it: its load ends
                 return
             sent_at.append(clock())
             self.sent += 1
 
         def on_message(_: WebSocket, message: Message) -> None:
-            self.timed(clock() - sent_at.popleft() if sent_at else 0)
+            if not sent_at:
+                self.foreign += 1  # nothing in flight: not an echo
+                return
+            self.timed(clock() - sent_at.popleft())
             if not self.stopping:
                 send()
 
@@ -359,10 +491,12 @@ async def _run(
     """Start the load on the connections that opened, measure (``repeat``
     times), drain."""
     sockets = [ws for ws in opened if isinstance(ws, WebSocket)]
-    load.errors += len(opened) - len(sockets)
+    load.failed += len(opened) - len(sockets)
     load.connections = len(sockets)
     if not sockets:
         raise next(e for e in opened if isinstance(e, BaseException))
+    for ws in sockets:
+        load.watch(ws)
     stop = timing.stop or asyncio.Event()
     whole = Histogram()
     windows: list[BenchResult] = []
@@ -386,15 +520,16 @@ async def _run(
         share = (time.process_time() - cpu) / seconds if seconds else 0.0
         load.measuring = False
         load.stopping = True
-        if load.received >= load.expected():
-            load.drained.set()
+        load.settle()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(load.drained.wait(), _DRAIN)
     finally:
+        load.end()
         await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
     return load.result(
         seconds,
         (whole, sum(w.messages for w in windows)),
+        final=True,
         interrupted=stop.is_set(),
         client_cpu=share,
         windows=tuple(windows) if timing.repeat > 1 else (),
@@ -470,22 +605,84 @@ class _Fanout(_Load):
         self.channel = channel
         self.ids = 0
         self.replies: dict[tuple[WebSocket, int], asyncio.Future[Any]] = {}
+        self.publisher: WebSocket | None = None
+        #: The publisher's client id, which the hub puts in the ``info`` of
+        #: its publications: what tells them from anyone else's.
+        self.client: object = None
+        self.accepted = 0
+        #: The subscribers not lost, and the deliveries each received.
+        self.subscribers: dict[WebSocket, int] = {}
+        #: Deliveries of accepted publications that they have yet to receive
+        #: (below 0 while deliveries overtake the publisher's replies).
+        self.owed = 0
 
-    def expected(self) -> int:
-        return self.sent * self.connections
+    def settled(self) -> bool:
+        answered = self.accepted + self.refused >= self.sent
+        return (answered or self.publisher is None) and self.owed <= 0
+
+    def missing(self) -> int:
+        # The publications of a publisher lost may have been made unanswered.
+        return max(0, self.accepted * self.connections - self.received)
+
+    def forget(self, ws: WebSocket) -> None:
+        if ws is self.publisher:
+            self.publisher = None
+            return
+        received = self.subscribers.pop(ws, None)
+        if received is not None:
+            self.owed -= self.accepted - received
+
+    def subscribed(self, ws: WebSocket) -> None:
+        """``ws`` receives this channel's publications from now on."""
+        self.subscribers[ws] = 0
+
+    def sent_at(self, pub: Any) -> int | None:
+        """When this run's publisher sent ``pub``; None for anyone else's."""
+        try:
+            if pub["info"]["client"] == self.client:
+                sent: int = pub["data"]["t"]
+                return sent
+        except (KeyError, TypeError):
+            pass
+        return None
 
     def on_message(self, ws: WebSocket, message: Message) -> None:
         now = time.time_ns()
-        decoded = json.loads(message)
+        try:
+            decoded = json.loads(message)
+        except ValueError:
+            decoded = None
+        if not isinstance(decoded, dict):
+            self.foreign += 1  # not the hub's JSON
+            return
         pub = decoded.get("pub")
         if pub is not None:
-            self.timed(now - pub["data"]["t"])
+            sent = self.sent_at(pub)
+            if sent is None:
+                self.foreign += 1
+                return
+            received = self.subscribers.get(ws)
+            if received is not None:
+                self.subscribers[ws] = received + 1
+                self.owed -= 1
+            self.timed(now - sent)
             return
-        waiter = self.replies.pop((ws, decoded.get("id")), None)
+        if "unsubscribe" in decoded and decoded.get("channel") == self.channel:
+            self.lose(ws)  # the hub ended the subscription: nothing more comes
+            return
+        id = decoded.get("id")
+        waiter = self.replies.pop((ws, id), None) if isinstance(id, int) else None
         if waiter is not None and not waiter.done():
             waiter.set_result(decoded)
-        elif "error" in decoded:
-            self.errors += 1  # a publish refused (rate limit, permissions)
+            return
+        # What is left: the publisher's replies, and pushes of no use here
+        # (join, leave).
+        if "error" in decoded:
+            self.refused += 1  # rate limit, permissions
+        elif "result" in decoded:
+            self.accepted += 1
+            self.owed += len(self.subscribers)
+        self.settle()
 
     def command(self, ws: WebSocket, op: str, **fields: Any) -> asyncio.Future[Any]:
         self.ids += 1
@@ -494,11 +691,13 @@ class _Fanout(_Load):
         ws.send_nowait(json.dumps({"id": self.ids, "op": op, **fields}))
         return waiter
 
-    async def call(self, ws: WebSocket, op: str, **fields: Any) -> None:
+    async def call(self, ws: WebSocket, op: str, **fields: Any) -> Any:
+        """Send a command; return its result."""
         reply = await self.command(ws, op, **fields)
         if "error" in reply:
             error = reply["error"]
             raise RuntimeError(f"{op} refused: {error['code']} {error['message']}")
+        return reply.get("result")
 
     def publish(self, ws: WebSocket) -> None:
         self.ids += 1
@@ -523,7 +722,7 @@ class _Fanout(_Load):
             try:
                 self.publish(ws)
             except ConnectionClosed:
-                self.errors += 1
+                self.lose(ws)
                 return
 
 
@@ -548,6 +747,8 @@ async def fanout(
     and time every delivery to ``subscribers`` (see the module docstring).
     The hub's own limits apply: its per-connection ``rate_limit`` (100/s by
     default) refuses a faster publisher, and refusals count as errors.
+    Publications on ``channel`` from anyone else are counted as foreign and
+    otherwise ignored.
     ``progress``, ``stop``, ``repeat`` and ``on_window`` work as in
     :func:`bench`."""
     load = _Fanout(url, channel, size, rate)
@@ -555,16 +756,20 @@ async def fanout(
     [publisher] = await _open(url, 1, load.on_message, compression, ssl)
     if not isinstance(publisher, WebSocket):
         raise publisher
+    load.publisher = publisher
+    load.watch(publisher)
     opened = await _open(url, subscribers, load.on_message, compression, ssl)
     publishing: asyncio.Task[None] | None = None
 
     async def begin(sockets: list[WebSocket]) -> None:
         nonlocal publishing
-        await load.call(publisher, "connect", **hello)
+        connected = await load.call(publisher, "connect", **hello)
+        load.client = connected.get("client") if isinstance(connected, dict) else None
 
         async def subscribe(ws: WebSocket) -> None:
             await load.call(ws, "connect", **hello)
             await load.call(ws, "subscribe", channel=channel)
+            load.subscribed(ws)
 
         await asyncio.gather(*(subscribe(ws) for ws in sockets))
         publishing = asyncio.create_task(load.publish_at_rate(publisher))

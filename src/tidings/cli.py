@@ -359,7 +359,9 @@ async def _bench_main(args: argparse.Namespace) -> int:
     if end == "\r":
         print(file=sys.stderr)
     print(json.dumps(result.to_json()) if args.json else result.summary(), flush=True)
-    return 0
+    # The figures are printed either way; a script must still see that they
+    # leave out what was lost.
+    return 0 if result.complete else 1
 
 
 # -- tidings serve and tidings token ------------------------------------
