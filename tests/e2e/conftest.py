@@ -29,6 +29,11 @@ NODE_MODULES = HERE.parent / "interop" / "node" / "node_modules"
 #: Seconds for anything one step waits on.
 BOUND = 15.0
 
+#: Names that Chromium resolves to 127.0.0.1 (driver.mjs): a page served
+#: under one of them has an origin other than the hub's, and not one of this
+#: machine's by name, as a page of another site would.
+PAGE_HOSTS = ("app.tidings.test", "other.tidings.test")
+
 
 def _missing(reason: str) -> NoReturn:
     if os.environ.get("CI", "").lower() not in ("", "0", "false"):

@@ -40,6 +40,9 @@ const FLAGS = [
   "--disable-background-networking",
   "--disable-component-update",
   "--disable-sync",
+  // Pages of other origins than the hub's (conftest.py, PAGE_HOSTS): names
+  // that are not this machine's, served by a hub on 127.0.0.1.
+  "--host-resolver-rules=MAP *.tidings.test 127.0.0.1",
 ];
 
 function send(message) {

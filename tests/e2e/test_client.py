@@ -5,6 +5,7 @@ recovery, and the close codes after which it must stop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import urllib.request
@@ -12,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from tidings.hub import Hub, HubConfig, MemoryBroker, mint_token
+from tidings.hub import Hub, HubConfig, MemoryBroker, NamespaceConfig, mint_token
 from tidings.hub.brokers.base import Push
 
 from ..conftest import lose
-from .conftest import BOUND, Browser, Page
+from .conftest import BOUND, PAGE_HOSTS, Browser, Page
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -37,10 +38,11 @@ PRELUDE = """async () => {
 }"""
 
 
-async def client_page(browser: Browser, hub: Hub) -> Page:
+async def client_page(browser: Browser, hub: Hub, url: str | None = None) -> Page:
+    """A page of ``hub`` (at ``url``, else its own address) with PRELUDE run."""
     context = await browser.new_context()
     page = await context.new_page()
-    await page.goto(hub.url)
+    await page.goto(url or hub.url)
     await page.evaluate(PRELUDE)
     return page
 
@@ -559,35 +561,168 @@ async def test_the_hub_unsubscribing_calls_on_unsubscribe(browser: Browser) -> N
         assert await page.wait_for("() => ended.length === 1 && ended") == [False]
 
 
+def cross_origin_hub(hub: Hub, page_origin: str) -> Hub:
+    """A hub that lets pages of ``page_origin`` in, and serves none itself:
+    the namespaces of ``hub`` (which serves the pages), and ``small:``,
+    whose channels take one subscriber per node."""
+    small = NamespaceConfig(allow_anonymous=True, max_subscribers=1)
+    config = HubConfig(
+        port=0,
+        secret=SECRET,
+        demo=False,
+        namespaces={**hub.config.namespaces, "small": small},
+        allowed_origins=(page_origin,),
+    )
+    return Hub(config)
+
+
+@pytest.mark.parametrize("cross_origin", [False, True], ids=["same", "cross"])
 async def test_a_browsers_event_source_resumes_with_last_event_id(
-    browser: Browser, hub: Hub
+    browser: Browser, hub: Hub, cross_origin: bool
 ) -> None:
     # The hub's event stream as a page reads it without tidings.js: the
     # browser's own EventSource, which reopens a stream that ended and sends
-    # the last event id back (the WHATWG HTML spec, "Server-sent events").
-    page = await client_page(browser, hub)
-    await page.evaluate(
-        """() => {
-            window.events = [];
-            window.source = new EventSource("/sse?channel=ticker:es");
-            source.onmessage = (e) => events.push([e.lastEventId, JSON.parse(e.data)]);
-        }"""
-    )
-    await page.wait_for("() => events.length === 2")  # connect, subscribe
-    await hub.publish("ticker:es", "live")
-    await page.wait_for("() => events.length === 3")
-    last_id, pushed = (await page.evaluate("() => events"))[2]
-    assert pushed["pub"]["data"] == "live"
-    assert last_id == f"1:{pushed['pub']['epoch']}"
-    drop_everyone(hub)  # the stream ends; the browser reopens it in 2 s
-    for text in ("missed 1", "missed 2"):
-        await hub.publish("ticker:es", text)
-    again = "() => events.filter(([, m]) => m.id === 2).length === 2 && events.at(-1)"
-    _, reply = await page.wait_for(again)
-    assert reply["id"] == 2 and reply["result"]["recovered"] is True
-    assert [p["data"] for p in reply["result"]["publications"]] == [
-        "missed 1",
-        "missed 2",
-    ]
-    await page.evaluate("() => source.close()")
-    await page.context.close()
+    # the last event id back (the WHATWG HTML spec, "Server-sent events"),
+    # from the hub's own page or from a page of another origin.
+    page_origin = f"http://{PAGE_HOSTS[0]}:{hub.port}"
+    async with contextlib.AsyncExitStack() as stack:
+        source, page_url = hub, hub.url
+        if cross_origin:
+            other = cross_origin_hub(hub, page_origin)
+            source = await stack.enter_async_context(other)
+            page_url = f"{page_origin}/"
+        page = await client_page(browser, hub, page_url)
+        await page.evaluate(
+            """(url) => {
+                window.events = [];
+                window.source = new EventSource(`${url}sse?channel=ticker:es`);
+                source.onmessage = (e) =>
+                    events.push([e.lastEventId, JSON.parse(e.data)]);
+            }""",
+            source.url,
+        )
+        await page.wait_for("() => events.length === 2")  # connect, subscribe
+        await source.publish("ticker:es", "live")
+        await page.wait_for("() => events.length === 3")
+        last_id, pushed = (await page.evaluate("() => events"))[2]
+        assert pushed["pub"]["data"] == "live"
+        assert last_id == f"1:{pushed['pub']['epoch']}"
+        drop_everyone(source)  # the stream ends; the browser reopens it in 2 s
+        for text in ("missed 1", "missed 2"):
+            await source.publish("ticker:es", text)
+        again = (
+            "() => events.filter(([, m]) => m.id === 2).length === 2 && events.at(-1)"
+        )
+        _, reply = await page.wait_for(again)
+        assert reply["id"] == 2 and reply["result"]["recovered"] is True
+        assert [p["data"] for p in reply["result"]["publications"]] == [
+            "missed 1",
+            "missed 2",
+        ]
+        await page.evaluate("() => source.close()")
+        await page.context.close()
+
+
+@pytest.mark.parametrize("transport", ["sse", "poll"])
+async def test_a_page_of_an_allowed_origin_uses_the_fallbacks(
+    browser: Browser, hub: Hub, transport: str
+) -> None:
+    # The page and tidings.js come from the module's hub under a name of
+    # their own; the hub they use is another, which lists that origin. With
+    # a token, every request (stream, poll, POST) carries Authorization,
+    # which the browser asks the hub about first (a CORS preflight).
+    page_origin = f"http://{PAGE_HOSTS[0]}:{hub.port}"
+    async with cross_origin_hub(hub, page_origin) as other:
+        page = await client_page(browser, hub, f"{page_origin}/")
+        result = await page.evaluate(
+            """async ([url, transport, token]) => {
+                const hub = new T.Hub(url, { transports: [transport], token });
+                const got = [];
+                let subscribed = false;
+                hub.subscribe("chat:x", {
+                    onSubscribe: () => { subscribed = true; },
+                    onPublication: (p) => got.push(p.data),
+                });
+                const lost = new Promise((resolve) => hub.on("disconnect", resolve));
+                const connected = hub.connect().then(() => null);
+                const failed = await Promise.race([connected, lost]);
+                if (failed !== null) return { failed: failed.reason };
+                await until(() => subscribed);
+                const published = await hub.publish("chat:x", "across origins");
+                await until(() => got.length === 1);
+                const answer = { transport: hub.transport, user: hub.user,
+                                 published: published.offset, got };
+                hub.close();
+                return answer;
+            }""",
+            [other.ws_url, transport, mint_token(SECRET, "dora")],
+        )
+    assert result == {
+        "transport": transport,
+        "user": "dora",
+        "published": 1,
+        "got": ["across origins"],
+    }
+
+
+async def test_a_page_of_an_origin_not_allowed_gets_nothing(
+    browser: Browser, hub: Hub
+) -> None:
+    allowed, refused = (f"http://{host}:{hub.port}" for host in PAGE_HOSTS)
+    async with cross_origin_hub(hub, allowed) as other:
+        page = await client_page(browser, hub, f"{refused}/")
+        lost = await page.evaluate(
+            """async (url) => {
+                const transports = ["sse", "poll"];
+                const hub = new T.Hub(url, { transports, minDelay: 50 });
+                const events = [];
+                hub.on("disconnect", (e) => events.push(e));
+                hub.connect();
+                await until(() => events.length >= 2);  // each fallback once
+                hub.close();
+                return events.slice(0, 2).map((e) => [e.code, e.reason]);
+            }""",
+            other.ws_url,
+        )
+        assert lost == [
+            [1006, "the event stream failed: Failed to fetch"],
+            [1006, f"{other.url}command failed: Failed to fetch"],
+        ]
+        assert other.metrics.errors["origin"] >= 2  # refused, not only unread
+
+
+async def test_an_event_stream_drops_a_channel_it_could_not_subscribe(
+    browser: Browser, hub: Hub
+) -> None:
+    # A subscribe refused on the stream ends the Subscription, as on a
+    # WebSocket. The stream reopened later must not ask for the channel
+    # again: it would hold a subscriber's place that nobody reads.
+    page_origin = f"http://{PAGE_HOSTS[0]}:{hub.port}"
+    async with cross_origin_hub(hub, page_origin) as other:
+        page = await client_page(browser, hub, f"{page_origin}/")
+        outcome = await page.evaluate(
+            """async (url) => {
+                // The Subscription once subscribed, or the error's code.
+                const subscribed = (hub, channel) => new Promise((resolve) => {
+                    const sub = hub.subscribe(channel, {
+                        onSubscribe: () => resolve(sub),
+                        onError: (e) => resolve(e.code),
+                    });
+                });
+                const holder = new T.Hub(url);  // over WebSocket
+                await holder.connect();
+                const held = await subscribed(holder, "small:x");
+                const hub = new T.Hub(url, { transports: ["sse"] });
+                await hub.connect();
+                await subscribed(hub, "chat:a");  // the stream lives on
+                const refused = await subscribed(hub, "small:x");
+                await held.unsubscribe();
+                await subscribed(hub, "chat:b");  // the stream reopens
+                holder.close();
+                return [refused, hub.transport];
+            }""",
+            other.ws_url,
+        )
+        assert outcome == [503, "sse"]
+        assert other.subscriber_count("small:x") == 0
+        assert other.subscriber_count("chat:b") == 1

@@ -170,3 +170,30 @@ async def test_a_stream_queues_for_a_client_that_does_not_read(
         response = await peer.read_all()
     _, _, sent = response.partition(b"\r\n\r\n")
     assert len(sent) == written > 4 * len(chunk)
+
+
+async def test_an_async_process_request_is_cancelled_when_the_client_leaves(
+    raw_connect: Any,
+) -> None:
+    holding, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def process_request(request: Request) -> HTTPResponse:
+        holding.set()
+        try:
+            await asyncio.sleep(3600)  # a long-poll with nothing to say
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return HTTPResponse(200, "late")
+
+    async with tidings.serve(
+        echo, "127.0.0.1", 0, process_request=process_request
+    ) as server:
+        peer = await raw_connect(server.port)
+        peer.writer.write(b"GET /poll HTTP/1.1\r\nHost: x\r\n\r\n")
+        async with asyncio.timeout(BOUND):
+            await holding.wait()
+            peer.close()
+            await cancelled.wait()
+            while server.connections:
+                await asyncio.sleep(0.01)  # connection_lost is not awaitable

@@ -14,7 +14,7 @@ import pytest
 
 from tidings.hub import Hub
 
-from ..conftest import HTTPAnswer, http_request
+from ..conftest import HTTPAnswer, http_request, wait_for
 from .conftest import BOUND, CLUSTERS
 
 
@@ -213,6 +213,58 @@ async def test_sse_position_too_old_or_of_another_epoch_is_not_recovered(
     assert "publications" not in reply  # never a partial list
     other, _ = await subscribed(hub, streams, {"channel": "short:x"}, last_id="14:x1")
     assert (await other.data())["result"]["recovered"] is False
+
+
+async def fill(hub: Hub, connect: Any, channel: str) -> None:
+    """Subscribe peers on ``hub`` (a node) to ``channel`` until its namespace's
+    ``max_subscribers`` are there: the next subscribe there gets 503."""
+    namespace = hub.config.namespace(channel)
+    assert namespace is not None and namespace.max_subscribers is not None
+    for _ in range(namespace.max_subscribers):
+        peer = await connect(hub, node=hub)
+        await peer.result("subscribe", channel=channel)
+
+
+async def test_sse_id_keeps_the_position_of_a_channel_whose_subscribe_failed(
+    start_hub: Any, connect: Any, streams: list[Stream]
+) -> None:
+    # The browser sends the last id back when it reopens the stream: a
+    # channel missing from it would be subscribed again without a position,
+    # and what was published meanwhile skipped without recovered: false.
+    hub = await start_hub()
+    await fill(hub, connect, "small:full")
+    full = "{}:{}".format(*await hub.publish("small:full", "missed"))
+    await hub.publish("news:ok", 1)
+    _, epoch = await hub.publish("news:ok", 2)
+    last_id = f"1:{epoch},{full}"
+    stream, _ = await subscribed(
+        hub, streams, {"channel": ["news:ok", "small:full"]}, last_id=last_id
+    )
+    recovered = await stream.data()  # written before small:full's subscribe
+    assert [p["data"] for p in recovered["result"]["publications"]] == [2]
+    assert stream.last_id == f"2:{epoch},{full}"
+    refused = await stream.data()
+    assert (refused["id"], refused["error"]["code"]) == (3, 503)
+    await hub.publish("news:ok", 3)
+    assert (await stream.data())["pub"]["offset"] == 3
+    assert stream.last_id == f"3:{epoch},{full}"
+
+
+async def test_sse_whose_every_subscribe_failed_ends_for_the_browser_to_retry(
+    start_hub: Any, connect: Any, streams: list[Stream]
+) -> None:
+    # Heartbeats would keep a stream that carries nothing open for good.
+    hub = await start_hub(sse_heartbeat=0.05)
+    await fill(hub, connect, "small:full")
+    stream, _ = await subscribed(
+        hub, streams, {"channel": "small:full", "since": "4", "epoch": "e1"}
+    )
+    assert (await stream.data())["error"]["code"] == 503
+    end = await stream.event(comments=True)  # not a heartbeat
+    assert end.get("event") == "close", end
+    assert end["data"]["code"] == 1013
+    async with asyncio.timeout(BOUND):
+        assert await stream.reader.read() == b""
 
 
 async def test_sse_without_channels_is_a_connection_only(
@@ -465,22 +517,31 @@ async def test_poll_reports_join_and_leave_while_held(
     assert [c["client"] for c in clients["clients"]] == [peer.client]
 
 
-async def test_a_vanished_poller_is_forgotten_after_its_timeout(
-    start_hub: Any,
-) -> None:
-    hub = await start_hub()
+async def test_an_abandoned_poll_ends_with_its_connection(start_hub: Any) -> None:
+    # Polls held for 30 s and abandoned after a moment: each must leave no
+    # session, subscriber or task behind, and must stop counting against
+    # max_connections as soon as its connection is gone.
+    hub = await start_hub(max_connections=5)
     await hub.publish("bulk:v", 0)
     epoch = (await hub.history("bulk:v")).epoch
-    _, writer = await asyncio.open_connection("127.0.0.1", hub.port)
-    query = urlencode({"channel": "bulk:v", "since": 1, "epoch": epoch, "timeout": 0.3})
-    writer.write(f"GET /poll?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
-    async with asyncio.timeout(BOUND):
-        while not hub.subscriber_count("bulk:v"):
-            await asyncio.sleep(0.01)
-    writer.close()
-    async with asyncio.timeout(BOUND):
-        while hub.subscriber_count("bulk:v"):
-            await asyncio.sleep(0.02)
+    query = urlencode({"channel": "bulk:v", "since": 1, "epoch": epoch, "timeout": 30})
+    for _ in range(40):
+        _, writer = await asyncio.open_connection("127.0.0.1", hub.port)
+        writer.write(f"GET /poll?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        await wait_for(lambda: hub.subscriber_count("bulk:v"), "the poll held")
+        writer.close()
+        await wait_for(
+            lambda: (
+                not hub.subscriber_count("bulk:v")
+                and not hub.connection_count()
+                and not hub._server.connections
+            ),  # type: ignore[union-attr]
+            "the abandoned poll forgotten",
+            timeout=BOUND,
+        )
+    # Room for new requests: the 40 abandoned polls hold none of it.
+    answer = await get(hub, "/poll", {"channel": "bulk:v", "timeout": 0})
+    assert answer.status == 200, answer
 
 
 @pytest.mark.parametrize(
@@ -593,3 +654,102 @@ async def test_get_on_command_and_post_on_sse_are_405(start_hub: Any) -> None:
     assert (await http_request(hub.port, "GET", "/command")).status == 405
     answer = await http_request(hub.port, "POST", "/sse?channel=chat:a", {"x": 1})
     assert answer.status == 405
+
+
+# -- pages of other origins (CORS) ----------------------------------------------------
+
+#: A page's origin that the test hubs list in ``allowed_origins``.
+APP = "http://app.example"
+
+
+@pytest.mark.parametrize(
+    ("path", "method"), [("/sse", "GET"), ("/poll", "GET"), ("/command", "POST")]
+)
+async def test_a_preflight_from_an_allowed_origin_is_granted(
+    start_hub: Any, path: str, method: str
+) -> None:
+    hub = await start_hub(allowed_origins=(APP,))
+    answer = await http_request(
+        hub.port,
+        "OPTIONS",
+        f"{path}?channel=chat:a&session=a-session-secret-123",
+        headers=(
+            ("Origin", APP),
+            ("Access-Control-Request-Method", method),
+            ("Access-Control-Request-Headers", "authorization,content-type"),
+        ),
+        timeout=BOUND,
+    )
+    assert answer.status == 200, answer
+    granted = answer.headers
+    assert granted["access-control-allow-origin"] == APP
+    assert granted["access-control-allow-methods"] == method
+    allowed = granted["access-control-allow-headers"].lower().split(", ")
+    assert {"authorization", "content-type"} <= set(allowed)
+    assert int(granted["access-control-max-age"]) > 0
+    assert granted["vary"] == "Origin"
+    # The fallbacks read no cookies: a page gets no grant to send them.
+    assert "access-control-allow-credentials" not in granted
+
+
+@pytest.mark.parametrize(
+    "origin",
+    ["http://evil.example", f"{APP}.evil.example", "null", "http://[", "x" * 2000],
+)
+async def test_a_preflight_from_an_origin_not_allowed_is_refused(
+    start_hub: Any, origin: str
+) -> None:
+    hub = await start_hub(allowed_origins=(APP,))
+    answer = await http_request(
+        hub.port,
+        "OPTIONS",
+        "/command",
+        headers=(("Origin", origin), ("Access-Control-Request-Method", "POST")),
+        timeout=BOUND,
+    )
+    assert answer.status == 403, answer
+    assert not [name for name in answer.headers if name.startswith("access-control")]
+
+
+async def test_fallback_answers_carry_cors_headers_for_an_allowed_origin(
+    start_hub: Any, streams: list[Stream]
+) -> None:
+    hub = await start_hub(allowed_origins=(APP,))
+    origin = (("Origin", APP),)
+    stream = await open_stream(hub, {"channel": "chat:c"}, headers=origin)
+    streams.append(stream)
+    polled = await get(hub, "/poll", {"channel": "chat:c"}, headers=origin)
+    refused = await get(hub, "/poll", {"channel": "nope:c"}, headers=origin)
+    posted = await http_request(
+        hub.port, "POST", "/command", {"id": 1, "op": "ping"}, headers=origin
+    )
+    answers = [(stream.status, stream.headers)] + [
+        (answer.status, answer.headers) for answer in (polled, refused, posted)
+    ]
+    assert [status for status, _ in answers] == [200, 200, 404, 200]
+    for _, headers in answers:  # the page reads errors too
+        assert headers["access-control-allow-origin"] == APP
+        assert headers["vary"] == "Origin"
+        assert "access-control-allow-credentials" not in headers
+
+
+@pytest.mark.parametrize(
+    ("origin", "granted"),
+    [
+        (APP, APP),
+        # A page of this machine may open /ws, and so use the fallbacks.
+        ("http://localhost:5173", "http://localhost:5173"),
+        # Admitted as before, but no browser sends it: never echoed.
+        ("http://localhost:5173/a/path", None),
+        ("http://localhost:5173 \u00e9", None),
+        (None, None),  # not a browser
+    ],
+)
+async def test_cors_grants_the_origins_allowed_and_nothing_else(
+    start_hub: Any, origin: str | None, granted: str | None
+) -> None:
+    hub = await start_hub(allowed_origins=(APP,))
+    headers = () if origin is None else (("Origin", origin),)
+    answer = await get(hub, "/poll", {"channel": "chat:o"}, headers=headers)
+    assert answer.status == 200, answer
+    assert answer.headers.get("access-control-allow-origin") == granted

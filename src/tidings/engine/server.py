@@ -337,8 +337,18 @@ class Server:
         request: Request,
         pending: Awaitable[Answer | None],
     ) -> None:
+        deciding = asyncio.ensure_future(pending)
+        either: list[asyncio.Future[Any]] = [deciding, ws._closed]
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if not deciding.done():
+            # The client went away: whatever the application holds for it
+            # (a long-poll, a session, a task) ends now, not at its timeout.
+            deciding.cancel()
+            return
         try:
-            result = await pending
+            result = deciding.result()
+        except asyncio.CancelledError:
+            return
         except Exception:
             self.logger.exception("error in process_request")
             result = HTTPResponse(500, "internal server error")

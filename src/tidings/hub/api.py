@@ -9,7 +9,7 @@ import logging
 from functools import cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from ..engine.http import HTTPResponse, HTTPStream
 from ..protocol import Request
@@ -172,24 +172,38 @@ def _host_name(authority: str) -> str:
     return authority.rpartition(":")[0] if ":" in authority else authority
 
 
+def _split_origin(origin: str) -> SplitResult | None:
+    """The parts of an Origin, or None where it is not even a URL."""
+    try:
+        return urlsplit(origin)
+    except ValueError:  # "http://[", say: a bracket left open
+        return None
+
+
 def _loopback_origin(origin: str | None) -> bool:
     """No Origin (not a browser), or a page served from this machine."""
     if origin is None:
         return True
-    parts = urlsplit(origin)
-    return parts.scheme in ("http", "https") and _is_loopback(parts.hostname or "")
+    parts = _split_origin(origin)
+    return (
+        parts is not None
+        and parts.scheme in ("http", "https")
+        and _is_loopback(parts.hostname or "")
+    )
 
 
 def _origin_allowed(hub: Hub, request: Request) -> bool:
-    """May a page of the request's Origin open the hub's WebSocket? Yes
-    without an Origin (not a browser), for the hub's own pages (same host),
-    for pages served from this machine, and for ``allowed_origins``."""
+    """May a page of the request's Origin open the hub's WebSocket (and
+    read its fallbacks' answers)? Yes without an Origin (not a browser), for
+    the hub's own pages (same host), for pages served from this machine, and
+    for ``allowed_origins``."""
     origin = request.headers.get("Origin")
     if origin is None or origin in hub.config.allowed_origins:
         return True
-    parts = urlsplit(origin)
+    parts = _split_origin(origin)
     host = request.headers.get("Host") or ""
-    return parts.netloc.lower() == host.lower() or _loopback_origin(origin)
+    same_host = parts is not None and parts.netloc.lower() == host.lower()
+    return same_host or _loopback_origin(origin)
 
 
 async def _api(hub: Hub, request: Request) -> Any:

@@ -49,6 +49,14 @@ COMMAND_PATH = "/command"
 #: The browser waits this long before it reopens a stream that ended.
 SSE_RETRY_MS = 2000
 
+#: The IANA registry's "Try Again Later": the close of an event stream none
+#: of whose channels could be subscribed.
+CLOSE_TRY_AGAIN = 1013
+
+#: Seconds a browser may keep a preflight's answer (Chromium keeps none
+#: longer than 7200).
+CORS_MAX_AGE = 7200
+
 _JSON = [("Content-Type", "application/json")]
 _EVENT_STREAM = [
     ("Content-Type", "text/event-stream; charset=utf-8"),
@@ -57,6 +65,16 @@ _EVENT_STREAM = [
     ("X-Accel-Buffering", "no"),
 ]
 _POSITION = re.compile(r"(\d{1,16}):([A-Za-z0-9_\-]{1,64})")
+#: An origin as a browser serializes it (RFC 6454 §6.1): no other Origin
+#: is echoed back.
+_ORIGIN = re.compile(
+    r"https?://(?:[A-Za-z0-9\-.]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::\d{1,5})?"
+)
+#: The method of each path, which a preflight grants.
+_METHODS = {SSE_PATH: "GET", POLL_PATH: "GET", COMMAND_PATH: "POST"}
+#: What a page may send beside the safelisted headers: the token, a POST's
+#: JSON, and the position a browser's EventSource sends back.
+_REQUEST_HEADERS = "Authorization, Content-Type, Last-Event-ID"
 _SESSION = re.compile(r"[A-Za-z0-9_\-]{16,64}")
 _CONNECT_ID = 1  # the commands a fallback request implies: connect first,
 
@@ -75,7 +93,20 @@ class _Refusal(Exception):
 
 
 async def handle_fallback(hub: Hub, request: Request) -> HTTPResponse | HTTPStream:
-    """Answer a request to one of the fallback paths."""
+    """Answer a request to one of the fallback paths.
+
+    The caller (hub/api.py) has refused pages of origins that may not use
+    the hub, as for its WebSocket: a page that gets here may read the
+    answer from another origin (CORS). No cookie is read, so none is
+    allowed: the token is the credential.
+    """
+    if request.method == "OPTIONS":
+        return _preflight(request)
+    answer = await _answer(hub, request)
+    return dataclasses.replace(answer, headers=[*answer.headers, *_cors(request)])
+
+
+async def _answer(hub: Hub, request: Request) -> HTTPResponse | HTTPStream:
     try:
         if request.path == SSE_PATH:
             return _open_stream(hub, request)
@@ -92,6 +123,37 @@ async def handle_fallback(hub: Hub, request: Request) -> HTTPResponse | HTTPStre
 
 def _error(status: int, message: str) -> HTTPResponse:
     return HTTPResponse(status, encode_error(None, status, message).encode(), _JSON)
+
+
+def _page_origin(request: Request) -> str | None:
+    """The origin of the page that sent ``request``, if a browser's."""
+    origin = request.headers.get("Origin")
+    return origin if origin is not None and _ORIGIN.fullmatch(origin) else None
+
+
+def _cors(request: Request) -> list[tuple[str, str]]:
+    """The CORS headers that let the page that sent ``request`` read the
+    answer; caches keep answers apart by Origin."""
+    origin = _page_origin(request)
+    if origin is None:
+        return [("Vary", "Origin")]
+    return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+
+
+def _preflight(request: Request) -> HTTPResponse:
+    """The answer to ``OPTIONS``: the path's method, and what a page may
+    send with it (a CORS preflight)."""
+    method = _METHODS[request.path]
+    headers = [("Allow", f"{method}, OPTIONS"), *_cors(request)]
+    if _page_origin(request) is not None:
+        headers += [
+            ("Access-Control-Allow-Methods", method),
+            ("Access-Control-Allow-Headers", _REQUEST_HEADERS),
+            ("Access-Control-Max-Age", str(CORS_MAX_AGE)),
+        ]
+    # Not 204: every answer here carries a Content-Length, which a 204 must
+    # not (RFC 9110 §8.6).
+    return HTTPResponse(200, b"", headers)
 
 
 # -- what every fallback request carries ------------------------------------
@@ -221,8 +283,11 @@ class EventStream:
     WebSocket message would carry it. Publications and subscribe replies
     also set the event ``id``: every channel's position, ``OFFSET:EPOCH``
     in the order the request named the channels, so that the browser's
-    ``Last-Event-ID`` recovers exactly what a dropped stream missed. The
-    hub's ``close`` becomes an event named ``close``.
+    ``Last-Event-ID`` recovers exactly what a dropped stream missed. A
+    channel's position is the request's until a reply or a publication
+    supersedes it: one whose subscribe failed, or had no reply yet, keeps
+    it, else the reopened stream would skip what it missed. The hub's
+    ``close`` becomes an event named ``close``.
     """
 
     __slots__ = (
@@ -235,13 +300,21 @@ class EventStream:
     )
 
     def __init__(
-        self, stream: ResponseStream, request: Request, channels: Sequence[str]
+        self,
+        stream: ResponseStream,
+        request: Request,
+        channels: Sequence[str],
+        positions: Sequence[tuple[int, str] | None],
     ) -> None:
         self._stream = stream
         self.request = request
         self.remote_address = stream.remote_address
         self._channels = channels
-        self._positions: dict[str, str] = {}
+        self._positions = {
+            channel: f"{position[0]}:{position[1]}"
+            for channel, position in zip(channels, positions, strict=True)
+            if position is not None
+        }
         self._closed = asyncio.Event()
         stream.write(f"retry: {SSE_RETRY_MS}\n\n".encode())
 
@@ -305,16 +378,23 @@ def _open_stream(hub: Hub, request: Request) -> HTTPStream:
     client = _client(params)
 
     async def body(stream: ResponseStream) -> None:
-        outlet = EventStream(stream, request, channels)
+        outlet = EventStream(stream, request, channels, positions)
+        session = Session(hub, outlet, client=client)
 
         async def commands() -> AsyncIterator[str]:
             yield _connect(token)
             for index, channel in enumerate(channels):
                 yield _subscribe(index, channel, positions[index])
+            if channels and not session.subscriptions:
+                # Heartbeats would hold open, for good, a stream that carries
+                # nothing. The browser reopens it after `retry:`, with the
+                # positions it came with.
+                session.close(CLOSE_TRY_AGAIN, "no channel could be subscribed")
+                return
             while not await outlet.wait_closed(hub.config.sse_heartbeat):
                 outlet.heartbeat()
 
-        await Session(hub, outlet, client=client).run(commands())
+        await session.run(commands())
 
     return HTTPStream(200, _EVENT_STREAM, body)
 

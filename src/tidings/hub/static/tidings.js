@@ -827,6 +827,9 @@ class EventSocket extends FallbackSocket {
     const id = this._waiting.get(channel);
     if (id !== undefined) {
       this._waiting.delete(channel);
+      // Refused: the Subscription ends, and no stream reopened later may
+      // hold a subscriber's place on the channel for nobody.
+      if (reply.error) this._channels.delete(channel);
       this._deliver({ ...reply, id });
       return;
     }
