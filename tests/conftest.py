@@ -183,16 +183,20 @@ async def echo(ws: WebSocket) -> None:
 
 class RedisServer:
     """A real ``redis-server`` on a free loopback port, in a folder of its
-    own; with ``persistent``, an append-only file keeps its data across a
-    restart, and without it a restart loses everything."""
+    own; with ``persistent``, an append-only file (synced to disk as
+    ``appendfsync`` says) keeps its data across a restart, and without it a
+    restart loses everything but an RDB snapshot made with ``SAVE``."""
 
-    def __init__(self, *, persistent: bool = False) -> None:
+    def __init__(
+        self, *, persistent: bool = False, appendfsync: str = "always"
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             skip_unless_ci("redis-server is not installed")
         assert binary is not None
         self.binary = binary
         self.persistent = persistent
+        self.appendfsync = appendfsync
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="tidings-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
@@ -215,7 +219,7 @@ class RedisServer:
             "--appendonly",
             "yes" if self.persistent else "no",
             "--appendfsync",
-            "always",
+            self.appendfsync,
         ]
         self.proc = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -239,6 +243,27 @@ class RedisServer:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(20)
         self.proc = None
+
+    def kill(self) -> None:
+        """End it with SIGKILL: nothing is flushed."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(20)
+        self.proc = None
+
+    def copy_data(self) -> Path:
+        """A copy of its files as they are now (on a machine that crashes
+        later, what the disk held)."""
+        copy = Path(tempfile.mkdtemp(prefix="tidings-redis-copy-"))
+        shutil.copytree(self.dir, copy, dirs_exist_ok=True)
+        return copy
+
+    def restore_data(self, copy: Path) -> None:
+        """Put back the files of :meth:`copy_data` (stopped first)."""
+        assert self.proc is None, "stop or kill it first"
+        shutil.rmtree(self.dir)
+        shutil.copytree(copy, self.dir)
+        shutil.rmtree(copy, ignore_errors=True)
 
     def remove(self) -> None:
         self.stop()

@@ -37,6 +37,7 @@ __all__ = [
     "ClientInfo",
     "HistoryResult",
     "NodeEvents",
+    "OutcomeUnknown",
     "Publication",
     "Push",
 ]
@@ -47,6 +48,15 @@ class BrokerUnavailable(TidingsError):
 
     The hub answers 503 (error 503 on the wire protocol); the caller may
     retry later. Clients stay connected meanwhile.
+    """
+
+
+class OutcomeUnknown(BrokerUnavailable):
+    """A publish reached the broker, or may have, and no answer came back:
+    it may have been made, or may be made once the broker recovers.
+
+    The hub answers 504 (error 504 on the wire protocol): look at the
+    channel's history before publishing again, or a retry may publish twice.
     """
 
 

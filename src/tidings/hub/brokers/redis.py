@@ -4,18 +4,29 @@ Redis acts as one hub (docs/scaling.md).
 How each part of the broker maps onto Redis, for channel ``C`` and the key
 prefix ``P`` (``tidings:`` by default):
 
-- ``P{C}:meta``, a hash: ``offset`` (the latest) and ``epoch``. The epoch is
-  made once, with the hash; it is lost with the hash (Redis restarted
+- ``P{C}:meta``, a hash: ``offset`` (the latest), ``epoch``, and ``tag``,
+  the latest publication's mark (Redis' clock when it was made). The epoch
+  is made once, with the hash; it is lost with the hash (Redis restarted
   without persistence, or the channel idle longer than its expiry), and
   then a new one is made, so a client can never mistake a new history for
   the old one.
-- ``P{C}:stream``, a stream: the kept publications, entry ID ``OFFSET-0``,
-  trimmed to ``history_size`` and expiring ``history_ttl`` after the last
-  publication.
+- ``P{C}:stream``, a stream: the kept publications (data, who, tag), entry
+  ID ``OFFSET-0``, trimmed to ``history_size`` and expiring
+  ``history_ttl`` after the last publication.
 - Publishing is one Lua script, so one atomic round trip: ``HINCRBY`` the
   offset, ``XADD`` the publication, ``PUBLISH`` it on the pub/sub channel
   ``Pch:C``. Offsets are gap-free across all nodes, and every node receives
   a channel's publications in offset order.
+- A Redis that comes back from an older state (an RDB snapshot, an AOF
+  whose last second never reached the disk, a replica that was behind)
+  would hand out offsets again in the same epoch, and clients would take
+  the new publications for ones they had. So each node remembers the
+  newest position it saw of each channel (its offset and tag), and every
+  publish and history script checks it: a channel whose offset went back,
+  or whose publication at that offset has another tag, gets a new epoch at
+  once, announced to every node as a ``position`` push, and its clients
+  are told that recovery failed. A node that reconnects checks its
+  channels before it resubscribes them.
 - Each node holds one pub/sub connection, subscribed to ``Pcontrol`` and to
   ``Pch:C`` for each channel it has subscribers on (one subscription per
   node, however many clients).
@@ -48,6 +59,7 @@ from .base import (
     ClientInfo,
     HistoryResult,
     NodeEvents,
+    OutcomeUnknown,
     Publication,
     Push,
 )
@@ -74,60 +86,101 @@ MAX_CONNECTIONS = 32
 BACKOFF_INITIAL = 0.1
 BACKOFF_MAX = 5.0
 
-# Fields of a pub/sub message: kind, offset, epoch, data, who. Publication
-# data is JSON, which never holds a raw 0x1F, so only the last field (the
-# user id, which may) needs no escaping.
+#: Channels whose newest position a node remembers, to notice a Redis that
+#: comes back from an older state; beyond, the least recently seen are
+#: forgotten (about 200 bytes each).
+KNOWN_CHANNELS = 100_000
+
+# Fields of a pub/sub message: kind, offset, epoch, tag, data, who.
+# Publication data is JSON, which never holds a raw 0x1F, so only the last
+# field (the user id, which may) needs no escaping.
 _SEP = b"\x1f"
 _WHO = b"\x1e"
 
-# The channel's epoch, made with its hash (KEYS[1]) from ARGV[1], its expiry
-# ARGV[2]; a new epoch starts a new history (KEYS[2]).
+# The channel's epoch (KEYS[1]: meta, KEYS[2]: stream). ARGV[1] is a new
+# epoch, ARGV[2] the meta expiry, ARGV[3] the pub/sub channel, and ARGV[4],
+# ARGV[5], ARGV[6] the epoch, offset and tag at which this node last saw the
+# channel. When Redis is behind what the node saw (an offset lower, or
+# another publication at it), it lost acknowledged writes: the channel gets
+# a new epoch, which every node hears of, rather than offsets handed out
+# twice. A new epoch starts a new history.
 _EPOCH = """
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'offset', 'tag')
+local epoch = meta[1]
+if epoch and epoch == ARGV[4] then
+  local seen = tonumber(ARGV[5])
+  local now = tonumber(meta[2] or '0')
+  local lost = now < seen
+  if not lost and ARGV[6] ~= '' then
+    local tag = meta[3]
+    if now > seen then
+      tag = false
+      local entry = redis.call('XRANGE', KEYS[2], seen .. '-0', seen .. '-0')
+      if #entry > 0 then
+        local fields = entry[1][2]
+        for i = 1, #fields, 2 do
+          if fields[i] == 't' then tag = fields[i + 1] end
+        end
+      end
+    end
+    lost = tag and tag ~= ARGV[6]
+  end
+  if lost then epoch = false end
+end
 if not epoch then
   epoch = ARGV[1]
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'epoch', epoch)
+  redis.call('HDEL', KEYS[1], 'tag')
   redis.call('EXPIRE', KEYS[1], ARGV[2])
+  if meta[1] then
+    redis.call('PUBLISH', ARGV[3], 'e\\31' .. (meta[2] or '0') .. '\\31' .. epoch
+               .. '\\31\\31\\31')
+  end
 end
 """
 
-# KEYS: meta, stream. ARGV: a new epoch, meta_ttl, pub/sub channel, data,
-# who, history_size, history_ttl.
+# KEYS: meta, stream. ARGV: those of _EPOCH, then data, who, history_size,
+# history_ttl. The tag marks this publication apart from any other that a
+# Redis restored from an older state might give the same offset.
 _PUBLISH = (
     _EPOCH
     + """
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+local time = redis.call('TIME')
+local tag = time[1] .. '.' .. time[2]
+redis.call('HSET', KEYS[1], 'tag', tag)
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-if tonumber(ARGV[6]) > 0 then
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[6], offset .. '-0',
-             'd', ARGV[4], 'w', ARGV[5])
-  redis.call('EXPIRE', KEYS[2], ARGV[7])
+if tonumber(ARGV[9]) > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[9], offset .. '-0',
+             'd', ARGV[7], 'w', ARGV[8], 't', tag)
+  redis.call('EXPIRE', KEYS[2], ARGV[10])
 end
-redis.call('PUBLISH', ARGV[3], 'p\\31' .. offset .. '\\31' .. epoch
-           .. '\\31' .. ARGV[4] .. '\\31' .. ARGV[5])
-return {offset, epoch}
+redis.call('PUBLISH', ARGV[3], 'p\\31' .. offset .. '\\31' .. epoch .. '\\31' .. tag
+           .. '\\31' .. ARGV[7] .. '\\31' .. ARGV[8])
+return {offset, epoch, tag}
 """
 )
 
-# KEYS: meta, stream. ARGV: a new epoch, meta_ttl, since (-1: none), limit
-# (-1: none). Returns epoch, offset, complete, entries, newest_first.
+# KEYS: meta, stream. ARGV: those of _EPOCH, then since (-1: none), limit
+# (-1: none). Returns epoch, offset, complete, entries, newest_first, tag.
 _HISTORY = (
     _EPOCH
     + """
 local offset = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0')
-local since = tonumber(ARGV[3])
-local limit = tonumber(ARGV[4])
+local tag = redis.call('HGET', KEYS[1], 'tag') or ''
+local since = tonumber(ARGV[7])
+local limit = tonumber(ARGV[8])
 if since < 0 then
-  if limit == 0 then return {epoch, offset, 1, {}, 0} end
+  if limit == 0 then return {epoch, offset, 1, {}, 0, tag} end
   if limit < 0 then
-    return {epoch, offset, 1, redis.call('XRANGE', KEYS[2], '-', '+'), 0}
+    return {epoch, offset, 1, redis.call('XRANGE', KEYS[2], '-', '+'), 0, tag}
   end
   return {epoch, offset, 1,
-          redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', limit), 1}
+          redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', limit), 1, tag}
 end
-if since > offset then return {epoch, offset, 0, {}, 0} end
-if since == offset then return {epoch, offset, 1, {}, 0} end
+if since > offset then return {epoch, offset, 0, {}, 0, tag} end
+if since == offset then return {epoch, offset, 1, {}, 0, tag} end
 local first = (since + 1) .. '-0'
 local entries
 if limit < 0 then
@@ -135,9 +188,11 @@ if limit < 0 then
 else
   entries = redis.call('XRANGE', KEYS[2], first, '+', 'COUNT', math.max(limit, 1))
 end
-if #entries == 0 or entries[1][1] ~= first then return {epoch, offset, 0, {}, 0} end
+if #entries == 0 or entries[1][1] ~= first then
+  return {epoch, offset, 0, {}, 0, tag}
+end
 if limit == 0 then entries = {} end
-return {epoch, offset, 1, entries, 0}
+return {epoch, offset, 1, entries, 0, tag}
 """
 )
 
@@ -167,7 +222,7 @@ end
 extend(KEYS[1], ttl)
 extend(KEYS[2], ttl)
 if ARGV[2] ~= '' then
-  redis.call('PUBLISH', ARGV[2], 'j\\31\\31\\31\\31' .. ARGV[4])
+  redis.call('PUBLISH', ARGV[2], 'j\\31\\31\\31\\31\\31' .. ARGV[4])
 end
 """
 )
@@ -178,7 +233,7 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 local who = redis.call('HGET', KEYS[1], ARGV[1])
 if who then
   redis.call('HDEL', KEYS[1], ARGV[1])
-  redis.call('PUBLISH', ARGV[2], 'l\\31\\31\\31\\31' .. who)
+  redis.call('PUBLISH', ARGV[2], 'l\\31\\31\\31\\31\\31' .. who)
 end
 """
 
@@ -283,6 +338,10 @@ class RedisBroker(Broker):
         #: Publications waiting for the next round trip, in order.
         self._outbox: list[tuple[list[Any], asyncio.Future[Any]]] = []
         self._sending: asyncio.Task[None] | None = None
+        #: Per channel, the newest position this node saw: epoch, offset,
+        #: and the tag of the publication there (b"" when unknown), least
+        #: recently seen first.
+        self._known: dict[str, tuple[bytes, int, bytes]] = {}
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -336,29 +395,44 @@ class RedisBroker(Broker):
     ) -> tuple[int, str]:
         command = [
             2,
-            self._key(f"{{{channel}}}:meta"),
-            self._key(f"{{{channel}}}:stream"),
-            secrets.token_hex(4),
-            max(META_TTL, math.ceil(options.history_ttl)),
-            self._pubsub_name(channel),
+            *self._channel_keys(channel),
+            *self._epoch_args(channel, options),
             data,
             _who(info),
             options.history_size,
             max(1, math.ceil(options.history_ttl)),
         ]
-        offset, epoch = await self._call(self._queue_publish(command))
+        offset, epoch, tag = await self._call(self._queue_publish(command))
+        self._learn(channel, epoch, int(offset), tag)
         return int(offset), epoch.decode()
 
     async def _queue_publish(self, command: list[Any]) -> Any:
         """Publish in the next round trip: publications made while one is
         on its way go together in the next, in the order they were made,
-        so that a burst reaches every node as a burst."""
+        so that a burst reaches every node as a burst.
+
+        Raises :class:`BrokerUnavailable` when the publication was never
+        sent, :class:`OutcomeUnknown` when it was and no answer came."""
+        if self._conn is None:
+            raise BrokerUnavailable(f"redis is unreachable: {self._error}")
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._outbox.append((command, done))
+        entry = (command, done)
+        self._outbox.append(entry)
         if self._sending is None:
             self._sending = asyncio.create_task(self._send_publications())
-        async with asyncio.timeout(self._timeout):
-            return await done
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await done
+        except TimeoutError:
+            if entry in self._outbox:
+                self._outbox.remove(entry)  # never sent: it will not be made
+                raise BrokerUnavailable(
+                    f"redis did not take the publication within {self._timeout:g} s"
+                ) from None
+            raise OutcomeUnknown(
+                f"redis did not answer within {self._timeout:g} s: the "
+                "publication may have been made"
+            ) from None
 
     async def _send_publications(self) -> None:
         from redis.exceptions import RedisError
@@ -368,9 +442,12 @@ class RedisBroker(Broker):
                 batch, self._outbox = self._outbox, []
                 commands = [command for command, _ in batch]
                 try:
-                    results = await self._publish_all(commands)
+                    results = await self._run_scripts("publish", commands)
                 except (RedisError, OSError) as exc:
-                    results = [exc] * len(batch)
+                    # Sent, perhaps: Redis may have made them before the
+                    # connection broke, or may make them once it resumes.
+                    unknown = OutcomeUnknown(f"redis failed: {exc}")
+                    results = [unknown] * len(batch)
                 for (_, done), result in zip(batch, results, strict=True):
                     if done.done():
                         continue  # its caller gave up waiting
@@ -381,17 +458,19 @@ class RedisBroker(Broker):
         finally:
             self._sending = None
 
-    async def _publish_all(self, commands: list[list[Any]]) -> list[Any]:
-        """Run the publish script for each of ``commands``, in order, in one
-        round trip (two if Redis lost the script: it restarted)."""
+    async def _run_scripts(self, name: str, commands: list[list[Any]]) -> list[Any]:
+        """Run script ``name`` once for each of ``commands`` (its key count,
+        keys and arguments), in order, in one round trip (two if Redis lost
+        the script: it restarted)."""
         from redis.exceptions import NoScriptError
 
-        sha = self._scripts["publish"].sha
+        script = self._scripts[name]
+        sha = script.sha
         results: list[Any] = [None] * len(commands)
         todo = list(range(len(commands)))
         for attempt in range(2):
             if attempt:
-                await self._redis.script_load(_PUBLISH)
+                await self._redis.script_load(script.script)
             pipe = self._redis.pipeline(transaction=False)
             for i in todo:
                 pipe.evalsha(sha, *commands[i])
@@ -412,16 +491,16 @@ class RedisBroker(Broker):
         since: int | None = None,
         limit: int | None = None,
     ) -> HistoryResult:
-        epoch, offset, complete, entries, newest_first = await self._script(
+        epoch, offset, complete, entries, newest_first, tag = await self._script(
             "history",
-            [self._key(f"{{{channel}}}:meta"), self._key(f"{{{channel}}}:stream")],
+            self._channel_keys(channel),
             [
-                secrets.token_hex(4),
-                max(META_TTL, math.ceil(options.history_ttl)),
+                *self._epoch_args(channel, options),
                 -1 if since is None else since,
                 -1 if limit is None else limit,
             ],
         )
+        self._learn(channel, epoch, int(offset), tag)
         publications = [_entry(id, fields) for id, fields in entries]
         if newest_first:
             publications.reverse()
@@ -516,6 +595,32 @@ class RedisBroker(Broker):
     def _key(self, name: str) -> str:
         return self._prefix + name
 
+    def _channel_keys(self, channel: str) -> list[str]:
+        return [self._key(f"{{{channel}}}:meta"), self._key(f"{{{channel}}}:stream")]
+
+    def _epoch_args(self, channel: str, options: ChannelOptions) -> list[Any]:
+        """The arguments of the scripts' epoch check (_EPOCH)."""
+        epoch, offset, tag = self._known.get(channel, (b"", 0, b""))
+        return [
+            secrets.token_hex(4),
+            max(META_TTL, math.ceil(options.history_ttl)),
+            self._pubsub_name(channel),
+            epoch,
+            offset,
+            tag,
+        ]
+
+    def _learn(self, channel: str, epoch: bytes, offset: int, tag: bytes) -> None:
+        """Remember where ``channel`` stands, as far as this node has seen:
+        the newest position of the newest epoch."""
+        known = self._known.pop(channel, None)
+        if known is not None and known[0] == epoch and known[1] >= offset:
+            self._known[channel] = known
+        else:
+            self._known[channel] = (epoch, offset, tag)
+            if len(self._known) > KNOWN_CHANNELS:
+                del self._known[next(iter(self._known))]
+
     def _presence_keys(self, channel: str) -> list[str]:
         return [
             self._key(f"{{{channel}}}:presence"),
@@ -567,6 +672,8 @@ class RedisBroker(Broker):
             conn = self._redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
             try:
                 await conn.connect()
+                if resync:
+                    await self._check_channels()
                 names = [self._control] + [self._pubsub_name(c) for c in self._wanted]
                 await conn.send_command("SUBSCRIBE", *names)
                 await self._listen(conn, len(names), resync=resync)
@@ -637,6 +744,27 @@ class RedisBroker(Broker):
             with contextlib.suppress(Exception):
                 await conn.send_command("PING")
 
+    async def _check_channels(self) -> None:
+        """Before resubscribing after an outage: have Redis check every
+        channel this node delivers against what the node saw (_EPOCH), so
+        that a Redis restored from an older state gives them new epochs
+        before any of its publications reach the node."""
+        channels = [c for c in self._wanted if c in self._known]
+        if channels:
+            await self._run_scripts(
+                "history",
+                [
+                    [
+                        2,
+                        *self._channel_keys(c),
+                        *self._epoch_args(c, ChannelOptions()),
+                        -1,
+                        0,
+                    ]
+                    for c in channels
+                ],
+            )
+
     async def _resync(self) -> None:
         """After Redis was unreachable: have the node make its heartbeat and
         presence entries again (Redis may have restarted empty), and tell
@@ -670,11 +798,15 @@ class RedisBroker(Broker):
         channel = name[len(self._prefix) + 3 :].decode()
         if channel not in self._wanted:
             return  # unsubscribed meanwhile
-        kind, offset, epoch, data, who = payload.split(_SEP, 4)
+        kind, offset, epoch, tag, data, who = payload.split(_SEP, 5)
         if kind == b"p":
+            self._learn(channel, epoch, int(offset), tag)
             events.on_push(
                 Push(channel, "pub", epoch.decode(), int(offset), data, _info(who))
             )
+        elif kind == b"e":  # a new epoch, after Redis lost writes
+            self._learn(channel, epoch, int(offset), b"")
+            events.on_push(Push(channel, "position", epoch.decode(), int(offset)))
         else:
             info = _info(who)
             events.on_push(
