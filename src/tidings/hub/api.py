@@ -14,7 +14,7 @@ from urllib.parse import SplitResult, parse_qs, urlsplit
 from ..engine.http import HTTPResponse, HTTPStream
 from ..protocol import Request
 from .auth import api_key_matches
-from .brokers.base import BrokerUnavailable
+from .brokers.base import BrokerUnavailable, OutcomeUnknown
 from .transports import COMMAND_PATH, POLL_PATH, SSE_PATH, handle_fallback
 from .wire import CommandError, dumps, encode_position, parse_since, valid_channel
 
@@ -100,6 +100,8 @@ async def handle_http(hub: Hub, request: Request) -> HTTPResponse | HTTPStream |
             return _json(200, await _api(hub, request))
         except CommandError as exc:
             return _error(hub, request, ApiError(exc.code, exc.message))
+        except OutcomeUnknown as exc:
+            return _error(hub, request, ApiError(504, str(exc)))
         except BrokerUnavailable as exc:
             return _error(hub, request, ApiError(503, str(exc)))
         except ApiError as exc:

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs
 from ..exceptions import ConnectionClosed
 from ..protocol import Request
 from .auth import AuthError, Identity, can_publish, can_subscribe, decode_token
-from .brokers.base import BrokerUnavailable, ClientInfo, Publication
+from .brokers.base import BrokerUnavailable, ClientInfo, OutcomeUnknown, Publication
 from .config import NamespaceConfig
 from .wire import (
     Command,
@@ -242,6 +242,9 @@ class Session:
             return encode_reply(id, await self._dispatch(command))
         except CommandError as exc:
             return self._error(id if exc.id is None else exc.id, exc.code, exc.message)
+        except OutcomeUnknown as exc:
+            hub.metrics.errors["outcome_unknown"] += 1
+            return encode_error(id, 504, str(exc))
         except BrokerUnavailable as exc:
             hub.metrics.errors["broker_unavailable"] += 1
             return encode_error(id, 503, str(exc))
