@@ -61,7 +61,16 @@ class _Local:
     """This node's side of one channel: its subscribers here, and whether
     the broker delivers the channel to this node."""
 
-    __slots__ = ("epoch", "floors", "live", "lock", "offset", "subscribers", "waiting")
+    __slots__ = (
+        "epoch",
+        "floors",
+        "live",
+        "lock",
+        "offset",
+        "refreshing",
+        "subscribers",
+        "waiting",
+    )
 
     def __init__(self) -> None:
         self.subscribers: dict[Session, None] = {}
@@ -78,6 +87,10 @@ class _Local:
         self.lock = asyncio.Lock()
         self.live = False
         self.waiting = 0
+        #: Set while this node refreshes the channel's presence entries: a
+        #: leave waits for it, or the refresh, reaching the broker after the
+        #: leave, would make the entry again.
+        self.refreshing: asyncio.Future[None] | None = None
 
 
 class _Survey:
@@ -158,17 +171,21 @@ class Hub:
         return self
 
     async def close(self) -> None:
-        """Close every connection with 1001 and stop."""
+        """Close every connection with 1001 and stop, whatever a background
+        task of the hub (a feed, the keepalive) may have raised."""
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        ended = await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        if self._server is not None:
-            self._server.close(1001, "hub shutting down")
-            await self._server.wait_closed()
-        await self.broker.close()
+        for outcome in ended:
+            if isinstance(outcome, Exception):
+                logger.error("a hub task had failed", exc_info=outcome)
+        try:
+            if self._server is not None:
+                self._server.close(1001, "hub shutting down")
+                await self._server.wait_closed()
+        finally:
+            await self.broker.close()
 
     async def serve_forever(self) -> None:
         """Serve until cancelled."""
@@ -231,7 +248,12 @@ class Hub:
                     if s.info is not None and s.present
                 ]
                 if infos:
-                    await self.broker.refresh_presence(channel, infos, ttl)
+                    local.refreshing = asyncio.get_running_loop().create_future()
+                    try:
+                        await self.broker.refresh_presence(channel, infos, ttl)
+                    finally:
+                        local.refreshing.set_result(None)
+                        local.refreshing = None
         except BrokerUnavailable as exc:
             logger.debug("presence refresh postponed: %s", exc)
 
@@ -457,6 +479,7 @@ class Hub:
         entry, and the node's broker subscription after its last
         subscriber."""
         namespace = self.config.namespace(channel)
+        local = self._local.get(channel)
         if (
             was_subscriber
             and namespace is not None
@@ -464,6 +487,8 @@ class Hub:
             and session.present
         ):
             assert session.info is not None
+            if local is not None and local.refreshing is not None:
+                await asyncio.wait([local.refreshing])
             await self.broker.remove_presence(channel, session.info)
         local = self._local.get(channel)
         if local is None or local.subscribers or local.waiting:

@@ -5,12 +5,17 @@ would through the HTTP API."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from .brokers.base import BrokerUnavailable
 
 if TYPE_CHECKING:
     from .app import Hub
+
+logger = logging.getLogger("tidings.hub")
 
 __all__ = ["SYMBOLS", "run_report", "run_ticker"]
 
@@ -33,8 +38,8 @@ async def run_ticker(hub: Hub, interval: float = 0.5) -> None:
             "change": round(new - old, 2),
             "time": time.time(),
         }
-        await hub.publish(f"ticker:{symbol}", quote)
-        await hub.publish("ticker:all", quote)
+        await _publish(hub, f"ticker:{symbol}", quote)
+        await _publish(hub, "ticker:all", quote)
         await asyncio.sleep(interval)
 
 
@@ -64,4 +69,13 @@ async def run_report(hub: Hub, interval: float = 1.0) -> None:
             metrics.publications,
             metrics.deliveries,
         )
-        await hub.publish("report:hub", report)
+        await _publish(hub, "report:hub", report)
+
+
+async def _publish(hub: Hub, channel: str, data: Any) -> None:
+    """Publish, or skip this one while the broker is away: a feed goes on
+    through an outage, as its subscribers do."""
+    try:
+        await hub.publish(channel, data)
+    except BrokerUnavailable as exc:
+        logger.debug("%s: publication skipped: %s", channel, exc)
