@@ -14,7 +14,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -246,3 +250,60 @@ class Recorder:
             while not condition():
                 self._changed.clear()
                 await self._changed.wait()
+
+
+#: The folder of proxy_backend.py.
+HERE = Path(__file__).parent
+
+
+class Backend:
+    """The back end of proxy_backend.py under uvicorn, in a process of its
+    own, and what the tests ask of it."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1024)
+        self.port = self.sock.getsockname()[1]
+        # uvicorn takes the listening socket: connections wait in the
+        # kernel until it accepts, so no wait for it to be ready.
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--app-dir",
+                str(HERE),
+                "--fd",
+                str(self.sock.fileno()),
+                "--log-level",
+                "warning",
+                "proxy_backend:app",
+            ],
+            pass_fds=[self.sock.fileno()],
+        )
+
+    def url(self, hook: str) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks/{hook}"
+
+    async def script(self, **specs: Any) -> None:
+        """How each hook named answers from now on (proxy_backend.py)."""
+        answer = await http_request(self.port, "POST", "/script", specs)
+        assert answer.status == 200, answer
+
+    async def calls(self, hook: str | None = None) -> list[dict[str, Any]]:
+        answer = await http_request(self.port, "GET", "/calls")
+        return [c for c in answer.json()["calls"] if hook in (None, c["hook"])]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(20)
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[Backend]:
+    """The proxy tests' back end (proxy_backend.py), in a process of its own."""
+    backend = Backend()
+    yield backend
+    backend.stop()

@@ -13,7 +13,7 @@ from .client import (
     RecoveryFailed,
     Subscription,
 )
-from .config import ConfigError, HubConfig, NamespaceConfig, load_config
+from .config import ConfigError, HubConfig, NamespaceConfig, ProxyConfig, load_config
 
 __all__ = [
     "Broker",
@@ -25,6 +25,7 @@ __all__ = [
     "HubError",
     "MemoryBroker",
     "NamespaceConfig",
+    "ProxyConfig",
     "Publication",
     "RecoveryFailed",
     "Subscription",

@@ -27,7 +27,9 @@ from .brokers.base import (
     Push,
 )
 from .config import HubConfig, NamespaceConfig
+from .hooks import Hooks
 from .metrics import Metrics
+from .proxy import ProxyHooks
 from .session import CLOSE_DISCONNECTED, CLOSE_SLOW, Outlet, Session
 from .transports import EventStream
 from .wire import encode_data, encode_pub, encode_push
@@ -122,6 +124,10 @@ class Hub:
         #: This node's name among the hub's nodes.
         self.node = secrets.token_hex(6)
         self.metrics = Metrics()
+        #: What the hub asks the application (docs/integrate.md), if anything.
+        self.hooks: Hooks | None = None
+        if self.config.proxy.enabled:
+            self.hooks = ProxyHooks(self.config.proxy, self.metrics)
         self._local: dict[str, _Local] = {}
         self._sessions: set[Session] = set()
         self._surveys: dict[str, _Survey] = {}
@@ -186,6 +192,8 @@ class Hub:
                 await self._server.wait_closed()
         finally:
             await self.broker.close()
+            if self.hooks is not None:
+                await self.hooks.close()
 
     async def serve_forever(self) -> None:
         """Serve until cancelled."""
@@ -243,9 +251,9 @@ class Hub:
                 if namespace is None or not namespace.presence:
                     continue
                 infos = [
-                    s.info
+                    info
                     for s in local.subscribers
-                    if s.info is not None and s.present
+                    if (info := s.info_for(channel)) is not None and s.present
                 ]
                 if infos:
                     local.refreshing = asyncio.get_running_loop().create_future()
@@ -438,10 +446,9 @@ class Hub:
             else:
                 result = await self.broker.history(channel, options, limit=0)
             if namespace.presence and session.present:
-                assert session.info is not None
-                await self.broker.add_presence(
-                    channel, session.info, self.config.presence_ttl
-                )
+                info = session.info_for(channel)
+                assert info is not None
+                await self.broker.add_presence(channel, info, self.config.presence_ttl)
         except BaseException:
             await self.unsubscribe(session, channel)
             raise
@@ -467,6 +474,7 @@ class Hub:
         push); return whether it was a subscriber."""
         session.subscriptions.discard(channel)
         session.recovering.pop(channel, None)
+        session.channel_info.pop(channel, None)
         local = self._local.get(channel)
         if local is None or session not in local.subscribers:
             return False

@@ -354,7 +354,7 @@ class Client:
     async def presence(self, channel: str) -> list[ClientInfo]:
         """Who is subscribed to ``channel``."""
         result = await self._call("presence", channel=channel)
-        return [ClientInfo(c["client"], c["user"]) for c in result["clients"]]
+        return [_info(c) for c in result["clients"]]
 
     async def history(
         self,
@@ -594,8 +594,8 @@ class Client:
             _call_safely(sub.on_leave, _info(msg["leave"]))
 
 
-def _info(raw: dict[str, str]) -> ClientInfo:
-    return ClientInfo(raw["client"], raw["user"])
+def _info(raw: dict[str, Any]) -> ClientInfo:
+    return ClientInfo(raw["client"], raw["user"], raw.get("info"))
 
 
 def _publication(raw: dict[str, Any]) -> Publication:

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..exceptions import TidingsError
 
-__all__ = ["ConfigError", "HubConfig", "NamespaceConfig", "load_config"]
+__all__ = ["ConfigError", "HubConfig", "NamespaceConfig", "ProxyConfig", "load_config"]
 
 _NAMESPACE_RE = re.compile(r"[A-Za-z0-9_\-.]{1,64}")
 
@@ -34,6 +34,11 @@ class NamespaceConfig:
     presence: bool = False
     join_leave: bool = False
     max_subscribers: int | None = None
+    #: The application's subscribe (publish) hook decides every subscribe
+    #: (publish) here, in place of tokens' claims and ``allow_anonymous``
+    #: (``allow_publish``): docs/integrate.md.
+    subscribe_proxy: bool = False
+    publish_proxy: bool = False
 
 
 def _demo_namespaces() -> dict[str, NamespaceConfig]:
@@ -54,6 +59,47 @@ def _demo_namespaces() -> dict[str, NamespaceConfig]:
             allow_anonymous=True, history_size=60, history_ttl=600
         ),
     }
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    """The application's endpoints that the hub asks before it acts (the
+    ``[proxy]`` table; docs/integrate.md). A hook with no URL is not asked."""
+
+    #: Clients that connect without a token.
+    connect: str | None = None
+    #: A proxied connection, before its ``expire_at``.
+    refresh: str | None = None
+    #: Subscribes in namespaces with ``subscribe_proxy``.
+    subscribe: str | None = None
+    #: Publishes in namespaces with ``publish_proxy``.
+    publish: str | None = None
+    #: The ``rpc`` command.
+    rpc: str | None = None
+    #: Seconds a call may take, waiting for its turn included (then 503).
+    timeout: float = 1.0
+    #: The client's request headers passed on to the application.
+    headers: tuple[str, ...] = (
+        "Cookie",
+        "Authorization",
+        "User-Agent",
+        "Origin",
+        "X-Forwarded-For",
+    )
+    #: Calls to the application in flight at once, per node.
+    max_in_flight: int = 256
+    #: Sent as ``X-Tidings-Secret`` with every call, so that the application
+    #: knows the call is the hub's.
+    secret: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any hook has an endpoint."""
+        return any(getattr(self, hook) for hook in HOOKS)
+
+
+#: The hooks of :class:`ProxyConfig`, in the order a client meets them.
+HOOKS = ("connect", "refresh", "subscribe", "publish", "rpc")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +156,8 @@ class HubConfig:
     poll_timeout: float = 30.0
     #: Serve the demo pages and run the simulated ticker and the report feed.
     demo: bool = True
+    #: Where the application is asked (docs/integrate.md).
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
 
     def __post_init__(self) -> None:
         if not self.namespaces and self.demo:
@@ -142,14 +190,22 @@ def load_config(
     for name, raw in (env or {}).items():
         if name.startswith(_ENV_PREFIX):
             key = name[len(_ENV_PREFIX) :].lower()
-            if key in _FIELDS and key != "namespaces":
-                values[key] = _parse_env(key, raw)
+            hook = key.removeprefix("proxy_")
+            if key in _FIELDS and key not in _TABLES:
+                values[key] = _parse_env(key, raw, _FIELDS[key].type)
+            elif key.startswith("proxy_") and hook in _PROXY_FIELDS:
+                proxy = values.setdefault("proxy", {})
+                if isinstance(proxy, dict):
+                    proxy[hook] = _parse_env(key, raw, _PROXY_FIELDS[hook].type)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return _build(values)
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(HubConfig)}
 _NS_FIELDS = {f.name: f for f in dataclasses.fields(NamespaceConfig)}
+_PROXY_FIELDS = {f.name: f for f in dataclasses.fields(ProxyConfig)}
+#: Settings that are tables of their own in the TOML file.
+_TABLES = ("namespaces", "proxy")
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -162,8 +218,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _parse_env(key: str, raw: str) -> Any:
-    kind = _FIELDS[key].type
+def _parse_env(key: str, raw: str, kind: Any) -> Any:
     if "tuple" in str(kind):
         return [item.strip() for item in raw.split(",") if item.strip()]
     if "bool" in str(kind):
@@ -189,14 +244,48 @@ def _build(values: dict[str, Any]) -> HubConfig:
         raise ConfigError(f"unknown setting {unknown[0]!r}; known settings: {known}")
     if "namespaces" in values:
         values["namespaces"] = _namespaces(values["namespaces"])
+    if "proxy" in values:
+        values["proxy"] = _proxy(values["proxy"])
     for key, value in values.items():
-        if key != "namespaces":
+        if key not in _TABLES:
             _check_type(key, value, _FIELDS[key].type)
             if isinstance(value, list):
                 values[key] = tuple(value)
     config = HubConfig(**values)
     _check_ranges(config)
     return config
+
+
+def _proxy(raw: Any) -> ProxyConfig:
+    if isinstance(raw, ProxyConfig):
+        return raw
+    if not isinstance(raw, dict):
+        raise ConfigError("proxy must be a table")
+    for key, value in raw.items():
+        if key not in _PROXY_FIELDS:
+            raise ConfigError(
+                f"unknown option proxy.{key}; known options: "
+                + ", ".join(sorted(_PROXY_FIELDS))
+            )
+        _check_type(f"proxy.{key}", value, _PROXY_FIELDS[key].type)
+    options: dict[str, Any] = {
+        key: tuple(value) if isinstance(value, list) else value
+        for key, value in raw.items()
+    }
+    proxy = ProxyConfig(**options)
+    for hook in HOOKS:
+        url = getattr(proxy, hook)
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"proxy.{hook} must be an http:// or https:// URL, got {url!r}"
+            )
+    if proxy.timeout <= 0:
+        raise ConfigError(f"proxy.timeout must be > 0, got {proxy.timeout}")
+    if proxy.max_in_flight < 1:
+        raise ConfigError(
+            f"proxy.max_in_flight must be >= 1, got {proxy.max_in_flight}"
+        )
+    return proxy
 
 
 def _namespaces(raw: Any) -> dict[str, NamespaceConfig]:
@@ -300,3 +389,10 @@ def _check_ranges(config: HubConfig) -> None:
     ):
         if getattr(config, key) <= 0:
             raise ConfigError(f"{key} must be > 0, got {getattr(config, key)}")
+    for name, namespace in config.namespaces.items():
+        for hook in ("subscribe", "publish"):
+            if getattr(namespace, f"{hook}_proxy") and not getattr(config.proxy, hook):
+                # Nobody to ask would refuse every one of them.
+                raise ConfigError(
+                    f"namespaces.{name}.{hook}_proxy needs proxy.{hook} (a URL)"
+                )

@@ -17,6 +17,8 @@ class Metrics:
     dropped_slow: int = 0
     commands: int = 0
     errors: Counter[str] = field(default_factory=Counter)
+    #: Calls to the application's hooks, by (hook, outcome).
+    hook_calls: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     def render(
         self, *, connections: int, subscriptions: int, channels: int, broker_up: bool
@@ -53,5 +55,13 @@ class Metrics:
         lines += [
             f'tidings_errors_total{{kind="{kind}"}} {count}'
             for kind, count in sorted(self.errors.items())
+        ]
+        lines += [
+            "# HELP tidings_hook_calls_total Calls to the application's hooks.",
+            "# TYPE tidings_hook_calls_total counter",
+        ]
+        lines += [
+            f'tidings_hook_calls_total{{hook="{hook}",outcome="{outcome}"}} {count}'
+            for (hook, outcome), count in sorted(self.hook_calls.items())
         ]
         return "\n".join(lines) + "\n"

@@ -19,12 +19,21 @@ from ..protocol import Request
 from .auth import AuthError, Identity, can_publish, can_subscribe, decode_token
 from .brokers.base import BrokerUnavailable, ClientInfo, OutcomeUnknown, Publication
 from .config import NamespaceConfig
+from .hooks import (
+    UNCHANGED,
+    Disconnect,
+    HookContext,
+    Hooks,
+    HookUnavailable,
+    Refuse,
+)
 from .wire import (
     Command,
     CommandError,
     Raw,
     encode_error,
     encode_position,
+    encode_push,
     encode_reply,
     parse_command,
 )
@@ -39,6 +48,7 @@ __all__ = [
     "CLOSE_SLOW",
     "CLOSE_TOKEN",
     "CLOSE_TOKEN_EXPIRED",
+    "CLOSE_TRY_AGAIN",
     "Outlet",
     "Session",
 ]
@@ -52,6 +62,11 @@ CLOSE_TOKEN_EXPIRED = 4002
 CLOSE_DISCONNECTED = 4003
 CLOSE_SLOW = 4005
 CLOSE_RATE_LIMIT = 4008
+#: The IANA registry's "Try Again Later": the application could not answer.
+CLOSE_TRY_AGAIN = 1013
+
+#: Seconds before the refresh hook is asked again when it could not answer.
+REFRESH_RETRY = 5.0
 
 #: Malformed commands, and rate-limited ones, tolerated per connection.
 MAX_BAD_COMMANDS = 20
@@ -103,17 +118,22 @@ class Session:
         "_client",
         "_closing",
         "_expiry",
+        "_hooked",
         "_limited",
         "_pipeline",
         "_refilled",
+        "_refreshing",
+        "_server_channels",
         "_subscribed_at",
         "_tokens",
+        "channel_info",
         "hub",
         "identity",
         "info",
         "present",
         "recovering",
         "subscriptions",
+        "transport",
         "ws",
     )
 
@@ -124,16 +144,29 @@ class Session:
         *,
         present: bool = True,
         client: str | None = None,
+        transport: str = "websocket",
     ) -> None:
         self.hub = hub
         self.ws = ws
+        #: How the client is connected, as the hooks are told: websocket,
+        #: sse, poll or command.
+        self.transport = transport
         #: The client id connect gives, if not a new random one.
         self._client = client
         #: Whether it shows in the presence of the channels it subscribes
         #: to: not a long-poll, which holds no connection between polls.
         self.present = present
         self.info: ClientInfo | None = None
+        #: The client as the subscribe hook showed it on some channels.
+        self.channel_info: dict[str, ClientInfo] = {}
         self.identity: Identity | None = None
+        #: Connected through the connect hook, which the refresh hook
+        #: answers for at expiry.
+        self._hooked = False
+        self._refreshing: asyncio.Task[None] | None = None
+        #: Channels the connect hook subscribed the client to, not yet done,
+        #: each with the position the client recovers it from.
+        self._server_channels: list[tuple[str, tuple[int, str] | None]] = []
         self.subscriptions: set[str] = set()
         #: Pushes held back per channel while its subscribe is in flight.
         self.recovering: dict[str, list[tuple[int | None, str]]] = {}
@@ -177,6 +210,8 @@ class Session:
         finally:
             if self._expiry is not None:
                 self._expiry.cancel()
+            if self._refreshing is not None:
+                self._refreshing.cancel()
             if self._pipeline:
                 await self._settle()  # what was published stays published
             await self.hub.session_ended(self)
@@ -190,7 +225,11 @@ class Session:
         command = self._accept(message)
         if command is None:
             return
-        if command.op == "publish" and self.info is not None:
+        if (
+            command.op == "publish"
+            and self.info is not None
+            and not self._hooked_publish(command.channel)
+        ):
             if len(self._pipeline) >= MAX_PIPELINED:
                 await asyncio.wait([self._pipeline[0]])
                 self._send_ready()
@@ -203,10 +242,45 @@ class Session:
         reply = await self._answer(command)
         if reply is not None:
             self.send(reply)
-        if command.op == "subscribe" and command.channel in self._subscribed_at:
-            epoch, offset = self._subscribed_at.pop(command.channel)
-            self._flush(command.channel, offset)
-            self.hub.subscribed(self, command.channel, epoch, offset)
+        if command.op == "subscribe":
+            self._subscribed(command.channel)
+        elif self._server_channels:
+            await self._subscribe_server_side()
+
+    def _subscribed(self, channel: str) -> None:
+        """The subscribe reply (or push) is sent: release what was held."""
+        if channel in self._subscribed_at:
+            epoch, offset = self._subscribed_at.pop(channel)
+            self._flush(channel, offset)
+            self.hub.subscribed(self, channel, epoch, offset)
+
+    async def _subscribe_server_side(self) -> None:
+        """Subscribe the client to the channels the connect hook named,
+        each announced by a ``subscribe`` push (recovered from the
+        position the connect command gave for it, if any)."""
+        channels, self._server_channels = self._server_channels, []
+        for channel, since in channels:
+            namespace = self.hub.config.namespace(channel)
+            if namespace is None or channel in self.subscriptions:
+                continue
+            try:
+                position = await self._join(channel, namespace, since)
+            except CommandError as exc:  # too many subscribers, say
+                logger.info(
+                    "server-side subscription to %s refused: %s", channel, exc.message
+                )
+                continue
+            except BrokerUnavailable:
+                self.close(CLOSE_TRY_AGAIN, "try again later")
+                return
+            self.send(encode_push(channel, "subscribe", position))
+            self._subscribed(channel)
+
+    def _hooked_publish(self, channel: str) -> bool:
+        """Whether publishes to ``channel`` go through the publish hook (and
+        so one at a time, in order)."""
+        namespace = self.hub.config.namespace(channel)
+        return namespace is not None and namespace.publish_proxy
 
     def _accept(self, message: str | bytes) -> Command | None:
         """The command in ``message``, or None when it is refused (binary,
@@ -252,6 +326,17 @@ class Session:
             hub.metrics.errors["auth"] += 1
             self.close(CLOSE_TOKEN, str(exc))
             return encode_error(id, 401, str(exc))
+        except Refuse as exc:  # the application's answer, as it gave it
+            hub.metrics.errors[f"code_{exc.code}"] += 1
+            return encode_error(id, exc.code, exc.message)
+        except Disconnect as exc:
+            self.close(exc.code, exc.reason)
+            return None
+        except HookUnavailable as exc:
+            hub.metrics.errors["hook_unavailable"] += 1
+            if command.op == "connect":
+                self.close(CLOSE_TRY_AGAIN, "try again later")
+            return encode_error(id, 503, str(exc))
         except Exception:
             logger.exception("hub command failed")
             hub.metrics.errors["internal"] += 1
@@ -338,13 +423,19 @@ class Session:
     async def _dispatch(self, command: Command) -> Any:
         op = command.op
         if op == "connect":
-            return self._connect(command)
+            return await self._connect(command)
         if self.info is None:
             raise CommandError(401, "send connect first", command.id)
         if op == "ping":
             return {}
         if op == "refresh":
             return self._refresh(command)
+        if op == "rpc":
+            hooks = self._hooks("rpc")
+            if hooks is None:
+                raise CommandError(404, "rpc is not enabled on this hub", command.id)
+            data = await hooks.rpc(self._context(), command.method, command.data)
+            return {"data": data}
         namespace = self.hub.config.namespace(command.channel)
         if namespace is None:
             raise CommandError(
@@ -360,14 +451,7 @@ class Session:
             await self.hub.unsubscribe(self, command.channel)
             return {}
         if op == "publish":
-            if not can_publish(self.identity, namespace, command.channel):
-                raise CommandError(
-                    403, f"not allowed to publish to {command.channel}", command.id
-                )
-            offset, epoch = await self.hub.publish(
-                command.channel, command.data, self.info
-            )
-            return {"offset": offset, "epoch": epoch}
+            return await self._publish(command, namespace)
         self._check_subscribe(command, namespace)
         if op == "presence":
             if not namespace.presence:
@@ -378,18 +462,75 @@ class Session:
             return {"clients": [c.to_json() for c in clients]}
         return await self._history(command)
 
-    def _connect(self, command: Command) -> dict[str, Any]:
+    async def _connect(self, command: Command) -> dict[str, Any]:
         if self.info is not None:
             raise CommandError(400, "already connected", command.id)
+        client = self._client or secrets.token_hex(6)
         token = command.token
         if token is None:
             token = _query_token(self.ws)
+        hooks = self._hooks("connect")
+        if token is None and hooks is not None:
+            answer = await hooks.connect(self._context(client), command.data)
+            self._hooked = True
+            self.identity = Identity(answer.user, expires=answer.expire_at)
+            self.info = ClientInfo(client, answer.user, answer.info)
+            if self.transport in ("websocket", "sse"):  # not one-request sessions
+                self._server_channels = [
+                    (channel, command.subs.get(channel)) for channel in answer.channels
+                ]
+            self.hub.session_connected(self)
+            reply = {**self.info.to_json(), **self._watch_expiry()}
+            if answer.data is not None:
+                reply["data"] = answer.data
+            return reply
         if token is not None:
             self.identity = decode_token(token, self.hub.config.secret)
         user = self.identity.user if self.identity is not None else ""
-        self.info = ClientInfo(self._client or secrets.token_hex(6), user)
+        self.info = ClientInfo(client, user)
         self.hub.session_connected(self)
         return {**self.info.to_json(), **self._watch_expiry()}
+
+    def _hooks(self, hook: str) -> Hooks | None:
+        """The hooks, if the application answers ``hook``."""
+        hooks = self.hub.hooks
+        return hooks if hooks is not None and hooks.enabled(hook) else None
+
+    def _context(self, client: str | None = None) -> HookContext:
+        """The client, as a hook is told of it."""
+        request = self.ws.request
+        headers = {}
+        if request is not None:
+            for name in self.hub.config.proxy.headers:
+                value = request.headers.get(name)
+                if value is not None:
+                    headers[name] = value
+        info = self.info
+        if info is None:
+            return HookContext(client or "", self.transport, headers, request)
+        return HookContext(
+            info.client, self.transport, headers, request, info.user, info.info
+        )
+
+    def info_for(self, channel: str) -> ClientInfo | None:
+        """Who the client is on ``channel``: as the subscribe hook showed
+        it there, else as it connected."""
+        return self.channel_info.get(channel, self.info)
+
+    async def _publish(self, command: Command, namespace: NamespaceConfig) -> Any:
+        channel = command.channel
+        data = command.data
+        if namespace.publish_proxy:
+            hooks = self._hooks("publish")
+            if hooks is None:
+                raise HookUnavailable("the publish hook is not configured")
+            answer = await hooks.publish(self._context(), channel, data)
+            if answer.data is not UNCHANGED:
+                data = answer.data
+        elif not can_publish(self.identity, namespace, channel):
+            raise CommandError(403, f"not allowed to publish to {channel}", command.id)
+        offset, epoch = await self.hub.publish(channel, data, self.info_for(channel))
+        return {"offset": offset, "epoch": epoch}
 
     def _refresh(self, command: Command) -> dict[str, Any]:
         """Replace the connection's token before it expires. A refused
@@ -418,45 +559,106 @@ class Session:
         if self.identity is None or self.identity.expires is None:
             return {}
         ttl = max(0.0, self.identity.expires - time.time())
-        self._expiry = asyncio.get_running_loop().call_later(
-            ttl, self.close, CLOSE_TOKEN_EXPIRED, "token expired"
-        )
+        self._expiry = asyncio.get_running_loop().call_later(ttl, self._expired)
         return {"ttl": int(ttl)}
 
+    def _expired(self) -> None:
+        """The token, or what the connect hook granted, expired: ask the
+        refresh hook again if the connection came through the hooks, else
+        close with 4002."""
+        self._expiry = None
+        hooks = self._hooks("refresh")
+        if self._hooked and hooks is not None:
+            self._refreshing = asyncio.create_task(self._refresh_by_hook(hooks))
+        else:
+            self.close(CLOSE_TOKEN_EXPIRED, "token expired")
+
+    async def _refresh_by_hook(self, hooks: Hooks) -> None:
+        try:
+            answer = await hooks.refresh(self._context())
+        except Disconnect as exc:
+            self.close(exc.code, exc.reason)
+            return
+        except (HookUnavailable, Refuse):
+            # A back end that cannot answer for a while does not end every
+            # connection whose time came meanwhile: it is asked again.
+            self._expiry = asyncio.get_running_loop().call_later(
+                REFRESH_RETRY, self._expired
+            )
+            return
+        if answer.expired or self.identity is None:
+            self.close(CLOSE_TOKEN_EXPIRED, "expired")
+            return
+        self.identity = Identity(self.identity.user, expires=answer.expire_at)
+        self._watch_expiry()
+
     def _check_subscribe(self, command: Command, namespace: NamespaceConfig) -> None:
-        if not can_subscribe(self.identity, namespace, command.channel):
+        if namespace.subscribe_proxy:
+            # The application decides who subscribes: those it let in may
+            # read the channel's presence and history.
+            allowed = command.channel in self.subscriptions
+        else:
+            allowed = can_subscribe(self.identity, namespace, command.channel)
+        if not allowed:
             raise CommandError(
                 403, f"not allowed to subscribe to {command.channel}", command.id
             )
 
     async def _subscribe(self, command: Command, namespace: NamespaceConfig) -> Any:
         channel = command.channel
-        self._check_subscribe(command, namespace)
+        if not namespace.subscribe_proxy:
+            self._check_subscribe(command, namespace)
+            return await self._join(channel, namespace, command.since, command.id)
         if channel in self.subscriptions:
             raise CommandError(409, f"already subscribed to {channel}", command.id)
+        hooks = self._hooks("subscribe")
+        if hooks is None or self.info is None:
+            raise HookUnavailable("the subscribe hook is not configured")
+        answer = await hooks.subscribe(self._context(), channel)
+        if answer.info is not None:
+            self.channel_info[channel] = ClientInfo(
+                self.info.client, self.info.user, answer.info
+            )
+        try:
+            return await self._join(channel, namespace, command.since, command.id)
+        except CommandError:
+            self.channel_info.pop(channel, None)
+            raise
+
+    async def _join(
+        self,
+        channel: str,
+        namespace: NamespaceConfig,
+        since: tuple[int, str] | None,
+        id: int | None = None,
+    ) -> Raw:
+        """Subscribe to ``channel``, allowed; return the reply's result: the
+        channel's position, and what was missed after ``since``."""
+        if channel in self.subscriptions:
+            raise CommandError(409, f"already subscribed to {channel}", id)
         most = self.hub.config.max_subscriptions
         if len(self.subscriptions) >= most:
             raise CommandError(
-                429, f"too many subscriptions on one connection ({most})", command.id
+                429, f"too many subscriptions on one connection ({most})", id
             )
         limit = namespace.max_subscribers
         if limit is not None and self.hub.subscriber_count(channel) >= limit:
-            raise CommandError(503, f"{channel} has too many subscribers", command.id)
+            raise CommandError(503, f"{channel} has too many subscribers", id)
         # Live pushes are held back from here until the reply is sent, then
         # released without those the reply already carries: no gap, no
         # duplicate, whatever publishes in between.
         self.recovering[channel] = []
         try:
-            position = await self.hub.subscribe(self, channel, namespace, command.since)
+            position = await self.hub.subscribe(self, channel, namespace, since)
         except BaseException:
             self.recovering.pop(channel, None)
             raise
         self._subscribed_at[channel] = (position.epoch, position.offset)
-        if command.since is None:
+        if since is None:
             return encode_position(position)
         if (
             position.complete
-            and position.epoch == command.since[1]
+            and position.epoch == since[1]
             and self.fits(position.publications) == len(position.publications)
         ):
             return encode_position(position, position.publications, recovered=True)

@@ -25,7 +25,7 @@ from ..exceptions import ConnectionClosed
 from ..protocol import Request
 from .auth import AuthError, can_subscribe, decode_token
 from .brokers.base import BrokerUnavailable, HistoryResult
-from .session import Session
+from .session import CLOSE_TRY_AGAIN, Session
 from .wire import (
     CommandError,
     dumps,
@@ -48,10 +48,6 @@ COMMAND_PATH = "/command"
 
 #: The browser waits this long before it reopens a stream that ended.
 SSE_RETRY_MS = 2000
-
-#: The IANA registry's "Try Again Later": the close of an event stream none
-#: of whose channels could be subscribed.
-CLOSE_TRY_AGAIN = 1013
 
 #: Seconds a browser may keep a preflight's answer (Chromium keeps none
 #: longer than 7200).
@@ -204,7 +200,10 @@ def _channels(hub: Hub, params: dict[str, list[str]], token: str | None) -> list
         namespace = hub.config.namespace(channel)
         if namespace is None:
             raise _Refusal(404, f"unknown namespace in {channel}")
-        if not can_subscribe(identity, namespace, channel):
+        # Where the application decides, its answer comes in the stream.
+        if not namespace.subscribe_proxy and not can_subscribe(
+            identity, namespace, channel
+        ):
             raise _Refusal(403, f"not allowed to subscribe to {channel}")
     return channels
 
@@ -379,7 +378,7 @@ def _open_stream(hub: Hub, request: Request) -> HTTPStream:
 
     async def body(stream: ResponseStream) -> None:
         outlet = EventStream(stream, request, channels, positions)
-        session = Session(hub, outlet, client=client)
+        session = Session(hub, outlet, client=client, transport="sse")
 
         async def commands() -> AsyncIterator[str]:
             yield _connect(token)
@@ -494,7 +493,7 @@ async def _poll(hub: Hub, request: Request) -> HTTPResponse:
             return
         result = await hub.history(channel, since=since[0])
 
-    session = Session(hub, answers, present=False)
+    session = Session(hub, answers, present=False, transport="poll")
     await session.run(commands())
     for id in (_CONNECT_ID, _subscribe_id(0)):
         if (refusal := answers.refusal(id)) is not None:
@@ -553,7 +552,8 @@ async def _command(hub: Hub, request: Request) -> HTTPResponse:
             return
         yield text
 
-    await Session(hub, answers, present=False, client=client).run(commands())
+    session = Session(hub, answers, present=False, client=client, transport="command")
+    await session.run(commands())
     if outcome is not None:
         return outcome
     return answers.refusal(command.id) or HTTPResponse(

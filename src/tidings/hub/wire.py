@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .brokers.base import ClientInfo, HistoryResult, Publication
@@ -41,12 +41,16 @@ OPS = frozenset(
         "history",
         "ping",
         "refresh",
+        "rpc",
     }
 )
 _CHANNEL_OPS = frozenset({"subscribe", "unsubscribe", "publish", "presence", "history"})
 CHANNEL_RE = re.compile(r"[A-Za-z0-9_\-.@/=]+:[A-Za-z0-9_\-.@/=:]*")
 MAX_CHANNEL_LENGTH = 255
 _MAX_ID = 2**53  # what a JavaScript number holds exactly
+MAX_METHOD_LENGTH = 255
+#: Positions one connect command may carry.
+MAX_SUBS = 1024
 
 
 class CommandError(Exception):
@@ -70,6 +74,11 @@ class Command:
     token: str | None = None
     since: tuple[int, str] | None = None
     limit: int | None = None
+    #: The rpc command's method.
+    method: str = ""
+    #: A connect command's positions of the channels the hub subscribed the
+    #: client to (``subscribe`` pushes), to recover them from.
+    subs: dict[str, tuple[int, str]] = field(default_factory=dict)
 
 
 def parse_command(text: str) -> Command:
@@ -106,7 +115,30 @@ def parse_command(text: str) -> Command:
         raise CommandError(400, "limit must be a non-negative integer", id)
     if op == "publish" and "data" not in raw:
         raise CommandError(400, "publish needs data", id)
-    return Command(id, op, channel, raw.get("data"), token, since, limit)
+    method = raw.get("method", "") if op == "rpc" else ""
+    if op == "rpc" and (
+        not isinstance(method, str) or not 0 < len(method) <= MAX_METHOD_LENGTH
+    ):
+        raise CommandError(
+            400, f"rpc needs a method: a string of 1-{MAX_METHOD_LENGTH}", id
+        )
+    subs = _subs(raw.get("subs"), id) if op == "connect" else {}
+    return Command(id, op, channel, raw.get("data"), token, since, limit, method, subs)
+
+
+def _subs(value: Any, id: int) -> dict[str, tuple[int, str]]:
+    """A connect command's ``subs``: ``{channel: {"offset", "epoch"}}``."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > MAX_SUBS:
+        raise CommandError(
+            400, f"subs must be an object of at most {MAX_SUBS} positions", id
+        )
+    return {
+        channel: parse_since(since, id)
+        for channel, since in value.items()
+        if valid_channel(channel)
+    }
 
 
 def valid_channel(channel: str) -> bool:
@@ -171,9 +203,10 @@ def encode_error(id: int | None, code: int, message: str) -> str:
 
 
 def encode_push(channel: str, kind: str, body: Any) -> str:
-    """A push other than a publication: ``kind`` is ``join``, ``leave`` or
-    ``position``."""
-    return dumps({"channel": channel, kind: body})
+    """A push other than a publication: ``kind`` is ``join``, ``leave``,
+    ``position``, ``unsubscribe`` or ``subscribe`` (whose body may be
+    :class:`Raw`)."""
+    return f'{{"channel":{dumps(channel)},"{kind}":{dumps(body)}}}'
 
 
 def encode_pub(

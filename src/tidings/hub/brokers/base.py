@@ -62,14 +62,19 @@ class OutcomeUnknown(BrokerUnavailable):
 
 @dataclass(frozen=True, slots=True)
 class ClientInfo:
-    """Who a client is: its connection id and user id (empty if anonymous)."""
+    """Who a client is: its connection id, user id (empty if anonymous),
+    and ``info``, any JSON the application gave it (a name, an avatar),
+    which does not take part in comparisons."""
 
     client: str
     user: str
+    info: Any = field(default=None, compare=False)
 
-    def to_json(self) -> dict[str, str]:
+    def to_json(self) -> dict[str, Any]:
         """The form used on the wire."""
-        return {"client": self.client, "user": self.user}
+        if self.info is None:
+            return {"client": self.client, "user": self.user}
+        return {"client": self.client, "user": self.user, "info": self.info}
 
 
 @dataclass(frozen=True, slots=True)

@@ -815,16 +815,22 @@ class RedisBroker(Broker):
 
 
 def _who(info: ClientInfo | None) -> bytes:
+    """Client, info (JSON, which never holds a raw 0x1E) and user, the
+    user last as it may hold anything."""
     if info is None:
         return b""
-    return info.client.encode() + _WHO + info.user.encode()
+    extra = b"" if info.info is None else json.dumps(info.info).encode()
+    return info.client.encode() + _WHO + extra + _WHO + info.user.encode()
 
 
 def _info(who: bytes) -> ClientInfo | None:
     if not who:
         return None
-    client, _, user = who.partition(_WHO)
-    return ClientInfo(client.decode(), user.decode())
+    client, _, rest = who.partition(_WHO)
+    extra, _, user = rest.partition(_WHO)
+    return ClientInfo(
+        client.decode(), user.decode(), json.loads(extra) if extra else None
+    )
 
 
 def _entry(id: bytes, fields: list[bytes]) -> Publication:

@@ -1,0 +1,377 @@
+"""The hooks over HTTP (hub/proxy.py), against a real back end: the
+Starlette app of proxy_backend.py under uvicorn, in a process of its own.
+Every hook: accept, refuse, disconnect, transform; and every way a back end
+fails (timeout, refused connection, 5xx, an answer that is not as
+documented), which must give 503 and never a yes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+import tidings
+from tidings.hub import Hub, HubConfig, NamespaceConfig
+from tidings.hub.config import ProxyConfig
+
+from ..conftest import Peer, free_port, http_request, wait_for
+from .conftest import BOUND, SECRET, Backend
+
+NAMESPACES = {
+    # The application decides subscribes and publishes here.
+    "room": NamespaceConfig(
+        subscribe_proxy=True,
+        publish_proxy=True,
+        history_size=100,
+        history_ttl=600,
+        presence=True,
+        join_leave=True,
+    ),
+    # Tokens and namespace options, as without hooks.
+    "news": NamespaceConfig(allow_anonymous=True, history_size=10, history_ttl=600),
+}
+
+
+def proxy(backend: Backend, **options: Any) -> ProxyConfig:
+    hooks = {
+        h: backend.url(h) for h in ("connect", "refresh", "subscribe", "publish", "rpc")
+    }
+    return ProxyConfig(**{"timeout": 5.0, **hooks, **options})
+
+
+@pytest.fixture
+async def start(backend: Backend) -> AsyncIterator[Any]:
+    """``hub = await start(**proxy_options)``: a hub whose hooks are the
+    back end's; the back end's script and calls are reset."""
+    await backend.script()
+    await http_request(backend.port, "DELETE", "/calls")
+    hubs: list[Hub] = []
+
+    async def start_hub(config: dict[str, Any] | None = None, **options: Any) -> Hub:
+        hub = Hub(
+            HubConfig(
+                port=0,
+                demo=False,
+                secret=SECRET,
+                namespaces=NAMESPACES,
+                proxy=proxy(backend, **options),
+                **(config or {}),
+            )
+        )
+        hubs.append(await hub.start())
+        return hub
+
+    yield start_hub
+    for hub in hubs:
+        await hub.close()
+
+
+@pytest.fixture
+async def peers() -> AsyncIterator[Any]:
+    """``peer = await open(hub, **headers)``: a WebSocket to the hub that
+    has not sent connect yet."""
+    opened: list[Peer] = []
+
+    async def open_peer(hub: Hub, headers: Any = ()) -> Peer:
+        ws = await tidings.connect(
+            f"ws://127.0.0.1:{hub.port}/ws", headers=list(headers)
+        )
+        peer = Peer(ws, hub)
+        peer.bound = BOUND
+        opened.append(peer)
+        return peer
+
+    yield open_peer
+    for peer in opened:
+        await peer.ws.close()
+
+
+def as_user(user: str, **result: Any) -> dict[str, Any]:
+    """A connect command's data that the back end's default connect answer
+    turns into its result."""
+    return {"result": {"user": user, **result}}
+
+
+# -- connect ------------------------------------------------------------------------
+
+
+async def test_connect_is_decided_by_the_back_end_with_the_listed_headers(
+    start: Any, peers: Any, backend: Backend
+) -> None:
+    hub = await start(headers=["Cookie", "User-Agent"])
+    peer = await peers(
+        hub,
+        [("Cookie", "session=s3cret"), ("X-Other", "not passed"), ("User-Agent", "t")],
+    )
+    info = {"name": "Alice", "avatar": "/a.png"}
+    result = await peer.result(
+        "connect", data=as_user("alice", info=info, data={"motd": "hi"})
+    )
+    assert result["user"] == "alice" and result["info"] == info
+    assert result["data"] == {"motd": "hi"}
+    [call] = await backend.calls("connect")
+    body = call["body"]
+    assert body["client"] == result["client"] and body["transport"] == "websocket"
+    assert body["headers"] == {"Cookie": "session=s3cret", "User-Agent": "t"}
+    assert "user" not in body  # not known before the answer
+
+
+async def test_a_token_skips_the_connect_hook(
+    start: Any, peers: Any, backend: Backend
+) -> None:
+    hub = await start()
+    peer = await peers(hub)
+    token = tidings.hub.mint_token(SECRET, "bob")
+    assert (await peer.result("connect", token=token))["user"] == "bob"
+    assert await backend.calls("connect") == []
+
+
+@pytest.mark.parametrize(
+    ("spec", "code"),
+    [
+        ({"body": {"error": {"code": 401, "message": "log in first"}}}, 401),
+        ({"status": 500}, 503),
+        ({"status": 302}, 503),
+        ({"raw": "<html>oops</html>"}, 503),
+        ({"body": {"result": {"info": "no user"}}}, 503),
+        ({"body": {"error": {"code": 200, "message": "not an error code"}}}, 503),
+        ({"body": {"result": {"user": "x", "info": "i" * 5000}}}, 503),
+        ({"body": {"result": {"user": "x", "channels": ["not a channel"]}}}, 503),
+        ({"body": [1, 2]}, 503),
+    ],
+    ids=[
+        "refused",
+        "500",
+        "redirect",
+        "not-json",
+        "no-user",
+        "bad-code",
+        "info-too-big",
+        "bad-channel",
+        "not-an-object",
+    ],
+)
+async def test_a_connect_the_back_end_does_not_accept_is_never_a_yes(
+    start: Any, peers: Any, backend: Backend, spec: Any, code: int
+) -> None:
+    hub = await start()
+    await backend.script(connect=spec)
+    peer = await peers(hub)
+    error_code, _ = await peer.error("connect", data=as_user("mallory"))
+    assert error_code == code
+    if code == 503:
+        # Told to try again later: the back end could not say yes.
+        assert await peer.closed() == 1013
+        outcomes = {
+            outcome for (hook, outcome) in hub.metrics.hook_calls if hook == "connect"
+        }
+        assert outcomes and "ok" not in outcomes
+    else:
+        # Refused as the back end said; the connection stays.
+        assert (await peer.error("subscribe", channel="news:a"))[0] == 401
+
+
+async def test_a_back_end_that_disconnects_closes_with_its_code(
+    start: Any, peers: Any, backend: Backend
+) -> None:
+    hub = await start()
+    await backend.script(
+        connect={"body": {"disconnect": {"code": 4403, "reason": "banned"}}}
+    )
+    peer = await peers(hub)
+    await peer.send({"id": 1, "op": "connect"})
+    assert await peer.closed() == 4403
+    assert peer.ws.close_reason == "banned"
+
+
+async def test_a_back_end_too_slow_or_gone_is_503_within_the_timeout(
+    start: Any, peers: Any, backend: Backend
+) -> None:
+    hub = await start(timeout=0.3)
+    await backend.script(connect={"delay": 3})
+    peer = await peers(hub)
+    started = time.monotonic()
+    assert (await peer.error("connect"))[0] == 503
+    assert time.monotonic() - started < 3  # not the back end's pace
+    assert hub.metrics.hook_calls["connect", "timeout"] == 1
+    # Nobody listening there.
+    gone = await start(connect=f"http://127.0.0.1:{free_port()}/connect")
+    peer = await peers(gone)
+    assert (await peer.error("connect"))[0] == 503
+    assert gone.metrics.hook_calls["connect", "unreachable"] == 1
+    metrics = await http_request(gone.port, "GET", "/metrics")
+    assert (
+        b'tidings_hook_calls_total{hook="connect",outcome="unreachable"} 1'
+        in metrics.body
+    )
+
+
+async def test_a_slow_back_end_holds_a_bounded_number_of_calls_and_the_hub_serves_on(
+    start: Any, peers: Any, backend: Backend
+) -> None:
+    hub = await start(timeout=0.5, max_in_flight=8)
+    await backend.script(connect={"delay": 5})
+    # A subscriber of another channel, through a token: it must hear every
+    # publication while a thousand connects wait on the back end.
+    listener = await peers(hub)
+    await listener.result("connect", token=tidings.hub.mint_token(SECRET, "l"))
+    await listener.result("subscribe", channel="news:live")
+
+    async def connect_one() -> int:
+        async with tidings.connect(f"ws://127.0.0.1:{hub.port}/ws") as ws:
+            await ws.send(json.dumps({"id": 1, "op": "connect"}))
+            reply = json.loads(await ws.recv())
+            return int(reply["error"]["code"])
+
+    async def publish_all() -> list[float]:
+        delays = []
+        for i in range(20):
+            sent = time.monotonic()
+            await hub.publish("news:live", i)
+            pub = (await listener.pubs(1, "news:live"))[0]
+            assert pub["data"] == i
+            delays.append(time.monotonic() - sent)
+        return delays
+
+    started = time.monotonic()
+    async with asyncio.timeout(60):
+        codes, delays = await asyncio.gather(
+            asyncio.gather(*(connect_one() for _ in range(1000))), publish_all()
+        )
+    assert set(codes) == {503}
+    # No call ends before the first times out, 0.5 s in: until then, only
+    # the 8 that had a turn can have reached the back end.
+    early = [c for c in await backend.calls("connect") if c["at"] < started + 0.5]
+    assert len(early) <= 8
+    # The loop was never held up for the length of a back-end call.
+    assert max(delays) < 5, delays
+
+
+# -- subscribe, publish, rpc, refresh --------------------------------------------
+
+
+async def test_subscribe_is_the_back_ends_to_decide_and_info_is_per_channel(
+    start: Any, peers: Any, backend: Backend
+) -> None:
+    hub = await start()
+    alice = await peers(hub)
+    await alice.result("connect", data=as_user("alice", info={"name": "Alice"}))
+    await backend.script(
+        subscribe={"body": {"result": {"info": {"name": "Alice", "role": "host"}}}}
+    )
+    await alice.result("subscribe", channel="room:1")
+    [call] = await backend.calls("subscribe")
+    assert call["body"]["channel"] == "room:1" and call["body"]["user"] == "alice"
+    assert call["body"]["info"] == {"name": "Alice"}
+    presence = await alice.result("presence", channel="room:1")
+    assert presence["clients"][0]["info"] == {"name": "Alice", "role": "host"}
+    await backend.script(
+        subscribe={"body": {"error": {"code": 403, "message": "members only"}}}
+    )
+    assert await alice.error("subscribe", channel="room:2") == (403, "members only")
+    # Not let in: neither its presence nor its history.
+    assert (await alice.error("history", channel="room:2"))[0] == 403
+    await backend.script(subscribe={"status": 503})
+    assert (await alice.error("subscribe", channel="room:3"))[0] == 503
+    assert "room:3" not in hub.channels()
+
+
+async def test_publish_may_be_refused_or_rewritten_and_keeps_its_order(
+    start: Any, peers: Any, backend: Backend
+) -> None:
+    hub = await start()
+    alice = await peers(hub)
+    connected = await alice.result(
+        "connect", data=as_user("alice", info={"name": "Alice"})
+    )
+    alice.client = connected["client"]
+    await alice.result("subscribe", channel="room:p")
+    await backend.script(
+        publish={"body": {"result": {"data": {"text": "***", "moderated": True}}}}
+    )
+    await alice.result("publish", channel="room:p", data={"text": "darn"})
+    [pub] = await alice.pubs(1, "room:p")
+    assert pub["data"] == {"text": "***", "moderated": True}
+    assert pub["info"] == {
+        "client": alice.client,
+        "user": "alice",
+        "info": {"name": "Alice"},
+    }
+    await backend.script(
+        publish={"body": {"error": {"code": 422, "message": "no swearing"}}}
+    )
+    assert await alice.error("publish", channel="room:p", data={"text": "x"}) == (
+        422,
+        "no swearing",
+    )
+    # Pipelined publishes through the hook are made in the order sent.
+    await backend.script()
+    results = await alice.publish_many("room:p", [{"n": n} for n in range(20)])
+    assert [r["offset"] for r in results] == list(range(2, 22))
+    assert [p["data"]["n"] for p in await alice.pubs(20, "room:p")] == list(range(20))
+
+
+async def test_rpc_answers_with_the_back_ends_data(
+    start: Any, peers: Any, backend: Backend
+) -> None:
+    hub = await start()
+    peer = await peers(hub)
+    await peer.result("connect", data=as_user("alice"))
+    result = await peer.result("rpc", method="history.older", data={"before": 10})
+    assert result == {"data": {"method": "history.older", "echo": {"before": 10}}}
+    await backend.script(
+        rpc={"body": {"error": {"code": 404, "message": "no such method"}}}
+    )
+    assert await peer.error("rpc", method="nope") == (404, "no such method")
+    assert (await peer.error("rpc", data=1))[0] == 400  # no method
+    without = await start(rpc=None)
+    peer = await peers(without)
+    await peer.result("connect", data=as_user("alice"))
+    assert (await peer.error("rpc", method="x"))[0] == 404
+
+
+async def test_refresh_extends_or_ends_a_proxied_connection(
+    start: Any, peers: Any, backend: Backend
+) -> None:
+    hub = await start()
+    await backend.script(refresh={"body": {"result": {"expire_at": time.time() + 1}}})
+    peer = await peers(hub)
+    await peer.result("connect", data=as_user("alice", expire_at=time.time() + 0.2))
+    await wait_for(
+        lambda: (
+            len(hub.metrics.hook_calls) and hub.metrics.hook_calls["refresh", "ok"] >= 1
+        ),
+        "a refresh",
+    )
+    assert (await peer.result("ping")) == {}  # still connected
+    await backend.script(refresh={"body": {"result": {"expired": True}}})
+    assert await peer.closed() == 4002
+
+
+async def test_server_side_channels_arrive_as_subscribe_pushes_and_recover(
+    start: Any, peers: Any, backend: Backend
+) -> None:
+    hub = await start()
+    peer = await peers(hub)
+    await peer.result("connect", data=as_user("alice", channels=["news:s"]))
+    push = await peer.push()
+    assert push["channel"] == "news:s" and push["subscribe"]["offset"] == 0
+    epoch = push["subscribe"]["epoch"]
+    await hub.publish("news:s", "one")
+    assert (await peer.pubs(1, "news:s"))[0]["data"] == "one"
+    await peer.ws.close()
+    await hub.publish("news:s", "two")
+    # Back, with where it was: the push recovers what it missed.
+    again = await peers(hub)
+    await again.result(
+        "connect",
+        data=as_user("alice", channels=["news:s"]),
+        subs={"news:s": {"offset": 1, "epoch": epoch}},
+    )
+    push = await again.push()
+    assert push["subscribe"]["recovered"] is True
+    assert [p["data"] for p in push["subscribe"]["publications"]] == ["two"]
