@@ -8,7 +8,13 @@ from typing import Any
 
 import pytest
 
-from tidings.hub.config import ConfigError, HubConfig, NamespaceConfig, load_config
+from tidings.hub.config import (
+    ConfigError,
+    HubConfig,
+    NamespaceConfig,
+    ProxyConfig,
+    load_config,
+)
 
 SECRET = "a test secret that is 32+ bytes long"
 
@@ -195,4 +201,55 @@ def test_allowed_origins_from_the_file_and_the_environment(tmp_path: Path) -> No
     )
     path.write_text("allowed_origins = [1]\n")
     with pytest.raises(ConfigError, match="allowed_origins must be a list of strings"):
+        load_config(path)
+
+
+def test_the_proxy_table_and_its_variables(tmp_path: Path) -> None:
+    path = tmp_path / "hub.toml"
+    path.write_text(
+        """
+[proxy]
+connect = "http://127.0.0.1:9000/tidings/connect"
+subscribe = "https://app.example/tidings/subscribe"
+timeout = 2.5
+headers = ["Cookie"]
+
+[namespaces.chat]
+subscribe_proxy = true
+"""
+    )
+    config = load_config(
+        path,
+        env={
+            "TIDINGS_PROXY_RPC": "http://127.0.0.1:9000/tidings/rpc",
+            "TIDINGS_PROXY_MAX_IN_FLIGHT": "16",
+        },
+    )
+    assert config.proxy == ProxyConfig(
+        connect="http://127.0.0.1:9000/tidings/connect",
+        subscribe="https://app.example/tidings/subscribe",
+        rpc="http://127.0.0.1:9000/tidings/rpc",
+        timeout=2.5,
+        headers=("Cookie",),
+        max_in_flight=16,
+    )
+    assert config.proxy.enabled and not HubConfig().proxy.enabled
+    assert config.namespaces["chat"].subscribe_proxy
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ('[proxy]\nconnect = "ftp://x/connect"', "proxy.connect"),
+        ("[proxy]\ntimeout = 0", "proxy.timeout"),
+        ("[proxy]\nmax_in_flight = 0", "proxy.max_in_flight"),
+        ('[proxy]\nwebhook = "http://x"', "proxy.webhook"),
+        ("proxy = 3", "proxy"),
+        ("[namespaces.chat]\npublish_proxy = true", "publish_proxy"),
+    ],
+)
+def test_an_invalid_proxy_setting_names_it(tmp_path: Path, toml: str, key: str) -> None:
+    path = tmp_path / "hub.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(path)

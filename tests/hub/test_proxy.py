@@ -7,6 +7,7 @@ documented), which must give 503 and never a yes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ import pytest
 
 import tidings
 from tidings.hub import Hub, HubConfig, NamespaceConfig
+from tidings.hub.brokers.redis import RedisBroker
 from tidings.hub.config import ProxyConfig
 
 from ..conftest import Peer, free_port, http_request, wait_for
@@ -375,3 +377,100 @@ async def test_server_side_channels_arrive_as_subscribe_pushes_and_recover(
     push = await again.push()
     assert push["subscribe"]["recovered"] is True
     assert [p["data"] for p in push["subscribe"]["publications"]] == ["two"]
+
+
+# -- the fallbacks and many nodes ------------------------------------------------------
+
+
+async def test_the_fallbacks_go_through_the_same_hooks(
+    start: Any, backend: Backend
+) -> None:
+    hub = await start()
+    await backend.script(
+        connect={"body": {"result": {"user": "carol", "info": {"name": "Carol"}}}}
+    )
+    cookie = (("Cookie", "session=c4r0l"),)
+    # A long-poll: connected and subscribed through the hooks.
+    answer = await http_request(
+        hub.port, "GET", "/poll?channel=room:f&timeout=0", headers=cookie
+    )
+    assert answer.status == 200, answer
+    # A command over POST: the publish hook rewrites it.
+    await backend.script(
+        connect={"body": {"result": {"user": "carol", "info": {"name": "Carol"}}}},
+        publish={"body": {"result": {"data": "rewritten"}}},
+    )
+    answer = await http_request(
+        hub.port,
+        "POST",
+        "/command",
+        {"id": 7, "op": "publish", "channel": "room:f", "data": "sent"},
+        headers=cookie,
+    )
+    assert answer.status == 200, answer
+    history = await hub.history("room:f")
+    assert [p.data for p in history.publications] == [b'"rewritten"']
+    assert history.publications[0].info.info == {"name": "Carol"}  # type: ignore[union-attr]
+    # An event stream: its connect reply names the back end's user.
+    reader, writer = await asyncio.open_connection("127.0.0.1", hub.port)
+    writer.write(
+        b"GET /sse?channel=room:f HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Cookie: session=c4r0l\r\n\r\n"
+    )
+    try:
+        async with asyncio.timeout(BOUND):
+            while not (line := await reader.readline()).startswith(b'data: {"id":1'):
+                assert line, "the stream ended"
+        assert json.loads(line[6:])["result"]["user"] == "carol"
+    finally:
+        writer.close()
+    calls = await backend.calls()
+    assert [(c["hook"], c["body"]["transport"]) for c in calls] == [
+        ("connect", "poll"),
+        ("subscribe", "poll"),
+        ("connect", "command"),
+        ("publish", "command"),
+        ("connect", "sse"),
+        ("subscribe", "sse"),
+    ]
+    assert all(c["body"]["headers"]["Cookie"] == "session=c4r0l" for c in calls)
+
+
+async def test_two_nodes_on_redis_ask_the_same_back_end_and_share_info(
+    backend: Backend, redis_server: Any, peers: Any
+) -> None:
+    await backend.script()
+    prefix = f"t{time.monotonic_ns()}:"
+    config = HubConfig(
+        port=0,
+        demo=False,
+        namespaces=NAMESPACES,
+        proxy=proxy(backend),
+        presence_ttl=30,
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        nodes = [
+            await stack.enter_async_context(
+                Hub(config, RedisBroker(redis_server.url, prefix=prefix))
+            )
+            for _ in range(2)
+        ]
+        alice, bob = await peers(nodes[0]), await peers(nodes[1])
+        alice_id = (
+            await alice.result("connect", data=as_user("alice", info={"name": "Alice"}))
+        )["client"]
+        await bob.result("connect", data=as_user("bob", info={"name": "Bob"}))
+        await alice.result("subscribe", channel="room:n")
+        await bob.result("subscribe", channel="room:n")
+        await alice.result("publish", channel="room:n", data="hello")
+        [pub] = await bob.pubs(1, "room:n")
+        assert pub["info"] == {
+            "client": alice_id,
+            "user": "alice",
+            "info": {"name": "Alice"},
+        }
+        presence = await bob.result("presence", channel="room:n")
+        assert sorted(c["info"]["name"] for c in presence["clients"]) == [
+            "Alice",
+            "Bob",
+        ]

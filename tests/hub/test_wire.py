@@ -51,6 +51,13 @@ def test_each_op_parses_with_its_fields() -> None:
     assert publish.data is None and publish.channel == "a:b"
     for op in ("subscribe", "unsubscribe", "presence", "history"):
         assert parse_command(json.dumps({"id": 3, "op": op, "channel": "a:"})).op == op
+    rpc = parse_command('{"id": 4, "op": "rpc", "method": "m.x", "data": [1]}')
+    assert (rpc.method, rpc.data) == ("m.x", [1])
+    connect = parse_command(
+        '{"id": 5, "op": "connect", "data": {"a": 1},'
+        ' "subs": {"a:b": {"offset": 3, "epoch": "e"}}}'
+    )
+    assert connect.data == {"a": 1} and connect.subs == {"a:b": (3, "e")}
 
 
 @pytest.mark.parametrize(
@@ -91,6 +98,19 @@ def test_each_op_parses_with_its_fields() -> None:
             1,
         ),
         ('{"id": 1, "op": "connect", "token": 1}', "token must be a string", 1),
+        ('{"id": 1, "op": "rpc"}', "rpc needs a method", 1),
+        ('{"id": 1, "op": "rpc", "method": ""}', "rpc needs a method", 1),
+        ('{"id": 1, "op": "rpc", "method": 3}', "rpc needs a method", 1),
+        (json.dumps({"id": 1, "op": "rpc", "method": "m" * 256}), "rpc needs", 1),
+        ('{"id": 1, "op": "connect", "subs": []}', "subs must be", 1),
+        ('{"id": 1, "op": "connect", "subs": {"a:b": 3}}', "since must be", 1),
+        (
+            json.dumps(
+                {"id": 1, "op": "connect", "subs": {f"a:{i}": {} for i in range(1025)}}
+            ),
+            "subs must be",
+            1,
+        ),
         ('{"id": 1, "op": "history", "channel": "a:b", "limit": -1}', "limit", 1),
         ('{"id": 1, "op": "history", "channel": "a:b", "limit": true}', "limit", 1),
         ('{"id": 1, "op": "history", "channel": "a:b", "since": []}', "since", 1),
