@@ -14,6 +14,8 @@ import jwt
 
 import tidings
 
+from .conftest import free_port
+
 BOUND = 30
 SECRET = "a development secret of 32+ bytes!"
 
@@ -158,3 +160,27 @@ async def test_token_refuses_a_short_secret() -> None:
     async with asyncio.timeout(BOUND):
         _, err = await proc.communicate()
     assert proc.returncode == 1 and b"at least 32 bytes" in err
+
+
+async def test_serve_asks_the_application_named_in_tidings_proxy_variables() -> None:
+    # Nothing listens there: the hub must say so to the client, never let
+    # it in.
+    nowhere = f"http://127.0.0.1:{free_port()}/tidings/connect"
+    proc, url = await start_serve(env={"TIDINGS_PROXY_CONNECT": nowhere})
+    port = int(url.rstrip("/").rsplit(":", 1)[1])
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(BOUND):
+            while b"the application decides" not in (
+                line := await proc.stdout.readline()
+            ):
+                assert line, "no line about the hooks"
+        assert b"connect" in line
+        async with tidings.connect(f"ws://127.0.0.1:{port}/ws") as ws:
+            await ws.send(json.dumps({"id": 1, "op": "connect"}))
+            assert json.loads(await ws.recv())["error"]["code"] == 503
+            with contextlib.suppress(tidings.ConnectionClosed):
+                await ws.recv()
+            assert ws.close_code == 1013
+    finally:
+        assert await stop(proc) == 0

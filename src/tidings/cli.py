@@ -469,9 +469,14 @@ def _serve_main(args: argparse.Namespace) -> int:
 async def _serve(config: HubConfig) -> int:
     import asyncio
 
+    from .exceptions import TidingsError
     from .hub import Hub
+    from .hub.config import HOOKS
 
-    hub = Hub(config)
+    try:
+        hub = Hub(config)
+    except TidingsError as exc:  # the hooks' HTTP client is not installed
+        return _error(str(exc))
     try:
         await hub.start()
     except OSError as exc:
@@ -489,6 +494,9 @@ async def _serve(config: HubConfig) -> int:
         print(f"  broker: redis at {broker['server']} ({state})", flush=True)
     else:
         print("  broker: memory (this process only)", flush=True)
+    if config.proxy.enabled:
+        asked = ", ".join(hook for hook in HOOKS if getattr(config.proxy, hook))
+        print(f"  the application decides: {asked} (docs/integrate.md)", flush=True)
     if not config.namespaces:
         print(
             "  no namespaces: clients can subscribe to nothing "
