@@ -475,13 +475,12 @@ async def _serve(config: HubConfig) -> int:
 
     try:
         hub = Hub(config)
-    except TidingsError as exc:  # the hooks' HTTP client is not installed
-        return _error(str(exc))
-    try:
         await hub.start()
     except OSError as exc:
         await hub.close()
         return _error(f"cannot listen on {config.host} port {config.port}: {exc}")
+    except TidingsError as exc:  # a hook missing, or its HTTP client
+        return _error(f"invalid configuration: {exc}")
     stop = asyncio.Event()
     _on_signals(asyncio.get_running_loop(), stop.set)
     print(f"tidings hub running at {hub.url}", flush=True)

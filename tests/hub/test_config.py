@@ -245,7 +245,6 @@ subscribe_proxy = true
         ("[proxy]\nmax_in_flight = 0", "proxy.max_in_flight"),
         ('[proxy]\nwebhook = "http://x"', "proxy.webhook"),
         ("proxy = 3", "proxy"),
-        ("[namespaces.chat]\npublish_proxy = true", "publish_proxy"),
     ],
 )
 def test_an_invalid_proxy_setting_names_it(tmp_path: Path, toml: str, key: str) -> None:

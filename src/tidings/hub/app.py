@@ -10,7 +10,7 @@ import logging
 import secrets
 import ssl as ssl_module
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from ..engine.broadcast import broadcast
 from ..engine.connection import WebSocket
@@ -26,7 +26,8 @@ from .brokers.base import (
     HistoryResult,
     Push,
 )
-from .config import HubConfig, NamespaceConfig
+from .callables import CallableHooks, HookFunction
+from .config import ConfigError, HubConfig, NamespaceConfig
 from .hooks import Hooks
 from .metrics import Metrics
 from .proxy import ProxyHooks
@@ -37,6 +38,8 @@ from .wire import encode_data, encode_pub, encode_push
 __all__ = ["Hub"]
 
 logger = logging.getLogger("tidings.hub")
+
+_F = TypeVar("_F", bound=HookFunction)
 
 #: Seconds a survey of the nodes (``/api/channels``, ``/api/disconnect``...)
 #: waits for nodes that do not answer.
@@ -138,8 +141,19 @@ class Hub:
     # -- lifecycle ---------------------------------------------------------
 
     async def start(self) -> Hub:
-        """Start the broker and listen."""
+        """Start the broker and listen. Raises ConfigError for a namespace
+        whose subscribes or publishes the application decides, with no
+        hook to ask."""
         config = self.config
+        for name, namespace in config.namespaces.items():
+            for hook in ("subscribe", "publish"):
+                asked = self.hooks is not None and self.hooks.enabled(hook)
+                if getattr(namespace, f"{hook}_proxy") and not asked:
+                    # Nobody to ask would refuse every one of them.
+                    raise ConfigError(
+                        f"namespaces.{name}.{hook}_proxy needs a {hook} hook: "
+                        f"proxy.{hook} (a URL) or @hub.on_{hook}"
+                    )
         await self.broker.start(self.node, self)
         with contextlib.suppress(BrokerUnavailable):
             await self.broker.heartbeat(config.presence_ttl)
@@ -264,6 +278,48 @@ class Hub:
                         local.refreshing = None
         except BrokerUnavailable as exc:
             logger.debug("presence refresh postponed: %s", exc)
+
+    # -- hooks in Python ----------------------------------------------------
+
+    def on_connect(self, function: _F) -> _F:
+        """Decorate an ``async def`` that decides connects without a token:
+        it gets a :class:`~tidings.hub.hooks.HookContext` and returns a
+        :class:`~tidings.hub.hooks.Connect` (docs/integrate.md)."""
+        return self._on("connect", function)
+
+    def on_refresh(self, function: _F) -> _F:
+        """Decorate an ``async def`` asked at a hooked connection's
+        ``expire_at``; it returns a :class:`~tidings.hub.hooks.Refresh`."""
+        return self._on("refresh", function)
+
+    def on_subscribe(self, function: _F) -> _F:
+        """Decorate an ``async def`` that decides subscribes in namespaces
+        with ``subscribe_proxy``; it returns a
+        :class:`~tidings.hub.hooks.Subscribe`."""
+        return self._on("subscribe", function)
+
+    def on_publish(self, function: _F) -> _F:
+        """Decorate an ``async def`` that decides publishes in namespaces
+        with ``publish_proxy``; it returns a
+        :class:`~tidings.hub.hooks.Publish`."""
+        return self._on("publish", function)
+
+    def on_rpc(self, function: _F) -> _F:
+        """Decorate an ``async def`` that answers the ``rpc`` command with
+        any JSON value."""
+        return self._on("rpc", function)
+
+    def _on(self, hook: str, function: _F) -> _F:
+        hooks = self.hooks
+        if hooks is None:
+            hooks = self.hooks = CallableHooks(self.config.proxy.timeout)
+        if not isinstance(hooks, CallableHooks):
+            raise ConfigError(
+                "this hub asks its application over HTTP ([proxy]): give it "
+                "hooks in Python or endpoints, not both"
+            )
+        hooks.register(hook, function)
+        return function
 
     # -- the in-process API ---------------------------------------------------
 

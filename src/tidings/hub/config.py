@@ -389,10 +389,4 @@ def _check_ranges(config: HubConfig) -> None:
     ):
         if getattr(config, key) <= 0:
             raise ConfigError(f"{key} must be > 0, got {getattr(config, key)}")
-    for name, namespace in config.namespaces.items():
-        for hook in ("subscribe", "publish"):
-            if getattr(namespace, f"{hook}_proxy") and not getattr(config.proxy, hook):
-                # Nobody to ask would refuse every one of them.
-                raise ConfigError(
-                    f"namespaces.{name}.{hook}_proxy needs proxy.{hook} (a URL)"
-                )
+

@@ -12,14 +12,21 @@ time: 503, and never a yes).
 
 from __future__ import annotations
 
+import contextlib
+import json
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from http.cookies import CookieError, SimpleCookie
 from typing import Any, Final
 
 from ..exceptions import TidingsError
 from ..protocol import Request
+from .wire import valid_channel
 
 __all__ = [
+    "MAX_CHANNELS",
+    "MAX_INFO_BYTES",
     "UNCHANGED",
     "Connect",
     "Disconnect",
@@ -35,15 +42,25 @@ __all__ = [
 #: :class:`Publish` data meaning "as the client sent it".
 UNCHANGED: Final[Any] = object()
 
+#: The largest ``info`` a hook may give a client, as JSON: it travels with
+#: every presence entry, join, leave and publication of the client.
+MAX_INFO_BYTES = 4096
+
+#: Channels a connect answer may subscribe the client to.
+MAX_CHANNELS = 128
+
 
 @dataclass(frozen=True, slots=True)
 class HookContext:
-    """Who is asking: the client's connection as the hub knows it.
+    """One question to the application: who asks, and about what.
 
     ``transport`` is ``websocket``, ``sse``, ``poll`` or ``command`` (a
     fallback client's ``POST /command``); ``headers`` are those of the
-    client's request that the configuration passes on; ``user`` and
-    ``info`` are None until the client is connected.
+    client's request that the configuration passes on (``request`` is the
+    whole request, for hooks in Python); ``user`` and ``info`` are None
+    until the client is connected. Then, per hook: ``data`` (connect: what
+    the client sent; publish: the publication; rpc: the call's data),
+    ``channel`` (subscribe, publish) and ``method`` (rpc).
     """
 
     client: str
@@ -52,6 +69,21 @@ class HookContext:
     request: Request | None = None
     user: str | None = None
     info: Any = None
+    channel: str = ""
+    data: Any = None
+    method: str = ""
+
+    @property
+    def cookies(self) -> dict[str, str]:
+        """The cookies of the client's request."""
+        cookies: dict[str, str] = {}
+        if self.request is not None:
+            for header in self.request.headers.get_all("Cookie"):
+                parsed = SimpleCookie()
+                with contextlib.suppress(CookieError):
+                    parsed.load(header)
+                cookies.update((name, morsel.value) for name, morsel in parsed.items())
+        return cookies
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +102,18 @@ class Connect:
     channels: tuple[str, ...] = ()
     data: Any = None
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.user, str):
+            raise ValueError("user must be a string")
+        _check_info(self.info)
+        _check_expire_at(self.expire_at)
+        if (
+            not isinstance(self.channels, tuple)
+            or len(self.channels) > MAX_CHANNELS
+            or not all(isinstance(c, str) and valid_channel(c) for c in self.channels)
+        ):
+            raise ValueError(f"channels must be at most {MAX_CHANNELS} channel names")
+
 
 @dataclass(frozen=True, slots=True)
 class Refresh:
@@ -78,12 +122,20 @@ class Refresh:
     expire_at: float | None = None
     expired: bool = False
 
+    def __post_init__(self) -> None:
+        _check_expire_at(self.expire_at)
+        if not isinstance(self.expired, bool):
+            raise ValueError("expired must be true or false")
+
 
 @dataclass(frozen=True, slots=True)
 class Subscribe:
     """Allow a subscribe; ``info`` replaces the client's on this channel."""
 
     info: Any = None
+
+    def __post_init__(self) -> None:
+        _check_info(self.info)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,28 +179,50 @@ class Hooks(ABC):
         ``refresh``, ``subscribe``, ``publish`` or ``rpc``)."""
 
     @abstractmethod
-    async def connect(self, context: HookContext, data: Any) -> Connect:
-        """A client connects without a token; ``data`` is what its connect
-        command carried."""
+    async def connect(self, context: HookContext) -> Connect:
+        """A client connects without a token; ``context.data`` is what its
+        connect command carried."""
 
     @abstractmethod
     async def refresh(self, context: HookContext) -> Refresh:
         """A connection reached its ``expire_at``."""
 
     @abstractmethod
-    async def subscribe(self, context: HookContext, channel: str) -> Subscribe:
-        """A client subscribes to ``channel`` (a ``subscribe_proxy``
+    async def subscribe(self, context: HookContext) -> Subscribe:
+        """A client subscribes to ``context.channel`` (a ``subscribe_proxy``
         namespace)."""
 
     @abstractmethod
-    async def publish(self, context: HookContext, channel: str, data: Any) -> Publish:
-        """A client publishes ``data`` to ``channel`` (a ``publish_proxy``
-        namespace)."""
+    async def publish(self, context: HookContext) -> Publish:
+        """A client publishes ``context.data`` to ``context.channel`` (a
+        ``publish_proxy`` namespace)."""
 
     @abstractmethod
-    async def rpc(self, context: HookContext, method: str, data: Any) -> Any:
-        """A client's ``rpc`` command; the result is the reply's ``data``."""
+    async def rpc(self, context: HookContext) -> Any:
+        """A client's ``rpc`` command (``context.method``,
+        ``context.data``); the result is the reply's ``data``."""
 
     @abstractmethod
     async def close(self) -> None:
         """Release what the hooks hold (connections to the application)."""
+
+
+def _check_info(info: Any) -> None:
+    if info is None:
+        return
+    try:
+        text = json.dumps(info, separators=(",", ":"), allow_nan=False)
+        size = len(text.encode())
+    except (TypeError, ValueError, UnicodeEncodeError):
+        size = MAX_INFO_BYTES + 1
+    if size > MAX_INFO_BYTES:
+        raise ValueError(f"info must be JSON of at most {MAX_INFO_BYTES} bytes")
+
+
+def _check_expire_at(expire_at: Any) -> None:
+    if expire_at is not None and (
+        isinstance(expire_at, bool)
+        or not isinstance(expire_at, int | float)
+        or not math.isfinite(expire_at)
+    ):
+        raise ValueError("expire_at must be a number of seconds since the epoch")

@@ -434,7 +434,8 @@ class Session:
             hooks = self._hooks("rpc")
             if hooks is None:
                 raise CommandError(404, "rpc is not enabled on this hub", command.id)
-            data = await hooks.rpc(self._context(), command.method, command.data)
+            context = self._context(method=command.method, data=command.data)
+            data = await hooks.rpc(context)
             return {"data": data}
         namespace = self.hub.config.namespace(command.channel)
         if namespace is None:
@@ -471,7 +472,7 @@ class Session:
             token = _query_token(self.ws)
         hooks = self._hooks("connect")
         if token is None and hooks is not None:
-            answer = await hooks.connect(self._context(client), command.data)
+            answer = await hooks.connect(self._context(client, data=command.data))
             self._hooked = True
             self.identity = Identity(answer.user, expires=answer.expire_at)
             self.info = ClientInfo(client, answer.user, answer.info)
@@ -496,8 +497,9 @@ class Session:
         hooks = self.hub.hooks
         return hooks if hooks is not None and hooks.enabled(hook) else None
 
-    def _context(self, client: str | None = None) -> HookContext:
-        """The client, as a hook is told of it."""
+    def _context(self, client: str | None = None, **question: Any) -> HookContext:
+        """The client, as a hook is told of it, and the ``question``'s
+        fields (channel, data, method)."""
         request = self.ws.request
         headers = {}
         if request is not None:
@@ -507,9 +509,17 @@ class Session:
                     headers[name] = value
         info = self.info
         if info is None:
-            return HookContext(client or "", self.transport, headers, request)
+            return HookContext(
+                client or "", self.transport, headers, request, **question
+            )
         return HookContext(
-            info.client, self.transport, headers, request, info.user, info.info
+            info.client,
+            self.transport,
+            headers,
+            request,
+            info.user,
+            info.info,
+            **question,
         )
 
     def info_for(self, channel: str) -> ClientInfo | None:
@@ -524,7 +534,7 @@ class Session:
             hooks = self._hooks("publish")
             if hooks is None:
                 raise HookUnavailable("the publish hook is not configured")
-            answer = await hooks.publish(self._context(), channel, data)
+            answer = await hooks.publish(self._context(channel=channel, data=data))
             if answer.data is not UNCHANGED:
                 data = answer.data
         elif not can_publish(self.identity, namespace, channel):
@@ -614,7 +624,7 @@ class Session:
         hooks = self._hooks("subscribe")
         if hooks is None or self.info is None:
             raise HookUnavailable("the subscribe hook is not configured")
-        answer = await hooks.subscribe(self._context(), channel)
+        answer = await hooks.subscribe(self._context(channel=channel))
         if answer.info is not None:
             self.channel_info[channel] = ClientInfo(
                 self.info.client, self.info.user, answer.info
