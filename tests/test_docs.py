@@ -6,7 +6,9 @@ on the line before it.
 What "checked" means depends on the block's language:
 
 - ``python``: run, each block its own way (``PYTHON`` below), with the
-  ports it names replaced by free ones; ``pycon``: doctest.
+  ports it names replaced by free ones; docs/integrate.md's FastAPI and
+  Django views are served to a hub and driven through every hook
+  (``AnswersTheHub``); ``pycon``: doctest.
 - ``sh``: every command of ours parses. ``tidings ...`` with the CLI's own
   parser; ``python -m M``, ``python FILE`` and ``scripts/X`` must exist and
   know every ``--option`` given; ``uvicorn --ws M:C`` must import; ``pip
@@ -22,6 +24,9 @@ Inline code that starts with ``tidings `` parses with the CLI's parser too.
 from __future__ import annotations
 
 import ast
+import asyncio
+import dataclasses
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -36,10 +41,13 @@ import tempfile
 import threading
 import time
 import tomllib
-from collections.abc import Callable, Iterator
+import traceback
+import types
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,7 +59,7 @@ import tidings.sync
 from tidings.cli import build_parser
 from tidings.hub import load_config
 
-from .conftest import free_port, skip_unless_ci
+from .conftest import Peer, free_port, skip_unless_ci, wait_for
 
 ROOT = Path(__file__).parent.parent
 DOCS = ROOT / "docs"
@@ -296,6 +304,39 @@ def quotes_setup_py(block: Block) -> None:
     assert re.sub(r"\s+", " ", block.code.strip()) in setup
 
 
+@dataclass(frozen=True)
+class AnswersTheHub:
+    """A block of docs/integrate.md's example back end in ``framework``
+    (``fastapi`` or ``django``): ``part`` is the hook its view answers, or
+    ``app`` (the module the views add to) or ``urls`` (Django's routes).
+
+    The blocks of one framework make one application, which a process of
+    its own (``python -m tests.test_docs FRAMEWORK``, below) serves under
+    uvicorn (FastAPI's app; Django's ASGI handler, with a project's usual
+    middleware, sessions and users in SQLite) to a hub configured with the
+    page's TOML block, and drives through every hook over WebSockets.
+    """
+
+    framework: str
+    part: str
+
+    def __call__(self, block: Block) -> None:
+        outcomes = hook_outcomes(self.framework)
+        parts = HOOKS if self.part in ("app", "urls") else (self.part,)
+        failed = {p: outcomes[p] for p in parts if outcomes[p] != "ok"}
+        assert not failed, "\n".join(f"{p}: {why}" for p, why in failed.items())
+
+
+INTEGRATE = "docs/integrate.md"
+HOOKS = ("connect", "refresh", "subscribe", "publish", "rpc")
+_HOOK_HEADINGS = {
+    "connect": "connect: who is this?",
+    "refresh": "refresh: still the same user?",
+    "subscribe": "subscribe: may they enter?",
+    "publish": "publish: check, store, rewrite",
+    "rpc": "rpc: ask the application",
+}
+
 PYTHON: dict[tuple[str, str, int], Callable[[Block], None]] = {
     ("README.md", "An echo server and a client", 0): serves_and_prints_the_echo,
     ("README.md", "An echo server and a client", 1): prints_the_echo,
@@ -304,7 +345,50 @@ PYTHON: dict[tuple[str, str, int], Callable[[Block], None]] = {
     ("docs/hub.md", "Inside a Python program", 0): runs_a_hub,
     ("docs/hub.md", "From Python", 0): subscribes_to_a_hub,
     ("docs/speedups.md", "Building", 0): quotes_setup_py,
+    (INTEGRATE, "With FastAPI", 0): AnswersTheHub("fastapi", "app"),
+    (INTEGRATE, "With Django", 0): AnswersTheHub("django", "app"),
+    (INTEGRATE, "With Django", 1): AnswersTheHub("django", "urls"),
+    # Under each hook's heading: its JSON, its FastAPI view, its Django view.
+    **{
+        (INTEGRATE, heading, index): AnswersTheHub(framework, hook)
+        for hook, heading in _HOOK_HEADINGS.items()
+        for index, framework in ((1, "fastapi"), (2, "django"))
+    },
 }
+
+
+@functools.cache
+def hook_outcomes(framework: str) -> dict[str, str]:
+    """Each hook's outcome (``ok``, or what failed) with ``framework``'s
+    example back end of docs/integrate.md, from a process of its own."""
+    parts = [
+        (check.part, block.code)
+        for block in CODE
+        if isinstance(
+            check := PYTHON.get((block.page, block.heading, block.index)), AnswersTheHub
+        )
+        and check.framework == framework
+    ]
+    [toml] = [
+        b.code
+        for b in CODE
+        if b.page == INTEGRATE and b.lang == "toml" and "[proxy]" in b.code
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.test_docs", framework],
+        input=json.dumps({"parts": parts, "toml": toml}),
+        capture_output=True,
+        text=True,
+        timeout=4 * BOUND,
+        cwd=ROOT,
+        check=False,
+    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if result.returncode != 0 or not lines:
+        why = f"the example back end did not run: {result.stderr[-3000:]}"
+        return dict.fromkeys(HOOKS, why)
+    outcomes: dict[str, str] = json.loads(lines[-1])
+    return outcomes
 
 
 def check_python(block: Block) -> None:
@@ -541,3 +625,293 @@ CHECKS: dict[str, Callable[[Block], None]] = {
     "js": check_js,
     "html": check_html,
 }
+
+
+# docs/integrate.md's back end, served to a hub -------------------------------
+#
+# ``python -m tests.test_docs FRAMEWORK`` reads the page's blocks of one
+# framework and its TOML (JSON on stdin, from hook_outcomes above), serves
+# the application and a hub in one event loop, and prints each hook's
+# outcome as one JSON line.
+
+
+@dataclass
+class ExampleBackEnd:
+    """The application of docs/integrate.md as its views see it: ``views``
+    is the module of the page's blocks; ``login(user)`` gives the Cookie
+    header of a new session of ``user``, which ``logout(cookie)`` ends."""
+
+    app: Any
+    views: types.ModuleType
+    login: Callable[[str], Awaitable[str]]
+    logout: Callable[[str], Awaitable[None]]
+
+
+def _module(name: str, code: str) -> types.ModuleType:
+    module = types.ModuleType(name)
+    sys.modules[name] = module
+    exec(compile(code, f"<{INTEGRATE}: {name}>", "exec"), module.__dict__)
+    return module
+
+
+def fastapi_back_end(parts: list[tuple[str, str]]) -> ExampleBackEnd:
+    views = _module("chat_hooks", "\n".join(code for _, code in parts))
+    sessions: dict[str, str] = views.SESSIONS
+
+    async def login(user: str) -> str:
+        [key] = [key for key, owner in sessions.items() if owner == user]
+        return f"session={key}"
+
+    async def logout(cookie: str) -> None:
+        del sessions[cookie.removeprefix("session=")]
+
+    return ExampleBackEnd(views.app, views, login, logout)
+
+
+def django_back_end(parts: list[tuple[str, str]], folder: Path) -> ExampleBackEnd:
+    """The blocks as the app ``chat`` of a Django project with the usual
+    middleware (sessions, CSRF, APPEND_SLASH, authentication), users and
+    sessions in SQLite."""
+    import django
+    from asgiref.sync import sync_to_async
+    from django.conf import settings
+    from django.core.asgi import get_asgi_application
+    from django.core.management import call_command
+
+    settings.configure(
+        SECRET_KEY="the docs' project",
+        ALLOWED_HOSTS=["127.0.0.1", "localhost"],
+        ROOT_URLCONF="chat.urls",
+        INSTALLED_APPS=[
+            "django.contrib.auth",
+            "django.contrib.contenttypes",
+            "django.contrib.sessions",
+        ],
+        MIDDLEWARE=[
+            "django.middleware.security.SecurityMiddleware",
+            "django.contrib.sessions.middleware.SessionMiddleware",
+            "django.middleware.common.CommonMiddleware",
+            "django.middleware.csrf.CsrfViewMiddleware",
+            "django.contrib.auth.middleware.AuthenticationMiddleware",
+        ],
+        DATABASES={
+            "default": {
+                "ENGINE": "django.db.backends.sqlite3",
+                "NAME": str(folder / "db.sqlite3"),
+            }
+        },
+        USE_TZ=True,
+    )
+    django.setup()
+    call_command("migrate", verbosity=0)
+    chat = types.ModuleType("chat")
+    chat.__path__ = []
+    sys.modules["chat"] = chat
+    views = _module(
+        "chat.views", "\n".join(code for part, code in parts if part != "urls")
+    )
+    [urls] = [code for part, code in parts if part == "urls"]
+    _module("chat.urls", urls)
+
+    from django.contrib.auth import get_user_model
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.test import Client
+
+    @sync_to_async
+    def login(name: str) -> str:
+        user, _ = get_user_model().objects.get_or_create(
+            username=name, defaults={"first_name": name.title()}
+        )
+        client = Client()
+        client.force_login(user)
+        cookie = settings.SESSION_COOKIE_NAME
+        return f"{cookie}={client.cookies[cookie].value}"
+
+    @sync_to_async
+    def logout(cookie: str) -> None:
+        SessionStore(session_key=cookie.partition("=")[2]).delete()
+
+    return ExampleBackEnd(get_asgi_application(), views, login, logout)
+
+
+async def drive_the_hooks(back: ExampleBackEnd, toml: str) -> dict[str, str]:
+    """Serve ``back`` under uvicorn and a hub configured by ``toml`` (its
+    back end's address made this one's), and use every hook as a browser
+    tab would; return each hook's outcome."""
+    import uvicorn
+
+    from tidings.hub import Hub
+
+    server = uvicorn.Server(
+        uvicorn.Config(
+            back.app, host="127.0.0.1", port=0, lifespan="off", log_level="warning"
+        )
+    )
+    serving = asyncio.create_task(server.serve())
+    await wait_for(lambda: server.started or serving.done(), "uvicorn to start")
+    if serving.done():
+        await serving  # raises what stopped it
+        raise AssertionError("uvicorn ended before it started")
+    port = server.servers[0].sockets[0].getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "tidings.toml"
+        path.write_text(toml.replace("127.0.0.1:9000", f"127.0.0.1:{port}"))
+        config = load_config(path)
+    # The page's timeout is for production; this machine may be slow.
+    proxy = dataclasses.replace(config.proxy, timeout=BOUND / 2)
+    config = dataclasses.replace(config, port=0, proxy=proxy)
+    outcomes: dict[str, str] = {}
+    peers: list[Peer] = []
+    try:
+        async with Hub(config) as hub:
+
+            async def peer(cookie: str | None = None) -> Peer:
+                headers = [] if cookie is None else [("Cookie", cookie)]
+                ws = await tidings.connect(hub.ws_url, headers=headers)
+                peers.append(Peer(ws, hub))
+                return peers[-1]
+
+            for hook in HOOKS:
+                try:
+                    await SCENARIOS[hook](hub, back, peer)
+                except Exception:
+                    outcomes[hook] = traceback.format_exc(limit=-3)
+                else:
+                    outcomes[hook] = "ok"
+                for each in peers:
+                    await each.ws.close()
+                peers.clear()
+    finally:
+        server.should_exit = True
+        await serving
+    return outcomes
+
+
+Peers = Callable[..., Awaitable[Peer]]
+
+
+async def _connected(peer: Peers, back: ExampleBackEnd, user: str) -> Peer:
+    client = await peer(await back.login(user))
+    await client.result("connect")
+    assert "subscribe" in await client.push()  # the inbox
+    return client
+
+
+async def connects(hub: Any, back: ExampleBackEnd, peer: Peers) -> None:
+    nobody = await peer()
+    assert await nobody.error("connect") == (401, "log in first")
+    mallory = await peer(await back.login("mallory"))
+    await mallory.send({"id": 1, "op": "connect"})
+    assert await mallory.closed() == 4003
+    alice = await peer(await back.login("alice"))
+    result = await alice.result("connect")
+    assert result["user"] == "alice", result
+    assert result["info"]["name"] == "Alice", result
+    assert result["data"] == {"rooms": ["chat:lobby"]}, result
+    assert result["ttl"] > 0, result
+    push = await alice.push()
+    assert push["channel"] == "inbox:alice", push
+    assert push["subscribe"]["offset"] == 0, push
+    await hub.publish("inbox:alice", {"text": "welcome"})
+    [pub] = await alice.pubs(1, "inbox:alice")
+    assert pub["data"] == {"text": "welcome"}, pub
+
+
+async def refreshes(hub: Any, back: ExampleBackEnd, peer: Peers) -> None:
+    back.views.CHECK_EVERY = 0.3
+    try:
+        cookie = await back.login("bob")
+        bob = await peer(cookie)
+        await bob.result("connect")
+        await wait_for(lambda: hub.metrics.hook_calls["refresh", "ok"], "a refresh")
+        assert await bob.result("ping") == {}  # still connected
+        await back.logout(cookie)
+        assert await bob.closed() == 4002
+    finally:
+        back.views.CHECK_EVERY = 300
+
+
+async def subscribes(hub: Any, back: ExampleBackEnd, peer: Peers) -> None:
+    alice = await _connected(peer, back, "alice")
+    await alice.result("subscribe", channel="chat:lobby")
+    [present] = (await alice.result("presence", channel="chat:lobby"))["clients"]
+    assert present["user"] == "alice", present
+    assert present["info"]["name"] == "Alice", present
+    assert present["info"]["role"] == "host", present
+    assert await alice.error("subscribe", channel="chat:staff") == (
+        403,
+        "members only",
+    )
+    assert await alice.error("subscribe", channel="chat:nowhere") == (
+        404,
+        "no such room",
+    )
+    assert (await alice.error("history", channel="chat:staff"))[0] == 403
+
+
+async def publishes(hub: Any, back: ExampleBackEnd, peer: Peers) -> None:
+    alice = await _connected(peer, back, "alice")
+    await alice.result("subscribe", channel="chat:lobby")
+    await alice.result("publish", channel="chat:lobby", data={"text": " hello "})
+    [pub] = await alice.pubs(1, "chat:lobby")
+    assert pub["data"]["text"] == "hello", pub
+    assert pub["data"]["user"] == "alice", pub
+    assert isinstance(pub["data"]["id"], int), pub
+    assert pub["info"]["user"] == "alice", pub
+    assert pub["info"]["info"]["role"] == "host", pub
+    stored = back.views.MESSAGES[-1]
+    assert stored["text"] == "hello" and stored["channel"] == "chat:lobby", stored
+    assert await alice.error(
+        "publish", channel="chat:lobby", data={"text": "oh darn"}
+    ) == (422, "mind your language")
+    assert (await alice.error("publish", channel="chat:lobby", data=7))[0] == 400
+    assert back.views.MESSAGES[-1] == stored
+
+
+async def calls_rpc(hub: Any, back: ExampleBackEnd, peer: Peers) -> None:
+    alice = await _connected(peer, back, "alice")
+    await alice.result("subscribe", channel="chat:lobby")
+    for text in ("first", "second"):
+        await alice.result("publish", channel="chat:lobby", data={"text": text})
+    [_, second] = await alice.pubs(2, "chat:lobby")
+    result = await alice.result(
+        "rpc",
+        method="messages.before",
+        data={"channel": "chat:lobby", "before": second["data"]["id"]},
+    )
+    assert result["data"][-1]["text"] == "first", result
+    assert result["data"][-1]["user"] == "alice", result
+    assert await alice.error("rpc", method="messages.after") == (
+        404,
+        "no method messages.after",
+    )
+    assert (
+        await alice.error(
+            "rpc", method="messages.before", data={"channel": "chat:staff", "before": 9}
+        )
+    )[0] == 400
+
+
+SCENARIOS: dict[str, Callable[[Any, ExampleBackEnd, Peers], Awaitable[None]]] = {
+    "connect": connects,
+    "refresh": refreshes,
+    "subscribe": subscribes,
+    "publish": publishes,
+    "rpc": calls_rpc,
+}
+
+
+def serve_the_examples(framework: str) -> None:
+    given = json.load(sys.stdin)
+    parts = [(part, code) for part, code in given["parts"]]
+    with tempfile.TemporaryDirectory() as tmp:
+        if framework == "django":
+            back = django_back_end(parts, Path(tmp))
+        else:
+            back = fastapi_back_end(parts)
+        outcomes = asyncio.run(drive_the_hooks(back, given["toml"]))
+    print(json.dumps(outcomes), flush=True)
+
+
+if __name__ == "__main__":
+    serve_the_examples(sys.argv[1])
