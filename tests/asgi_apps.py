@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from fastapi import FastAPI, WebSocket
+from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocketDisconnect
 
 from benchmarks.asgi_app import app as starlette_app  # also benchmarked
@@ -54,6 +55,15 @@ async def fastapi_close(websocket: WebSocket, code: int) -> None:
     await websocket.accept()
     reason = await websocket.receive_text()
     await websocket.close(code, reason)
+
+
+@fastapi_app.websocket("/deny")
+async def fastapi_deny(websocket: WebSocket) -> None:
+    """Refuses with 401 as Starlette's documentation shows it: a Response,
+    whose headers carry its own content-length."""
+    await websocket.send_denial_response(
+        PlainTextResponse("log in first", status_code=401)
+    )
 
 
 class Watched:

@@ -31,26 +31,81 @@ from websockets.exceptions import InvalidStatus as WsInvalidStatus
 import tidings
 from tidings.asgi import WebSocketProtocol
 
-from .asgi_apps import RAW_DISCONNECTS, fastapi_app, raw_app, starlette_app
-from .conftest import RawConnect, ServeASGI
+from .asgi_apps import (
+    RAW_DISCONNECTS,
+    Watched,
+    fastapi_app,
+    raw_app,
+    starlette_app,
+)
+from .conftest import RawClient, RawConnect, ServeASGI
 
 BOUND = 10
 
+#: A close timeout no test waits out: a shutdown that ends within BOUND did
+#: not wait for a client's answer to the close frame.
+PATIENT_CLOSE_TIMEOUT = 100 * BOUND
+
+
+class PatientProtocol(WebSocketProtocol):
+    """tidings' protocol with :data:`PATIENT_CLOSE_TIMEOUT`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.close_timeout = PATIENT_CLOSE_TIMEOUT
+
 
 @contextlib.asynccontextmanager
-async def stopped_by_the_test(app: Any) -> AsyncIterator[tuple[uvicorn.Server, int]]:
-    """uvicorn with tidings' protocol for a test that stops it (with
-    ``server.should_exit``): yields the server and its port, then waits for
-    it to end."""
+async def stopped_by_the_test(
+    app: Any, ws: type[WebSocketProtocol] = WebSocketProtocol
+) -> AsyncIterator[tuple[uvicorn.Server, int]]:
+    """uvicorn with tidings' protocol (or ``ws``, a subclass) for a test
+    that stops it (with ``server.should_exit``): yields the server and its
+    port, then waits for it to end, within BOUND."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
-    config = uvicorn.Config(app, ws=WebSocketProtocol, lifespan="off")
+    config = uvicorn.Config(app, ws=ws, lifespan="off")
     server = uvicorn.Server(config)
     task = asyncio.ensure_future(server.serve([sock]))
     yield server, sock.getsockname()[1]
     async with asyncio.timeout(BOUND):
         await task
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+async def read_close_frame(client: RawClient) -> bytes:
+    """The payload of the server's next frame, which must be a close frame
+    (unmasked, under 126 bytes, as a server's close frame is)."""
+    async with asyncio.timeout(BOUND):
+        head = await client.reader.readexactly(2)
+        payload = await client.reader.readexactly(head[1] & 0x7F)
+    assert head[0] == 0x88, head
+    return payload
+
+
+def refusing_with(headers: list[tuple[bytes, bytes]], body: list[bytes]) -> Any:
+    """A raw ASGI app that refuses every WebSocket with a 401 denial
+    response: ``headers`` and the ``body`` in parts."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert (await receive())["type"] == "websocket.connect"
+        await send(
+            {"type": "websocket.http.response.start", "status": 401, "headers": headers}
+        )
+        for i, part in enumerate(body):
+            await send(
+                {
+                    "type": "websocket.http.response.body",
+                    "body": part,
+                    "more_body": i < len(body) - 1,
+                }
+            )
+
+    return app
 
 
 @pytest.mark.parametrize("app", [fastapi_app, starlette_app, raw_app])
@@ -146,6 +201,149 @@ async def test_denial_response_and_refusal(serve_asgi: ServeASGI) -> None:
     assert info.value.response.status_code == 403
 
 
+@pytest.mark.parametrize("client", ["websockets", "tidings"])
+async def test_a_frameworks_denial_response_reaches_the_client(
+    serve_asgi: ServeASGI, client: str
+) -> None:
+    # Starlette's Response names its own content-length; sent beside ours,
+    # strict clients found no valid HTTP response and never saw the 401.
+    url = await serve_asgi(fastapi_app) + "/deny"
+    if client == "websockets":
+        with pytest.raises(WsInvalidStatus) as info:
+            await websockets.connect(url)
+        assert info.value.response.status_code == 401
+        assert info.value.response.body == b"log in first"
+    else:
+        # (tidings' client keeps the status and headers of a refusal, not
+        # its body.)
+        with pytest.raises(tidings.InvalidStatus) as refused:
+            await tidings.connect(url)
+        assert refused.value.status == 401
+        assert ("content-type", "text/plain; charset=utf-8") in refused.value.headers
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        pytest.param([(b"content-length", b"12")], id="content-length"),
+        pytest.param([(b"transfer-encoding", b"chunked")], id="chunked"),
+        pytest.param(
+            [(b"Content-Length", b"12"), (b"Transfer-Encoding", b"Chunked")],
+            id="both",
+        ),
+    ],
+)
+async def test_the_apps_framing_headers_are_not_sent_twice(
+    serve_asgi: ServeASGI,
+    raw_connect: RawConnect,
+    framing: list[tuple[bytes, bytes]],
+) -> None:
+    # The body is sent whole, framed by its length: one Content-Length, and
+    # no Transfer-Encoding beside it (RFC 9112 §6.1), chunked or not.
+    app = refusing_with([*framing, (b"x-why", b"token")], [b"log in", b" first"])
+    url = await serve_asgi(app)
+    with pytest.raises(WsInvalidStatus) as info:
+        await websockets.connect(url)
+    assert info.value.response.status_code == 401
+    assert info.value.response.body == b"log in first"
+    client = await raw_connect(port_of(url))
+    head = await client.handshake()
+    assert await client.read_all() == b"log in first"
+    fields = [line.lower() for line in head.split(b"\r\n")[1:] if line]
+    assert [f for f in fields if f.startswith(b"content-length:")] == [
+        b"content-length: 12"
+    ]
+    assert not [f for f in fields if f.startswith(b"transfer-encoding:")]
+    assert b"x-why: token" in fields
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        pytest.param([(b"content-length", b"20")], id="shorter-than-declared"),
+        pytest.param([(b"content-length", b"5")], id="longer-than-declared"),
+        pytest.param([(b"content-length", b"twelve")], id="length-not-a-number"),
+        pytest.param([(b"transfer-encoding", b"gzip, chunked")], id="a-coding"),
+    ],
+)
+async def test_a_denial_that_breaks_its_own_framing_is_a_500(
+    serve_asgi: ServeASGI,
+    raw_connect: RawConnect,
+    caplog: pytest.LogCaptureFixture,
+    framing: list[tuple[bytes, bytes]],
+) -> None:
+    # As uvicorn answers an HTTP response whose body does not match its
+    # content-length; and a transfer coding is not the server's to apply.
+    url = await serve_asgi(refusing_with(framing, [b"log in", b" first"]))
+    logger = logging.getLogger("uvicorn.error")
+    logger.addHandler(caplog.handler)
+    try:
+        client = await raw_connect(port_of(url))
+        head = await client.handshake()
+        await client.read_all()
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert head.startswith(b"HTTP/1.1 500 ")
+    assert "Exception in ASGI application" in caplog.text
+
+
+UPGRADE = {
+    "Host": "127.0.0.1",
+    "Upgrade": "websocket",
+    "Connection": "Upgrade",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    "Sec-WebSocket-Version": "13",
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "status"),
+    [
+        pytest.param({"Sec-WebSocket-Key": None}, 400, id="no-key"),
+        pytest.param({"Sec-WebSocket-Key": "c2hvcnQ="}, 400, id="short-key"),
+        pytest.param({"Sec-WebSocket-Version": "11"}, 426, id="version-11"),
+        pytest.param({"Sec-WebSocket-Version": None}, 426, id="no-version"),
+        pytest.param({"Sec-WebSocket-Protocol": "chat v1"}, 400, id="subprotocol"),
+        pytest.param(
+            {"Sec-WebSocket-Extensions": "permessage-deflate; ="}, 400, id="extension"
+        ),
+    ],
+)
+async def test_an_upgrade_that_can_never_succeed_never_reaches_the_app(
+    serve_asgi: ServeASGI,
+    raw_connect: RawConnect,
+    change: dict[str, str | None],
+    status: int,
+) -> None:
+    # RFC 6455 §4.2.1 and §4.2.2: whatever the app would say, such a request
+    # cannot become a WebSocket; 426 names the version we speak.
+    called: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        called.append(scope["path"])
+        await receive()
+        await send({"type": "websocket.close"})  # 403
+
+    port = port_of(await serve_asgi(app))
+    fields = {**UPGRADE, **change}
+    request = "GET /broken HTTP/1.1\r\n" + "".join(
+        f"{name}: {value}\r\n" for name, value in fields.items() if value is not None
+    )
+    client = await raw_connect(port)
+    client.writer.write(request.encode() + b"\r\n")
+    async with asyncio.timeout(BOUND):
+        head = await client.reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status} ".encode()), head
+    if status == 426:
+        assert b"\r\nSec-WebSocket-Version: 13\r\n" in head
+    # The app runs in a task: once the next request is answered, a task made
+    # for this one would have run too.
+    valid = await raw_connect(port)
+    async with asyncio.timeout(BOUND):
+        assert (await valid.handshake("/valid")).startswith(b"HTTP/1.1 403 ")
+    assert called == ["/valid"]
+
+
 async def test_an_app_that_fails_gets_500_or_1011(
     serve_asgi: ServeASGI, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -195,6 +393,60 @@ async def test_shutdown_closes_open_connections_with_1012() -> None:
     assert info.value.rcvd.code == 1012
 
 
+@pytest.mark.parametrize("closing", [False, True], ids=["open", "closing"])
+async def test_shutdown_does_not_wait_for_the_clients_close_frame(
+    raw_connect: RawConnect, closing: bool
+) -> None:
+    # uvicorn's own protocols close TCP at once on shutdown (--reload and
+    # rolling restarts wait for it), whether the connection was open or the
+    # app had closed it and the client never answered.
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        if closing:
+            await send({"type": "websocket.close", "code": 4000})
+        await receive()  # the disconnect, seen by Watched
+
+    watched = Watched(app)
+    async with stopped_by_the_test(watched, ws=PatientProtocol) as (server, port):
+        client = await raw_connect(port)  # it never answers a close frame
+        assert (await client.handshake()).startswith(b"HTTP/1.1 101")
+        if closing:
+            assert await read_close_frame(client) == (4000).to_bytes(2)
+        server.should_exit = True
+        if not closing:
+            assert await read_close_frame(client) == (
+                (1012).to_bytes(2) + b"server restarting"
+            )
+        assert await client.read_all() == b""  # the server closed TCP
+    # uvicorn ended within BOUND, far under the close timeout, and waits for
+    # the app's task: the app was told before.
+    assert watched.disconnects.get_nowait()["code"] == 1012
+
+
+async def test_shutdown_before_the_app_answers_connect_is_a_500(
+    raw_connect: RawConnect,
+) -> None:
+    # As uvicorn's own protocols answer: the client gets an HTTP response.
+    connected = asyncio.Event()
+    then: list[dict[str, Any]] = []
+
+    async def undecided(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert (await receive())["type"] == "websocket.connect"
+        connected.set()
+        then.append(await receive())
+
+    async with stopped_by_the_test(undecided) as (server, port):
+        client = await raw_connect(port)
+        head = asyncio.ensure_future(client.handshake())
+        async with asyncio.timeout(BOUND):
+            await connected.wait()
+        server.should_exit = True
+        async with asyncio.timeout(BOUND):
+            assert (await head).startswith(b"HTTP/1.1 500 ")
+    assert [event["type"] for event in then] == ["websocket.disconnect"]
+
+
 async def test_a_send_during_shutdown_finds_the_client_gone(
     raw_connect: RawConnect,
 ) -> None:
@@ -219,10 +471,7 @@ async def test_a_send_during_shutdown_finds_the_client_gone(
         client = await raw_connect(port)
         assert (await client.handshake()).startswith(b"HTTP/1.1 101")
         server.should_exit = True
-        async with asyncio.timeout(BOUND):
-            head = await client.reader.readexactly(2)
-            payload = await client.reader.readexactly(head[1] & 0x7F)
-        assert head[0] == 0x88 and payload[:2] == (1012).to_bytes(2)
+        assert (await read_close_frame(client))[:2] == (1012).to_bytes(2)
         go.set()  # while the client has not answered the close
         async with asyncio.timeout(BOUND):
             raised = await outcome

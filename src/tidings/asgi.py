@@ -25,7 +25,11 @@ from urllib.parse import unquote
 from .engine.connection import WebSocket
 from .exceptions import ConnectionClosed, InvalidHandshake
 from .protocol import DeflateConfig, Request, ServerConnection, State
-from .protocol.handshake import parse_subprotocols
+from .protocol.handshake import (
+    parse_extension_header,
+    parse_subprotocols,
+    validate_request,
+)
 
 __all__ = ["ClientDisconnected", "WebSocketProtocol"]
 
@@ -38,6 +42,63 @@ MAX_DENIAL_BODY = 1 << 20
 
 class ClientDisconnected(OSError):
     """``send`` after the client went away (ASGI: an ``OSError``)."""
+
+
+class _Denial:
+    """A denial response the app is sending: its status and headers, the
+    body so far, and the length the app declared for it, if it did."""
+
+    __slots__ = ("body", "headers", "length", "status")
+
+    def __init__(self, message: Event) -> None:
+        status = message["status"]
+        if not 100 <= status < 600:
+            raise RuntimeError(f"Invalid HTTP status code '{status}' in response.")
+        self.status: int = status
+        self.body = bytearray()
+        self.length: int | None = None
+        # The body goes out whole, after a Content-Length that the protocol
+        # adds: the app's own framing headers would repeat it (two
+        # Content-Length headers make strict clients refuse the response)
+        # or contradict it (RFC 9112 §6.1: no Transfer-Encoding beside it).
+        self.headers: list[tuple[str, str]] = []
+        for raw_name, raw_value in message.get("headers", ()):
+            name = bytes(raw_name).decode("latin-1")
+            value = bytes(raw_value).decode("latin-1")
+            field = name.lower()
+            if field == "content-length":
+                self._declare(value.strip(" \t"))
+            elif field == "transfer-encoding":
+                # chunked only frames the body, as our Content-Length does;
+                # another coding would be ours to apply, and is not.
+                if value.strip(" \t").lower() != "chunked":
+                    raise RuntimeError(
+                        f"Transfer-Encoding {value!r} in a denial response: "
+                        "the body is sent as it is, so only 'chunked' may be named"
+                    )
+            else:
+                self.headers.append((name, value))
+
+    def _declare(self, value: str) -> None:
+        if not (value.isascii() and value.isdigit()) or (
+            self.length is not None and int(value) != self.length
+        ):
+            raise RuntimeError(f"Invalid Content-Length {value!r} in a denial response")
+        self.length = int(value)
+
+    def add(self, body: bytes) -> None:
+        """More of the body; raise where it breaks the declared length or
+        our bound, as uvicorn does for an HTTP response."""
+        self.body += body
+        if self.length is not None and len(self.body) > self.length:
+            raise RuntimeError("Response content longer than Content-Length")
+        if len(self.body) > MAX_DENIAL_BODY:
+            raise RuntimeError(f"a denial response body over {MAX_DENIAL_BODY} bytes")
+
+    def end(self) -> None:
+        """The body is complete: it must be as long as declared."""
+        if self.length is not None and len(self.body) != self.length:
+            raise RuntimeError("Response content shorter than Content-Length")
 
 
 class WebSocketProtocol(WebSocket):
@@ -92,8 +153,8 @@ class WebSocketProtocol(WebSocket):
         #: The app sent websocket.close, so a later send is its mistake; after
         #: a close of ours (shutdown), sends find the client gone instead.
         self._app_closed = False
-        #: Status, headers and body of a denial response being sent.
-        self._denial: tuple[int, list[tuple[str, str]], bytearray] | None = None
+        #: A denial response being sent.
+        self._denial: _Denial | None = None
         self.scope: Event = {}
 
     # -- uvicorn's side ----------------------------------------------------
@@ -112,10 +173,25 @@ class WebSocketProtocol(WebSocket):
         self._handle_events(self._conn.receive_data(data))
 
     def shutdown(self) -> None:
-        """uvicorn is stopping: close with 1012 (service restart)."""
-        if self._conn.state is State.OPEN:
-            self._send_close(1012, "server restarting")
-        elif self._transport is not None and not self._accepted:
+        """uvicorn is stopping: end the connection now, as uvicorn's own
+        protocols do. uvicorn waits for every connection to end (and
+        ``--reload`` and rolling restarts wait for uvicorn), so none may wait
+        for a client's answer to a close frame."""
+        state = self._conn.state
+        if state is State.CONNECTING:
+            # The app has not answered websocket.connect, or not finished
+            # its denial response: the client still gets an HTTP answer.
+            self._reject(500, "Internal Server Error", [])
+        elif state is not State.CLOSED:
+            # 1012 (service restart) if open; if closing, the client's close
+            # frame is no longer awaited. Either way the app's receive()
+            # returns websocket.disconnect now.
+            self._fail(1012, "server restarting")
+        if self._transport is not None:
+            # Closed once the bytes above are out, rather than half-closed
+            # until the client's EOF as after a failure (_close_transport).
+            # A client that reads nothing leaves them unsent; the close
+            # timer, armed when the connection closed, bounds that.
             self._transport.close()
 
     # -- the ASGI application ---------------------------------------------
@@ -123,6 +199,16 @@ class WebSocketProtocol(WebSocket):
     def _request_received(self, request: Request) -> None:
         transport = self._transport
         assert transport is not None
+        try:
+            subprotocols = self._check_upgrade(request)
+        except InvalidHandshake as exc:
+            # websocket.accept could not make this a WebSocket, so whatever
+            # the app answered would not matter to the client: a client
+            # error is answered as RFC 6455 §4.2.1 and §4.2.2 ask (400, or
+            # 426 with the version we speak), and the app never runs.
+            self._log(str(exc.status))
+            self._reject(exc.status, str(exc), list(exc.headers))
+            return
         raw_path, _, query = request.target.partition("?")
         root = self._root_path
         self.scope = {
@@ -143,7 +229,7 @@ class WebSocketProtocol(WebSocket):
                 (name.lower().encode("latin-1"), value.encode("latin-1"))
                 for name, value in request.headers
             ],
-            "subprotocols": _subprotocols(request),
+            "subprotocols": subprotocols,
             "state": self._app_state.copy(),
             "extensions": {"websocket.http.response": {}},
         }
@@ -151,6 +237,17 @@ class WebSocketProtocol(WebSocket):
         tasks = self._server_state.tasks
         tasks.add(task)
         task.add_done_callback(tasks.discard)
+
+    def _check_upgrade(self, request: Request) -> list[str]:
+        """The subprotocols the request offers; InvalidHandshake for what
+        accept() would refuse."""
+        validate_request(request)
+        subprotocols = parse_subprotocols(request)
+        # accept() reads the extensions offered only when it may agree to one.
+        if self._conn.compression is not None:
+            for value in request.headers.get_all("Sec-WebSocket-Extensions"):
+                parse_extension_header(value)
+        return subprotocols
 
     async def _run_app(self) -> None:
         try:
@@ -254,17 +351,7 @@ class WebSocketProtocol(WebSocket):
             self._log("403")
             self._reject(403, "", [])
         elif kind == "websocket.http.response.start":
-            status = message["status"]
-            if not 100 <= status < 600:
-                raise RuntimeError(f"Invalid HTTP status code '{status}' in response.")
-            self._denial = (
-                status,
-                [
-                    (bytes(n).decode("latin-1"), bytes(v).decode("latin-1"))
-                    for n, v in message.get("headers", ())
-                ],
-                bytearray(),
-            )
+            self._denial = _Denial(message)
         else:
             raise RuntimeError(
                 "Expected ASGI message 'websocket.accept', 'websocket.close' or "
@@ -272,20 +359,19 @@ class WebSocketProtocol(WebSocket):
             )
 
     def _denial_body(self, message: Event) -> None:
-        assert self._denial is not None
+        denial = self._denial
+        assert denial is not None
         if message["type"] != "websocket.http.response.body":
             raise RuntimeError(
                 "Expected ASGI message 'websocket.http.response.body' but got "
                 f"'{message['type']}'."
             )
-        status, headers, body = self._denial
-        body += message.get("body", b"")
-        if len(body) > MAX_DENIAL_BODY:
-            raise RuntimeError(f"a denial response body over {MAX_DENIAL_BODY} bytes")
+        denial.add(message.get("body", b""))
         if not message.get("more_body", False):
+            denial.end()
             self._accepted = True
-            self._log(str(status))
-            self._reject(status, bytes(body), headers)
+            self._log(str(denial.status))
+            self._reject(denial.status, bytes(denial.body), denial.headers)
 
     def _reject(
         self, status: int, body: str | bytes, headers: list[tuple[str, str]]
@@ -301,12 +387,13 @@ class WebSocketProtocol(WebSocket):
             self._start_close(code, reason)
 
     def _log(self, outcome: str) -> None:
-        client = self.scope.get("client")
+        # From the request, not the scope: a refused request has none.
+        client = _address(self.remote_address)
         where = f"{client[0]}:{client[1]} - " if client else ""
-        path = self.scope.get("raw_path", b"").decode("latin-1")
-        if self.scope.get("query_string"):
-            path += "?" + self.scope["query_string"].decode("latin-1")
-        self.logger.info('%s"WebSocket %s" %s', where, path, outcome)
+        request = self.request
+        assert request is not None
+        target = self._root_path + request.target
+        self.logger.info('%s"WebSocket %s" %s', where, target, outcome)
 
 
 def _address(value: Any) -> tuple[str, int] | None:
@@ -314,10 +401,3 @@ def _address(value: Any) -> tuple[str, int] | None:
     if isinstance(value, tuple) and len(value) >= 2:
         return str(value[0]), int(value[1])
     return None
-
-
-def _subprotocols(request: Request) -> list[str]:
-    try:
-        return parse_subprotocols(request)
-    except InvalidHandshake:
-        return []  # accept() refuses the request with 400
