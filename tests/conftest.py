@@ -12,6 +12,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 from collections import deque
@@ -488,3 +489,71 @@ async def http_request(
         finally:
             writer.close()
     return HTTPAnswer(raw)
+
+
+#: The folder of the proxy tests' back end, proxy_backend.py.
+BACKEND_DIR = Path(__file__).parent / "hub"
+
+
+class Backend:
+    """The back end of proxy_backend.py under uvicorn, in a process of its
+    own, and what the tests ask of it."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1024)
+        self.port = self.sock.getsockname()[1]
+        # uvicorn takes the listening socket: connections wait in the
+        # kernel until it accepts, so no wait for it to be ready.
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--app-dir",
+                str(BACKEND_DIR),
+                "--fd",
+                str(self.sock.fileno()),
+                "--log-level",
+                "warning",
+                "proxy_backend:app",
+            ],
+            pass_fds=[self.sock.fileno()],
+        )
+
+    def url(self, hook: str) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks/{hook}"
+
+    async def script(self, **specs: Any) -> None:
+        """How each hook named answers from now on (proxy_backend.py)."""
+        answer = await http_request(self.port, "POST", "/script", specs)
+        assert answer.status == 200, answer
+
+    async def calls(self, hook: str | None = None) -> list[dict[str, Any]]:
+        answer = await http_request(self.port, "GET", "/calls")
+        return [c for c in answer.json()["calls"] if hook in (None, c["hook"])]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(20)
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[Backend]:
+    """The proxy tests' back end (proxy_backend.py), in a process of its own."""
+    backend = Backend()
+    yield backend
+    backend.stop()
+
+
+def hooks_at(backend: Backend, **options: Any) -> Any:
+    """A ``ProxyConfig`` whose every hook is ``backend``'s, with a timeout
+    generous for a busy machine unless ``options`` say otherwise."""
+    from tidings.hub import ProxyConfig
+
+    hooks = {
+        h: backend.url(h) for h in ("connect", "refresh", "subscribe", "publish", "rpc")
+    }
+    return ProxyConfig(**{"timeout": 5.0, **hooks, **options})

@@ -14,11 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import secrets
-import socket
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -29,7 +25,7 @@ from tidings.hub import mint_token as _mint_token
 from tidings.hub.brokers.base import Push
 from tidings.hub.brokers.memory import MemoryBackend
 
-from ..conftest import HTTPAnswer, Peer, http_request
+from ..conftest import Backend, HTTPAnswer, Peer, hooks_at, http_request
 
 BOUND = 10  # seconds: every wait in these tests is bounded
 SECRET = "a test secret that is 32+ bytes long"
@@ -252,58 +248,49 @@ class Recorder:
                 await self._changed.wait()
 
 
-#: The folder of proxy_backend.py.
-HERE = Path(__file__).parent
+HOOKED_NAMESPACES = {
+    # The application decides subscribes and publishes here.
+    "room": NamespaceConfig(
+        subscribe_proxy=True,
+        publish_proxy=True,
+        history_size=100,
+        history_ttl=600,
+        presence=True,
+        join_leave=True,
+    ),
+    # Tokens and namespace options, as without hooks.
+    "news": NamespaceConfig(allow_anonymous=True, history_size=10, history_ttl=600),
+}
 
 
-class Backend:
-    """The back end of proxy_backend.py under uvicorn, in a process of its
-    own, and what the tests ask of it."""
+@pytest.fixture
+async def start_hooked(backend: Backend) -> AsyncIterator[Any]:
+    """``hub = await start(**proxy_options)``: a hub whose hooks are the
+    back end's; the back end's script and calls are reset."""
+    await backend.script()
+    await http_request(backend.port, "DELETE", "/calls")
+    hubs: list[Hub] = []
 
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(1024)
-        self.port = self.sock.getsockname()[1]
-        # uvicorn takes the listening socket: connections wait in the
-        # kernel until it accepts, so no wait for it to be ready.
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--app-dir",
-                str(HERE),
-                "--fd",
-                str(self.sock.fileno()),
-                "--log-level",
-                "warning",
-                "proxy_backend:app",
-            ],
-            pass_fds=[self.sock.fileno()],
+    async def start_hub(config: dict[str, Any] | None = None, **options: Any) -> Hub:
+        hub = Hub(
+            HubConfig(
+                port=0,
+                demo=False,
+                secret=SECRET,
+                namespaces=HOOKED_NAMESPACES,
+                proxy=hooks_at(backend, **options),
+                **(config or {}),
+            )
         )
+        hubs.append(await hub.start())
+        return hub
 
-    def url(self, hook: str) -> str:
-        return f"http://127.0.0.1:{self.port}/hooks/{hook}"
-
-    async def script(self, **specs: Any) -> None:
-        """How each hook named answers from now on (proxy_backend.py)."""
-        answer = await http_request(self.port, "POST", "/script", specs)
-        assert answer.status == 200, answer
-
-    async def calls(self, hook: str | None = None) -> list[dict[str, Any]]:
-        answer = await http_request(self.port, "GET", "/calls")
-        return [c for c in answer.json()["calls"] if hook in (None, c["hook"])]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(20)
-        self.sock.close()
+    yield start_hub
+    for hub in hubs:
+        await hub.close()
 
 
-@pytest.fixture(scope="module")
-def backend() -> Iterator[Backend]:
-    """The proxy tests' back end (proxy_backend.py), in a process of its own."""
-    backend = Backend()
-    yield backend
-    backend.stop()
+def as_user(user: str, **result: Any) -> dict[str, Any]:
+    """A connect command's data that the back end's default connect answer
+    turns into its result."""
+    return {"result": {"user": user, **result}}

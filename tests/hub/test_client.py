@@ -1,5 +1,7 @@
 """tidings.hub.Client against a real hub: commands, subscriptions, and
-reconnecting with recovery."""
+reconnecting with recovery; and against a hub that asks an application
+(the back end of proxy_backend.py, as in test_proxy.py): connect data,
+info, rpc and server-side subscriptions."""
 
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from tidings.hub import (
 )
 from tidings.hub.brokers.base import ClientInfo, Push
 
-from ..conftest import lose
+from ..conftest import Backend, lose
+from .conftest import as_user
 
 BOUND = 10
 FAST = {"backoff_initial": 0.05, "backoff_max": 0.2, "timeout": BOUND}
@@ -449,3 +452,193 @@ async def test_the_hub_unsubscribing_the_client_ends_the_iteration(
         again = await client.subscribe("chat:kick")
         await hub.publish("chat:kick", 1)
         assert [p.offset for p in await take(again, 1)] == [1]
+
+
+# -- with the application's hooks --------------------------------------------------
+
+
+async def test_connect_data_goes_to_the_application_and_its_answer_comes_back(
+    start_hooked: Any, backend: Backend
+) -> None:
+    hub = await start_hooked()
+    info = {"name": "Alice", "avatar": "/a.png"}
+    data = as_user("alice", info=info, data={"motd": "hi"})
+    async with Client(url(hub), data=data, **FAST) as client:
+        assert (client.user, client.info, client.data) == (
+            "alice",
+            info,
+            {"motd": "hi"},
+        )
+    [call] = await backend.calls("connect")
+    assert call["body"]["data"] == data
+
+
+async def test_rpc_returns_the_applications_data_or_raises_its_error(
+    start_hooked: Any, backend: Backend
+) -> None:
+    hub = await start_hooked()
+    async with Client(url(hub), data=as_user("alice"), **FAST) as client:
+        answer = await client.rpc("history.older", {"before": 10})
+        assert answer == {"method": "history.older", "echo": {"before": 10}}
+        assert await client.rpc("typing") == {"method": "typing", "echo": None}
+        await backend.script(
+            rpc={"body": {"error": {"code": 418, "message": "no such method"}}}
+        )
+        with pytest.raises(HubError) as info:
+            await client.rpc("nope")
+        assert (info.value.code, info.value.message) == (418, "no such method")
+        await backend.script(rpc={"status": 500})
+        with pytest.raises(HubError) as info:
+            await client.rpc("history.older")
+        assert info.value.code == 503
+        assert client.connected
+    calls = await backend.calls("rpc")
+    assert [c["body"]["user"] for c in calls] == ["alice"] * 4
+
+
+async def test_presence_joins_leaves_and_publications_carry_the_applications_info(
+    start_hooked: Any,
+) -> None:
+    hub = await start_hooked()
+    alice_info, bob_info = {"name": "Alice"}, {"name": "Bob"}
+    joined, left = asyncio.Event(), asyncio.Event()
+    seen: list[tuple[str, ClientInfo]] = []
+
+    def on(kind: str, event: asyncio.Event) -> Any:
+        def record(who: ClientInfo) -> None:
+            if who.user == "bob":  # (Alice's own join may come too)
+                seen.append((kind, who))
+                event.set()
+
+        return record
+
+    alice_data = as_user("alice", info=alice_info)
+    async with Client(url(hub), data=alice_data, **FAST) as alice:
+        sub = await alice.subscribe("room:1")
+        sub.on_join, sub.on_leave = on("join", joined), on("leave", left)
+        bob_data = as_user("bob", info=bob_info)
+        async with Client(url(hub), data=bob_data, **FAST) as bob:
+            await bob.subscribe("room:1")
+            await bob.publish("room:1", "hi")
+            [pub] = await take(sub, 1)
+            presence = await alice.presence("room:1")
+            async with asyncio.timeout(BOUND):
+                await joined.wait()
+        async with asyncio.timeout(BOUND):
+            await left.wait()
+    assert pub.info is not None and (pub.info.user, pub.info.info) == ("bob", bob_info)
+    assert sorted((c.user, c.info["name"]) for c in presence) == [
+        ("alice", "Alice"),
+        ("bob", "Bob"),
+    ]
+    assert [(kind, who.info) for kind, who in seen] == [
+        ("join", bob_info),
+        ("leave", bob_info),
+    ]
+
+
+async def test_a_server_side_subscription_recovers_what_a_drop_missed(
+    start_hooked: Any, backend: Backend
+) -> None:
+    hub = await start_hooked()
+    since = []
+    read_history = hub.broker.history
+
+    async def history(*args: Any, **kwargs: Any) -> Any:
+        since.append(kwargs.get("since"))
+        return await read_history(*args, **kwargs)
+
+    hub.broker.history = history  # type: ignore[method-assign]
+    made: list[Subscription] = []
+    data = as_user("alice", channels=["room:s"])
+    async with Client(url(hub), data=data, on_subscription=made.append, **FAST) as c:
+        # There once the client is open, made by the hub alone.
+        sub = c.subscriptions["room:s"]
+        assert made == [sub] and sub.server_side and sub.epoch and sub.offset == 0
+        with pytest.raises(HubError) as info:
+            await c.subscribe("room:s")
+        assert info.value.code == 409
+        for i in range(3):
+            await hub.publish("room:s", i)
+        assert [p.data for p in await take(sub, 3)] == [0, 1, 2]
+        [session] = hub._sessions
+        session.ws._transport.abort()  # the connection is lost: 1006
+        # Published before the client can notice (the memory broker never
+        # yields): the reconnect recovers them from the connect's subs.
+        for i in range(3, 8):
+            await hub.publish("room:s", i)
+        recovered = await take(sub, 5)
+        assert [(p.offset, p.data) for p in recovered] == [
+            (n + 1, n) for n in range(3, 8)
+        ]
+        assert 3 in since  # recovered from there
+        assert c.subscriptions["room:s"] is sub and made == [sub]
+        await hub.publish("room:s", "live")
+        [live] = await take(sub, 1)
+        assert (live.offset, live.data) == (9, "live")
+        # The application gave the same answer to the second connect, which
+        # carried the same data.
+        assert [call["body"]["data"] for call in await backend.calls("connect")] == [
+            data,
+            data,
+        ]
+
+
+async def test_a_gap_in_a_server_side_subscription_is_recovered_by_reconnecting(
+    start_hooked: Any, backend: Backend
+) -> None:
+    hub = await start_hooked()
+    data = as_user("alice", channels=["room:gap"])
+    async with Client(url(hub), data=data, **FAST) as client:
+        sub = client.subscriptions["room:gap"]
+        lost = lose(hub, {2, 3})
+        for i in range(1, 6):
+            await hub.publish("room:gap", i)
+        received = await take(sub, 5)
+        assert [(p.offset, p.data) for p in received] == [(n, n) for n in range(1, 6)]
+        assert [p.offset for p in lost] == [2, 3]  # they did go missing
+        assert len(await backend.calls("connect")) == 2  # through a reconnect
+        await hub.publish("room:gap", 6)
+        assert [p.offset for p in await take(sub, 1)] == [6]
+
+
+async def test_a_server_side_subscription_that_cannot_be_recovered_raises(
+    start_hooked: Any,
+) -> None:
+    hub = await start_hooked()
+    data = as_user("alice", channels=["room:e"])
+    async with Client(url(hub), data=data, **FAST) as client:
+        sub = client.subscriptions["room:e"]
+        await hub.publish("room:e", "old")
+        assert [p.data for p in await take(sub, 1)] == ["old"]
+        old_epoch = sub.epoch
+        # The broker loses the channel: the next publication, live, is of
+        # a new epoch, and what came before it cannot be recovered.
+        assert isinstance(hub.broker, MemoryBroker)
+        del hub.broker.backend.channels["room:e"]
+        await hub.publish("room:e", "new")
+        with pytest.raises(RecoveryFailed) as failed:
+            await take(sub, 1)
+        assert failed.value.epoch != old_epoch and failed.value.offset == 1
+        await hub.publish("room:e", "after")
+        [pub] = await take(sub, 1)
+        assert (pub.offset, pub.data, sub.epoch) == (2, "after", failed.value.epoch)
+
+
+async def test_a_server_side_subscription_ends_when_the_application_drops_it(
+    start_hooked: Any,
+) -> None:
+    hub = await start_hooked()
+    kept = as_user("alice", channels=["room:a", "room:b"])
+    async with Client(url(hub), data=kept, **FAST) as client:
+        a, b = client.subscriptions["room:a"], client.subscriptions["room:b"]
+        # At the next connect, the application names room:b only.
+        client.connect_data = as_user("alice", channels=["room:b"])
+        [session] = hub._sessions
+        hub.drop_slow(session.ws)
+        async with asyncio.timeout(BOUND):
+            assert [p async for p in a] == []  # ended
+        assert list(client.subscriptions) == ["room:b"]
+        assert client.subscriptions["room:b"] is b
+        await hub.publish("room:b", "still")
+        assert [p.data for p in await take(b, 1)] == ["still"]

@@ -16,60 +16,11 @@ from typing import Any
 import pytest
 
 import tidings
-from tidings.hub import Hub, HubConfig, NamespaceConfig
+from tidings.hub import Hub, HubConfig
 from tidings.hub.brokers.redis import RedisBroker
-from tidings.hub.config import ProxyConfig
 
-from ..conftest import Peer, free_port, http_request, wait_for
-from .conftest import BOUND, SECRET, Backend
-
-NAMESPACES = {
-    # The application decides subscribes and publishes here.
-    "room": NamespaceConfig(
-        subscribe_proxy=True,
-        publish_proxy=True,
-        history_size=100,
-        history_ttl=600,
-        presence=True,
-        join_leave=True,
-    ),
-    # Tokens and namespace options, as without hooks.
-    "news": NamespaceConfig(allow_anonymous=True, history_size=10, history_ttl=600),
-}
-
-
-def proxy(backend: Backend, **options: Any) -> ProxyConfig:
-    hooks = {
-        h: backend.url(h) for h in ("connect", "refresh", "subscribe", "publish", "rpc")
-    }
-    return ProxyConfig(**{"timeout": 5.0, **hooks, **options})
-
-
-@pytest.fixture
-async def start(backend: Backend) -> AsyncIterator[Any]:
-    """``hub = await start(**proxy_options)``: a hub whose hooks are the
-    back end's; the back end's script and calls are reset."""
-    await backend.script()
-    await http_request(backend.port, "DELETE", "/calls")
-    hubs: list[Hub] = []
-
-    async def start_hub(config: dict[str, Any] | None = None, **options: Any) -> Hub:
-        hub = Hub(
-            HubConfig(
-                port=0,
-                demo=False,
-                secret=SECRET,
-                namespaces=NAMESPACES,
-                proxy=proxy(backend, **options),
-                **(config or {}),
-            )
-        )
-        hubs.append(await hub.start())
-        return hub
-
-    yield start_hub
-    for hub in hubs:
-        await hub.close()
+from ..conftest import Backend, Peer, free_port, hooks_at, http_request, wait_for
+from .conftest import BOUND, HOOKED_NAMESPACES, SECRET, as_user
 
 
 @pytest.fixture
@@ -92,19 +43,13 @@ async def peers() -> AsyncIterator[Any]:
         await peer.ws.close()
 
 
-def as_user(user: str, **result: Any) -> dict[str, Any]:
-    """A connect command's data that the back end's default connect answer
-    turns into its result."""
-    return {"result": {"user": user, **result}}
-
-
 # -- connect ------------------------------------------------------------------------
 
 
 async def test_connect_is_decided_by_the_back_end_with_the_listed_headers(
-    start: Any, peers: Any, backend: Backend
+    start_hooked: Any, peers: Any, backend: Backend
 ) -> None:
-    hub = await start(headers=["Cookie", "User-Agent"])
+    hub = await start_hooked(headers=["Cookie", "User-Agent"])
     peer = await peers(
         hub,
         [("Cookie", "session=s3cret"), ("X-Other", "not passed"), ("User-Agent", "t")],
@@ -123,9 +68,9 @@ async def test_connect_is_decided_by_the_back_end_with_the_listed_headers(
 
 
 async def test_a_token_skips_the_connect_hook(
-    start: Any, peers: Any, backend: Backend
+    start_hooked: Any, peers: Any, backend: Backend
 ) -> None:
-    hub = await start()
+    hub = await start_hooked()
     peer = await peers(hub)
     token = tidings.hub.mint_token(SECRET, "bob")
     assert (await peer.result("connect", token=token))["user"] == "bob"
@@ -158,9 +103,9 @@ async def test_a_token_skips_the_connect_hook(
     ],
 )
 async def test_a_connect_the_back_end_does_not_accept_is_never_a_yes(
-    start: Any, peers: Any, backend: Backend, spec: Any, code: int
+    start_hooked: Any, peers: Any, backend: Backend, spec: Any, code: int
 ) -> None:
-    hub = await start()
+    hub = await start_hooked()
     await backend.script(connect=spec)
     peer = await peers(hub)
     error_code, _ = await peer.error("connect", data=as_user("mallory"))
@@ -178,9 +123,9 @@ async def test_a_connect_the_back_end_does_not_accept_is_never_a_yes(
 
 
 async def test_a_back_end_that_disconnects_closes_with_its_code(
-    start: Any, peers: Any, backend: Backend
+    start_hooked: Any, peers: Any, backend: Backend
 ) -> None:
-    hub = await start()
+    hub = await start_hooked()
     await backend.script(
         connect={"body": {"disconnect": {"code": 4403, "reason": "banned"}}}
     )
@@ -191,9 +136,9 @@ async def test_a_back_end_that_disconnects_closes_with_its_code(
 
 
 async def test_a_back_end_too_slow_or_gone_is_503_within_the_timeout(
-    start: Any, peers: Any, backend: Backend
+    start_hooked: Any, peers: Any, backend: Backend
 ) -> None:
-    hub = await start(timeout=0.3)
+    hub = await start_hooked(timeout=0.3)
     await backend.script(connect={"delay": 3})
     peer = await peers(hub)
     started = time.monotonic()
@@ -201,7 +146,7 @@ async def test_a_back_end_too_slow_or_gone_is_503_within_the_timeout(
     assert time.monotonic() - started < 3  # not the back end's pace
     assert hub.metrics.hook_calls["connect", "timeout"] == 1
     # Nobody listening there.
-    gone = await start(connect=f"http://127.0.0.1:{free_port()}/connect")
+    gone = await start_hooked(connect=f"http://127.0.0.1:{free_port()}/connect")
     peer = await peers(gone)
     assert (await peer.error("connect"))[0] == 503
     assert gone.metrics.hook_calls["connect", "unreachable"] == 1
@@ -213,9 +158,9 @@ async def test_a_back_end_too_slow_or_gone_is_503_within_the_timeout(
 
 
 async def test_a_slow_back_end_holds_a_bounded_number_of_calls_and_the_hub_serves_on(
-    start: Any, peers: Any, backend: Backend
+    start_hooked: Any, peers: Any, backend: Backend
 ) -> None:
-    hub = await start(timeout=0.5, max_in_flight=8)
+    hub = await start_hooked(timeout=0.5, max_in_flight=8)
     await backend.script(connect={"delay": 5})
     # A subscriber of another channel, through a token: it must hear every
     # publication while a thousand connects wait on the back end.
@@ -257,9 +202,9 @@ async def test_a_slow_back_end_holds_a_bounded_number_of_calls_and_the_hub_serve
 
 
 async def test_subscribe_is_the_back_ends_to_decide_and_info_is_per_channel(
-    start: Any, peers: Any, backend: Backend
+    start_hooked: Any, peers: Any, backend: Backend
 ) -> None:
-    hub = await start()
+    hub = await start_hooked()
     alice = await peers(hub)
     await alice.result("connect", data=as_user("alice", info={"name": "Alice"}))
     await backend.script(
@@ -283,9 +228,9 @@ async def test_subscribe_is_the_back_ends_to_decide_and_info_is_per_channel(
 
 
 async def test_publish_may_be_refused_or_rewritten_and_keeps_its_order(
-    start: Any, peers: Any, backend: Backend
+    start_hooked: Any, peers: Any, backend: Backend
 ) -> None:
-    hub = await start()
+    hub = await start_hooked()
     alice = await peers(hub)
     connected = await alice.result(
         "connect", data=as_user("alice", info={"name": "Alice"})
@@ -318,9 +263,9 @@ async def test_publish_may_be_refused_or_rewritten_and_keeps_its_order(
 
 
 async def test_rpc_answers_with_the_back_ends_data(
-    start: Any, peers: Any, backend: Backend
+    start_hooked: Any, peers: Any, backend: Backend
 ) -> None:
-    hub = await start()
+    hub = await start_hooked()
     peer = await peers(hub)
     await peer.result("connect", data=as_user("alice"))
     result = await peer.result("rpc", method="history.older", data={"before": 10})
@@ -330,16 +275,16 @@ async def test_rpc_answers_with_the_back_ends_data(
     )
     assert await peer.error("rpc", method="nope") == (404, "no such method")
     assert (await peer.error("rpc", data=1))[0] == 400  # no method
-    without = await start(rpc=None)
+    without = await start_hooked(rpc=None)
     peer = await peers(without)
     await peer.result("connect", data=as_user("alice"))
     assert (await peer.error("rpc", method="x"))[0] == 404
 
 
 async def test_refresh_extends_or_ends_a_proxied_connection(
-    start: Any, peers: Any, backend: Backend
+    start_hooked: Any, peers: Any, backend: Backend
 ) -> None:
-    hub = await start()
+    hub = await start_hooked()
     await backend.script(refresh={"body": {"result": {"expire_at": time.time() + 1}}})
     peer = await peers(hub)
     await peer.result("connect", data=as_user("alice", expire_at=time.time() + 0.2))
@@ -355,9 +300,9 @@ async def test_refresh_extends_or_ends_a_proxied_connection(
 
 
 async def test_server_side_channels_arrive_as_subscribe_pushes_and_recover(
-    start: Any, peers: Any, backend: Backend
+    start_hooked: Any, peers: Any, backend: Backend
 ) -> None:
-    hub = await start()
+    hub = await start_hooked()
     peer = await peers(hub)
     await peer.result("connect", data=as_user("alice", channels=["news:s"]))
     push = await peer.push()
@@ -383,9 +328,9 @@ async def test_server_side_channels_arrive_as_subscribe_pushes_and_recover(
 
 
 async def test_the_fallbacks_go_through_the_same_hooks(
-    start: Any, backend: Backend
+    start_hooked: Any, backend: Backend
 ) -> None:
-    hub = await start()
+    hub = await start_hooked()
     await backend.script(
         connect={"body": {"result": {"user": "carol", "info": {"name": "Carol"}}}}
     )
@@ -444,8 +389,8 @@ async def test_two_nodes_on_redis_ask_the_same_back_end_and_share_info(
     config = HubConfig(
         port=0,
         demo=False,
-        namespaces=NAMESPACES,
-        proxy=proxy(backend),
+        namespaces=HOOKED_NAMESPACES,
+        proxy=hooks_at(backend),
         presence_ttl=30,
     )
     async with contextlib.AsyncExitStack() as stack:

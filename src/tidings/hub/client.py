@@ -8,6 +8,10 @@ and gap-free recovery.
         await client.publish("chat:lobby", {"text": "hi"})
         async for pub in sub:
             print(pub.offset, pub.data)
+
+Without a token, a hub with a connect hook asks the application, which may
+subscribe the client to channels itself (server-side subscriptions): they
+are in ``client.subscriptions`` once the client is open.
 """
 
 from __future__ import annotations
@@ -18,9 +22,9 @@ import json
 import logging
 import random
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any
 
 from ..engine.client import connect
@@ -110,6 +114,18 @@ class Subscription:
     the client (``/api/unsubscribe``), or raises the error that ended the
     subscription (a :class:`HubError` or
     :class:`~tidings.ConnectionClosed`).
+
+    A **server-side** subscription (:attr:`server_side`) is one the hub
+    made because the application named its channel when the client
+    connected (the connect hook's ``channels``); the client never sent
+    ``subscribe``. It behaves the same, except that the hub, not the
+    client, renews it: on every reconnect the client sends its position
+    with ``connect`` and the hub recovers it there; a gap seen live makes
+    the client reconnect to recover it; and it ends (iteration stops) when
+    a reconnect no longer includes it (the application stopped naming the
+    channel). Unsubscribing from one holds for the current connection: the
+    hub subscribes the client again on reconnect while the application
+    names the channel.
     """
 
     def __init__(
@@ -130,6 +146,9 @@ class Subscription:
         #: first subscribe reply).
         self.epoch: str | None = None
         self.offset = 0
+        #: Made by the hub (the application named the channel at connect),
+        #: not by :meth:`Client.subscribe`.
+        self.server_side = False
         #: True from a subscribe command until its reply: pushes until then
         #: are covered by the reply.
         self._resyncing = False
@@ -252,6 +271,16 @@ class Client:
     replaces it (sent with ``refresh``), so the connection outlives its
     tokens. Without it a connection ends with 4002 when its token expires.
 
+    Without a token, a hub with a connect hook asks the application, which
+    gets ``data`` (any JSON value, sent with every connect) and the
+    connection's headers. Its answer gives :attr:`user`, :attr:`info` and
+    :attr:`data`, and may subscribe the client to channels: each becomes a
+    :class:`Subscription` with ``server_side`` set, in
+    :attr:`subscriptions` and passed to ``on_subscription`` before any of
+    its publications (all of them are there when opening returns). When
+    the application cannot answer, opening raises :class:`HubError` 503
+    (a reconnect tries again, with backoff).
+
     Every command raises :class:`HubError` on an error reply and
     ``TimeoutError`` after ``timeout`` seconds (which includes waiting for
     a reconnect); a command in flight when the connection drops raises
@@ -263,7 +292,9 @@ class Client:
         url: str,
         token: str | None = None,
         *,
+        data: Any = None,
         get_token: Callable[[], Awaitable[str]] | None = None,
+        on_subscription: Callable[[Subscription], object] | None = None,
         timeout: float = 10.0,
         backoff_initial: float = 0.25,
         backoff_max: float = 10.0,
@@ -271,7 +302,11 @@ class Client:
     ) -> None:
         self.url = url
         self.token = token
+        #: Sent with every connect, for the application's connect hook.
+        self.connect_data = data
         self.get_token = get_token
+        #: Called with each server-side :class:`Subscription` the hub makes.
+        self.on_subscription = on_subscription
         self.timeout = timeout
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
@@ -279,10 +314,18 @@ class Client:
         #: The connection id and user the hub gave us (new on each connect).
         self.client_id = ""
         self.user = ""
+        #: What the application's connect hook answered (None without one):
+        #: ``info``, the JSON that presence, joins, leaves and our
+        #: publications show for us, and ``data``, its reply to
+        #: ``connect_data``.
+        self.info: Any = None
+        self.data: Any = None
         self._ws: WebSocket | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, _Handler] = {}
         self._subs: dict[str, Subscription] = {}
+        #: Channels the hub subscribed us to on the current connection.
+        self._announced: set[str] = set()
         self._ready = asyncio.Event()
         self._failure: BaseException | None = None
         self._supervisor: asyncio.Task[None] | None = None
@@ -319,6 +362,12 @@ class Client:
     def connected(self) -> bool:
         """True while connected (False while reconnecting)."""
         return self._ready.is_set() and self._failure is None
+
+    @property
+    def subscriptions(self) -> Mapping[str, Subscription]:
+        """The active subscriptions by channel, the client's and the hub's
+        (a read-only view)."""
+        return MappingProxyType(self._subs)
 
     # -- commands ----------------------------------------------------------
 
@@ -378,6 +427,14 @@ class Client:
             result.get("complete", True),
         )
 
+    async def rpc(self, method: str, data: Any = None) -> Any:
+        """Call ``method`` of the application (the hub's rpc hook) with
+        ``data``; return the ``data`` of its answer. Raises
+        :class:`HubError`: 404 when the hub has no rpc hook, 503 when the
+        application could not answer, or the application's own error."""
+        result = await self._call("rpc", method=method, data=data)
+        return result.get("data")
+
     async def refresh(self, token: str) -> float:
         """Replace the connection's token with ``token`` (same user) before
         the old one expires; return the new one's seconds to live."""
@@ -433,11 +490,24 @@ class Client:
         return id
 
     def _resync(self, sub: Subscription) -> None:
-        """Subscribe again with ``since``: publications were missed."""
+        """Publications were missed: subscribe again with ``since``, or
+        reconnect for a server-side subscription."""
+        if sub.server_side:
+            # Only the hub may subscribe where the application subscribed
+            # us (a subscribe of our own may be refused there), and it
+            # recovers such a subscription from the connect command's subs.
+            sub._resyncing = True  # what follows the gap waits for that
+            asyncio.get_running_loop().call_soon(self._restart, self._ws)
+            return
         if self._ws is None or not self.connected:
             return  # the reconnect resubscribes
         self._send(self._ws, "unsubscribe", {"channel": sub.channel}, _ignore)
         self._send_subscribe(sub)
+
+    def _restart(self, ws: WebSocket | None) -> None:
+        """End connection ``ws``: the supervisor reconnects."""
+        if ws is not None and ws is self._ws and ws.state is State.OPEN:
+            ws.drop(1000, "reconnecting to recover a server-side subscription")
 
     def _send_subscribe(self, sub: Subscription) -> None:
         sub._resyncing = True
@@ -447,8 +517,8 @@ class Client:
             fields["since"] = {"offset": sub.offset, "epoch": sub.epoch}
 
         def on_reply(result: Any, error: BaseException | None) -> None:
-            if self._subs.get(sub.channel) is not sub:
-                return  # unsubscribed meanwhile
+            if self._subs.get(sub.channel) is not sub or sub.server_side:
+                return  # unsubscribed meanwhile, or the hub subscribed it
             if isinstance(error, ConnectionClosed):
                 return  # resent after the reconnect
             if error is not None:
@@ -473,21 +543,50 @@ class Client:
         pending = self._pending = {}
         self._closed = asyncio.ensure_future(ws.wait_closed())
         self._closed.add_done_callback(lambda _: self._on_closed(ws, pending))
+        self._announced = set()
         try:
             async with asyncio.timeout(self.timeout):
                 if self.get_token is not None:
                     self.token = await self.get_token()
-                fields = {} if self.token is None else {"token": self.token}
-                result = await self._request(ws, "connect", fields)
+                result = await self._request(ws, "connect", self._connect_fields())
+                self.client_id, self.user = result["client"], result["user"]
+                self.info, self.data = result.get("info"), result.get("data")
+                if self.token is None:
+                    # The hub announces the subscriptions it makes before it
+                    # answers the next command: after this, all are here.
+                    await self._request(ws, "ping", {})
         except BaseException:
             await ws.close()
             raise
-        self.client_id, self.user = result["client"], result["user"]
         if "ttl" in result and self.get_token is not None:
             self._refresher = asyncio.create_task(self._keep_token(ws, result["ttl"]))
         for sub in list(self._subs.values()):
-            self._send_subscribe(sub)
+            if not sub.server_side:
+                self._send_subscribe(sub)
+            elif sub.channel not in self._announced:
+                # The application no longer subscribes us there.
+                del self._subs[sub.channel]
+                sub._end(None)
         self._ready.set()
+
+    def _connect_fields(self) -> dict[str, Any]:
+        """The connect command's fields: ``connect_data``, and the token
+        or, without one, every subscription's position, from which the hub
+        recovers those it subscribes us to (the connect hook's channels)."""
+        fields: dict[str, Any] = {}
+        if self.connect_data is not None:
+            fields["data"] = self.connect_data
+        if self.token is not None:
+            fields["token"] = self.token
+            return fields
+        subs = {
+            channel: {"offset": sub.offset, "epoch": sub.epoch}
+            for channel, sub in self._subs.items()
+            if sub.epoch is not None
+        }
+        if subs:
+            fields["subs"] = subs
+        return fields
 
     async def _supervise(self) -> None:
         while True:
@@ -578,6 +677,9 @@ class Client:
             logger.exception("cannot handle a message from the hub: %.200r", message)
 
     def _push(self, msg: dict[str, Any]) -> None:
+        if "subscribe" in msg:
+            self._subscribed_by_hub(msg["channel"], msg["subscribe"])
+            return
         sub = self._subs.get(msg["channel"])
         if sub is None:
             return
@@ -592,6 +694,22 @@ class Client:
             _call_safely(sub.on_join, _info(msg["join"]))
         elif "leave" in msg and sub.on_leave is not None:
             _call_safely(sub.on_leave, _info(msg["leave"]))
+
+    def _subscribed_by_hub(self, channel: str, result: dict[str, Any]) -> None:
+        """A ``subscribe`` push: the hub subscribed us to ``channel``, as
+        the application asked at connect; ``result`` is as a subscribe
+        reply's, with ``recovered`` when ``connect`` gave a position."""
+        self._announced.add(channel)
+        sub = self._subs.get(channel)
+        made = sub is None
+        if sub is None:
+            sub = self._subs[channel] = Subscription(self, channel)
+        # One of ours the application subscribes us to as well is the hub's
+        # from now on: the hub answers our own subscribe with 409.
+        sub.server_side = True
+        sub._subscribed_ok(result, "recovered" in result)
+        if made and self.on_subscription is not None:
+            _call_safely(self.on_subscription, sub)
 
 
 def _info(raw: dict[str, Any]) -> ClientInfo:

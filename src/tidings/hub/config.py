@@ -389,4 +389,3 @@ def _check_ranges(config: HubConfig) -> None:
     ):
         if getattr(config, key) <= 0:
             raise ConfigError(f"{key} must be > 0, got {getattr(config, key)}")
-

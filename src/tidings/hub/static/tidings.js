@@ -12,11 +12,17 @@
 // back to Server-Sent Events, then to long-polling, with commands sent as
 // POST requests; the application's code does not change, and it goes back
 // to WebSocket as soon as one opens.
+//
+// tidings.d.ts, beside this file, declares its types for TypeScript.
 
 // After these, reconnecting cannot help: malformed commands, a refused token,
 // a disconnect through the HTTP API, a message over the hub's size limit.
 const FINAL_CLOSE_CODES = new Set([1009, 4000, 4001, 4003]);
 const CLOSE_RATE_LIMITED = 4008;
+const CLOSE_TOKEN = 4001;
+// After error 503 to connect (the application could not answer), the hub
+// closes with 1013, "try again later".
+const CLOSE_TRY_AGAIN = 1013;
 const WS_OPEN = 1;
 const WS_CLOSED = 3;
 
@@ -49,6 +55,8 @@ export class Hub {
    * @param {string} [url] the hub's WebSocket endpoint; default ws(s)://<this host>/ws
    * @param {object} [options]
    * @param {string} [options.token] a JWT for the connect command
+   * @param {*} [options.data] any JSON value sent with every connect, for
+   *   the application's connect hook (a hub that asks the application)
    * @param {() => (string|null|Promise<string|null>)} [options.getToken]
    *   called before every (re)connect for a fresh token, and three quarters
    *   into each token's lifetime for the one that replaces it (sent with
@@ -80,6 +88,11 @@ export class Hub {
     /** The connection id and user id the hub gave (new on every connect). */
     this.client = "";
     this.user = "";
+    /** What the application's connect hook answered (null without one):
+     * `info`, what presence, joins, leaves and our publications show for
+     * us, and `data`, its reply to `options.data`. */
+    this.info = null;
+    this.data = null;
     /** The transport in use: "websocket", "sse" or "poll" (null until connected). */
     this.transport = null;
     this._transportIndex = 0; // into options.transports: the one to try next
@@ -88,7 +101,13 @@ export class Hub {
     this._inFlight = new Map(); // id -> command, sent on this._ws
     this._queue = []; // commands waiting for a connection
     this._subs = new Map(); // channel -> Subscription
-    this._listeners = { connect: new Set(), disconnect: new Set(), error: new Set() };
+    this._listeners = {
+      connect: new Set(),
+      disconnect: new Set(),
+      error: new Set(),
+      subscribe: new Set(),
+    };
+    this._announced = new Set(); // channels the hub subscribed us to on this connection
     this._attempt = 0;
     this._retryTimer = null;
     this._openTimer = null;
@@ -112,9 +131,10 @@ export class Hub {
     }
   }
 
-  /** Listen to "connect" ({client, user}), "disconnect" ({code, reason,
-   * reconnect, delay}) or "error" (a HubError). Returns a function that
-   * stops listening. */
+  /** Listen to "connect" ({client, user, info, data}), "disconnect"
+   * ({code, reason, reconnect, delay}), "error" (a HubError) or "subscribe"
+   * (a Subscription the hub made: the application named its channel at
+   * connect). Returns a function that stops listening. */
   on(event, fn) {
     const listeners = this._listeners[event];
     if (listeners === undefined) throw new Error(`unknown event ${event}`);
@@ -122,11 +142,12 @@ export class Hub {
     return () => listeners.delete(fn);
   }
 
-  /** Connect, and keep reconnecting until close(). Resolves with
-   * {client, user} once connected; rejects if the hub refuses for good. */
+  /** Connect, and keep reconnecting until close(). Resolves with the
+   * connect reply ({client, user}, and info and data when the application
+   * gave them) once connected; rejects if the hub refuses for good. */
   connect() {
     const promise = new Promise((resolve, reject) => {
-      if (this.state === "connected") resolve({ client: this.client, user: this.user });
+      if (this.state === "connected") resolve(this._identity());
       else this._waiters.push([resolve, reject]);
     });
     promise.catch(() => {}); // the "error" event reports it too
@@ -161,6 +182,23 @@ export class Hub {
    * {offset, epoch}; rejects with a HubError. */
   publish(channel, data) {
     return this._call("publish", { channel, data });
+  }
+
+  /** Call `method` of the application (the hub's rpc hook) with `data`
+   * (any JSON value). Resolves with the data of its answer; rejects with a
+   * HubError: 404 where the hub has no rpc hook, 503 when the application
+   * could not answer, or the application's own error. */
+  rpc(method, data) {
+    return this._call("rpc", { method, data }).then((result) => result.data);
+  }
+
+  /** The subscriptions by channel, the page's and the hub's (a copy). */
+  get subscriptions() {
+    return new Map(this._subs);
+  }
+
+  _identity() {
+    return { client: this.client, user: this.user, info: this.info, data: this.data };
   }
 
   // -- commands ----------------------------------------------------------
@@ -251,7 +289,7 @@ export class Hub {
       this.options.timeout,
     );
     ws.onopen = () => {
-      const connect = { op: "connect", fields: token ? { token } : {} };
+      const connect = { op: "connect", fields: this._connectFields(token) };
       connect.reply = (result, error) => this._connected(ws, result, error);
       this._transmit(ws, connect);
     };
@@ -259,20 +297,43 @@ export class Hub {
     ws.onclose = (event) => this._lost(ws, event.code, event.reason);
   }
 
+  // The connect command's fields: `options.data`, and the token or, without
+  // one, every subscription's position, from which the hub recovers those
+  // it subscribes us to (the channels its connect hook names).
+  _connectFields(token) {
+    const fields = {};
+    if (this.options.data !== undefined) fields.data = this.options.data;
+    if (token) {
+      fields.token = token;
+      return fields;
+    }
+    const subs = {};
+    for (const sub of this._subs.values()) {
+      if (sub.epoch !== null) subs[sub.channel] = { offset: sub.offset, epoch: sub.epoch };
+    }
+    if (Object.keys(subs).length > 0) fields.subs = subs;
+    return fields;
+  }
+
   _connected(ws, result, error) {
+    if (error?.code === "disconnected") return; // _lost() handles it
+    // The hub answered: this transport works, and a retry stays on it.
+    ws.tidingsAnswered = true;
     if (error) {
-      if (error.code === "disconnected") return; // _lost() handles it
-      if (error.code === 401) {
-        this._refused = error; // the hub closes with 4001: final
-      } else {
-        this._emit("error", error);
-        ws.close(1000);
-      }
+      if (error.code === 401) this._refused = error; // final
+      else this._emit("error", error);
+      // End it now, as the hub does (4001 after a refused token; 1013 when
+      // the application could not answer, to try again later), or would
+      // not (after an application's refusal), on every transport alike.
+      const code = error.code === 401 ? CLOSE_TOKEN : error.code === 503 ? CLOSE_TRY_AGAIN : 1000;
+      this._lost(ws, code, error.message);
       return;
     }
     clearTimeout(this._openTimer);
     this.client = result.client;
     this.user = result.user;
+    this.info = result.info ?? null;
+    this.data = result.data ?? null;
     this.transport = ws.tidingsTransport;
     this.state = "connected";
     this._attempt = 0;
@@ -280,12 +341,54 @@ export class Hub {
     this._heartbeat(ws);
     this._keepToken(ws, result.ttl);
     if (this.transport !== "websocket") this._probe(ws);
+    this._announced = new Set();
+    if (this.transport === "websocket" && [...this._subs.values()].some((s) => s.serverSide)) {
+      // The hub announces the subscriptions it makes before it answers the
+      // next command: those it did not announce by then, it no longer
+      // makes (the application stopped naming their channels). A fallback
+      // answers commands apart from its stream: there they stay.
+      this._transmit(ws, { op: "ping", fields: {}, reply: () => this._endUnannounced(ws) });
+    }
     // Resubscribe first: whatever the application sends next is answered
     // after the subscriptions are back.
-    for (const sub of this._subs.values()) sub._send();
+    for (const sub of this._subs.values()) if (!sub.serverSide) sub._send();
     for (const command of this._queue.splice(0)) this._transmit(ws, command);
     for (const [resolve] of this._waiters.splice(0)) resolve(result);
-    this._emit("connect", { client: result.client, user: result.user });
+    this._emit("connect", this._identity());
+  }
+
+  _endUnannounced(ws) {
+    if (ws !== this._ws) return;
+    for (const sub of [...this._subs.values()]) {
+      if (sub.serverSide && !this._announced.has(sub.channel)) sub._ended();
+    }
+  }
+
+  // A subscribe push: the hub subscribed us to `channel`, as the application
+  // asked at connect. `result` is as a subscribe reply's, with `recovered`
+  // when connect gave the channel's position.
+  _subscribedByHub(channel, result) {
+    this._announced.add(channel);
+    let sub = this._subs.get(channel);
+    const made = sub === undefined;
+    if (made) {
+      sub = new Subscription(this, channel, {});
+      this._subs.set(channel, sub);
+    }
+    // One of the page's that the application subscribes us to as well is
+    // the hub's from now on: the hub answers the page's subscribe with 409.
+    sub.serverSide = true;
+    // Before anything is delivered: the page sets its handlers here.
+    if (made) this._emit("subscribe", sub);
+    let since = "recovered" in result;
+    if (!since && sub.epoch !== null) {
+      // Announced again without the position the page had (a fallback's
+      // connect carries none): recovered only if nothing came meanwhile.
+      since = true;
+      const same = result.epoch === sub.epoch && result.offset === sub.offset;
+      result = { ...result, recovered: same, publications: [] };
+    }
+    sub._subscribed(result, null, since);
   }
 
   _message(ws, text) {
@@ -306,6 +409,8 @@ export class Hub {
       } else {
         command.reply(message.result, null);
       }
+    } else if (message.subscribe !== undefined) {
+      this._subscribedByHub(message.channel, message.subscribe);
     } else if (message.channel !== undefined) {
       this._subs.get(message.channel)?._push(message);
     } else if (message.error) {
@@ -375,8 +480,8 @@ export class Hub {
     clearInterval(this._pingTimer);
     clearTimeout(this._refreshTimer);
     clearInterval(this._probeTimer);
-    // A transport that never connected hands over to the next one.
-    if (this.state !== "connected") this._transportIndex += 1;
+    // A transport that never reached the hub hands over to the next one.
+    if (this.state !== "connected" && !ws.tidingsAnswered) this._transportIndex += 1;
     if (ws.readyState !== WS_CLOSED) {
       ws.onclose = ws.onmessage = ws.onopen = null;
       ws.close(1000);
@@ -423,12 +528,16 @@ export class Hub {
 
 /** A subscription to one channel: publications in offset order, each once,
  * across reconnects. `offset` and `epoch` are the channel's position as
- * last seen (null before the first subscribe reply). */
+ * last seen (null before the first subscribe reply). `handlers` may be
+ * replaced or changed at any time. */
 export class Subscription {
   constructor(hub, channel, handlers) {
     this.hub = hub;
     this.channel = channel;
     this.handlers = handlers;
+    /** Made by the hub (the application named the channel at connect),
+     * not by hub.subscribe(): the hub renews it on every reconnect. */
+    this.serverSide = false;
     this.offset = handlers.since ? handlers.since.offset : null;
     this.epoch = handlers.since ? handlers.since.epoch : null;
     /** False after unsubscribe(), an error reply to subscribe, or the hub
@@ -488,7 +597,10 @@ export class Subscription {
     const since = this.epoch !== null;
     if (since) fields.since = { offset: this.offset, epoch: this.epoch };
     const command = { op: "subscribe", fields };
-    command.reply = (result, error) => this._subscribed(result, error, since);
+    command.reply = (result, error) => {
+      // Once the hub subscribed us itself, it answers this one with 409.
+      if (!this.serverSide) this._subscribed(result, error, since);
+    };
     this.hub._transmit(this.hub._ws, command);
   }
 
@@ -543,6 +655,16 @@ export class Subscription {
 
   _resync() {
     const hub = this.hub;
+    if (this.serverSide) {
+      // Only the hub may subscribe where the application subscribed us (a
+      // subscribe of the page's may be refused there), and it recovers such
+      // a subscription from the connect command's subs: start over.
+      this._resyncing = true; // what follows the gap waits for that
+      if (hub._ws !== null) {
+        hub._lost(hub._ws, 1000, `missed publications on ${this.channel}: reconnecting`);
+      }
+      return;
+    }
     if (hub.state !== "connected") return; // the reconnect resubscribes
     hub._transmit(hub._ws, {
       op: "unsubscribe",
@@ -552,16 +674,20 @@ export class Subscription {
     this._send();
   }
 
+  // The hub ended the subscription.
+  _ended() {
+    if (this.hub._subs.get(this.channel) === this) this.hub._subs.delete(this.channel);
+    this.active = false;
+    this._call("onUnsubscribe", {});
+  }
+
   _push(message) {
     if (message.pub !== undefined) this._live(message.pub);
     else if (message.position !== undefined) {
       const { offset, epoch } = message.position;
       if (!this._resyncing && (epoch !== this.epoch || offset > this.offset)) this._resync();
     } else if (message.unsubscribe !== undefined) {
-      // The hub unsubscribed us (its HTTP API's /api/unsubscribe).
-      if (this.hub._subs.get(this.channel) === this) this.hub._subs.delete(this.channel);
-      this.active = false;
-      this._call("onUnsubscribe", {});
+      this._ended(); // the hub unsubscribed us (its HTTP API's /api/unsubscribe)
     } else if (message.join !== undefined) this._call("onJoin", message.join);
     else if (message.leave !== undefined) this._call("onLeave", message.leave);
   }
@@ -627,12 +753,6 @@ class FallbackSocket {
     if (message && this.readyState === WS_OPEN) {
       this.onmessage?.({ data: JSON.stringify(message) });
     }
-  }
-
-  // A reply that refuses the token ends the connection, as the hub's 4001 would.
-  _connected(reply) {
-    this._deliver(reply);
-    if (reply?.error?.code === 401) this._fail(4001, reply.error.message);
   }
 
   // `path` is "/command", "/sse" or "/poll"; `params` a URLSearchParams.
@@ -759,7 +879,7 @@ class EventSocket extends FallbackSocket {
 
   _refused(error) {
     if (this._connectId !== null) {
-      this._connected({ id: this._connectId, error });
+      this._deliver({ id: this._connectId, error });
       this._connectId = null;
     }
     this._fail(error.code === 401 ? 4001 : 1006, error.message);
@@ -811,7 +931,7 @@ class EventSocket extends FallbackSocket {
     }
     if (data.id === 1) {
       // The connect reply: the Hub's own, or that of a stream reopened.
-      if (this._connectId !== null) this._connected({ ...data, id: this._connectId });
+      if (this._connectId !== null) this._deliver({ ...data, id: this._connectId });
       else if (data.error) this._fail(data.error.code === 401 ? 4001 : 1006, data.error.message);
       this._connectId = null;
     } else if (data.id !== undefined) {
@@ -860,7 +980,7 @@ class PollSocket extends FallbackSocket {
   }
 
   _connect(command) {
-    this._post(command).then((reply) => this._connected(reply));
+    this._post(command).then((reply) => this._deliver(reply));
   }
 
   _subscribe(command) {
