@@ -688,8 +688,8 @@ async def test_a_preflight_from_an_allowed_origin_is_granted(
     assert {"authorization", "content-type"} <= set(allowed)
     assert int(granted["access-control-max-age"]) > 0
     assert granted["vary"] == "Origin"
-    # The fallbacks read no cookies: a page gets no grant to send them.
-    assert "access-control-allow-credentials" not in granted
+    # Cookies go with the page's requests, as with its WebSocket.
+    assert granted["access-control-allow-credentials"] == "true"
 
 
 @pytest.mark.parametrize(
@@ -730,7 +730,7 @@ async def test_fallback_answers_carry_cors_headers_for_an_allowed_origin(
     for _, headers in answers:  # the page reads errors too
         assert headers["access-control-allow-origin"] == APP
         assert headers["vary"] == "Origin"
-        assert "access-control-allow-credentials" not in headers
+        assert headers["access-control-allow-credentials"] == "true"
 
 
 @pytest.mark.parametrize(

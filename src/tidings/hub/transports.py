@@ -93,8 +93,8 @@ async def handle_fallback(hub: Hub, request: Request) -> HTTPResponse | HTTPStre
 
     The caller (hub/api.py) has refused pages of origins that may not use
     the hub, as for its WebSocket: a page that gets here may read the
-    answer from another origin (CORS). No cookie is read, so none is
-    allowed: the token is the credential.
+    answer from another origin (CORS), and send its cookies, as with the
+    WebSocket.
     """
     if request.method == "OPTIONS":
         return _preflight(request)
@@ -129,11 +129,19 @@ def _page_origin(request: Request) -> str | None:
 
 def _cors(request: Request) -> list[tuple[str, str]]:
     """The CORS headers that let the page that sent ``request`` read the
-    answer; caches keep answers apart by Origin."""
+    answer, its cookies sent along; caches keep answers apart by Origin.
+
+    With credentials: the page's origin may open the WebSocket, which the
+    browser opens with the user's cookies anyway, and a connect hook knows
+    the user by them on every transport alike."""
     origin = _page_origin(request)
     if origin is None:
         return [("Vary", "Origin")]
-    return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+    return [
+        ("Access-Control-Allow-Origin", origin),
+        ("Access-Control-Allow-Credentials", "true"),
+        ("Vary", "Origin"),
+    ]
 
 
 def _preflight(request: Request) -> HTTPResponse:

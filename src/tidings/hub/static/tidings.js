@@ -768,6 +768,9 @@ class FallbackSocket {
         headers,
         signal: request.signal,
         cache: "no-store",
+        // The cookies go along, as with a WebSocket: a connect hook knows
+        // the user by them on every transport.
+        credentials: "include",
       });
     } finally {
       this._requests.delete(request);
