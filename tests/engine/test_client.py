@@ -144,6 +144,7 @@ async def test_a_4xx_refusal_carries_the_status() -> None:
         with pytest.raises(InvalidStatus) as info:
             await tidings.connect(f"ws://127.0.0.1:{server.port}/")
         assert info.value.status == 403
+        assert info.value.body == b"go away\n"  # sent with the head
 
 
 async def test_reconnecting_client_resumes_after_the_server_restarts() -> None:

@@ -154,6 +154,7 @@ def test_reject_answers_with_plain_http() -> None:
     assert response.endswith(b"origin not allowed\n")
     closed = last_close(client.receive_data(response))
     assert isinstance(closed.error, InvalidStatus) and closed.error.status == 403
+    assert closed.error.body == b"origin not allowed\n"
     assert client.state is State.CLOSED and client.should_close_transport()
 
 

@@ -940,7 +940,10 @@ class ClientConnection(Connection):
             response = self._reader.feed(bytes(data))
             if response is None:
                 return []
-            handshake.validate_response(response, self._key)
+            # A refusal's body, as far as it came with the head: often all
+            # of it, and often the only explanation the server gives.
+            body = self._reader.trailing_data
+            handshake.validate_response(response, self._key, body)
             self.subprotocol = self._check_subprotocol(response)
             self._check_extensions(response)
         except InvalidHandshake as exc:

@@ -654,15 +654,15 @@ def validate_request(request: Request) -> str:
     return key
 
 
-def validate_response(response: Response, key: str) -> None:
+def validate_response(response: Response, key: str, body: bytes = b"") -> None:
     """Check the server's answer to our handshake with ``key`` (§4.1).
 
-    Raises InvalidStatus if the status is not 101, InvalidHandshake if a
-    header is wrong.
+    Raises InvalidStatus, carrying ``body`` (what arrived of the response's
+    body), if the status is not 101; InvalidHandshake if a header is wrong.
     """
     headers = response.headers
     if response.status != 101:
-        raise InvalidStatus(response.status, headers.items())
+        raise InvalidStatus(response.status, headers.items(), body)
     _require_token(headers, "Upgrade", "websocket")
     _require_token(headers, "Connection", "upgrade")
     accepts = headers._values("Sec-WebSocket-Accept")
