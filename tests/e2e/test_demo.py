@@ -46,17 +46,41 @@ async def publish(hub: Hub, channel: str, data: Any) -> dict[str, Any]:
     return await asyncio.to_thread(api_publish, hub, channel, data)
 
 
-async def open_chat(browser: Browser, hub: Hub, name: str, scale: float = 1) -> Page:
-    """A chat page in its own context (its own localStorage), named ``name``,
-    connected."""
+#: The page is connected, known to the hub by the name ``arg``.
+NAMED = "(name) => hub.state === 'connected' && hub.info?.name === name"
+#: The online list is exactly ``arg``.
+ONLINE_IS = (
+    "(names) => JSON.stringify([...document.querySelectorAll('#online li')]"
+    ".map((li) => li.textContent)) === JSON.stringify(names)"
+)
+#: At least ``arg`` messages are shown.
+SHOWN = "(n) => document.querySelectorAll('.message').length >= n"
+
+
+async def open_chat(
+    browser: Browser,
+    hub: Hub,
+    name: str,
+    scale: float = 1,
+    scripts: tuple[str, ...] = (),
+) -> Page:
+    """A chat page in its own context (its own cookies and localStorage),
+    with ``scripts`` run before the page's own, logged in as ``name`` and
+    connected under it."""
     context = await browser.new_context(scale=scale)
+    for script in scripts:
+        await context.add_init_script(script)
     page = await context.new_page()
     await page.goto(hub.url + "chat")
     await page.fill("#name", name)
-    await page.press("#name", "Tab")  # "change": saved and announced
-    await page.wait_for(CONNECTED)
-    assert await page.evaluate("() => localStorage.getItem('tidings.name')") == name
+    await page.press("#name", "Tab")  # "change": logs in, connects again
+    await page.wait_for(NAMED, name)
     return page
+
+
+async def send(page: Page, text: str) -> None:
+    await page.fill("#text", text)
+    await page.press("#text", "Enter")
 
 
 #: A network that breaks the WebSocket Upgrade: every WebSocket the page
@@ -85,24 +109,15 @@ window.fetch = (url, init) => String(url).includes("/sse?")
     : realFetch(url, init);
 """
 
-
-async def open_chat_without(
-    browser: Browser, hub: Hub, name: str, scripts: list[str]
-) -> Page:
-    """A chat page whose network blocks what ``scripts`` take away."""
-    context = await browser.new_context()
-    for script in scripts:
-        await context.add_init_script(script)
-    page = await context.new_page()
-    await page.goto(hub.url + "chat")
-    await page.fill("#name", name)
-    await page.press("#name", "Tab")
-    await page.wait_for(CONNECTED)
-    return page
-
-
-async def online(page: Page) -> list[str]:
-    return await page.texts("#online li")
+#: Keeps every text the page sends over a WebSocket in ``window.sent``.
+RECORD_SENT = """
+window.sent = [];
+const realSend = WebSocket.prototype.send;
+WebSocket.prototype.send = function (data) {
+    window.sent.push(String(data));
+    return realSend.call(this, data);
+};
+"""
 
 
 async def test_index_links_to_the_demos(browser: Browser, hub: Hub) -> None:
@@ -125,37 +140,102 @@ async def test_index_links_to_the_demos(browser: Browser, hub: Hub) -> None:
 async def test_two_chat_pages_exchange_messages_and_see_each_other(
     browser: Browser, hub: Hub
 ) -> None:
-    alice = await open_chat(browser, hub, "alice")
+    alice = await open_chat(browser, hub, "alice", scripts=(RECORD_SENT,))
     bob = await open_chat(browser, hub, "bob")
-    # Presence with the names each page announced on chat:lobby.names.
-    both = "(names) => names.every((n) => [...document.querySelectorAll('#online li')]"
-    both += ".some((li) => li.textContent === n))"
-    await alice.wait_for(both, ["alice (you)", "bob"])
-    await bob.wait_for(both, ["alice", "bob (you)"])
-    assert await online(alice) == ["alice (you)", "bob"]
-    assert await online(bob) == ["alice", "bob (you)"]
+    # Presence with the names the hub's connect hook gave each connection.
+    await alice.wait_for(ONLINE_IS, ["alice (you)", "bob"])
+    await bob.wait_for(ONLINE_IS, ["alice", "bob (you)"])
 
-    await alice.fill("#text", "hi bob")
-    await alice.press("#text", "Enter")
-    count = "(n) => document.querySelectorAll('.message').length >= n"
-    await bob.wait_for(count, 1)
-    await bob.fill("#text", "hi alice")
-    await bob.press("#text", "Enter")
-    await alice.wait_for(count, 2)
-    await bob.wait_for(count, 2)
+    await send(alice, "hi bob")
+    await bob.wait_for(SHOWN, 1)
+    await send(bob, "hi alice")
+    await alice.wait_for(SHOWN, 2)
+    await bob.wait_for(SHOWN, 2)
     for page in (alice, bob):
         assert await page.texts(".message .who") == ["alice", "bob"]
         assert await page.texts(MESSAGES) == ["hi bob", "hi alice"]
     # Each page shows its own messages as its own.
     assert await alice.texts(".message.mine .text") == ["hi bob"]
     assert await bob.texts(".message.mine .text") == ["hi alice"]
+    # The page never told the hub its name: a publication carries the text.
+    sent = [json.loads(text) for text in await alice.evaluate("() => window.sent")]
+    assert not [command for command in sent if "alice" in json.dumps(command)]
+    publishes = [command for command in sent if command["op"] == "publish"]
+    assert [command["data"] for command in publishes] == [{"text": "hi bob"}]
 
     # Bob leaves: Alice sees it.
     await bob.context.close()
-    await alice.wait_for(
-        "() => document.querySelectorAll('#online li').length === 1", timeout=BOUND
+    await alice.wait_for(ONLINE_IS, ["alice (you)"], timeout=BOUND)
+
+
+async def test_a_name_in_a_messages_data_labels_nothing(
+    browser: Browser, hub: Hub
+) -> None:
+    alice = await open_chat(browser, hub, "alice")
+    bob = await open_chat(browser, hub, "bob")
+    # Alice tampers with her page from the console: she writes another name
+    # into a publication, and into what a second client sends with connect.
+    await alice.evaluate(
+        """async () => {
+            await hub.publish("chat:lobby", { name: "Mallory", text: "I am Mallory" });
+            const { Hub } = await import("/tidings.js");
+            const other = new Hub({ data: { name: "Mallory" } });
+            await other.connect();
+            await other.publish("chat:lobby", { name: "Mallory", text: "me too" });
+            other.close();
+        }"""
     )
-    assert await online(alice) == ["alice (you)"]
+    await bob.wait_for(SHOWN, 2)
+    await alice.wait_for(SHOWN, 2)
+    for page in (alice, bob):
+        assert await page.texts(MESSAGES) == ["I am Mallory", "me too"]
+        assert await page.texts(".message .who") == ["alice", "alice"]
+    await bob.wait_for(ONLINE_IS, ["alice", "bob (you)"])
+
+
+async def test_a_new_name_shows_once_the_page_has_reconnected(
+    browser: Browser, hub: Hub
+) -> None:
+    alice = await open_chat(browser, hub, "alice")
+    bob = await open_chat(browser, hub, "bob")
+    await send(alice, "before")
+    await bob.wait_for(SHOWN, 1)
+    client = await alice.evaluate("() => hub.client")
+
+    await alice.fill("#name", "alicia")
+    await alice.press("#name", "Tab")
+    await alice.wait_for(NAMED, "alicia")
+    assert await alice.evaluate("() => hub.client") != client  # a new connection
+    await bob.wait_for(ONLINE_IS, ["alicia", "bob (you)"])
+    await alice.wait_for(ONLINE_IS, ["alicia (you)", "bob"])
+    await send(alice, "after")
+    await bob.wait_for(SHOWN, 2)
+    await alice.wait_for(SHOWN, 2)
+    for page in (alice, bob):
+        # Each message keeps the name its sender had when it was sent.
+        assert await page.texts(".message .who") == ["alice", "alicia"]
+    assert await alice.texts(".message.mine .text") == ["before", "after"]
+
+    # A name the login refuses changes nothing, and says why.
+    await alice.fill("#name", "   ")
+    await alice.press("#name", "Tab")
+    await alice.wait_for("() => document.querySelector('.notice')")
+    assert await alice.texts(".notice") == [
+        "Could not change your name: name must be 1 to 40 printable characters"
+        " (no control characters)"
+    ]
+    assert await alice.evaluate("() => document.getElementById('name').value") == (
+        "alicia"
+    )
+    assert await alice.evaluate("() => hub.info.name") == "alicia"
+
+    # Reloaded, the page logs in as it was last named.
+    await alice.goto(hub.url + "chat")
+    await alice.wait_for(NAMED, "alicia")
+    assert await alice.evaluate("() => document.getElementById('name').value") == (
+        "alicia"
+    )
+    await bob.wait_for(ONLINE_IS, ["alicia", "bob (you)"])
 
 
 @pytest.mark.parametrize(
@@ -168,20 +248,17 @@ async def test_two_chat_pages_exchange_messages_and_see_each_other(
 async def test_chat_falls_back_when_websocket_is_blocked(
     browser: Browser, hub: Hub, scripts: list[str], transport: str, label: str
 ) -> None:
-    blocked = await open_chat_without(browser, hub, "fran", scripts)
+    blocked = await open_chat(browser, hub, "fran", scripts=tuple(scripts))
     assert await blocked.evaluate("() => hub.transport") == transport
     status = await blocked.texts("#status .label")
     assert status == [f"connected · {label}"]
     open_ = await open_chat(browser, hub, "gus")
     assert await open_.evaluate("() => hub.transport") == "websocket"
 
-    count = "(n) => document.querySelectorAll('.message').length >= n"
-    await blocked.fill("#text", "through the fallback")
-    await blocked.press("#text", "Enter")
-    await open_.wait_for(count, 1)
-    await open_.fill("#text", "over a WebSocket")
-    await open_.press("#text", "Enter")
-    await blocked.wait_for(count, 2)
+    await send(blocked, "through the fallback")
+    await open_.wait_for(SHOWN, 1)
+    await send(open_, "over a WebSocket")
+    await blocked.wait_for(SHOWN, 2)
     for page in (blocked, open_):
         assert await page.texts(MESSAGES) == [
             "through the fallback",
@@ -190,9 +267,7 @@ async def test_chat_falls_back_when_websocket_is_blocked(
         assert await page.texts(".message .who") == ["fran", "gus"]
     assert await blocked.texts(".message.mine .text") == ["through the fallback"]
     if transport == "sse":  # a stream is a connection: it is in presence
-        both = "() => document.querySelectorAll('#online li').length === 2"
-        await open_.wait_for(both)
-        assert await online(open_) == ["fran", "gus (you)"]
+        await open_.wait_for(ONLINE_IS, ["fran", "gus (you)"])
     await blocked.context.close()
     await open_.context.close()
 
@@ -201,10 +276,12 @@ async def test_chat_loads_the_last_messages_from_history(
     browser: Browser, hub: Hub
 ) -> None:
     for i in range(60):
-        await hub.publish("chat:lobby", {"name": "history", "text": f"old {i}"})
+        await hub.publish("chat:lobby", {"text": f"old {i}"})
     page = await open_chat(browser, hub, "dora")
-    await page.wait_for("() => document.querySelectorAll('.message').length >= 50")
+    await page.wait_for(SHOWN, 50)
     assert await page.texts(MESSAGES) == [f"old {i}" for i in range(10, 60)]
+    # The HTTP API's publications have no client: nobody's name is on them.
+    assert set(await page.texts(".message .who")) == {"guest"}
 
 
 async def test_ticker_prices_change(browser: Browser, hub: Hub) -> None:
@@ -273,21 +350,21 @@ async def test_chat_recovers_missed_messages_after_going_offline(
 ) -> None:
     page = await open_chat(browser, hub, "erin")
     for text in ("before 1", "before 2"):
-        await publish(hub, "chat:lobby", {"name": "api", "text": text})
+        await publish(hub, "chat:lobby", {"text": text})
     await page.wait_for("() => document.querySelectorAll('.message').length === 2")
 
     await page.context.set_offline(True)
     await page.wait_for("() => hub.state !== 'connected'")
     missed = [f"missed {i}" for i in range(1, 6)]
     for text in missed:
-        await publish(hub, "chat:lobby", {"name": "api", "text": text})
+        await publish(hub, "chat:lobby", {"text": text})
     await asyncio.sleep(0.5)
     assert await page.texts(MESSAGES) == ["before 1", "before 2"]
 
     await page.context.set_offline(False)  # "online": reconnects at once
     await page.wait_for("() => document.querySelectorAll('.message').length >= 7")
     await page.wait_for(CONNECTED)
-    await publish(hub, "chat:lobby", {"name": "api", "text": "after"})
+    await publish(hub, "chat:lobby", {"text": "after"})
     await page.wait_for("() => document.querySelectorAll('.message').length >= 8")
     await asyncio.sleep(0.3)  # a duplicate would show by now
     assert await page.texts(MESSAGES) == ["before 1", "before 2", *missed, "after"]
@@ -302,13 +379,13 @@ async def test_chat_reloads_history_when_recovery_is_impossible(
     browser: Browser, hub: Hub
 ) -> None:
     page = await open_chat(browser, hub, "fred")
-    await publish(hub, "chat:lobby", {"name": "api", "text": "seen"})
+    await publish(hub, "chat:lobby", {"text": "seen"})
     await page.wait_for("() => document.querySelectorAll('.message').length === 1")
     await page.context.set_offline(True)
     await page.wait_for("() => hub.state !== 'connected'")
     # More than the namespace's history_size (100): the gap can't be filled.
     for i in range(120):
-        await hub.publish("chat:lobby", {"name": "api", "text": f"m{i}"})
+        await hub.publish("chat:lobby", {"text": f"m{i}"})
     await page.context.set_offline(False)
     await page.wait_for("() => document.querySelector('.notice')")
     await page.wait_for("() => document.querySelectorAll('.message').length >= 50")
@@ -333,14 +410,9 @@ async def test_screenshots(browser: Browser, hub: Hub, tmp_path: Path) -> None:
         (alice, "That's recovery: it resubscribes from the last offset it saw."),
     ]
     for n, (page, text) in enumerate(conversation, 1):
-        await page.fill("#text", text)
-        await page.press("#text", "Enter")
-        await alice.wait_for(
-            "(n) => document.querySelectorAll('.message').length === n", n
-        )
-    await publish(hub, "chat:lobby", {"name": "deploy bot", "text": "v0.4 is live."})
-    await alice.wait_for("() => document.querySelectorAll('.message').length === 5")
-    await alice.wait_for("() => document.querySelectorAll('#online li').length === 2")
+        await send(page, text)
+        await alice.wait_for(SHOWN, n)
+    await alice.wait_for(ONLINE_IS, ["Alice (you)", "Bob"])
     await alice.evaluate("() => document.activeElement.blur()")
     await alice.screenshot(folder / "chat.png")
 

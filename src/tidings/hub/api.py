@@ -13,6 +13,7 @@ from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from ..engine.http import HTTPResponse, HTTPStream
 from ..protocol import Request
+from . import demo
 from .auth import api_key_matches
 from .brokers.base import BrokerUnavailable, OutcomeUnknown
 from .transports import COMMAND_PATH, POLL_PATH, SSE_PATH, handle_fallback
@@ -107,6 +108,11 @@ async def handle_http(hub: Hub, request: Request) -> HTTPResponse | HTTPStream |
         except ApiError as exc:
             return _error(hub, request, exc)
     if hub.config.demo:
+        if path == demo.LOGIN_PATH:
+            if not _origin_allowed(hub, request):
+                # Another site's page would pick its visitors' names.
+                return HTTPResponse(403, "origin not allowed")
+            return demo.handle_login(request, secure=hub.config.tls_cert is not None)
         static = _static_file(_PAGES.get(path, path.lstrip("/")))
         if static is not None:
             if request.method not in ("GET", "HEAD"):

@@ -17,6 +17,7 @@ from ..engine.connection import WebSocket
 from ..engine.http import HTTPResponse, HTTPStream
 from ..engine.server import Server, serve
 from ..protocol import Request
+from . import demo
 from .api import handle_http
 from .brokers.base import (
     Broker,
@@ -145,6 +146,9 @@ class Hub:
         whose subscribes or publishes the application decides, with no
         hook to ask."""
         config = self.config
+        if config.demo and demo.hook_wanted(self.hooks):
+            # The chat page's names, given as an application would give them.
+            self.on_connect(demo.connect)
         for name, namespace in config.namespaces.items():
             for hook in ("subscribe", "publish"):
                 asked = self.hooks is not None and self.hooks.enabled(hook)

@@ -145,9 +145,9 @@ def can_publish(
     """May this client publish to ``channel``?"""
     if identity is not None and identity.publish is not None:
         return any(_pattern(p).fullmatch(channel) for p in identity.publish)
-    return namespace.allow_publish and (
-        identity is not None or namespace.allow_anonymous
-    )
+    # The user "" is anonymous, whoever let it in (a connect hook may).
+    known = identity is not None and identity.user != ""
+    return namespace.allow_publish and (known or namespace.allow_anonymous)
 
 
 def api_key_matches(header: str | None, api_key: str) -> bool:
