@@ -180,6 +180,9 @@ class Page:
     async def press(self, selector: str, key: str) -> None:
         await self._do("press", selector=selector, value=key)
 
+    async def click(self, selector: str) -> None:
+        await self._do("click", selector=selector)
+
     async def screenshot(self, path: Path) -> None:
         await self._do("screenshot", path=str(path))
 
