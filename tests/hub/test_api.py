@@ -228,6 +228,21 @@ async def test_other_paths_are_404_without_the_demo(start_hub: Any, http: Any) -
     hub = await start_hub()
     assert (await http(hub, "GET", "/")).status == 404
     assert (await http(hub, "GET", "/chat")).status == 404
+    assert (await http(hub, "GET", "/chat.html")).status == 404
+
+
+async def test_the_browser_client_is_served_with_or_without_the_demo(
+    start_hub: Any, http: Any
+) -> None:
+    hub = await start_hub()
+    script = await http(hub, "GET", "/tidings.js")
+    assert script.status == 200 and b"export class Hub" in script.body
+    assert script.headers["content-type"].startswith("text/javascript")
+    # A module a page of any origin may load: public code, no credentials.
+    assert script.headers["access-control-allow-origin"] == "*"
+    types = await http(hub, "GET", "/tidings.d.ts")
+    assert types.status == 200 and b"class Hub" in types.body
+    assert (await http(hub, "POST", "/tidings.js")).status == 405
 
 
 async def test_an_api_publish_while_clients_subscribe_concurrently(

@@ -419,3 +419,36 @@ async def test_two_nodes_on_redis_ask_the_same_back_end_and_share_info(
             "Alice",
             "Bob",
         ]
+
+
+async def test_presence_and_history_over_post_ask_the_subscribe_hook(
+    start_hooked: Any, backend: Backend
+) -> None:
+    # A fallback's POST /command is never subscribed: the application says
+    # whether it may read the channel, as for a subscribe.
+    hub = await start_hooked()
+    await backend.script(connect={"body": {"result": {"user": "dave"}}})
+    cookie = (("Cookie", "session=d4ve"),)
+    for op in ("presence", "history"):
+        answer = await http_request(
+            hub.port,
+            "POST",
+            "/command",
+            {"id": 1, "op": op, "channel": "room:r"},
+            headers=cookie,
+        )
+        assert answer.status == 200, answer
+    await backend.script(
+        connect={"body": {"result": {"user": "dave"}}},
+        subscribe={"body": {"error": {"code": 403, "message": "members only"}}},
+    )
+    answer = await http_request(
+        hub.port,
+        "POST",
+        "/command",
+        {"id": 1, "op": "presence", "channel": "room:r"},
+        headers=cookie,
+    )
+    assert answer.status == 403, answer
+    asked = [c["body"]["channel"] for c in await backend.calls("subscribe")]
+    assert asked == ["room:r"] * 3

@@ -36,7 +36,11 @@ _CONTENT_TYPES = {
     ".css": "text/css; charset=utf-8",
     ".svg": "image/svg+xml",
     ".png": "image/png",
+    ".ts": "text/plain; charset=utf-8",
 }
+#: The browser client and its types, served whether the demo is on or not.
+_CLIENT = ("/tidings.js", "/tidings.d.ts")
+
 _PAGES = {
     "/": "index.html",
     "/chat": "chat.html",
@@ -107,21 +111,34 @@ async def handle_http(hub: Hub, request: Request) -> HTTPResponse | HTTPStream |
             return _error(hub, request, ApiError(503, str(exc)))
         except ApiError as exc:
             return _error(hub, request, exc)
+    if path in _CLIENT:
+        # The browser client, demo or not; public code, which pages of any
+        # origin may load as a module.
+        return _static(request, path[1:], [("Access-Control-Allow-Origin", "*")])
     if hub.config.demo:
         if path == demo.LOGIN_PATH:
             if not _origin_allowed(hub, request):
                 # Another site's page would pick its visitors' names.
                 return HTTPResponse(403, "origin not allowed")
             return demo.handle_login(request, secure=hub.config.tls_cert is not None)
-        static = _static_file(_PAGES.get(path, path.lstrip("/")))
-        if static is not None:
-            if request.method not in ("GET", "HEAD"):
-                return HTTPResponse(405, "use GET", [("Allow", "GET, HEAD")])
-            body, content_type = static
-            if request.method == "HEAD":
-                body = b""  # the connection closes after it: no length needed
-            return HTTPResponse(200, body, [("Content-Type", content_type)])
+        name = _PAGES.get(path, path.lstrip("/"))
+        if _static_file(name) is not None:
+            return _static(request, name)
     return HTTPResponse(404, "not found")
+
+
+def _static(
+    request: Request, name: str, headers: list[tuple[str, str]] | None = None
+) -> HTTPResponse:
+    """A file of the static folder, to GET or HEAD."""
+    if request.method not in ("GET", "HEAD"):
+        return HTTPResponse(405, "use GET", [("Allow", "GET, HEAD")])
+    static = _static_file(name)
+    assert static is not None
+    body, content_type = static
+    if request.method == "HEAD":
+        body = b""  # the connection closes after it: no length needed
+    return HTTPResponse(200, body, [("Content-Type", content_type), *(headers or [])])
 
 
 def _error(hub: Hub, request: Request, exc: ApiError) -> HTTPResponse:

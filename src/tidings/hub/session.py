@@ -26,6 +26,7 @@ from .hooks import (
     Hooks,
     HookUnavailable,
     Refuse,
+    Subscribe,
 )
 from .wire import (
     Command,
@@ -453,7 +454,12 @@ class Session:
             return {}
         if op == "publish":
             return await self._publish(command, namespace)
-        self._check_subscribe(command, namespace)
+        if not namespace.subscribe_proxy:
+            self._check_subscribe(command, namespace)
+        elif command.channel not in self.subscriptions:
+            # Readers are those the application lets in: asked as for a
+            # subscribe (a fallback's POST /command is never subscribed).
+            await self._ask_subscribe(command.channel)
         if op == "presence":
             if not namespace.presence:
                 raise CommandError(
@@ -603,13 +609,7 @@ class Session:
         self._watch_expiry()
 
     def _check_subscribe(self, command: Command, namespace: NamespaceConfig) -> None:
-        if namespace.subscribe_proxy:
-            # The application decides who subscribes: those it let in may
-            # read the channel's presence and history.
-            allowed = command.channel in self.subscriptions
-        else:
-            allowed = can_subscribe(self.identity, namespace, command.channel)
-        if not allowed:
+        if not can_subscribe(self.identity, namespace, command.channel):
             raise CommandError(
                 403, f"not allowed to subscribe to {command.channel}", command.id
             )
@@ -621,11 +621,8 @@ class Session:
             return await self._join(channel, namespace, command.since, command.id)
         if channel in self.subscriptions:
             raise CommandError(409, f"already subscribed to {channel}", command.id)
-        hooks = self._hooks("subscribe")
-        if hooks is None or self.info is None:
-            raise HookUnavailable("the subscribe hook is not configured")
-        answer = await hooks.subscribe(self._context(channel=channel))
-        if answer.info is not None:
+        answer = await self._ask_subscribe(channel)
+        if answer.info is not None and self.info is not None:
             self.channel_info[channel] = ClientInfo(
                 self.info.client, self.info.user, answer.info
             )
@@ -634,6 +631,13 @@ class Session:
         except CommandError:
             self.channel_info.pop(channel, None)
             raise
+
+    async def _ask_subscribe(self, channel: str) -> Subscribe:
+        """The subscribe hook's answer for ``channel``; Refuse if it says no."""
+        hooks = self._hooks("subscribe")
+        if hooks is None:
+            raise HookUnavailable("the subscribe hook is not configured")
+        return await hooks.subscribe(self._context(channel=channel))
 
     async def _join(
         self,
