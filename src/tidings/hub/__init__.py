@@ -14,6 +14,7 @@ from .client import (
     Subscription,
 )
 from .config import ConfigError, HubConfig, NamespaceConfig, ProxyConfig, load_config
+from .mount import HubApp
 
 __all__ = [
     "Broker",
@@ -21,6 +22,7 @@ __all__ = [
     "ConfigError",
     "History",
     "Hub",
+    "HubApp",
     "HubConfig",
     "HubError",
     "MemoryBroker",

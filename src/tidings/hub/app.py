@@ -9,8 +9,9 @@ import contextlib
 import logging
 import secrets
 import ssl as ssl_module
+from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..engine.broadcast import broadcast
 from ..engine.connection import WebSocket
@@ -35,6 +36,9 @@ from .proxy import ProxyHooks
 from .session import CLOSE_DISCONNECTED, CLOSE_SLOW, Outlet, Session
 from .transports import EventStream
 from .wire import encode_data, encode_pub, encode_push
+
+if TYPE_CHECKING:
+    from .mount import HubApp
 
 __all__ = ["Hub"]
 
@@ -136,15 +140,19 @@ class Hub:
         self._sessions: set[Session] = set()
         self._surveys: dict[str, _Survey] = {}
         self._server: Server | None = None
+        self._app: HubApp | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle ---------------------------------------------------------
 
-    async def start(self) -> Hub:
+    async def start(self, *, listen: bool = True) -> Hub:
         """Start the broker and listen. Raises ConfigError for a namespace
         whose subscribes or publishes the application decides, with no
-        hook to ask."""
+        hook to ask.
+
+        With ``listen=False`` the hub opens no socket of its own: it serves
+        clients through :meth:`asgi`, inside an ASGI app's server."""
         config = self.config
         if config.demo and demo.hook_wanted(self.hooks):
             # The chat page's names, given as an application would give them.
@@ -162,25 +170,26 @@ class Hub:
         with contextlib.suppress(BrokerUnavailable):
             await self.broker.heartbeat(config.presence_ttl)
         context = None
-        if config.tls_cert is not None:
+        if listen and config.tls_cert is not None:  # mounted: the server's TLS
             context = ssl_module.create_default_context(ssl_module.Purpose.CLIENT_AUTH)
             context.load_cert_chain(config.tls_cert, config.tls_key)
         try:
-            self._server = await serve(
-                self._serve_session,
-                config.host,
-                config.port,
-                ssl=context,
-                process_request=self._process_request,
-                max_body_size=config.max_message_size,
-                # Larger than a command may be, so that an oversized one gets a
-                # 413 reply and the connection stays usable.
-                max_message_size=max(4 * config.max_message_size, 1 << 20),
-                write_limit=config.max_outbound,
-                max_connections=config.max_connections,
-                ping_interval=config.ping_interval,
-                ping_timeout=config.ping_timeout,
-            )
+            if listen:
+                self._server = await serve(
+                    self._serve_session,
+                    config.host,
+                    config.port,
+                    ssl=context,
+                    process_request=self._process_request,
+                    max_body_size=config.max_message_size,
+                    # Larger than a command may be, so that an oversized one gets a
+                    # 413 reply and the connection stays usable.
+                    max_message_size=max(4 * config.max_message_size, 1 << 20),
+                    write_limit=config.max_outbound,
+                    max_connections=config.max_connections,
+                    ping_interval=config.ping_interval,
+                    ping_timeout=config.ping_timeout,
+                )
         except BaseException:
             await self.broker.close()
             raise
@@ -205,6 +214,8 @@ class Hub:
             if isinstance(outcome, Exception):
                 logger.error("a hub task had failed", exc_info=outcome)
         try:
+            if self._app is not None:
+                await self._app.close()
             if self._server is not None:
                 self._server.close(1001, "hub shutting down")
                 await self._server.wait_closed()
@@ -212,6 +223,29 @@ class Hub:
             await self.broker.close()
             if self.hooks is not None:
                 await self.hooks.close()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
+        """The hub started, without a socket of its own, for as long as an
+        ASGI app runs: ``FastAPI(lifespan=hub.lifespan)`` or
+        ``Starlette(lifespan=hub.lifespan)``; within an app's own lifespan
+        function, ``async with hub.lifespan(app):``."""
+        await self.start(listen=False)
+        try:
+            yield
+        finally:
+            await self.close()
+
+    def asgi(self) -> HubApp:
+        """The hub's endpoints (``/ws``, ``/sse``, ``/poll``, ``/command``,
+        ``/api/...``, ``/healthz``, ``/metrics``, ``/tidings.js``) as an
+        ASGI app, to mount: ``app.mount("/realtime", hub.asgi())``. The
+        same app every call."""
+        if self._app is None:
+            from .mount import HubApp
+
+            self._app = HubApp(self)
+        return self._app
 
     async def serve_forever(self) -> None:
         """Serve until cancelled."""
