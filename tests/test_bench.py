@@ -501,3 +501,55 @@ async def test_hub_client_counts_runs_of_frames(pieces: bool) -> None:
     assert bench.count == 399 - 1
     assert bench.errors == 1
     assert sent_text(transport)[-1] == b""  # the pong
+
+
+def test_proxy_quick(tmp_path: Path) -> None:
+    """benchmarks/proxy.py's quick form: the hub, the Starlette back end
+    under uvicorn and the load client run, every command is measured
+    without its hook and through it, and the tables carry numbers. Nothing
+    about speed."""
+    for module in ("starlette", "uvicorn", "aiohttp"):
+        pytest.importorskip(module)
+    from benchmarks.proxy import PAIRS
+
+    out = tmp_path / "proxy.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.proxy",
+            "--quick",
+            "--json",
+            str(out),
+            "--logs",
+            str(tmp_path / "logs"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=SMOKE_TIMEOUT,
+        check=False,
+        cwd=ROOT,
+    )
+    log = tmp_path / "logs" / "proxy.log"
+    assert proc.returncode == 0, proc.stderr[-3000:] + (
+        log.read_text()[-3000:] if log.exists() else ""
+    )
+    results = json.loads(out.read_text())
+    rows = {(row["pair"], row["clients"]): row for row in results["rows"]}
+    assert set(rows) == {(p.key, n) for p in PAIRS for n in (1, 20)}
+    for key, row in rows.items():
+        for side in ("plain", "hooked"):
+            for measured in row[side]:
+                assert measured["errors"] == 0, (key, side, measured)
+                assert measured["rate"] > 0, (key, side, measured)
+                assert measured["p99_ms"] >= measured["p50_ms"] > 0, (key, side)
+    # The hooked side went through the back end, and every call said yes.
+    calls = results["hook_calls"]
+    assert all(calls.get(f"{p.key} ok", 0) > 0 for p in PAIRS), calls
+    assert all(name.endswith(" ok") for name in calls), calls
+    # Three tables, a number in every row of the first.
+    assert proc.stdout.count("| command | in flight |") == 3
+    for pair in PAIRS:
+        for line in proc.stdout.splitlines():
+            if line.startswith(f"| {pair.key} ({pair.unit}) |"):
+                assert f"{pair.hooked}: " in line and any(c.isdigit() for c in line)

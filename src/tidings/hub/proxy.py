@@ -1,5 +1,5 @@
 """The hooks over HTTP (``[proxy]``): each call is a ``POST`` of JSON to the
-application's endpoint, through httpx with keep-alive, bounded in time
+application's endpoint, through aiohttp's client with keep-alive, bounded in time
 (``timeout``, waiting for a turn included) and in number
 (``max_in_flight``). docs/integrate.md describes the bodies and answers.
 
@@ -33,6 +33,8 @@ from .hooks import (
 )
 
 if TYPE_CHECKING:
+    import aiohttp
+
     from .metrics import Metrics
 
 __all__ = ["MAX_ANSWER_BYTES", "ProxyHooks"]
@@ -51,33 +53,44 @@ class ProxyHooks(Hooks):
 
     def __init__(self, config: ProxyConfig, metrics: Metrics) -> None:
         try:
-            import httpx
+            import aiohttp  # noqa: F401  # here, so that a missing one is said at once
         except ImportError:
             raise HookUnavailable(
-                "the [proxy] hooks need httpx: pip install 'tidings[proxy]'"
+                "the [proxy] hooks need aiohttp: pip install 'tidings[proxy]'"
             ) from None
         self._config = config
         self._metrics = metrics
         self._turns = asyncio.Semaphore(config.max_in_flight)
-        headers = {"Content-Type": "application/json"}
-        if config.secret is not None:
-            headers["X-Tidings-Secret"] = config.secret
-        self._http = httpx.AsyncClient(
-            headers=headers,
-            timeout=config.timeout,
-            limits=httpx.Limits(
-                max_connections=config.max_in_flight,
-                max_keepalive_connections=config.max_in_flight,
-            ),
-            follow_redirects=False,
-        )
+        self._http: aiohttp.ClientSession | None = None
         self._logged: dict[str, float] = {}
 
     def enabled(self, hook: str) -> bool:
         return hook in HOOKS and getattr(self._config, hook) is not None
 
     async def close(self) -> None:
-        await self._http.aclose()
+        if self._http is not None:
+            await self._http.close()
+
+    def _client(self) -> aiohttp.ClientSession:
+        """The HTTP client, made in the event loop of the first call.
+
+        aiohttp's rather than httpx's: under a thousand callers whose calls
+        time out, httpx's pool spent most of the hub's time on its own
+        bookkeeping and kept connections it had abandoned, after which every
+        call failed (docs/performance.md, "The application's hooks")."""
+        if self._http is None:
+            import aiohttp
+
+            headers = {"Content-Type": "application/json"}
+            if self._config.secret is not None:
+                headers["X-Tidings-Secret"] = self._config.secret
+            self._http = aiohttp.ClientSession(
+                headers=headers,
+                # The deadline is the caller's (asyncio.timeout in _call).
+                timeout=aiohttp.ClientTimeout(total=None),
+                connector=aiohttp.TCPConnector(limit=self._config.max_in_flight),
+            )
+        return self._http
 
     # -- the hooks ------------------------------------------------------------
 
@@ -152,7 +165,7 @@ class ProxyHooks(Hooks):
             raise self._failed(hook, "timeout", "did not answer in time") from None
         except OSError as exc:
             raise self._failed(hook, "unreachable", str(exc)) from None
-        except Exception as exc:  # httpx's errors, which are not OSErrors
+        except Exception as exc:  # aiohttp's errors, not all OSErrors
             raise self._failed(hook, "unreachable", type(exc).__name__) from None
         if status != 200:
             raise self._failed(hook, f"http_{status // 100}xx", f"answered {status}")
@@ -166,15 +179,16 @@ class ProxyHooks(Hooks):
     async def _post(self, url: str, content: str) -> tuple[int, bytes]:
         """The status and body of one POST, the body read up to
         ``MAX_ANSWER_BYTES`` (an answer longer is cut to one byte more)."""
-        async with self._http.stream("POST", url, content=content) as response:
+        post = self._client().post(url, data=content.encode(), allow_redirects=False)
+        async with post as response:
             chunks = []
             size = 0
-            async for chunk in response.aiter_bytes():
+            async for chunk in response.content.iter_any():
                 chunks.append(chunk)
                 size += len(chunk)
                 if size > MAX_ANSWER_BYTES:
                     break
-            return response.status_code, b"".join(chunks)
+            return response.status, b"".join(chunks)
 
     def _answer(self, hook: str, raw: bytes) -> dict[str, Any]:
         if len(raw) > MAX_ANSWER_BYTES:
