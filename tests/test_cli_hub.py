@@ -144,6 +144,40 @@ async def test_token_mints_a_token_the_hub_accepts() -> None:
     assert claims["sub"] == "alice" and claims["channels"] == ["chat:*"]
 
 
+async def mint(*args: str) -> tuple[int | None, bytes, bytes]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tidings",
+        "token",
+        "--user",
+        "alice",
+        "--secret",
+        SECRET,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(BOUND):
+        out, err = await proc.communicate()
+    return proc.returncode, out, err
+
+
+async def test_token_mints_the_info_claim_and_refuses_bad_info() -> None:
+    code, out, err = await mint("--info", '{"name": "Alice", "tags": ["ü"]}')
+    assert code == 0, err
+    claims = jwt.decode(out.strip(), SECRET, algorithms=["HS256"])
+    assert claims["info"] == {"name": "Alice", "tags": ["ü"]}
+    for info, why in [
+        ("{name: 1}", b"--info must be JSON"),
+        (json.dumps("x" * 5000), b"at most 4096 bytes"),
+        ("NaN", b"at most 4096 bytes"),
+    ]:
+        code, out, err = await mint("--info", info)
+        assert code == 1 and why in err and not out, err
+        assert b"Traceback" not in err
+
+
 async def test_token_refuses_a_short_secret() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

@@ -430,6 +430,12 @@ def _add_token(sub: Any) -> None:
         help="a channel pattern the user may publish to; repeatable",
     )
     token.add_argument("--ttl", type=float, default=3600, help="seconds; default: 3600")
+    token.add_argument(
+        "--info",
+        metavar="JSON",
+        help="what presence, joins and leaves show of the client (the info "
+        """claim), e.g. '{"name": "Alice"}'; at most 4096 bytes""",
+    )
     token.add_argument("--secret", help="default: TIDINGS_SECRET or --config's secret")
     token.add_argument("--config", metavar="FILE", help="a TOML file of settings")
 
@@ -513,6 +519,8 @@ async def _serve(config: HubConfig) -> int:
 
 def _token_main(args: argparse.Namespace) -> int:
     """Print a development token; return the exit status."""
+    import json
+
     from .hub.auth import mint_token
     from .hub.config import MIN_SECRET_BYTES, ConfigError
 
@@ -526,9 +534,23 @@ def _token_main(args: argparse.Namespace) -> int:
         return _error(f"the secret must be at least {MIN_SECRET_BYTES} bytes")
     if args.ttl <= 0:
         return _error("--ttl must be positive")
-    token = mint_token(
-        secret, args.user, channels=args.channels, publish=args.publish, ttl=args.ttl
-    )
+    info = None
+    if args.info is not None:
+        try:
+            info = json.loads(args.info)
+        except (ValueError, RecursionError):
+            return _error("--info must be JSON")
+    try:
+        token = mint_token(
+            secret,
+            args.user,
+            channels=args.channels,
+            publish=args.publish,
+            ttl=args.ttl,
+            info=info,
+        )
+    except ValueError as exc:  # info too large, or not portable JSON
+        return _error(f"--info: {exc}")
     sys.stdout.write(token + "\n")
     return 0
 

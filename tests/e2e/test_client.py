@@ -412,6 +412,42 @@ async def test_get_token_refreshes_the_token_before_it_expires(
         assert result == {"events": [], "got": ["after"], "same": True}
 
 
+async def test_presence_info_from_a_token_and_presence_stats(
+    browser: Browser,
+) -> None:
+    async with Hub(HubConfig(port=0, secret=SECRET)) as hub:
+        page = await client_page(browser, hub)
+        token = mint_token(SECRET, "alice", info={"name": "Alice"})
+        result = await page.evaluate(
+            """async (token) => {
+                const joins = [];
+                const alice = new T.Hub({ token });
+                const bob = new T.Hub();
+                const me = await alice.connect();
+                await bob.connect();
+                const sub = alice.subscribe("chat:e", {
+                    onJoin: (info) => joins.push(info),
+                });
+                await until(() => joins.length === 1);
+                const other = bob.subscribe("chat:e");
+                await until(() => joins.length === 2);
+                const presence = await other.presence();
+                const stats = await other.presenceStats();
+                alice.close();
+                bob.close();
+                return { me, joins, presence, stats };
+            }""",
+            token,
+        )
+        alice = {"client": result["me"]["client"], "user": "alice"}
+        alice["info"] = {"name": "Alice"}
+        assert {**result["me"], "ttl": 0} == {**alice, "ttl": 0}
+        assert result["joins"][0] == alice
+        assert result["joins"][1]["user"] == ""
+        assert alice in result["presence"] and len(result["presence"]) == 2
+        assert result["stats"] == {"clients": 2, "users": 2}
+
+
 async def test_close_stops_and_connect_resumes(browser: Browser, hub: Hub) -> None:
     page = await client_page(browser, hub)
     await page.evaluate(

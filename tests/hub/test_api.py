@@ -97,6 +97,21 @@ async def test_presence_history_and_channels(
     }
 
 
+async def test_presence_stats_over_the_api(
+    start_hub: Any, connect: Any, http: Any, mint: Any
+) -> None:
+    hub = await start_hub()
+    for token in [mint("alice"), mint("alice"), None]:
+        peer = await connect(hub, token)
+        await peer.result("subscribe", channel="chat:many")
+    answer = await http(hub, "GET", "/api/presence_stats?channel=chat:many")
+    assert answer.json() == {"clients": 3, "users": 2}
+    answer = await http(hub, "GET", "/api/presence_stats?channel=chat:nobody")
+    assert answer.json() == {"clients": 0, "users": 0}
+    assert (await http(hub, "GET", "/api/presence_stats")).status == 400
+    assert (await http(hub, "GET", "/api/presence_stats?channel=what:x")).status == 404
+
+
 async def test_disconnect_closes_every_connection_of_the_user_with_4003(
     start_hub: Any, connect: Any, http: Any, mint: Any
 ) -> None:

@@ -154,6 +154,44 @@ async def test_anonymous_clients_are_refused_where_not_allowed(
     await member.result("subscribe", channel="private:room")
 
 
+async def test_a_private_user_channel_is_for_the_users_it_names_only(
+    start_hub: Any, connect: Any, mint: Any
+) -> None:
+    hub = await start_hub()
+    dm = "private:dm#alice,bob"  # "private" is for token holders, no claims
+    # Claims that name other channels do not matter: the name decides.
+    alice = await connect(hub, mint("alice", channels=["chat:*"]))
+    bob = await connect(hub, mint("bob"))
+    await alice.result("subscribe", channel=dm)
+    await bob.result("subscribe", channel=dm)
+    await alice.result("publish", channel=dm, data="hi bob")
+    [pub] = await bob.pubs(1)
+    assert pub["data"] == "hi bob"
+    # Another user, even one whose claims match every channel, and an
+    # anonymous client, get 403 for everything.
+    carol = await connect(hub, mint("carol", channels=["**"], publish=["**"]))
+    anonymous = await connect(hub)
+    for peer in (carol, anonymous):
+        for op, fields in [
+            ("subscribe", {}),
+            ("presence", {}),
+            ("presence_stats", {}),
+            ("history", {}),
+            ("publish", {"data": "let me in"}),
+        ]:
+            code, message = await peer.error(op, channel=dm, **fields)
+            assert code == 403, (op, message)
+    history = await bob.result("history", channel=dm)
+    assert [p["data"] for p in history["publications"]] == ["hi bob"]
+    # In a namespace open to all, the same.
+    await alice.result("subscribe", channel="chat:dm#alice")
+    assert (await anonymous.error("subscribe", channel="chat:dm#alice"))[0] == 403
+    assert (await bob.error("subscribe", channel="chat:dm#alice"))[0] == 403
+    # Names that cannot stand for users are malformed.
+    for bad in ("chat:dm#", "chat:dm#alice,", "chat:a,b", "chat:dm#a#b"):
+        assert (await alice.error("subscribe", channel=bad))[0] == 400
+
+
 async def test_an_unknown_namespace_is_404(start_hub: Any, connect: Any) -> None:
     hub = await start_hub()
     peer = await connect(hub)
@@ -273,6 +311,72 @@ async def test_presence_and_join_leave(start_hub: Any, connect: Any, mint: Any) 
     }
     # Presence is off in "news": refused.
     assert (await alice.error("presence", channel="news:x"))[0] == 403
+
+
+async def test_the_tokens_info_shows_in_presence_joins_leaves_and_publications(
+    start_hub: Any, connect: Any, mint: Any
+) -> None:
+    hub = await start_hub()
+    alice_info = {"name": "Alice", "avatar": "/a.png", "tags": ["ü", None]}
+    alice = await connect(hub, hello=False)
+    reply = await alice.result("connect", token=mint("alice", info=alice_info))
+    assert reply["info"] == alice_info
+    alice.client = reply["client"]
+    await alice.result("subscribe", channel="chat:i")
+    alice_json = {"client": alice.client, "user": "alice", "info": alice_info}
+    assert await alice.push() == {"channel": "chat:i", "join": alice_json}
+    bob = await connect(hub, mint("bob", info="Bob"))  # on another node
+    await bob.result("subscribe", channel="chat:i")
+    bob_json = {"client": bob.client, "user": "bob", "info": "Bob"}
+    assert await alice.push() == {"channel": "chat:i", "join": bob_json}
+    clients = (await bob.result("presence", channel="chat:i"))["clients"]
+    assert sorted(clients, key=lambda c: c["user"]) == [alice_json, bob_json]
+    await alice.result("publish", channel="chat:i", data="hi")
+    for peer in (alice, bob):
+        [pub] = await peer.pubs(1)
+        assert pub["info"] == alice_json
+    history = await bob.result("history", channel="chat:i")
+    assert history["publications"][-1]["info"] == alice_json
+    await bob.result("unsubscribe", channel="chat:i")
+    assert await alice.push() == {"channel": "chat:i", "leave": bob_json}
+
+
+async def test_presence_stats_count_clients_and_users_of_the_whole_hub(
+    start_hub: Any, connect: Any, mint: Any
+) -> None:
+    hub = await start_hub()
+    peers = [
+        await connect(hub, token)
+        for token in [mint("alice"), mint("alice"), mint("bob"), None, None]
+    ]
+    for peer in peers:
+        await peer.result("subscribe", channel="chat:stats")
+    # Two of alice, bob, and the anonymous user "" (once): on every node.
+    for peer in peers:
+        stats = await peer.result("presence_stats", channel="chat:stats")
+        assert stats == {"clients": 5, "users": 3}
+    for leaving, expected in [
+        (peers[0], {"clients": 4, "users": 3}),  # alice is still there
+        (peers[1], {"clients": 3, "users": 2}),
+        (peers[3], {"clients": 2, "users": 2}),
+        (peers[4], {"clients": 1, "users": 1}),
+    ]:
+        await leaving.result("unsubscribe", channel="chat:stats")
+        assert await peers[2].result("presence_stats", channel="chat:stats") == (
+            expected
+        )
+    await peers[2].ws.close()
+    assert await peers[0].result("presence_stats", channel="chat:stats") == {
+        "clients": 0,
+        "users": 0,
+    }
+    assert await peers[0].result("presence_stats", channel="chat:nobody") == {
+        "clients": 0,
+        "users": 0,
+    }
+    # As presence: off in "news", and only for those who may subscribe.
+    assert (await peers[0].error("presence_stats", channel="news:x"))[0] == 403
+    assert (await peers[3].error("presence_stats", channel="private:x"))[0] == 403
 
 
 def masked_text(payload: str) -> bytes:
@@ -583,6 +687,9 @@ async def test_presence_of_a_node_that_stops_refreshing_expires(
     await wait_for(expired, "the stopped node's entries to expire", timeout=BOUND)
     present = {c.client for c in await peers[-1].node.broker.presence("chat:alive")}
     assert present == {peer.client for peer in peers if peer.node is not hub}
+    # The counts too: every client is anonymous, one user while any is left.
+    stats = await peers[-1].result("presence_stats", channel="chat:alive")
+    assert stats == {"clients": others, "users": min(others, 1)}
 
 
 async def test_pushes_that_trail_a_subscribe_reply_are_not_sent_twice(

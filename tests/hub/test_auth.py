@@ -109,6 +109,16 @@ CLOSED = NamespaceConfig()
         (Identity("u", ("b:*",), ()), OPEN, "a:x", False, False),
         (Identity("u", ("a:[xy]",), None), READ_ONLY, "a:y", True, False),
         (Identity("u", ("A:*",), None), OPEN, "a:x", False, True),  # case counts
+        # A private user channel: its users, whatever the claims say; to
+        # publish, the namespace or claims must allow it too.
+        (Identity("u"), CLOSED, "a:dm#u,v", True, False),
+        (Identity("v"), OPEN, "a:dm#u,v", True, True),
+        (Identity("u", (), ()), OPEN, "a:dm#u", True, False),
+        (Identity("u", ("a:**",), ("a:**",)), CLOSED, "a:dm#u", True, True),
+        (Identity("w", ("a:**",), ("a:**",)), OPEN, "a:dm#u,v", False, False),
+        (Identity("uv"), OPEN, "a:dm#u,v", False, False),
+        (Identity(""), OPEN, "a:dm#u", False, False),
+        (None, OPEN, "a:dm#u", False, False),
     ],
 )
 def test_permissions(
@@ -177,3 +187,48 @@ def test_patterns_match_within_segments(
     identity = Identity("u", (pattern,), (pattern,))
     assert can_subscribe(identity, MEMBERS, channel) is matches
     assert can_publish(identity, MEMBERS, channel) is matches
+
+
+# -- the info claim ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "info", [{"name": "Alice", "avatar": "/a.png"}, "Ælfrida", [1, None], 0, True]
+)
+def test_the_info_claim_is_the_identitys_info(info: Any) -> None:
+    token = mint_token(SECRET, "alice", info=info)
+    assert jwt.decode(token, SECRET, algorithms=["HS256"])["info"] == info
+    assert decode_token(token, SECRET).info == info
+    assert decode_token(mint_token(SECRET, "bob"), SECRET).info is None
+
+
+def test_info_of_4096_bytes_is_accepted_and_one_more_is_a_clear_401() -> None:
+    # 4096 bytes of UTF-8 (JSON quotes included), which JWT escapes to more.
+    most = "é" * 2047
+    assert decode_token(encoded({"sub": "a", "exp": LATER, "info": most}), SECRET)
+    for info in [most + "x", {"a": "x" * 5000}]:
+        with pytest.raises(AuthError, match="info must be JSON of at most 4096 bytes"):
+            decode_token(encoded({"sub": "a", "exp": LATER, "info": info}), SECRET)
+    with pytest.raises(ValueError, match="at most 4096 bytes"):
+        mint_token(SECRET, "a", info=most + "x")
+
+
+@pytest.mark.parametrize(
+    "raw_info",
+    [
+        '"\\ud800"',  # a lone surrogate: no client could be sent it
+        "NaN",
+        "[Infinity]",
+    ],
+)
+def test_info_no_client_could_be_sent_is_refused(raw_info: str) -> None:
+    # Written by hand: PyJWT would refuse to encode some of these.
+    header = jwt.utils.base64url_encode(b'{"alg":"HS256","typ":"JWT"}')
+    claims = f'{{"sub":"a","exp":{LATER},"info":{raw_info}}}'.encode()
+    signing_input = header + b"." + jwt.utils.base64url_encode(claims)
+    signature = jwt.algorithms.HMACAlgorithm(jwt.algorithms.HMACAlgorithm.SHA256).sign(
+        signing_input, SECRET.encode()
+    )
+    token = (signing_input + b"." + jwt.utils.base64url_encode(signature)).decode()
+    with pytest.raises(AuthError, match="info must be JSON"):
+        decode_token(token, SECRET)

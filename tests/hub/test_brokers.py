@@ -184,6 +184,49 @@ async def test_presence_lists_every_node_and_expires_without_refresh(
     await wait_for(bob_gone, "bob's entry to expire", timeout=BOUND)
 
 
+async def test_presence_stats_count_entries_and_their_users(start: Start) -> None:
+    a, _ = await start("a")
+    b, _ = await start("b")
+    assert await a.presence_stats("a:x") == (0, 0)
+    alice_again = ClientInfo("c3", "alice", {"tab": 2})
+    await a.add_presence("a:x", ALICE, 30)
+    await b.add_presence("a:x", alice_again, 30)
+    await b.add_presence("a:x", BOB, 0.3)
+    await a.add_presence("a:x", ALICE, 30)  # again: counted once
+    await a.refresh_presence("a:x", [ALICE], 30)
+    assert await b.presence_stats("a:x") == (3, 2)
+    await a.remove_presence("a:x", ALICE)
+    await a.remove_presence("a:x", ALICE)  # gone: not counted twice
+    assert await a.presence_stats("a:x") == (2, 2)
+
+    async def bob_gone() -> bool:  # b never refreshed bob's entry
+        return await a.presence_stats("a:x") == (1, 1)
+
+    await wait_for(bob_gone, "bob's entry to expire", timeout=BOUND)
+    await b.remove_presence("a:x", alice_again)
+    assert await a.presence_stats("a:x") == (0, 0)
+    assert await a.presence("a:x") == []
+
+
+async def test_presence_stats_of_10000_clients_list_nobody(start: Start) -> None:
+    a, _ = await start("a")
+    infos = [ClientInfo(f"c{i}", f"user{i % 2500}", {"n": i}) for i in range(10_000)]
+    await a.refresh_presence("a:big", infos, 30)
+    listed = 0
+    original = a.presence
+
+    async def presence(channel: str) -> list[ClientInfo]:
+        nonlocal listed
+        listed += 1
+        return await original(channel)
+
+    a.presence = presence  # type: ignore[method-assign]
+    assert await a.presence_stats("a:big") == (10_000, 2500)
+    assert listed == 0
+    await a.remove_presence("a:big", infos[0])
+    assert await a.presence_stats("a:big") == (9_999, 2500)
+
+
 async def test_control_messages_reach_every_node(start: Start) -> None:
     a, node_a = await start("a")
     _, node_b = await start("b")

@@ -136,6 +136,29 @@ async def test_python_hooks_decide_connect_subscribe_publish_and_rpc(
         assert await bob.closed() == 4403
 
 
+async def test_a_private_user_channel_is_decided_by_its_name_not_the_hook(
+    peers: Any,
+) -> None:
+    async with steered() as hub:
+        alice = await peers(hub, [("Cookie", "session=s3cret")])
+        await alice.result("connect")
+        # The subscribe hook would refuse both ("members only").
+        await alice.result("subscribe", channel="room:dm#alice,bob")
+        for op in ("subscribe", "presence", "history"):
+            assert await alice.error(op, channel="room:dm#bob") == (
+                403,
+                "not allowed to subscribe to room:dm#bob",
+            )
+        assert await alice.error("publish", channel="room:dm#bob", data="x") == (
+            403,
+            "not allowed to publish to room:dm#bob",
+        )
+        # A member's publish is still the publish hook's to decide.
+        await alice.result("publish", channel="room:dm#alice,bob", data="hi")
+        [pub] = await alice.pubs(1, "room:dm#alice,bob")
+        assert pub["data"] == {"text": "hi", "by": "alice"}
+
+
 async def test_a_hook_that_raises_is_500_and_one_too_slow_is_503(
     peers: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -76,6 +76,26 @@ async def test_presence_and_history(start_hub: Any) -> None:
         assert not gone.complete and gone.publications == []
 
 
+async def test_presence_info_from_the_token_and_presence_stats(
+    start_hub: Any, mint: Any
+) -> None:
+    hub = await start_hub()
+    token = mint("alice", info={"name": "Alice"})
+    async with (
+        Client(url(hub), token=token, **FAST) as alice,
+        Client(url(hub), token=mint("bob"), **FAST) as bob,
+    ):
+        await alice.subscribe("chat:s")
+        await bob.subscribe("chat:s")
+        presence = await bob.presence("chat:s")
+        assert {(c.user, str(c.info)) for c in presence} == {
+            ("alice", "{'name': 'Alice'}"),
+            ("bob", "None"),
+        }
+        stats = await alice.presence_stats("chat:s")
+        assert stats == (2, 2) and (stats.clients, stats.users) == (2, 2)
+
+
 async def test_error_replies_raise_hub_error(start_hub: Any) -> None:
     hub = await start_hub()
     async with Client(url(hub), **FAST) as client:

@@ -193,3 +193,17 @@ async def test_a_flood_of_publications_to_new_channels_stays_within_budget(
         assert len(backend.channels) <= 50
         newest = await peer.result("history", channel="chat:flood99")
         assert newest["offset"] == 1 and len(newest["publications"]) == 1
+
+
+async def test_presence_stats_expire_on_the_clock_within_a_bounded_heap() -> None:
+    broker, clock, _ = await started()
+    bob = ClientInfo("c2", "bob")
+    await broker.add_presence("a:x", ALICE, 30)
+    await broker.add_presence("a:x", bob, 10)
+    for _ in range(1000):  # refreshed again and again: no pile of deadlines
+        await broker.refresh_presence("a:x", [ALICE], 30)
+    assert len(broker.backend.channels["a:x"].deadlines) <= 4 * 2 + 64
+    clock.now += 20
+    assert await broker.presence_stats("a:x") == (1, 1)
+    clock.now += 10
+    assert await broker.presence_stats("a:x") == (0, 0)

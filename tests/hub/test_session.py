@@ -17,6 +17,7 @@ from tidings.hub import session as session_module
 from tidings.hub.brokers.base import BrokerUnavailable
 
 from ..conftest import wait_for
+from .conftest import SECRET
 
 BOUND = 10
 
@@ -76,6 +77,23 @@ async def test_an_expired_token_is_401_then_close_4001(
     token = mint("alice", ttl=-5)
     peer = await connect(hub, query=f"token={token}", hello=False)
     assert await peer.error("connect") == (401, "token expired")
+    assert await peer.closed() == 4001
+    assert hub.connection_count() == 0
+
+
+async def test_a_token_whose_info_is_too_large_is_a_clear_401(
+    start_hub: Any, connect: Any, mint: Any
+) -> None:
+    hub = await start_hub()
+    token = jwt.encode(
+        {"sub": "a", "exp": time.time() + 60, "info": "x" * 4095}, SECRET
+    )
+    peer = await connect(hub, hello=False)
+    code, message = await peer.error("connect", token=token)
+    assert (code, message) == (
+        401,
+        "invalid token: its info must be JSON of at most 4096 bytes",
+    )
     assert await peer.closed() == 4001
     assert hub.connection_count() == 0
 

@@ -305,6 +305,43 @@ async def test_sse_presence_and_join_leave_as_on_a_websocket(
     assert {c["client"] for c in clients["clients"]} == {me["client"], peer.client}
 
 
+async def test_a_streams_token_info_shows_in_presence_and_stats_over_post(
+    start_hub: Any, connect: Any, streams: list[Stream], mint: Any
+) -> None:
+    hub = await start_hub()
+    token = mint("ann", info={"name": "Ann"})
+    stream, me = await subscribed(hub, streams, {"channel": "chat:in", "token": token})
+    assert me["info"] == {"name": "Ann"}
+    await stream.data()  # the subscribe reply
+    ann = {"client": me["client"], "user": "ann", "info": {"name": "Ann"}}
+    assert await stream.data() == {"channel": "chat:in", "join": ann}
+    peer = await connect(hub)
+    await peer.result("subscribe", channel="chat:in")
+    assert (await peer.push())["join"]["user"] == ""
+    clients = (await peer.result("presence", channel="chat:in"))["clients"]
+    assert ann in clients
+    stats = await command(
+        node(hub, 1), {"id": 7, "op": "presence_stats", "channel": "chat:in"}
+    )
+    assert stats.json() == {"id": 7, "result": {"clients": 2, "users": 2}}
+
+
+async def test_a_stream_of_a_private_channel_of_other_users_is_403(
+    start_hub: Any, streams: list[Stream], mint: Any
+) -> None:
+    hub = await start_hub()
+    token = mint("ann")
+    for channel in ("chat:dm#bob", "chat:dm#bob,carol"):
+        refused = await get(hub, "/sse", {"channel": channel, "token": token})
+        assert refused.status == 403, channel
+    refused = await get(hub, "/sse", {"channel": "chat:dm#ann"})  # anonymous
+    assert refused.status == 403
+    stream, _ = await subscribed(
+        hub, streams, {"channel": "chat:dm#ann,bob", "token": token}
+    )
+    assert (await stream.data())["result"]["offset"] == 0
+
+
 async def test_sse_unsubscribe_over_post_on_any_node(
     start_hub: Any, streams: list[Stream]
 ) -> None:

@@ -14,6 +14,7 @@ from tidings.hub.wire import (
     OPS,
     Command,
     CommandError,
+    channel_users,
     encode_data,
     encode_error,
     encode_position,
@@ -155,6 +156,32 @@ def test_channel_names() -> None:
     ):
         assert valid_channel(good), good
     for bad in ("", "chat", ":x", "a:" + "x" * 254, "a:b c", "a:é", "a:b\n", "a;b:c"):
+        assert not valid_channel(bad), bad
+
+
+def test_private_user_channel_names() -> None:
+    for name, users in [
+        ("chat:dm#alice,bob", {"alice", "bob"}),
+        ("chat:#alice", {"alice"}),
+        ("inbox:a#al@x.org,b:c,d=e", {"al@x.org", "b:c", "d=e"}),
+        ("a:#" + "u" * 252, {"u" * 252}),
+        ("chat:lobby", None),
+    ]:
+        assert valid_channel(name), name
+        assert channel_users(name) == users
+    # "#" and "," only there, and no empty id.
+    for bad in (
+        "chat:dm#",
+        "chat:dm#a,",
+        "chat:dm#,a",
+        "chat:dm#a,,b",
+        "chat:dm#a#b",
+        "chat:a,b",
+        "ch#at:a",
+        "chat:dm#a b",
+        "chat:dm#é",
+        "a:#" + "u" * 253,
+    ):
         assert not valid_channel(bad), bad
 
 

@@ -254,6 +254,9 @@ async def _api(hub: Hub, request: Request) -> Any:
         channel = _channel(hub, _query(request, "channel"))
         clients = await hub.broker.presence(channel)
         return {"clients": [c.to_json() for c in clients]}
+    if route == ("GET", "/api/presence_stats"):
+        channel = _channel(hub, _query(request, "channel"))
+        return (await hub.broker.presence_stats(channel))._asdict()
     if route == ("GET", "/api/history"):
         return await _history(hub, request)
     if route == ("GET", "/api/channels"):

@@ -6,28 +6,42 @@ import hmac
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 import jwt
 
 from ..exceptions import TidingsError
 from .config import NamespaceConfig
+from .hooks import MAX_INFO_BYTES, check_info
+from .wire import channel_users
 
 __all__ = [
+    "MAX_TOKEN_LENGTH",
     "AuthError",
     "Identity",
     "api_key_matches",
     "can_publish",
     "can_subscribe",
     "decode_token",
+    "hook_decides",
     "mint_token",
+    "not_named",
 ]
+
+
+#: The longest token decoded: room for an ``info`` claim of
+#: ``MAX_INFO_BYTES`` of UTF-8, which JWT's JSON may escape to three times
+#: as many (``\u00e9`` for the two bytes of "é") before base64 adds a
+#: third (16 KiB), and for the other claims.
+MAX_TOKEN_LENGTH = 24576
 
 
 class AuthError(TidingsError):
     """A token was refused. The message is safe to show the client: it says
-    "invalid token" or "token expired" and nothing about why."""
+    "invalid token" or "token expired" and nothing about why, except for an
+    ``info`` claim too large, which its signer needs to hear of."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +53,9 @@ class Identity:
     publish: tuple[str, ...] | None = None
     #: When the token expires (its ``exp``, Unix time).
     expires: float | None = None
+    #: The ``info`` claim: any JSON that presence, joins, leaves and the
+    #: client's publications carry (hub/hooks.py's ``check_info``).
+    info: Any = field(default=None, compare=False)
 
 
 def mint_token(
@@ -48,20 +65,26 @@ def mint_token(
     channels: Sequence[str] | None = None,
     publish: Sequence[str] | None = None,
     ttl: float = 3600,
+    info: Any = None,
 ) -> str:
     """Sign a token for ``user`` valid ``ttl`` seconds (for development and
-    for back ends that hand tokens to their users)."""
+    for back ends that hand tokens to their users). ``info`` (any JSON, at
+    most ``MAX_INFO_BYTES`` encoded; ValueError beyond) is what presence,
+    joins, leaves and the user's publications show of the client."""
+    check_info(info)
     claims: dict[str, object] = {"sub": user, "exp": int(time.time() + ttl)}
     if channels is not None:
         claims["channels"] = list(channels)
     if publish is not None:
         claims["publish"] = list(publish)
+    if info is not None:
+        claims["info"] = info
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
 def decode_token(token: object, secret: str | None) -> Identity:
     """Verify ``token`` and return its identity; raise :class:`AuthError`."""
-    if secret is None or not isinstance(token, str) or len(token) > 8192:
+    if secret is None or not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
         raise AuthError("invalid token")
     try:
         claims = jwt.decode(
@@ -74,11 +97,19 @@ def decode_token(token: object, secret: str | None) -> Identity:
     user = claims.get("sub")
     if not isinstance(user, str) or not user or not _encodable(user):
         raise AuthError("invalid token")
+    info = claims.get("info")
+    try:
+        check_info(info)
+    except ValueError:
+        raise AuthError(
+            f"invalid token: its info must be JSON of at most {MAX_INFO_BYTES} bytes"
+        ) from None
     return Identity(
         user,
         _patterns(claims.get("channels")),
         _patterns(claims.get("publish")),
         float(claims["exp"]),
+        info,
     )
 
 
@@ -133,7 +164,11 @@ def _in_class(chars: str) -> str:
 def can_subscribe(
     identity: Identity | None, namespace: NamespaceConfig, channel: str
 ) -> bool:
-    """May this client subscribe to ``channel``?"""
+    """May this client subscribe to ``channel`` (and read its presence and
+    history)? A private user channel (``chat:dm#alice,bob``) only for the
+    users it names, whatever the claims and the namespace say."""
+    if channel_users(channel) is not None:
+        return not not_named(identity, channel)
     if identity is not None and identity.channels is not None:
         return any(_pattern(p).fullmatch(channel) for p in identity.channels)
     return namespace.allow_anonymous
@@ -142,12 +177,31 @@ def can_subscribe(
 def can_publish(
     identity: Identity | None, namespace: NamespaceConfig, channel: str
 ) -> bool:
-    """May this client publish to ``channel``?"""
+    """May this client publish to ``channel``? Never to a private user
+    channel that does not name it (the HTTP API may)."""
+    if not_named(identity, channel):
+        return False
     if identity is not None and identity.publish is not None:
         return any(_pattern(p).fullmatch(channel) for p in identity.publish)
     # The user "" is anonymous, whoever let it in (a connect hook may).
     known = identity is not None and identity.user != ""
     return namespace.allow_publish and (known or namespace.allow_anonymous)
+
+
+def hook_decides(namespace: NamespaceConfig, channel: str) -> bool:
+    """Whether the application's subscribe hook decides who subscribes to
+    ``channel`` (and reads it): in a ``subscribe_proxy`` namespace, except
+    a private user channel, whose name decides without asking."""
+    return namespace.subscribe_proxy and channel_users(channel) is None
+
+
+def not_named(identity: Identity | None, channel: str) -> bool:
+    """Whether ``channel`` is a private user channel that does not name this
+    client (an anonymous one is named by none)."""
+    users = channel_users(channel)
+    if users is None:
+        return False
+    return identity is None or identity.user == "" or identity.user not in users
 
 
 def api_key_matches(header: str | None, api_key: str) -> bool:

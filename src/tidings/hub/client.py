@@ -31,7 +31,7 @@ from ..engine.client import connect
 from ..engine.connection import WebSocket
 from ..exceptions import ConnectionClosed, InvalidStatus, TidingsError
 from ..protocol import State
-from .brokers.base import ClientInfo
+from .brokers.base import ClientInfo, PresenceStats
 
 __all__ = [
     "Client",
@@ -404,6 +404,12 @@ class Client:
         """Who is subscribed to ``channel``."""
         result = await self._call("presence", channel=channel)
         return [_info(c) for c in result["clients"]]
+
+    async def presence_stats(self, channel: str) -> PresenceStats:
+        """How many clients, and distinct users, are subscribed to
+        ``channel`` on the whole hub; cheap on any channel, however many."""
+        result = await self._call("presence_stats", channel=channel)
+        return PresenceStats(result["clients"], result["users"])
 
     async def history(
         self,

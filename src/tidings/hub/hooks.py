@@ -37,6 +37,7 @@ __all__ = [
     "Refresh",
     "Refuse",
     "Subscribe",
+    "check_info",
 ]
 
 #: :class:`Publish` data meaning "as the client sent it".
@@ -105,7 +106,7 @@ class Connect:
     def __post_init__(self) -> None:
         if not isinstance(self.user, str):
             raise ValueError("user must be a string")
-        _check_info(self.info)
+        check_info(self.info)
         _check_expire_at(self.expire_at)
         if (
             not isinstance(self.channels, tuple)
@@ -135,7 +136,7 @@ class Subscribe:
     info: Any = None
 
     def __post_init__(self) -> None:
-        _check_info(self.info)
+        check_info(self.info)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,13 +208,21 @@ class Hooks(ABC):
         """Release what the hooks hold (connections to the application)."""
 
 
-def _check_info(info: Any) -> None:
+def check_info(info: Any) -> None:
+    """Raise ValueError unless ``info`` is None or JSON that every client
+    can be sent (no ``NaN``, ``Infinity`` or lone surrogates) of at most
+    :data:`MAX_INFO_BYTES` in UTF-8: a client's info, from a hook or a
+    token's claim."""
     if info is None:
         return
     try:
-        text = json.dumps(info, separators=(",", ":"), allow_nan=False)
+        # As it goes out (wire.dumps): UTF-8, where a lone surrogate, which
+        # JSON's parser lets through, fails here rather than at every send.
+        text = json.dumps(
+            info, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
         size = len(text.encode())
-    except (TypeError, ValueError, UnicodeEncodeError):
+    except (TypeError, ValueError, RecursionError):  # UnicodeEncodeError too
         size = MAX_INFO_BYTES + 1
     if size > MAX_INFO_BYTES:
         raise ValueError(f"info must be JSON of at most {MAX_INFO_BYTES} bytes")

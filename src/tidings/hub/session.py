@@ -16,7 +16,15 @@ from urllib.parse import parse_qs
 
 from ..exceptions import ConnectionClosed
 from ..protocol import Request
-from .auth import AuthError, Identity, can_publish, can_subscribe, decode_token
+from .auth import (
+    AuthError,
+    Identity,
+    can_publish,
+    can_subscribe,
+    decode_token,
+    hook_decides,
+    not_named,
+)
 from .brokers.base import BrokerUnavailable, ClientInfo, OutcomeUnknown, Publication
 from .config import NamespaceConfig
 from .hooks import (
@@ -454,20 +462,22 @@ class Session:
             return {}
         if op == "publish":
             return await self._publish(command, namespace)
-        if not namespace.subscribe_proxy:
+        if not hook_decides(namespace, command.channel):
             self._check_subscribe(command, namespace)
         elif command.channel not in self.subscriptions:
             # Readers are those the application lets in: asked as for a
             # subscribe (a fallback's POST /command is never subscribed).
             await self._ask_subscribe(command.channel)
-        if op == "presence":
-            if not namespace.presence:
-                raise CommandError(
-                    403, f"presence is off for {command.channel}", command.id
-                )
-            clients = await self.hub.broker.presence(command.channel)
-            return {"clients": [c.to_json() for c in clients]}
-        return await self._history(command)
+        if op == "history":
+            return await self._history(command)
+        if not namespace.presence:
+            raise CommandError(
+                403, f"presence is off for {command.channel}", command.id
+            )
+        if op == "presence_stats":
+            return (await self.hub.broker.presence_stats(command.channel))._asdict()
+        clients = await self.hub.broker.presence(command.channel)
+        return {"clients": [c.to_json() for c in clients]}
 
     async def _connect(self, command: Command) -> dict[str, Any]:
         if self.info is not None:
@@ -493,8 +503,13 @@ class Session:
             return reply
         if token is not None:
             self.identity = decode_token(token, self.hub.config.secret)
-        user = self.identity.user if self.identity is not None else ""
-        self.info = ClientInfo(client, user)
+        identity = self.identity
+        if identity is None:
+            self.info = ClientInfo(client, "")
+        else:
+            # The connect token's info stays for the connection: a refresh
+            # changes permissions, not who the others see.
+            self.info = ClientInfo(client, identity.user, identity.info)
         self.hub.session_connected(self)
         return {**self.info.to_json(), **self._watch_expiry()}
 
@@ -536,6 +551,8 @@ class Session:
     async def _publish(self, command: Command, namespace: NamespaceConfig) -> Any:
         channel = command.channel
         data = command.data
+        if not_named(self.identity, channel):  # its name decides, before any hook
+            raise CommandError(403, f"not allowed to publish to {channel}", command.id)
         if namespace.publish_proxy:
             hooks = self._hooks("publish")
             if hooks is None:
@@ -616,7 +633,7 @@ class Session:
 
     async def _subscribe(self, command: Command, namespace: NamespaceConfig) -> Any:
         channel = command.channel
-        if not namespace.subscribe_proxy:
+        if not hook_decides(namespace, channel):
             self._check_subscribe(command, namespace)
             return await self._join(channel, namespace, command.since, command.id)
         if channel in self.subscriptions:

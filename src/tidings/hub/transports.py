@@ -23,7 +23,7 @@ from urllib.parse import parse_qs
 from ..engine.http import HTTPResponse, HTTPStream, ResponseStream
 from ..exceptions import ConnectionClosed
 from ..protocol import Request
-from .auth import AuthError, can_subscribe, decode_token
+from .auth import AuthError, can_subscribe, decode_token, hook_decides
 from .brokers.base import BrokerUnavailable, HistoryResult
 from .session import CLOSE_TRY_AGAIN, Session
 from .wire import (
@@ -209,7 +209,7 @@ def _channels(hub: Hub, params: dict[str, list[str]], token: str | None) -> list
         if namespace is None:
             raise _Refusal(404, f"unknown namespace in {channel}")
         # Where the application decides, its answer comes in the stream.
-        if not namespace.subscribe_proxy and not can_subscribe(
+        if not hook_decides(namespace, channel) and not can_subscribe(
             identity, namespace, channel
         ):
             raise _Refusal(403, f"not allowed to subscribe to {channel}")

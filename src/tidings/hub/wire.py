@@ -19,6 +19,7 @@ __all__ = [
     "Command",
     "CommandError",
     "Raw",
+    "channel_users",
     "encode_data",
     "encode_error",
     "encode_position",
@@ -38,14 +39,24 @@ OPS = frozenset(
         "unsubscribe",
         "publish",
         "presence",
+        "presence_stats",
         "history",
         "ping",
         "refresh",
         "rpc",
     }
 )
-_CHANNEL_OPS = frozenset({"subscribe", "unsubscribe", "publish", "presence", "history"})
-CHANNEL_RE = re.compile(r"[A-Za-z0-9_\-.@/=]+:[A-Za-z0-9_\-.@/=:]*")
+_CHANNEL_OPS = frozenset(
+    {"subscribe", "unsubscribe", "publish", "presence", "presence_stats", "history"}
+)
+_NAME_CHARS = r"[A-Za-z0-9_\-.@/=:]"
+#: ``namespace:rest``, and for a private user channel ``#`` and the user
+#: ids it is for, separated by commas (``chat:dm#alice,bob``): ``#`` and
+#: ``,`` are allowed there only, so that the users a name stands for are
+#: never ambiguous. No id is empty.
+CHANNEL_RE = re.compile(
+    rf"[A-Za-z0-9_\-.@/=]+:{_NAME_CHARS}*(?:#{_NAME_CHARS}+(?:,{_NAME_CHARS}+)*)?"
+)
 MAX_CHANNEL_LENGTH = 255
 _MAX_ID = 2**53  # what a JavaScript number holds exactly
 MAX_METHOD_LENGTH = 255
@@ -146,6 +157,13 @@ def valid_channel(channel: str) -> bool:
     return (
         len(channel) <= MAX_CHANNEL_LENGTH and CHANNEL_RE.fullmatch(channel) is not None
     )
+
+
+def channel_users(channel: str) -> frozenset[str] | None:
+    """The users a private user channel (a valid name with ``#``, such as
+    ``chat:dm#alice,bob``) is for; None for any other channel."""
+    _, private, users = channel.partition("#")
+    return frozenset(users.split(",")) if private else None
 
 
 def parse_since(value: Any, id: int | None = None) -> tuple[int, str]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from ...exceptions import TidingsError
 
@@ -38,6 +38,7 @@ __all__ = [
     "HistoryResult",
     "NodeEvents",
     "OutcomeUnknown",
+    "PresenceStats",
     "Publication",
     "Push",
 ]
@@ -75,6 +76,14 @@ class ClientInfo:
         if self.info is None:
             return {"client": self.client, "user": self.user}
         return {"client": self.client, "user": self.user, "info": self.info}
+
+
+class PresenceStats(NamedTuple):
+    """How many are present on a channel: connections, and distinct users
+    among them (the anonymous user ``""`` counts as one)."""
+
+    clients: int
+    users: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +229,11 @@ class Broker(ABC):
     @abstractmethod
     async def presence(self, channel: str) -> list[ClientInfo]:
         """Who is present on ``channel``; expired entries are left out."""
+
+    @abstractmethod
+    async def presence_stats(self, channel: str) -> PresenceStats:
+        """How many clients and users are present on ``channel``, without
+        listing them: cheap however many there are."""
 
     @abstractmethod
     async def control(self, message: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ hub's test suite runs "three nodes in one process" that way.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import secrets
 import time
 from collections import deque
@@ -20,6 +21,7 @@ from .base import (
     ClientInfo,
     HistoryResult,
     NodeEvents,
+    PresenceStats,
     Publication,
     Push,
 )
@@ -40,7 +42,16 @@ _EVICTION_SCAN = 64
 
 
 class _Channel:
-    __slots__ = ("bytes", "epoch", "history", "history_ttl", "offset", "presence")
+    __slots__ = (
+        "bytes",
+        "deadlines",
+        "epoch",
+        "history",
+        "history_ttl",
+        "offset",
+        "presence",
+        "users",
+    )
 
     def __init__(self) -> None:
         # A new epoch for every new channel: state lost with a restart, or
@@ -51,6 +62,13 @@ class _Channel:
         self.history: deque[tuple[float, Publication, int]] = deque()
         #: client id -> (who, when the entry expires)
         self.presence: dict[str, tuple[ClientInfo, float]] = {}
+        #: A heap of (deadline, client id), one per entry made or extended,
+        #: so that expiry looks only at what is due; those superseded by a
+        #: later deadline, or removed, are skipped when they come up.
+        self.deadlines: list[tuple[float, str]] = []
+        #: user -> how many of the entries are that user's: counted as they
+        #: come and go, so that presence_stats lists nothing.
+        self.users: dict[str, int] = {}
         self.history_ttl = 0.0
         #: What the history costs, as counted against max_history_bytes.
         self.bytes = 0
@@ -270,7 +288,7 @@ class MemoryBroker(Broker):
     async def add_presence(self, channel: str, info: ClientInfo, ttl: float) -> None:
         backend = self.backend
         state = backend.channel(channel)
-        state.presence[info.client] = (info, backend.clock() + ttl)
+        _set_presence(state, info, backend.clock() + ttl)
         backend.push(Push(channel, "join", info=info))
 
     async def refresh_presence(
@@ -279,11 +297,11 @@ class MemoryBroker(Broker):
         state = self.backend.channel(channel)
         deadline = self.backend.clock() + ttl
         for info in infos:
-            state.presence[info.client] = (info, deadline)
+            _set_presence(state, info, deadline)
 
     async def remove_presence(self, channel: str, info: ClientInfo) -> None:
         state = self.backend.channels.get(channel)
-        if state is not None and state.presence.pop(info.client, None) is not None:
+        if state is not None and _drop_presence(state, info.client):
             self.backend.push(Push(channel, "leave", info=info))
 
     async def presence(self, channel: str) -> list[ClientInfo]:
@@ -291,6 +309,18 @@ class MemoryBroker(Broker):
         if state is None:
             return []
         return _live_presence(state, self.backend.clock())
+
+    async def presence_stats(self, channel: str) -> PresenceStats:
+        state = self.backend.channels.get(channel)
+        if state is None:
+            return PresenceStats(0, 0)
+        deadlines, now = state.deadlines, self.backend.clock()
+        while deadlines and deadlines[0][0] <= now:
+            client = heapq.heappop(deadlines)[1]
+            entry = state.presence.get(client)
+            if entry is not None and entry[1] <= now:
+                _drop_presence(state, client)
+        return PresenceStats(len(state.presence), len(state.users))
 
     async def control(self, message: dict[str, Any]) -> None:
         # Later, as a message from Redis would come: a handler may call the
@@ -315,9 +345,36 @@ def _discard(index: dict[str, set[str]], channel: str, node: str) -> None:
             del index[channel]
 
 
+def _set_presence(state: _Channel, info: ClientInfo, until: float) -> None:
+    """Make or extend ``info``'s entry until ``until``."""
+    presence, deadlines = state.presence, state.deadlines
+    if info.client not in presence:
+        state.users[info.user] = state.users.get(info.user, 0) + 1
+    presence[info.client] = (info, until)
+    heapq.heappush(deadlines, (until, info.client))
+    if len(deadlines) > 4 * len(presence) + 64:
+        # Superseded deadlines pile up between expiries (every refresh adds
+        # one per entry): kept within a few per entry.
+        state.deadlines = [(due, c) for c, (_, due) in presence.items()]
+        heapq.heapify(state.deadlines)
+
+
+def _drop_presence(state: _Channel, client: str) -> bool:
+    """Remove ``client``'s entry; return whether there was one."""
+    entry = state.presence.pop(client, None)
+    if entry is None:
+        return False
+    user = entry[0].user
+    if state.users[user] > 1:
+        state.users[user] -= 1
+    else:
+        del state.users[user]
+    return True
+
+
 def _live_presence(state: _Channel, now: float) -> list[ClientInfo]:
     """The unexpired entries; expired ones (their node died) are dropped."""
     expired = [c for c, (_, until) in state.presence.items() if until <= now]
     for client in expired:
-        del state.presence[client]
+        _drop_presence(state, client)
     return [info for info, _ in state.presence.values()]

@@ -32,7 +32,10 @@ prefix ``P`` (``tidings:`` by default):
   node, however many clients).
 - ``P{C}:presence`` (a hash: client -> who) beside ``P{C}:presence-exp`` (a
   sorted set: client -> expiry, in Redis' own clock): entries outlive
-  their last refresh by ``presence_ttl``.
+  their last refresh by ``presence_ttl``. ``P{C}:presence-users`` (a hash:
+  user -> how many entries are that user's), kept by the same scripts that
+  make, remove and expire entries, counts users without listing anyone:
+  ``presence_stats`` is ``HLEN`` of the two hashes.
 - ``Pnodes``, a sorted set: node -> heartbeat expiry.
 
 The braces are Redis Cluster hash tags: every key of a channel lives in one
@@ -60,6 +63,7 @@ from .base import (
     HistoryResult,
     NodeEvents,
     OutcomeUnknown,
+    PresenceStats,
     Publication,
     Push,
 )
@@ -208,45 +212,87 @@ local function extend(key, ttl)
 end
 """
 
-# KEYS: presence, presence-exp. ARGV: ttl ms, pub/sub channel, then (client,
-# who) pairs; a non-empty pub/sub channel announces the first pair's join.
+# The presence scripts' keys: presence, presence-exp, presence-users. Every
+# entry made or dropped moves its user's count in presence-users, in the
+# same script: the counts never drift from the entries. The user is the
+# last field of who (_who), after the second 0x1E.
+_PRESENCE_USERS = """
+local function user_of(who)
+  local first = string.find(who, '\\30', 1, true)
+  return string.sub(who, string.find(who, '\\30', first + 1, true) + 1)
+end
+local function forget(client)
+  redis.call('ZREM', KEYS[2], client)
+  local who = redis.call('HGET', KEYS[1], client)
+  if not who then return false end
+  redis.call('HDEL', KEYS[1], client)
+  local user = user_of(who)
+  if redis.call('HINCRBY', KEYS[3], user, -1) <= 0 then
+    redis.call('HDEL', KEYS[3], user)
+  end
+  return who
+end
+"""
+
+# Drops the expired entries (their node stopped refreshing them).
+_EXPIRE_PRESENCE = (
+    _NOW_MS
+    + _PRESENCE_USERS
+    + """
+for _, client in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
+  forget(client)
+end
+"""
+)
+
+# ARGV: ttl ms, pub/sub channel, then (client, who) pairs; a non-empty
+# pub/sub channel announces the first pair's join.
 _ADD_PRESENCE = (
     _NOW_MS
     + _EXTEND
+    + _PRESENCE_USERS
     + """
 local ttl = tonumber(ARGV[1])
 for i = 3, #ARGV, 2 do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  if redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
+    redis.call('HINCRBY', KEYS[3], user_of(ARGV[i + 1]), 1)
+  end
   redis.call('ZADD', KEYS[2], now + ttl, ARGV[i])
 end
 extend(KEYS[1], ttl)
 extend(KEYS[2], ttl)
+-- The counts live exactly as long as the entries they count.
+redis.call('PEXPIRE', KEYS[3], redis.call('PTTL', KEYS[1]))
 if ARGV[2] ~= '' then
   redis.call('PUBLISH', ARGV[2], 'j\\31\\31\\31\\31\\31' .. ARGV[4])
 end
 """
 )
 
-# KEYS: presence, presence-exp. ARGV: client, pub/sub channel.
-_REMOVE_PRESENCE = """
-redis.call('ZREM', KEYS[2], ARGV[1])
-local who = redis.call('HGET', KEYS[1], ARGV[1])
+# ARGV: client, pub/sub channel.
+_REMOVE_PRESENCE = (
+    _PRESENCE_USERS
+    + """
+local who = forget(ARGV[1])
 if who then
-  redis.call('HDEL', KEYS[1], ARGV[1])
   redis.call('PUBLISH', ARGV[2], 'l\\31\\31\\31\\31\\31' .. who)
 end
 """
+)
 
-# KEYS: presence, presence-exp. Drops expired entries, returns the others.
+# Returns the unexpired entries.
 _PRESENCE = (
-    _NOW_MS
+    _EXPIRE_PRESENCE
     + """
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
-for _, client in ipairs(expired) do
-  redis.call('HDEL', KEYS[1], client)
-  redis.call('ZREM', KEYS[2], client)
-end
 return redis.call('HVALS', KEYS[1])
+"""
+)
+
+# Returns how many entries and users there are, listing nobody.
+_PRESENCE_STATS = (
+    _EXPIRE_PRESENCE
+    + """
+return {redis.call('HLEN', KEYS[1]), redis.call('HLEN', KEYS[3])}
 """
 )
 
@@ -319,6 +365,7 @@ class RedisBroker(Broker):
                 ("add_presence", _ADD_PRESENCE),
                 ("remove_presence", _REMOVE_PRESENCE),
                 ("presence", _PRESENCE),
+                ("presence_stats", _PRESENCE_STATS),
                 ("heartbeat", _HEARTBEAT),
                 ("nodes", _NODES),
             )
@@ -590,6 +637,12 @@ class RedisBroker(Broker):
         values = await self._script("presence", self._presence_keys(channel), [])
         return [info for value in values if (info := _info(value)) is not None]
 
+    async def presence_stats(self, channel: str) -> PresenceStats:
+        clients, users = await self._script(
+            "presence_stats", self._presence_keys(channel), []
+        )
+        return PresenceStats(int(clients), int(users))
+
     # -- calls -------------------------------------------------------------------
 
     def _key(self, name: str) -> str:
@@ -625,6 +678,7 @@ class RedisBroker(Broker):
         return [
             self._key(f"{{{channel}}}:presence"),
             self._key(f"{{{channel}}}:presence-exp"),
+            self._key(f"{{{channel}}}:presence-users"),
         ]
 
     def _pubsub_name(self, channel: str) -> bytes:

@@ -3,7 +3,8 @@
 // usual. docs/hub.md documents the API; docs/protocol.md the wire.
 
 /** Who a client is: its connection id, its user id ("" when anonymous) and
- * the JSON the application gave it (its connect hook's `info`), if any. */
+ * the JSON the application gave it (its token's `info` claim, or its
+ * connect or subscribe hook's `info`), if any. */
 export interface ClientInfo {
   client: string;
   user: string;
@@ -48,6 +49,12 @@ export interface SubscriptionHandlers<T = unknown> {
   onUnsubscribe?(): unknown;
   /** Resume from a known position on the first subscribe. */
   since?: Position;
+}
+
+/** How many are present on a channel: connections, and distinct users. */
+export interface PresenceStats {
+  clients: number;
+  users: number;
 }
 
 /** A history answer; with `since`, `complete: false` and no publications
@@ -170,5 +177,7 @@ export class Subscription<T = unknown> {
   active: boolean;
   unsubscribe(): Promise<void>;
   presence(): Promise<ClientInfo[]>;
+  /** How many clients, and distinct users, are subscribed on the whole hub. */
+  presenceStats(): Promise<PresenceStats>;
   history(options?: { limit?: number; since?: Position }): Promise<HistoryResult<T>>;
 }

@@ -563,9 +563,15 @@ export class Subscription {
     );
   }
 
-  /** Who is subscribed: a Promise of [{client, user}, ...]. */
+  /** Who is subscribed: a Promise of [{client, user, info?}, ...]. */
   presence() {
     return this.hub._call("presence", { channel: this.channel }).then((r) => r.clients);
+  }
+
+  /** How many are subscribed on the whole hub, without listing them: a
+   * Promise of {clients, users}; cheap enough to poll on any channel. */
+  presenceStats() {
+    return this.hub._call("presence_stats", { channel: this.channel });
   }
 
   /** Kept publications: a Promise of {epoch, offset, publications}. With
