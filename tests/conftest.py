@@ -504,20 +504,13 @@ class Backend:
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(1024)
         self.port = self.sock.getsockname()[1]
-        # uvicorn takes the listening socket: connections wait in the
+        # The back end takes the listening socket: connections wait in the
         # kernel until it accepts, so no wait for it to be ready.
         self.proc = subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "uvicorn",
-                "--app-dir",
-                str(BACKEND_DIR),
-                "--fd",
+                str(BACKEND_DIR / "proxy_backend.py"),
                 str(self.sock.fileno()),
-                "--log-level",
-                "warning",
-                "proxy_backend:app",
             ],
             pass_fds=[self.sock.fileno()],
         )

@@ -82,3 +82,18 @@ app = Starlette(
         Route("/calls", calls, methods=["GET", "DELETE"]),
     ]
 )
+
+
+if __name__ == "__main__":
+    # Served on the listening socket whose descriptor is the argument, as
+    # uvicorn's --fd would, but known for TCP: --fd takes any socket for a
+    # Unix one, leaves Nagle on, and every answer then waits ~40 ms for a
+    # delayed ACK.
+    import socket
+    import sys
+
+    import uvicorn
+
+    listening = socket.socket(fileno=int(sys.argv[1]))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    asyncio.run(server.serve(sockets=[listening]))
