@@ -74,7 +74,7 @@ from .harness.loadgen import (
     sources,
     text_payload,
 )
-from .harness.servers import ready, ready_port
+from .harness.servers import ready, ready_port, stop_signal
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {
@@ -165,7 +165,7 @@ async def serve_hub(
             "ping_timeout": MAX_CHILD_SECONDS,
         },
     )
-    stop = _stop_with_stdin()
+    stop = stop_signal(MAX_CHILD_SECONDS, watch_stdin=True)
     async with Hub(config) as hub:
         ready(hub.port, version=tidings.__version__)
         await stop
@@ -188,35 +188,12 @@ async def serve_backend(fd: int) -> None:
             access_log=False,
         )
     )
-    stop = _stop_with_stdin()
+    stop = stop_signal(MAX_CHILD_SECONDS, watch_stdin=True)
     stop.add_done_callback(lambda _: setattr(server, "should_exit", True))
     # Not uvicorn's --fd, which takes any socket for a Unix one
     # (socket.fromfd(fd, AF_UNIX, ...)), so that its connections go without
     # TCP_NODELAY: every answer then waits 40 ms for a delayed ACK.
     await server.serve(sockets=[socket.socket(fileno=fd)])
-
-
-def _stop_with_stdin() -> asyncio.Future[None]:
-    """A future done when stdin closes, or after MAX_CHILD_SECONDS."""
-    loop = asyncio.get_running_loop()
-    stop: asyncio.Future[None] = loop.create_future()
-
-    def done() -> None:
-        if not stop.done():
-            stop.set_result(None)
-
-    def readable() -> None:
-        try:
-            data = os.read(0, 4096)
-        except OSError:
-            data = b""
-        if not data:
-            loop.remove_reader(0)
-            done()
-
-    loop.add_reader(0, readable)
-    loop.call_later(MAX_CHILD_SECONDS, done)
-    return stop
 
 
 class Children:

@@ -123,23 +123,8 @@ async def test_invalid_configuration_is_one_line_naming_the_key(tmp_path: Path) 
 
 
 async def test_token_mints_a_token_the_hub_accepts() -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tidings",
-        "token",
-        "--user",
-        "alice",
-        "--channels",
-        "chat:*",
-        "--secret",
-        SECRET,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(BOUND):
-        out, err = await proc.communicate()
-    assert proc.returncode == 0, err
+    code, out, err = await mint("--channels", "chat:*")
+    assert code == 0, err
     claims = jwt.decode(out.strip(), SECRET, algorithms=["HS256"])
     assert claims["sub"] == "alice" and claims["channels"] == ["chat:*"]
 

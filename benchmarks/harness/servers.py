@@ -520,7 +520,9 @@ def _loop_name() -> str:
     return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
 
 
-async def _serve(args: argparse.Namespace) -> None:
+def stop_signal(max_seconds: float, *, watch_stdin: bool) -> asyncio.Future[None]:
+    """A future done after ``max_seconds``, or when stdin closes (the
+    runner that started this process is gone) if ``watch_stdin``."""
     loop = asyncio.get_running_loop()
     stop: asyncio.Future[None] = loop.create_future()
 
@@ -537,11 +539,16 @@ async def _serve(args: argparse.Namespace) -> None:
             loop.remove_reader(0)
             stop_now()
 
+    if watch_stdin:
+        loop.add_reader(0, stdin_readable)
+    loop.call_later(max_seconds, stop_now)
+    return stop
+
+
+async def _serve(args: argparse.Namespace) -> None:
     if (args.server in HUB_SERVERS) != (args.mode == "hub"):
         raise ValueError(f"{args.server} does not serve mode {args.mode}")
-    if args.watch_stdin:
-        loop.add_reader(0, stdin_readable)
-    loop.call_later(args.max_seconds, stop_now)
+    stop = stop_signal(args.max_seconds, watch_stdin=args.watch_stdin)
     main = MAINS[args.server]
     if args.redis is not None:
         if args.server not in HUB_SERVERS:

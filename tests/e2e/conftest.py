@@ -235,3 +235,22 @@ async def browser(chromium: Browser) -> AsyncIterator[Browser]:
 async def hub() -> AsyncIterator[Hub]:
     async with Hub(HubConfig(port=0)) as hub:
         yield hub
+
+
+#: A network that breaks the WebSocket Upgrade: every WebSocket the page
+#: makes fails as such a network makes it fail, closing with 1006 unopened.
+NO_WEBSOCKET = """
+window.WebSocket = class {
+    static CLOSED = 3;
+    constructor(url) {
+        this.url = url;
+        this.readyState = 0;
+        setTimeout(() => {
+            this.readyState = 3;
+            this.onclose?.({ code: 1006, reason: "" });
+        }, 20);
+    }
+    send() { throw new Error("not open"); }
+    close() { this.readyState = 3; }
+};
+"""

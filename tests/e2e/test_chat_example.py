@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from .conftest import BOUND, Browser, Page
+from .conftest import BOUND, NO_WEBSOCKET, Browser, Page
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -369,24 +369,6 @@ async def test_run_py_stops_the_app_and_the_hub(chat: Chat) -> None:
     for port in (chat.app_port, chat.hub_port):
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=BOUND).close()
-
-
-#: A network that breaks the WebSocket Upgrade (as in test_demo.py).
-NO_WEBSOCKET = """
-window.WebSocket = class {
-    static CLOSED = 3;
-    constructor(url) {
-        this.url = url;
-        this.readyState = 0;
-        setTimeout(() => {
-            this.readyState = 3;
-            this.onclose?.({ code: 1006, reason: "" });
-        }, 20);
-    }
-    send() { throw new Error("not open"); }
-    close() { this.readyState = 3; }
-};
-"""
 
 
 async def test_the_page_works_where_websocket_is_blocked(

@@ -19,7 +19,7 @@ import pytest
 
 from tidings.hub import Hub
 
-from .conftest import BOUND, Browser, Page
+from .conftest import BOUND, NO_WEBSOCKET, Browser, Page
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -82,24 +82,6 @@ async def send(page: Page, text: str) -> None:
     await page.fill("#text", text)
     await page.press("#text", "Enter")
 
-
-#: A network that breaks the WebSocket Upgrade: every WebSocket the page
-#: makes fails as such a network makes it fail, closing with 1006 unopened.
-NO_WEBSOCKET = """
-window.WebSocket = class {
-    static CLOSED = 3;
-    constructor(url) {
-        this.url = url;
-        this.readyState = 0;
-        setTimeout(() => {
-            this.readyState = 3;
-            this.onclose?.({ code: 1006, reason: "" });
-        }, 20);
-    }
-    send() { throw new Error("not open"); }
-    close() { this.readyState = 3; }
-};
-"""
 
 #: And one that buffers streamed responses: no Server-Sent Events either.
 NO_STREAMS = """

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -24,7 +23,6 @@ from tidings.hub.hooks import (
 )
 
 from ..conftest import Peer
-from .conftest import BOUND
 
 NAMESPACES = {
     "room": NamespaceConfig(
@@ -42,26 +40,6 @@ def make_hub(namespaces: Any = NAMESPACES, **proxy: Any) -> Hub:
         port=0, demo=False, namespaces=namespaces, proxy=ProxyConfig(**proxy)
     )
     return Hub(config)
-
-
-@pytest.fixture
-async def peers() -> AsyncIterator[Any]:
-    """``peer = await open(hub, headers)``: a WebSocket that has not sent
-    connect yet."""
-    opened: list[Peer] = []
-
-    async def open_peer(hub: Hub, headers: Any = ()) -> Peer:
-        ws = await tidings.connect(
-            f"ws://127.0.0.1:{hub.port}/ws", headers=list(headers)
-        )
-        peer = Peer(ws, hub)
-        peer.bound = BOUND
-        opened.append(peer)
-        return peer
-
-    yield open_peer
-    for peer in opened:
-        await peer.ws.close()
 
 
 def steered() -> Hub:
@@ -102,10 +80,12 @@ def steered() -> Hub:
 
 
 async def test_python_hooks_decide_connect_subscribe_publish_and_rpc(
-    peers: Any,
+    connect: Any,
 ) -> None:
     async with steered() as hub:
-        alice = await peers(hub, [("Cookie", "theme=dark; session=s3cret")])
+        alice = await connect(
+            hub, hello=False, headers=[("Cookie", "theme=dark; session=s3cret")]
+        )
         result = await alice.result("connect")
         assert (result["user"], result["info"], result["data"]) == (
             "alice",
@@ -129,18 +109,18 @@ async def test_python_hooks_decide_connect_subscribe_publish_and_rpc(
         assert await alice.result("rpc", method="m", data=[1]) == {
             "data": {"method": "m", "echo": [1]}
         }
-        stranger = await peers(hub)
+        stranger = await connect(hub, hello=False)
         assert await stranger.error("connect") == (401, "log in first")
-        bob = await peers(hub, [("Cookie", "session=b0b")])
+        bob = await connect(hub, hello=False, headers=[("Cookie", "session=b0b")])
         await bob.send({"id": 1, "op": "connect"})
         assert await bob.closed() == 4403
 
 
 async def test_a_private_user_channel_is_decided_by_its_name_not_the_hook(
-    peers: Any,
+    connect: Any,
 ) -> None:
     async with steered() as hub:
-        alice = await peers(hub, [("Cookie", "session=s3cret")])
+        alice = await connect(hub, hello=False, headers=[("Cookie", "session=s3cret")])
         await alice.result("connect")
         # The subscribe hook would refuse both ("members only").
         await alice.result("subscribe", channel="room:dm#alice,bob")
@@ -160,12 +140,12 @@ async def test_a_private_user_channel_is_decided_by_its_name_not_the_hook(
 
 
 async def test_a_hook_that_raises_is_500_and_one_too_slow_is_503(
-    peers: Any, caplog: pytest.LogCaptureFixture
+    connect: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     hub = steered()
     hub.hooks.timeout = 0.2  # type: ignore[union-attr]
     async with hub:
-        alice = await peers(hub, [("Cookie", "session=s3cret")])
+        alice = await connect(hub, hello=False, headers=[("Cookie", "session=s3cret")])
         await alice.result("connect")
         assert (await alice.error("rpc", method="fail"))[0] == 500
         assert "a bug in the application" in caplog.text
@@ -225,16 +205,16 @@ async def test_a_namespace_the_application_decides_needs_its_hook() -> None:
     ids=["wrong-type", "info-too-big", "bad-channel"],
 )
 async def test_an_answer_that_breaks_the_rules_is_a_500_not_a_yes(
-    peers: Any, answer: Any, caplog: pytest.LogCaptureFixture
+    connect: Any, answer: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR)
     hub = make_hub({})
 
     @hub.on_connect
-    async def connect(context: HookContext) -> Any:
+    async def decide(context: HookContext) -> Any:
         return answer() if callable(answer) else answer
 
     async with hub:
-        peer = await peers(hub)
+        peer = await connect(hub, hello=False)
         assert (await peer.error("connect"))[0] == 500
         assert (await peer.error("ping"))[0] == 401  # not connected

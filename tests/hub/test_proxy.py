@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,41 +18,18 @@ import tidings
 from tidings.hub import Hub, HubConfig
 from tidings.hub.brokers.redis import RedisBroker
 
-from ..conftest import Backend, Peer, free_port, hooks_at, http_request, wait_for
+from ..conftest import Backend, free_port, hooks_at, http_request, wait_for
 from .conftest import BOUND, HOOKED_NAMESPACES, SECRET, as_user
-
-
-@pytest.fixture
-async def peers() -> AsyncIterator[Any]:
-    """``peer = await open(hub, **headers)``: a WebSocket to the hub that
-    has not sent connect yet."""
-    opened: list[Peer] = []
-
-    async def open_peer(hub: Hub, headers: Any = ()) -> Peer:
-        ws = await tidings.connect(
-            f"ws://127.0.0.1:{hub.port}/ws", headers=list(headers)
-        )
-        peer = Peer(ws, hub)
-        peer.bound = BOUND
-        opened.append(peer)
-        return peer
-
-    yield open_peer
-    for peer in opened:
-        await peer.ws.close()
-
 
 # -- connect ------------------------------------------------------------------------
 
 
 async def test_connect_is_decided_by_the_back_end_with_the_listed_headers(
-    start_hooked: Any, peers: Any, backend: Backend
+    start_hooked: Any, connect: Any, backend: Backend
 ) -> None:
     hub = await start_hooked(headers=["Cookie", "User-Agent"])
-    peer = await peers(
-        hub,
-        [("Cookie", "session=s3cret"), ("X-Other", "not passed"), ("User-Agent", "t")],
-    )
+    headers = [("Cookie", "session=s3cret"), ("X-Other", "no"), ("User-Agent", "t")]
+    peer = await connect(hub, hello=False, headers=headers)
     info = {"name": "Alice", "avatar": "/a.png"}
     result = await peer.result(
         "connect", data=as_user("alice", info=info, data={"motd": "hi"})
@@ -68,10 +44,10 @@ async def test_connect_is_decided_by_the_back_end_with_the_listed_headers(
 
 
 async def test_a_token_skips_the_connect_hook(
-    start_hooked: Any, peers: Any, backend: Backend
+    start_hooked: Any, connect: Any, backend: Backend
 ) -> None:
     hub = await start_hooked()
-    peer = await peers(hub)
+    peer = await connect(hub, hello=False)
     token = tidings.hub.mint_token(SECRET, "bob")
     assert (await peer.result("connect", token=token))["user"] == "bob"
     assert await backend.calls("connect") == []
@@ -103,11 +79,11 @@ async def test_a_token_skips_the_connect_hook(
     ],
 )
 async def test_a_connect_the_back_end_does_not_accept_is_never_a_yes(
-    start_hooked: Any, peers: Any, backend: Backend, spec: Any, code: int
+    start_hooked: Any, connect: Any, backend: Backend, spec: Any, code: int
 ) -> None:
     hub = await start_hooked()
     await backend.script(connect=spec)
-    peer = await peers(hub)
+    peer = await connect(hub, hello=False)
     error_code, _ = await peer.error("connect", data=as_user("mallory"))
     assert error_code == code
     if code == 503:
@@ -123,31 +99,31 @@ async def test_a_connect_the_back_end_does_not_accept_is_never_a_yes(
 
 
 async def test_a_back_end_that_disconnects_closes_with_its_code(
-    start_hooked: Any, peers: Any, backend: Backend
+    start_hooked: Any, connect: Any, backend: Backend
 ) -> None:
     hub = await start_hooked()
     await backend.script(
         connect={"body": {"disconnect": {"code": 4403, "reason": "banned"}}}
     )
-    peer = await peers(hub)
+    peer = await connect(hub, hello=False)
     await peer.send({"id": 1, "op": "connect"})
     assert await peer.closed() == 4403
     assert peer.ws.close_reason == "banned"
 
 
 async def test_a_back_end_too_slow_or_gone_is_503_within_the_timeout(
-    start_hooked: Any, peers: Any, backend: Backend
+    start_hooked: Any, connect: Any, backend: Backend
 ) -> None:
     hub = await start_hooked(timeout=0.3)
     await backend.script(connect={"delay": 3})
-    peer = await peers(hub)
+    peer = await connect(hub, hello=False)
     started = time.monotonic()
     assert (await peer.error("connect"))[0] == 503
     assert time.monotonic() - started < 3  # not the back end's pace
     assert hub.metrics.hook_calls["connect", "timeout"] == 1
     # Nobody listening there.
     gone = await start_hooked(connect=f"http://127.0.0.1:{free_port()}/connect")
-    peer = await peers(gone)
+    peer = await connect(gone, hello=False)
     assert (await peer.error("connect"))[0] == 503
     assert gone.metrics.hook_calls["connect", "unreachable"] == 1
     metrics = await http_request(gone.port, "GET", "/metrics")
@@ -158,13 +134,13 @@ async def test_a_back_end_too_slow_or_gone_is_503_within_the_timeout(
 
 
 async def test_a_slow_back_end_holds_a_bounded_number_of_calls_and_the_hub_serves_on(
-    start_hooked: Any, peers: Any, backend: Backend
+    start_hooked: Any, connect: Any, backend: Backend
 ) -> None:
     hub = await start_hooked(timeout=0.5, max_in_flight=8)
     await backend.script(connect={"delay": 5})
     # A subscriber of another channel, through a token: it must hear every
     # publication while a thousand connects wait on the back end.
-    listener = await peers(hub)
+    listener = await connect(hub, hello=False)
     await listener.result("connect", token=tidings.hub.mint_token(SECRET, "l"))
     await listener.result("subscribe", channel="news:live")
 
@@ -202,10 +178,10 @@ async def test_a_slow_back_end_holds_a_bounded_number_of_calls_and_the_hub_serve
 
 
 async def test_subscribe_is_the_back_ends_to_decide_and_info_is_per_channel(
-    start_hooked: Any, peers: Any, backend: Backend
+    start_hooked: Any, connect: Any, backend: Backend
 ) -> None:
     hub = await start_hooked()
-    alice = await peers(hub)
+    alice = await connect(hub, hello=False)
     await alice.result("connect", data=as_user("alice", info={"name": "Alice"}))
     await backend.script(
         subscribe={"body": {"result": {"info": {"name": "Alice", "role": "host"}}}}
@@ -228,10 +204,10 @@ async def test_subscribe_is_the_back_ends_to_decide_and_info_is_per_channel(
 
 
 async def test_publish_may_be_refused_or_rewritten_and_keeps_its_order(
-    start_hooked: Any, peers: Any, backend: Backend
+    start_hooked: Any, connect: Any, backend: Backend
 ) -> None:
     hub = await start_hooked()
-    alice = await peers(hub)
+    alice = await connect(hub, hello=False)
     connected = await alice.result(
         "connect", data=as_user("alice", info={"name": "Alice"})
     )
@@ -263,10 +239,10 @@ async def test_publish_may_be_refused_or_rewritten_and_keeps_its_order(
 
 
 async def test_rpc_answers_with_the_back_ends_data(
-    start_hooked: Any, peers: Any, backend: Backend
+    start_hooked: Any, connect: Any, backend: Backend
 ) -> None:
     hub = await start_hooked()
-    peer = await peers(hub)
+    peer = await connect(hub, hello=False)
     await peer.result("connect", data=as_user("alice"))
     result = await peer.result("rpc", method="history.older", data={"before": 10})
     assert result == {"data": {"method": "history.older", "echo": {"before": 10}}}
@@ -276,17 +252,17 @@ async def test_rpc_answers_with_the_back_ends_data(
     assert await peer.error("rpc", method="nope") == (404, "no such method")
     assert (await peer.error("rpc", data=1))[0] == 400  # no method
     without = await start_hooked(rpc=None)
-    peer = await peers(without)
+    peer = await connect(without, hello=False)
     await peer.result("connect", data=as_user("alice"))
     assert (await peer.error("rpc", method="x"))[0] == 404
 
 
 async def test_refresh_extends_or_ends_a_proxied_connection(
-    start_hooked: Any, peers: Any, backend: Backend
+    start_hooked: Any, connect: Any, backend: Backend
 ) -> None:
     hub = await start_hooked()
     await backend.script(refresh={"body": {"result": {"expire_at": time.time() + 1}}})
-    peer = await peers(hub)
+    peer = await connect(hub, hello=False)
     await peer.result("connect", data=as_user("alice", expire_at=time.time() + 0.2))
     await wait_for(
         lambda: (
@@ -300,10 +276,10 @@ async def test_refresh_extends_or_ends_a_proxied_connection(
 
 
 async def test_server_side_channels_arrive_as_subscribe_pushes_and_recover(
-    start_hooked: Any, peers: Any, backend: Backend
+    start_hooked: Any, connect: Any, backend: Backend
 ) -> None:
     hub = await start_hooked()
-    peer = await peers(hub)
+    peer = await connect(hub, hello=False)
     await peer.result("connect", data=as_user("alice", channels=["news:s"]))
     push = await peer.push()
     assert push["channel"] == "news:s" and push["subscribe"]["offset"] == 0
@@ -313,7 +289,7 @@ async def test_server_side_channels_arrive_as_subscribe_pushes_and_recover(
     await peer.ws.close()
     await hub.publish("news:s", "two")
     # Back, with where it was: the push recovers what it missed.
-    again = await peers(hub)
+    again = await connect(hub, hello=False)
     await again.result(
         "connect",
         data=as_user("alice", channels=["news:s"]),
@@ -382,7 +358,7 @@ async def test_the_fallbacks_go_through_the_same_hooks(
 
 
 async def test_two_nodes_on_redis_ask_the_same_back_end_and_share_info(
-    backend: Backend, redis_server: Any, peers: Any
+    backend: Backend, redis_server: Any, connect: Any
 ) -> None:
     await backend.script()
     prefix = f"t{time.monotonic_ns()}:"
@@ -400,7 +376,8 @@ async def test_two_nodes_on_redis_ask_the_same_back_end_and_share_info(
             )
             for _ in range(2)
         ]
-        alice, bob = await peers(nodes[0]), await peers(nodes[1])
+        alice = await connect(nodes[0], hello=False)
+        bob = await connect(nodes[1], hello=False)
         alice_id = (
             await alice.result("connect", data=as_user("alice", info={"name": "Alice"}))
         )["client"]
