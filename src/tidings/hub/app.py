@@ -20,6 +20,7 @@ from ..engine.server import Server, serve
 from ..protocol import Request
 from . import demo
 from .api import handle_http
+from .auth import Tokens
 from .brokers.base import (
     Broker,
     BrokerUnavailable,
@@ -132,6 +133,8 @@ class Hub:
         #: This node's name among the hub's nodes.
         self.node = secrets.token_hex(6)
         self.metrics = Metrics()
+        #: Checks the tokens clients present.
+        self.tokens = Tokens(self.config)
         #: What the hub asks the application (docs/integrate.md), if anything.
         self.hooks: Hooks | None = None
         if self.config.proxy.enabled:

@@ -13,7 +13,7 @@ from typing import Any
 import jwt
 
 from ..exceptions import TidingsError
-from .config import NamespaceConfig
+from .config import HubConfig, NamespaceConfig
 from .hooks import MAX_INFO_BYTES, check_info
 from .wire import channel_users
 
@@ -21,6 +21,7 @@ __all__ = [
     "MAX_TOKEN_LENGTH",
     "AuthError",
     "Identity",
+    "Tokens",
     "api_key_matches",
     "can_publish",
     "can_subscribe",
@@ -83,17 +84,47 @@ def mint_token(
 
 
 def decode_token(token: object, secret: str | None) -> Identity:
-    """Verify ``token`` and return its identity; raise :class:`AuthError`."""
+    """Verify an HS256 ``token`` and return its identity; raise
+    :class:`AuthError`."""
+    return _identity(_verified(token, secret))
+
+
+class Tokens:
+    """The hub's token checks, against the keys its config names: what a
+    connection token says of its client, and the claims of any token the
+    hub was given (a channel token's, say)."""
+
+    def __init__(self, config: HubConfig) -> None:
+        self._secret = config.secret
+
+    async def claims(self, token: object) -> dict[str, Any]:
+        """The claims of ``token``, its signature and ``exp`` checked and
+        ``sub`` and ``exp`` present; raise :class:`AuthError`."""
+        return _verified(token, self._secret)
+
+    async def identity(self, token: object) -> Identity:
+        """Who a connection token says its client is, and what it may do;
+        raise :class:`AuthError`."""
+        return _identity(await self.claims(token))
+
+
+def _verified(token: object, secret: str | None) -> dict[str, Any]:
+    """The claims of an HS256 token signed with ``secret``."""
     if secret is None or not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
         raise AuthError("invalid token")
     try:
-        claims = jwt.decode(
+        claims: dict[str, Any] = jwt.decode(
             token, secret, algorithms=["HS256"], options={"require": ["sub", "exp"]}
         )
     except jwt.ExpiredSignatureError:
         raise AuthError("token expired") from None
     except (jwt.PyJWTError, ValueError):  # ValueError: lone surrogates
         raise AuthError("invalid token") from None
+    return claims
+
+
+def _identity(claims: dict[str, Any]) -> Identity:
+    """A connection token's identity, from its verified claims."""
     user = claims.get("sub")
     if not isinstance(user, str) or not user or not _encodable(user):
         raise AuthError("invalid token")

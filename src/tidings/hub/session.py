@@ -21,7 +21,6 @@ from .auth import (
     Identity,
     can_publish,
     can_subscribe,
-    decode_token,
     hook_decides,
     not_named,
 )
@@ -438,7 +437,7 @@ class Session:
         if op == "ping":
             return {}
         if op == "refresh":
-            return self._refresh(command)
+            return await self._refresh(command)
         if op == "rpc":
             hooks = self._hooks("rpc")
             if hooks is None:
@@ -502,7 +501,7 @@ class Session:
                 reply["data"] = answer.data
             return reply
         if token is not None:
-            self.identity = decode_token(token, self.hub.config.secret)
+            self.identity = await self.hub.tokens.identity(token)
         identity = self.identity
         if identity is None:
             self.info = ClientInfo(client, "")
@@ -565,11 +564,11 @@ class Session:
         offset, epoch = await self.hub.publish(channel, data, self.info_for(channel))
         return {"offset": offset, "epoch": epoch}
 
-    def _refresh(self, command: Command) -> dict[str, Any]:
+    async def _refresh(self, command: Command) -> dict[str, Any]:
         """Replace the connection's token before it expires. A refused
         token leaves the old one in force (until it expires)."""
         try:
-            identity = decode_token(command.token, self.hub.config.secret)
+            identity = await self.hub.tokens.identity(command.token)
         except AuthError as exc:
             raise CommandError(401, str(exc), command.id) from None
         if self.identity is None or identity.user != self.identity.user:

@@ -23,7 +23,7 @@ from urllib.parse import parse_qs
 from ..engine.http import HTTPResponse, HTTPStream, ResponseStream
 from ..exceptions import ConnectionClosed
 from ..protocol import Request
-from .auth import AuthError, can_subscribe, decode_token, hook_decides
+from .auth import AuthError, can_subscribe, hook_decides
 from .brokers.base import BrokerUnavailable, HistoryResult
 from .session import CLOSE_TRY_AGAIN, Session
 from .wire import (
@@ -105,7 +105,7 @@ async def handle_fallback(hub: Hub, request: Request) -> HTTPResponse | HTTPStre
 async def _answer(hub: Hub, request: Request) -> HTTPResponse | HTTPStream:
     try:
         if request.path == SSE_PATH:
-            return _open_stream(hub, request)
+            return await _open_stream(hub, request)
         if request.path == POLL_PATH:
             return await _poll(hub, request)
         return await _command(hub, request)
@@ -186,7 +186,9 @@ def _token(request: Request, params: dict[str, list[str]]) -> str | None:
     return tokens[0] if tokens else None
 
 
-def _channels(hub: Hub, params: dict[str, list[str]], token: str | None) -> list[str]:
+async def _channels(
+    hub: Hub, params: dict[str, list[str]], token: str | None
+) -> list[str]:
     """The channels asked for (perhaps none), once each, checked as a
     subscribe would be, so that a refusal is an HTTP status rather than a
     stream that fails."""
@@ -199,7 +201,7 @@ def _channels(hub: Hub, params: dict[str, list[str]], token: str | None) -> list
     identity = None
     if token is not None:
         try:
-            identity = decode_token(token, hub.config.secret)
+            identity = await hub.tokens.identity(token)
         except AuthError as exc:
             raise _Refusal(401, str(exc)) from None
     for channel in channels:
@@ -377,10 +379,10 @@ class EventStream:
         return True
 
 
-def _open_stream(hub: Hub, request: Request) -> HTTPStream:
+async def _open_stream(hub: Hub, request: Request) -> HTTPStream:
     params = _params(hub, request)
     token = _token(request, params)
-    channels = _channels(hub, params, token)
+    channels = await _channels(hub, params, token)
     positions = _positions(request, params, len(channels))
     client = _client(params)
 
@@ -469,7 +471,7 @@ _ERROR_CODE = re.compile(r'\{"id":\d+,"error":\{"code":(\d+)')
 async def _poll(hub: Hub, request: Request) -> HTTPResponse:
     params = _params(hub, request)
     token = _token(request, params)
-    channels = _channels(hub, params, token)
+    channels = await _channels(hub, params, token)
     if len(channels) != 1:
         raise _Refusal(400, "a poll names one channel (channel=NAME)")
     channel = channels[0]
