@@ -215,6 +215,7 @@ async def test_without_a_key_the_api_is_refused_on_a_public_address(
         (("POST", "/api/publish", {"data": 1}), 400),
         (("POST", "/api/publish", {"channel": "news:x"}), 400),
         (("POST", "/api/publish", {"channel": "bad name", "data": 1}), 400),
+        (("POST", "/api/publish", {"channel": "a@b:c", "data": 1}), 400),
         (("POST", "/api/publish", {"channel": "nope:x", "data": 1}), 404),
         (("POST", "/api/broadcast", {"channels": [], "data": 1}), 400),
         (("POST", "/api/broadcast", {"channels": "news:x", "data": 1}), 400),
@@ -469,3 +470,22 @@ async def test_bad_input_gets_a_4xx_and_one_log_line_without_traceback(
         "too many malformed commands"
     ]
     assert all(r.exc_info is None for r in caplog.records)
+
+
+async def test_a_full_node_refuses_new_clients_and_answers_everything_else(
+    start_hub: Any, connect: Any, http: Any
+) -> None:
+    hub = await start_hub(max_connections=2)
+    await connect(hub, node=hub)
+    await connect(hub, node=hub)
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(hub, node=hub, hello=False)
+    assert refused.value.status == 503
+    for path in ("/sse", "/poll"):
+        answer = await http(hub, "GET", f"{path}?channel=chat:full")
+        assert answer.status == 503, answer
+    # Publishing to a full node, and watching it, still work.
+    published = await http(hub, "POST", "/api/publish", {"channel": "chat:f", "data": 1})
+    assert published.status == 200, published
+    assert (await http(hub, "GET", "/healthz")).status == 200
+    assert (await http(hub, "GET", "/metrics")).status == 200

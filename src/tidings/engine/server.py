@@ -293,6 +293,9 @@ class Server:
         if (
             self.max_connections is not None
             and len(self._connections) > self.max_connections
+            # A full server still answers plain HTTP (a health check, an
+            # API call): process_request may refuse what would stay.
+            and "websocket" in (request.headers.get("Upgrade") or "").lower()
         ):
             self.logger.info("connection %s refused: server full", ws.remote_address)
             self._respond(

@@ -17,7 +17,7 @@ from . import demo
 from .auth import api_key_matches
 from .brokers.base import BrokerUnavailable, OutcomeUnknown
 from .transports import COMMAND_PATH, POLL_PATH, SSE_PATH, handle_fallback
-from .wire import CommandError, dumps, encode_position, parse_since, valid_channel
+from .wire import CommandError, channel_problem, dumps, encode_position, parse_since
 
 if TYPE_CHECKING:
     from .app import Hub
@@ -327,8 +327,10 @@ def _data(body: dict[str, Any]) -> Any:
 
 
 def _channel(hub: Hub, channel: Any) -> str:
-    if not isinstance(channel, str) or not valid_channel(channel):
-        raise ApiError(400, "channel is missing or invalid")
+    problem = channel_problem(channel)
+    if problem is not None:
+        raise ApiError(400, problem)
+    assert isinstance(channel, str)  # as channel_problem found
     if hub.config.namespace(channel) is None:
         raise ApiError(404, f"unknown namespace in {channel}")
     return channel

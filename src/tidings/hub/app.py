@@ -413,6 +413,13 @@ class Hub:
         """Clients connected to this node."""
         return len(self._sessions)
 
+    def full(self) -> bool:
+        """Whether this node refuses new clients (WebSocket, event stream or
+        poll) with 503: ``max_connections`` reached. The HTTP API, health
+        and metrics are answered all the same."""
+        most = self.config.max_connections
+        return most is not None and len(self._sessions) >= most
+
     def disconnect(self, user: str) -> int:
         """Close every connection of ``user`` to this node with 4003; return
         how many. :meth:`survey` ``("disconnect", user=...)`` does it on

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -13,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from ..exceptions import TidingsError
+from .wire import NAMESPACE_RE
 
 __all__ = ["ConfigError", "HubConfig", "NamespaceConfig", "ProxyConfig", "load_config"]
-
-_NAMESPACE_RE = re.compile(r"[A-Za-z0-9_\-.]{1,64}")
 
 
 class ConfigError(TidingsError):
@@ -293,7 +291,7 @@ def _namespaces(raw: Any) -> dict[str, NamespaceConfig]:
         raise ConfigError("namespaces must be a table of namespace tables")
     out = {}
     for name, options in raw.items():
-        if not _NAMESPACE_RE.fullmatch(name):
+        if not NAMESPACE_RE.fullmatch(name):
             raise ConfigError(
                 f"namespace name {name!r} must be 1-64 letters, digits, '_', '-' or '.'"
             )

@@ -330,6 +330,8 @@ class HubApp:
             answer = HTTPResponse(400, "this path does not take a WebSocket")
         if self._closing:
             answer = _SHUTTING_DOWN
+        elif answer is None and self.hub.full():
+            answer = _FULL
         if answer is not None:
             await self._deny(scope, send, answer)
             return
@@ -361,6 +363,7 @@ class HubApp:
 
 
 _SHUTTING_DOWN = HTTPResponse(503, "hub shutting down", [("Retry-After", "1")])
+_FULL = HTTPResponse(503, "server is full, try again later", [("Retry-After", "1")])
 
 
 class _TooLarge(Exception):

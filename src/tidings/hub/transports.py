@@ -28,13 +28,13 @@ from .brokers.base import BrokerUnavailable, HistoryResult
 from .session import CLOSE_TRY_AGAIN, Session
 from .wire import (
     CommandError,
+    channel_problem,
     dumps,
     encode_error,
     encode_position,
     parse_command,
     pub_position,
     reply_position,
-    valid_channel,
 )
 
 if TYPE_CHECKING:
@@ -192,6 +192,8 @@ async def _channels(
     """The channels asked for (perhaps none), once each, checked as a
     subscribe would be, so that a refusal is an HTTP status rather than a
     stream that fails."""
+    if hub.full():
+        raise _Refusal(503, "server is full, try again later")
     channels = params.get("channel", [])
     most = hub.config.max_subscriptions
     if len(channels) > most:
@@ -205,8 +207,9 @@ async def _channels(
         except AuthError as exc:
             raise _Refusal(401, str(exc)) from None
     for channel in channels:
-        if not valid_channel(channel):
-            raise _Refusal(400, f"invalid channel {channel[:100]!r}")
+        problem = channel_problem(channel)
+        if problem is not None:
+            raise _Refusal(400, problem)
         namespace = hub.config.namespace(channel)
         if namespace is None:
             raise _Refusal(404, f"unknown namespace in {channel}")

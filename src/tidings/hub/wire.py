@@ -19,6 +19,7 @@ __all__ = [
     "Command",
     "CommandError",
     "Raw",
+    "channel_problem",
     "channel_users",
     "encode_data",
     "encode_error",
@@ -49,14 +50,14 @@ OPS = frozenset(
 _CHANNEL_OPS = frozenset(
     {"subscribe", "unsubscribe", "publish", "presence", "presence_stats", "history"}
 )
+#: A namespace's name, which its channels' names begin with.
+NAMESPACE_RE = re.compile(r"[A-Za-z0-9_\-.]{1,64}")
 _NAME_CHARS = r"[A-Za-z0-9_\-.@/=:]"
 #: ``namespace:rest``, and for a private user channel ``#`` and the user
 #: ids it is for, separated by commas (``chat:dm#alice,bob``): ``#`` and
 #: ``,`` are allowed there only, so that the users a name stands for are
 #: never ambiguous. No id is empty.
-CHANNEL_RE = re.compile(
-    rf"[A-Za-z0-9_\-.@/=]+:{_NAME_CHARS}*(?:#{_NAME_CHARS}+(?:,{_NAME_CHARS}+)*)?"
-)
+_REST_RE = re.compile(rf"{_NAME_CHARS}*(?:#{_NAME_CHARS}+(?:,{_NAME_CHARS}+)*)?")
 MAX_CHANNEL_LENGTH = 255
 _MAX_ID = 2**53  # what a JavaScript number holds exactly
 MAX_METHOD_LENGTH = 255
@@ -111,8 +112,9 @@ def parse_command(text: str) -> Command:
     channel = ""
     if op in _CHANNEL_OPS:
         channel = raw.get("channel")  # type: ignore[assignment]
-        if not isinstance(channel, str) or not valid_channel(channel):
-            raise CommandError(400, "invalid or missing channel", id)
+        problem = channel_problem(channel)
+        if problem is not None:
+            raise CommandError(400, problem, id)
     token = raw.get("token")
     if token is not None and not isinstance(token, str):
         raise CommandError(400, "token must be a string", id)
@@ -154,9 +156,28 @@ def _subs(value: Any, id: int) -> dict[str, tuple[int, str]]:
 
 def valid_channel(channel: str) -> bool:
     """True for names like ``chat:lobby`` (docs/protocol.md, Channels)."""
-    return (
-        len(channel) <= MAX_CHANNEL_LENGTH and CHANNEL_RE.fullmatch(channel) is not None
-    )
+    return channel_problem(channel) is None
+
+
+def channel_problem(channel: object) -> str | None:
+    """Why ``channel`` is not a valid channel name, or None if it is."""
+    if not isinstance(channel, str) or not channel:
+        return "a channel must be a non-empty string"
+    if len(channel) > MAX_CHANNEL_LENGTH:
+        return f"a channel name has at most {MAX_CHANNEL_LENGTH} characters"
+    namespace, colon, rest = channel.partition(":")
+    if not colon or NAMESPACE_RE.fullmatch(namespace) is None:
+        return (
+            f"invalid channel {channel[:100]!r}: a channel is NAMESPACE:NAME, and a "
+            "namespace has 1-64 letters, digits, '_', '-' or '.'"
+        )
+    if _REST_RE.fullmatch(rest) is None:
+        return (
+            f"invalid channel {channel[:100]!r}: after its namespace, a name has "
+            "letters, digits and ': _ - . @ / =', then for a private user channel "
+            "'#' and user ids separated by ','"
+        )
+    return None
 
 
 def channel_users(channel: str) -> frozenset[str] | None:
