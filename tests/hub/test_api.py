@@ -485,7 +485,9 @@ async def test_a_full_node_refuses_new_clients_and_answers_everything_else(
         answer = await http(hub, "GET", f"{path}?channel=chat:full")
         assert answer.status == 503, answer
     # Publishing to a full node, and watching it, still work.
-    published = await http(hub, "POST", "/api/publish", {"channel": "chat:f", "data": 1})
+    published = await http(
+        hub, "POST", "/api/publish", {"channel": "chat:f", "data": 1}
+    )
     assert published.status == 200, published
     assert (await http(hub, "GET", "/healthz")).status == 200
     assert (await http(hub, "GET", "/metrics")).status == 200
