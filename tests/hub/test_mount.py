@@ -582,3 +582,25 @@ async def test_the_connect_hook_of_docs_asgi_md_runs(serve_app: Any) -> None:
     async with asyncio.timeout(BOUND), websockets.connect(served.ws) as ws:
         await ws.send(json.dumps({"id": 1, "op": "connect"}))
         assert json.loads(await ws.recv())["error"]["code"] == 401
+
+
+async def test_a_full_mounted_hub_refuses_new_clients_only(serve_app: Any) -> None:
+    hub = make_hub(max_connections=1)
+    served = await serve_app(make_app(hub))
+    async with asyncio.timeout(BOUND):
+        first = await websockets.connect(served.ws)
+    try:
+        await first.send(json.dumps({"id": 1, "op": "connect"}))
+        assert "result" in json.loads(await first.recv())
+        with pytest.raises((WsInvalidStatus, WsClosed)):
+            async with websockets.connect(served.ws) as second:
+                await second.recv()
+        sse = await http_request(served.port, "GET", "/realtime/sse?channel=chat:a")
+        assert sse.status == 503, sse
+        body = {"channel": "chat:a", "data": 1}
+        published = await http_request(
+            served.port, "POST", "/realtime/api/publish", body
+        )
+        assert published.status == 200, published
+    finally:
+        await first.close()
