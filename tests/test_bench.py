@@ -553,3 +553,32 @@ def test_proxy_quick(tmp_path: Path) -> None:
         for line in proc.stdout.splitlines():
             if line.startswith(f"| {pair.key} ({pair.unit}) |"):
                 assert f"{pair.hooked}: " in line and any(c.isdigit() for c in line)
+
+
+def test_features_quick() -> None:
+    """benchmarks/features.py in a few calls on both brokers: every pair
+    has a row with numbers on each. Nothing about speed."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.features",
+            "--calls",
+            "20",
+            "--rounds",
+            "2",
+            "--presence",
+            "50",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=SMOKE_TIMEOUT,
+        check=False,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")][1:]
+    brokers = {"memory", "redis"} if shutil.which("redis-server") else {"memory"}
+    assert {row.split(" | ")[1] for row in rows} == brokers
+    assert len(rows) == 2 * len(brokers)
+    assert all(row.endswith("x |") for row in rows), rows
