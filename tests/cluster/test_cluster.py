@@ -290,6 +290,48 @@ async def test_presence_spans_nodes_and_a_killed_nodes_clients_expire_and_recove
         assert time.monotonic() - start < SURVEY_TIMEOUT
 
 
+async def test_presence_info_spans_nodes_and_outlives_a_killed_node(
+    cluster: Cluster, redis: RedisServer
+) -> None:
+    a, b = await cluster.start(2, redis, presence_ttl=1.5)
+    channel = "chat:info"
+    alice_info, bob_info = {"name": "Alice", "avatar": "/a.png"}, ["Bob", 2]
+    alice = await cluster.connect(a, mint_token(SECRET, "alice", info=alice_info))
+    bob = await cluster.connect(b, mint_token(SECRET, "bob", info=bob_info))
+    alice_json = {"client": alice.client, "user": "alice", "info": alice_info}
+    bob_json = {"client": bob.client, "user": "bob", "info": bob_info}
+    await alice.result("subscribe", channel=channel)
+    assert await alice.push() == {"channel": channel, "join": alice_json}
+    await bob.result("subscribe", channel=channel)
+    # Each learns of the other, with its info, across the nodes.
+    assert await alice.push() == {"channel": channel, "join": bob_json}
+    assert await bob.push() == {"channel": channel, "join": bob_json}
+    clients = (await alice.result("presence", channel=channel))["clients"]
+    assert sorted(clients, key=lambda c: c["user"]) == [alice_json, bob_json]
+    assert await bob.result("presence_stats", channel=channel) == {
+        "clients": 2,
+        "users": 2,
+    }
+    await a.kill()
+
+    async def only_bob() -> bool:
+        answer = await api(b, "GET", f"/api/presence?channel={channel}")
+        return bool(answer["clients"] == [bob_json])
+
+    await wait_for(only_bob, "the killed node's client to leave presence")
+    assert await bob.result("presence_stats", channel=channel) == {
+        "clients": 1,
+        "users": 1,
+    }
+    # Alice comes back on B with her info; Bob sees her join again.
+    again = await cluster.connect(b, mint_token(SECRET, "alice", info=alice_info))
+    await again.result("subscribe", channel=channel)
+    assert await bob.push() == {
+        "channel": channel,
+        "join": {**alice_json, "client": again.client},
+    }
+
+
 # -- 5. /api/disconnect reaches every node --------------------------------------
 
 
