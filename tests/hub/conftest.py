@@ -12,17 +12,12 @@ recovery crosses nodes.
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
-import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 import tidings
 from tidings.hub import Broker, Hub, HubConfig, MemoryBroker, NamespaceConfig
@@ -155,55 +150,6 @@ def mint() -> Callable[..., str]:
         return _mint_token(SECRET, user, **claims)
 
     return mint
-
-
-@dataclass(frozen=True)
-class KeyPair:
-    """A signing key as PEM files hold it, and the algorithm it signs with."""
-
-    private: bytes
-    public: bytes
-    algorithm: str
-
-    def jwk(self, kid: str) -> dict[str, Any]:
-        """The public key as a JWKS lists it."""
-        key = serialization.load_pem_public_key(self.public)
-        jwk = jwt.get_algorithm_by_name(self.algorithm).to_jwk(key, as_dict=True)
-        return {**jwk, "kid": kid, "use": "sig", "alg": self.algorithm}
-
-    def mint(self, user: str, **claims: Any) -> str:
-        """A token for ``user`` signed with this key."""
-        return _mint_token(self.private, user, **claims)
-
-
-#: The kinds of key a hub checks tokens with, and their algorithms.
-KEY_KINDS = {"rsa": "RS256", "ec": "ES256", "ed25519": "EdDSA"}
-
-
-@functools.cache
-def key_pair(kind: str, n: int = 0) -> KeyPair:
-    """The ``n``-th key of ``kind`` (rsa, ec, ed25519, or ec384, which no
-    hub takes), made once per test session."""
-    private: Any
-    if kind == "rsa":
-        private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    elif kind.startswith("ec"):
-        curve = ec.SECP384R1() if kind == "ec384" else ec.SECP256R1()
-        private = ec.generate_private_key(curve)
-    else:
-        private = ed25519.Ed25519PrivateKey.generate()
-    return KeyPair(
-        private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-        private.public_key().public_bytes(
-            serialization.Encoding.PEM,
-            serialization.PublicFormat.SubjectPublicKeyInfo,
-        ),
-        KEY_KINDS.get(kind, "ES384"),
-    )
 
 
 Connect = Callable[..., Awaitable[Peer]]

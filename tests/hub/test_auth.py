@@ -29,7 +29,7 @@ from tidings.hub.auth import (
 )
 from tidings.hub.config import NamespaceConfig
 
-from .conftest import KEY_KINDS, KeyPair, key_pair
+from ..conftest import KEY_KINDS, KeyPair, key_pair
 
 SECRET = "a test secret that is 32+ bytes long"
 

@@ -19,8 +19,8 @@ from tidings.hub import Client, Hub, HubError, MemoryBroker, keys
 from tidings.hub.auth import AuthError
 from tidings.hub.keys import KeysUnavailable
 
-from ..conftest import free_port
-from .conftest import HTTP, NAMESPACES, Connect, KeyPair, hub_config, key_pair
+from ..conftest import KeyPair, free_port, key_pair
+from .conftest import HTTP, NAMESPACES, Connect, hub_config
 from .test_auth import CLAIMS, hand_signed
 
 BOUND = 10
