@@ -583,11 +583,12 @@ KEY_KINDS = {"rsa": "RS256", "ec": "ES256", "ed25519": "EdDSA"}
 
 @functools.cache
 def key_pair(kind: str, n: int = 0) -> KeyPair:
-    """The ``n``-th key of ``kind`` (rsa, ec, ed25519, or ec384, which no
-    hub takes), made once per test session."""
+    """The ``n``-th key of ``kind`` (rsa, ec, ed25519; or rsa1024 and ec384,
+    which no hub takes), made once per test session."""
     private: Any
-    if kind == "rsa":
-        private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if kind.startswith("rsa"):
+        bits = 1024 if kind == "rsa1024" else 2048
+        private = rsa.generate_private_key(public_exponent=65537, key_size=bits)
     elif kind.startswith("ec"):
         curve = ec.SECP384R1() if kind == "ec384" else ec.SECP256R1()
         private = ec.generate_private_key(curve)
@@ -603,5 +604,5 @@ def key_pair(kind: str, n: int = 0) -> KeyPair:
             serialization.Encoding.PEM,
             serialization.PublicFormat.SubjectPublicKeyInfo,
         ),
-        KEY_KINDS.get(kind, "ES384"),
+        {**KEY_KINDS, "rsa1024": "RS256", "ec384": "ES384"}[kind],
     )

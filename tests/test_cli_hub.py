@@ -231,7 +231,7 @@ async def test_serve_refuses_a_public_key_it_cannot_use(tmp_path: Path) -> None:
     async with asyncio.timeout(BOUND):
         _, err = await proc.communicate()
     assert proc.returncode == 1 and len(err.splitlines()) == 1, err
-    assert b"token_public_key" in err and b"not an RSA, EC P-256 or Ed25519" in err
+    assert b"token_public_key" in err and b"not an RSA key (2048 bits or more)" in err
 
 
 async def test_serve_asks_the_application_named_in_tidings_proxy_variables() -> None:

@@ -409,7 +409,8 @@ async def test_a_token_for_an_audience_the_hub_does_not_name_is_refused(
         (key_pair("rsa").private, "ES256", "signs with RS256, RS384, RS512"),
         (key_pair("rsa").private, "HS256", "not 'HS256'"),
         (key_pair("ec").private, "none", "not 'none'"),
-        (key_pair("ec384").private, None, "not an RSA, EC P-256 or Ed25519 key"),
+        (key_pair("ec384").private, None, "not an RSA key (2048 bits or more), an"),
+        (key_pair("rsa1024").private, None, "not an RSA key (2048 bits or more), an"),
         (key_pair("ec").public, None, "not an unencrypted PEM private key"),
         (b"-----BEGIN PRIVATE KEY-----\nnonsense", None, "not an unencrypted PEM"),
     ],
@@ -427,7 +428,8 @@ def test_mint_token_signs_only_as_the_key_allows(
         (None, "cannot read token_public_key"),
         (b"not a key", "is not a PEM public key"),
         (key_pair("rsa").private, "is not a PEM public key"),
-        (key_pair("ec384").public, "is not an RSA, EC P-256 or Ed25519 key"),
+        (key_pair("ec384").public, "is not an RSA key (2048 bits or more), an EC"),
+        (key_pair("rsa1024").public, "is not an RSA key (2048 bits or more), an EC"),
     ],
 )
 def test_a_public_key_the_hub_cannot_use_is_a_config_error(
@@ -436,5 +438,5 @@ def test_a_public_key_the_hub_cannot_use_is_a_config_error(
     path = tmp_path / "key.pem"
     if content is not None:
         path.write_bytes(content)
-    with pytest.raises(ConfigError, match=error):
+    with pytest.raises(ConfigError, match=re.escape(error)):
         Hub(HubConfig(token_public_key=str(path)))

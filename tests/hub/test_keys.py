@@ -277,12 +277,15 @@ def without(jwk: dict[str, Any], member: str) -> dict[str, Any]:
             document(
                 {"kty": "oct", "kid": "k1", "k": "c2VjcmV0"},  # a shared secret
                 key_pair("ec384").jwk("k1"),  # a curve the hub does not take
+                key_pair("rsa1024").jwk("k1"),  # too short
                 {**key_pair("ec").jwk("k1"), "use": "enc"},
                 {**key_pair("ec").jwk("k1"), "alg": "RS256"},  # mislabelled
                 without(key_pair("rsa").jwk("k1"), "kid"),
                 {"kty": "RSA", "kid": "k1", "n": "bad", "e": "AQAB"},
+                {**key_pair("rsa").jwk("k1"), "alg": "none"},
+                {**key_pair("rsa").jwk("k1"), "alg": ["RS256"]},
             ),
-            "no RSA, P-256 or Ed25519 signing key with a kid",
+            "the JWKS has no signing key with a kid that is an RSA key",
         ),
     ],
     ids=["not JSON", "keys not a list", "not an object", "too large", "no usable key"],

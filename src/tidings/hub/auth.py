@@ -110,9 +110,9 @@ def mint_token(
 def decode_token(token: object, secret: str | None) -> Identity:
     """Verify an HS256 ``token`` and return its identity; raise
     :class:`AuthError`."""
-    if secret is None or not isinstance(token, str):
+    if secret is None:
         raise AuthError("invalid token")
-    return _identity(_verified(token, secret, SECRET_ALGORITHMS))
+    return _identity(_verified(_bounded(token), secret, SECRET_ALGORITHMS))
 
 
 class Tokens:
@@ -154,8 +154,7 @@ class Tokens:
         names them); raise :class:`AuthError`, or
         :class:`~tidings.hub.keys.KeysUnavailable` when the JWKS that
         would tell cannot be fetched."""
-        if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
-            raise AuthError("invalid token")
+        token = _bounded(token)
         key, allowed = await self._key(token)
         return _verified(token, key, allowed, self._issuer, self._audience)
 
@@ -186,6 +185,13 @@ class Tokens:
         raise AuthError("invalid token")
 
 
+def _bounded(token: object) -> str:
+    """``token``, if a string no longer than a token may be."""
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
+        raise AuthError("invalid token")
+    return token
+
+
 def _verified(
     token: str,
     key: Any,
@@ -195,8 +201,6 @@ def _verified(
 ) -> dict[str, Any]:
     """The claims of ``token`` checked with ``key``, signed with one of the
     ``allowed`` algorithms, from ``issuer`` to ``audience`` if named."""
-    if len(token) > MAX_TOKEN_LENGTH:
-        raise AuthError("invalid token")
     required = ["sub", "exp"]
     required += ["iss"] if issuer is not None else []
     required += ["aud"] if audience is not None else []

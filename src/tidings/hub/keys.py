@@ -41,6 +41,7 @@ __all__ = [
     "JWKS_REFETCH_INTERVAL",
     "MAX_JWKS_BYTES",
     "MAX_JWKS_KEYS",
+    "MIN_RSA_BITS",
     "PUBLIC_ALGORITHMS",
     "SECRET_ALGORITHMS",
     "KeysUnavailable",
@@ -65,6 +66,13 @@ JWKS_REFETCH_INTERVAL = 60.0
 #: again: how long a key removed from it stays usable.
 JWKS_MAX_AGE = 600.0
 
+#: The shortest RSA key taken (NIST SP 800-131A: shorter ones are broken
+#: or soon will be).
+MIN_RSA_BITS = 2048
+
+#: The keys taken, as errors name them.
+SUPPORTED = "an RSA key (2048 bits or more), an EC P-256 key or an Ed25519 key"
+
 #: A public key as ``cryptography`` loads it.
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
 
@@ -79,8 +87,8 @@ def algorithms(key: object) -> tuple[str, ...]:
     """The algorithms a token checked with ``key`` may be signed with:
     pinned by the key's type, never the token's say (none for a key of
     another type, or a private key)."""
-    if isinstance(key, rsa.RSAPublicKey):
-        # One key, three hashes: none lets a token be checked as HMAC.
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size >= MIN_RSA_BITS:
+        # The same key with SHA-256, -384 or -512: all as strong.
         return ("RS256", "RS384", "RS512")
     if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1":
         return ("ES256",)
@@ -110,7 +118,7 @@ def signing_key(key: str | bytes, algorithm: str | None = None) -> tuple[Any, st
             raise ValueError("the key is not an unencrypted PEM private key") from None
         allowed = algorithms(signer.public_key())
         if not allowed:
-            raise ValueError("the key is not an RSA, EC P-256 or Ed25519 key")
+            raise ValueError(f"the key is not {SUPPORTED}")
     if algorithm is None:
         return signer, allowed[0]
     if algorithm not in allowed:
@@ -120,7 +128,8 @@ def signing_key(key: str | bytes, algorithm: str | None = None) -> tuple[Any, st
 
 def load_public_key(path: str) -> PublicKey:
     """The public key of the PEM file ``path``; raise :class:`ConfigError`
-    if it cannot be read or is not an RSA, P-256 or Ed25519 public key."""
+    if it cannot be read or is not a public key of a type :func:`algorithms`
+    takes."""
     where = f"token_public_key {path!r}"
     try:
         pem = Path(path).read_bytes()
@@ -134,8 +143,7 @@ def load_public_key(path: str) -> PublicKey:
         ) from None
     if not algorithms(key):
         raise ConfigError(
-            f"{where} is not an RSA, EC P-256 or Ed25519 key: tokens are "
-            "checked with RS256, ES256 or EdDSA"
+            f"{where} is not {SUPPORTED}: tokens are checked with RS256, ES256 or EdDSA"
         )
     assert isinstance(key, PublicKey)
     return key
@@ -155,8 +163,6 @@ class JWKS:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        #: Fetches begun, for tests and for the logs.
-        self.fetches = 0
         self._keys: dict[str, _Key] = {}
         self._fetched_at = -math.inf  # when the keys were fetched
         self._tried_at = -math.inf  # when a token last caused a fetch
@@ -167,7 +173,7 @@ class JWKS:
         """Fetch the keys. A JWKS that cannot be fetched is logged, not
         raised: the hub starts, and fetches it again when a token needs
         it (meanwhile such tokens get 503, not 401)."""
-        await asyncio.shield(self._fetch())
+        await self._fetch()
 
     async def close(self) -> None:
         """Stop a fetch in progress (its thread ends by its own timeout)."""
@@ -212,7 +218,6 @@ class JWKS:
     async def _fetch_once(self) -> None:
         """Fetch the JWKS and keep its keys; on failure, keep the keys
         there were and log why."""
-        self.fetches += 1
         try:
             async with asyncio.timeout(JWKS_FETCH_TIMEOUT):
                 keys = await asyncio.to_thread(_fetch_keys, self.url)
@@ -245,7 +250,7 @@ def _fetch_keys(url: str) -> dict[str, _Key]:
         if (key := _usable(entry)) is not None:
             keys[entry["kid"]] = key
     if not keys:
-        raise ValueError("the JWKS has no RSA, P-256 or Ed25519 signing key with a kid")
+        raise ValueError(f"the JWKS has no signing key with a kid that is {SUPPORTED}")
     return keys
 
 
@@ -258,7 +263,8 @@ def _usable(entry: Any) -> _Key | None:
         return None
     try:
         key = jwt.PyJWK(entry).key
-    except (jwt.PyJWTError, ValueError, TypeError):
+    except Exception:  # whatever a malformed JWK makes PyJWT raise
+        # (NotImplementedError for "alg": "none", for one)
         return None
     allowed = algorithms(key)
     if "alg" in entry:
