@@ -226,11 +226,18 @@ async def test_known_keys_outlive_an_outage_of_the_jwks(
     key = key_pair("ed25519")
     jwks.keys = {"k1": key}
     hub = await start_hub(token_jwks_url=jwks.url)
+    peer = await connect(hub, key.mint("a", kid="k1"))
     jwks.status = 503
     assert await refused(connect, hub, key.mint("a", kid="k2")) == (503, 1013)
     assert jwks.requests == 2
     async with Client(url(hub), token=key.mint("a", kid="k1")) as client:
         assert client.user == "a"
+    # A refresh is answered 503 too, and the connection stays.
+    assert await peer.error("refresh", token=key.mint("a", kid="k3")) == (
+        503,
+        "the token keys are unavailable, try again later",
+    )
+    assert await peer.result("refresh", token=key.mint("a", kid="k1"))
 
 
 async def test_a_jwks_that_cannot_be_reached_at_start(

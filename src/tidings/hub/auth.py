@@ -133,20 +133,20 @@ class Tokens:
         if config.token_public_key is not None:
             self._public_key = load_public_key(config.token_public_key)
         url = config.token_jwks_url
-        self.jwks = None if url is None else JWKS(url)
+        self._jwks = None if url is None else JWKS(url)
         self._issuer = config.token_issuer
         self._audience = config.token_audience
 
     async def start(self) -> None:
         """Fetch the JWKS, if there is one; one that cannot be fetched is
         logged, and fetched again when a token needs it."""
-        if self.jwks is not None:
-            await self.jwks.start()
+        if self._jwks is not None:
+            await self._jwks.start()
 
     async def close(self) -> None:
         """Stop a fetch of the JWKS in progress."""
-        if self.jwks is not None:
-            await self.jwks.close()
+        if self._jwks is not None:
+            await self._jwks.close()
 
     async def claims(self, token: object) -> dict[str, Any]:
         """The claims of ``token``, its signature and ``exp`` checked and
@@ -176,9 +176,9 @@ class Tokens:
             if self._public_key is not None:
                 return self._public_key, algorithms(self._public_key)
             kid = header.get("kid")
-            if self.jwks is not None and isinstance(kid, str):
+            if self._jwks is not None and isinstance(kid, str):
                 try:
-                    found = await self.jwks.key(kid)
+                    found = await self._jwks.key(kid)
                 except KeyError:
                     raise AuthError("invalid token") from None
                 return found.key, found.algorithms
