@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -17,16 +18,21 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 import trustme
 import uvicorn
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from hypothesis import settings
 
 from tidings import ConnectionClosed, WebSocket
 from tidings.asgi import WebSocketProtocol
+from tidings.hub import mint_token
 
 # Tests check behaviour, never speed: a slow or busy machine must not fail them.
 settings.register_profile("tidings", deadline=None)
@@ -550,3 +556,53 @@ def hooks_at(backend: Backend, **options: Any) -> Any:
         h: backend.url(h) for h in ("connect", "refresh", "subscribe", "publish", "rpc")
     }
     return ProxyConfig(**{"timeout": 5.0, **hooks, **options})
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """A signing key as PEM files hold it, and the algorithm it signs with."""
+
+    private: bytes
+    public: bytes
+    algorithm: str
+
+    def jwk(self, kid: str) -> dict[str, Any]:
+        """The public key as a JWKS lists it."""
+        key = serialization.load_pem_public_key(self.public)
+        jwk = jwt.get_algorithm_by_name(self.algorithm).to_jwk(key, as_dict=True)
+        return {**jwk, "kid": kid, "use": "sig", "alg": self.algorithm}
+
+    def mint(self, user: str, **claims: Any) -> str:
+        """A token for ``user`` signed with this key."""
+        return mint_token(self.private, user, **claims)
+
+
+#: The kinds of key a hub checks tokens with, and their algorithms.
+KEY_KINDS = {"rsa": "RS256", "ec": "ES256", "ed25519": "EdDSA"}
+
+
+@functools.cache
+def key_pair(kind: str, n: int = 0) -> KeyPair:
+    """The ``n``-th key of ``kind`` (rsa, ec, ed25519; or rsa1024 and ec384,
+    which no hub takes), made once per test session."""
+    private: Any
+    if kind.startswith("rsa"):
+        bits = 1024 if kind == "rsa1024" else 2048
+        private = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    elif kind.startswith("ec"):
+        curve = ec.SECP384R1() if kind == "ec384" else ec.SECP256R1()
+        private = ec.generate_private_key(curve)
+    else:
+        private = ed25519.Ed25519PrivateKey.generate()
+    return KeyPair(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        private.public_key().public_bytes(
+            serialization.Encoding.PEM,
+            serialization.PublicFormat.SubjectPublicKeyInfo,
+        ),
+        {**KEY_KINDS, "rsa1024": "RS256", "ec384": "ES384"}[kind],
+    )

@@ -13,8 +13,9 @@ from pathlib import Path
 import jwt
 
 import tidings
+from tidings.hub import mint_token
 
-from .conftest import free_port
+from .conftest import free_port, key_pair
 
 BOUND = 30
 SECRET = "a development secret of 32+ bytes!"
@@ -179,6 +180,58 @@ async def test_token_refuses_a_short_secret() -> None:
     async with asyncio.timeout(BOUND):
         _, err = await proc.communicate()
     assert proc.returncode == 1 and b"at least 32 bytes" in err
+
+
+async def test_serve_takes_the_tokens_token_signs_with_a_private_key(
+    tmp_path: Path,
+) -> None:
+    key = key_pair("ed25519")
+    (tmp_path / "private.pem").write_bytes(key.private)
+    (tmp_path / "public.pem").write_bytes(key.public)
+    code, out, err = await mint("--private-key", str(tmp_path / "private.pem"))
+    assert code == 0, err
+    assert jwt.get_unverified_header(out.strip())["alg"] == "EdDSA"
+    proc, url = await start_serve(
+        "--token-public-key", str(tmp_path / "public.pem"), "--no-demo"
+    )
+    port = int(url.rstrip("/").rsplit(":", 1)[1])
+    try:
+        for token, answer in [
+            (out.decode().strip(), {"result": "alice"}),
+            (key_pair("ed25519", 1).mint("mallory"), {"error": 401}),
+            (mint_token(SECRET, "alice"), {"error": 401}),  # the hub has no secret
+        ]:
+            async with tidings.connect(f"ws://127.0.0.1:{port}/ws") as ws:
+                await ws.send(json.dumps({"id": 1, "op": "connect", "token": token}))
+                reply = json.loads(await ws.recv())
+                got = (
+                    {"result": reply["result"]["user"]}
+                    if "result" in reply
+                    else {"error": reply["error"]["code"]}
+                )
+                assert got == answer
+    finally:
+        assert await stop(proc) == 0
+    code, out, err = await mint("--private-key", str(tmp_path / "public.pem"))
+    assert code == 1 and b"not an unencrypted PEM private key" in err, err
+
+
+async def test_serve_refuses_a_public_key_it_cannot_use(tmp_path: Path) -> None:
+    (tmp_path / "key.pem").write_bytes(key_pair("ec384").public)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tidings",
+        "serve",
+        "--token-public-key",
+        str(tmp_path / "key.pem"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(BOUND):
+        _, err = await proc.communicate()
+    assert proc.returncode == 1 and len(err.splitlines()) == 1, err
+    assert b"token_public_key" in err and b"not an RSA key (2048 bits or more)" in err
 
 
 async def test_serve_asks_the_application_named_in_tidings_proxy_variables() -> None:

@@ -422,7 +422,7 @@ PYTHONS = {"python", "python3", ".venv/bin/python", ".bench/venv/bin/python"}
 OURS = {"tidings", ".venv/bin/tidings"}
 PIPS = {"pip", ".venv/bin/pip", ".bench/venv/bin/pip"}
 # Programs whose command lines are their makers' to check.
-THEIRS = {"curl", "redis-server", ".bench/venv/bin/py-spy"}
+THEIRS = {"curl", "openssl", "redis-server", ".bench/venv/bin/py-spy"}
 
 
 def commands(script: str) -> Iterator[list[str]]:

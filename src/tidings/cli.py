@@ -383,6 +383,19 @@ def _add_serve(sub: Any) -> None:
     serve.add_argument("--host", help="default: 127.0.0.1")
     serve.add_argument("--port", type=int, help="default: 8000; 0 picks a free port")
     serve.add_argument("--secret", help="HS256 secret that signs connection tokens")
+    serve.add_argument(
+        "--token-public-key",
+        metavar="FILE",
+        help="PEM public key (RSA, EC P-256 or Ed25519) that checks RS256, ES256 "
+        "or EdDSA connection tokens",
+    )
+    serve.add_argument(
+        "--token-jwks-url",
+        metavar="URL",
+        help="a JWKS document whose keys check RS256, ES256 or EdDSA tokens by kid",
+    )
+    serve.add_argument("--token-issuer", help="the iss claim tokens must carry")
+    serve.add_argument("--token-audience", help="the aud claim tokens must carry")
     serve.add_argument("--api-key", help="key the HTTP API requires")
     serve.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain")
     serve.add_argument("--tls-key", metavar="FILE", help="PEM private key")
@@ -413,7 +426,10 @@ def _add_token(sub: Any) -> None:
         "token",
         help="mint a connection token for development",
         description=(
-            "Print a JWT (HS256) that a hub started with the same secret accepts."
+            "Print a JWT that a hub started with the same secret accepts (HS256), "
+            "or, with --private-key, one that a hub with its public key accepts "
+            "(RS256, ES256 or EdDSA, by the key's type). The iss and aud claims "
+            "are --config's token_issuer and token_audience, if any."
         ),
     )
     token.add_argument("--user", required=True, help="the user id (the sub claim)")
@@ -437,6 +453,13 @@ def _add_token(sub: Any) -> None:
         """claim), e.g. '{"name": "Alice"}'; at most 4096 bytes""",
     )
     token.add_argument("--secret", help="default: TIDINGS_SECRET or --config's secret")
+    token.add_argument(
+        "--private-key",
+        metavar="FILE",
+        help="sign with this PEM private key (RSA, EC P-256 or Ed25519) "
+        "rather than the secret",
+    )
+    token.add_argument("--kid", help="the key's id in the hub's JWKS (the kid header)")
     token.add_argument("--config", metavar="FILE", help="a TOML file of settings")
 
 
@@ -459,6 +482,10 @@ def _serve_main(args: argparse.Namespace) -> int:
                 "host": args.host,
                 "port": args.port,
                 "secret": args.secret,
+                "token_public_key": args.token_public_key,
+                "token_jwks_url": args.token_jwks_url,
+                "token_issuer": args.token_issuer,
+                "token_audience": args.token_audience,
                 "api_key": args.api_key,
                 "tls_cert": args.tls_cert,
                 "tls_key": args.tls_key,
@@ -520,17 +547,28 @@ async def _serve(config: HubConfig) -> int:
 def _token_main(args: argparse.Namespace) -> int:
     """Print a development token; return the exit status."""
     import json
+    from pathlib import Path
 
     from .hub.auth import mint_token
     from .hub.config import MIN_SECRET_BYTES, ConfigError
+    from .hub.hooks import check_info
 
     try:
-        secret = args.secret or _config(args, {}).secret
+        config = _config(args, {})
     except ConfigError as exc:
         return _error(f"invalid configuration: {exc}")
-    if not secret:
-        return _error("no secret: pass --secret, set TIDINGS_SECRET, or use --config")
-    if len(secret.encode()) < MIN_SECRET_BYTES:
+    key: str | bytes | None = args.secret or config.secret
+    if args.private_key is not None:
+        try:
+            key = Path(args.private_key).read_bytes()
+        except OSError as exc:
+            return _error(f"cannot read {args.private_key}: {exc.strerror}")
+    elif not isinstance(key, str):
+        return _error(
+            "no secret: pass --secret (or --private-key), set TIDINGS_SECRET, "
+            "or use --config"
+        )
+    elif len(key.encode()) < MIN_SECRET_BYTES:
         return _error(f"the secret must be at least {MIN_SECRET_BYTES} bytes")
     if args.ttl <= 0:
         return _error("--ttl must be positive")
@@ -541,16 +579,23 @@ def _token_main(args: argparse.Namespace) -> int:
         except (ValueError, RecursionError):
             return _error("--info must be JSON")
     try:
+        check_info(info)
+    except ValueError as exc:  # too large, or not portable JSON
+        return _error(f"--info: {exc}")
+    try:
         token = mint_token(
-            secret,
+            key,
             args.user,
             channels=args.channels,
             publish=args.publish,
             ttl=args.ttl,
             info=info,
+            kid=args.kid,
+            issuer=config.token_issuer,
+            audience=config.token_audience,
         )
-    except ValueError as exc:  # info too large, or not portable JSON
-        return _error(f"--info: {exc}")
+    except ValueError as exc:  # a key that cannot sign
+        return _error(f"--private-key: {exc}")
     sys.stdout.write(token + "\n")
     return 0
 

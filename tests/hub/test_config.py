@@ -86,6 +86,24 @@ def test_tidings_variables() -> None:
         assert load_config(env={"TIDINGS_DEMO": value}).demo is True
 
 
+def test_token_keys_from_the_file_and_the_variables(tmp_path: Path) -> None:
+    path = tmp_path / "hub.toml"
+    path.write_text('token_public_key = "/etc/tidings/key.pem"\ntoken_issuer = "i"\n')
+    config = load_config(path)
+    assert (config.token_public_key, config.token_issuer) == (
+        "/etc/tidings/key.pem",
+        "i",
+    )
+    config = load_config(
+        env={
+            "TIDINGS_TOKEN_JWKS_URL": "https://idp.example/.well-known/jwks.json",
+            "TIDINGS_TOKEN_AUDIENCE": "tidings",
+        }
+    )
+    assert config.token_jwks_url == "https://idp.example/.well-known/jwks.json"
+    assert config.token_audience == "tidings" and config.secret is None
+
+
 def test_flags_win_over_variables_which_win_over_the_file(tmp_path: Path) -> None:
     path = tmp_path / "hub.toml"
     path.write_text('port = 1\nhost = "::1"\napi_key = "file"\n')
@@ -121,6 +139,10 @@ def test_flags_win_over_variables_which_win_over_the_file(tmp_path: Path) -> Non
         ("ping_timeout = -1", "ping_timeout"),
         ("max_outbound = 0", "max_outbound"),
         ('secret = "short"', "secret"),
+        ('token_jwks_url = "file:///etc/keys.json"', "token_jwks_url"),
+        ('token_jwks_url = "https://a/j"\ntoken_public_key = "k.pem"', "not both"),
+        ('token_issuer = ""', "token_issuer"),
+        ("token_audience = 1", "token_audience"),
         ('tls_cert = "c.pem"', "tls_cert and tls_key"),
         ("demo = 1", "demo"),
         ("hots = 1", "'hots'"),

@@ -169,6 +169,7 @@ class Hub:
                         f"namespaces.{name}.{hook}_proxy needs a {hook} hook: "
                         f"proxy.{hook} (a URL) or @hub.on_{hook}"
                     )
+        await self.tokens.start()
         await self.broker.start(self.node, self)
         with contextlib.suppress(BrokerUnavailable):
             await self.broker.heartbeat(config.presence_ttl)
@@ -223,6 +224,7 @@ class Hub:
                 self._server.close(1001, "hub shutting down")
                 await self._server.wait_closed()
         finally:
+            await self.tokens.close()
             await self.broker.close()
             if self.hooks is not None:
                 await self.hooks.close()

@@ -1,4 +1,5 @@
-"""Connection tokens (JWT, HS256), channel permissions and the API key."""
+"""Connection tokens (JWTs: HS256 with the secret; RS256, ES256 or EdDSA with
+public keys), channel permissions and the API key."""
 
 from __future__ import annotations
 
@@ -15,6 +16,14 @@ import jwt
 from ..exceptions import TidingsError
 from .config import HubConfig, NamespaceConfig
 from .hooks import MAX_INFO_BYTES, check_info
+from .keys import (
+    JWKS,
+    PUBLIC_ALGORITHMS,
+    SECRET_ALGORITHMS,
+    algorithms,
+    load_public_key,
+    signing_key,
+)
 from .wire import channel_users
 
 __all__ = [
@@ -60,61 +69,149 @@ class Identity:
 
 
 def mint_token(
-    secret: str,
+    key: str | bytes,
     user: str,
     *,
     channels: Sequence[str] | None = None,
     publish: Sequence[str] | None = None,
     ttl: float = 3600,
     info: Any = None,
+    algorithm: str | None = None,
+    kid: str | None = None,
+    issuer: str | None = None,
+    audience: str | None = None,
 ) -> str:
     """Sign a token for ``user`` valid ``ttl`` seconds (for development and
     for back ends that hand tokens to their users). ``info`` (any JSON, at
     most ``MAX_INFO_BYTES`` encoded; ValueError beyond) is what presence,
-    joins, leaves and the user's publications show of the client."""
+    joins, leaves and the user's publications show of the client.
+
+    ``key`` is the hub's ``secret`` (HS256), or a PEM private key: RSA
+    (RS256, or ``algorithm`` RS384 or RS512), EC P-256 (ES256) or Ed25519
+    (EdDSA); ``kid`` names it in a JWKS. ``issuer`` and ``audience`` are
+    the ``iss`` and ``aud`` claims. ValueError for a key that cannot sign
+    with ``algorithm``."""
     check_info(info)
+    signer, algorithm = signing_key(key, algorithm)
     claims: dict[str, object] = {"sub": user, "exp": int(time.time() + ttl)}
-    if channels is not None:
-        claims["channels"] = list(channels)
-    if publish is not None:
-        claims["publish"] = list(publish)
-    if info is not None:
-        claims["info"] = info
-    return jwt.encode(claims, secret, algorithm="HS256")
+    for name, value in (
+        ("channels", None if channels is None else list(channels)),
+        ("publish", None if publish is None else list(publish)),
+        ("info", info),
+        ("iss", issuer),
+        ("aud", audience),
+    ):
+        if value is not None:
+            claims[name] = value
+    headers = None if kid is None else {"kid": kid}
+    return jwt.encode(claims, signer, algorithm=algorithm, headers=headers)
 
 
 def decode_token(token: object, secret: str | None) -> Identity:
     """Verify an HS256 ``token`` and return its identity; raise
     :class:`AuthError`."""
-    return _identity(_verified(token, secret))
+    if secret is None:
+        raise AuthError("invalid token")
+    return _identity(_verified(_bounded(token), secret, SECRET_ALGORITHMS))
 
 
 class Tokens:
     """The hub's token checks, against the keys its config names: what a
     connection token says of its client, and the claims of any token the
-    hub was given (a channel token's, say)."""
+    hub was given (a channel token's, say).
+
+    The token's ``alg`` picks the key: HS256 the ``secret``; RS256 (RS384,
+    RS512), ES256 and EdDSA the ``token_public_key`` or the JWKS key its
+    ``kid`` names. The key then allows only the algorithms of its type
+    (hub/keys.py), so that no token is checked as its signer did not mean:
+    not ``none``, not HS256 with a public key for its secret, not RS256
+    against the secret. Without any key, no token is valid."""
 
     def __init__(self, config: HubConfig) -> None:
         self._secret = config.secret
+        self._public_key = None
+        if config.token_public_key is not None:
+            self._public_key = load_public_key(config.token_public_key)
+        url = config.token_jwks_url
+        self._jwks = None if url is None else JWKS(url)
+        self._issuer = config.token_issuer
+        self._audience = config.token_audience
+
+    async def start(self) -> None:
+        """Fetch the JWKS, if there is one; one that cannot be fetched is
+        logged, and fetched again when a token needs it."""
+        if self._jwks is not None:
+            await self._jwks.start()
+
+    async def close(self) -> None:
+        """Stop a fetch of the JWKS in progress."""
+        if self._jwks is not None:
+            await self._jwks.close()
 
     async def claims(self, token: object) -> dict[str, Any]:
         """The claims of ``token``, its signature and ``exp`` checked and
-        ``sub`` and ``exp`` present; raise :class:`AuthError`."""
-        return _verified(token, self._secret)
+        ``sub`` and ``exp`` present (and ``iss`` and ``aud``, if the hub
+        names them); raise :class:`AuthError`, or
+        :class:`~tidings.hub.keys.KeysUnavailable` when the JWKS that
+        would tell cannot be fetched."""
+        token = _bounded(token)
+        key, allowed = await self._key(token)
+        return _verified(token, key, allowed, self._issuer, self._audience)
 
     async def identity(self, token: object) -> Identity:
         """Who a connection token says its client is, and what it may do;
-        raise :class:`AuthError`."""
+        raise :class:`AuthError` (or KeysUnavailable, as :meth:`claims`)."""
         return _identity(await self.claims(token))
 
-
-def _verified(token: object, secret: str | None) -> dict[str, Any]:
-    """The claims of an HS256 token signed with ``secret``."""
-    if secret is None or not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
+    async def _key(self, token: str) -> tuple[Any, tuple[str, ...]]:
+        """The key that checks ``token`` and the algorithms it allows."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except (jwt.PyJWTError, ValueError):
+            raise AuthError("invalid token") from None
+        alg = header.get("alg")
+        if alg in SECRET_ALGORITHMS and self._secret is not None:
+            return self._secret, SECRET_ALGORITHMS
+        if alg in PUBLIC_ALGORITHMS:
+            if self._public_key is not None:
+                return self._public_key, algorithms(self._public_key)
+            kid = header.get("kid")
+            if self._jwks is not None and isinstance(kid, str):
+                try:
+                    found = await self._jwks.key(kid)
+                except KeyError:
+                    raise AuthError("invalid token") from None
+                return found.key, found.algorithms
         raise AuthError("invalid token")
+
+
+def _bounded(token: object) -> str:
+    """``token``, if a string no longer than a token may be."""
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
+        raise AuthError("invalid token")
+    return token
+
+
+def _verified(
+    token: str,
+    key: Any,
+    allowed: tuple[str, ...],
+    issuer: str | None = None,
+    audience: str | None = None,
+) -> dict[str, Any]:
+    """The claims of ``token`` checked with ``key``, signed with one of the
+    ``allowed`` algorithms, from ``issuer`` to ``audience`` if named."""
+    required = ["sub", "exp"]
+    required += ["iss"] if issuer is not None else []
+    required += ["aud"] if audience is not None else []
     try:
         claims: dict[str, Any] = jwt.decode(
-            token, secret, algorithms=["HS256"], options={"require": ["sub", "exp"]}
+            token,
+            key,
+            algorithms=list(allowed),
+            options={"require": required},
+            issuer=issuer,
+            audience=audience,
         )
     except jwt.ExpiredSignatureError:
         raise AuthError("token expired") from None

@@ -109,9 +109,18 @@ class HubConfig:
     port: int = 8000
     tls_cert: str | None = None
     tls_key: str | None = None
-    #: HS256 secret for connection tokens; without one, only anonymous
-    #: clients can connect.
+    #: HS256 secret for connection tokens. Without it, nor a public key
+    #: below, no token is valid: only anonymous clients connect (and those
+    #: a connect hook lets in).
     secret: str | None = None
+    #: A PEM file of the public key (RSA, EC P-256 or Ed25519) that checks
+    #: RS256, ES256 or EdDSA tokens; or a JWKS document's URL, fetched and
+    #: kept (hub/keys.py). One or the other, beside the secret or not.
+    token_public_key: str | None = None
+    token_jwks_url: str | None = None
+    #: When set, a token must carry this ``iss`` (``aud``) claim.
+    token_issuer: str | None = None
+    token_audience: str | None = None
     #: Key for the HTTP API; without one, the API answers loopback only.
     api_key: str | None = None
     #: Without any, the demo's namespaces when ``demo`` is on, and none
@@ -355,6 +364,16 @@ def _check_ranges(config: HubConfig) -> None:
         raise ConfigError(
             f"secret must be at least {MIN_SECRET_BYTES} bytes (RFC 7518 §3.2)"
         )
+    if config.token_public_key is not None and config.token_jwks_url is not None:
+        raise ConfigError("give token_public_key or token_jwks_url, not both")
+    url = config.token_jwks_url
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"token_jwks_url must be an http:// or https:// URL, got {url!r}"
+        )
+    for key in ("token_public_key", "token_issuer", "token_audience"):
+        if getattr(config, key) == "":
+            raise ConfigError(f"{key} must not be empty")
     if config.api_key is not None and not config.api_key.strip():
         # api_key_matches would accept a bare "Authorization: apikey".
         raise ConfigError("api_key must not be empty")

@@ -35,6 +35,7 @@ from .hooks import (
     Refuse,
     Subscribe,
 )
+from .keys import KeysUnavailable
 from .wire import (
     Command,
     CommandError,
@@ -340,8 +341,9 @@ class Session:
         except Disconnect as exc:
             self.close(exc.code, exc.reason)
             return None
-        except HookUnavailable as exc:
-            hub.metrics.errors["hook_unavailable"] += 1
+        except (HookUnavailable, KeysUnavailable) as exc:
+            kind = "keys" if isinstance(exc, KeysUnavailable) else "hook"
+            hub.metrics.errors[f"{kind}_unavailable"] += 1
             if command.op == "connect":
                 self.close(CLOSE_TRY_AGAIN, "try again later")
             return encode_error(id, 503, str(exc))

@@ -25,6 +25,7 @@ from ..exceptions import ConnectionClosed
 from ..protocol import Request
 from .auth import AuthError, can_subscribe, hook_decides
 from .brokers.base import BrokerUnavailable, HistoryResult
+from .keys import KeysUnavailable
 from .session import CLOSE_TRY_AGAIN, Session
 from .wire import (
     CommandError,
@@ -114,6 +115,9 @@ async def _answer(hub: Hub, request: Request) -> HTTPResponse | HTTPStream:
         return _error(exc.status, exc.message)
     except BrokerUnavailable as exc:
         hub.metrics.errors["broker_unavailable"] += 1
+        return _error(503, str(exc))
+    except KeysUnavailable as exc:  # the token's, before any session
+        hub.metrics.errors["keys_unavailable"] += 1
         return _error(503, str(exc))
 
 
