@@ -232,3 +232,13 @@ def test_info_no_client_could_be_sent_is_refused(raw_info: str) -> None:
     token = (signing_input + b"." + jwt.utils.base64url_encode(signature)).decode()
     with pytest.raises(AuthError, match="info must be JSON"):
         decode_token(token, SECRET)
+
+
+def test_the_subs_claim_names_the_channels_of_server_side_subscriptions() -> None:
+    claims = {"sub": "a", "exp": LATER, "subs": ["inbox:a", "chat:dm#a,b", "inbox:a"]}
+    assert decode_token(encoded(claims), SECRET).subs == ("inbox:a", "chat:dm#a,b")
+    assert decode_token(mint_token(SECRET, "bob"), SECRET).subs == ()
+    assert decode_token(encoded({**claims, "subs": ["x:y"] * 1024}), SECRET)
+    for subs in ["inbox:a", ["no namespace"], [5], [f"x:{i}" for i in range(1025)]]:
+        with pytest.raises(AuthError, match="subs must be a list of at most 1024"):
+            decode_token(encoded({**claims, "subs": subs}), SECRET)

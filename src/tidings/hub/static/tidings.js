@@ -133,8 +133,10 @@ export class Hub {
 
   /** Listen to "connect" ({client, user, info, data}), "disconnect"
    * ({code, reason, reconnect, delay}), "error" (a HubError) or "subscribe"
-   * (a Subscription the hub made: the application named its channel at
-   * connect). Returns a function that stops listening. */
+   * (a Subscription the hub made: the token's `subs` or the application's
+   * connect hook named its channel, or the application called
+   * /api/subscribe; set its handlers there, before its first publication).
+   * Returns a function that stops listening. */
   on(event, fn) {
     const listeners = this._listeners[event];
     if (listeners === undefined) throw new Error(`unknown event ${event}`);
@@ -297,16 +299,14 @@ export class Hub {
     ws.onclose = (event) => this._lost(ws, event.code, event.reason);
   }
 
-  // The connect command's fields: `options.data`, and the token or, without
-  // one, every subscription's position, from which the hub recovers those
-  // it subscribes us to (the channels its connect hook names).
+  // The connect command's fields: `options.data`, the token, and every
+  // subscription's position, from which the hub recovers those it
+  // subscribes us to (the token's `subs`, the channels its connect hook
+  // names).
   _connectFields(token) {
     const fields = {};
     if (this.options.data !== undefined) fields.data = this.options.data;
-    if (token) {
-      fields.token = token;
-      return fields;
-    }
+    if (token) fields.token = token;
     const subs = {};
     for (const sub of this._subs.values()) {
       if (sub.epoch !== null) subs[sub.channel] = { offset: sub.offset, epoch: sub.epoch };
@@ -364,9 +364,10 @@ export class Hub {
     }
   }
 
-  // A subscribe push: the hub subscribed us to `channel`, as the application
-  // asked at connect. `result` is as a subscribe reply's, with `recovered`
-  // when connect gave the channel's position.
+  // A subscribe push: the hub subscribed us to `channel`, as the token or
+  // the application asked. `result` is as a subscribe reply's, with
+  // `recovered` when a position was given (connect's subs, or the `since`
+  // of /api/subscribe).
   _subscribedByHub(channel, result) {
     this._announced.add(channel);
     let sub = this._subs.get(channel);
@@ -535,8 +536,9 @@ export class Subscription {
     this.hub = hub;
     this.channel = channel;
     this.handlers = handlers;
-    /** Made by the hub (the application named the channel at connect),
-     * not by hub.subscribe(): the hub renews it on every reconnect. */
+    /** Made by the hub (the token's `subs` or the application named the
+     * channel), not by hub.subscribe(): the hub renews it on every
+     * reconnect while the token or the application names the channel. */
     this.serverSide = false;
     this.offset = handlers.since ? handlers.since.offset : null;
     this.epoch = handlers.since ? handlers.since.epoch : null;
