@@ -383,8 +383,9 @@ export class Hub {
     if (made) this._emit("subscribe", sub);
     let since = "recovered" in result;
     if (!since && sub.epoch !== null) {
-      // Announced again without the position the page had (a fallback's
-      // connect carries none): recovered only if nothing came meanwhile.
+      // Announced again without the position the page had (by an
+      // /api/subscribe without since, say): recovered only if nothing came
+      // meanwhile.
       since = true;
       const same = result.epoch === sub.epoch && result.offset === sub.offset;
       result = { ...result, recovered: same, publications: [] };
@@ -819,6 +820,9 @@ class EventSocket extends FallbackSocket {
   constructor(base) {
     super(base);
     this._channels = new Map(); // channel -> {offset, epoch} or null
+    // The server-side subscriptions' positions: channel -> {offset, epoch},
+    // from which every stream's connect recovers them.
+    this._subs = new Map();
     this._waiting = new Map(); // channel -> id of the subscribe to answer
     this._connectId = null; // the connect to answer with the next stream's
     this._stream = null; // the AbortController of the stream being read
@@ -827,6 +831,7 @@ class EventSocket extends FallbackSocket {
 
   _connect(command) {
     this._connectId = command.id;
+    this._subs = new Map(Object.entries(command.subs ?? {}));
     this._open();
   }
 
@@ -838,6 +843,7 @@ class EventSocket extends FallbackSocket {
 
   _unsubscribe(command) {
     this._channels.delete(command.channel);
+    this._subs.delete(command.channel);
     this._waiting.delete(command.channel);
     this._post(command).then((reply) => this._deliver(reply));
   }
@@ -865,6 +871,9 @@ class EventSocket extends FallbackSocket {
         params.append("since", position ? String(position.offset) : "");
         params.append("epoch", position ? position.epoch : "");
       }
+    }
+    for (const [channel, { offset, epoch }] of this._subs) {
+      if (!this._channels.has(channel)) params.append("sub", `${channel}=${offset}:${epoch}`);
     }
     let response;
     try {
@@ -930,15 +939,21 @@ class EventSocket extends FallbackSocket {
       return;
     }
     if (event.id !== undefined) {
-      event.id.split(",").forEach((part, index) => {
-        const colon = part.indexOf(":");
-        if (colon > 0 && this._channels.has(channels[index])) {
-          this._channels.set(channels[index], {
-            offset: Number(part.slice(0, colon)),
-            epoch: part.slice(colon + 1),
-          });
+      // The URL's channels' positions, then ";CHANNEL=OFFSET:EPOCH" of each
+      // server-side subscription the stream has (all of them).
+      const [head, ...subs] = event.id.split(";");
+      head.split(",").forEach((part, index) => {
+        const position = parsePosition(part);
+        if (position && this._channels.has(channels[index])) {
+          this._channels.set(channels[index], position);
         }
       });
+      this._subs = new Map();
+      for (const entry of subs) {
+        const at = entry.lastIndexOf("=");
+        const position = parsePosition(entry.slice(at + 1));
+        if (at > 0 && position) this._subs.set(entry.slice(0, at), position);
+      }
     }
     if (data.id === 1) {
       // The connect reply: the Hub's own, or that of a stream reopened.
@@ -980,6 +995,13 @@ class EventSocket extends FallbackSocket {
     this._stream?.abort();
     this._stream = null;
   }
+}
+
+// "OFFSET:EPOCH" as {offset, epoch}, or null.
+function parsePosition(text) {
+  const colon = text.indexOf(":");
+  if (colon <= 0) return null;
+  return { offset: Number(text.slice(0, colon)), epoch: text.slice(colon + 1) };
 }
 
 // Long-polling: one request held per channel, each carrying its position,
