@@ -11,9 +11,17 @@ import time
 import urllib.request
 from typing import Any
 
+import jwt
 import pytest
 
-from tidings.hub import Hub, HubConfig, MemoryBroker, NamespaceConfig, mint_token
+from tidings.hub import (
+    Client,
+    Hub,
+    HubConfig,
+    MemoryBroker,
+    NamespaceConfig,
+    mint_token,
+)
 from tidings.hub.brokers.base import Push
 
 from ..conftest import lose
@@ -764,3 +772,98 @@ async def test_an_event_stream_drops_a_channel_it_could_not_subscribe(
         assert outcome == [503, "sse"]
         assert other.subscriber_count("small:x") == 0
         assert other.subscriber_count("chat:b") == 1
+
+
+#: A page that shows who is in a room by name (presence info) and the
+#: publications of every channel the hub subscribes it to, each in a list
+#: of its own that it makes when the hub announces the subscription.
+SERVER_SIDE_PAGE = """async ({ token, transport }) => {
+    document.body.innerHTML = '<ul id="people"></ul><div id="feeds"></div>';
+    window.hub = new T.Hub({ token, minDelay: 100, transports: [transport] });
+    hub.on("subscribe", (sub) => {
+        const list = document.createElement("ol");
+        list.id = sub.channel.replace(":", "-");
+        document.getElementById("feeds").append(list);
+        sub.handlers.onPublication = (pub) => {
+            const item = document.createElement("li");
+            item.textContent = pub.data.text + (pub.recovered ? " (recovered)" : "");
+            list.append(item);
+        };
+    });
+    const room = hub.subscribe("chat:room", {
+        onSubscribe: () => people(),
+        onJoin: () => people(),
+        onLeave: () => people(),
+    });
+    async function people() {
+        const names = (await room.presence()).map((c) => c.info?.name ?? c.user);
+        const items = names.sort().map((name) => {
+            const item = document.createElement("li");
+            item.textContent = name;
+            return item;
+        });
+        document.getElementById("people").replaceChildren(...items);
+    }
+    await hub.connect();
+}"""
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse"])
+async def test_a_page_shows_presence_info_and_server_side_subscriptions(
+    browser: Browser, transport: str
+) -> None:
+    namespaces = {
+        **HubConfig().namespaces,
+        # Nobody may subscribe here but the hub, as the back end says.
+        "inbox": NamespaceConfig(history_size=100, history_ttl=600),
+    }
+    config = HubConfig(port=0, secret=SECRET, namespaces=namespaces)
+    async with Hub(config) as hub:
+        page = await client_page(browser, hub)
+        claims = {"info": {"name": "Alice"}, "subs": ["inbox:alice"]}
+        alice = jwt.encode(
+            {"sub": "alice", "exp": int(time.time()) + 600, **claims}, SECRET
+        )
+        await page.evaluate(SERVER_SIDE_PAGE, {"token": alice, "transport": transport})
+        texts = "(s) => [...document.querySelectorAll(s)].map((e) => e.textContent)"
+        await page.wait_for(f"() => ({texts})('#people li').join() === 'Alice'")
+        bob_token = mint_token(SECRET, "bob", info={"name": "Bob"})
+        async with Client(hub.ws_url, bob_token) as bob:
+            await bob.subscribe("chat:room")
+            await page.wait_for(f"() => ({texts})('#people li').join() === 'Alice,Bob'")
+        await page.wait_for(f"() => ({texts})('#people li').join() === 'Alice'")
+        # The token's subs: subscribed at connect, shown as they come.
+        await asyncio.to_thread(
+            api, hub, "/api/publish", {"channel": "inbox:alice", "data": {"text": "1"}}
+        )
+        await page.wait_for(f"() => ({texts})('#inbox-alice li').join() === '1'")
+        # /api/subscribe: the back end subscribes her while she is connected.
+        body = {"user": "alice", "channel": "inbox:team"}
+        answer = await asyncio.to_thread(api, hub, "/api/subscribe", body)
+        # (An event stream the page replaced may not have ended yet.)
+        assert answer["subscribed"] == 1 or transport == "sse"
+        await asyncio.to_thread(
+            api, hub, "/api/publish", {"channel": "inbox:team", "data": {"text": "t"}}
+        )
+        await page.wait_for(f"() => ({texts})('#inbox-team li').join() === 't'")
+        drop_everyone(hub)
+        # Published before the page can be back: it recovers them, from the
+        # position it sends in connect's subs (an event stream's sub=).
+        for text in ("2", "3"):
+            await hub.publish("inbox:alice", {"text": text})
+        await page.wait_for(
+            f"() => ({texts})('#inbox-alice li').join() === "
+            "'1,2 (recovered),3 (recovered)' && hub.state === 'connected'"
+        )
+        await hub.publish("inbox:alice", {"text": "4"})
+        await page.wait_for(f"() => ({texts})('#inbox-alice li').length === 4")
+        assert await page.evaluate("() => hub.transport") == transport
+        if transport != "websocket":
+            return  # an event stream's subscriptions end unannounced
+        # /api/subscribe held for that connection: the token names only
+        # inbox:alice, so the reconnect ended inbox:team.
+        await page.wait_for("() => !hub.subscriptions.has('inbox:team')")
+        assert sorted(await page.evaluate("() => [...hub.subscriptions.keys()]")) == [
+            "chat:room",
+            "inbox:alice",
+        ]

@@ -6,13 +6,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from typing import Any
 
+import jwt
 import pytest
 
 from tidings import InvalidStatus
 from tidings.hub import auth
 from tidings.hub.brokers.base import BrokerUnavailable
+
+from ..conftest import http_request
+from .conftest import CLUSTERS, SECRET
 
 BOUND = 10
 KEY = "the-api-key"
@@ -309,6 +314,99 @@ async def test_unsubscribe_reaches_the_user_on_every_node(
     assert [c.user for c in await hub.broker.presence("chat:u")].count("alice") == 3
     bad = await http(hub, "POST", "/api/unsubscribe", {"user": "alice"})
     assert bad.status == 400
+
+
+def with_subs(user: str, *subs: str) -> str:
+    """A token for ``user`` whose ``subs`` claim names ``subs``."""
+    return jwt.encode(
+        {"sub": user, "exp": int(time.time()) + 3600, "subs": list(subs)},
+        SECRET,
+        algorithm="HS256",
+    )
+
+
+async def test_subscribe_reaches_the_user_on_another_node_and_recovers(
+    start_hub: Any, connect: Any, http: Any, mint: Any
+) -> None:
+    hub = await start_hub()
+    other = CLUSTERS[hub][-1]  # another node, where there are several
+    alice = await connect(hub, mint("alice"), node=other)
+    bob = await connect(hub, mint("bob"), node=hub)
+    poll = await http_request(  # a long-poll holds no connection: left out
+        other.port, "GET", f"/poll?channel=news:p&timeout=0&token={mint('alice')}"
+    )
+    assert poll.status == 200, poll
+    # The token grants nothing in "private": the back end decides alone.
+    assert (await alice.error("subscribe", channel="private:in"))[0] == 403
+    body = {"user": "alice", "channel": "private:in"}
+    answer = await http(hub, "POST", "/api/subscribe", body)
+    assert answer.json() == {"subscribed": 1}
+    push = await alice.push()
+    assert push == {
+        "channel": "private:in",
+        "subscribe": {"epoch": push["subscribe"]["epoch"], "offset": 0},
+    }
+    epoch = push["subscribe"]["epoch"]
+    # Subscribed already: left as it is, not counted.
+    assert (await http(hub, "POST", "/api/subscribe", body)).json() == {"subscribed": 0}
+    for n in (1, 2):
+        await hub.publish("private:in", n)
+    assert [p["data"] for p in await alice.pubs(2)] == [1, 2]
+    assert await bob.result("ping") == {} and not bob.pushes
+    # Offline, alice misses three; back with a token that names the channel
+    # (as the back end keeps it now), she recovers exactly those.
+    await alice.ws.close()
+    for n in (3, 4, 5):
+        await hub.publish("private:in", n)
+    again = await connect(hub, hello=False, node=other)
+    await again.result(
+        "connect",
+        token=with_subs("alice", "private:in"),
+        subs={"private:in": {"offset": 2, "epoch": epoch}},
+    )
+    push = (await again.push())["subscribe"]
+    assert (push["recovered"], push["offset"]) == (True, 5)
+    assert [(p["offset"], p["data"]) for p in push["publications"]] == [
+        (3, 3),
+        (4, 4),
+        (5, 5),
+    ]
+    await hub.publish("private:in", 6)
+    assert [p["offset"] for p in await again.pubs(1)] == [6]
+    # Or the back end says where to recover from: /api/subscribe's since.
+    third = await connect(hub, mint("alice"), node=other)
+    body = {**body, "since": {"offset": 4, "epoch": epoch}}
+    assert (await http(hub, "POST", "/api/subscribe", body)).json() == {
+        "subscribed": 1  # the other connection of alice is subscribed already
+    }
+    push = (await third.push())["subscribe"]
+    assert push["recovered"] is True
+    assert [p["offset"] for p in push["publications"]] == [5, 6]
+
+
+async def test_subscribe_refuses_bad_bodies_and_counts_no_connection(
+    start_hub: Any, connect: Any, http: Any, mint: Any
+) -> None:
+    hub = await start_hub()
+    alice = await connect(hub, mint("alice"))
+    for body in [
+        [],
+        {"channel": "news:a"},
+        {"user": "", "channel": "news:a"},
+        {"user": "alice"},
+        {"user": "alice", "channel": "no namespace"},
+        {"user": "alice", "channel": "news:a", "since": {"offset": -1, "epoch": "e"}},
+        {"user": "alice", "channel": "news:a", "since": "0:e"},
+    ]:
+        answer = await http(hub, "POST", "/api/subscribe", body)
+        assert answer.status == 400, (body, answer)
+    unknown = {"user": "alice", "channel": "nowhere:a"}
+    assert (await http(hub, "POST", "/api/subscribe", unknown)).status == 404
+    nobody = {"user": "nobody", "channel": "news:a"}
+    assert (await http(hub, "POST", "/api/subscribe", nobody)).json() == {
+        "subscribed": 0
+    }
+    assert await alice.result("ping") == {} and not alice.pushes
 
 
 async def test_healthz_is_503_while_the_broker_is_down(

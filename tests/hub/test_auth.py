@@ -440,3 +440,13 @@ def test_a_public_key_the_hub_cannot_use_is_a_config_error(
         path.write_bytes(content)
     with pytest.raises(ConfigError, match=re.escape(error)):
         Hub(HubConfig(token_public_key=str(path)))
+
+
+def test_the_subs_claim_names_the_channels_of_server_side_subscriptions() -> None:
+    claims = {"sub": "a", "exp": LATER, "subs": ["inbox:a", "chat:dm#a,b", "inbox:a"]}
+    assert decode_token(encoded(claims), SECRET).subs == ("inbox:a", "chat:dm#a,b")
+    assert decode_token(mint_token(SECRET, "bob"), SECRET).subs == ()
+    assert decode_token(encoded({**claims, "subs": ["x:y"] * 1024}), SECRET)
+    for subs in ["inbox:a", ["no namespace"], [5], [f"x:{i}" for i in range(1025)]]:
+        with pytest.raises(AuthError, match="subs must be a list of at most 1024"):
+            decode_token(encoded({**claims, "subs": subs}), SECRET)

@@ -6,8 +6,10 @@ info, rpc and server-side subscriptions."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
+import jwt
 import pytest
 
 from tidings import ConnectionClosed
@@ -23,7 +25,7 @@ from tidings.hub import (
 from tidings.hub.brokers.base import ClientInfo, Push
 
 from ..conftest import Backend, lose
-from .conftest import as_user
+from .conftest import CLUSTERS, SECRET, as_user
 
 BOUND = 10
 FAST = {"backoff_initial": 0.05, "backoff_max": 0.2, "timeout": BOUND}
@@ -662,3 +664,39 @@ async def test_a_server_side_subscription_ends_when_the_application_drops_it(
         assert client.subscriptions["room:b"] is b
         await hub.publish("room:b", "still")
         assert [p.data for p in await take(b, 1)] == ["still"]
+
+
+async def test_server_side_subscriptions_of_the_token_and_of_the_api(
+    start_hub: Any, mint: Any
+) -> None:
+    hub = await start_hub()
+    claims = {"sub": "alice", "exp": int(time.time()) + 600, "subs": ["private:t"]}
+    token = jwt.encode(claims, SECRET)
+    made: list[Subscription] = []
+    async with Client(url(hub), token, on_subscription=made.append, **FAST) as c:
+        sub = c.subscriptions["private:t"]  # there once open, as the token says
+        assert made == [sub] and sub.server_side
+        # The back end subscribes her again, elsewhere, while she is here.
+        answered = asyncio.get_running_loop().create_future()
+
+        def on_subscription(sub: Subscription) -> None:
+            sub.on_publication = lambda pub: answered.set_result((sub.channel, pub))
+
+        c.on_subscription = on_subscription
+        survey = await hub.survey("subscribe", user="alice", channel="news:api")
+        assert sum(survey) == 1
+        await hub.publish("news:api", "via the api")
+        async with asyncio.timeout(BOUND):
+            channel, pub = await answered
+        assert (channel, pub.data) == ("news:api", "via the api")
+        await hub.publish("private:t", 1)
+        assert [p.data for p in await take(sub, 1)] == [1]
+        [session] = [s for node in CLUSTERS[hub] for s in node._sessions]
+        session.ws._transport.abort()  # the connection is lost: 1006
+        for n in (2, 3):
+            await hub.publish("private:t", n)
+        # Recovered from the position connect carried; news:api, which only
+        # /api/subscribe named, ended with the connection.
+        assert [(p.offset, p.data) for p in await take(sub, 2)] == [(2, 2), (3, 3)]
+        await c.history("news:api", limit=0)  # once connected again
+        assert list(c.subscriptions) == ["private:t"]

@@ -161,6 +161,38 @@ async def test_a_refresh_that_narrows_the_channels_unsubscribes_the_others(
     assert node.subscriber_count("private:a") == 1
 
 
+async def test_the_token_subs_claim_subscribes_the_client_at_connect(
+    start_hub: Any, connect: Any, mint: Any
+) -> None:
+    hub = await start_hub(max_subscriptions=2)
+    subs = ["private:a", "nowhere:x", "chat:b", "private:c"]
+    token = jwt.encode(
+        {"sub": "a", "exp": time.time() + 60, "subs": subs, "info": {"n": "A"}}, SECRET
+    )
+    peer = await connect(hub, hello=False)
+    await hub.publish("private:a", "before")
+    since = {"offset": 0, "epoch": (await hub.history("private:a")).epoch}
+    await peer.result("connect", token=token, subs={"private:a": since})
+    # An unknown namespace is passed over, and so is what max_subscriptions
+    # leaves no room for; no claim of channels is asked for.
+    pushes = [await peer.push(), await peer.push()]
+    assert [p["channel"] for p in pushes] == ["private:a", "chat:b"]
+    recovered = pushes[0]["subscribe"]
+    assert recovered["recovered"] is True
+    assert [p["data"] for p in recovered["publications"]] == ["before"]
+    assert pushes[1]["subscribe"]["offset"] == 0
+    assert await peer.result("ping") == {}
+    assert not [p for p in peer.pushes if "subscribe" in p]  # its own join, say
+    await hub.publish("private:a", "live")
+    assert [p["data"] for p in await peer.pubs(1)] == ["live"]
+    [present] = await hub.broker.presence("chat:b")
+    assert (present.user, present.info) == ("a", {"n": "A"})
+    bad = jwt.encode({"sub": "a", "exp": time.time() + 60, "subs": "chat:b"}, SECRET)
+    other = await connect(hub, hello=False)
+    code, message = await other.error("connect", token=bad)
+    assert code == 401 and "subs must be a list" in message
+
+
 @pytest.mark.parametrize(
     "token",
     [

@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
 
+import jwt
 import pytest
 
 from tidings.hub import Hub
 
 from ..conftest import HTTPAnswer, http_request, wait_for
-from .conftest import BOUND, CLUSTERS
+from .conftest import BOUND, CLUSTERS, SECRET
 
 
 def node(hub: Hub, index: int) -> Hub:
@@ -196,6 +198,54 @@ async def test_sse_resumes_with_last_event_id_on_another_node(
     assert again.last_id == f"5:{reply['result']['epoch']}"
     await hub.publish("news:r", 6)
     assert (await again.data())["pub"]["offset"] == 6
+
+
+async def test_sse_server_side_subscriptions_resume_with_last_event_id(
+    start_hub: Any, streams: list[Stream], http: Any
+) -> None:
+    hub = await start_hub()
+    token = jwt.encode(
+        {"sub": "a", "exp": int(time.time()) + 600, "subs": ["news:s"]}, SECRET
+    )
+    query = {"channel": "news:r", "token": token}
+    stream, _ = await subscribed(hub, streams, query)
+    announced = await stream.data()  # after connect, before the subscribes
+    assert announced["channel"] == "news:s" and announced["subscribe"]["offset"] == 0
+    epoch_s = announced["subscribe"]["epoch"]
+    assert stream.last_id == f";news:s=0:{epoch_s}"  # the URL's yet to come
+    epoch_r = (await stream.data())["result"]["epoch"]
+    await hub.publish("news:s", 1)
+    assert (await stream.data())["pub"]["data"] == 1
+    # /api/subscribe's are in the id too, until the hub ends them.
+    body = {"user": "a", "channel": "news:t"}
+    assert (await http(hub, "POST", "/api/subscribe", body)).json()["subscribed"] == 1
+    epoch_t = (await stream.data())["subscribe"]["epoch"]
+    assert stream.last_id == f"0:{epoch_r};news:s=1:{epoch_s};news:t=0:{epoch_t}"
+    assert (await http(hub, "POST", "/api/unsubscribe", body)).json() == {
+        "unsubscribed": 1
+    }
+    assert await stream.data() == {"channel": "news:t", "unsubscribe": {}}
+    await hub.publish("news:s", 2)
+    assert (await stream.data())["pub"]["data"] == 2
+    last_id = stream.last_id
+    assert last_id == f"0:{epoch_r};news:s=2:{epoch_s}"
+    stream.close()  # the network drops it; meanwhile:
+    for i in (3, 4):
+        await hub.publish("news:s", i)
+    again, _ = await subscribed(node(hub, 1), streams, query, last_id=last_id)
+    recovered = (await again.data())["subscribe"]
+    assert recovered["recovered"] is True
+    assert [p["data"] for p in recovered["publications"]] == [3, 4]
+    # Without Last-Event-ID, sub= gives the positions (no URL channel here).
+    third, _ = await subscribed(
+        node(hub, 2), streams, {"token": token, "sub": f"news:s=3:{epoch_s}"}
+    )
+    recovered = (await third.data())["subscribe"]
+    assert [p["data"] for p in recovered["publications"]] == [4]
+    for sub in ["news:s", "news:s=3", "=3:e", "news:s=x:e"]:
+        refused = await open_stream(hub, {"token": token, "sub": sub})
+        streams.append(refused)
+        assert refused.status == 400, sub
 
 
 async def test_sse_position_too_old_or_of_another_epoch_is_not_recovered(

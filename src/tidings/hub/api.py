@@ -273,6 +273,14 @@ async def _api(hub: Hub, request: Request) -> Any:
     if route == ("POST", "/api/disconnect"):
         user = _user(_body(request))
         return {"disconnected": sum(await hub.survey("disconnect", user=user))}
+    if route == ("POST", "/api/subscribe"):
+        body = _body(request)
+        user, channel = _user(body), _channel(hub, body.get("channel"))
+        since = body.get("since")
+        if since is not None:
+            since = list(parse_since(since))  # as JSON carries it to every node
+        answers = await hub.survey("subscribe", user=user, channel=channel, since=since)
+        return {"subscribed": sum(answers)}
     if route == ("POST", "/api/unsubscribe"):
         body = _body(request)
         user, channel = _user(body), _channel(hub, body.get("channel"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import secrets
 import ssl as ssl_module
@@ -447,6 +448,32 @@ class Hub:
             self.expel(session, channel)
         return len(doomed)
 
+    async def subscribe_user(
+        self, user: str, channel: str, since: tuple[int, str] | None = None
+    ) -> int:
+        """Subscribe every connection of ``user`` to this node to
+        ``channel``, telling each with a ``subscribe`` push that recovers
+        from ``since`` when given; return how many. Connections subscribed
+        already are left as they are and not counted, and so are long-polls
+        and commands' POSTs, which hold no connection. :meth:`survey`
+        ``("subscribe", user=..., channel=..., since=...)`` does it on
+        every node."""
+        sessions = [
+            s
+            for s in self._sessions
+            if s.present and s.info is not None and s.info.user == user
+        ]
+        made = await asyncio.gather(
+            *(s.subscribe_by_hub(channel, since) for s in sessions),
+            return_exceptions=True,
+        )
+        for outcome in made:
+            if isinstance(outcome, BaseException):
+                logger.info(
+                    "server-side subscription to %s failed: %s", channel, outcome
+                )
+        return sum(outcome is True for outcome in made)
+
     def unsubscribe_stream(self, client: str, channel: str) -> int:
         """Unsubscribe the event stream of fallback client ``client``
         (hub/transports.py) from ``channel`` if this node serves it, telling
@@ -474,7 +501,7 @@ class Hub:
 
     async def survey(self, op: str, **args: Any) -> list[Any]:
         """Ask every node of the hub (this one included) to do ``op``
-        (``channels``, ``disconnect``, ``unsubscribe`` or
+        (``channels``, ``disconnect``, ``subscribe``, ``unsubscribe`` or
         ``unsubscribe_stream``) and return their
         answers; a node that does not answer within ``SURVEY_TIMEOUT``
         seconds is left out."""
@@ -668,6 +695,11 @@ class Hub:
                 result: Any = self.channels()
             elif op == "disconnect":
                 result = self.disconnect(args["user"])
+            elif op == "subscribe":
+                since = args.get("since")
+                if since is not None:  # as JSON carried it: [offset, epoch]
+                    since = (int(since[0]), str(since[1]))
+                result = self.subscribe_user(args["user"], args["channel"], since)
             elif op == "unsubscribe":
                 result = self.unsubscribe_user(args["user"], args["channel"])
             elif op == "unsubscribe_stream":
@@ -677,13 +709,19 @@ class Hub:
         except (KeyError, TypeError, ValueError):
             logger.warning("invalid control message %.200r", message)
             return
+        self._spawn(self._answer(message, result))
+
+    async def _answer(self, message: dict[str, Any], result: Any) -> None:
+        """Answer a node's survey with ``result``, once it is done."""
+        if inspect.isawaitable(result):
+            result = await result
         answer = {
             "answer": message["survey"],
             "to": message["from"],
             "node": self.node,
             "result": result,
         }
-        self._spawn(self.broker.control(answer))
+        await self.broker.control(answer)
 
     def on_reconnected(self) -> None:
         """The broker is back after an outage (called by the broker)."""

@@ -24,7 +24,7 @@ from .keys import (
     load_public_key,
     signing_key,
 )
-from .wire import channel_users
+from .wire import MAX_SUBS, channel_users, valid_channel
 
 __all__ = [
     "MAX_TOKEN_LENGTH",
@@ -51,7 +51,8 @@ MAX_TOKEN_LENGTH = 24576
 class AuthError(TidingsError):
     """A token was refused. The message is safe to show the client: it says
     "invalid token" or "token expired" and nothing about why, except for an
-    ``info`` claim too large, which its signer needs to hear of."""
+    ``info`` claim too large or a malformed ``subs`` claim, which its
+    signer needs to hear of."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +67,9 @@ class Identity:
     #: The ``info`` claim: any JSON that presence, joins, leaves and the
     #: client's publications carry (hub/hooks.py's ``check_info``).
     info: Any = field(default=None, compare=False)
+    #: The ``subs`` claim: channels the hub subscribes the client to at
+    #: connect (server-side subscriptions), with no other check.
+    subs: tuple[str, ...] = ()
 
 
 def mint_token(
@@ -238,6 +242,7 @@ def _identity(claims: dict[str, Any]) -> Identity:
         _patterns(claims.get("publish")),
         float(claims["exp"]),
         info,
+        _subs(claims.get("subs")),
     )
 
 
@@ -258,6 +263,22 @@ def _patterns(value: object) -> tuple[str, ...] | None:
     if isinstance(value, list) and all(isinstance(p, str) for p in value):
         return tuple(value)
     raise AuthError("invalid token")
+
+
+def _subs(value: object) -> tuple[str, ...]:
+    """The ``subs`` claim's channels: at most ``MAX_SUBS`` valid names, as
+    many as connect carries positions for. Its signer hears what is wrong."""
+    if value is None:
+        return ()
+    if (
+        isinstance(value, list)
+        and len(value) <= MAX_SUBS
+        and all(isinstance(c, str) and valid_channel(c) for c in value)
+    ):
+        return tuple(dict.fromkeys(value))
+    raise AuthError(
+        f"invalid token: subs must be a list of at most {MAX_SUBS} channel names"
+    )
 
 
 @lru_cache(maxsize=4096)

@@ -9,9 +9,11 @@ and gap-free recovery.
         async for pub in sub:
             print(pub.offset, pub.data)
 
-Without a token, a hub with a connect hook asks the application, which may
-subscribe the client to channels itself (server-side subscriptions): they
-are in ``client.subscriptions`` once the client is open.
+The hub may subscribe the client to channels itself (server-side
+subscriptions: its token's ``subs``, the application's connect hook, or
+the application's ``/api/subscribe`` at any time): they are in
+``client.subscriptions``, those of connect once the client is open, and
+``on_subscription`` hears of each.
 """
 
 from __future__ import annotations
@@ -116,16 +118,18 @@ class Subscription:
     :class:`~tidings.ConnectionClosed`).
 
     A **server-side** subscription (:attr:`server_side`) is one the hub
-    made because the application named its channel when the client
-    connected (the connect hook's ``channels``); the client never sent
+    made by itself: the token's ``subs`` claim or the connect hook's
+    ``channels`` named its channel when the client connected, or the
+    application called ``/api/subscribe`` since; the client never sent
     ``subscribe``. It behaves the same, except that the hub, not the
     client, renews it: on every reconnect the client sends its position
     with ``connect`` and the hub recovers it there; a gap seen live makes
     the client reconnect to recover it; and it ends (iteration stops) when
-    a reconnect no longer includes it (the application stopped naming the
-    channel). Unsubscribing from one holds for the current connection: the
-    hub subscribes the client again on reconnect while the application
-    names the channel.
+    a reconnect no longer includes it (neither the token nor the
+    application names the channel: one of ``/api/subscribe`` lasts as long
+    as the connection unless they do). Unsubscribing from one holds for
+    the current connection: the hub subscribes the client again on
+    reconnect while the token or the application names the channel.
     """
 
     def __init__(
@@ -146,8 +150,8 @@ class Subscription:
         #: first subscribe reply).
         self.epoch: str | None = None
         self.offset = 0
-        #: Made by the hub (the application named the channel at connect),
-        #: not by :meth:`Client.subscribe`.
+        #: Made by the hub (the token or the application named the
+        #: channel), not by :meth:`Client.subscribe`.
         self.server_side = False
         #: True from a subscribe command until its reply: pushes until then
         #: are covered by the reply.
@@ -274,12 +278,16 @@ class Client:
     Without a token, a hub with a connect hook asks the application, which
     gets ``data`` (any JSON value, sent with every connect) and the
     connection's headers. Its answer gives :attr:`user`, :attr:`info` and
-    :attr:`data`, and may subscribe the client to channels: each becomes a
-    :class:`Subscription` with ``server_side`` set, in
-    :attr:`subscriptions` and passed to ``on_subscription`` before any of
-    its publications (all of them are there when opening returns). When
-    the application cannot answer, opening raises :class:`HubError` 503
-    (a reconnect tries again, with backoff).
+    :attr:`data`. When the application cannot answer, opening raises
+    :class:`HubError` 503 (a reconnect tries again, with backoff).
+
+    The connect hook's ``channels`` and the token's ``subs`` claim
+    subscribe the client to channels at connect, and the application's
+    ``/api/subscribe`` at any time: each becomes a :class:`Subscription`
+    with ``server_side`` set, in :attr:`subscriptions` and passed to
+    ``on_subscription`` before any of its publications (set its
+    ``on_publication`` there, or iterate it); those of connect are all
+    there when opening returns.
 
     Every command raises :class:`HubError` on an error reply and
     ``TimeoutError`` after ``timeout`` seconds (which includes waiting for
@@ -557,10 +565,9 @@ class Client:
                 result = await self._request(ws, "connect", self._connect_fields())
                 self.client_id, self.user = result["client"], result["user"]
                 self.info, self.data = result.get("info"), result.get("data")
-                if self.token is None:
-                    # The hub announces the subscriptions it makes before it
-                    # answers the next command: after this, all are here.
-                    await self._request(ws, "ping", {})
+                # The hub announces the subscriptions it makes at connect
+                # before it answers the next command: after this, all are here.
+                await self._request(ws, "ping", {})
         except BaseException:
             await ws.close()
             raise
@@ -576,15 +583,15 @@ class Client:
         self._ready.set()
 
     def _connect_fields(self) -> dict[str, Any]:
-        """The connect command's fields: ``connect_data``, and the token
-        or, without one, every subscription's position, from which the hub
-        recovers those it subscribes us to (the connect hook's channels)."""
+        """The connect command's fields: ``connect_data``, the token, and
+        every subscription's position, from which the hub recovers those it
+        subscribes us to (the token's ``subs``, the connect hook's
+        channels)."""
         fields: dict[str, Any] = {}
         if self.connect_data is not None:
             fields["data"] = self.connect_data
         if self.token is not None:
             fields["token"] = self.token
-            return fields
         subs = {
             channel: {"offset": sub.offset, "epoch": sub.epoch}
             for channel, sub in self._subs.items()
@@ -703,8 +710,9 @@ class Client:
 
     def _subscribed_by_hub(self, channel: str, result: dict[str, Any]) -> None:
         """A ``subscribe`` push: the hub subscribed us to ``channel``, as
-        the application asked at connect; ``result`` is as a subscribe
-        reply's, with ``recovered`` when ``connect`` gave a position."""
+        the token or the application asked; ``result`` is as a subscribe
+        reply's, with ``recovered`` when a position was given (connect's,
+        or ``/api/subscribe``'s ``since``)."""
         self._announced.add(channel)
         sub = self._subs.get(channel)
         made = sub is None

@@ -126,6 +126,7 @@ class Session:
         "_bad",
         "_client",
         "_closing",
+        "_ended",
         "_expiry",
         "_hooked",
         "_limited",
@@ -162,8 +163,9 @@ class Session:
         self.transport = transport
         #: The client id connect gives, if not a new random one.
         self._client = client
-        #: Whether it shows in the presence of the channels it subscribes
-        #: to: not a long-poll, which holds no connection between polls.
+        #: Whether it holds a connection, which shows in the presence of the
+        #: channels it subscribes to and which pushes outlive: not a
+        #: long-poll, nor a command's POST, which hold one request each.
         self.present = present
         self.info: ClientInfo | None = None
         #: The client as the subscribe hook showed it on some channels.
@@ -173,8 +175,9 @@ class Session:
         #: answers for at expiry.
         self._hooked = False
         self._refreshing: asyncio.Task[None] | None = None
-        #: Channels the connect hook subscribed the client to, not yet done,
-        #: each with the position the client recovers it from.
+        #: Channels the connect hook or the token's ``subs`` subscribe the
+        #: client to, not yet done, each with the position the client
+        #: recovers it from.
         self._server_channels: list[tuple[str, tuple[int, str] | None]] = []
         self.subscriptions: set[str] = set()
         #: Pushes held back per channel while its subscribe is in flight.
@@ -186,6 +189,8 @@ class Session:
         self._bad = 0
         #: Our closing handshake, once we decided to end the connection.
         self._closing: asyncio.Task[None] | None = None
+        #: Set once the connection ended, as its cleanup begins.
+        self._ended = False
         #: Closes the connection when its token expires, unless refreshed.
         self._expiry: asyncio.TimerHandle | None = None
         self._limited = 0
@@ -217,6 +222,7 @@ class Session:
         except ConnectionClosed:
             pass
         finally:
+            self._ended = True
             if self._expiry is not None:
                 self._expiry.cancel()
             if self._refreshing is not None:
@@ -264,26 +270,43 @@ class Session:
             self.hub.subscribed(self, channel, epoch, offset)
 
     async def _subscribe_server_side(self) -> None:
-        """Subscribe the client to the channels the connect hook named,
-        each announced by a ``subscribe`` push (recovered from the
-        position the connect command gave for it, if any)."""
+        """Subscribe the client to the channels the connect hook or the
+        token's ``subs`` named, each recovered from the position the
+        connect command gave for it, if any."""
         channels, self._server_channels = self._server_channels, []
         for channel, since in channels:
-            namespace = self.hub.config.namespace(channel)
-            if namespace is None or channel in self.subscriptions:
-                continue
             try:
-                position = await self._join(channel, namespace, since)
-            except CommandError as exc:  # too many subscribers, say
-                logger.info(
-                    "server-side subscription to %s refused: %s", channel, exc.message
-                )
-                continue
+                await self.subscribe_by_hub(channel, since)
             except BrokerUnavailable:
                 self.close(CLOSE_TRY_AGAIN, "try again later")
                 return
-            self.send(encode_push(channel, "subscribe", position))
-            self._subscribed(channel)
+
+    async def subscribe_by_hub(
+        self, channel: str, since: tuple[int, str] | None = None
+    ) -> bool:
+        """Subscribe the client to ``channel`` on the hub's initiative (a
+        server-side subscription), announced by a ``subscribe`` push that
+        recovers from ``since`` when given. Return whether it was made: not
+        where the client is subscribed already, nor once the connection
+        ended, nor beyond a limit (logged). Raises BrokerUnavailable."""
+        namespace = self.hub.config.namespace(channel)
+        if namespace is None or channel in self.subscriptions or self._ended:
+            return False
+        try:
+            position = await self._join(channel, namespace, since)
+        except CommandError as exc:  # too many subscribers, say
+            logger.info(
+                "server-side subscription to %s refused: %s", channel, exc.message
+            )
+            return False
+        if self._ended:
+            # Asked from outside the session's loop (/api/subscribe): its
+            # cleanup may have run while this one joined.
+            await self.hub.unsubscribe(self, channel)
+            return False
+        self.send(encode_push(channel, "subscribe", position))
+        self._subscribed(channel)
+        return True
 
     def _hooked_publish(self, channel: str) -> bool:
         """Whether publishes to ``channel`` go through the publish hook (and
@@ -493,10 +516,7 @@ class Session:
             self._hooked = True
             self.identity = Identity(answer.user, expires=answer.expire_at)
             self.info = ClientInfo(client, answer.user, answer.info)
-            if self.transport in ("websocket", "sse"):  # not one-request sessions
-                self._server_channels = [
-                    (channel, command.subs.get(channel)) for channel in answer.channels
-                ]
+            self._subscribe_later(answer.channels, command.subs)
             self.hub.session_connected(self)
             reply = {**self.info.to_json(), **self._watch_expiry()}
             if answer.data is not None:
@@ -511,8 +531,18 @@ class Session:
             # The connect token's info stays for the connection: a refresh
             # changes permissions, not who the others see.
             self.info = ClientInfo(client, identity.user, identity.info)
+            self._subscribe_later(identity.subs, command.subs)
         self.hub.session_connected(self)
         return {**self.info.to_json(), **self._watch_expiry()}
+
+    def _subscribe_later(
+        self, channels: Iterable[str], subs: dict[str, tuple[int, str]]
+    ) -> None:
+        """Subscribe the client to ``channels`` once connect is answered,
+        each from its position in the connect command's ``subs``; not a
+        session of one request, which no push outlives."""
+        if self.present:
+            self._server_channels = [(c, subs.get(c)) for c in channels]
 
     def _hooks(self, hook: str) -> Hooks | None:
         """The hooks, if the application answers ``hook``."""

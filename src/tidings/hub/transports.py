@@ -29,6 +29,7 @@ from .keys import KeysUnavailable
 from .session import CLOSE_TRY_AGAIN, Session
 from .wire import (
     CommandError,
+    announced_position,
     channel_problem,
     dumps,
     encode_error,
@@ -36,6 +37,7 @@ from .wire import (
     parse_command,
     pub_position,
     reply_position,
+    valid_channel,
 )
 
 if TYPE_CHECKING:
@@ -73,6 +75,7 @@ _METHODS = {SSE_PATH: "GET", POLL_PATH: "GET", COMMAND_PATH: "POST"}
 #: JSON, and the position a browser's EventSource sends back.
 _REQUEST_HEADERS = "Authorization, Content-Type, Last-Event-ID"
 _SESSION = re.compile(r"[A-Za-z0-9_\-]{16,64}")
+_UNSUBSCRIBED = re.compile(r'\{"channel":"([^"\\]*)","unsubscribe":')
 _CONNECT_ID = 1  # the commands a fallback request implies: connect first,
 
 
@@ -247,7 +250,8 @@ def _positions(
     channels' order (an empty ``since`` for a channel with none)."""
     last = request.headers.get("Last-Event-ID")
     if last is not None:
-        parts = last.split(",")
+        head = last.partition(";")[0]  # then the server-side subscriptions'
+        parts = head.split(",") if head or count else []
         if len(parts) != count:
             raise _Refusal(400, "Last-Event-ID does not match the channels")
         return [_position(part, "Last-Event-ID") for part in parts]
@@ -262,6 +266,31 @@ def _positions(
     ]
 
 
+def _server_side(
+    hub: Hub, request: Request, params: dict[str, list[str]]
+) -> dict[str, tuple[int, str]]:
+    """Where the client's server-side subscriptions stand, which the
+    stream's connect recovers: the ``CHANNEL=OFFSET:EPOCH`` entries of
+    ``Last-Event-ID`` after its channels' positions (each after a ``;``),
+    else those of ``sub=``, one per channel."""
+    last = request.headers.get("Last-Event-ID")
+    if last is not None:
+        entries, where = last.split(";")[1:], "Last-Event-ID"
+    else:
+        entries, where = params.get("sub", []), "sub"
+    most = hub.config.max_subscriptions
+    if len(entries) > most:
+        raise _Refusal(400, f"{where}: more than {most} server-side subscriptions")
+    subs = {}
+    for entry in entries:
+        channel, _, text = entry.rpartition("=")
+        position = _position(text, where) if valid_channel(channel) else None
+        if position is None:
+            raise _Refusal(400, f"{where}: a server-side one is CHANNEL=OFFSET:EPOCH")
+        subs[channel] = position
+    return subs
+
+
 def _position(text: str, where: str) -> tuple[int, str] | None:
     if not text:
         return None
@@ -271,10 +300,15 @@ def _position(text: str, where: str) -> tuple[int, str] | None:
     return int(match[1]), match[2]
 
 
-def _connect(token: str | None) -> str:
+def _connect(token: str | None, subs: dict[str, tuple[int, str]] | None = None) -> str:
     command: dict[str, Any] = {"id": _CONNECT_ID, "op": "connect"}
     if token is not None:
         command["token"] = token
+    if subs:
+        command["subs"] = {
+            channel: {"offset": offset, "epoch": epoch}
+            for channel, (offset, epoch) in subs.items()
+        }
     return dumps(command)
 
 
@@ -302,13 +336,17 @@ class EventStream:
     ``Last-Event-ID`` recovers exactly what a dropped stream missed. A
     channel's position is the request's until a reply or a publication
     supersedes it: one whose subscribe failed, or had no reply yet, keeps
-    it, else the reopened stream would skip what it missed. The hub's
+    it, else the reopened stream would skip what it missed. Then, after a
+    ``;`` each, ``CHANNEL=OFFSET:EPOCH`` of every server-side subscription
+    announced on the stream (``subscribe`` pushes), until the hub ends it,
+    so that the reopened stream's connect recovers those too. The hub's
     ``close`` becomes an event named ``close``.
     """
 
     __slots__ = (
         "_channels",
         "_closed",
+        "_named",
         "_positions",
         "_stream",
         "remote_address",
@@ -326,6 +364,7 @@ class EventStream:
         self.request = request
         self.remote_address = stream.remote_address
         self._channels = channels
+        self._named = frozenset(channels)
         self._positions = {
             channel: f"{position[0]}:{position[1]}"
             for channel, position in zip(channels, positions, strict=True)
@@ -351,13 +390,25 @@ class EventStream:
             index = id - _subscribe_id(0)
             if 0 <= index < len(self._channels):
                 channel = self._channels[index]
+        elif (announced := announced_position(message)) is not None:
+            channel, offset, epoch = announced
+        elif (ended := _UNSUBSCRIBED.match(message)) and ended[1] not in self._named:
+            self._positions.pop(ended[1], None)  # the hub ended a server-side one
         head = ""
         if channel is not None:
             self._positions[channel] = f"{offset}:{epoch}"
-            ids = ",".join(self._positions.get(c, "") for c in self._channels)
-            head = f"id: {ids}\n"
+            head = f"id: {self._id()}\n"
         # JSON as the hub encodes it has no line breaks: one data line.
         self._stream.write(f"{head}data: {message}\n\n".encode())
+
+    def _id(self) -> str:
+        """Every channel's position, as the event ``id`` carries them."""
+        positions = self._positions
+        ids = ",".join(positions.get(c, "") for c in self._channels)
+        subs = "".join(
+            f";{c}={p}" for c, p in positions.items() if c not in self._named
+        )
+        return ids + subs
 
     def heartbeat(self) -> None:
         """A comment line: proxies see traffic, and a write to a client
@@ -391,6 +442,7 @@ async def _open_stream(hub: Hub, request: Request) -> HTTPStream:
     token = _token(request, params)
     channels = await _channels(hub, params, token)
     positions = _positions(request, params, len(channels))
+    connect = _connect(token, _server_side(hub, request, params))
     client = _client(params)
 
     async def body(stream: ResponseStream) -> None:
@@ -398,7 +450,7 @@ async def _open_stream(hub: Hub, request: Request) -> HTTPStream:
         session = Session(hub, outlet, client=client, transport="sse")
 
         async def commands() -> AsyncIterator[str]:
-            yield _connect(token)
+            yield connect
             for index, channel in enumerate(channels):
                 yield _subscribe(index, channel, positions[index])
             if channels and not session.subscriptions:

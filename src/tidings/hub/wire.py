@@ -19,6 +19,7 @@ __all__ = [
     "Command",
     "CommandError",
     "Raw",
+    "announced_position",
     "channel_problem",
     "channel_users",
     "encode_data",
@@ -273,6 +274,9 @@ def encode_position(
 _PUB_HEAD = re.compile(
     r'\{"channel":"([^"\\]*)","pub":\{"offset":(\d+),"epoch":("(?:[^"\\]|\\.)*")'
 )
+_SUBSCRIBE_HEAD = re.compile(
+    r'\{"channel":"([^"\\]*)","subscribe":\{"epoch":("(?:[^"\\]|\\.)*"),"offset":(\d+)'
+)
 _REPLY_HEAD = re.compile(
     r'\{"id":(\d+),"result":\{"epoch":("(?:[^"\\]|\\.)*"),"offset":(\d+)'
 )
@@ -285,6 +289,15 @@ def pub_position(text: str) -> tuple[str, int, str] | None:
     if match is None:
         return None
     return match[1], int(match[2]), json.loads(match[3])
+
+
+def announced_position(text: str) -> tuple[str, int, str] | None:
+    """The channel, offset and epoch of a ``subscribe`` push (a
+    server-side subscription's), or None for any other text."""
+    match = _SUBSCRIBE_HEAD.match(text)
+    if match is None:
+        return None
+    return match[1], int(match[3]), json.loads(match[2])
 
 
 def reply_position(text: str) -> tuple[int, int, str] | None:

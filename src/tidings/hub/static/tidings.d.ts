@@ -95,8 +95,10 @@ export interface HubEvents {
   connect: ConnectEvent;
   disconnect: DisconnectEvent;
   error: HubError;
-  /** A subscription the hub made (the application named its channel at
-   * connect), before any of its publications: set its handlers here. */
+  /** A subscription the hub made (the token's `subs` or the application's
+   * connect hook named its channel, or the application called
+   * /api/subscribe), before any of its publications: set its handlers
+   * here. */
   subscribe: Subscription;
 }
 
@@ -170,7 +172,7 @@ export class Subscription<T = unknown> {
   readonly channel: string;
   /** May be replaced or changed at any time. */
   handlers: SubscriptionHandlers<T>;
-  /** Made by the hub, not by hub.subscribe(). */
+  /** Made by the hub (a server-side subscription), not by hub.subscribe(). */
   serverSide: boolean;
   offset: number | null;
   epoch: string | null;

@@ -133,8 +133,10 @@ export class Hub {
 
   /** Listen to "connect" ({client, user, info, data}), "disconnect"
    * ({code, reason, reconnect, delay}), "error" (a HubError) or "subscribe"
-   * (a Subscription the hub made: the application named its channel at
-   * connect). Returns a function that stops listening. */
+   * (a Subscription the hub made: the token's `subs` or the application's
+   * connect hook named its channel, or the application called
+   * /api/subscribe; set its handlers there, before its first publication).
+   * Returns a function that stops listening. */
   on(event, fn) {
     const listeners = this._listeners[event];
     if (listeners === undefined) throw new Error(`unknown event ${event}`);
@@ -297,16 +299,14 @@ export class Hub {
     ws.onclose = (event) => this._lost(ws, event.code, event.reason);
   }
 
-  // The connect command's fields: `options.data`, and the token or, without
-  // one, every subscription's position, from which the hub recovers those
-  // it subscribes us to (the channels its connect hook names).
+  // The connect command's fields: `options.data`, the token, and every
+  // subscription's position, from which the hub recovers those it
+  // subscribes us to (the token's `subs`, the channels its connect hook
+  // names).
   _connectFields(token) {
     const fields = {};
     if (this.options.data !== undefined) fields.data = this.options.data;
-    if (token) {
-      fields.token = token;
-      return fields;
-    }
+    if (token) fields.token = token;
     const subs = {};
     for (const sub of this._subs.values()) {
       if (sub.epoch !== null) subs[sub.channel] = { offset: sub.offset, epoch: sub.epoch };
@@ -364,9 +364,10 @@ export class Hub {
     }
   }
 
-  // A subscribe push: the hub subscribed us to `channel`, as the application
-  // asked at connect. `result` is as a subscribe reply's, with `recovered`
-  // when connect gave the channel's position.
+  // A subscribe push: the hub subscribed us to `channel`, as the token or
+  // the application asked. `result` is as a subscribe reply's, with
+  // `recovered` when a position was given (connect's subs, or the `since`
+  // of /api/subscribe).
   _subscribedByHub(channel, result) {
     this._announced.add(channel);
     let sub = this._subs.get(channel);
@@ -382,8 +383,9 @@ export class Hub {
     if (made) this._emit("subscribe", sub);
     let since = "recovered" in result;
     if (!since && sub.epoch !== null) {
-      // Announced again without the position the page had (a fallback's
-      // connect carries none): recovered only if nothing came meanwhile.
+      // Announced again without the position the page had (by an
+      // /api/subscribe without since, say): recovered only if nothing came
+      // meanwhile.
       since = true;
       const same = result.epoch === sub.epoch && result.offset === sub.offset;
       result = { ...result, recovered: same, publications: [] };
@@ -535,8 +537,9 @@ export class Subscription {
     this.hub = hub;
     this.channel = channel;
     this.handlers = handlers;
-    /** Made by the hub (the application named the channel at connect),
-     * not by hub.subscribe(): the hub renews it on every reconnect. */
+    /** Made by the hub (the token's `subs` or the application named the
+     * channel), not by hub.subscribe(): the hub renews it on every
+     * reconnect while the token or the application names the channel. */
     this.serverSide = false;
     this.offset = handlers.since ? handlers.since.offset : null;
     this.epoch = handlers.since ? handlers.since.epoch : null;
@@ -817,6 +820,9 @@ class EventSocket extends FallbackSocket {
   constructor(base) {
     super(base);
     this._channels = new Map(); // channel -> {offset, epoch} or null
+    // The server-side subscriptions' positions: channel -> {offset, epoch},
+    // from which every stream's connect recovers them.
+    this._subs = new Map();
     this._waiting = new Map(); // channel -> id of the subscribe to answer
     this._connectId = null; // the connect to answer with the next stream's
     this._stream = null; // the AbortController of the stream being read
@@ -825,6 +831,7 @@ class EventSocket extends FallbackSocket {
 
   _connect(command) {
     this._connectId = command.id;
+    this._subs = new Map(Object.entries(command.subs ?? {}));
     this._open();
   }
 
@@ -836,6 +843,7 @@ class EventSocket extends FallbackSocket {
 
   _unsubscribe(command) {
     this._channels.delete(command.channel);
+    this._subs.delete(command.channel);
     this._waiting.delete(command.channel);
     this._post(command).then((reply) => this._deliver(reply));
   }
@@ -863,6 +871,9 @@ class EventSocket extends FallbackSocket {
         params.append("since", position ? String(position.offset) : "");
         params.append("epoch", position ? position.epoch : "");
       }
+    }
+    for (const [channel, { offset, epoch }] of this._subs) {
+      if (!this._channels.has(channel)) params.append("sub", `${channel}=${offset}:${epoch}`);
     }
     let response;
     try {
@@ -928,15 +939,21 @@ class EventSocket extends FallbackSocket {
       return;
     }
     if (event.id !== undefined) {
-      event.id.split(",").forEach((part, index) => {
-        const colon = part.indexOf(":");
-        if (colon > 0 && this._channels.has(channels[index])) {
-          this._channels.set(channels[index], {
-            offset: Number(part.slice(0, colon)),
-            epoch: part.slice(colon + 1),
-          });
+      // The URL's channels' positions, then ";CHANNEL=OFFSET:EPOCH" of each
+      // server-side subscription the stream has (all of them).
+      const [head, ...subs] = event.id.split(";");
+      head.split(",").forEach((part, index) => {
+        const position = parsePosition(part);
+        if (position && this._channels.has(channels[index])) {
+          this._channels.set(channels[index], position);
         }
       });
+      this._subs = new Map();
+      for (const entry of subs) {
+        const at = entry.lastIndexOf("=");
+        const position = parsePosition(entry.slice(at + 1));
+        if (at > 0 && position) this._subs.set(entry.slice(0, at), position);
+      }
     }
     if (data.id === 1) {
       // The connect reply: the Hub's own, or that of a stream reopened.
@@ -978,6 +995,13 @@ class EventSocket extends FallbackSocket {
     this._stream?.abort();
     this._stream = null;
   }
+}
+
+// "OFFSET:EPOCH" as {offset, epoch}, or null.
+function parsePosition(text) {
+  const colon = text.indexOf(":");
+  if (colon <= 0) return null;
+  return { offset: Number(text.slice(0, colon)), epoch: text.slice(colon + 1) };
 }
 
 // Long-polling: one request held per channel, each carrying its position,
