@@ -411,12 +411,17 @@ def _add_serve(sub: Any) -> None:
 def _add_token(sub: Any) -> None:
     token = sub.add_parser(
         "token",
-        help="mint a connection token for development",
+        help="mint a connection token (or a channel token) for development",
         description=(
             "Print a JWT (HS256) that a hub started with the same secret accepts."
         ),
     )
     token.add_argument("--user", required=True, help="the user id (the sub claim)")
+    token.add_argument(
+        "--channel",
+        help="mint a channel token instead: USER may subscribe to CHANNEL "
+        "(exactly), whatever the connection's token says",
+    )
     token.add_argument(
         "--channels",
         action="append",
@@ -521,7 +526,7 @@ def _token_main(args: argparse.Namespace) -> int:
     """Print a development token; return the exit status."""
     import json
 
-    from .hub.auth import mint_token
+    from .hub.auth import mint_channel_token, mint_token
     from .hub.config import MIN_SECRET_BYTES, ConfigError
 
     try:
@@ -540,15 +545,22 @@ def _token_main(args: argparse.Namespace) -> int:
             info = json.loads(args.info)
         except (ValueError, RecursionError):
             return _error("--info must be JSON")
+    if args.channel is not None and (args.channels or args.publish):
+        return _error("a channel token (--channel) has no --channels or --publish")
     try:
-        token = mint_token(
-            secret,
-            args.user,
-            channels=args.channels,
-            publish=args.publish,
-            ttl=args.ttl,
-            info=info,
-        )
+        if args.channel is not None:
+            token = mint_channel_token(
+                secret, args.user, args.channel, ttl=args.ttl, info=info
+            )
+        else:
+            token = mint_token(
+                secret,
+                args.user,
+                channels=args.channels,
+                publish=args.publish,
+                ttl=args.ttl,
+                info=info,
+            )
     except ValueError as exc:  # info too large, or not portable JSON
         return _error(f"--info: {exc}")
     sys.stdout.write(token + "\n")

@@ -1,4 +1,5 @@
-"""Connection tokens (JWT, HS256), channel permissions and the API key."""
+"""Connection and channel tokens (JWT, HS256), channel permissions and the
+API key."""
 
 from __future__ import annotations
 
@@ -20,15 +21,20 @@ from .wire import channel_users
 __all__ = [
     "MAX_TOKEN_LENGTH",
     "AuthError",
+    "ChannelGrant",
     "Identity",
+    "TokenMismatch",
     "Tokens",
     "api_key_matches",
     "can_publish",
     "can_subscribe",
+    "channel_grant",
     "decode_token",
     "hook_decides",
+    "mint_channel_token",
     "mint_token",
     "not_named",
+    "seconds_left",
 ]
 
 
@@ -43,6 +49,11 @@ class AuthError(TidingsError):
     """A token was refused. The message is safe to show the client: it says
     "invalid token" or "token expired" and nothing about why, except for an
     ``info`` claim too large, which its signer needs to hear of."""
+
+
+class TokenMismatch(TidingsError):
+    """A valid channel token presented for another channel or by another
+    user (or by anyone a private user channel does not name): 403."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +92,59 @@ def mint_token(
     if info is not None:
         claims["info"] = info
     return jwt.encode(claims, secret, algorithm="HS256")
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelGrant:
+    """What a channel token allows: ``user`` may subscribe to ``channel``
+    until ``expires`` (Unix time), showing ``info`` there."""
+
+    user: str
+    channel: str
+    expires: float
+    info: Any = field(default=None, compare=False)
+
+
+def mint_channel_token(
+    secret: str, user: str, channel: str, *, ttl: float = 3600, info: Any = None
+) -> str:
+    """Sign a channel token: ``user`` may subscribe to ``channel`` (exactly
+    that name) for ``ttl`` seconds, whatever its connection's token says,
+    showing ``info`` (as in :func:`mint_token`) on that channel."""
+    check_info(info)
+    claims: dict[str, object] = {
+        "sub": user,
+        "channel": channel,
+        "exp": int(time.time() + ttl),
+    }
+    if info is not None:
+        claims["info"] = info
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def seconds_left(expires: float) -> float:
+    """Seconds until ``expires`` (Unix time), 0 once past: a reply's
+    ``ttl``, in whole seconds, is its ``int``."""
+    return max(0.0, expires - time.time())
+
+
+def channel_grant(claims: dict[str, Any], user: str, channel: str) -> ChannelGrant:
+    """What the verified ``claims`` of a channel token allow the connection
+    of ``user`` on ``channel``. Raise :class:`AuthError` for claims that no
+    channel token has (no ``channel``, an ``info`` too large) and
+    :class:`TokenMismatch` for a token of another channel or user. A
+    private user channel stays for the users it names: a token cannot let
+    anyone else in (an anonymous connection, user "", never matches)."""
+    if not isinstance(claims.get("channel"), str):
+        raise AuthError("invalid token: a channel token needs a channel claim")
+    info = _info(claims)
+    if claims["channel"] != channel:
+        raise TokenMismatch(f"the channel token is for another channel than {channel}")
+    if claims.get("sub") != user or not user:
+        raise TokenMismatch("the channel token is for another user")
+    if not_named(Identity(user), channel):
+        raise TokenMismatch(f"not allowed to subscribe to {channel}")
+    return ChannelGrant(user, channel, float(claims["exp"]), info)
 
 
 def decode_token(token: object, secret: str | None) -> Identity:
@@ -128,6 +192,17 @@ def _identity(claims: dict[str, Any]) -> Identity:
     user = claims.get("sub")
     if not isinstance(user, str) or not user or not _encodable(user):
         raise AuthError("invalid token")
+    return Identity(
+        user,
+        _patterns(claims.get("channels")),
+        _patterns(claims.get("publish")),
+        float(claims["exp"]),
+        _info(claims),
+    )
+
+
+def _info(claims: dict[str, Any]) -> Any:
+    """A token's ``info`` claim, checked as ``check_info`` does."""
     info = claims.get("info")
     try:
         check_info(info)
@@ -135,13 +210,7 @@ def _identity(claims: dict[str, Any]) -> Identity:
         raise AuthError(
             f"invalid token: its info must be JSON of at most {MAX_INFO_BYTES} bytes"
         ) from None
-    return Identity(
-        user,
-        _patterns(claims.get("channels")),
-        _patterns(claims.get("publish")),
-        float(claims["exp"]),
-        info,
-    )
+    return info
 
 
 def _encodable(text: str) -> bool:
