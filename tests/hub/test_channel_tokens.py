@@ -120,6 +120,11 @@ async def test_an_invalid_or_expired_channel_token_is_401_and_the_connection_sta
         0
     ] == 401
     assert await alice.result("ping") == {}
+    # Nor is a channel token a connection token.
+    assert await alice.error("refresh", token=channel_token("alice", "private:x")) == (
+        401,
+        "invalid token: a channel token is not a connection token",
+    )
     token = channel_token("alice", "private:x")
     assert (await alice.result("subscribe", channel="private:x", token=token))[
         "ttl"

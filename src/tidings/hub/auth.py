@@ -192,6 +192,10 @@ def _identity(claims: dict[str, Any]) -> Identity:
     user = claims.get("sub")
     if not isinstance(user, str) or not user or not _encodable(user):
         raise AuthError("invalid token")
+    if "channel" in claims:
+        # Else it would connect with no channels or publish claim: every
+        # namespace's defaults, which its signer never meant to grant.
+        raise AuthError("invalid token: a channel token is not a connection token")
     return Identity(
         user,
         _patterns(claims.get("channels")),
