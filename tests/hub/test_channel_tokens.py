@@ -87,9 +87,14 @@ async def test_a_channel_token_lets_a_client_without_channel_claims_subscribe(
     assert (await alice.result("history", channel="members:room"))["offset"] == 0
     await alice.result("publish", channel="members:room", data="hi")
     assert (await alice.push())["pub"]["data"] == "hi"
-    assert (await alice.error("subscribe", channel="members:room", token=token))[
+    other = channel_token("alice", "members:room", info={"role": "other"})
+    assert (await alice.error("subscribe", channel="members:room", token=other))[
         0
     ] == 409
+    [entry] = (await alice.result("presence", channel="members:room"))["clients"]
+    assert entry["info"] == {"role": "guest"}
+    await alice.result("publish", channel="members:room", data="again")
+    assert (await alice.push())["pub"]["info"]["info"] == {"role": "guest"}
 
 
 async def test_an_invalid_or_expired_channel_token_is_401_and_the_connection_stays(

@@ -666,8 +666,6 @@ class Session:
         if not hook_decides(namespace, channel):
             self._check_subscribe(command, namespace)
             return await self._join(channel, namespace, command.since, command.id)
-        if channel in self.subscriptions:
-            raise CommandError(409, f"already subscribed to {channel}", command.id)
         answer = await self._ask_subscribe(channel)
         return await self._join_as(answer.info, command, namespace)
 
@@ -677,6 +675,8 @@ class Session:
         """:meth:`_join` the command's channel, shown there with ``info``
         (if not None) rather than the connection's."""
         channel = command.channel
+        if channel in self.subscriptions:  # its info stays
+            raise CommandError(409, f"already subscribed to {channel}", command.id)
         if info is not None and self.info is not None:
             self.channel_info[channel] = ClientInfo(
                 self.info.client, self.info.user, info
