@@ -164,6 +164,16 @@ async def test_token_mints_the_info_claim_and_refuses_bad_info() -> None:
         assert b"Traceback" not in err
 
 
+async def test_token_channel_mints_a_channel_token() -> None:
+    code, out, err = await mint("--channel", "room:7", "--info", '{"role": "guest"}')
+    assert code == 0, err
+    claims = jwt.decode(out.strip(), SECRET, algorithms=["HS256"])
+    assert (claims["sub"], claims["channel"]) == ("alice", "room:7")
+    assert claims["info"] == {"role": "guest"} and "channels" not in claims
+    code, out, err = await mint("--channel", "room:7", "--channels", "chat:*")
+    assert code == 1 and b"has no --channels" in err and not out
+
+
 async def test_token_refuses_a_short_secret() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

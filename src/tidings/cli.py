@@ -424,7 +424,7 @@ def _add_serve(sub: Any) -> None:
 def _add_token(sub: Any) -> None:
     token = sub.add_parser(
         "token",
-        help="mint a connection token for development",
+        help="mint a connection token (or a channel token) for development",
         description=(
             "Print a JWT that a hub started with the same secret accepts (HS256), "
             "or, with --private-key, one that a hub with its public key accepts "
@@ -433,6 +433,11 @@ def _add_token(sub: Any) -> None:
         ),
     )
     token.add_argument("--user", required=True, help="the user id (the sub claim)")
+    token.add_argument(
+        "--channel",
+        help="mint a channel token instead: USER may subscribe to CHANNEL "
+        "(exactly), whatever the connection's token says",
+    )
     token.add_argument(
         "--channels",
         action="append",
@@ -444,6 +449,12 @@ def _add_token(sub: Any) -> None:
         action="append",
         metavar="PATTERN",
         help="a channel pattern the user may publish to; repeatable",
+    )
+    token.add_argument(
+        "--subs",
+        action="append",
+        metavar="CHANNEL",
+        help="a channel the hub subscribes the user to at connect; repeatable",
     )
     token.add_argument("--ttl", type=float, default=3600, help="seconds; default: 3600")
     token.add_argument(
@@ -549,7 +560,7 @@ def _token_main(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from .hub.auth import mint_token
+    from .hub.auth import mint_channel_token, mint_token
     from .hub.config import MIN_SECRET_BYTES, ConfigError
     from .hub.hooks import check_info
 
@@ -578,22 +589,33 @@ def _token_main(args: argparse.Namespace) -> int:
             info = json.loads(args.info)
         except (ValueError, RecursionError):
             return _error("--info must be JSON")
+    if args.channel is not None and (args.channels or args.publish or args.subs):
+        return _error(
+            "a channel token (--channel) has no --channels, --publish or --subs"
+        )
     try:
         check_info(info)
     except ValueError as exc:  # too large, or not portable JSON
         return _error(f"--info: {exc}")
+    signing = {
+        "ttl": args.ttl,
+        "info": info,
+        "kid": args.kid,
+        "issuer": config.token_issuer,
+        "audience": config.token_audience,
+    }
     try:
-        token = mint_token(
-            key,
-            args.user,
-            channels=args.channels,
-            publish=args.publish,
-            ttl=args.ttl,
-            info=info,
-            kid=args.kid,
-            issuer=config.token_issuer,
-            audience=config.token_audience,
-        )
+        if args.channel is not None:
+            token = mint_channel_token(key, args.user, args.channel, **signing)
+        else:
+            token = mint_token(
+                key,
+                args.user,
+                channels=args.channels,
+                publish=args.publish,
+                subs=args.subs,
+                **signing,
+            )
     except ValueError as exc:  # a key that cannot sign
         return _error(f"--private-key: {exc}")
     sys.stdout.write(token + "\n")

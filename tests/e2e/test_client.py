@@ -20,6 +20,7 @@ from tidings.hub import (
     HubConfig,
     MemoryBroker,
     NamespaceConfig,
+    mint_channel_token,
     mint_token,
 )
 from tidings.hub.brokers.base import Push
@@ -867,3 +868,70 @@ async def test_a_page_shows_presence_info_and_server_side_subscriptions(
             "chat:room",
             "inbox:alice",
         ]
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse", "poll"])
+async def test_get_token_of_a_subscription_refreshes_its_channel_token(
+    browser: Browser, transport: str
+) -> None:
+    # A connection token that allows no channel; channel tokens of 2 s, 4 s,
+    # 6 s... from now, each replaced with sub_refresh before it expires, on
+    # every transport.
+    namespaces = {
+        **HubConfig().namespaces,  # the demo's, for its pages
+        # A poll reads what it missed from the history.
+        "members": NamespaceConfig(
+            allow_publish=True, history_size=10, history_ttl=600
+        ),
+    }
+    config = HubConfig(port=0, secret=SECRET, namespaces=namespaces)
+    async with Hub(config) as hub:
+        page = await client_page(browser, hub)
+        tokens = [
+            mint_channel_token(SECRET, "alice", "members:x", ttl=2 * n)
+            for n in range(1, 11)
+        ]
+        await page.evaluate(
+            """async ([transport, token, tokens]) => {
+                window.asked = 0;
+                window.got = [];
+                window.ended = [];
+                window.errors = [];
+                window.subscribed = 0;
+                window.hub = new T.Hub({ transports: [transport], token });
+                hub.on("error", (e) => errors.push([e.code, e.message]));
+                window.sub = hub.subscribe("members:x", {
+                    getToken: async () => tokens[Math.min(asked++, tokens.length - 1)],
+                    onPublication: (p) => got.push(p.data),
+                    onSubscribe: () => { subscribed += 1; },
+                    onUnsubscribe: () => ended.push(true),
+                    onError: (e) => errors.push([e.code, e.message]),
+                });
+                await hub.connect();
+            }""",
+            [transport, mint_token(SECRET, "alice"), tokens],
+        )
+        # Past the first token's expiry (2 s), the subscription goes on.
+        await page.wait_for("() => asked >= 3")
+        await hub.publish("members:x", "still subscribed")
+        await page.wait_for("() => got.length === 1")
+        result = await page.evaluate(
+            "() => ({ got, ended, errors, active: sub.active, t: hub.transport })"
+        )
+        assert result == {
+            "got": ["still subscribed"],
+            "ended": [],
+            "errors": [],
+            "active": True,
+            "t": transport,
+        }
+        if transport == "websocket":
+            # Dropped, it resubscribes with a new channel token.
+            asked = await page.evaluate("() => asked")
+            drop_everyone(hub)
+            await page.wait_for(f"() => asked > {asked} && subscribed === 2")
+            await hub.publish("members:x", "after the reconnect")
+            assert await page.wait_for("() => got.length === 2 && got") == [
+                "still subscribed",
+                "after the reconnect",
+            ]

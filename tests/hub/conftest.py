@@ -193,6 +193,16 @@ async def connect() -> AsyncIterator[Connect]:
         await asyncio.gather(*(peer.ws.close() for peer in peers))
 
 
+@pytest.fixture
+async def streams() -> AsyncIterator[list[Any]]:
+    """Event streams (test_transports.py's ``Stream``) to close after the
+    test."""
+    opened: list[Any] = []
+    yield opened
+    for stream in opened:
+        stream.close()
+
+
 HTTP = Callable[..., Awaitable[HTTPAnswer]]
 
 

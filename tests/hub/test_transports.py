@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -102,15 +101,6 @@ async def open_stream(
     stream = Stream(reader, writer)
     await stream.head()
     return stream
-
-
-@pytest.fixture
-async def streams() -> AsyncIterator[list[Stream]]:
-    """Streams to close after the test."""
-    opened: list[Stream] = []
-    yield opened
-    for stream in opened:
-        stream.close()
 
 
 async def subscribed(

@@ -2,7 +2,7 @@
 auth and an HTTP API, over WebSocket. See docs/protocol.md and docs/hub.md."""
 
 from .app import Hub
-from .auth import mint_token
+from .auth import mint_channel_token, mint_token
 from .brokers.base import Broker
 from .brokers.memory import MemoryBroker
 from .client import (
@@ -32,5 +32,6 @@ __all__ = [
     "RecoveryFailed",
     "Subscription",
     "load_config",
+    "mint_channel_token",
     "mint_token",
 ]

@@ -478,9 +478,35 @@ class Hub:
         """Unsubscribe the event stream of fallback client ``client``
         (hub/transports.py) from ``channel`` if this node serves it, telling
         it with an ``unsubscribe`` push; return how many (0 or 1)."""
+        session = self._stream(client, channel)
+        if session is None:
+            return 0
+        self.expel(session, channel)
+        return 1
+
+    def refresh_stream(
+        self, client: str, channel: str, user: str, expires: float
+    ) -> int | None:
+        """Extend to ``expires`` the subscription to ``channel`` that a
+        channel token of ``user`` allowed the event stream of fallback
+        client ``client`` (a ``sub_refresh`` over ``POST /command``), if
+        this node serves it; return its ``ttl``, or None."""
+        session = self._stream(client, channel)
+        if (
+            session is None
+            or channel not in session.granted
+            or session.info is None
+            or session.info.user != user
+        ):
+            return None
+        return session.grant(channel, expires)
+
+    def _stream(self, client: str, channel: str) -> Session | None:
+        """The event stream of fallback client ``client`` on ``channel``, if
+        this node serves it."""
         local = self._local.get(channel)
         if local is None:
-            return 0
+            return None
         for session in local.subscribers:
             info = session.info
             if (
@@ -488,9 +514,8 @@ class Hub:
                 and info is not None
                 and info.client == client
             ):
-                self.expel(session, channel)
-                return 1
-        return 0
+                return session
+        return None
 
     def expel(self, session: Session, channel: str) -> None:
         """Unsubscribe ``session`` from ``channel`` on the hub's initiative,
@@ -501,8 +526,8 @@ class Hub:
 
     async def survey(self, op: str, **args: Any) -> list[Any]:
         """Ask every node of the hub (this one included) to do ``op``
-        (``channels``, ``disconnect``, ``subscribe``, ``unsubscribe`` or
-        ``unsubscribe_stream``) and return their
+        (``channels``, ``disconnect``, ``subscribe``, ``unsubscribe``,
+        ``unsubscribe_stream`` or ``refresh_stream``) and return their
         answers; a node that does not answer within ``SURVEY_TIMEOUT``
         seconds is left out."""
         expected = await self.broker.nodes() | {self.node}
@@ -608,6 +633,7 @@ class Hub:
         session.subscriptions.discard(channel)
         session.recovering.pop(channel, None)
         session.channel_info.pop(channel, None)
+        session.ungrant(channel)
         local = self._local.get(channel)
         if local is None or session not in local.subscribers:
             return False
@@ -704,6 +730,10 @@ class Hub:
                 result = self.unsubscribe_user(args["user"], args["channel"])
             elif op == "unsubscribe_stream":
                 result = self.unsubscribe_stream(args["client"], args["channel"])
+            elif op == "refresh_stream":
+                result = self.refresh_stream(
+                    args["client"], args["channel"], args["user"], args["expires"]
+                )
             else:
                 raise ValueError(op)
         except (KeyError, TypeError, ValueError):

@@ -1,5 +1,5 @@
-"""Connection tokens (JWTs: HS256 with the secret; RS256, ES256 or EdDSA with
-public keys), channel permissions and the API key."""
+"""Connection and channel tokens (JWTs: HS256 with the secret; RS256, ES256
+or EdDSA with public keys), channel permissions and the API key."""
 
 from __future__ import annotations
 
@@ -29,15 +29,20 @@ from .wire import MAX_SUBS, channel_users, valid_channel
 __all__ = [
     "MAX_TOKEN_LENGTH",
     "AuthError",
+    "ChannelGrant",
     "Identity",
+    "TokenMismatch",
     "Tokens",
     "api_key_matches",
     "can_publish",
     "can_subscribe",
+    "channel_grant",
     "decode_token",
     "hook_decides",
+    "mint_channel_token",
     "mint_token",
     "not_named",
+    "seconds_left",
 ]
 
 
@@ -53,6 +58,11 @@ class AuthError(TidingsError):
     "invalid token" or "token expired" and nothing about why, except for an
     ``info`` claim too large or a malformed ``subs`` claim, which its
     signer needs to hear of."""
+
+
+class TokenMismatch(TidingsError):
+    """A valid channel token presented for another channel or by another
+    user (or by anyone a private user channel does not name): 403."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +88,7 @@ def mint_token(
     *,
     channels: Sequence[str] | None = None,
     publish: Sequence[str] | None = None,
+    subs: Sequence[str] | None = None,
     ttl: float = 3600,
     info: Any = None,
     algorithm: str | None = None,
@@ -88,27 +99,115 @@ def mint_token(
     """Sign a token for ``user`` valid ``ttl`` seconds (for development and
     for back ends that hand tokens to their users). ``info`` (any JSON, at
     most ``MAX_INFO_BYTES`` encoded; ValueError beyond) is what presence,
-    joins, leaves and the user's publications show of the client.
+    joins, leaves and the user's publications show of the client; ``subs``
+    are channels the hub subscribes the client to at connect.
 
     ``key`` is the hub's ``secret`` (HS256), or a PEM private key: RSA
     (RS256, or ``algorithm`` RS384 or RS512), EC P-256 (ES256) or Ed25519
     (EdDSA); ``kid`` names it in a JWKS. ``issuer`` and ``audience`` are
     the ``iss`` and ``aud`` claims. ValueError for a key that cannot sign
     with ``algorithm``."""
+    claims: dict[str, object] = {"sub": user}
+    for name, value in (("channels", channels), ("publish", publish), ("subs", subs)):
+        if value is not None:
+            claims[name] = list(value)
+    return _sign(
+        claims,
+        key,
+        ttl=ttl,
+        info=info,
+        algorithm=algorithm,
+        kid=kid,
+        issuer=issuer,
+        audience=audience,
+    )
+
+
+def mint_channel_token(
+    key: str | bytes,
+    user: str,
+    channel: str,
+    *,
+    ttl: float = 3600,
+    info: Any = None,
+    algorithm: str | None = None,
+    kid: str | None = None,
+    issuer: str | None = None,
+    audience: str | None = None,
+) -> str:
+    """Sign a channel token: ``user`` may subscribe to ``channel`` (exactly
+    that name) for ``ttl`` seconds, whatever its connection's token says,
+    showing ``info`` on that channel. The key and the other arguments are
+    :func:`mint_token`'s."""
+    claims: dict[str, object] = {"sub": user, "channel": channel}
+    return _sign(
+        claims,
+        key,
+        ttl=ttl,
+        info=info,
+        algorithm=algorithm,
+        kid=kid,
+        issuer=issuer,
+        audience=audience,
+    )
+
+
+def _sign(
+    claims: dict[str, object],
+    key: str | bytes,
+    *,
+    ttl: float,
+    info: Any,
+    algorithm: str | None,
+    kid: str | None,
+    issuer: str | None,
+    audience: str | None,
+) -> str:
+    """``claims`` with ``exp`` and the optional ones, signed with ``key``."""
     check_info(info)
     signer, algorithm = signing_key(key, algorithm)
-    claims: dict[str, object] = {"sub": user, "exp": int(time.time() + ttl)}
-    for name, value in (
-        ("channels", None if channels is None else list(channels)),
-        ("publish", None if publish is None else list(publish)),
-        ("info", info),
-        ("iss", issuer),
-        ("aud", audience),
-    ):
+    claims["exp"] = int(time.time() + ttl)
+    for name, value in (("info", info), ("iss", issuer), ("aud", audience)):
         if value is not None:
             claims[name] = value
     headers = None if kid is None else {"kid": kid}
     return jwt.encode(claims, signer, algorithm=algorithm, headers=headers)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelGrant:
+    """What a channel token allows: ``user`` may subscribe to ``channel``
+    until ``expires`` (Unix time), showing ``info`` there."""
+
+    user: str
+    channel: str
+    expires: float
+    info: Any = field(default=None, compare=False)
+
+
+def seconds_left(expires: float) -> float:
+    """Seconds until ``expires`` (Unix time), 0 once past: a reply's
+    ``ttl``, in whole seconds, is its ``int``."""
+    return max(0.0, expires - time.time())
+
+
+def channel_grant(claims: dict[str, Any], user: str, channel: str) -> ChannelGrant:
+    """What the verified ``claims`` of a channel token allow the connection
+    of ``user`` on ``channel``. Raise :class:`AuthError` for claims that no
+    channel token has (no ``channel``, an ``info`` too large) and
+    :class:`TokenMismatch` for a token of another channel or user. A
+    private user channel stays for the users it names: a token cannot let
+    anyone else in (an anonymous connection, user "", never matches)."""
+    if not isinstance(claims.get("channel"), str):
+        raise AuthError("invalid token: a channel token needs a channel claim")
+    info = _info(claims)
+    if claims["channel"] != channel:
+        raise TokenMismatch(f"the channel token is for another channel than {channel}")
+    if claims.get("sub") != user or not user:
+        raise TokenMismatch("the channel token is for another user")
+    if not_named(Identity(user), channel):
+        raise TokenMismatch(f"not allowed to subscribe to {channel}")
+    return ChannelGrant(user, channel, float(claims["exp"]), info)
 
 
 def decode_token(token: object, secret: str | None) -> Identity:
@@ -229,6 +328,22 @@ def _identity(claims: dict[str, Any]) -> Identity:
     user = claims.get("sub")
     if not isinstance(user, str) or not user or not _encodable(user):
         raise AuthError("invalid token")
+    if "channel" in claims:
+        # Else it would connect with no channels or publish claim: every
+        # namespace's defaults, which its signer never meant to grant.
+        raise AuthError("invalid token: a channel token is not a connection token")
+    return Identity(
+        user,
+        _patterns(claims.get("channels")),
+        _patterns(claims.get("publish")),
+        float(claims["exp"]),
+        _info(claims),
+        _subs(claims.get("subs")),
+    )
+
+
+def _info(claims: dict[str, Any]) -> Any:
+    """A token's ``info`` claim, checked as ``check_info`` does."""
     info = claims.get("info")
     try:
         check_info(info)
@@ -236,14 +351,7 @@ def _identity(claims: dict[str, Any]) -> Identity:
         raise AuthError(
             f"invalid token: its info must be JSON of at most {MAX_INFO_BYTES} bytes"
         ) from None
-    return Identity(
-        user,
-        _patterns(claims.get("channels")),
-        _patterns(claims.get("publish")),
-        float(claims["exp"]),
-        info,
-        _subs(claims.get("subs")),
-    )
+    return info
 
 
 def _encodable(text: str) -> bool:

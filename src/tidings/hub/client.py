@@ -113,9 +113,16 @@ class Subscription:
     ``on_publication``, publications go to that callback instead, and a gap
     goes to :attr:`on_recovery_failed` (which is called in both cases).
     Iteration ends after :meth:`unsubscribe` or when the hub unsubscribes
-    the client (``/api/unsubscribe``), or raises the error that ended the
-    subscription (a :class:`HubError` or
-    :class:`~tidings.ConnectionClosed`).
+    the client (``/api/unsubscribe``, or a channel token that expired), or
+    raises the error that ended the subscription (a :class:`HubError`, an
+    error of ``get_token``, or :class:`~tidings.ConnectionClosed`).
+
+    With ``get_token`` (:meth:`Client.subscribe`), every subscribe, the
+    resubscribes after a reconnect or a gap included, carries a channel
+    token it returns, and three quarters into each one's ``ttl`` the next
+    one goes out with ``sub_refresh``, so the subscription outlives its
+    tokens. A refresh that fails is logged and left: the hub ends the
+    subscription when the token expires.
 
     A **server-side** subscription (:attr:`server_side`) is one the hub
     made by itself: the token's ``subs`` claim or the connect hook's
@@ -137,10 +144,15 @@ class Subscription:
         client: Client,
         channel: str,
         on_publication: Callable[[Publication], object] | None = None,
+        get_token: Callable[[], Awaitable[str]] | None = None,
     ) -> None:
         self.client = client
         self.channel = channel
         self.on_publication = on_publication
+        #: Gives a channel token for each subscribe and sub_refresh.
+        self.get_token = get_token
+        #: Gets the channel token and subscribes, then refreshes it.
+        self._refresher: asyncio.Task[None] | None = None
         #: Called with the :class:`RecoveryFailed` when a gap occurs.
         self.on_recovery_failed: Callable[[RecoveryFailed], object] | None = None
         #: Called with a :class:`ClientInfo` on join and leave pushes.
@@ -246,10 +258,16 @@ class Subscription:
         if not self._subscribed.done():
             self._subscribed.set_result(None)
 
+    def _stop_refreshing(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            self._refresher = None
+
     def _end(self, error: BaseException | None) -> None:
         if self._ended:
             return
         self._ended = True
+        self._stop_refreshing()
         if error is not None:
             self._put(error)
             if not self._subscribed.done():
@@ -383,18 +401,25 @@ class Client:
         self,
         channel: str,
         on_publication: Callable[[Publication], object] | None = None,
+        *,
+        get_token: Callable[[], Awaitable[str]] | None = None,
     ) -> Subscription:
-        """Subscribe to ``channel``; see :class:`Subscription`."""
+        """Subscribe to ``channel``; see :class:`Subscription`.
+        ``get_token`` is awaited for a channel token (a JWT allowing this
+        user to subscribe to ``channel``, whatever the connection's token
+        says) before every subscribe and sub_refresh of it."""
         if channel in self._subs:
             raise HubError(409, f"already subscribed to {channel}")
         async with asyncio.timeout(self.timeout):
             await self._connection()
-            sub = self._subs[channel] = Subscription(self, channel, on_publication)
+            sub = Subscription(self, channel, on_publication, get_token)
+            self._subs[channel] = sub
             self._send_subscribe(sub)
             try:
                 await asyncio.shield(sub._subscribed)
             except BaseException:
                 if self._subs.get(channel) is sub:  # timed out or cancelled
+                    sub._stop_refreshing()
                     del self._subs[channel]
                     if self.connected and self._ws is not None:
                         self._send(
@@ -525,10 +550,38 @@ class Client:
 
     def _send_subscribe(self, sub: Subscription) -> None:
         sub._resyncing = True
+        sub._stop_refreshing()
+        ws = self._ws
+        assert ws is not None
+        if sub.get_token is None:
+            self._subscribe_on(ws, sub, None)
+        else:
+            sub._refresher = asyncio.create_task(self._subscribe_with_token(ws, sub))
+
+    async def _subscribe_with_token(self, ws: WebSocket, sub: Subscription) -> None:
+        """Subscribe ``sub`` on connection ``ws`` with a channel token from
+        its ``get_token``; a token that cannot be had ends it."""
+        assert sub.get_token is not None
+        try:
+            async with asyncio.timeout(self.timeout):
+                token = await sub.get_token()
+        except Exception as exc:
+            if self._subs.get(sub.channel) is sub:
+                del self._subs[sub.channel]
+                sub._end(exc)
+            return
+        if ws is self._ws and self._subs.get(sub.channel) is sub:
+            self._subscribe_on(ws, sub, token)
+
+    def _subscribe_on(
+        self, ws: WebSocket, sub: Subscription, token: str | None
+    ) -> None:
         fields: dict[str, Any] = {"channel": sub.channel}
         since = sub.epoch is not None
         if since:
             fields["since"] = {"offset": sub.offset, "epoch": sub.epoch}
+        if token is not None:
+            fields["token"] = token
 
         def on_reply(result: Any, error: BaseException | None) -> None:
             if self._subs.get(sub.channel) is not sub or sub.server_side:
@@ -538,11 +591,20 @@ class Client:
             if error is not None:
                 del self._subs[sub.channel]
                 sub._end(error)
-            else:
-                sub._subscribed_ok(result, since)
+                return
+            sub._subscribed_ok(result, since)
+            if sub.get_token is not None and "ttl" in result:
+                sub._refresher = asyncio.create_task(
+                    self._keep_token(
+                        ws,
+                        result["ttl"],
+                        sub.get_token,
+                        "sub_refresh",
+                        channel=sub.channel,
+                    )
+                )
 
-        assert self._ws is not None
-        self._send(self._ws, "subscribe", fields, on_reply)
+        self._send(ws, "subscribe", fields, on_reply)
 
     async def _open(self) -> None:
         """Connect, send connect, and resubscribe everything."""
@@ -572,7 +634,9 @@ class Client:
             await ws.close()
             raise
         if "ttl" in result and self.get_token is not None:
-            self._refresher = asyncio.create_task(self._keep_token(ws, result["ttl"]))
+            self._refresher = asyncio.create_task(
+                self._keep_token(ws, result["ttl"], self._fresh_token, "refresh")
+            )
         for sub in list(self._subs.values()):
             if not sub.server_side:
                 self._send_subscribe(sub)
@@ -626,24 +690,41 @@ class Client:
                     logger.info("reconnecting to %s failed: %s", self.url, exc)
                 delay = min(delay * 2, self.backoff_max)
 
-    async def _keep_token(self, ws: WebSocket, ttl: float) -> None:
-        """Refresh the token of connection ``ws`` until it closes. A refresh
-        that fails is logged and left: the hub closes the connection with
-        4002 when the token expires, and the reconnect gets a new one."""
+    async def _fresh_token(self) -> str:
+        """The connection's next token, from ``get_token``."""
         assert self.get_token is not None
+        self.token = await self.get_token()
+        return self.token
+
+    async def _keep_token(
+        self,
+        ws: WebSocket,
+        ttl: float,
+        get_token: Callable[[], Awaitable[str]],
+        op: str,
+        **fields: Any,
+    ) -> None:
+        """Send ``op`` (``refresh``, or ``sub_refresh`` with the channel)
+        with a new token from ``get_token`` three quarters into each token's
+        ``ttl``, on connection ``ws`` until it closes. One that fails is
+        logged and left: the hub ends the connection (4002) or the
+        subscription (an ``unsubscribe`` push) when the token expires, and
+        a reconnect or a new subscribe gets a new one."""
         try:
             while True:
                 await asyncio.sleep(ttl * _REFRESH_AT)
                 async with asyncio.timeout(self.timeout):
-                    self.token = await self.get_token()
-                    result = await self._request(ws, "refresh", {"token": self.token})
+                    token = await get_token()
+                    result = await self._request(ws, op, {**fields, "token": token})
                 ttl = result["ttl"]
         except Exception as exc:
-            logger.warning("refreshing the token failed: %r", exc)
+            logger.warning("%s failed: %r", op, exc)
 
     def _on_closed(self, ws: WebSocket, pending: dict[int, _Handler]) -> None:
         if self._refresher is not None:
             self._refresher.cancel()
+        for sub in self._subs.values():  # resubscribed with new tokens
+            sub._stop_refreshing()
         if self._failure is None:
             self._ready.clear()
         self._lost(_close_error(ws), pending)

@@ -18,11 +18,15 @@ from ..exceptions import ConnectionClosed
 from ..protocol import Request
 from .auth import (
     AuthError,
+    ChannelGrant,
     Identity,
+    TokenMismatch,
     can_publish,
     can_subscribe,
+    channel_grant,
     hook_decides,
     not_named,
+    seconds_left,
 )
 from .brokers.base import BrokerUnavailable, ClientInfo, OutcomeUnknown, Publication
 from .config import NamespaceConfig
@@ -128,6 +132,7 @@ class Session:
         "_closing",
         "_ended",
         "_expiry",
+        "_grant_timers",
         "_hooked",
         "_limited",
         "_pipeline",
@@ -137,6 +142,7 @@ class Session:
         "_subscribed_at",
         "_tokens",
         "channel_info",
+        "granted",
         "hub",
         "identity",
         "info",
@@ -168,8 +174,14 @@ class Session:
         #: long-poll, nor a command's POST, which hold one request each.
         self.present = present
         self.info: ClientInfo | None = None
-        #: The client as the subscribe hook showed it on some channels.
+        #: The client as the subscribe hook, or a channel token, showed it
+        #: on some channels.
         self.channel_info: dict[str, ClientInfo] = {}
+        #: The subscriptions a channel token allowed, and when each token
+        #: expires (Unix time).
+        self.granted: dict[str, float] = {}
+        #: End each of those when its token expires, unless refreshed.
+        self._grant_timers: dict[str, asyncio.TimerHandle] = {}
         self.identity: Identity | None = None
         #: Connected through the connect hook, which the refresh hook
         #: answers for at expiry.
@@ -477,6 +489,15 @@ class Session:
             )
         if op == "subscribe":
             return await self._subscribe(command, namespace)
+        if op == "sub_refresh":
+            grant = await self.check_grant(command)
+            if command.channel not in self.granted:
+                raise CommandError(
+                    409,
+                    f"not subscribed to {command.channel} by a channel token",
+                    command.id,
+                )
+            return {"ttl": self.grant(command.channel, grant.expires)}
         if op == "unsubscribe":
             if command.channel not in self.subscriptions:
                 raise CommandError(
@@ -486,7 +507,9 @@ class Session:
             return {}
         if op == "publish":
             return await self._publish(command, namespace)
-        if not hook_decides(namespace, command.channel):
+        if command.channel in self.granted:
+            pass  # its channel token allows reading it
+        elif not hook_decides(namespace, command.channel):
             self._check_subscribe(command, namespace)
         elif command.channel not in self.subscriptions:
             # Readers are those the application lets in: asked as for a
@@ -606,8 +629,9 @@ class Session:
         if self.identity is None or identity.user != self.identity.user:
             raise CommandError(403, "a refresh must keep the user", command.id)
         self.identity = identity
-        # The new token may grant fewer channels than the old one.
-        for channel in list(self.subscriptions):
+        # The new token may grant fewer channels than the old one (a
+        # channel token answers for its own).
+        for channel in self.subscriptions.difference(self.granted):
             namespace = self.hub.config.namespace(channel)
             if namespace is None or not can_subscribe(identity, namespace, channel):
                 self.hub.expel(self, channel)
@@ -622,7 +646,7 @@ class Session:
             self._expiry = None
         if self.identity is None or self.identity.expires is None:
             return {}
-        ttl = max(0.0, self.identity.expires - time.time())
+        ttl = seconds_left(self.identity.expires)
         self._expiry = asyncio.get_running_loop().call_later(ttl, self._expired)
         return {"ttl": int(ttl)}
 
@@ -664,21 +688,73 @@ class Session:
 
     async def _subscribe(self, command: Command, namespace: NamespaceConfig) -> Any:
         channel = command.channel
+        if command.token is not None:
+            # A channel token allows it, whatever the connection's token,
+            # the namespace or the subscribe hook would say.
+            grant = await self.check_grant(command)
+            result = await self._join_as(grant.info, command, namespace)
+            ttl = self.grant(channel, grant.expires)
+            return Raw(f'{result[:-1]},"ttl":{ttl}}}')
         if not hook_decides(namespace, channel):
             self._check_subscribe(command, namespace)
             return await self._join(channel, namespace, command.since, command.id)
-        if channel in self.subscriptions:
-            raise CommandError(409, f"already subscribed to {channel}", command.id)
         answer = await self._ask_subscribe(channel)
-        if answer.info is not None and self.info is not None:
+        return await self._join_as(answer.info, command, namespace)
+
+    async def _join_as(
+        self, info: Any, command: Command, namespace: NamespaceConfig
+    ) -> Raw:
+        """:meth:`_join` the command's channel, shown there with ``info``
+        (if not None) rather than the connection's."""
+        channel = command.channel
+        if channel in self.subscriptions:  # its info stays
+            raise CommandError(409, f"already subscribed to {channel}", command.id)
+        if info is not None and self.info is not None:
             self.channel_info[channel] = ClientInfo(
-                self.info.client, self.info.user, answer.info
+                self.info.client, self.info.user, info
             )
         try:
             return await self._join(channel, namespace, command.since, command.id)
         except CommandError:
             self.channel_info.pop(channel, None)
             raise
+
+    async def check_grant(self, command: Command) -> ChannelGrant:
+        """What the channel token of ``command`` (a subscribe or a
+        sub_refresh) allows this client; CommandError 401 for a token
+        invalid or expired (the connection stays: it is not the
+        connection's token), 403 for one of another channel or user."""
+        assert self.info is not None
+        try:
+            claims = await self.hub.tokens.claims(command.token)
+            return channel_grant(claims, self.info.user, command.channel)
+        except AuthError as exc:
+            raise CommandError(401, str(exc), command.id) from None
+        except TokenMismatch as exc:
+            raise CommandError(403, str(exc), command.id) from None
+
+    def grant(self, channel: str, expires: float) -> int:
+        """Hold the subscription to ``channel``, which a channel token
+        allowed, until ``expires``, then end it with an ``unsubscribe``
+        push; return the reply's ``ttl``. A poll, one request, is not
+        ended: its hold stops at ``expires`` (hub/transports.py)."""
+        self.granted[channel] = expires
+        timer = self._grant_timers.pop(channel, None)
+        if timer is not None:
+            timer.cancel()
+        ttl = seconds_left(expires)
+        if self.transport != "poll":
+            self._grant_timers[channel] = asyncio.get_running_loop().call_later(
+                ttl, self.hub.expel, self, channel
+            )
+        return int(ttl)
+
+    def ungrant(self, channel: str) -> None:
+        """The subscription to ``channel`` ended: forget its channel token."""
+        self.granted.pop(channel, None)
+        timer = self._grant_timers.pop(channel, None)
+        if timer is not None:
+            timer.cancel()
 
     async def _ask_subscribe(self, channel: str) -> Subscribe:
         """The subscribe hook's answer for ``channel``; Refuse if it says no."""

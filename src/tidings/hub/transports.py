@@ -23,11 +23,12 @@ from urllib.parse import parse_qs
 from ..engine.http import HTTPResponse, HTTPStream, ResponseStream
 from ..exceptions import ConnectionClosed
 from ..protocol import Request
-from .auth import AuthError, can_subscribe, hook_decides
+from .auth import AuthError, can_subscribe, hook_decides, seconds_left
 from .brokers.base import BrokerUnavailable, HistoryResult
 from .keys import KeysUnavailable
 from .session import CLOSE_TRY_AGAIN, Session
 from .wire import (
+    Command,
     CommandError,
     announced_position,
     channel_problem,
@@ -194,11 +195,16 @@ def _token(request: Request, params: dict[str, list[str]]) -> str | None:
 
 
 async def _channels(
-    hub: Hub, params: dict[str, list[str]], token: str | None
+    hub: Hub,
+    params: dict[str, list[str]],
+    token: str | None,
+    channel_tokens: Sequence[str | None],
 ) -> list[str]:
     """The channels asked for (perhaps none), once each, checked as a
     subscribe would be, so that a refusal is an HTTP status rather than a
-    stream that fails."""
+    stream that fails. A channel with a channel token is left to its
+    subscribe: on a stream, a token that expired while the browser was
+    away then fails that channel alone."""
     if hub.full():
         raise _Refusal(503, "server is full, try again later")
     channels = params.get("channel", [])
@@ -213,7 +219,7 @@ async def _channels(
             identity = await hub.tokens.identity(token)
         except AuthError as exc:
             raise _Refusal(401, str(exc)) from None
-    for channel in channels:
+    for channel, channel_token in zip(channels, channel_tokens, strict=True):
         problem = channel_problem(channel)
         if problem is not None:
             raise _Refusal(400, problem)
@@ -221,11 +227,24 @@ async def _channels(
         if namespace is None:
             raise _Refusal(404, f"unknown namespace in {channel}")
         # Where the application decides, its answer comes in the stream.
-        if not hook_decides(namespace, channel) and not can_subscribe(
-            identity, namespace, channel
+        if (
+            channel_token is None
+            and not hook_decides(namespace, channel)
+            and not can_subscribe(identity, namespace, channel)
         ):
             raise _Refusal(403, f"not allowed to subscribe to {channel}")
     return channels
+
+
+def _channel_tokens(params: dict[str, list[str]]) -> list[str | None]:
+    """Each channel's channel token: ``channel_token=JWT`` once per channel,
+    in the channels' order (empty for a channel without one), or none."""
+    tokens = params.get("channel_token", [])
+    if tokens and len(tokens) != len(params.get("channel", [])):
+        raise _Refusal(400, "give one channel_token per channel, in order")
+    return [token or None for token in tokens] or [None] * len(
+        params.get("channel", [])
+    )
 
 
 def _client(params: dict[str, list[str]]) -> str | None:
@@ -312,7 +331,9 @@ def _connect(token: str | None, subs: dict[str, tuple[int, str]] | None = None) 
     return dumps(command)
 
 
-def _subscribe(index: int, channel: str, since: tuple[int, str] | None) -> str:
+def _subscribe(
+    index: int, channel: str, since: tuple[int, str] | None, token: str | None
+) -> str:
     command: dict[str, Any] = {
         "id": _subscribe_id(index),
         "op": "subscribe",
@@ -320,6 +341,8 @@ def _subscribe(index: int, channel: str, since: tuple[int, str] | None) -> str:
     }
     if since is not None:
         command["since"] = {"offset": since[0], "epoch": since[1]}
+    if token is not None:
+        command["token"] = token
     return dumps(command)
 
 
@@ -440,7 +463,8 @@ class EventStream:
 async def _open_stream(hub: Hub, request: Request) -> HTTPStream:
     params = _params(hub, request)
     token = _token(request, params)
-    channels = await _channels(hub, params, token)
+    channel_tokens = _channel_tokens(params)
+    channels = await _channels(hub, params, token, channel_tokens)
     positions = _positions(request, params, len(channels))
     connect = _connect(token, _server_side(hub, request, params))
     client = _client(params)
@@ -452,7 +476,9 @@ async def _open_stream(hub: Hub, request: Request) -> HTTPStream:
         async def commands() -> AsyncIterator[str]:
             yield connect
             for index, channel in enumerate(channels):
-                yield _subscribe(index, channel, positions[index])
+                yield _subscribe(
+                    index, channel, positions[index], channel_tokens[index]
+                )
             if channels and not session.subscriptions:
                 # Heartbeats would hold open, for good, a stream that carries
                 # nothing. The browser reopens it after `retry:`, with the
@@ -530,7 +556,8 @@ _ERROR_CODE = re.compile(r'\{"id":\d+,"error":\{"code":(\d+)')
 async def _poll(hub: Hub, request: Request) -> HTTPResponse:
     params = _params(hub, request)
     token = _token(request, params)
-    channels = await _channels(hub, params, token)
+    channel_tokens = _channel_tokens(params)
+    channels = await _channels(hub, params, token, channel_tokens)
     if len(channels) != 1:
         raise _Refusal(400, "a poll names one channel (channel=NAME)")
     channel = channels[0]
@@ -543,14 +570,20 @@ async def _poll(hub: Hub, request: Request) -> HTTPResponse:
             raise _Refusal(400, "timeout must be a number of seconds") from None
     answers = _Answers(request)
     result: HistoryResult | None = None
+    expires: float | None = None
 
     async def commands() -> AsyncIterator[str]:
-        nonlocal result
+        nonlocal result, expires, timeout
         yield _connect(token)
         # Subscribed before the history is read: a publication after the
         # read wakes the poll, and none falls between.
-        yield _subscribe(0, channel, None)
-        if since is None or answers.refusal(_subscribe_id(0)) is not None:
+        yield _subscribe(0, channel, None, channel_tokens[0])
+        if answers.refusal(_subscribe_id(0)) is not None:
+            return
+        expires = session.granted.get(channel)
+        if expires is not None:  # held no longer than its channel token lasts
+            timeout = min(timeout, seconds_left(expires))
+        if since is None:
             return
         result = await hub.history(channel, since=since[0])
         if result.publications or not result.complete or result.epoch != since[1]:
@@ -578,7 +611,8 @@ async def _poll(hub: Hub, request: Request) -> HTTPResponse:
         if kept:  # the client polls again from the last one it got
             result = dataclasses.replace(result, offset=kept[-1].offset)
         body = encode_position(result, kept, recovered=True)
-    text = f'{body[:-1]},"pushes":[{",".join(answers.pushes)}]}}'
+    ttl = "" if expires is None else f',"ttl":{int(seconds_left(expires))}'
+    text = f'{body[:-1]}{ttl},"pushes":[{",".join(answers.pushes)}]}}'
     return HTTPResponse(200, text.encode(), [*_JSON, ("Cache-Control", "no-store")])
 
 
@@ -619,6 +653,9 @@ async def _command(hub: Hub, request: Request) -> HTTPResponse:
         if command.op == "unsubscribe":
             outcome = await _unsubscribe(hub, client, command.id, command.channel)
             return
+        if command.op == "sub_refresh":
+            outcome = await _sub_refresh(hub, session, client, command)
+            return
         yield text
 
     session = Session(hub, answers, present=False, client=client, transport="command")
@@ -627,6 +664,36 @@ async def _command(hub: Hub, request: Request) -> HTTPResponse:
         return outcome
     return answers.refusal(command.id) or HTTPResponse(
         200, answers.replies[command.id].encode(), _JSON
+    )
+
+
+async def _sub_refresh(
+    hub: Hub, session: Session, client: str | None, command: Command
+) -> HTTPResponse:
+    """Extend, with a new channel token, the subscription of the event
+    stream of the client ``session=SECRET`` names, on whichever node
+    serves it."""
+    if client is None:
+        raise _Refusal(400, "name the event stream's session: session=SECRET")
+    try:
+        grant = await session.check_grant(command)
+    except CommandError as exc:
+        raise _Refusal(exc.code, exc.message) from None
+    answers = await hub.survey(
+        "refresh_stream",
+        client=client,
+        channel=grant.channel,
+        user=grant.user,
+        expires=grant.expires,
+    )
+    ttl = next((ttl for ttl in answers if ttl is not None), None)
+    if ttl is None:
+        raise _Refusal(
+            409,
+            f"no event stream of this session is on {grant.channel} by a channel token",
+        )
+    return HTTPResponse(
+        200, f'{{"id":{command.id},"result":{{"ttl":{ttl}}}}}'.encode(), _JSON
     )
 
 

@@ -46,10 +46,19 @@ OPS = frozenset(
         "ping",
         "refresh",
         "rpc",
+        "sub_refresh",
     }
 )
 _CHANNEL_OPS = frozenset(
-    {"subscribe", "unsubscribe", "publish", "presence", "presence_stats", "history"}
+    {
+        "subscribe",
+        "unsubscribe",
+        "publish",
+        "presence",
+        "presence_stats",
+        "history",
+        "sub_refresh",
+    }
 )
 #: A namespace's name, which its channels' names begin with.
 NAMESPACE_RE = re.compile(r"[A-Za-z0-9_\-.]{1,64}")
@@ -84,6 +93,8 @@ class Command:
     op: str
     channel: str = ""
     data: Any = None
+    #: connect's and refresh's connection token; subscribe's and
+    #: sub_refresh's channel token.
     token: str | None = None
     since: tuple[int, str] | None = None
     limit: int | None = None
@@ -119,8 +130,8 @@ def parse_command(text: str) -> Command:
     token = raw.get("token")
     if token is not None and not isinstance(token, str):
         raise CommandError(400, "token must be a string", id)
-    if op == "refresh" and token is None:
-        raise CommandError(400, "refresh needs a token", id)
+    if op in ("refresh", "sub_refresh") and token is None:
+        raise CommandError(400, f"{op} needs a token", id)
     since = parse_since(raw["since"], id) if raw.get("since") is not None else None
     limit = raw.get("limit")
     if limit is not None and (

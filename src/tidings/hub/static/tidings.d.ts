@@ -49,6 +49,11 @@ export interface SubscriptionHandlers<T = unknown> {
   onUnsubscribe?(): unknown;
   /** Resume from a known position on the first subscribe. */
   since?: Position;
+  /** A channel token (a JWT allowing this user to subscribe to this
+   * channel, whatever the connection's token says) for every subscribe of
+   * the subscription, resubscribes after a reconnect included, and before
+   * each one expires, for the `sub_refresh` that replaces it. */
+  getToken?: () => string | Promise<string>;
 }
 
 /** How many are present on a channel: connections, and distinct users. */

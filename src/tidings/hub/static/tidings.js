@@ -169,7 +169,11 @@ export class Hub {
   }
 
   /** Subscribe to `channel`; returns a Subscription at once. The subscribe
-   * command goes out as soon as the hub is connected. */
+   * command goes out as soon as the hub is connected. With
+   * `handlers.getToken` (a function returning a channel token, or a
+   * Promise of one), every subscribe of it, resubscribes included, carries
+   * a fresh channel token, and three quarters into each one's `ttl` the
+   * next one goes out with `sub_refresh`. */
   subscribe(channel, handlers = {}) {
     if (this._subs.has(channel)) {
       throw new HubError(409, `already subscribed to ${channel}`);
@@ -339,7 +343,7 @@ export class Hub {
     this._attempt = 0;
     this._everConnected = true;
     this._heartbeat(ws);
-    this._keepToken(ws, result.ttl);
+    this._keepToken(this, ws, result.ttl, this.options.getToken, "refresh");
     if (this.transport !== "websocket") this._probe(ws);
     this._announced = new Set();
     if (this.transport === "websocket" && [...this._subs.values()].some((s) => s.serverSide)) {
@@ -455,18 +459,22 @@ export class Hub {
     }, this.options.probeInterval);
   }
 
-  // Refresh the token of `ws` before it expires (`ttl` seconds from now). A
-  // refresh that fails is reported and left: the hub closes with 4002 when
-  // the token expires, and the reconnect asks getToken again.
-  _keepToken(ws, ttl) {
-    clearTimeout(this._refreshTimer);
-    if (ttl === undefined || !this.options.getToken) return;
-    this._refreshTimer = setTimeout(async () => {
+  // Three quarters into a token's `ttl` (seconds from now) on `ws`, get the
+  // next one from `getToken` and send it with `op` (refresh; sub_refresh
+  // with the channel in `fields`), and so on. `owner`, the Hub or a
+  // Subscription, keeps the timer. One that fails is reported and left: the
+  // hub ends the connection (4002) or the subscription (an unsubscribe
+  // push) when the token expires, and the reconnect or the next subscribe
+  // asks getToken again.
+  _keepToken(owner, ws, ttl, getToken, op, fields = {}) {
+    clearTimeout(owner._refreshTimer);
+    if (ttl === undefined || !getToken) return;
+    owner._refreshTimer = setTimeout(async () => {
       try {
-        const token = await this.options.getToken();
-        if (ws !== this._ws) return;
-        const result = await this._call("refresh", { token });
-        this._keepToken(ws, result.ttl);
+        const token = await getToken();
+        if (ws !== this._ws || owner.active === false) return; // gone meanwhile
+        const result = await this._call(op, { ...fields, token });
+        this._keepToken(owner, ws, result.ttl, getToken, op, fields);
       } catch (error) {
         if (ws === this._ws) this._emit("error", error);
       }
@@ -481,6 +489,7 @@ export class Hub {
     clearTimeout(this._openTimer);
     clearInterval(this._pingTimer);
     clearTimeout(this._refreshTimer);
+    for (const sub of this._subs.values()) clearTimeout(sub._refreshTimer);
     clearInterval(this._probeTimer);
     // A transport that never reached the hub hands over to the next one.
     if (this.state !== "connected" && !ws.tidingsAnswered) this._transportIndex += 1;
@@ -549,6 +558,7 @@ export class Subscription {
     // True from a subscribe command until its reply: the pushes in between
     // are covered by the reply.
     this._resyncing = false;
+    this._refreshTimer = null; // sends the next channel token (getToken)
   }
 
   /** Stop receiving. Resolves when the hub confirmed (at once if offline). */
@@ -557,6 +567,7 @@ export class Subscription {
     if (hub._subs.get(this.channel) !== this) return Promise.resolve();
     hub._subs.delete(this.channel);
     this.active = false;
+    clearTimeout(this._refreshTimer);
     if (hub.state !== "connected") return Promise.resolve();
     return hub._call("unsubscribe", { channel: this.channel }).then(
       () => undefined,
@@ -602,15 +613,42 @@ export class Subscription {
 
   _send() {
     this._resyncing = true;
+    clearTimeout(this._refreshTimer);
+    const hub = this.hub;
+    const ws = hub._ws;
+    const getToken = this.handlers.getToken;
+    if (!getToken) {
+      this._sendOn(ws, null);
+      return;
+    }
+    Promise.resolve()
+      .then(getToken)
+      .then(
+        (token) => {
+          if (hub._ws === ws && hub._subs.get(this.channel) === this) this._sendOn(ws, token);
+        },
+        // No token: the subscription ends with the error.
+        (error) => this._subscribed(null, error instanceof Error ? error : new Error(error), false),
+      );
+  }
+
+  _sendOn(ws, token) {
     const fields = { channel: this.channel };
     const since = this.epoch !== null;
     if (since) fields.since = { offset: this.offset, epoch: this.epoch };
+    if (token) fields.token = token;
     const command = { op: "subscribe", fields };
     command.reply = (result, error) => {
       // Once the hub subscribed us itself, it answers this one with 409.
-      if (!this.serverSide) this._subscribed(result, error, since);
+      if (this.serverSide) return;
+      this._subscribed(result, error, since);
+      if (!error && this.active) {
+        const { channel } = this;
+        const getToken = this.handlers.getToken;
+        this.hub._keepToken(this, ws, result.ttl, getToken, "sub_refresh", { channel });
+      }
     };
-    this.hub._transmit(this.hub._ws, command);
+    this.hub._transmit(ws, command);
   }
 
   _subscribed(result, error, since) {
@@ -687,6 +725,7 @@ export class Subscription {
   _ended() {
     if (this.hub._subs.get(this.channel) === this) this.hub._subs.delete(this.channel);
     this.active = false;
+    clearTimeout(this._refreshTimer);
     this._call("onUnsubscribe", {});
   }
 
@@ -696,7 +735,7 @@ export class Subscription {
       const { offset, epoch } = message.position;
       if (!this._resyncing && (epoch !== this.epoch || offset > this.offset)) this._resync();
     } else if (message.unsubscribe !== undefined) {
-      this._ended(); // the hub unsubscribed us (its HTTP API's /api/unsubscribe)
+      this._ended(); // the hub unsubscribed us (/api/unsubscribe, a channel token expired)
     } else if (message.join !== undefined) this._call("onJoin", message.join);
     else if (message.leave !== undefined) this._call("onLeave", message.leave);
   }
@@ -725,6 +764,7 @@ class FallbackSocket {
     this.readyState = 0;
     this.onopen = this.onmessage = this.onclose = null;
     this._token = null;
+    this._channelTokens = new Map(); // channel -> its channel token, if any
     const bytes = crypto.getRandomValues(new Uint8Array(18));
     this._session = btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-").replace(/\//g, "_");
     this._requests = new Set(); // AbortControllers of the requests under way
@@ -740,9 +780,15 @@ class FallbackSocket {
     if (command.op === "connect") {
       this._token = command.token ?? null;
       this._connect(command);
-    } else if (command.op === "subscribe") this._subscribe(command);
-    else if (command.op === "unsubscribe") this._unsubscribe(command);
-    else if (command.op === "refresh") this._refresh(command);
+    } else if (command.op === "subscribe") {
+      if (command.token) this._channelTokens.set(command.channel, command.token);
+      else this._channelTokens.delete(command.channel);
+      this._subscribe(command);
+    } else if (command.op === "unsubscribe") {
+      this._channelTokens.delete(command.channel);
+      this._unsubscribe(command);
+    } else if (command.op === "refresh") this._refresh(command);
+    else if (command.op === "sub_refresh") this._subRefresh(command);
     else this._post(command).then((reply) => this._deliver(reply));
   }
 
@@ -812,6 +858,13 @@ class FallbackSocket {
   }
 
   _renewed() {}
+
+  // A stream's subscription lives on one node: POST /command finds it there.
+  async _subRefresh(command) {
+    const reply = await this._post(command);
+    if (reply && !reply.error) this._channelTokens.set(command.channel, command.token);
+    this._deliver(reply);
+  }
 }
 
 // Server-Sent Events: one stream for every channel, reopened (from the
@@ -874,6 +927,11 @@ class EventSocket extends FallbackSocket {
     }
     for (const [channel, { offset, epoch }] of this._subs) {
       if (!this._channels.has(channel)) params.append("sub", `${channel}=${offset}:${epoch}`);
+    }
+    if (channels.some((channel) => this._channelTokens.has(channel))) {
+      for (const channel of channels) {
+        params.append("channel_token", this._channelTokens.get(channel) ?? "");
+      }
     }
     let response;
     try {
@@ -963,6 +1021,11 @@ class EventSocket extends FallbackSocket {
     } else if (data.id !== undefined) {
       this._answered(channels[data.id - 2], data);
     } else {
+      if (data.unsubscribe !== undefined) {
+        // Ended by the hub: no stream reopened later may subscribe it again.
+        this._channels.delete(data.channel);
+        this._channelTokens.delete(data.channel);
+      }
       this._deliver(data);
     }
   }
@@ -1027,6 +1090,31 @@ class PollSocket extends FallbackSocket {
     this._deliver({ id: command.id, result: {} });
   }
 
+  // Each poll carries its channel token: a poll at once with the new one
+  // checks it (and gives its ttl), and the next polls carry it.
+  async _subRefresh(command) {
+    const params = new URLSearchParams({
+      channel: command.channel,
+      timeout: "0",
+      channel_token: command.token,
+    });
+    let answer;
+    try {
+      answer = await (await this._fetch("/poll", params)).json();
+    } catch (error) {
+      this._fail(1006, `a poll failed: ${error.message}`);
+      return;
+    }
+    if (answer.error) {
+      this._deliver({ id: command.id, error: answer.error });
+      return;
+    }
+    if (this._polls.has(command.channel)) {
+      this._channelTokens.set(command.channel, command.token);
+    }
+    this._deliver({ id: command.id, result: { ttl: answer.ttl } });
+  }
+
   async _poll(channel, id, since, token) {
     let position = since;
     let first = true;
@@ -1036,6 +1124,8 @@ class PollSocket extends FallbackSocket {
         params.set("since", String(position.offset));
         params.set("epoch", position.epoch);
       }
+      const channelToken = this._channelTokens.get(channel);
+      if (channelToken) params.set("channel_token", channelToken);
       let answer;
       try {
         answer = await (await this._fetch("/poll", params)).json();
@@ -1046,12 +1136,17 @@ class PollSocket extends FallbackSocket {
       if (this._polls.get(channel) !== token) return;
       if (answer.error) {
         if (first) this._deliver({ id, error: answer.error });
-        else this._fail(answer.error.code === 401 ? 4001 : 1006, answer.error.message);
+        else if (channelToken) {
+          // Its channel token expired (or was refused) unrefreshed: the
+          // subscription ends, as the hub ends it on a WebSocket.
+          this._polls.delete(channel);
+          this._deliver({ channel, unsubscribe: {} });
+        } else this._fail(answer.error.code === 401 ? 4001 : 1006, answer.error.message);
         return;
       }
       const at = { offset: answer.offset, epoch: answer.epoch };
       if (first) {
-        const result = position ? answer : at;
+        const result = position ? answer : { ...at, ttl: answer.ttl };
         this._deliver({ id, result });
         first = false;
       } else if (answer.recovered === false) {
