@@ -201,7 +201,8 @@ def _answer(call: _Call[_T], response: httpx.Response) -> _T:
     if isinstance(error, dict) and isinstance(error.get("message"), str):
         raise APIError(response.status_code, error["message"])
     # Not the hub's own answer: a proxy's, or a path that is not the API.
-    raise APIError(response.status_code, response.text[:200] or response.reason_phrase)
+    text = response.text[:200].strip()
+    raise APIError(response.status_code, text or response.reason_phrase)
 
 
 class _Base:
