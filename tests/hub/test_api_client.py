@@ -352,13 +352,16 @@ async def test_a_timeout_is_retried_with_a_key_and_not_without(
         assert (await api.publish("chat:t", 1, idempotency_key="k")).offset == 1
         assert front.accepted == ["hang", "hang", "relay"]
 
-    def blocking() -> None:
-        front.plan[:] = ["hang"]
-        with HubAPI(url, timeout=0.2) as api, pytest.raises(httpx.TimeoutException):
-            api.disconnect("alice")
+    def blocking() -> Published:
+        with HubAPI(url, timeout=0.2, backoff_initial=0.01) as api:
+            front.plan[:] = ["hang"]
+            with pytest.raises(httpx.TimeoutException):
+                api.disconnect("alice")
+            front.plan[:] = ["hang", "drop"]
+            return api.publish("chat:t", 2, idempotency_key="k2")
 
-    await asyncio.to_thread(blocking)
-    assert front.accepted[-1] == "hang"
+    assert (await asyncio.to_thread(blocking)).offset == 2
+    assert front.accepted[-4:] == ["hang", "hang", "drop", "relay"]
 
 
 async def test_a_connection_refused_is_retried_for_any_call() -> None:
