@@ -181,23 +181,14 @@ async def test_refusals_raise_api_error_with_the_status_and_the_message(
                 await call
             assert refused.value.status == status, refused.value
             assert words in refused.value.message
+    # Not even an HTTP address: the WebSocket endpoint, say.
+    with pytest.raises(ValueError, match="http:// or https://"):
+        AsyncHubAPI(hub.ws_url)
     # A URL that is not the hub's API: its answer, as an error.
     async with AsyncHubAPI(base(hub) + "/elsewhere") as api:
         with pytest.raises(APIError) as refused:
             await api.publish("chat:x", 1)
         assert (refused.value.status, refused.value.message) == (404, "not found")
-
-
-async def test_an_idempotency_key_too_long_is_refused_before_sending(
-    memory_hub: Any,
-) -> None:
-    hub = await memory_hub()
-    async with AsyncHubAPI(base(hub)) as api:
-        with pytest.raises(ValueError, match="1 to 64 characters"):
-            await api.publish("chat:x", 1, idempotency_key="k" * 65)
-        with pytest.raises(ValueError):
-            await api.broadcast(["chat:x"], 1, idempotency_key="")
-        assert (await api.history("chat:x")).offset == 0
 
 
 # -- retries: a 503 from a real hub -------------------------------------------------

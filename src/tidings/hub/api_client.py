@@ -43,9 +43,6 @@ _T = TypeVar("_T")
 _RETRY_STATUSES = frozenset({502, 503, 504})
 #: Failures before the request was sent: trying again cannot repeat it.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-#: A publish with an idempotency key is answered once; beyond 64
-#: characters the hub refuses the key.
-MAX_IDEMPOTENCY_KEY = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,13 +134,8 @@ def _read(path: str, read: Callable[[Any], _T], **params: str) -> _Call[_T]:
 
 
 def _key(key: str | None) -> dict[str, str]:
-    if key is None:
-        return {}
-    if not isinstance(key, str) or not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
-        raise ValueError(
-            f"idempotency_key must be a string of 1 to {MAX_IDEMPOTENCY_KEY} characters"
-        )
-    return {"idempotency_key": key}
+    # The hub checks it (at most 64 characters): one place for its limit.
+    return {} if key is None else {"idempotency_key": key}
 
 
 def _published(answer: Any) -> Published:
@@ -218,6 +210,11 @@ class _Base:
         backoff_initial: float,
         backoff_max: float,
     ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(
+                f"url must be the hub's http:// or https:// address, not {url!r}"
+            )
+        #: The hub's address, which each API path is appended to.
         self.url = url.rstrip("/")
         self._headers = {"Authorization": f"apikey {key}"} if key is not None else {}
         self._timeout = timeout
