@@ -167,18 +167,18 @@ async def test_refusals_raise_api_error_with_the_status_and_the_message(
 ) -> None:
     hub = await memory_hub()
     async with AsyncHubAPI(base(hub)) as api:
-        cases: list[tuple[Awaitable[Any], int, str]] = [
-            (api.publish("nope:x", 1), 404, "unknown namespace in nope:x"),
-            (api.presence("nope:x"), 404, "unknown namespace in nope:x"),
-            (api.publish("bad name", 1), 400, "channel is missing or invalid"),
-            (api.broadcast([], 1), 400, "channels must be a non-empty list"),
-            (api.history("chat:x", limit=-1), 400, "limit must be"),
-            (api.disconnect(""), 400, "user must be a non-empty string"),
-            (api.unsubscribe("alice", "nope:x"), 404, "unknown namespace"),
+        cases: list[tuple[Callable[[], Awaitable[Any]], int, str]] = [
+            (lambda: api.publish("nope:x", 1), 404, "unknown namespace in nope:x"),
+            (lambda: api.presence("nope:x"), 404, "unknown namespace in nope:x"),
+            (lambda: api.publish("bad name", 1), 400, "channel"),
+            (lambda: api.broadcast([], 1), 400, "channels must be a non-empty list"),
+            (lambda: api.history("chat:x", limit=-1), 400, "limit must be"),
+            (lambda: api.disconnect(""), 400, "user must be a non-empty string"),
+            (lambda: api.unsubscribe("alice", "nope:x"), 404, "unknown namespace"),
         ]
         for call, status, words in cases:
             with pytest.raises(APIError) as refused:
-                await call
+                await call()
             assert refused.value.status == status, refused.value
             assert words in refused.value.message
     # Not even an HTTP address: the WebSocket endpoint, say.
