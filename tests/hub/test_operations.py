@@ -5,7 +5,9 @@ a FastAPI app, the one of docs/asgi.md, whose views get them through
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ import pytest
 from tidings import AsyncHubAPI
 from tidings.hub import APIError, Client, InProcessAPI, Published
 
-from .test_mount import FAST, _listening, doc_block, take
+from ..test_docs import CODE
 
 BOUND = 10
 KEY = "the-api-key"
@@ -111,11 +113,17 @@ async def test_a_broker_refusal_is_an_api_error_in_process(
 def shop(tmp_path: Path) -> Iterator[str]:
     """docs/asgi.md's app with in-process publishing, with an API key, under
     a uvicorn process: its base URL."""
-    code = doc_block("docs/asgi.md", "from typing import Annotated")
+    [code] = [
+        b.code
+        for b in CODE
+        if b.page == "docs/asgi.md"
+        and b.code.startswith("from typing import Annotated")
+    ]
     code = code.replace("demo=False,", f"demo=False, api_key={KEY!r},")
     assert KEY in code
     (tmp_path / "shop.py").write_text(code)
-    sock = _listening()
+    # Listening before uvicorn starts: requests wait in the kernel for it.
+    sock = socket.create_server(("127.0.0.1", 0))
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -143,13 +151,14 @@ def shop(tmp_path: Path) -> Iterator[str]:
 async def test_views_publish_through_the_dependency_without_http(shop: str) -> None:
     ws = shop.replace("http", "ws") + "/realtime/ws"
     async with (
-        Client(ws, **FAST) as watcher,
+        Client(ws) as watcher,
         httpx.AsyncClient(base_url=shop, timeout=BOUND) as http,
     ):
         sub = await watcher.subscribe("orders:7")
         answer = await http.post("/orders/7/ship")
         assert answer.status_code == 200, answer.text
-        [pub] = await take(sub, 1)
+        async with asyncio.timeout(BOUND):
+            pub = await anext(aiter(sub))
         assert pub.data == {"status": "shipped"}
         assert answer.json() == {"offset": pub.offset}
         watching = await http.get("/watchers/orders:7")
