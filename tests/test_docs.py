@@ -298,6 +298,19 @@ def subscribes_to_a_hub(block: Block) -> None:
             assert out == "1 {'name': 'py', 'text': 'hi'}\n"
 
 
+def publishes_to_a_hub(block: Block) -> None:
+    """A back end of the HTTP API: its publication is in the history."""
+    serve = [sys.executable, "-m", "tidings", "serve", "--port", "0"]
+    with background(serve, ready="WebSocket endpoint") as line:
+        port = re.search(r":(\d+)/ws", line)
+        assert port is not None, line
+        out = run_python(block.code.replace("8000", port.group(1)))
+        with tidings.HubAPI(f"http://127.0.0.1:{port.group(1)}") as api:
+            history = api.history("chat:lobby")
+    assert "PresenceStats(clients=0, users=0)" in out, out
+    assert [p.offset for p in history.publications] == [1], history
+
+
 def quotes_setup_py(block: Block) -> None:
     """A quotation of setup.py."""
     setup = re.sub(r"\s+", " ", (ROOT / "setup.py").read_text())
@@ -344,6 +357,8 @@ PYTHON: dict[tuple[str, str, int], Callable[[Block], None]] = {
     ("docs/asyncio.md", "A client", 0): prints_the_echo,
     ("docs/hub.md", "Inside a Python program", 0): runs_a_hub,
     ("docs/hub.md", "From Python", 0): subscribes_to_a_hub,
+    ("docs/hub.md", "From a back end: the HTTP API", 0): publishes_to_a_hub,
+    ("README.md", "Run the hub", 2): publishes_to_a_hub,
     ("docs/speedups.md", "Building", 0): quotes_setup_py,
     (INTEGRATE, "With FastAPI", 0): AnswersTheHub("fastapi", "app"),
     (INTEGRATE, "With Django", 0): AnswersTheHub("django", "app"),

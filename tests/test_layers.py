@@ -94,3 +94,9 @@ def test_only_the_proxy_uses_aiohttp() -> None:
     # Its client, for the hooks over HTTP (the [proxy] extra); aiohttp's
     # server stays a peer the engine is measured against, never a part.
     assert violations(".", ("aiohttp",)) == ["hub/proxy.py imports aiohttp"]
+
+
+def test_only_the_api_client_uses_httpx() -> None:
+    # Its HTTP client (the [api] extra), for back ends: the hub itself
+    # serves with nothing of it installed.
+    assert violations(".", ("httpx",)) == ["hub/api_client.py imports httpx"]

@@ -1,9 +1,10 @@
 """tidings: a WebSocket toolkit and real-time messaging hub for Python.
 
 ``tidings.serve`` and ``tidings.connect`` are the asyncio server and client;
-``tidings.protocol`` is the I/O-free protocol core underneath. The asyncio
-names are imported on first use, so that ``import tidings.protocol`` stays
-free of asyncio.
+``tidings.protocol`` is the I/O-free protocol core underneath;
+``tidings.HubAPI`` and ``tidings.AsyncHubAPI`` are clients of the hub's
+HTTP API for back ends. These names are imported on first use, so that
+``import tidings.protocol`` stays free of asyncio.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from .exceptions import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncHubAPI",
     "ConnectionClosed",
     "HTTPResponse",
     "HTTPStream",
+    "HubAPI",
     "InvalidHandshake",
     "InvalidStatus",
     "InvalidURI",
@@ -42,6 +45,8 @@ __all__ = [
 ]
 
 _LAZY = {
+    "AsyncHubAPI": ".hub.api_client",
+    "HubAPI": ".hub.api_client",
     "HTTPResponse": ".engine.http",
     "HTTPStream": ".engine.http",
     "ResponseStream": ".engine.http",
@@ -60,6 +65,7 @@ if TYPE_CHECKING:
     from .engine.eventloop import run
     from .engine.http import HTTPResponse, HTTPStream, ResponseStream
     from .engine.server import Server, serve
+    from .hub.api_client import AsyncHubAPI, HubAPI
 
 
 def __getattr__(name: str) -> Any:

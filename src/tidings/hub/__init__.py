@@ -15,8 +15,10 @@ from .client import (
 )
 from .config import ConfigError, HubConfig, NamespaceConfig, ProxyConfig, load_config
 from .mount import HubApp
+from .operations import APIError, InProcessAPI, Published
 
 __all__ = [
+    "APIError",
     "Broker",
     "Client",
     "ConfigError",
@@ -25,10 +27,12 @@ __all__ = [
     "HubApp",
     "HubConfig",
     "HubError",
+    "InProcessAPI",
     "MemoryBroker",
     "NamespaceConfig",
     "ProxyConfig",
     "Publication",
+    "Published",
     "RecoveryFailed",
     "Subscription",
     "load_config",

@@ -15,9 +15,9 @@ from ..engine.http import HTTPResponse, HTTPStream
 from ..protocol import Request
 from . import demo
 from .auth import api_key_matches
-from .brokers.base import BrokerUnavailable, OutcomeUnknown
+from .operations import APIError, InProcessAPI
 from .transports import COMMAND_PATH, POLL_PATH, SSE_PATH, handle_fallback
-from .wire import CommandError, channel_problem, dumps, encode_position, parse_since
+from .wire import CommandError, dumps, encode_position, parse_since
 
 if TYPE_CHECKING:
     from .app import Hub
@@ -47,15 +47,6 @@ _PAGES = {
     "/ticker": "ticker.html",
     "/report": "report.html",
 }
-
-
-class ApiError(Exception):
-    """An HTTP API error: status and message."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def _json(status: int, body: Any) -> HTTPResponse:
@@ -92,7 +83,7 @@ async def handle_http(hub: Hub, request: Request) -> HTTPResponse | HTTPStream |
         if hub.config.api_key is not None:
             try:
                 _authorize(hub, request)
-            except ApiError as exc:
+            except APIError as exc:
                 return _error(hub, request, exc)
         return HTTPResponse(
             200,
@@ -103,13 +94,7 @@ async def handle_http(hub: Hub, request: Request) -> HTTPResponse | HTTPStream |
         try:
             _authorize(hub, request)
             return _json(200, await _api(hub, request))
-        except CommandError as exc:
-            return _error(hub, request, ApiError(exc.code, exc.message))
-        except OutcomeUnknown as exc:
-            return _error(hub, request, ApiError(504, str(exc)))
-        except BrokerUnavailable as exc:
-            return _error(hub, request, ApiError(503, str(exc)))
-        except ApiError as exc:
+        except APIError as exc:
             return _error(hub, request, exc)
     if path in _CLIENT:
         # The browser client, demo or not; public code, which pages of any
@@ -141,7 +126,7 @@ def _static(
     return HTTPResponse(200, body, [("Content-Type", content_type), *(headers or [])])
 
 
-def _error(hub: Hub, request: Request, exc: ApiError) -> HTTPResponse:
+def _error(hub: Hub, request: Request, exc: APIError) -> HTTPResponse:
     hub.metrics.errors[f"api_{exc.status}"] += 1
     logger.info(
         "HTTP %d for %s %.100s: %s", exc.status, request.method, request.path, exc
@@ -153,23 +138,23 @@ def _authorize(hub: Hub, request: Request) -> None:
     key = hub.config.api_key
     if key is not None:
         if not api_key_matches(request.headers.get("Authorization"), key):
-            raise ApiError(401, "missing or wrong API key")
+            raise APIError(401, "missing or wrong API key")
     elif not _is_loopback(hub.config.host):
-        raise ApiError(403, "set an API key to use the HTTP API on a public address")
+        raise APIError(403, "set an API key to use the HTTP API on a public address")
     elif not _is_loopback(_host_name(request.headers.get("Host") or "")):
         # DNS rebinding: a page of evil.example, resolved to 127.0.0.1, would
         # reach the keyless API with its own name as Host.
-        raise ApiError(403, "without an API key, the Host must be a loopback name")
+        raise APIError(403, "without an API key, the Host must be a loopback name")
     elif not _loopback_origin(request.headers.get("Origin")):
         # Any web page may POST here from a visitor's browser.
-        raise ApiError(403, "without an API key, pages of other origins are refused")
+        raise APIError(403, "without an API key, pages of other origins are refused")
     elif any(name in request.headers for name in _FORWARDED):
         # A reverse proxy on this machine makes every caller look local.
-        raise ApiError(403, "without an API key, proxied requests are refused")
+        raise APIError(403, "without an API key, proxied requests are refused")
     elif request.method == "POST" and not _is_json(request):
         # A page may POST text/plain to another site without asking first
         # (no CORS preflight), even where it sends no Origin; JSON it may not.
-        raise ApiError(415, "without an API key, a POST body must be application/json")
+        raise APIError(415, "without an API key, a POST body must be application/json")
 
 
 def _is_json(request: Request) -> bool:
@@ -232,81 +217,73 @@ def _origin_allowed(hub: Hub, request: Request) -> bool:
 
 
 async def _api(hub: Hub, request: Request) -> Any:
+    # HTTP in, JSON out: what each endpoint does is hub.api()'s.
+    api = hub.api()
     route = (request.method, request.path)
     if route == ("POST", "/api/publish"):
         body = _body(request)
-        channel = _channel(hub, body.get("channel"))
-        offset, epoch = await hub.publish(channel, _data(body))
-        return {"offset": offset, "epoch": epoch}
+        return (await api.publish(body.get("channel", ""), _data(body)))._asdict()
     if route == ("POST", "/api/broadcast"):
         body = _body(request)
-        channels = body.get("channels")
-        if not isinstance(channels, list) or not channels:
-            raise ApiError(400, "channels must be a non-empty list")
-        checked = [_channel(hub, c) for c in channels]
-        data = _data(body)
-        results = []
-        for channel in checked:
-            offset, epoch = await hub.publish(channel, data)
-            results.append({"channel": channel, "offset": offset, "epoch": epoch})
-        return {"results": results}
+        channels = body.get("channels", [])
+        published = await api.broadcast(channels, _data(body))
+        return {
+            "results": [
+                {"channel": channel, **p._asdict()}
+                for channel, p in zip(channels, published, strict=True)
+            ]
+        }
     if route == ("GET", "/api/presence"):
-        channel = _channel(hub, _query(request, "channel"))
-        clients = await hub.broker.presence(channel)
+        clients = await api.presence(_channel(request))
         return {"clients": [c.to_json() for c in clients]}
     if route == ("GET", "/api/presence_stats"):
-        channel = _channel(hub, _query(request, "channel"))
-        return (await hub.broker.presence_stats(channel))._asdict()
+        return (await api.presence_stats(_channel(request)))._asdict()
     if route == ("GET", "/api/history"):
-        return await _history(hub, request)
+        return await _history(api, request)
     if route == ("GET", "/api/channels"):
-        counts: dict[str, int] = {}
-        for answer in await hub.survey("channels"):
-            for channel, count in answer.items():
-                counts[channel] = counts.get(channel, 0) + count
         return {
             "channels": [
                 {"channel": channel, "subscribers": count}
-                for channel, count in sorted(counts.items())
+                for channel, count in (await api.channels()).items()
             ]
         }
     if route == ("POST", "/api/disconnect"):
-        user = _user(_body(request))
-        return {"disconnected": sum(await hub.survey("disconnect", user=user))}
+        body = _body(request)
+        return {"disconnected": await api.disconnect(body.get("user", ""))}
     if route == ("POST", "/api/subscribe"):
         body = _body(request)
-        user, channel = _user(body), _channel(hub, body.get("channel"))
         since = body.get("since")
-        if since is not None:
-            since = list(parse_since(since))  # as JSON carries it to every node
-        answers = await hub.survey("subscribe", user=user, channel=channel, since=since)
-        return {"subscribed": sum(answers)}
+        try:
+            since = None if since is None else parse_since(since)
+        except CommandError as exc:
+            raise APIError(exc.code, exc.message) from None
+        user, channel = body.get("user", ""), body.get("channel", "")
+        return {"subscribed": await api.subscribe(user, channel, since)}
     if route == ("POST", "/api/unsubscribe"):
         body = _body(request)
-        user, channel = _user(body), _channel(hub, body.get("channel"))
-        answers = await hub.survey("unsubscribe", user=user, channel=channel)
-        return {"unsubscribed": sum(answers)}
-    raise ApiError(404, f"no API endpoint {request.method} {request.path}")
+        user, channel = body.get("user", ""), body.get("channel", "")
+        return {"unsubscribed": await api.unsubscribe(user, channel)}
+    raise APIError(404, f"no API endpoint {request.method} {request.path}")
 
 
-async def _history(hub: Hub, request: Request) -> Any:
-    channel = _channel(hub, _query(request, "channel"))
-    limit_text = _query(request, "limit", required=False)
+async def _history(api: InProcessAPI, request: Request) -> Any:
+    channel = _channel(request)
+    limit_text = _query(request, "limit")
     limit = None
     if limit_text is not None:
         if not (limit_text.isascii() and limit_text.isdigit() and len(limit_text) < 16):
-            raise ApiError(400, "limit must be a non-negative integer")
+            raise APIError(400, "limit must be a non-negative integer")
         limit = int(limit_text)
-    since_text = _query(request, "since", required=False)
+    since_text = _query(request, "since")
     since = None
     if since_text is not None:
         offset, _, epoch = since_text.partition(":")
         try:
             since = parse_since({"offset": int(offset), "epoch": epoch})
         except (ValueError, CommandError):
-            raise ApiError(400, "since must be OFFSET:EPOCH") from None
-    result = await hub.history(channel, since=since[0] if since else None, limit=limit)
-    if since is not None and (not result.complete or result.epoch != since[1]):
+            raise APIError(400, "since must be OFFSET:EPOCH") from None
+    result = await api.raw_history(channel, limit=limit, since=since)
+    if not result.complete:
         return encode_position(result, (), complete=False)
     return encode_position(result, result.publications)
 
@@ -315,42 +292,28 @@ def _body(request: Request) -> dict[str, Any]:
     try:
         body = json.loads(request.body)
     except (ValueError, RecursionError):
-        raise ApiError(400, "the body must be JSON") from None
+        raise APIError(400, "the body must be JSON") from None
     if not isinstance(body, dict):
-        raise ApiError(400, "the body must be a JSON object")
+        raise APIError(400, "the body must be a JSON object")
     return body
-
-
-def _user(body: dict[str, Any]) -> str:
-    user = body.get("user")
-    if not isinstance(user, str) or not user:
-        raise ApiError(400, "user must be a non-empty string")
-    return user
 
 
 def _data(body: dict[str, Any]) -> Any:
     if "data" not in body:
-        raise ApiError(400, "data is missing")
+        raise APIError(400, "data is missing")
     return body["data"]
 
 
-def _channel(hub: Hub, channel: Any) -> str:
-    problem = channel_problem(channel)
-    if problem is not None:
-        raise ApiError(400, problem)
-    assert isinstance(channel, str)  # as channel_problem found
-    if hub.config.namespace(channel) is None:
-        raise ApiError(404, f"unknown namespace in {channel}")
-    return channel
-
-
-def _query(request: Request, name: str, *, required: bool = True) -> str | None:
+def _query(request: Request, name: str) -> str | None:
     values = parse_qs(request.query).get(name)
-    if not values:
-        if required:
-            raise ApiError(400, f"query parameter {name} is missing")
-        return None
-    return values[0]
+    return values[0] if values else None
+
+
+def _channel(request: Request) -> str:
+    channel = _query(request, "channel")
+    if channel is None:
+        raise APIError(400, "query parameter channel is missing")
+    return channel
 
 
 def _static_file(name: str) -> tuple[bytes, str] | None:

@@ -34,6 +34,7 @@ from .callables import CallableHooks, HookFunction
 from .config import ConfigError, HubConfig, NamespaceConfig
 from .hooks import Hooks
 from .metrics import Metrics
+from .operations import InProcessAPI
 from .proxy import ProxyHooks
 from .session import CLOSE_DISCONNECTED, CLOSE_SLOW, Outlet, Session
 from .transports import EventStream
@@ -118,8 +119,9 @@ class _Survey:
 
 class Hub:
     """A node of a real-time hub. ``async with Hub(config) as hub:`` serves
-    it; ``hub.url`` is where. The in-process API (:meth:`publish`,
-    :meth:`history`, :meth:`disconnect`...) is what the HTTP API calls.
+    it; ``hub.url`` is where. :meth:`api` is what the HTTP API calls;
+    :meth:`publish`, :meth:`history` and :meth:`survey` are what it is made
+    of.
 
     ``broker`` defaults to the one ``config.broker`` names; nodes given
     brokers on one backend (one Redis, or one
@@ -138,6 +140,7 @@ class Hub:
         self.tokens = Tokens(self.config)
         #: What the hub asks the application (docs/integrate.md), if anything.
         self.hooks: Hooks | None = None
+        self._api = InProcessAPI(self)
         if self.config.proxy.enabled:
             self.hooks = ProxyHooks(self.config.proxy, self.metrics)
         self._local: dict[str, _Local] = {}
@@ -366,6 +369,13 @@ class Hub:
         return function
 
     # -- the in-process API ---------------------------------------------------
+
+    def api(self) -> InProcessAPI:
+        """The HTTP API's operations in this process, with typed answers
+        (the same methods as :class:`tidings.AsyncHubAPI`): ``await
+        hub.api().publish(channel, data)``. In a FastAPI view,
+        ``api: InProcessAPI = Depends(hub.api)``."""
+        return self._api
 
     def options(self, namespace: NamespaceConfig) -> ChannelOptions:
         """What the broker needs to know of a namespace."""
