@@ -236,7 +236,8 @@ async def _api(hub: Hub, request: Request) -> Any:
     if route == ("POST", "/api/publish"):
         body = _body(request)
         channel = _channel(hub, body.get("channel"))
-        offset, epoch = await hub.publish(channel, _data(body))
+        key = body.get("idempotency_key")
+        offset, epoch = await hub.publish(channel, _data(body), idempotency_key=key)
         return {"offset": offset, "epoch": epoch}
     if route == ("POST", "/api/broadcast"):
         body = _body(request)
@@ -245,9 +246,10 @@ async def _api(hub: Hub, request: Request) -> Any:
             raise ApiError(400, "channels must be a non-empty list")
         checked = [_channel(hub, c) for c in channels]
         data = _data(body)
+        key = body.get("idempotency_key")  # checked by hub.publish; per channel
         results = []
         for channel in checked:
-            offset, epoch = await hub.publish(channel, data)
+            offset, epoch = await hub.publish(channel, data, idempotency_key=key)
             results.append({"channel": channel, "offset": offset, "epoch": epoch})
         return {"results": results}
     if route == ("GET", "/api/presence"):
