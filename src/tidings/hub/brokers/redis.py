@@ -162,7 +162,7 @@ _PUBLISH = (
 if KEYS[3] then
   local made = redis.call('GET', KEYS[3])
   if made then
-    local offset, made_in, tag = string.match(made, '^(%d+)\31([^\31]*)\31(.*)$')
+    local offset, made_in, tag = string.match(made, '^(%d+)\\31([^\\31]*)\\31(.*)$')
     if made_in == epoch then return {tonumber(offset), epoch, tag} end
   end
 end
