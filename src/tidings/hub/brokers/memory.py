@@ -11,7 +11,7 @@ import asyncio
 import heapq
 import secrets
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -110,8 +110,11 @@ class MemoryBackend:
         #: (channel, idempotency key) -> when it is forgotten, the offset of
         #: the publication made with it, and the channel's state then (its
         #: epoch: a channel forgotten and made again is another), oldest
-        #: first.
-        self.keys: dict[tuple[str, str], tuple[float, int, _Channel]] = {}
+        #: first. (An OrderedDict: a dict emptied from the front finds its
+        #: first item in time that grows with what was removed before it.)
+        self.keys: OrderedDict[tuple[str, str], tuple[float, int, _Channel]] = (
+            OrderedDict()
+        )
         #: Least recently published first.
         self.channels: dict[str, _Channel] = {}
         #: The channels with a history, least recently published first,
