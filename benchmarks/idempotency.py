@@ -14,7 +14,9 @@ broker sends them together). The modes alternate, measurement by
 measurement, so that a noisy moment falls on all three; the figures are
 the medians of ``--repeat`` measurements of ``--count`` publishes each:
 publishes per second and microseconds per publish of this process's wall
-time. Every loop is bounded by its count.
+time, and on Redis the microseconds Redis spent per publish script (its
+``INFO commandstats``, reset before each measurement: the Redis must be
+one of its own). Every loop is bounded by its count.
 
     .venv/bin/python -m benchmarks.idempotency [--redis redis://127.0.0.1:6379/0]
         [--count 20000] [--repeat 5] [--depth 1,64]
@@ -74,23 +76,38 @@ async def _measure(broker: Broker, mode: str, count: int, depth: int) -> float:
     return time.perf_counter() - start
 
 
-async def _rows(name: str, broker: Broker, args: argparse.Namespace) -> None:
+async def _rows(
+    name: str, broker: Broker, args: argparse.Namespace, server: Any = None
+) -> None:
+    """Print a row per depth and mode; with ``server`` (a redis-py client of
+    the broker's Redis), also Redis' own time per publish script, read from
+    ``INFO commandstats``: what the key costs Redis, whatever this process's
+    core is busy with."""
     await broker.start("bench", _Node())
     try:
         for depth in args.depth:
             count = args.count // depth * depth
             await _measure(broker, "keyed", count // 10, depth)  # warm up
             times: dict[str, list[float]] = {mode: [] for mode in MODES}
+            in_redis: dict[str, list[float]] = {mode: [] for mode in MODES}
             for _ in range(args.repeat):
                 for mode in MODES:
+                    if server is not None:
+                        await server.config_resetstat()
                     times[mode].append(await _measure(broker, mode, count, depth))
+                    if server is not None:
+                        stats = await server.info("commandstats")
+                        in_redis[mode].append(stats["cmdstat_evalsha"]["usec_per_call"])
             plain = statistics.median(times["plain"]) / count * 1e6
             for mode in MODES:
                 us = statistics.median(times[mode]) / count * 1e6
-                print(
+                row = (
                     f"{name:6} depth {depth:3}  {mode:6}  {1e6 / us:9,.0f} publishes/s"
                     f"  {us:7.2f} us/publish  ({us - plain:+.2f} us)"
                 )
+                if in_redis[mode]:
+                    row += f"  redis: {statistics.median(in_redis[mode]):.2f} us/script"
+                print(row)
     finally:
         await broker.close()
 
@@ -98,10 +115,14 @@ async def _rows(name: str, broker: Broker, args: argparse.Namespace) -> None:
 async def _main(args: argparse.Namespace) -> None:
     await _rows("memory", MemoryBroker(), args)
     if args.redis:
+        from redis.asyncio import Redis
+
         from tidings.hub.brokers.redis import RedisBroker
 
         prefix = f"bench{secrets.token_hex(4)}:"
-        await _rows("redis", RedisBroker(args.redis, prefix=prefix), args)
+        async with Redis.from_url(args.redis) as server:
+            broker = RedisBroker(args.redis, prefix=prefix)
+            await _rows("redis", broker, args, server)
 
 
 def main() -> None:
