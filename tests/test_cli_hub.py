@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import jwt
+import pytest
 
 import tidings
 from tidings.hub import mint_token
@@ -103,16 +104,23 @@ async def test_serve_reads_flags_env_and_toml(tmp_path: Path) -> None:
         assert await stop(proc) == 0
 
 
-async def test_invalid_configuration_is_one_line_naming_the_key(tmp_path: Path) -> None:
-    config = tmp_path / "bad.toml"
-    config.write_text("[namespaces.chat]\nhistory_size = -1\n")
+@pytest.mark.parametrize(
+    ("args", "key"),
+    [
+        (["--config", "{dir}/bad.toml"], b"namespaces.chat.history_size"),
+        (["--idempotency-window", "-1"], b"idempotency_window"),
+    ],
+)
+async def test_invalid_configuration_is_one_line_naming_the_key(
+    tmp_path: Path, args: list[str], key: bytes
+) -> None:
+    (tmp_path / "bad.toml").write_text("[namespaces.chat]\nhistory_size = -1\n")
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "tidings",
         "serve",
-        "--config",
-        str(config),
+        *(arg.format(dir=tmp_path) for arg in args),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -120,7 +128,7 @@ async def test_invalid_configuration_is_one_line_naming_the_key(tmp_path: Path) 
         _, err = await proc.communicate()
     assert proc.returncode == 1
     assert b"Traceback" not in err
-    assert b"namespaces.chat.history_size" in err and len(err.splitlines()) == 1
+    assert key in err and len(err.splitlines()) == 1
 
 
 async def test_token_mints_a_token_the_hub_accepts() -> None:

@@ -413,6 +413,13 @@ def _add_serve(sub: Any) -> None:
         "after this; default: 30",
     )
     serve.add_argument(
+        "--idempotency-window",
+        type=float,
+        metavar="SECONDS",
+        help="a publish repeating an idempotency_key within this publishes "
+        "nothing and answers the first one's position; 0: off; default: 300",
+    )
+    serve.add_argument(
         "--no-demo",
         dest="demo",
         action="store_const",
@@ -502,6 +509,7 @@ def _serve_main(args: argparse.Namespace) -> int:
                 "tls_key": args.tls_key,
                 "broker": args.broker,
                 "presence_ttl": args.presence_ttl,
+                "idempotency_window": args.idempotency_window,
                 "demo": args.demo,
             },
         )

@@ -66,6 +66,86 @@ async def test_broadcast_publishes_to_every_channel(
     assert (await hub.history("news:a")).offset == 1
 
 
+async def test_a_publish_repeating_its_idempotency_key_publishes_nothing(
+    start_hub: Any, connect: Any, http: Any
+) -> None:
+    hub = await start_hub()
+    nodes = CLUSTERS[hub]
+    peer = await connect(hub)
+    await peer.result("subscribe", channel="news:today")
+    body = {"channel": "news:today", "idempotency_key": "order 17"}
+    # Retried on every node in turn: one publication, one answer.
+    answers = [
+        await http(node, "POST", "/api/publish", {**body, "data": i})
+        for i, node in enumerate(nodes * 2)
+    ]
+    assert [a.status for a in answers] == [200] * len(answers)
+    first = answers[0].json()
+    assert first["offset"] == 1
+    assert [a.json() for a in answers] == [first] * len(answers)
+    # In a broadcast the key is per channel: news:today has it already,
+    # chat:b publishes, and a retry of the broadcast publishes nothing.
+    broadcast = {
+        "channels": ["news:today", "chat:b"],
+        "data": "x",
+        "idempotency_key": "order 17",
+    }
+    results = []
+    for node in (nodes[-1], hub):
+        answer = await http(node, "POST", "/api/broadcast", broadcast)
+        assert answer.status == 200
+        results.append(answer.json()["results"])
+    assert results[0] == results[1]
+    assert results[0][0] == {"channel": "news:today", **first}
+    assert results[0][1]["offset"] == 1
+    await hub.publish("news:today", "end")
+    assert [pub["data"] for pub in await peer.pubs(2)] == [0, "end"]
+    assert (await hub.history("chat:b")).offset == 1
+
+
+@pytest.mark.parametrize("key", ["", "k" * 65, 17, "a\tb"])
+async def test_a_bad_idempotency_key_is_400_and_nothing_is_published(
+    start_hub: Any, http: Any, key: Any
+) -> None:
+    hub = await start_hub()
+    for path, body in (
+        ("/api/publish", {"channel": "news:a", "data": 1}),
+        ("/api/broadcast", {"channels": ["news:a", "chat:b"], "data": 1}),
+    ):
+        answer = await http(hub, "POST", path, {**body, "idempotency_key": key})
+        assert answer.status == 400
+        assert answer.json()["error"]["message"] == (
+            "idempotency_key must be a string of 1-64 printable characters"
+        )
+    assert (await hub.history("news:a")).offset == 0
+
+
+async def test_a_key_raced_over_the_api_from_every_node_publishes_once(
+    start_hub: Any, connect: Any, http: Any
+) -> None:
+    hub = await start_hub()
+    nodes = CLUSTERS[hub]
+    peer = await connect(hub)
+    await peer.result("subscribe", channel="news:race")
+    attempts = 24
+    answers = await asyncio.gather(
+        *(
+            http(
+                nodes[i % len(nodes)],
+                "POST",
+                "/api/publish",
+                {"channel": "news:race", "data": i, "idempotency_key": "k"},
+            )
+            for i in range(attempts)
+        )
+    )
+    assert [a.status for a in answers] == [200] * attempts
+    assert len({(a.json()["offset"], a.json()["epoch"]) for a in answers}) == 1
+    await hub.publish("news:race", "end")
+    [made, end] = await peer.pubs(2)
+    assert (made["offset"], end["offset"], end["data"]) == (1, 2, "end")
+
+
 async def test_presence_history_and_channels(
     start_hub: Any, connect: Any, http: Any, mint: Any
 ) -> None:

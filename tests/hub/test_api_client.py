@@ -436,10 +436,6 @@ async def test_the_idempotency_key_and_subscribe_as_sent(recorder: Any) -> None:
     ]
 
 
-@pytest.mark.skip(
-    reason="needs idempotency_key on POST /api/publish and /api/broadcast "
-    "(issue 23, idempotent publishing): unskip once merged"
-)
 async def test_a_publish_sent_twice_with_its_key_is_made_once(
     start_hub: Any,
 ) -> None:

@@ -98,6 +98,62 @@ async def test_publications_arrive_in_order_to_every_subscriber_and_the_publishe
             assert mine == list(range(50))
 
 
+async def test_a_publish_key_raced_from_every_node_publishes_exactly_once(
+    start_hub: Any, connect: Any
+) -> None:
+    hub = await start_hub()
+    subscriber = await connect(hub)
+    await subscriber.result("subscribe", channel="chat:race")
+    publishers = [await connect(hub) for _ in range(3)]  # one per node
+
+    async def publish(peer: Any, key: str, n: int) -> set[tuple[int, str]]:
+        # Pipelined: all n are in flight on the node at once.
+        ids = [next(peer.ids) for _ in range(n)]
+        for i, id in enumerate(ids):
+            await peer.send(
+                {
+                    "id": id,
+                    "op": "publish",
+                    "channel": "chat:race",
+                    "data": i,
+                    "idempotency_key": key,
+                }
+            )
+        replies = [await peer.reply(id) for id in ids]
+        return {(r["result"]["offset"], r["result"]["epoch"]) for r in replies}
+
+    for round in range(1, 4):
+        answers = await asyncio.gather(
+            *(publish(peer, f"key {round}", 10) for peer in publishers)
+        )
+        assert len(set.union(*answers)) == 1
+        assert next(iter(answers[0]))[0] == round
+    # A bad key is refused; the connection goes on.
+    code, message = await publishers[0].error(
+        "publish", channel="chat:race", data=1, idempotency_key="k" * 65
+    )
+    assert (code, message) == (
+        400,
+        "idempotency_key must be a string of 1-64 printable characters",
+    )
+    await hub.publish("chat:race", "end")
+    pubs = await subscriber.pubs(4)
+    assert [p["offset"] for p in pubs] == [1, 2, 3, 4] and pubs[3]["data"] == "end"
+
+
+async def test_with_no_idempotency_window_keys_are_ignored(
+    start_hub: Any, connect: Any
+) -> None:
+    hub = await start_hub(idempotency_window=0)
+    peer = await connect(hub)
+    for offset in (1, 2):
+        result = await peer.result(
+            "publish", channel="chat:k", data=1, idempotency_key="k"
+        )
+        assert result["offset"] == offset
+    assert await hub.publish("chat:k", 2, idempotency_key="k") == (3, result["epoch"])
+
+
 async def test_a_subscribe_needs_a_matching_channels_claim(
     start_hub: Any, connect: Any, mint: Any
 ) -> None:

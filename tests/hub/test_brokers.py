@@ -257,3 +257,93 @@ async def test_nodes_are_listed_while_their_heartbeat_lasts(start: Start) -> Non
 async def test_status_is_ok_while_connected(start: Start) -> None:
     broker, _ = await start("a")
     assert broker.status()["ok"] is True
+
+
+# -- idempotent publishing ------------------------------------------------------
+
+KEYED = ChannelOptions(history_size=5, history_ttl=60, idempotency_window=300)
+
+
+async def until_published(node: Recorder, offset: int) -> list[tuple[int, bytes]]:
+    """The publications ``node`` received, once it received ``offset``."""
+    await node.until(lambda: any(p.offset == offset for p in node.pushes))
+    return [(p.offset, p.data) for p in node.pushes if p.kind == "pub"]
+
+
+async def test_a_repeated_idempotency_key_publishes_once_on_any_node(
+    start: Start,
+) -> None:
+    a, _ = await start("a")
+    b, node_b = await start("b")
+    await b.subscribe("a:x")
+    first = await a.publish("a:x", b'"one"', KEYED, ALICE, idempotency_key="k1")
+    assert first[0] == 1
+    assert await b.publish("a:x", b'"again"', KEYED, idempotency_key="k1") == first
+    assert await a.publish("a:x", b'"again"', KEYED, idempotency_key="k1") == first
+    # Another key publishes; the first still answers its own publication.
+    assert await b.publish("a:x", b'"two"', KEYED, idempotency_key="k2") == (
+        2,
+        first[1],
+    )
+    assert await b.publish("a:x", b'"again"', KEYED, idempotency_key="k1") == first
+    # A key is per channel: the same key elsewhere publishes.
+    other = await b.publish("a:y", b'"y"', KEYED, idempotency_key="k1")
+    assert other[0] == 1 and other[1] != first[1]
+    end, _ = await a.publish("a:x", b'"end"', KEYED)
+    assert await until_published(node_b, end) == [
+        (1, b'"one"'),
+        (2, b'"two"'),
+        (3, b'"end"'),
+    ]
+    history = await b.history("a:x", KEYED)
+    assert [(p.offset, p.data, p.info) for p in history.publications] == [
+        (1, b'"one"', ALICE),
+        (2, b'"two"', None),
+        (3, b'"end"', None),
+    ]
+
+
+async def test_a_key_raced_from_two_nodes_publishes_exactly_once(
+    start: Start,
+) -> None:
+    a, _ = await start("a")
+    b, node_b = await start("b")
+    await b.subscribe("a:x")
+    rounds, attempts = 5, 40
+    for round in range(rounds):
+        # Half from each node, all in flight at once.
+        answers = await asyncio.gather(
+            *(
+                (a if i % 2 else b).publish(
+                    "a:x", data(i), KEYED, idempotency_key=f"race {round}"
+                )
+                for i in range(attempts)
+            )
+        )
+        assert set(answers) == {(round + 1, answers[0][1])}
+    end, _ = await a.publish("a:x", b'"end"', KEYED)
+    assert end == rounds + 1
+    offsets = [offset for offset, _ in await until_published(node_b, end)]
+    assert offsets == list(range(1, end + 1))
+
+
+async def test_after_the_window_a_key_publishes_again(start: Start) -> None:
+    a, _ = await start("a")
+    b, _ = await start("b")
+    brief = ChannelOptions(history_size=5, history_ttl=60, idempotency_window=0.2)
+    first = await a.publish("a:x", b"1", brief, idempotency_key="k")
+
+    async def published_again() -> bool:
+        answer = await b.publish("a:x", b"1", brief, idempotency_key="k")
+        return answer != first
+
+    await wait_for(published_again, "the key to be forgotten", timeout=BOUND)
+    # Every repeat before that published nothing.
+    assert (await a.history("a:x", brief)).offset == 2
+
+
+async def test_without_a_window_keys_are_ignored(start: Start) -> None:
+    a, _ = await start("a")
+    for offset in (1, 2):
+        answer = await a.publish("a:x", b"1", KEEP_5, idempotency_key="k")
+        assert answer[0] == offset

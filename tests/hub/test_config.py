@@ -138,6 +138,7 @@ def test_flags_win_over_variables_which_win_over_the_file(tmp_path: Path) -> Non
         ("rate_limit = nan", "rate_limit"),
         ("ping_timeout = -1", "ping_timeout"),
         ("max_outbound = 0", "max_outbound"),
+        ("idempotency_window = -1", "idempotency_window"),
         ('secret = "short"', "secret"),
         ('token_jwks_url = "file:///etc/keys.json"', "token_jwks_url"),
         ('token_jwks_url = "https://a/j"\ntoken_public_key = "k.pem"', "not both"),
@@ -181,6 +182,18 @@ def test_an_invalid_variable_names_it(env: dict[str, str], key: str) -> None:
 def test_invalid_flag_values_name_the_key(overrides: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         load_config(overrides=overrides)
+
+
+def test_the_idempotency_window_from_the_file_a_variable_or_the_flag(
+    tmp_path: Path,
+) -> None:
+    assert load_config().idempotency_window == 300
+    path = tmp_path / "hub.toml"
+    path.write_text("idempotency_window = 0\n")  # off
+    assert load_config(path).idempotency_window == 0
+    env = {"TIDINGS_IDEMPOTENCY_WINDOW": "60"}
+    assert load_config(path, env).idempotency_window == 60
+    assert load_config(path, env, {"idempotency_window": 2.5}).idempotency_window == 2.5
 
 
 def test_an_unreadable_or_invalid_file_says_which(tmp_path: Path) -> None:

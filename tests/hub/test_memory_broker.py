@@ -207,3 +207,63 @@ async def test_presence_stats_expire_on_the_clock_within_a_bounded_heap() -> Non
     assert await broker.presence_stats("a:x") == (1, 1)
     clock.now += 10
     assert await broker.presence_stats("a:x") == (0, 0)
+
+
+KEYED = ChannelOptions(idempotency_window=300)
+
+
+async def test_an_idempotency_key_is_kept_for_its_window_on_the_clock() -> None:
+    broker, clock, _ = await started()
+    first = await broker.publish("a:x", b"1", KEYED, idempotency_key="k")
+    clock.now += 299
+    assert await broker.publish("a:x", b"2", KEYED, idempotency_key="k") == first
+    clock.now += 1
+    assert await broker.publish("a:x", b"3", KEYED, idempotency_key="k") == (
+        2,
+        first[1],
+    )
+    # Made anew, the key runs from this publication.
+    clock.now += 299
+    assert await broker.publish("a:x", b"4", KEYED, idempotency_key="k") == (
+        2,
+        first[1],
+    )
+    assert broker.backend.keys.keys() == {("a:x", "k")}
+
+
+async def test_beyond_max_idempotency_keys_the_oldest_is_forgotten() -> None:
+    broker = MemoryBroker(MemoryBackend(max_idempotency_keys=3))
+    await broker.start("n1", Recorder())
+    for i in range(4):
+        await broker.publish("a:x", b"1", KEYED, idempotency_key=f"k{i}")
+    assert [key for _, key in broker.backend.keys] == ["k1", "k2", "k3"]
+    for i in (1, 2, 3):
+        answer = await broker.publish("a:x", b"1", KEYED, idempotency_key=f"k{i}")
+        assert answer[0] == i + 1
+    assert (await broker.publish("a:x", b"1", KEYED, idempotency_key="k0"))[0] == 5
+
+
+async def test_the_sweep_keeps_a_channel_while_its_keys_are_remembered() -> None:
+    broker, clock, _ = await started()  # the first sweep is due in 60 s
+    first = await broker.publish("a:x", b"1", KEYED, idempotency_key="k")
+    clock.now += SWEEP_INTERVAL
+    await broker.publish("a:other", b"1", NO_HISTORY)  # sweeps
+    # No history, no subscriber, nobody present: kept for its key alone.
+    assert set(broker.backend.channels) == {"a:x"}
+    assert await broker.publish("a:x", b"2", KEYED, idempotency_key="k") == first
+    clock.now += 300
+    await broker.publish("a:other", b"1", NO_HISTORY)
+    assert broker.backend.channels == {} and broker.backend.keys == {}
+
+
+async def test_a_key_of_a_forgotten_channel_answers_nothing() -> None:
+    broker = MemoryBroker(MemoryBackend(max_channels=1))
+    await broker.start("n1", Recorder())
+    first = await broker.publish("a:x", b"1", KEYED, idempotency_key="k")
+    await broker.publish("a:y", b"1", KEYED)  # "a:x" is forgotten for it
+    # "a:x" starts again in a new epoch: the key's position is gone with
+    # the old one, and the publish is made in the new epoch.
+    again = await broker.publish("a:x", b"1", KEYED, idempotency_key="k")
+    assert again[0] == 1 and again[1] != first[1]
+    assert await broker.publish("a:x", b"2", KEYED, idempotency_key="k") == again
+    assert len(broker.backend.keys) == 1

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from tidings.hub import (
     Client,
@@ -406,6 +407,34 @@ async def test_without_a_loss_a_node_that_reconnects_keeps_the_epoch(
             3,
         )
         assert (await broker.history("a:x", KEEP, since=1)).complete
+    finally:
+        await broker.close()
+
+
+async def test_a_key_kept_from_an_epoch_redis_lost_answers_nothing(
+    older: OlderRedis,
+) -> None:
+    broker = RedisBroker(older.server.url)
+    node = Recorder()
+    await broker.start("n", node)
+    keyed = ChannelOptions(history_size=100, history_ttl=600, idempotency_window=300)
+    try:
+        first = await broker.publish("a:x", b"1", keyed, idempotency_key="k")
+        await older.mark(broker)
+        for i in range(2, 5):
+            await broker.publish("a:x", b"%d" % i, keyed)
+        older.come_back()  # offsets 2 to 4 are lost; the key is back
+        await node.until(lambda: node.reconnected == 1)
+        async with Redis.from_url(older.server.url) as fresh:
+            assert await fresh.exists("tidings:{a:x}:idempotency:k")
+        # The node saw offset 4: the channel gets a new epoch, where the
+        # key's position means nothing. The publish is made there, once.
+        again = await broker.publish("a:x", b"1", keyed, idempotency_key="k")
+        assert again[1] != first[1]
+        assert await broker.publish("a:x", b"1", keyed, idempotency_key="k") == again
+        history = await broker.history("a:x", keyed)
+        assert (history.offset, history.epoch) == again
+        assert [(p.offset, p.data) for p in history.publications] == [(again[0], b"1")]
     finally:
         await broker.close()
 

@@ -148,6 +148,33 @@ def test_since_must_be_an_offset_and_an_epoch(value: Any) -> None:
     assert parse_since({"offset": 0, "epoch": ""}) == (0, "")
 
 
+def publish_with_key(key: Any) -> str:
+    return json.dumps(
+        {"id": 1, "op": "publish", "channel": "a:b", "data": 1, "idempotency_key": key}
+    )
+
+
+@pytest.mark.parametrize(
+    "key", ["", "k" * 65, 7, True, ["k"], {"k": 1}, "a\nb", "\x00", "\ud800"]
+)
+def test_a_bad_idempotency_key_is_400_with_the_id(key: Any) -> None:
+    with pytest.raises(CommandError) as info:
+        parse_command(publish_with_key(key))
+    assert (info.value.code, info.value.id) == (400, 1)
+    assert info.value.message == (
+        "idempotency_key must be a string of 1-64 printable characters"
+    )
+
+
+@pytest.mark.parametrize("key", ["k", "k" * 64, "order 17 / ✓ é", "💡" * 64])
+def test_an_idempotency_key_of_1_to_64_characters_parses(key: str) -> None:
+    assert parse_command(publish_with_key(key)).idempotency_key == key
+    assert parse_command(publish_with_key(None)).idempotency_key is None
+    # Other commands have no key: it is not read there.
+    ping = json.dumps({"id": 1, "op": "ping", "idempotency_key": 5})
+    assert parse_command(ping).idempotency_key is None
+
+
 def test_channel_names() -> None:
     for good in (
         "chat:lobby",

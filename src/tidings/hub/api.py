@@ -222,15 +222,20 @@ async def _api(hub: Hub, request: Request) -> Any:
     route = (request.method, request.path)
     if route == ("POST", "/api/publish"):
         body = _body(request)
-        return (await api.publish(body.get("channel", ""), _data(body)))._asdict()
+        key = body.get("idempotency_key")
+        published = await api.publish(
+            body.get("channel", ""), _data(body), idempotency_key=key
+        )
+        return published._asdict()
     if route == ("POST", "/api/broadcast"):
         body = _body(request)
         channels = body.get("channels", [])
-        published = await api.broadcast(channels, _data(body))
+        key = body.get("idempotency_key")  # per channel
+        results = await api.broadcast(channels, _data(body), idempotency_key=key)
         return {
             "results": [
                 {"channel": channel, **p._asdict()}
-                for channel, p in zip(channels, published, strict=True)
+                for channel, p in zip(channels, results, strict=True)
             ]
         }
     if route == ("GET", "/api/presence"):

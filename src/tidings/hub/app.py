@@ -38,7 +38,7 @@ from .operations import InProcessAPI
 from .proxy import ProxyHooks
 from .session import CLOSE_DISCONNECTED, CLOSE_SLOW, Outlet, Session
 from .transports import EventStream
-from .wire import encode_data, encode_pub, encode_push
+from .wire import encode_data, encode_pub, encode_push, parse_idempotency_key
 
 if TYPE_CHECKING:
     from .mount import HubApp
@@ -379,21 +379,37 @@ class Hub:
 
     def options(self, namespace: NamespaceConfig) -> ChannelOptions:
         """What the broker needs to know of a namespace."""
-        return ChannelOptions(namespace.history_size, namespace.history_ttl)
+        return ChannelOptions(
+            namespace.history_size,
+            namespace.history_ttl,
+            self.config.idempotency_window,
+        )
 
     async def publish(
-        self, channel: str, data: Any, info: ClientInfo | None = None
+        self,
+        channel: str,
+        data: Any,
+        info: ClientInfo | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> tuple[int, str]:
         """Publish ``data`` (any JSON value) to ``channel``; return its
-        offset and the epoch. Raises KeyError for a channel in an unknown
-        namespace, ``tidings.hub.wire.CommandError`` (400) for data JSON
-        cannot carry, and
+        offset and the epoch. With ``idempotency_key`` (1 to 64 printable
+        characters), a publish that repeats the key of one made on the
+        channel within ``idempotency_window``, on any node, publishes nothing
+        and returns that one's offset and epoch. Raises KeyError for a
+        channel in an unknown namespace, ``tidings.hub.wire.CommandError``
+        (400) for data JSON cannot carry or an invalid key, and
         :class:`~tidings.hub.brokers.base.BrokerUnavailable`."""
         namespace = self.config.namespace(channel)
         if namespace is None:
             raise KeyError(channel)
         offset, epoch = await self.broker.publish(
-            channel, encode_data(data), self.options(namespace), info
+            channel,
+            encode_data(data),
+            self.options(namespace),
+            info,
+            idempotency_key=parse_idempotency_key(idempotency_key),
         )
         self.metrics.publications += 1
         return offset, epoch

@@ -155,6 +155,10 @@ class HubConfig:
     #: Seconds a node's presence entries outlive its last refresh: how long
     #: the clients of a node that died stay listed.
     presence_ttl: float = 30.0
+    #: Seconds a publish's ``idempotency_key`` is remembered: a publish with
+    #: the same key on the same channel within it answers the first one's
+    #: position and publishes nothing. 0 turns it off (keys are ignored).
+    idempotency_window: float = 300.0
     #: Seconds between comment lines on an idle Server-Sent Events stream,
     #: which keep proxies from closing it and show when its client is gone.
     sse_heartbeat: float = 15.0
@@ -406,3 +410,4 @@ def _check_ranges(config: HubConfig) -> None:
     ):
         if getattr(config, key) <= 0:
             raise ConfigError(f"{key} must be > 0, got {getattr(config, key)}")
+    _non_negative("idempotency_window", config.idempotency_window)

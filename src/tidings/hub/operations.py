@@ -74,15 +74,29 @@ class InProcessAPI:
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
 
-    async def publish(self, channel: str, data: Any) -> Published:
-        """Publish ``data`` (any JSON value) to ``channel``."""
+    async def publish(
+        self, channel: str, data: Any, *, idempotency_key: str | None = None
+    ) -> Published:
+        """Publish ``data`` (any JSON value) to ``channel``. With an
+        ``idempotency_key``, a repeat within the hub's
+        ``idempotency_window`` answers the first one's position and
+        publishes nothing."""
         channel = self._channel(channel)
         with _refusals():
-            return Published(*await self._hub.publish(channel, data))
+            return Published(
+                *await self._hub.publish(channel, data, idempotency_key=idempotency_key)
+            )
 
-    async def broadcast(self, channels: Sequence[str], data: Any) -> list[Published]:
+    async def broadcast(
+        self,
+        channels: Sequence[str],
+        data: Any,
+        *,
+        idempotency_key: str | None = None,
+    ) -> list[Published]:
         """Publish ``data`` to each of ``channels``, in order; one answer
-        each. One channel refused refuses them all, before any is made."""
+        each. One channel refused refuses them all, before any is made. An
+        ``idempotency_key`` applies to each channel."""
         if (
             isinstance(channels, str)
             or not isinstance(channels, Sequence)
@@ -91,7 +105,12 @@ class InProcessAPI:
             raise APIError(400, "channels must be a non-empty list")
         checked = [self._channel(channel) for channel in channels]
         with _refusals():
-            return [Published(*await self._hub.publish(c, data)) for c in checked]
+            return [
+                Published(
+                    *await self._hub.publish(c, data, idempotency_key=idempotency_key)
+                )
+                for c in checked
+            ]
 
     async def presence(self, channel: str) -> list[ClientInfo]:
         """Who is subscribed to ``channel`` (a namespace with presence)."""

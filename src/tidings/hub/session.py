@@ -616,7 +616,12 @@ class Session:
                 data = answer.data
         elif not can_publish(self.identity, namespace, channel):
             raise CommandError(403, f"not allowed to publish to {channel}", command.id)
-        offset, epoch = await self.hub.publish(channel, data, self.info_for(channel))
+        offset, epoch = await self.hub.publish(
+            channel,
+            data,
+            self.info_for(channel),
+            idempotency_key=command.idempotency_key,
+        )
         return {"offset": offset, "epoch": epoch}
 
     async def _refresh(self, command: Command) -> dict[str, Any]:

@@ -29,6 +29,7 @@ __all__ = [
     "encode_push",
     "encode_reply",
     "parse_command",
+    "parse_idempotency_key",
     "parse_since",
     "pub_position",
     "reply_position",
@@ -73,6 +74,8 @@ _MAX_ID = 2**53  # what a JavaScript number holds exactly
 MAX_METHOD_LENGTH = 255
 #: Positions one connect command may carry.
 MAX_SUBS = 1024
+#: The longest idempotency key of a publish, in characters.
+MAX_IDEMPOTENCY_KEY = 64
 
 
 class CommandError(Exception):
@@ -103,6 +106,8 @@ class Command:
     #: A connect command's positions of the channels the hub subscribed the
     #: client to (``subscribe`` pushes), to recover them from.
     subs: dict[str, tuple[int, str]] = field(default_factory=dict)
+    #: A publish's idempotency key: its repeats publish nothing.
+    idempotency_key: str | None = None
 
 
 def parse_command(text: str) -> Command:
@@ -148,7 +153,11 @@ def parse_command(text: str) -> Command:
             400, f"rpc needs a method: a string of 1-{MAX_METHOD_LENGTH}", id
         )
     subs = _subs(raw.get("subs"), id) if op == "connect" else {}
-    return Command(id, op, channel, raw.get("data"), token, since, limit, method, subs)
+    key = raw.get("idempotency_key") if op == "publish" else None
+    key = parse_idempotency_key(key, id)
+    return Command(
+        id, op, channel, raw.get("data"), token, since, limit, method, subs, key
+    )
 
 
 def _subs(value: Any, id: int) -> dict[str, tuple[int, str]]:
@@ -211,6 +220,26 @@ def parse_since(value: Any, id: int | None = None) -> tuple[int, str]:
         ):
             return offset, epoch
     raise CommandError(400, 'since must be {"offset": int, "epoch": str}', id)
+
+
+def parse_idempotency_key(value: Any, id: int | None = None) -> str | None:
+    """Validate a publish's ``idempotency_key`` (None when absent): a string
+    of 1 to 64 printable characters (no control characters, and no lone
+    surrogates, which UTF-8 cannot carry to Redis)."""
+    if value is None:
+        return None
+    if (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_IDEMPOTENCY_KEY
+        and value.isprintable()
+    ):
+        return value
+    raise CommandError(
+        400,
+        f"idempotency_key must be a string of 1-{MAX_IDEMPOTENCY_KEY} printable "
+        "characters",
+        id,
+    )
 
 
 class Raw(str):

@@ -56,8 +56,9 @@ class OutcomeUnknown(BrokerUnavailable):
     """A publish reached the broker, or may have, and no answer came back:
     it may have been made, or may be made once the broker recovers.
 
-    The hub answers 504 (error 504 on the wire protocol): look at the
-    channel's history before publishing again, or a retry may publish twice.
+    The hub answers 504 (error 504 on the wire protocol): a retry with the
+    same idempotency key is safe; without one, look at the channel's history
+    before publishing again, or a retry may publish twice.
     """
 
 
@@ -133,10 +134,12 @@ class HistoryResult:
 
 @dataclass(frozen=True, slots=True)
 class ChannelOptions:
-    """What the broker needs to know about a channel's namespace."""
+    """What the broker needs to know about a channel's namespace, and how
+    long it remembers a publish's idempotency key (0: not at all)."""
 
     history_size: int = 0
     history_ttl: float = 0.0
+    idempotency_window: float = 0.0
 
 
 class NodeEvents(Protocol):
@@ -182,10 +185,19 @@ class Broker(ABC):
         data: bytes,
         options: ChannelOptions,
         info: ClientInfo | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> tuple[int, str]:
         """Give ``data`` (JSON bytes) the channel's next offset, keep it in
         the history and deliver it to every node subscribed; return the
-        offset and the epoch."""
+        offset and the epoch.
+
+        With ``idempotency_key``, and an ``idempotency_window`` in
+        ``options``: when a publish with the same key on this channel was
+        made within the window, in the channel's current epoch, by any node,
+        publish nothing and return its offset and epoch. The check and the
+        publish are one atomic step, so that of concurrent publishes with
+        one key exactly one is made."""
 
     @abstractmethod
     async def history(

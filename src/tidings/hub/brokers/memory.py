@@ -11,7 +11,7 @@ import asyncio
 import heapq
 import secrets
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -35,6 +35,11 @@ SWEEP_INTERVAL = 60.0
 #: against ``max_history_bytes``, so that tiny publications are not free.
 PUBLICATION_OVERHEAD = 200
 
+#: Idempotency keys remembered at once, on all channels together: beyond,
+#: the oldest are forgotten first, and a repeat of one publishes again.
+#: (About 400 bytes each: at most some 40 MB.)
+MAX_IDEMPOTENCY_KEYS = 100_000
+
 #: Channels looked at, least recently published first, for one to forget
 #: when there are ``max_channels``; all of them in use lets the count grow
 #: (subscriptions have their own budgets).
@@ -48,6 +53,7 @@ class _Channel:
         "epoch",
         "history",
         "history_ttl",
+        "keyed",
         "offset",
         "presence",
         "users",
@@ -72,6 +78,8 @@ class _Channel:
         self.history_ttl = 0.0
         #: What the history costs, as counted against max_history_bytes.
         self.bytes = 0
+        #: Idempotency keys remembered for publications of this channel.
+        self.keyed = 0
 
 
 class MemoryBackend:
@@ -83,7 +91,8 @@ class MemoryBackend:
     is subscribed to and nobody is present in is forgotten. Beyond
     ``max_history_bytes`` of kept publications, the least recently published
     channels lose their history. Either way a client that asks to recover
-    from there is told that recovery failed.
+    from there is told that recovery failed. Beyond ``max_idempotency_keys``
+    idempotency keys, the oldest are forgotten.
     """
 
     def __init__(
@@ -92,10 +101,20 @@ class MemoryBackend:
         clock: Callable[[], float] = time.monotonic,
         max_channels: int = 100_000,
         max_history_bytes: int = 256 << 20,
+        max_idempotency_keys: int = MAX_IDEMPOTENCY_KEYS,
     ) -> None:
         self.clock = clock
         self.max_channels = max_channels
         self.max_history_bytes = max_history_bytes
+        self.max_idempotency_keys = max_idempotency_keys
+        #: (channel, idempotency key) -> when it is forgotten, the offset of
+        #: the publication made with it, and the channel's state then (its
+        #: epoch: a channel forgotten and made again is another), oldest
+        #: first. (An OrderedDict: a dict emptied from the front finds its
+        #: first item in time that grows with what was removed before it.)
+        self.keys: OrderedDict[tuple[str, str], tuple[float, int, _Channel]] = (
+            OrderedDict()
+        )
         #: Least recently published first.
         self.channels: dict[str, _Channel] = {}
         #: The channels with a history, least recently published first,
@@ -175,6 +194,36 @@ class MemoryBackend:
             self.forget_history(name, state)
             return
 
+    def published(self, name: str, key: str) -> tuple[int, str] | None:
+        """The offset and epoch of the publication made on ``name`` with
+        idempotency key ``key``, while it is remembered."""
+        now = self.clock()
+        self._expire_keys(now)
+        entry = self.keys.get((name, key))
+        if entry is None or entry[0] <= now or entry[2] is not self.channels.get(name):
+            return None
+        return entry[1], entry[2].epoch
+
+    def remember(self, name: str, key: str, state: _Channel, window: float) -> None:
+        """Remember for ``window`` seconds that ``key`` made ``name``'s
+        latest publication."""
+        self._forget_key((name, key))  # one of another epoch, or expired
+        self.keys[name, key] = (self.clock() + window, state.offset, state)
+        state.keyed += 1
+        if len(self.keys) > self.max_idempotency_keys:
+            self._forget_key(next(iter(self.keys)))
+
+    def _expire_keys(self, now: float) -> None:
+        # Oldest first: with one window, the first to expire.
+        keys = self.keys
+        while keys and next(iter(keys.values()))[0] <= now:
+            self._forget_key(next(iter(keys)))
+
+    def _forget_key(self, name_key: tuple[str, str]) -> None:
+        entry = self.keys.pop(name_key, None)
+        if entry is not None:
+            entry[2].keyed -= 1
+
     def push(self, push: Push) -> None:
         """Deliver ``push`` to every node subscribed to its channel, now:
         publications reach every node in offset order."""
@@ -188,6 +237,7 @@ class MemoryBackend:
         if now < self._next_sweep:
             return
         self._next_sweep = now + SWEEP_INTERVAL
+        self._expire_keys(now)
         idle = []
         for name, state in self.channels.items():
             self._expire(name, state, now)
@@ -195,6 +245,7 @@ class MemoryBackend:
                 name not in self.subscribed
                 and not _live_presence(state, now)
                 and not state.history
+                and not state.keyed  # a repeat must find its epoch
             ):
                 idle.append(name)
         for name in idle:
@@ -243,14 +294,23 @@ class MemoryBroker(Broker):
         data: bytes,
         options: ChannelOptions,
         info: ClientInfo | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> tuple[int, str]:
         backend = self.backend
+        key = idempotency_key if options.idempotency_window > 0 else None
+        if key is not None:
+            published = backend.published(channel, key)
+            if published is not None:
+                return published
         state = backend.channel(channel)
         state.offset += 1
         if options.history_size > 0:
             state.history_ttl = options.history_ttl
             backend.keep(channel, state, Publication(state.offset, data, info))
             backend.trim(channel, state, options)
+        if key is not None:
+            backend.remember(channel, key, state, options.idempotency_window)
         backend.push(Push(channel, "pub", state.epoch, state.offset, data, info))
         backend.maybe_sweep()
         return state.offset, state.epoch

@@ -36,6 +36,12 @@ prefix ``P`` (``tidings:`` by default):
   user -> how many entries are that user's), kept by the same scripts that
   make, remove and expire entries, counts users without listing anyone:
   ``presence_stats`` is ``HLEN`` of the two hashes.
+- ``P{C}:idempotency:K``, a string kept ``idempotency_window``: the offset,
+  epoch and tag of the publication made with idempotency key ``K``. The
+  publish script reads it first, and a publish that finds it in the
+  channel's current epoch publishes nothing and answers that position; one
+  kept from an older epoch (Redis came back from an older state) is
+  ignored, and the publish is made anew.
 - ``Pnodes``, a sorted set: node -> heartbeat expiry.
 
 The braces are Redis Cluster hash tags: every key of a channel lives in one
@@ -144,12 +150,22 @@ if not epoch then
 end
 """
 
-# KEYS: meta, stream. ARGV: those of _EPOCH, then data, who, history_size,
-# history_ttl. The tag marks this publication apart from any other that a
-# Redis restored from an older state might give the same offset.
+# KEYS: meta, stream, and the idempotency key's when the publish has one.
+# ARGV: those of _EPOCH, then data, who, history_size, history_ttl, and how
+# long the idempotency key is kept (ms). The tag marks this publication
+# apart from any other that a Redis restored from an older state might give
+# the same offset. A key kept from another epoch (Redis lost writes since)
+# answers nothing: its position is gone, and the publish is made anew.
 _PUBLISH = (
     _EPOCH
     + """
+if KEYS[3] then
+  local made = redis.call('GET', KEYS[3])
+  if made then
+    local offset, made_in, tag = string.match(made, '^(%d+)\\31([^\\31]*)\\31(.*)$')
+    if made_in == epoch then return {tonumber(offset), epoch, tag} end
+  end
+end
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 local time = redis.call('TIME')
 local tag = time[1] .. '.' .. time[2]
@@ -162,6 +178,9 @@ if tonumber(ARGV[9]) > 0 then
 end
 redis.call('PUBLISH', ARGV[3], 'p\\31' .. offset .. '\\31' .. epoch .. '\\31' .. tag
            .. '\\31' .. ARGV[7] .. '\\31' .. ARGV[8])
+if KEYS[3] then
+  redis.call('SET', KEYS[3], offset .. '\\31' .. epoch .. '\\31' .. tag, 'PX', ARGV[11])
+end
 return {offset, epoch, tag}
 """
 )
@@ -439,15 +458,22 @@ class RedisBroker(Broker):
         data: bytes,
         options: ChannelOptions,
         info: ClientInfo | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> tuple[int, str]:
+        keys = self._channel_keys(channel)
+        window = options.idempotency_window
+        if idempotency_key is not None and window > 0:
+            keys.append(self._key(f"{{{channel}}}:idempotency:{idempotency_key}"))
         command = [
-            2,
-            *self._channel_keys(channel),
+            len(keys),
+            *keys,
             *self._epoch_args(channel, options),
             data,
             _who(info),
             options.history_size,
             max(1, math.ceil(options.history_ttl)),
+            max(1, math.ceil(window * 1000)),
         ]
         offset, epoch, tag = await self._call(self._queue_publish(command))
         self._learn(channel, epoch, int(offset), tag)
