@@ -2,17 +2,28 @@
 by side in one run, on the memory broker and on a real ``redis-server``:
 
 - **presence_stats** against **presence** on a channel of 10,000 present
-  clients (5,000 users with two connections each): the count an app polls
+  clients (5,000 users with two connections each): the count an app polls,
   against the full list it would otherwise fetch;
 - **publish with info** (the client's ``info``, 100 B of JSON, as a token's
-  ``info`` claim gives it) against a publish without.
+  ``info`` claim gives it) against a publish without;
+- **publish with an idempotency key**, a new one each time (looked up,
+  published, remembered), against a publish without;
+- **a repeated idempotency key** (answered from the key, nothing
+  published) against a publish without;
+- **subscribe with a channel token** (a JWT checked per subscribe) against
+  a subscribe that the connection token's ``channels`` claim allows, each
+  followed by an unsubscribe, over a WebSocket;
+- **a server-side subscribe** (``hub.api().subscribe(user, channel)``,
+  through every node, until the client has its ``subscribe`` push) against
+  the client's own subscribe, each followed by an unsubscribe.
 
-Each call is awaited before the next (one in flight), through the hub's
-in-process API (``Hub.publish``) or its broker (presence), in this one
-process: the figures are the hub's and the broker's cost per call, without a
-client's network round trip. The two sides of a pair alternate, batch by
-batch, so that a noisy moment falls on both; each figure is the median of
-the per-call times with the p99 beside it. Every loop is bounded in count.
+Each call is awaited before the next (one in flight). The publishes and
+presence go through the hub's in-process API (``Hub.publish``, its
+broker); the subscribes through a WebSocket client in this same process,
+so that both sides of those pairs include a round trip on loopback. The two
+sides of a pair alternate, batch by batch, so that a noisy moment falls on
+both; each figure is the median of the per-call times, with the p99
+beside it. Every loop is bounded in count.
 
     .venv/bin/python -m benchmarks.features [--calls 2000] [--rounds 5]
         [--presence 10000] [--brokers memory,redis]
@@ -22,37 +33,39 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
+import json
 import os
 import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from tidings.hub import Hub, HubConfig, NamespaceConfig
+import tidings
+from tidings.hub import Hub, HubConfig, NamespaceConfig, mint_channel_token, mint_token
 from tidings.hub.brokers.base import ClientInfo
 
 from .harness.runner import RedisProcess, find_redis
 
+SECRET = "benchmarks.features: not a secret, loopback only"
 #: A client's info, as presence and publications carry it (100 B of JSON).
 INFO = {"name": "Alice Example", "avatar": "/avatars/alice-example.png", "x": "y" * 26}
 DATA = {"text": "x" * 64}
+#: Seconds a reply may take before the run stops with an error.
+REPLY_TIMEOUT = 30.0
 
 Call = Callable[[], Awaitable[object]]
 
 
 @dataclass(frozen=True)
-class Pair:
-    """A feature's call beside the plain call it adds to."""
+class Result:
+    """One pair measured on one broker: each call's time, in ns."""
 
-    name: str
+    feature: str
     plain: str
     featured: str
-
-
-@dataclass(frozen=True)
-class Result:
-    pair: Pair
     broker: str
     plain_ns: list[int]
     featured_ns: list[int]
@@ -80,6 +93,33 @@ async def side_by_side(
     return plain_ns, featured_ns
 
 
+class Peer:
+    """A WebSocket client of the hub speaking its JSON protocol, one
+    command in flight."""
+
+    def __init__(self, ws: tidings.WebSocket) -> None:
+        self.ws = ws
+        self._ids = itertools.count(1)
+
+    async def command(self, op: str, **fields: Any) -> dict[str, Any]:
+        """Send a command; return its result (RuntimeError for an error)."""
+        id = next(self._ids)
+        await self.ws.send(json.dumps({"id": id, "op": op, **fields}))
+        while True:
+            message = await self.push()
+            if message.get("id") == id:
+                if "error" in message:
+                    raise RuntimeError(f"{op}: {message['error']}")
+                result: dict[str, Any] = message["result"]
+                return result
+
+    async def push(self) -> dict[str, Any]:
+        """The next message the hub sends."""
+        async with asyncio.timeout(REPLY_TIMEOUT):
+            message: dict[str, Any] = json.loads(await self.ws.recv())
+        return message
+
+
 async def fill_presence(hub: Hub, channel: str, clients: int) -> None:
     """``clients`` present on ``channel``, two connections per user."""
     broker = hub.broker
@@ -94,58 +134,101 @@ async def fill_presence(hub: Hub, channel: str, clients: int) -> None:
 
 
 async def measure_broker(name: str, url: str, args: argparse.Namespace) -> list[Result]:
-    namespace = NamespaceConfig(presence=True, history_size=100, history_ttl=600)
+    kept = NamespaceConfig(presence=True, history_size=100, history_ttl=600)
     config = HubConfig(
-        demo=False, broker=url, namespaces={"bench": namespace}, presence_ttl=600
+        port=0,
+        demo=False,
+        broker=url,
+        secret=SECRET,
+        namespaces={"bench": kept, "room": NamespaceConfig()},
+        presence_ttl=600,
+        rate_limit=1e9,
+        rate_burst=10**9,
     )
-    hub = Hub(config)
-    await hub.start(listen=False)
     results = []
-    try:
+
+    async def pair(
+        feature: str, plain: tuple[str, Call], featured: tuple[str, Call], calls: int
+    ) -> None:
+        measured = await side_by_side(plain[1], featured[1], calls, args.rounds)
+        results.append(Result(feature, plain[0], featured[0], name, *measured))
+
+    async with Hub(config) as hub:
         channel = "bench:presence"
         await fill_presence(hub, channel, args.presence)
-        stats = await hub.broker.presence_stats(channel)
-        assert stats.clients == args.presence, stats
-
-        async def presence() -> object:
-            return await hub.broker.presence(channel)
-
-        async def presence_stats() -> object:
-            return await hub.broker.presence_stats(channel)
-
-        pair = Pair(
+        assert (await hub.broker.presence_stats(channel)).clients == args.presence
+        # The full list is slow: fewer calls of it, as many of each.
+        await pair(
             f"presence of {args.presence:,}",
-            "presence (the list)",
-            "presence_stats (counts)",
-        )
-        # The full list of 10,000 is slow: fewer calls of it, as many of each.
-        few = max(args.rounds, args.calls // 20)
-        results.append(
-            Result(
-                pair,
-                name,
-                *await side_by_side(presence, presence_stats, few, args.rounds),
-            )
+            ("presence (the list)", lambda: hub.broker.presence(channel)),
+            ("presence_stats (counts)", lambda: hub.broker.presence_stats(channel)),
+            max(args.rounds, args.calls // 20),
         )
 
         who = ClientInfo("c0", "alice", INFO)
-
-        async def publish() -> object:
-            return await hub.publish("bench:pub", DATA)
-
-        async def publish_info() -> object:
-            return await hub.publish("bench:pub", DATA, who)
-
-        pair = Pair("publish", "without info", "with 100 B of info")
-        results.append(
-            Result(
-                pair,
-                name,
-                *await side_by_side(publish, publish_info, args.calls, args.rounds),
-            )
+        keys = (f"key-{i}" for i in itertools.count())
+        plain_publish = ("no info, no key", lambda: hub.publish("bench:p", DATA))
+        await pair(
+            "publish",
+            plain_publish,
+            ("100 B of info", lambda: hub.publish("bench:p", DATA, who)),
+            args.calls,
         )
-    finally:
-        await hub.close()
+        await pair(
+            "publish",
+            plain_publish,
+            (
+                "a new idempotency key",
+                lambda: hub.publish("bench:p", DATA, idempotency_key=next(keys)),
+            ),
+            args.calls,
+        )
+        await pair(
+            "publish",
+            plain_publish,
+            (
+                "a repeated idempotency key",
+                lambda: hub.publish("bench:p", DATA, idempotency_key="again"),
+            ),
+            args.calls,
+        )
+
+        token = mint_token(SECRET, "alice", channels=["room:claimed"], ttl=86400)
+        channel_token = mint_channel_token(SECRET, "alice", "room:token", ttl=86400)
+        async with asyncio.timeout(REPLY_TIMEOUT):
+            ws = await tidings.connect(hub.ws_url, compression=None)
+        peer = Peer(ws)
+        try:
+            await peer.command("connect", token=token)
+
+            async def subscribe(channel: str, **fields: Any) -> None:
+                await peer.command("subscribe", channel=channel, **fields)
+                await peer.command("unsubscribe", channel=channel)
+
+            async def subscribed_by_the_hub() -> None:
+                await hub.api().subscribe("alice", "room:server")
+                push = await peer.push()
+                assert push["channel"] == "room:server" and "subscribe" in push
+                await peer.command("unsubscribe", channel="room:server")
+
+            plain_subscribe = ("the token's claim", lambda: subscribe("room:claimed"))
+            await pair(
+                "subscribe + unsubscribe",
+                plain_subscribe,
+                (
+                    "a channel token",
+                    lambda: subscribe("room:token", token=channel_token),
+                ),
+                args.calls,
+            )
+            await pair(
+                "subscribe + unsubscribe",
+                plain_subscribe,
+                ("server-side (hub.api().subscribe)", subscribed_by_the_hub),
+                args.calls,
+            )
+        finally:
+            await ws.close()
     return results
 
 
@@ -156,20 +239,17 @@ def micros(values: Sequence[int], q: float) -> float:
 
 def report(results: Sequence[Result]) -> str:
     lines = [
-        "| feature | broker | plain: µs p50 / p99 | featured: µs p50 / p99 | "
-        "featured / plain (p50) |",
-        "|---|---|---|---|---|",
+        "| call | broker | plain | µs p50 / p99 | featured | µs p50 / p99 "
+        "| featured ÷ plain (p50) |",
+        "|---|---|---|--:|---|--:|--:|",
     ]
     for r in results:
-        p50, f50 = (
-            statistics.median(r.plain_ns) / 1000,
-            statistics.median(r.featured_ns) / 1000,
-        )
+        p50 = statistics.median(r.plain_ns) / 1000
+        f50 = statistics.median(r.featured_ns) / 1000
         lines.append(
-            f"| {r.pair.name}: {r.pair.plain} → {r.pair.featured} | {r.broker} "
-            f"| {p50:,.1f} / {micros(r.plain_ns, 0.99):,.1f} "
-            f"| {f50:,.1f} / {micros(r.featured_ns, 0.99):,.1f} "
-            f"| {f50 / p50:.3g}x |"
+            f"| {r.feature} | {r.broker} | {r.plain} "
+            f"| {p50:,.1f} / {micros(r.plain_ns, 0.99):,.1f} | {r.featured} "
+            f"| {f50:,.1f} / {micros(r.featured_ns, 0.99):,.1f} | {f50 / p50:.3g}x |"
         )
     return "\n".join(lines)
 

@@ -11,7 +11,6 @@ import time
 import urllib.request
 from typing import Any
 
-import jwt
 import pytest
 
 from tidings.hub import (
@@ -821,9 +820,8 @@ async def test_a_page_shows_presence_info_and_server_side_subscriptions(
     config = HubConfig(port=0, secret=SECRET, namespaces=namespaces)
     async with Hub(config) as hub:
         page = await client_page(browser, hub)
-        claims = {"info": {"name": "Alice"}, "subs": ["inbox:alice"]}
-        alice = jwt.encode(
-            {"sub": "alice", "exp": int(time.time()) + 600, **claims}, SECRET
+        alice = mint_token(
+            SECRET, "alice", info={"name": "Alice"}, subs=["inbox:alice"]
         )
         await page.evaluate(SERVER_SIDE_PAGE, {"token": alice, "transport": transport})
         texts = "(s) => [...document.querySelectorAll(s)].map((e) => e.textContent)"

@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
 from typing import Any
 
-import jwt
 import pytest
 
 from tidings import InvalidStatus
@@ -398,11 +396,7 @@ async def test_unsubscribe_reaches_the_user_on_every_node(
 
 def with_subs(user: str, *subs: str) -> str:
     """A token for ``user`` whose ``subs`` claim names ``subs``."""
-    return jwt.encode(
-        {"sub": user, "exp": int(time.time()) + 3600, "subs": list(subs)},
-        SECRET,
-        algorithm="HS256",
-    )
+    return auth.mint_token(SECRET, user, subs=subs)
 
 
 async def test_subscribe_reaches_the_user_on_another_node_and_recovers(

@@ -6,10 +6,8 @@ info, rpc and server-side subscriptions."""
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
-import jwt
 import pytest
 
 from tidings import ConnectionClosed
@@ -25,7 +23,7 @@ from tidings.hub import (
 from tidings.hub.brokers.base import ClientInfo, Push
 
 from ..conftest import Backend, lose
-from .conftest import CLUSTERS, SECRET, as_user
+from .conftest import CLUSTERS, as_user
 
 BOUND = 10
 FAST = {"backoff_initial": 0.05, "backoff_max": 0.2, "timeout": BOUND}
@@ -670,8 +668,7 @@ async def test_server_side_subscriptions_of_the_token_and_of_the_api(
     start_hub: Any, mint: Any
 ) -> None:
     hub = await start_hub()
-    claims = {"sub": "alice", "exp": int(time.time()) + 600, "subs": ["private:t"]}
-    token = jwt.encode(claims, SECRET)
+    token = mint("alice", subs=["private:t"])
     made: list[Subscription] = []
     async with Client(url(hub), token, on_subscription=made.append, **FAST) as c:
         sub = c.subscriptions["private:t"]  # there once open, as the token says

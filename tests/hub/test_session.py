@@ -166,9 +166,7 @@ async def test_the_token_subs_claim_subscribes_the_client_at_connect(
 ) -> None:
     hub = await start_hub(max_subscriptions=2)
     subs = ["private:a", "nowhere:x", "chat:b", "private:c"]
-    token = jwt.encode(
-        {"sub": "a", "exp": time.time() + 60, "subs": subs, "info": {"n": "A"}}, SECRET
-    )
+    token = mint("a", subs=subs, info={"n": "A"})
     peer = await connect(hub, hello=False)
     await hub.publish("private:a", "before")
     since = {"offset": 0, "epoch": (await hub.history("private:a")).epoch}

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any
 from urllib.parse import urlencode
 
-import jwt
 import pytest
 
-from tidings.hub import Hub
+from tidings.hub import Hub, mint_token
 
 from ..conftest import HTTPAnswer, http_request, wait_for
 from .conftest import BOUND, CLUSTERS, SECRET
@@ -194,9 +192,7 @@ async def test_sse_server_side_subscriptions_resume_with_last_event_id(
     start_hub: Any, streams: list[Stream], http: Any
 ) -> None:
     hub = await start_hub()
-    token = jwt.encode(
-        {"sub": "a", "exp": int(time.time()) + 600, "subs": ["news:s"]}, SECRET
-    )
+    token = mint_token(SECRET, "a", subs=["news:s"])
     query = {"channel": "news:r", "token": token}
     stream, _ = await subscribed(hub, streams, query)
     announced = await stream.data()  # after connect, before the subscribes
