@@ -93,10 +93,16 @@ async def test_subscribe_publish_presence_history(browser: Browser, hub: Hub) ->
             const history = await sub.history({ limit: 2 });
             await sub.unsubscribe();
             await hub.publish("chat:t", "d");
+            // A repeat of a publish with its key is answered, not made.
+            const keyed = [];
+            const key = { idempotencyKey: "k1" };
+            for (const data of ["e", "e again"]) {
+                keyed.push(await hub.publish("chat:keyed", data, key));
+            }
             await new Promise((r) => setTimeout(r, 200));
             return { me, client: hub.client, user: hub.user, results, got,
                      offset: sub.offset, epoch: sub.epoch, presence, history,
-                     active: sub.active, after: got.length, url: hub.url };
+                     active: sub.active, after: got.length, url: hub.url, keyed };
         }"""
     )
     client = result["client"]
@@ -111,6 +117,10 @@ async def test_subscribe_publish_presence_history(browser: Browser, hub: Hub) ->
     assert [p["data"] for p in result["history"]["publications"]] == ["b", "c"]
     assert result["active"] is False
     assert result["after"] == 3  # nothing after unsubscribe
+    assert result["keyed"][0] == result["keyed"][1]
+    assert [
+        json.loads(p.data) for p in (await hub.history("chat:keyed")).publications
+    ] == ["e"]
     assert await hub.broker.presence("chat:t") == []
 
 

@@ -60,6 +60,25 @@ async def test_subscribe_and_publish_round_trip(start_hub: Any, mint: Any) -> No
         assert sub.offset == 2
 
 
+async def test_a_publish_sent_again_with_its_key_is_made_once(
+    start_hub: Any,
+) -> None:
+    hub = await start_hub()
+    async with Client(url(hub), **FAST) as client:
+        first = await client.publish("chat:k", "once", idempotency_key="order-7")
+        again = await client.publish("chat:k", "twice", idempotency_key="order-7")
+        assert again == first == (1, first[1])
+        assert await client.publish("chat:k", "another", idempotency_key="8") == (
+            2,
+            first[1],
+        )
+        history = await client.history("chat:k")
+        assert [p.data for p in history.publications] == ["once", "another"]
+        with pytest.raises(HubError) as refused:
+            await client.publish("chat:k", "x", idempotency_key="k" * 65)
+        assert refused.value.code == 400
+
+
 async def test_presence_and_history(start_hub: Any) -> None:
     hub = await start_hub()
     async with Client(url(hub), **FAST) as client:

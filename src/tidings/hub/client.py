@@ -428,9 +428,17 @@ class Client:
                 raise
         return sub
 
-    async def publish(self, channel: str, data: Any) -> tuple[int, str]:
-        """Publish ``data``; return its offset and the channel's epoch."""
-        result = await self._call("publish", channel=channel, data=data)
+    async def publish(
+        self, channel: str, data: Any, *, idempotency_key: str | None = None
+    ) -> tuple[int, str]:
+        """Publish ``data``; return its offset and the channel's epoch. With
+        an ``idempotency_key`` (1-64 characters), a publish sent again with
+        it, after a 503 or 504 say, is made once: the hub answers the
+        first one's offset and epoch (docs/protocol.md)."""
+        fields: dict[str, Any] = {"channel": channel, "data": data}
+        if idempotency_key is not None:
+            fields["idempotency_key"] = idempotency_key
+        result = await self._call("publish", **fields)
         return result["offset"], result["epoch"]
 
     async def presence(self, channel: str) -> list[ClientInfo]:

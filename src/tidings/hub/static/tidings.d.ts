@@ -164,7 +164,12 @@ export class Hub {
   connect(): Promise<ConnectResult>;
   close(): void;
   subscribe<T = unknown>(channel: string, handlers?: SubscriptionHandlers<T>): Subscription<T>;
-  publish(channel: string, data: unknown): Promise<Position>;
+  /** With `idempotencyKey`, a publish sent again is made once. */
+  publish(
+    channel: string,
+    data: unknown,
+    options?: { idempotencyKey?: string },
+  ): Promise<Position>;
   /** The application's answer to `method` (its rpc hook). */
   rpc<T = unknown>(method: string, data?: unknown): Promise<T>;
 }

@@ -185,9 +185,13 @@ export class Hub {
   }
 
   /** Publish `data` (any JSON value) to `channel`. Resolves with
-   * {offset, epoch}; rejects with a HubError. */
-  publish(channel, data) {
-    return this._call("publish", { channel, data });
+   * {offset, epoch}; rejects with a HubError. With `idempotencyKey` (1-64
+   * characters), a publish sent again with it (after a 503, 504 or a
+   * timeout) is made once: the hub answers the first one's position. */
+  publish(channel, data, { idempotencyKey } = {}) {
+    const fields = { channel, data };
+    if (idempotencyKey !== undefined) fields.idempotency_key = idempotencyKey;
+    return this._call("publish", fields);
   }
 
   /** Call `method` of the application (the hub's rpc hook) with `data`
