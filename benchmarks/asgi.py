@@ -83,22 +83,25 @@ def start(
         text=True,
     )
     # At --log-level warning uvicorn says nothing: ask the kernel instead.
-    port = _listening_port(proc.pid)
+    port = _listening_port(proc)
     return proc, port
 
 
-def _listening_port(pid: int) -> int:
-    for _ in range(200):
+def _listening_port(proc: subprocess.Popen[str]) -> int:
+    """The port uvicorn ``proc`` listens on, once it does: at most 60 s
+    (a busy machine slows its imports and its lifespan)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
         out = subprocess.run(
             ["ss", "-ltnpH"], capture_output=True, text=True, check=False
         ).stdout
         for line in out.splitlines():
-            if f"pid={pid}," in line:
+            if f"pid={proc.pid}," in line:
                 match = re.search(r"127\.0\.0\.1:(\d+)", line)
                 if match:
                     return int(match[1])
-        subprocess.run(["sleep", "0.05"], check=True)
-    raise SystemExit("uvicorn did not start listening")
+        time.sleep(0.05)
+    raise SystemExit(f"uvicorn did not start listening (exit code {proc.poll()})")
 
 
 def wait_quiet(deadline: float) -> None:

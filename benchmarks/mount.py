@@ -25,12 +25,13 @@ medians over the rounds. Every step is bounded (the load client's
 ``--timeout``, each process's wait), and the servers are stopped by their
 PIDs at the end. The uvicorns' stderr goes to ``.bench/logs/mount-N.log``.
 
-    .venv/bin/python -m benchmarks.mount [--seconds 3] [--rounds 3]
+    .venv/bin/python -m benchmarks.mount [--seconds 3] [--rounds 3] [--clients 1000]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import subprocess
@@ -92,8 +93,8 @@ SERVERS = (
 #: The ratios' denominators.
 SERVE, SOCKETIO = SERVERS[2].label, SERVERS[3].label
 
-#: Subscribers, publication size, publications in flight.
-ROW = (1000, 100, 1)
+#: Publication size, publications in flight.
+SIZE, DEPTH = 100, 1
 
 
 def serve_alone(stack: ExitStack, seconds: float) -> tuple[int, int]:
@@ -135,8 +136,22 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=1000, help="subscribers")
+    parser.add_argument(
+        "--quiet-budget",
+        type=float,
+        default=QUIET_BUDGET,
+        help="seconds the run may wait in all for other processes to leave "
+        "the cores alone",
+    )
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
+    if importlib.util.find_spec("socketio") is None:
+        raise SystemExit(
+            "python-socketio is not installed: pip install it (benchmarks/harness/"
+            "runner.py's PEER_PACKAGES lists what the benchmarks need)"
+        )
+    row = (args.clients, SIZE, DEPTH)
     LOGS.mkdir(parents=True, exist_ok=True)
     rates: dict[str, list[float]] = {s.label: [] for s in SERVERS}
     cpus: dict[str, list[float]] = {s.label: [] for s in SERVERS}
@@ -157,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             stack.callback(_stop, proc)
             running[server.label] = (proc.pid, port)
-        quiet_until = time.monotonic() + QUIET_BUDGET
+        quiet_until = time.monotonic() + args.quiet_budget
         for round_ in range(args.rounds):
             for server in SERVERS:
                 pid, port = running[server.label]
@@ -166,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
                     mode += ("--path", server.path)
                 wait_quiet(quiet_until)
                 windows, stalled = fan_out(
-                    mode, port, pid, ROW, seconds=args.seconds, repeat=1
+                    mode, port, pid, row, seconds=args.seconds, repeat=1
                 )
                 for w in windows:
                     rates[server.label].append(w["count"] / w["seconds"])
@@ -182,20 +197,23 @@ def main(argv: list[str] | None = None) -> None:
                     file=sys.stderr,
                     flush=True,
                 )
-    report(rates, cpus, foreign, stalls, time.monotonic() - began)
+    took = time.monotonic() - began
+    report(row, rates=rates, cpus=cpus, foreign=foreign, stalls=stalls, took=took)
     if args.json is not None:
         results = {"rates": rates, "server_cpu": cpus, "foreign": foreign}
         args.json.write_text(json.dumps(results, indent=1) + "\n")
 
 
 def report(
+    row: tuple[int, int, int],
+    *,
     rates: dict[str, list[float]],
     cpus: dict[str, list[float]],
     foreign: dict[str, float],
     stalls: dict[str, int],
     took: float,
 ) -> None:
-    clients, size, depth = ROW
+    clients, size, depth = row
     rate = {n: statistics.median(v) for n, v in rates.items()}
     cpu = {n: statistics.median(v) for n, v in cpus.items()}
     per_cpu = {n: rate[n] / cpu[n] if cpu[n] else 0.0 for n in rate}
