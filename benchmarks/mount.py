@@ -43,9 +43,10 @@ from pathlib import Path
 
 from .asgi import ENV, LOGS, QUIET_BUDGET, ROOT, SERVER_CORE, fan_out, start, wait_quiet
 from .harness.servers import ready_port
-from .mount_app import MOUNT
 
 TIDINGS_WS = "tidings.asgi:WebSocketProtocol"
+#: Where benchmarks/mount_app.py mounts the hub.
+MOUNT = "/realtime"
 
 
 @dataclass(frozen=True)
@@ -213,26 +214,46 @@ def report(
     stalls: dict[str, int],
     took: float,
 ) -> None:
+    """Print the tables: each server's figures (medians over the rounds,
+    [min-max]), then its ratios to ``tidings serve`` and to python-socketio
+    under uvicorn's default, taken round by round (each server against the
+    other measured in the same round), median [min-max]."""
     clients, size, depth = row
-    rate = {n: statistics.median(v) for n, v in rates.items()}
-    cpu = {n: statistics.median(v) for n, v in cpus.items()}
-    per_cpu = {n: rate[n] / cpu[n] if cpu[n] else 0.0 for n in rate}
+    per_cpu = {
+        n: [r / c if c else 0.0 for r, c in zip(rates[n], cpus[n], strict=True)]
+        for n in rates
+    }
+    title = f"{size} B to {clients:,} subscribers, {depth} publication in flight"
     print(
-        f"| {size} B to {clients:,} subscribers, {depth} publication in flight "
-        "| deliveries/s | server CPU (cores) | deliveries per server CPU-second "
-        "| ÷ tidings serve (deliveries/s, per CPU) "
-        "| ÷ python-socketio (deliveries/s, per CPU) |"
+        f"| {title} | deliveries/s | server CPU (cores) "
+        "| deliveries per server CPU-second |\n|---|--:|--:|--:|"
     )
-    print("|---|--:|--:|--:|--:|--:|")
     for name, measured in rates.items():
         print(
-            f"| {name} | {rate[name]:,.0f} [{min(measured):,.0f}-{max(measured):,.0f}]"
-            f" | {cpu[name]:.2f} | {per_cpu[name]:,.0f}"
-            f" | {rate[name] / rate[SERVE]:.2f}x, {per_cpu[name] / per_cpu[SERVE]:.2f}x"
-            f" | {rate[name] / rate[SOCKETIO]:.2f}x,"
-            f" {per_cpu[name] / per_cpu[SOCKETIO]:.2f}x |"
+            f"| {name} | {_spread(measured)} | {_spread(cpus[name], '.2f')}"
+            f" | {_spread(per_cpu[name])} |"
         )
-    times = ", ".join(f"{clients / rate[n] * 1000:.1f} ms ({n})" for n in rate)
+    print(
+        f"\n| {title}, ratios round by round "
+        "| ÷ tidings serve, deliveries/s | ÷ tidings serve, per CPU-second "
+        "| ÷ python-socketio, deliveries/s | ÷ python-socketio, per CPU-second |"
+        "\n|---|--:|--:|--:|--:|"
+    )
+    for name in rates:
+        cells = [
+            _spread(
+                [a / b for a, b in zip(figures[name], figures[peer], strict=True)],
+                ".2f",
+                "x",
+            )
+            for peer in (SERVE, SOCKETIO)
+            for figures in (rates, per_cpu)
+        ]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    times = ", ".join(
+        f"{clients / statistics.median(v) * 1000:.1f} ms ({n})"
+        for n, v in rates.items()
+    )
     print(
         f"\nOne publication to all {clients:,} subscribers (from the medians): {times}."
     )
@@ -250,6 +271,12 @@ def report(
     stalled = [f"{n}: {k}" for n, k in stalls.items() if k]
     if stalled:
         print(f"Stalls (0.2 s without a delivery): {', '.join(stalled)}.")
+
+
+def _spread(values: list[float], spec: str = ",.0f", unit: str = "") -> str:
+    """``median [min-max]``."""
+    median, low, high = statistics.median(values), min(values), max(values)
+    return f"{median:{spec}}{unit} [{low:{spec}}-{high:{spec}}]"
 
 
 if __name__ == "__main__":

@@ -14,9 +14,7 @@ from starlette.routing import Mount
 from tidings.hub import Hub
 
 from .harness.servers import hub_config, socketio_hub
-
-#: Where the hub is mounted.
-MOUNT = "/realtime"
+from .mount import MOUNT
 
 
 def hub_app() -> Starlette:
