@@ -61,13 +61,19 @@ HEADER = (
 )
 
 
-def start(ws: str, log: IO[str]) -> tuple[subprocess.Popen[str], int]:
+def start(
+    ws: str,
+    log: IO[str],
+    app: str = "benchmarks.asgi_app:app",
+    options: tuple[str, ...] = ("--lifespan", "off"),
+) -> tuple[subprocess.Popen[str], int]:
+    """uvicorn serving ``app`` with ``--ws ws`` on core 0, and its port."""
     proc = subprocess.Popen(
         [
-            *("taskset", "-c", "0", sys.executable, "-m", "uvicorn"),
-            "benchmarks.asgi_app:app",
+            *("taskset", "-c", str(SERVER_CORE), sys.executable, "-m", "uvicorn"),
+            app,
             *("--ws", ws, "--port", "0", "--host", "127.0.0.1"),
-            *("--loop", "uvloop", "--http", "httptools", "--lifespan", "off"),
+            *("--loop", "uvloop", "--http", "httptools", *options),
             *("--ws-per-message-deflate", "false", "--log-level", "warning"),
             *("--ws-ping-interval", "900", "--no-access-log"),
         ],
@@ -77,22 +83,25 @@ def start(ws: str, log: IO[str]) -> tuple[subprocess.Popen[str], int]:
         text=True,
     )
     # At --log-level warning uvicorn says nothing: ask the kernel instead.
-    port = _listening_port(proc.pid)
+    port = _listening_port(proc)
     return proc, port
 
 
-def _listening_port(pid: int) -> int:
-    for _ in range(200):
+def _listening_port(proc: subprocess.Popen[str]) -> int:
+    """The port uvicorn ``proc`` listens on, once it does: at most 60 s
+    (a busy machine slows its imports and its lifespan)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
         out = subprocess.run(
             ["ss", "-ltnpH"], capture_output=True, text=True, check=False
         ).stdout
         for line in out.splitlines():
-            if f"pid={pid}," in line:
+            if f"pid={proc.pid}," in line:
                 match = re.search(r"127\.0\.0\.1:(\d+)", line)
                 if match:
                     return int(match[1])
-        subprocess.run(["sleep", "0.05"], check=True)
-    raise SystemExit("uvicorn did not start listening")
+        time.sleep(0.05)
+    raise SystemExit(f"uvicorn did not start listening (exit code {proc.poll()})")
 
 
 def wait_quiet(deadline: float) -> None:
@@ -159,18 +168,43 @@ def broadcast(
     ``row`` is (clients, size, depth): the clients connect, one of them
     publishes ``size``-byte text messages, keeping ``depth`` in flight (the
     next goes once an earlier one reached every client), and every client
-    counts what it receives. Also returns the stalls (how often 0.2 s went
-    by without a delivery, and the load client sent the next one anyway)
-    and the largest share of a core that other processes took in a window
-    kept."""
+    counts what it receives. Also returns the stalls and the largest share
+    of a core that other processes took (:func:`fan_out`)."""
+    windows, stalled = fan_out(
+        ("broadcast", "--path", "/broadcast", "--text"),
+        port,
+        pid,
+        row,
+        seconds=args.seconds,
+        repeat=args.repeat,
+    )
+    foreign = max((w["foreign"] or 0.0 for w in windows), default=0.0)
+    return [w["count"] / w["seconds"] for w in windows], stalled, foreign
+
+
+def fan_out(
+    mode: tuple[str, ...],
+    port: int,
+    pid: int,
+    row: tuple[int, int, int],
+    *,
+    seconds: float,
+    repeat: int,
+) -> tuple[list[dict[str, Any]], int]:
+    """The load client's ``mode`` (``broadcast ...`` or ``hub ...``, with
+    their options) against the server ``pid`` on ``port``: ``row`` is
+    (clients, size, depth). Returns the windows kept, each with its count,
+    seconds, server CPU and the largest share of a core that other
+    processes took meanwhile; and the stalls (how often 0.2 s went by
+    without a delivery, and the load client sent the next one anyway)."""
     clients, size, depth = row
     out = subprocess.run(
         [
-            *(sys.executable, "-m", "benchmarks.harness.loadgen", "broadcast"),
-            *("--port", str(port), "--path", "/broadcast", "--text"),
+            *(sys.executable, "-m", "benchmarks.harness.loadgen", *mode),
+            *("--port", str(port)),
             *("--conns", str(clients), "--size", str(size), "--depth", str(depth)),
-            *("--warmup", str(WARMUP), "--duration", str(args.seconds)),
-            *("--repeat", str(args.repeat), "--timeout", "30"),
+            *("--warmup", str(WARMUP), "--duration", str(seconds)),
+            *("--repeat", str(repeat), "--timeout", "30"),
             *("--cpu", str(CLIENT_CORE), "--server-core", str(SERVER_CORE)),
             *("--server-pid", str(pid), "--max-foreign", str(MAX_FOREIGN)),
         ],
@@ -178,7 +212,7 @@ def broadcast(
         text=True,
         env=ENV,
         cwd=ROOT,
-        timeout=90 + (WARMUP + args.seconds) * args.repeat * 2,
+        timeout=90 + (WARMUP + seconds) * repeat * 2,
         check=False,
     )
     events = [json.loads(ln) for ln in out.stdout.splitlines() if ln.startswith("{")]
@@ -186,12 +220,11 @@ def broadcast(
     opened = [e for e in events if e["event"] == "opened"]
     done = [e for e in events if e["event"] == "done"]
     if out.returncode != 0 or problems or not opened or not done:
-        raise SystemExit(f"the broadcast failed: {problems or out.stderr[-2000:]}")
+        raise SystemExit(f"{mode[0]} failed: {problems or out.stderr[-2000:]}")
     if opened[0]["failed"] or done[0]["errors"]:
-        raise SystemExit(f"the broadcast lost clients or frames: {opened + done}")
+        raise SystemExit(f"{mode[0]} lost clients or frames: {opened + done}")
     windows = [e for e in events if e["event"] == "window"]
-    foreign = max((w["foreign"] or 0.0 for w in windows), default=0.0)
-    return [w["count"] / w["seconds"] for w in windows], done[0]["stalls"], foreign
+    return windows, done[0]["stalls"]
 
 
 def table(title: str, rows: list[tuple[str, dict[str, list[float]]]]) -> None:

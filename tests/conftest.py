@@ -111,6 +111,44 @@ async def raw_connect() -> AsyncIterator[RawConnect]:
         client.close()
 
 
+def listening() -> socket.socket:
+    """A socket listening on a free loopback port, for a server to serve:
+    clients may connect at once, and wait in the kernel until it accepts."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    return sock
+
+
+class Served:
+    """An app under a server in this process: its port, and a stop."""
+
+    def __init__(self, port: int, stop: Callable[[], Awaitable[None]]) -> None:
+        self.port = port
+        self.stop = stop
+        self.http = f"http://127.0.0.1:{port}"
+        self.ws = f"ws://127.0.0.1:{port}/realtime/ws"
+
+
+async def serve_uvicorn(app: Any, ws: Any = "auto") -> Served:
+    """``app`` under an in-process uvicorn with WebSocket protocol ``ws``,
+    its lifespan run; ``Served.ws`` is the hub's WebSocket where an app
+    mounts it at /realtime."""
+    sock = listening()
+    config = uvicorn.Config(app, ws=ws, lifespan="on", log_level="warning")
+    server = uvicorn.Server(config)
+    task = asyncio.ensure_future(server.serve([sock]))
+
+    async def stop() -> None:
+        if not task.done():
+            server.should_exit = True
+            async with asyncio.timeout(10):
+                await task
+        sock.close()
+
+    return Served(sock.getsockname()[1], stop)
+
+
 ServeASGI = Callable[..., Awaitable[str]]
 
 
@@ -124,9 +162,7 @@ async def serve_asgi() -> AsyncIterator[ServeASGI]:
     servers: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
 
     async def start(app: Any, **options: Any) -> str:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(128)
+        sock = listening()
         config = uvicorn.Config(
             app, ws=WebSocketProtocol, lifespan="off", log_level="info", **options
         )

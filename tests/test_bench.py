@@ -68,29 +68,33 @@ REDIS_READY = (
 SMOKE_SERVERS = (*TIDINGS, *HUB_TIDINGS, *(REDIS_TIDINGS if REDIS_READY else ()))
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    out = tmp_path_factory.mktemp("bench")
-    docs = out / "performance.md"
-    docs.write_text(f"old\n{NOTES_START}\nkeep this analysis\n{NOTES_END}\nold\n")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks",
-            "--smoke",
-            "--out",
-            str(out),
-            "--logs",
-            str(out / "logs"),
-            "--docs",
-            str(docs),
-        ],
+def run_benchmark(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m MODULE ARGS`` from the repository root, its output
+    captured, bounded by SMOKE_TIMEOUT."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
         capture_output=True,
         text=True,
         timeout=SMOKE_TIMEOUT,
         check=False,
         cwd=ROOT,
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    out = tmp_path_factory.mktemp("bench")
+    docs = out / "performance.md"
+    docs.write_text(f"old\n{NOTES_START}\nkeep this analysis\n{NOTES_END}\nold\n")
+    proc = run_benchmark(
+        "benchmarks",
+        "--smoke",
+        "--out",
+        str(out),
+        "--logs",
+        str(out / "logs"),
+        "--docs",
+        str(docs),
     )
     log = out / "logs" / "children.log"
     assert proc.returncode == 0, proc.stderr[-3000:] + (
@@ -261,27 +265,18 @@ def test_hub_with_socketio(tmp_path: Path) -> None:
     """The hub rows beside python-socketio: measured where it is installed,
     else reported as not installed (as in the project's own environment)."""
     out = tmp_path / "bench"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks",
-            "--smoke",
-            "--scenarios",
-            "hub-1k-k128,hub-idle",
-            "--servers",
-            ",".join(HUB_SERVERS),
-            "--no-charts",
-            "--out",
-            str(out),
-            "--logs",
-            str(out / "logs"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=SMOKE_TIMEOUT,
-        check=False,
-        cwd=ROOT,
+    proc = run_benchmark(
+        "benchmarks",
+        "--smoke",
+        "--scenarios",
+        "hub-1k-k128,hub-idle",
+        "--servers",
+        ",".join(HUB_SERVERS),
+        "--no-charts",
+        "--out",
+        str(out),
+        "--logs",
+        str(out / "logs"),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = table_rows((out / "report.md").read_text())
@@ -513,22 +508,13 @@ def test_proxy_quick(tmp_path: Path) -> None:
     from benchmarks.proxy import PAIRS
 
     out = tmp_path / "proxy.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.proxy",
-            "--quick",
-            "--json",
-            str(out),
-            "--logs",
-            str(tmp_path / "logs"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=SMOKE_TIMEOUT,
-        check=False,
-        cwd=ROOT,
+    proc = run_benchmark(
+        "benchmarks.proxy",
+        "--quick",
+        "--json",
+        str(out),
+        "--logs",
+        str(tmp_path / "logs"),
     )
     log = tmp_path / "logs" / "proxy.log"
     assert proc.returncode == 0, proc.stderr[-3000:] + (
@@ -558,23 +544,9 @@ def test_proxy_quick(tmp_path: Path) -> None:
 def test_features_quick() -> None:
     """benchmarks/features.py in a few calls on both brokers: every pair
     has a row with numbers on each. Nothing about speed."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.features",
-            "--calls",
-            "20",
-            "--rounds",
-            "2",
-            "--presence",
-            "50",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=SMOKE_TIMEOUT,
-        check=False,
-        cwd=ROOT,
+    proc = run_benchmark(
+        *("benchmarks.features", "--calls", "20", "--rounds", "2"),
+        *("--presence", "50"),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")][1:]
@@ -582,3 +554,25 @@ def test_features_quick() -> None:
     assert {row.split(" | ")[1] for row in rows} == brokers
     assert len(rows) == 6 * len(brokers)
     assert all(row.endswith("x |") for row in rows), rows
+
+
+def test_mount_quick(tmp_path: Path) -> None:
+    """benchmarks/mount.py in a few seconds: every server (the mounted hub
+    under uvicorn with both WebSocket protocols, the hub on its own,
+    python-socketio's ASGIApp) delivers to its 20 subscribers, and the table
+    carries a row for each. Nothing about speed."""
+    for module in ("starlette", "uvicorn", "socketio"):
+        pytest.importorskip(module)
+    from benchmarks.mount import SERVERS
+
+    out = tmp_path / "mount.json"
+    proc = run_benchmark(
+        *("benchmarks.mount", "--clients", "20", "--seconds", "0.2"),
+        *("--rounds", "1", "--quiet-budget", "0", "--json", str(out)),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rates = json.loads(out.read_text())["rates"]
+    assert set(rates) == {s.label for s in SERVERS}
+    assert all(len(v) == 1 and v[0] > 0 for v in rates.values()), rates
+    for server in SERVERS:
+        assert f"| {server.label} | " in proc.stdout, proc.stdout

@@ -43,8 +43,8 @@ import time
 import tomllib
 import traceback
 import types
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +59,14 @@ import tidings.sync
 from tidings.cli import build_parser
 from tidings.hub import load_config
 
-from .conftest import Peer, free_port, skip_unless_ci, wait_for
+from .conftest import (
+    Peer,
+    free_port,
+    http_request,
+    serve_uvicorn,
+    skip_unless_ci,
+    wait_for,
+)
 
 ROOT = Path(__file__).parent.parent
 DOCS = ROOT / "docs"
@@ -350,6 +357,102 @@ _HOOK_HEADINGS = {
     "rpc": "rpc: ask the application",
 }
 
+MOUNT = "The hub inside your app"
+
+
+@dataclass(frozen=True)
+class ServesTheMountedHub:
+    """A block of docs/asgi.md's "The hub inside your app" (``index``) or
+    the README's version of its first: the app, served by an in-process
+    uvicorn, and driven. The first block is the app with the hub at
+    /realtime and a view that publishes; the later ones add to it, each run
+    after the first: the Starlette lifespan around a ``database`` of ours,
+    and the connect hook asking ``sessions`` of ours."""
+
+    index: int
+
+    def __call__(self, block: Block) -> None:
+        namespace: dict[str, Any] = {}
+        if self.index > 0:
+            first = next(
+                b for b in CODE if (b.page, b.heading) == ("docs/asgi.md", MOUNT)
+            )
+            exec(first.code, namespace)
+        drive = {0: _ships, 2: _enters_the_database, 3: _asks_the_sessions}[self.index]
+        asyncio.run(drive(block.code, namespace))
+
+
+async def _ships(code: str, namespace: dict[str, Any]) -> None:
+    """A view's publication reaches a client of the mounted hub."""
+    from tidings.hub import Client
+
+    exec(code, namespace)
+    served = await serve_uvicorn(namespace["app"])
+    try:
+        async with asyncio.timeout(BOUND), Client(served.ws) as client:
+            sub = await client.subscribe("orders:shipped")
+            answer = await http_request(served.port, "POST", "/orders/7/ship")
+            assert answer.status == 200, answer
+            pub = await anext(aiter(sub))
+            assert pub.data == {"id": 7}
+    finally:
+        await served.stop()
+
+
+async def _enters_the_database(code: str, namespace: dict[str, Any]) -> None:
+    """The app's own lifespan starts the hub, inside its database's."""
+    from tidings.hub import Client
+
+    entered: list[str] = []
+
+    class Database:
+        @asynccontextmanager
+        async def connect(self) -> AsyncIterator[None]:
+            entered.append("connect")
+            yield
+            entered.append("disconnect")
+
+    namespace["database"] = Database()
+    exec(code, namespace)
+    served = await serve_uvicorn(namespace["app"])
+    try:
+        async with asyncio.timeout(BOUND), Client(served.ws) as client:
+            assert entered == ["connect"]
+            sub = await client.subscribe("orders:shipped")
+            await namespace["hub"].publish("orders:shipped", {"id": 8})
+            assert (await anext(aiter(sub))).data == {"id": 8}
+    finally:
+        await served.stop()
+    assert entered == ["connect", "disconnect"]
+
+
+async def _asks_the_sessions(code: str, namespace: dict[str, Any]) -> None:
+    """The connect hook reads the session cookie, and refuses without it."""
+    from tidings.hub import Client, HubError
+
+    class Sessions:
+        async def user_from_cookie(self, cookie: str | None) -> Any:
+            if cookie != "s3cret":
+                return None
+            return types.SimpleNamespace(id="42", name="Ada")
+
+    namespace["sessions"] = Sessions()
+    exec(code, namespace)
+    served = await serve_uvicorn(namespace["app"])
+    try:
+        async with (
+            asyncio.timeout(BOUND),
+            Client(served.ws, headers=[("Cookie", "session=s3cret")]) as client,
+        ):
+            assert (client.user, client.info) == ("42", {"name": "Ada"})
+        with pytest.raises(HubError) as refused:
+            async with asyncio.timeout(BOUND), Client(served.ws):
+                pass
+        assert refused.value.code == 401
+    finally:
+        await served.stop()
+
+
 PYTHON: dict[tuple[str, str, int], Callable[[Block], None]] = {
     ("README.md", "An echo server and a client", 0): serves_and_prints_the_echo,
     ("README.md", "An echo server and a client", 1): prints_the_echo,
@@ -360,6 +463,8 @@ PYTHON: dict[tuple[str, str, int], Callable[[Block], None]] = {
     ("docs/hub.md", "From a back end: the HTTP API", 0): publishes_to_a_hub,
     ("README.md", "Run the hub", 2): publishes_to_a_hub,
     ("docs/speedups.md", "Building", 0): quotes_setup_py,
+    ("README.md", "Inside FastAPI and Starlette", 1): ServesTheMountedHub(0),
+    **{("docs/asgi.md", MOUNT, i): ServesTheMountedHub(i) for i in (0, 2, 3)},
     (INTEGRATE, "With FastAPI", 0): AnswersTheHub("fastapi", "app"),
     (INTEGRATE, "With Django", 0): AnswersTheHub("django", "app"),
     (INTEGRATE, "With Django", 1): AnswersTheHub("django", "urls"),

@@ -857,7 +857,7 @@ async def run_echo(args: argparse.Namespace) -> None:
 
 async def run_broadcast(args: argparse.Namespace) -> None:
     bench = BroadcastBench(args.conns, args.depth, args.lowat)
-    hs = Handshake(args.host, args.port, args.path)
+    hs = Handshake(args.host, args.port, args.path or "/")
     payload = payload_of(args.size)  # printable ASCII: valid text too
     opcode = 0x1 if args.text else 0x2
     out = build_frame(payload, opcode, masked=True)
@@ -870,7 +870,7 @@ async def run_hub(args: argparse.Namespace) -> None:
     """Subscribers of one channel; one of them publishes (``--protocol``)."""
     cls = HUB_CONNS[args.protocol or "tidings-hub"]
     bench = BroadcastBench(args.conns, args.depth, args.lowat)
-    hs = Handshake(args.host, args.port, cls.path)
+    hs = Handshake(args.host, args.port, args.path or cls.path)
     payload = text_payload(args.size)
     # Each client counts as opened once its subscription is confirmed.
     await fan_out(args, bench, lambda: cls(bench, hs, payload), 0.0)
@@ -1681,7 +1681,11 @@ def build_parser() -> argparse.ArgumentParser:
         "clients subscribed with it",
     )
     p.add_argument("--no-verify", action="store_true")
-    p.add_argument("--path", default="/", help="broadcast: the endpoint's path (/)")
+    p.add_argument(
+        "--path",
+        help="broadcast: the endpoint's path (/); hub: the WebSocket's path "
+        "(the protocol's: /ws, /socket.io/...), as where a hub is mounted",
+    )
     p.add_argument(
         "--text",
         action="store_true",

@@ -78,6 +78,8 @@ PEER_PACKAGES = (
     "picows",
     "python-socketio>=5",
     "uvicorn>=0.30",
+    # The apps of benchmarks/asgi.py and benchmarks/mount.py.
+    "starlette",
     "redis>=5",
     "hiredis",
     "uvloop",

@@ -324,20 +324,11 @@ async def picows_server(
 # -- hubs ----------------------------------------------------------------
 
 
-async def tidings_hub_server(
-    name: str,
-    mode: str,
-    host: str,
-    port: int,
-    stop: asyncio.Future[None],
-    *,
-    redis: str | None = None,
-) -> None:
-    """The hub as ``tidings serve`` runs it (``Hub(load_config(...))``),
-    with one namespace for the benchmark; with ``redis``, one node of a hub
-    on that Redis (``--broker redis://...``)."""
-    import tidings
-    from tidings.hub import Hub, load_config
+def hub_config(host: str = "127.0.0.1", port: int = 0, redis: str | None = None) -> Any:
+    """The hub's configuration in the hub rows, as ``tidings serve`` would
+    load it, with one namespace for the benchmark; with ``redis``, one node
+    of a hub on that Redis (``--broker redis://...``)."""
+    from tidings.hub import load_config
 
     from .scenarios import HUB_CHANNEL
 
@@ -349,7 +340,7 @@ async def tidings_hub_server(
         "history_size": 100,
         "history_ttl": 3600,
     }
-    config = load_config(
+    return load_config(
         None,
         {},
         {
@@ -367,6 +358,35 @@ async def tidings_hub_server(
             "broker": redis or "memory",
         },
     )
+
+
+def hub_text(config: Any, broker: str) -> str:
+    """What the hub rows' hub is, for the report."""
+    namespace = next(iter(config.namespaces))
+    return (
+        f"tidings.hub.Hub as `tidings serve` runs it, {broker}; namespace "
+        f"`{namespace}`: anonymous clients, client publish, history 100 for "
+        "1 h, presence off; rate limit lifted for the publisher; max outbound "
+        f"{config.max_outbound // 1024} KiB per client"
+    )
+
+
+async def tidings_hub_server(
+    name: str,
+    mode: str,
+    host: str,
+    port: int,
+    stop: asyncio.Future[None],
+    *,
+    redis: str | None = None,
+) -> None:
+    """The hub as ``tidings serve`` runs it (``Hub(load_config(...))``),
+    with one namespace for the benchmark; with ``redis``, one node of a hub
+    on that Redis (``--broker redis://...``)."""
+    import tidings
+    from tidings.hub import Hub
+
+    config = hub_config(host, port, redis)
     broker = (
         "memory broker"
         if redis is None
@@ -378,18 +398,44 @@ async def tidings_hub_server(
         "version": tidings.__version__,
         "loop": _loop_name(),
         "core": _tidings_core(),
-        "hub": (
-            f"tidings.hub.Hub as `tidings serve` runs it, {broker}; namespace "
-            f"`{namespace}`: anonymous clients, client publish, history 100 for "
-            "1 h, presence off; rate limit lifted for the publisher; max outbound "
-            f"{config.max_outbound // 1024} KiB per client"
-        ),
+        "hub": hub_text(config, broker),
     }
     async with Hub(config) as hub:
         if redis is not None and not hub.broker.status().get("ok"):
             raise RuntimeError(f"the hub cannot reach redis: {hub.broker.status()}")
         ready(hub.port, **info)
         await stop
+
+
+def socketio_hub(redis: str | None = None) -> tuple[Any, Any]:
+    """python-socketio's ``AsyncServer`` of the hub rows, and its Redis
+    manager (None without ``redis``): ``join`` enters the room and acks,
+    ``publish`` emits to the room, the sender included."""
+    socketio = importlib.import_module("socketio")
+    options: dict[str, Any] = {}
+    manager: Any = None
+    if redis is not None:
+        manager = socketio.AsyncRedisManager(redis)
+        options["client_manager"] = manager
+    sio = socketio.AsyncServer(
+        async_mode="asgi",
+        transports=["websocket"],
+        ping_interval=HUB_PING_INTERVAL,
+        ping_timeout=HUB_PING_INTERVAL,
+        max_http_buffer_size=MAX_SIZE,
+        **options,
+    )
+
+    async def join(sid: str, room: str) -> bool:
+        await sio.enter_room(sid, room)
+        return True  # the ack tells the client it is in
+
+    async def publish(sid: str, room: str, data: Any) -> None:
+        await sio.emit("msg", data, room=room)
+
+    sio.on("join", join)
+    sio.on("publish", publish)
+    return sio, manager
 
 
 async def socketio_server(
@@ -406,31 +452,9 @@ async def socketio_server(
     (``socketio.AsyncRedisManager``)."""
     socketio = importlib.import_module("socketio")
     uvicorn = importlib.import_module("uvicorn")
-    options: dict[str, Any] = {}
-    manager: Any = None
-    if redis is not None:
-        manager = socketio.AsyncRedisManager(redis)
-        options["client_manager"] = manager
-    sio = socketio.AsyncServer(
-        async_mode="asgi",
-        transports=["websocket"],
-        ping_interval=HUB_PING_INTERVAL,
-        ping_timeout=HUB_PING_INTERVAL,
-        max_http_buffer_size=MAX_SIZE,
-        **options,
-    )
+    sio, manager = socketio_hub(redis)
     if manager is not None:
         await _socketio_listening(sio, manager)
-
-    async def join(sid: str, room: str) -> bool:
-        await sio.enter_room(sid, room)
-        return True  # the ack tells the client it is in
-
-    async def publish(sid: str, room: str, data: Any) -> None:
-        await sio.emit("msg", data, room=room)
-
-    sio.on("join", join)
-    sio.on("publish", publish)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))

@@ -1,7 +1,8 @@
 """The hub inside an ASGI app (hub/mount.py): a FastAPI app with the hub
 mounted at /realtime, under a real uvicorn (its default WebSocket protocol
-and tidings.asgi's), under Hypercorn, and as two uvicorn processes on one
-Redis; driven by tidings.hub.Client, plain websockets and raw HTTP."""
+and tidings.asgi's), under Hypercorn, and on one Redis as two uvicorn
+processes and as one `uvicorn --workers 2`; driven by tidings.hub.Client,
+plain websockets and raw HTTP."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 import websockets
 from fastapi import FastAPI
 from websockets.exceptions import ConnectionClosed as WsClosed
@@ -29,7 +30,15 @@ from tidings.hub import Client, Hub, HubConfig, NamespaceConfig, Publication
 from tidings.hub.hooks import Connect, HookContext, Refuse
 from tidings.hub.mount import route_path
 
-from ..conftest import RedisServer, http_request, skip_unless_ci, wait_for
+from ..conftest import (
+    RedisServer,
+    Served,
+    http_request,
+    listening,
+    serve_uvicorn,
+    skip_unless_ci,
+    wait_for,
+)
 
 BOUND = 10
 FAST = {"backoff_initial": 0.05, "backoff_max": 0.2, "timeout": BOUND}
@@ -63,46 +72,11 @@ def make_app(hub: Hub) -> FastAPI:
     return app
 
 
-class Served:
-    """An app under a server in this process: its port, and a stop."""
-
-    def __init__(self, port: int, stop: Callable[[], Awaitable[None]]) -> None:
-        self.port = port
-        self.stop = stop
-        self.http = f"http://127.0.0.1:{port}"
-        self.ws = f"ws://127.0.0.1:{port}/realtime/ws"
-
-
-def _listening() -> socket.socket:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    return sock
-
-
-async def _uvicorn(app: Any, ws: Any) -> Served:
-    # The socket listens before uvicorn starts: clients wait in the kernel
-    # until the lifespan has started the hub and uvicorn accepts.
-    sock = _listening()
-    config = uvicorn.Config(app, ws=ws, lifespan="on", log_level="warning")
-    server = uvicorn.Server(config)
-    task = asyncio.ensure_future(server.serve([sock]))
-
-    async def stop() -> None:
-        if not task.done():
-            server.should_exit = True
-            async with asyncio.timeout(BOUND):
-                await task
-        sock.close()
-
-    return Served(sock.getsockname()[1], stop)
-
-
 async def _hypercorn(app: Any, ws: Any) -> Served:
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
 
-    sock = _listening()
+    sock = listening()
     config = Config()
     config.bind = [f"fd://{sock.fileno()}"]
     config.loglevel = "WARNING"
@@ -124,8 +98,8 @@ async def _hypercorn(app: Any, ws: Any) -> Served:
 
 SERVERS = {
     # uvicorn's default WebSocket protocol ("auto": websockets), and tidings'.
-    "uvicorn-auto": (_uvicorn, "auto"),
-    "uvicorn-tidings": (_uvicorn, WebSocketProtocol),
+    "uvicorn-auto": (serve_uvicorn, "auto"),
+    "uvicorn-tidings": (serve_uvicorn, WebSocketProtocol),
     "hypercorn": (_hypercorn, None),
 }
 
@@ -438,7 +412,7 @@ async def test_another_origin_is_refused_at_the_upgrade(serve_app: Any) -> None:
 
 async def test_the_hub_app_alone_runs_its_own_lifespan() -> None:
     hub = make_hub()
-    served = await _uvicorn(hub.asgi(), "auto")
+    served = await serve_uvicorn(hub.asgi())
     try:
         answer = await http_request(served.port, "GET", "/healthz")
         assert answer.status == 200
@@ -450,13 +424,14 @@ async def test_the_hub_app_alone_runs_its_own_lifespan() -> None:
     assert hub._tasks == []
 
 
-# -- two uvicorn processes on one Redis ------------------------------------------
+# -- uvicorn processes on one Redis ----------------------------------------------
 
 APP = textwrap.dedent(
     """
     import os
     from fastapi import FastAPI
     from tidings.hub import Hub, HubConfig, NamespaceConfig
+    from tidings.hub.hooks import Connect, HookContext
 
     hub = Hub(HubConfig(
         demo=False,
@@ -466,13 +441,37 @@ APP = textwrap.dedent(
             presence=True,
         )},
     ))
+
+    @hub.on_connect
+    async def connect(context: HookContext) -> Connect:
+        # Which process the client landed on, for the test to see.
+        return Connect(user="", info={"pid": os.getpid(), "node": hub.node})
+
     app = FastAPI(lifespan=hub.lifespan)
     app.mount("/realtime", hub.asgi())
     """
 )
 
 
-@pytest.mark.parametrize("ws", ["auto", "tidings.asgi:WebSocketProtocol"])
+def uvicorn_command(app_dir: Path, sock: socket.socket, ws: str) -> list[str]:
+    """uvicorn serving APP (written to ``app_dir``) on the listening
+    ``sock``."""
+    return [
+        *(sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir)),
+        *("--fd", str(sock.fileno()), "--ws", ws, "realtime_app:app"),
+    ]
+
+
+def pid_of(client: Client) -> int:
+    """The process that served ``client``'s connect (APP's connect hook)."""
+    pid: int = client.info["pid"]
+    return pid
+
+
+WS = ["auto", "tidings.asgi:WebSocketProtocol"]
+
+
+@pytest.mark.parametrize("ws", WS)
 async def test_two_uvicorn_processes_on_redis_are_one_hub(
     redis_server: RedisServer, tmp_path: Path, ws: str
 ) -> None:
@@ -481,24 +480,11 @@ async def test_two_uvicorn_processes_on_redis_are_one_hub(
     socks, procs = [], []
     try:
         for _ in range(2):
-            sock = _listening()
+            sock = listening()
             socks.append(sock)
             procs.append(
                 subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "uvicorn",
-                        "--app-dir",
-                        str(tmp_path),
-                        "--fd",
-                        str(sock.fileno()),
-                        "--ws",
-                        ws,
-                        "--log-level",
-                        "warning",
-                        "realtime_app:app",
-                    ],
+                    [*uvicorn_command(tmp_path, sock, ws), "--log-level", "warning"],
                     pass_fds=[sock.fileno()],
                     env=env,
                 )
@@ -508,6 +494,7 @@ async def test_two_uvicorn_processes_on_redis_are_one_hub(
             Client(urls[0], **FAST) as first,
             Client(urls[1], **FAST) as second,
         ):
+            assert pid_of(first) == procs[0].pid and pid_of(second) == procs[1].pid
             channel = f"chat:{os.urandom(4).hex()}"
             sub = await first.subscribe(channel)
             await second.subscribe(channel)
@@ -533,55 +520,105 @@ async def test_two_uvicorn_processes_on_redis_are_one_hub(
             sock.close()
 
 
+#: Most clients opened to find both workers of ``uvicorn --workers 2``.
+MOST_CLIENTS = 64
+
+
+@pytest.mark.parametrize("ws", WS)
+async def test_uvicorn_workers_on_redis_are_one_hub(
+    redis_server: RedisServer, tmp_path: Path, ws: str
+) -> None:
+    """One ``uvicorn --workers 2`` command: clients spread over both
+    workers are one hub, and the clients of a worker that dies reconnect to
+    another and miss nothing."""
+    (tmp_path / "realtime_app.py").write_text(APP)
+    env = {**os.environ, "TIDINGS_TEST_REDIS": redis_server.url}
+    sock = listening()
+    # Its own process group: the workers are stopped with it, by its id.
+    proc = await asyncio.create_subprocess_exec(
+        *uvicorn_command(tmp_path, sock, ws),
+        *("--workers", "2", "--log-level", "info", "--no-access-log"),
+        pass_fds=[sock.fileno()],
+        env=env,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    log: list[str] = []
+    draining: asyncio.Future[None] | None = None
+    try:
+        assert proc.stderr is not None
+        # Each worker says so once its lifespan has started its hub.
+        async with asyncio.timeout(2 * BOUND):
+            while sum("startup complete" in line for line in log) < 2:
+                line = await proc.stderr.readline()
+                assert line, f"uvicorn ended: {log}"
+                log.append(line.decode())
+        draining = asyncio.ensure_future(_drain(proc.stderr, log))
+        url = f"ws://127.0.0.1:{sock.getsockname()[1]}/realtime/ws"
+        async with contextlib.AsyncExitStack() as stack:
+            # The kernel hands each connection to whichever worker accepts
+            # it first: open clients until both have some.
+            by_pid: dict[int, list[Client]] = {}
+            for _ in range(MOST_CLIENTS):
+                client = await stack.enter_async_context(
+                    Client(url, **{**FAST, "backoff_initial": 0.5})
+                )
+                by_pid.setdefault(pid_of(client), []).append(client)
+                if len(by_pid) == 2:
+                    break
+            assert len(by_pid) == 2, f"{MOST_CLIENTS} clients, one worker: {by_pid}"
+            (dying, [doomed, *_]), (_, [survivor, *_]) = by_pid.items()
+            channel = f"chat:{os.urandom(4).hex()}"
+            sub = await doomed.subscribe(channel)
+            other = await survivor.subscribe(channel)
+            # Across workers, both ways, and presence hub-wide.
+            await survivor.publish(channel, "to the other worker")
+            await doomed.publish(channel, "and back")
+            assert [p.data for p in await take(sub, 2)] == [
+                "to the other worker",
+                "and back",
+            ]
+            assert [p.data for p in await take(other, 2)] == [
+                "to the other worker",
+                "and back",
+            ]
+            present = {info.info["pid"] for info in await survivor.presence(channel)}
+            assert present == set(by_pid)
+            # A worker dies: its client reconnects to another and recovers
+            # what was published meanwhile, from Redis.
+            os.kill(dying, signal.SIGKILL)
+            await wait_for(lambda: not doomed.connected, "the connection is lost")
+            for i in range(20):
+                await survivor.publish(channel, i)
+            recovered = await take(sub, 20)
+            assert [p.offset for p in recovered] == list(range(3, 23))
+            assert [p.data for p in recovered] == list(range(20))
+            assert pid_of(doomed) != dying
+    finally:
+        if draining is not None:
+            draining.cancel()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            async with asyncio.timeout(BOUND):
+                await proc.wait()
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            sock.close()
+
+
+async def _drain(stream: asyncio.StreamReader, log: list[str]) -> None:
+    """Read ``stream`` to its end into ``log``, so that it never fills."""
+    while line := await stream.readline():
+        log.append(line.decode())
+
+
 def test_hypercorn_is_installed_where_ci_runs() -> None:
     try:
         import hypercorn  # noqa: F401
     except ImportError:
         skip_unless_ci("hypercorn is not installed")
-
-
-# -- the docs' example -------------------------------------------------------------
-
-
-def doc_block(page: str, starts: str) -> str:
-    """The ```python block of ``page`` whose code starts with ``starts``."""
-    text = (Path(__file__).parents[2] / page).read_text()
-    for block in text.split("```python\n")[1:]:
-        code = block.split("```", 1)[0]
-        if code.startswith(starts):
-            return code
-    raise AssertionError(f"no block of {page} starts with {starts!r}")
-
-
-async def test_the_fastapi_example_of_docs_asgi_md_runs(serve_app: Any) -> None:
-    namespace: dict[str, Any] = {}
-    exec(doc_block("docs/asgi.md", "from fastapi import FastAPI"), namespace)
-    served = await serve_app(namespace["app"])
-    async with Client(served.ws, **FAST) as client:
-        sub = await client.subscribe("orders:shipped")
-        answer = await http_request(served.port, "POST", "/orders/7/ship")
-        assert answer.status == 200, answer
-        [pub] = await take(sub, 1)
-        assert pub.data == {"id": 7}
-
-
-async def test_the_connect_hook_of_docs_asgi_md_runs(serve_app: Any) -> None:
-    class Sessions:
-        async def user_from_cookie(self, cookie: str | None) -> Any:
-            if cookie != "s3cret":
-                return None
-            return type("User", (), {"id": "42", "name": "Ada"})()
-
-    namespace: dict[str, Any] = {}
-    exec(doc_block("docs/asgi.md", "from fastapi import FastAPI"), namespace)
-    namespace["sessions"] = Sessions()
-    exec(doc_block("docs/asgi.md", "from tidings.hub.hooks import"), namespace)
-    served = await serve_app(namespace["app"])
-    async with Client(served.ws, headers=[("Cookie", "session=s3cret")]) as client:
-        assert (client.user, client.info) == ("42", {"name": "Ada"})
-    async with asyncio.timeout(BOUND), websockets.connect(served.ws) as ws:
-        await ws.send(json.dumps({"id": 1, "op": "connect"}))
-        assert json.loads(await ws.recv())["error"]["code"] == 401
 
 
 async def test_a_full_mounted_hub_refuses_new_clients_only(serve_app: Any) -> None:
