@@ -17,6 +17,7 @@ from .scenarios import (
     HUB_SERVERS,
     HUB_TIDINGS,
     LABELS,
+    LATENCY_KINDS,
     NODE_LABELS,
     NODE_SERVERS,
     NODES,
@@ -29,7 +30,7 @@ from .scenarios import (
 )
 
 #: Scenario kinds of the hub section (the rest: WebSocket servers, clients).
-HUB_KINDS = ("hub", "hub-idle")
+HUB_KINDS = ("hub", "hub-idle", "hub-burst", "hub-api", "hub-rate")
 
 #: Scenario kinds of the "many nodes on Redis" section.
 NODE_KINDS = ("hub-nodes", "hub-latency")
@@ -126,6 +127,7 @@ def scenario_of(entry: dict[str, Any]) -> Scenario:
         rate=entry.get("rate", 0),
         publishers=entry.get("publishers", 1),
         repeat=entry.get("repeat", 0),
+        burst=entry.get("burst", 0),
     )
 
 
@@ -197,7 +199,8 @@ def node_entries(data: Data) -> list[dict[str, Any]]:
 
 def ws_servers(data: Data) -> list[str]:
     """The WebSocket servers that ran (the report's main columns)."""
-    return [s for s in data["meta"]["servers"] if s not in HUB_SERVERS]
+    hubs = (*HUB_SERVERS, *REDIS_SERVERS)
+    return [s for s in data["meta"]["servers"] if s not in hubs]
 
 
 def server_cell(data: Data, entry: dict[str, Any], name: str, key: str) -> str:
@@ -207,7 +210,7 @@ def server_cell(data: Data, entry: dict[str, Any], name: str, key: str) -> str:
         return str(meta.get("why_missing", {}).get(name, "not installed"))
     if name not in entry["results"]:
         return "not run"
-    if entry["kind"] == "hub-latency":
+    if entry["kind"] in LATENCY_KINDS:
         return latency_cell(entry["results"][name])
     return cell(entry["results"][name], key)
 
