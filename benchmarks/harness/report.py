@@ -868,10 +868,13 @@ def render(
         parts += [
             "## Hub",
             "",
-            "The tidings hub (channels, history, recovery: `tidings serve`) and "
-            "python-socketio, each as its own server process, driven by the same "
+            "The tidings hub (channels, history, recovery: `tidings serve`), "
+            "python-socketio, Bun's `server.publish` (uWebSockets) and Node's "
+            "Socket.IO, each as its own server process, driven by the same "
             "load client: subscribers of one channel (socket.io: one room), one of "
-            "them publishing. Per server CPU-second: the figures divided by the "
+            "them publishing, or the server publishing at its trigger, or a back "
+            "end through `POST /api/publish` (benchmarks/README.md says how each "
+            "peer does it). Per server CPU-second: the figures divided by the "
             "CPU time the server used.",
             "",
             hub,
@@ -938,8 +941,11 @@ def render(
         "itself, editable); tidings never "
         "depends on them. Results go to `benchmarks/` (`results.json`, "
         "`report.md`, the PNGs); the servers' and load clients' stderr to "
-        "`.bench/logs/children.log`. A full run takes about 17 minutes on "
-        "2 cores (the hub rows about 3 of them, the many-node rows about 2). "
+        "`.bench/logs/children.log`. A full run takes about half an hour on "
+        "2 cores (the hub rows about 13 minutes of it, the many-node rows "
+        "about 3). Bun and Node's ws and Socket.IO come from npm, pinned in "
+        "`benchmarks/peers` and installed there by `npm ci` on first use: they "
+        "need `node` and `npm`. "
         "The many-node rows need `redis-server` (on PATH, or "
         "`--redis-server PATH`): the runner starts one for each step. `--help` "
         "lists the options.",

@@ -45,7 +45,7 @@ from typing import Any
 
 from . import peers
 from .peers import PEERS
-from .scenarios import HUB_ROOM
+from .scenarios import HUB_CHANNEL, HUB_ROOM
 
 MAX_SIZE = 16 * 1024 * 1024
 BACKLOG = 1024
@@ -355,8 +355,6 @@ async def tidings_hub_server(
     on that Redis (``--broker redis://...``)."""
     import tidings
     from tidings.hub import Hub, load_config
-
-    from .scenarios import HUB_CHANNEL
 
     namespace = HUB_CHANNEL.partition(":")[0]
     options = {

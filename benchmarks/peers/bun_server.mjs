@@ -93,8 +93,8 @@ if (hub) {
 } else if (args.mode === "broadcast") {
   info.broadcast = "server.publish() to a topic every client subscribed to (uWebSockets)";
 }
-ready(server.port, info);
 onStop(args, () => {
   server.stop(true);
   process.exit(0);
 });
+ready(server.port, info);

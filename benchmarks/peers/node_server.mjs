@@ -131,8 +131,10 @@ async function socketioServer() {
   };
 }
 
-const close = await (args.server === "node-ws" ? wsServer() : socketioServer());
+// Stop handlers first: the runner may stop the server as soon as it is ready.
+let close = async () => {};
 onStop(args, async () => {
   await close();
   process.exit(0);
 });
+close = await (args.server === "node-ws" ? wsServer() : socketioServer());
