@@ -149,7 +149,8 @@ NODES_TEXT = (
     f"The tidings hub as {NODES} nodes on one Redis (its Redis broker: "
     "`tidings serve --broker redis://...`), and python-socketio as "
     f"{NODES} uvicorn processes sharing rooms through the same kind of Redis "
-    "(`socketio.AsyncRedisManager`), with one tidings hub node on its memory "
+    "(`socketio.AsyncRedisManager`), and Node's Socket.IO as as many Node.js "
+    "processes on `@socket.io/redis-adapter`, with one tidings hub node on its memory "
     "broker beside them; the subscribers spread evenly over the nodes, one of "
     "them publishing, the same load client for all. The nodes and Redis share "
     "the server core (see Setup). Latency: publications at a fixed rate, each "
@@ -445,31 +446,32 @@ def hub_table(data: Data) -> str | None:
 
 def nodes_table(data: Data) -> str | None:
     """The "many nodes" scenarios: one tidings hub node, then the hubs of
-    several nodes on Redis; tidings ÷ python-socketio on Redis, of the
-    figures and per server CPU-second; and the tidings hub's many nodes ÷
-    its one. For latency the ratios are of the p99s (below 1x: quicker)."""
+    several nodes on Redis; tidings ÷ each peer on Redis (python-socketio,
+    Node's Socket.IO), of the figures and per server CPU-second; and the
+    tidings hub's many nodes ÷ its one. For latency the ratios are of the
+    p99s (below 1x: quicker)."""
     entries = node_entries(data)
     if not entries:
         return None
-    ours, peer, one = "tidings-hub-redis", "socketio-redis", "tidings-hub"
+    ours, one = "tidings-hub-redis", "tidings-hub"
+    peers = [s for s in REDIS_SERVERS if s != ours]
     rows = []
     for e in entries:
         res = e["results"]
         row = [e["title"], e["unit"]]
         row += [server_cell(data, e, name, "values") for name in NODE_SERVERS]
-        row.append(ratio_text(ratio(res.get(ours), res.get(peer))))
-        if e["kind"] == "hub-latency":
-            row.append("—")
-        else:
-            row.append(ratio_text(ratio(res.get(ours), res.get(peer), "per_cpu")))
+        for peer in peers:
+            row.append(ratio_text(ratio(res.get(ours), res.get(peer))))
+            if e["kind"] == "hub-latency":
+                row.append("—")
+            else:
+                row.append(ratio_text(ratio(res.get(ours), res.get(peer), "per_cpu")))
         row.append(ratio_text(ratio(res.get(ours), res.get(one))))
         rows.append(row)
     header = ["scenario", "unit", *(NODE_LABELS[s] for s in NODE_SERVERS)]
-    header += [
-        f"{LABELS[ours]} ÷ {LABELS[peer]}",
-        "same, per server CPU-s",
-        f"tidings hub: {NODES} nodes ÷ 1 node",
-    ]
+    for peer in peers:
+        header += [f"{LABELS[ours]} ÷ {LABELS[peer]}", "same, per server CPU-s"]
+    header.append(f"tidings hub: {NODES} nodes ÷ 1 node")
     return table(header, rows)
 
 
