@@ -9,8 +9,10 @@ about speed.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -19,15 +21,18 @@ from typing import Any
 
 import pytest
 
-from benchmarks.harness import add_arguments, build_parser
+from benchmarks.harness import add_arguments, build_parser, peers
 from benchmarks.harness.loadgen import (
+    ApiPublisher,
     Bench,
+    BroadcastBench,
     Expected,
     Handshake,
     HubConn,
     SocketIOConn,
     Stream,
     TidingsHubConn,
+    Trigger,
     build_frame,
     mask_bytes,
     text_payload,
@@ -41,14 +46,19 @@ from benchmarks.harness.report import (
     split_cell,
 )
 from benchmarks.harness.scenarios import (
+    BURST_KINDS,
     FULL,
     HUB_SERVERS,
     HUB_TIDINGS,
     LABELS,
+    NPM_SERVERS,
+    REDIS_SERVERS,
     REDIS_TIDINGS,
     TIDINGS,
     smoke,
 )
+
+from .conftest import skip_unless_ci
 
 #: The repository root: ``python -m benchmarks`` runs from there.
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,9 +144,10 @@ def test_smoke_report_has_every_row(smoke_run: dict[str, object]) -> None:
         for cell in cells[1 : 1 + len(ran)]:
             # "median [min-max]", a number first: nothing failed or missing.
             assert cell[0].isdigit(), (scenario.title, cell)
-    # The hub's own table: the tidings hub, then python-socketio, not run.
+    # The hub's own table: the tidings hub, then its peers, not run.
     hub = rows[next(s for s in smoke() if s.key == "hub-idle").title]
-    assert hub[1 : 1 + len(HUB_SERVERS)] == [hub[1], "not run"]
+    not_run = ["not run"] * (len(HUB_SERVERS) - 1)
+    assert hub[1 : 1 + len(HUB_SERVERS)] == [hub[1], *not_run]
     assert f"{LABELS['tidings-hub']} ≤ 16 KiB/conn" in report
     assert "## Hub" in report
     # Many nodes: one node, then the tidings hub on Redis (or why not), then
@@ -271,7 +282,7 @@ def test_hub_with_socketio(tmp_path: Path) -> None:
         "--scenarios",
         "hub-1k-k128,hub-idle",
         "--servers",
-        ",".join(HUB_SERVERS),
+        "tidings-hub,socketio",
         "--no-charts",
         "--out",
         str(out),
@@ -294,6 +305,79 @@ def test_hub_with_socketio(tmp_path: Path) -> None:
             assert peer == "not installed"
     if not installed:
         assert "not installed in" in proc.stderr
+
+
+#: The rows the npm peers' smoke run covers: every kind each peer serves.
+PEER_SCENARIOS = (
+    "echo-100x32-k1",
+    "broadcast-1k-k128",
+    "idle-5k",
+    "hub-1k-k128",
+    "hub-idle",
+    "hub-burst-1k-k1",
+    "hub-api-1k-k1",
+    "hub-rate-1k-100",
+    "nodes-1k-k128",
+)
+
+
+def test_npm_peers(tmp_path: Path) -> None:
+    """Bun's and Node's servers (benchmarks/peers), each for a moment in
+    every kind of row it serves: the harness installs them (npm ci, once),
+    they start, speak the load client's protocols, publish in bursts and
+    from /api/publish, and stop; so that they do not rot."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        skip_unless_ci("Node.js and npm are not installed")
+    servers = [
+        s
+        for s in NPM_SERVERS
+        if s not in REDIS_SERVERS or shutil.which("redis-server") is not None
+    ]
+    out = tmp_path / "bench"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--smoke",
+            "--scenarios",
+            ",".join(PEER_SCENARIOS),
+            "--servers",
+            ",".join(servers),
+            "--no-charts",
+            "--out",
+            str(out),
+            "--logs",
+            str(out / "logs"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=SMOKE_TIMEOUT + peers.INSTALL_TIMEOUT,
+        check=False,
+        cwd=ROOT,
+    )
+    log = out / "logs" / "children.log"
+    assert proc.returncode == 0, proc.stderr[-3000:] + (
+        log.read_text()[-3000:] if log.exists() else ""
+    )
+    results = json.loads((out / "results.json").read_text())
+    assert results["meta"]["servers"] == servers
+    rows = {s.key: s for s in FULL}
+    measured = set()
+    for entry in results["scenarios"]:
+        for name in servers:
+            if name not in rows[entry["key"]].servers:
+                continue
+            result = entry["results"][name]
+            assert result["error"] is None, (entry["key"], name, result)
+            assert result["values"] and min(result["values"]) > 0, result
+            # Every frame as the protocol expects, every client kept.
+            assert not result["notes"], (entry["key"], name, result["notes"])
+            measured.add(name)
+    assert measured == set(servers)
+    hub = next(e for e in results["scenarios"] if e["kind"] in BURST_KINDS)
+    assert "server.publish" in hub["results"]["bun-hub"]["info"]["hub"]
+    assert "io.to(room).emit" in hub["results"]["node-socketio"]["info"]["hub"]
 
 
 class FakeTransport:
@@ -396,6 +480,104 @@ async def test_socketio_client_joins_and_counts() -> None:
     transport.written.clear()
     conn.publish(3)
     assert sent_text(transport) == [f'42["publish","bench","{payload}"]'.encode()] * 3
+
+
+async def test_burst_triggers() -> None:
+    """A burst's trigger: the rpc ``burst`` of the tidings hub (its reply is
+    no delivery), the ``burst`` event of socket.io."""
+    payload = text_payload(100).decode()
+    bench, conn, transport = hub_conn(TidingsHubConn)
+    conn.on_data(text_frame('{"id":1,"result":{"client":"c1","user":""}}'))
+    conn.on_data(text_frame('{"id":2,"result":{"epoch":"e","offset":0}}'))
+    transport.written.clear()
+    Trigger(conn, 200).publish(2)
+    commands = [json.loads(t) for t in sent_text(transport)]
+    assert commands == [
+        {
+            "id": i,
+            "op": "rpc",
+            "method": "burst",
+            "data": {"count": 200, "data": payload},
+        }
+        for i in (3, 4)
+    ]
+    conn.on_data(text_frame('{"id":3,"result":{"data":200}}'))
+    assert (bench.count, bench.errors) == (0, 0)
+    bench, conn, transport = hub_conn(SocketIOConn)
+    Trigger(conn, 7).publish(1)
+    assert sent_text(transport) == [f'42["burst","bench",7,"{payload}"]'.encode()]
+
+
+def http_response(status: str, body: bytes, *headers: str) -> bytes:
+    head = [f"HTTP/1.1 {status}", *headers]
+    if body:
+        head.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+async def test_api_publisher_one_request_at_a_time() -> None:
+    bench = BroadcastBench(10, 1, 1)
+    api = ApiPublisher(bench, "127.0.0.1", 8000, text_payload(100), 3)
+    transport = FakeTransport()
+    api.connection_made(transport)  # type: ignore[arg-type]
+    api.publish(1)
+    assert len(transport.written) == 1
+    head, body = transport.written[0].split(b"\r\n\r\n")
+    assert head.startswith(b"POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1:8000")
+    assert json.loads(body) == {
+        "channel": "bench:room",
+        "data": text_payload(100).decode(),
+    }
+    ok = http_response("200 OK", b'{"offset":1}', "Connection: keep-alive")
+    # The next request waits for the whole response, however it is split.
+    api.data_received(ok[:-3])
+    assert len(transport.written) == 1
+    api.data_received(ok[-3:] + ok)
+    assert len(transport.written) == 3 and api.queued == 0
+    api.data_received(ok)
+    assert len(transport.written) == 3 and bench.errors == 0
+    # A refusal and a response without a length are errors; the latter ends.
+    api.publish(1)
+    api.data_received(http_response("403 Forbidden", b'{"error":{}}'))
+    assert bench.errors == 1 and len(transport.written) == 5
+    api.data_received(http_response("200 OK", b"", "Transfer-Encoding: chunked"))
+    assert bench.errors == 2 and transport.aborted
+
+
+async def test_api_publisher_new_connection_after_close() -> None:
+    """A server that closes after each response gets a new connection per
+    request, and a note saying so; the publisher stays live meanwhile."""
+    requests = 0
+    fourth = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal requests
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = re.search(rb"Content-Length: (\d+)", head)
+        assert length is not None
+        await reader.readexactly(int(length[1]))
+        requests += 1
+        if requests == 4:
+            fourth.set()
+        writer.write(http_response("200 OK", b"{}", "Connection: close"))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    bench = BroadcastBench(10, 1, 1)
+    loop = asyncio.get_running_loop()
+    _, api = await loop.create_connection(
+        lambda: ApiPublisher(bench, "127.0.0.1", port, text_payload(100), 4),
+        "127.0.0.1",
+        port,
+    )
+    api.publish(1)
+    await asyncio.wait_for(fourth.wait(), 10)
+    bench.sending = False
+    api.abort()
+    server.close()
+    assert (requests, api.connections, bench.errors) == (4, 4, 0)
 
 
 async def test_hub_client_lost() -> None:

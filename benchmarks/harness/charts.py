@@ -16,8 +16,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .report import number, stats
-from .scenarios import HUB_SERVERS, LABELS, NODE_LABELS, NODE_SERVERS
+from .report import HUB_KINDS, number, stats
+from .scenarios import (
+    HUB_SERVERS,
+    LABELS,
+    LATENCY_KINDS,
+    NODE_LABELS,
+    NODE_SERVERS,
+)
 
 COLORS = {
     "tidings-cb": "#1f6fb4",
@@ -31,6 +37,11 @@ COLORS = {
     "socketio": "#7a5195",
     "tidings-hub-redis": "#6aaee0",
     "socketio-redis": "#b48ec8",
+    "node-ws": "#3c8d2f",
+    "bun": "#f4a261",
+    "bun-hub": "#f4a261",
+    "node-socketio": "#3c8d2f",
+    "node-socketio-redis": "#8fd17f",
 }
 
 
@@ -88,7 +99,7 @@ def draw(
             fontsize=7,
         )
         better = "lower is better" if e["lower_is_better"] else "higher is better"
-        unit = "ms, p99" if e["kind"] == "hub-latency" else e["unit"]
+        unit = "ms, p99" if e["kind"] in LATENCY_KINDS else e["unit"]
         if key == "per_cpu":
             unit = unit.removesuffix("/s") + " per CPU-second of the server"
         ax.set_title(f"{e['title']}\n{unit}, {better}", fontsize=8)
@@ -160,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         draw(
             plt,
-            [e for e in scn if e["kind"] in ("hub", "hub-idle")],
+            [e for e in scn if e["kind"] in HUB_KINDS],
             [s for s in HUB_SERVERS if s in servers],
             out / "hub.png",
             f"tidings benchmark: hub against python-socketio\n{when}",

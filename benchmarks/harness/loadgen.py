@@ -20,9 +20,15 @@ own client against a server, for the client-side comparison) and ``hub``
 socketio, one of them publishing; ``idle`` with ``--protocol`` holds
 subscribed clients) and ``hub-latency`` (the same subscribers, one of them
 publishing at a fixed rate, each publication carrying its send time: the
-latency to every subscriber). ``--ports`` spreads the connections over the
-nodes of a hub. Every loop is bounded by ``--duration``/``--repeat`` and by
-``--timeout``, and every count by a fixed cap.
+latency to every subscriber); ``hub-burst`` (the same subscribers, one of
+them asking the server for bursts of ``--burst`` publications that it
+publishes itself, one at a time) and ``hub-api`` (the same bursts, posted
+to ``/api/publish`` by a back end on one keep-alive connection). The
+socket.io peers (python-socketio, Node's Socket.IO, and Bun, which speaks
+socket.io's framing) get the very same client. ``--ports`` spreads the
+connections over the nodes of a hub. Every loop is bounded by
+``--duration``/``--repeat`` and by ``--timeout``, and every count by a
+fixed cap.
 """
 
 from __future__ import annotations
@@ -341,7 +347,7 @@ class BroadcastBench(Bench):
         self.sent = 0
         self.credit = 0
         self.stalls = 0
-        self.publisher: BroadcastConn | HubConn | None = None
+        self.publisher: Publisher | None = None
         self.others: list[BroadcastConn | HubConn] = []
         self.turn = 0
 
@@ -530,6 +536,11 @@ class HubConn(Conn):
         """Publish ``payload`` (letters and digits) once."""
         raise NotImplementedError
 
+    def trigger(self, count: int) -> None:
+        """Ask the server to publish the payload ``count`` times itself,
+        one at a time, each awaited (a burst)."""
+        raise NotImplementedError
+
 
 class TidingsHubConn(HubConn):
     """docs/protocol.md: ``connect``, then ``subscribe``, each waiting for
@@ -585,6 +596,14 @@ class TidingsHubConn(HubConn):
             self.next_id += 1
             self.transport.write(build_frame(text, 0x1, masked=True))
 
+    def trigger(self, count: int) -> None:
+        # The server's rpc hook (servers.py) publishes; its reply is the count.
+        if self.transport is not None:
+            head = b'{"id":%d,"op":"rpc","method":"burst",' % self.next_id
+            self.next_id += 1
+            data = b'"data":{"count":%d,"data":"' % count + self.payload + b'"}}'
+            self.send_text(head + data)
+
 
 class SocketIOConn(HubConn):
     """Socket.IO 5 over Engine.IO 4, WebSocket transport only: wait for the
@@ -600,6 +619,7 @@ class SocketIOConn(HubConn):
         room = json.dumps(HUB_ROOM).encode()
         self.join_packet = b'421["join",' + room + b"]"
         self.publish_head = b'42["publish",' + room + b',"'
+        self.burst_head = b'42["burst",' + room + b","
         self.out = build_frame(self.publish_head + payload + b'"]', 0x1, masked=True)
 
     def on_message(self, text: bytes) -> None:
@@ -628,12 +648,145 @@ class SocketIOConn(HubConn):
             text = self.publish_head + payload + b'"]'
             self.transport.write(build_frame(text, 0x1, masked=True))
 
+    def trigger(self, count: int) -> None:
+        self.send_text(self.burst_head + b'%d,"' % count + self.payload + b'"]')
 
-#: The hub clients, by server name.
+
+#: The hub clients, by server name: Bun speaks socket.io's framing too.
 HUB_CONNS: dict[str, type[HubConn]] = {
     "tidings-hub": TidingsHubConn,
     "socketio": SocketIOConn,
+    "bun-hub": SocketIOConn,
+    "node-socketio": SocketIOConn,
 }
+
+
+class Trigger:
+    """Publishes from inside the server: each :meth:`publish` is one
+    trigger, through a subscriber's connection, for a burst of ``burst``
+    publications (:meth:`HubConn.trigger`)."""
+
+    def __init__(self, conn: HubConn, burst: int) -> None:
+        self.conn = conn
+        self.burst = burst
+
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        return self.conn.transport
+
+    def publish(self, n: int) -> None:
+        for _ in range(n):
+            self.conn.trigger(self.burst)
+
+
+class ApiPublisher(asyncio.Protocol):
+    """A back end: ``POST /api/publish`` on one keep-alive HTTP/1.1
+    connection, one request at a time, each sent once the last one's
+    response arrived; each :meth:`publish` is ``burst`` more. The body is
+    the hub's (``{"channel": ..., "data": ...}``); a peer's endpoint reads
+    it alike. A server that answers ``Connection: close`` gets a new
+    connection for the next request (said once, in a note): a back end
+    cannot keep the connection then."""
+
+    def __init__(
+        self, bench: BroadcastBench, host: str, port: int, payload: bytes, burst: int
+    ) -> None:
+        self.bench = bench
+        self.host = host
+        self.port = port
+        self.burst = burst
+        body = json.dumps({"channel": HUB_CHANNEL, "data": payload.decode()}).encode()
+        self.request = (
+            b"POST /api/publish HTTP/1.1\r\nHost: %s:%d\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+            % (host.encode(), port, len(body))
+        ) + body
+        #: The connection; between two connections, the closed one, so that
+        #: the publisher stays live (see :meth:`BroadcastBench.pump`).
+        self.transport: asyncio.Transport | None = None
+        self.queued = 0
+        self.waiting = False
+        self.closing = False
+        self.connections = 0
+        self.buffer = b""
+        self.reconnect: asyncio.Task[Any] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.connections += 1
+        self.waiting = self.closing = False
+        self.buffer = b""
+        self.send()
+        self.bench.pump()
+
+    def publish(self, n: int) -> None:
+        self.queued += n * self.burst
+        self.send()
+
+    def send(self) -> None:
+        if self.transport is not None and self.queued and not self.waiting:
+            self.queued -= 1
+            self.waiting = True
+            self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buffer + data
+        while (end := buf.find(b"\r\n\r\n")) >= 0:
+            status, *lines = buf[:end].split(b"\r\n")
+            headers = {}
+            for line in lines:
+                name, _, value = line.partition(b":")
+                headers[name.strip().lower()] = value.strip().lower()
+            length = headers.get(b"content-length")
+            if length is None or not length.isdigit():
+                self.bench.error(f"a response without Content-Length: {status!r}")
+                self.abort()
+                return
+            stop = end + 4 + int(length)
+            if len(buf) < stop:
+                break
+            if status.split(b" ", 2)[1:2] != [b"200"]:
+                self.bench.error(f"POST /api/publish: {status!r} {buf[end:stop]!r}")
+            buf = buf[stop:]
+            if headers.get(b"connection") == b"close":
+                self.closing = True
+                if self.connections == 1:
+                    emit(
+                        event="note",
+                        text="the server closes the connection after each "
+                        "response to POST /api/publish (Connection: close): "
+                        "the back end opens a new one for each request",
+                    )
+                break
+            self.waiting = False
+            self.send()
+        self.buffer = buf
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closing and self.bench.sending:
+            loop = asyncio.get_running_loop()
+            self.reconnect = loop.create_task(
+                loop.create_connection(lambda: self, self.host, self.port)
+            )
+            self.reconnect.add_done_callback(self.reconnected)
+            return
+        self.transport = None
+        if self.bench.sending:
+            self.bench.error(f"the publishing HTTP connection was lost: {exc!r}")
+
+    def reconnected(self, task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.transport = None
+            self.bench.error(f"no new connection to publish: {task.exception()!r}")
+
+    def abort(self) -> None:
+        self.closing = False
+        if self.transport is not None:
+            self.transport.abort()
+
+
+#: What publishes in a fan-out: a client, or a burst's trigger or back end.
+Publisher = BroadcastConn | HubConn | Trigger | ApiPublisher
 
 
 class IdleConn(Conn):
@@ -876,21 +1029,71 @@ async def run_hub(args: argparse.Namespace) -> None:
     await fan_out(args, bench, lambda: cls(bench, hs, payload), 0.0)
 
 
+async def run_hub_bursts(args: argparse.Namespace) -> None:
+    """Subscribers of one channel, and bursts of ``--burst`` publications,
+    one at a time: published by the server itself at a subscriber's
+    trigger (``hub-burst``), or posted to ``/api/publish`` (``hub-api``);
+    the next burst once the last reached every subscriber."""
+    cls = HUB_CONNS[args.protocol or "tidings-hub"]
+    bench = BroadcastBench(args.conns, args.depth, args.lowat)
+    hs = Handshake(args.host, args.port, cls.path)
+    payload = text_payload(args.size)
+    backends: list[ApiPublisher] = []
+
+    async def publisher(first: Conn) -> Publisher:
+        assert isinstance(first, HubConn)
+        if args.mode == "hub-burst":
+            return Trigger(first, args.burst)
+        port = node_ports(args)[0]
+        loop = asyncio.get_running_loop()
+        _, api = await asyncio.wait_for(
+            loop.create_connection(
+                lambda: ApiPublisher(bench, args.host, port, payload, args.burst),
+                args.host,
+                port,
+            ),
+            args.timeout,
+        )
+        backends.append(api)
+        return api
+
+    try:
+        await fan_out(
+            args,
+            bench,
+            lambda: cls(bench, hs, payload),
+            0.0,
+            publisher=publisher,
+            per=args.burst,
+        )
+    finally:
+        for api in backends:
+            api.abort()
+
+
 async def fan_out(
     args: argparse.Namespace,
     bench: BroadcastBench,
     factory: Callable[[], Conn],
     settle: float,
+    *,
+    publisher: Callable[[Conn], Awaitable[Publisher]] | None = None,
+    per: int = 1,
 ) -> None:
     """Open the clients, then keep ``depth`` broadcasts (publications) in
-    flight from the first one, counting deliveries at every client."""
+    flight from the first one, counting deliveries at every client. With
+    ``publisher``, what it makes of the first client publishes instead,
+    each broadcast being ``per`` deliveries to each client (a burst)."""
     conns = await open_clients(args, factory, node_ports(args), 200)
-    bench.clients = len(conns)
+    bench.clients = len(conns) * per
     await asyncio.sleep(settle)
     first, *others = publishers(conns, args)
     assert isinstance(first, BroadcastConn | HubConn)
-    bench.publisher = first
-    bench.others = [c for c in others if isinstance(c, BroadcastConn | HubConn)]
+    if publisher is not None:
+        bench.publisher = await publisher(first)
+    else:
+        bench.publisher = first
+        bench.others = [c for c in others if isinstance(c, BroadcastConn | HubConn)]
     last = -1
 
     async def watchdog() -> None:
@@ -1566,6 +1769,8 @@ MODES: dict[str, Callable[[argparse.Namespace], Awaitable[None]]] = {
     "client": run_client,
     "hub": run_hub,
     "hub-latency": run_hub_latency,
+    "hub-burst": run_hub_bursts,
+    "hub-api": run_hub_bursts,
 }
 
 
@@ -1679,6 +1884,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(HUB_CONNS),
         help="hub: the server's protocol (default tidings-hub); idle: hold "
         "clients subscribed with it",
+    )
+    p.add_argument(
+        "--burst",
+        type=int,
+        default=200,
+        help="hub-burst, hub-api: publications per burst, one at a time (200)",
     )
     p.add_argument("--no-verify", action="store_true")
     p.add_argument(

@@ -17,6 +17,7 @@ from .scenarios import (
     HUB_SERVERS,
     HUB_TIDINGS,
     LABELS,
+    LATENCY_KINDS,
     NODE_LABELS,
     NODE_SERVERS,
     NODES,
@@ -29,7 +30,7 @@ from .scenarios import (
 )
 
 #: Scenario kinds of the hub section (the rest: WebSocket servers, clients).
-HUB_KINDS = ("hub", "hub-idle")
+HUB_KINDS = ("hub", "hub-idle", "hub-burst", "hub-api", "hub-rate")
 
 #: Scenario kinds of the "many nodes on Redis" section.
 NODE_KINDS = ("hub-nodes", "hub-latency")
@@ -126,6 +127,7 @@ def scenario_of(entry: dict[str, Any]) -> Scenario:
         rate=entry.get("rate", 0),
         publishers=entry.get("publishers", 1),
         repeat=entry.get("repeat", 0),
+        burst=entry.get("burst", 0),
     )
 
 
@@ -147,7 +149,8 @@ NODES_TEXT = (
     f"The tidings hub as {NODES} nodes on one Redis (its Redis broker: "
     "`tidings serve --broker redis://...`), and python-socketio as "
     f"{NODES} uvicorn processes sharing rooms through the same kind of Redis "
-    "(`socketio.AsyncRedisManager`), with one tidings hub node on its memory "
+    "(`socketio.AsyncRedisManager`), and Node's Socket.IO as as many Node.js "
+    "processes on `@socket.io/redis-adapter`, with one tidings hub node on its memory "
     "broker beside them; the subscribers spread evenly over the nodes, one of "
     "them publishing, the same load client for all. The nodes and Redis share "
     "the server core (see Setup). Latency: publications at a fixed rate, each "
@@ -197,7 +200,8 @@ def node_entries(data: Data) -> list[dict[str, Any]]:
 
 def ws_servers(data: Data) -> list[str]:
     """The WebSocket servers that ran (the report's main columns)."""
-    return [s for s in data["meta"]["servers"] if s not in HUB_SERVERS]
+    hubs = (*HUB_SERVERS, *REDIS_SERVERS)
+    return [s for s in data["meta"]["servers"] if s not in hubs]
 
 
 def server_cell(data: Data, entry: dict[str, Any], name: str, key: str) -> str:
@@ -207,7 +211,7 @@ def server_cell(data: Data, entry: dict[str, Any], name: str, key: str) -> str:
         return str(meta.get("why_missing", {}).get(name, "not installed"))
     if name not in entry["results"]:
         return "not run"
-    if entry["kind"] == "hub-latency":
+    if entry["kind"] in LATENCY_KINDS:
         return latency_cell(entry["results"][name])
     return cell(entry["results"][name], key)
 
@@ -442,31 +446,32 @@ def hub_table(data: Data) -> str | None:
 
 def nodes_table(data: Data) -> str | None:
     """The "many nodes" scenarios: one tidings hub node, then the hubs of
-    several nodes on Redis; tidings ÷ python-socketio on Redis, of the
-    figures and per server CPU-second; and the tidings hub's many nodes ÷
-    its one. For latency the ratios are of the p99s (below 1x: quicker)."""
+    several nodes on Redis; tidings ÷ each peer on Redis (python-socketio,
+    Node's Socket.IO), of the figures and per server CPU-second; and the
+    tidings hub's many nodes ÷ its one. For latency the ratios are of the
+    p99s (below 1x: quicker)."""
     entries = node_entries(data)
     if not entries:
         return None
-    ours, peer, one = "tidings-hub-redis", "socketio-redis", "tidings-hub"
+    ours, one = "tidings-hub-redis", "tidings-hub"
+    peers = [s for s in REDIS_SERVERS if s != ours]
     rows = []
     for e in entries:
         res = e["results"]
         row = [e["title"], e["unit"]]
         row += [server_cell(data, e, name, "values") for name in NODE_SERVERS]
-        row.append(ratio_text(ratio(res.get(ours), res.get(peer))))
-        if e["kind"] == "hub-latency":
-            row.append("—")
-        else:
-            row.append(ratio_text(ratio(res.get(ours), res.get(peer), "per_cpu")))
+        for peer in peers:
+            row.append(ratio_text(ratio(res.get(ours), res.get(peer))))
+            if e["kind"] == "hub-latency":
+                row.append("—")
+            else:
+                row.append(ratio_text(ratio(res.get(ours), res.get(peer), "per_cpu")))
         row.append(ratio_text(ratio(res.get(ours), res.get(one))))
         rows.append(row)
     header = ["scenario", "unit", *(NODE_LABELS[s] for s in NODE_SERVERS)]
-    header += [
-        f"{LABELS[ours]} ÷ {LABELS[peer]}",
-        "same, per server CPU-s",
-        f"tidings hub: {NODES} nodes ÷ 1 node",
-    ]
+    for peer in peers:
+        header += [f"{LABELS[ours]} ÷ {LABELS[peer]}", "same, per server CPU-s"]
+    header.append(f"tidings hub: {NODES} nodes ÷ 1 node")
     return table(header, rows)
 
 
@@ -865,10 +870,13 @@ def render(
         parts += [
             "## Hub",
             "",
-            "The tidings hub (channels, history, recovery: `tidings serve`) and "
-            "python-socketio, each as its own server process, driven by the same "
+            "The tidings hub (channels, history, recovery: `tidings serve`), "
+            "python-socketio, Bun's `server.publish` (uWebSockets) and Node's "
+            "Socket.IO, each as its own server process, driven by the same "
             "load client: subscribers of one channel (socket.io: one room), one of "
-            "them publishing. Per server CPU-second: the figures divided by the "
+            "them publishing, or the server publishing at its trigger, or a back "
+            "end through `POST /api/publish` (benchmarks/README.md says how each "
+            "peer does it). Per server CPU-second: the figures divided by the "
             "CPU time the server used.",
             "",
             hub,
@@ -935,8 +943,11 @@ def render(
         "itself, editable); tidings never "
         "depends on them. Results go to `benchmarks/` (`results.json`, "
         "`report.md`, the PNGs); the servers' and load clients' stderr to "
-        "`.bench/logs/children.log`. A full run takes about 17 minutes on "
-        "2 cores (the hub rows about 3 of them, the many-node rows about 2). "
+        "`.bench/logs/children.log`. A full run takes about half an hour on "
+        "2 cores (the hub rows about 13 minutes of it, the many-node rows "
+        "about 3). Bun and Node's ws and Socket.IO come from npm, pinned in "
+        "`benchmarks/peers` and installed there by `npm ci` on first use: they "
+        "need `node` and `npm`. "
         "The many-node rows need `redis-server` (on PATH, or "
         "`--redis-server PATH`): the runner starts one for each step. `--help` "
         "lists the options.",

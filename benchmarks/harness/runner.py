@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from . import peers
 from . import report as report_mod
 from ._proc import (
     busy_fraction,
@@ -53,12 +54,15 @@ from ._proc import (
     servers_times,
 )
 from .scenarios import (
+    BURST_KINDS,
     CLIENTS,
     FULL,
     HUB_TIDINGS,
     LABELS,
+    LATENCY_KINDS,
     MEMORY_KINDS,
     NEEDS,
+    NPM_SERVERS,
     PROCESSES,
     REDIS_SERVERS,
     REDIS_TIDINGS,
@@ -922,7 +926,7 @@ class Runner:
         mode = "echo"
         if scn.kind in ("broadcast", "hub"):
             mode = scn.kind
-        elif scn.kind in ("hub-nodes", "hub-latency"):
+        elif scn.kind in ("hub-nodes", *LATENCY_KINDS, *BURST_KINDS):
             mode = "hub"
         group = self.start_group(server, mode)
         ready = group.readies[0]
@@ -933,7 +937,7 @@ class Runner:
         if group.redis is not None:
             out.info["redis"] = redis_version(group.redis.binary)
         cfg = self.cfg
-        latency = scn.kind == "hub-latency"
+        latency = scn.kind in LATENCY_KINDS
         repeat = scn.repeat or cfg.repeat
         args: list[object] = [
             "--warmup",
@@ -955,8 +959,10 @@ class Runner:
         ]
         if client is not None:
             args += ["--client", client]
-        if scn.kind in ("hub", "hub-nodes", "hub-latency"):
+        if scn.kind in ("hub", "hub-nodes", *LATENCY_KINDS, *BURST_KINDS):
             args += ["--protocol", name, "--publishers", scn.publishers]
+        if scn.kind in BURST_KINDS:
+            args += ["--burst", scn.burst]
         if len(group.ports) > 1:
             args += ["--ports", ",".join(map(str, group.ports))]
         if latency:
@@ -964,6 +970,8 @@ class Runner:
         kind = "client" if scn.kind == "client" else scn.kind
         if scn.kind == "hub-nodes":
             kind = "hub"
+        elif scn.kind == "hub-rate":
+            kind = "hub-latency"
         pids = ",".join(map(str, group.pids))
         lg = self.start_loadgen(kind, group.ports[0], pids, *args)
         try:
@@ -1239,11 +1247,11 @@ def estimate(scn: Scenario, cfg: Config) -> float:
     base = 1.5 + cfg.warmup + windows * cfg.duration
     if scn.kind == "broadcast":
         base += 1 + scn.conns / 2500
-    if scn.kind in ("hub", "hub-nodes", "hub-latency"):
+    if scn.kind in ("hub", "hub-nodes", *LATENCY_KINDS, *BURST_KINDS):
         base += 1 + scn.conns / 1000
     if scn.kind in ("hub-nodes", "hub-latency"):
         base += 2  # the nodes, and Redis
-    if scn.kind == "hub-latency":
+    if scn.kind in LATENCY_KINDS:
         base += cfg.drain / 2 + scn.rate * cfg.repeat * cfg.duration * scn.conns / 4e6
     return base
 
@@ -1467,13 +1475,23 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
             why[s] = "redis-server not installed"
     missing = [s for s in (servers or SERVERS) if s in why]
     servers = [s for s in (servers or SERVERS) if s not in why]
+    if any(s in NPM_SERVERS for s in servers):
+        # Bun and Node.js: npm ci into benchmarks/peers, once.
+        npm = peers.install(say, setup=not args.no_setup)
+        if npm is not None:
+            say(f"the npm peers cannot run: {npm}")
+            for s in [s for s in servers if s in NPM_SERVERS]:
+                why[s] = npm
+                missing.append(s)
+                servers.remove(s)
     lacking = [s for s in missing if why[s] == "not installed"]
     if lacking:
         say(f"not installed in {python}: {', '.join(lacking)}; running without them")
-    if any(why[s] != "not installed" for s in missing):
+    no_redis = [s for s in missing if why[s] == "redis-server not installed"]
+    if no_redis:
         say(
             "redis-server not installed (--redis-server PATH, or on PATH): "
-            "skipping " + ", ".join(s for s in missing if why[s] != "not installed")
+            "skipping " + ", ".join(no_redis)
         )
     clients = [c for c in (clients or CLIENTS) if installed(c, found["found"])]
 
@@ -1656,6 +1674,7 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
                 "rate": s.rate,
                 "publishers": s.publishers,
                 "repeat": s.repeat,
+                "burst": s.burst,
                 "load": s.load,
                 "lower_is_better": s.lower_is_better,
                 "results": {k: v.as_json() for k, v in results[s.key].items()},

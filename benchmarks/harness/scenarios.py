@@ -4,22 +4,39 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-#: WebSocket servers in report order; the first two are tidings.
-WS_SERVERS = ("tidings-cb", "tidings-async", "websockets", "aiohttp", "picows")
+#: WebSocket servers in report order; the first two are tidings. Node's
+#: ``ws`` and Bun's own server come from npm (:mod:`.peers`).
+WS_SERVERS = (
+    "tidings-cb",
+    "tidings-async",
+    "websockets",
+    "aiohttp",
+    "picows",
+    "node-ws",
+    "bun",
+)
 TIDINGS = ("tidings-cb", "tidings-async")
-PEERS = ("websockets", "aiohttp", "picows")
+PEERS = ("websockets", "aiohttp", "picows", "node-ws", "bun")
 
-#: Hub servers (channels over WebSocket): the tidings hub, then its peers.
-HUB_SERVERS = ("tidings-hub", "socketio")
+#: Hub servers (channels over WebSocket): the tidings hub, then its peers:
+#: python-socketio, Bun's ``server.publish`` and Node's Socket.IO (npm).
+HUB_SERVERS = ("tidings-hub", "socketio", "bun-hub", "node-socketio")
 HUB_TIDINGS = ("tidings-hub",)
-HUB_PEERS = ("socketio",)
+HUB_PEERS = ("socketio", "bun-hub", "node-socketio")
+
+#: Hub servers with an HTTP endpoint that publishes (``POST /api/publish``).
+API_SERVERS = ("tidings-hub", "bun-hub", "node-socketio")
+
+#: Servers from npm, run by Bun or Node.js (:mod:`.peers`), whatever the
+#: Python environment holds.
+NPM_SERVERS = ("node-ws", "bun", "bun-hub", "node-socketio", "node-socketio-redis")
 
 #: Hub nodes per hub in the "many nodes" scenarios.
 NODES = 3
 
 #: Hubs of several nodes on one Redis (started by the runner): the tidings
 #: hub on its Redis broker, python-socketio with its AsyncRedisManager.
-REDIS_SERVERS = ("tidings-hub-redis", "socketio-redis")
+REDIS_SERVERS = ("tidings-hub-redis", "socketio-redis", "node-socketio-redis")
 REDIS_TIDINGS = ("tidings-hub-redis",)
 
 #: The "many nodes" scenarios: one tidings hub node on the memory broker,
@@ -34,6 +51,7 @@ SERVERS = WS_SERVERS + HUB_SERVERS + REDIS_SERVERS
 PROCESSES: dict[str, tuple[str, int, bool]] = {
     "tidings-hub-redis": ("tidings-hub", NODES, True),
     "socketio-redis": ("socketio", NODES, True),
+    "node-socketio-redis": ("node-socketio", NODES, True),
 }
 
 #: Clients compared in the client-side scenario, in report order.
@@ -52,6 +70,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "socketio": ("socketio", "uvicorn"),
     "tidings-hub-redis": ("tidings", "jwt", "redis"),
     "socketio-redis": ("socketio", "uvicorn", "redis"),
+    **dict.fromkeys(NPM_SERVERS, ()),
 }
 
 LABELS = {
@@ -66,6 +85,11 @@ LABELS = {
     "socketio": "python-socketio",
     "tidings-hub-redis": f"tidings hub, {NODES} nodes on Redis",
     "socketio-redis": f"python-socketio, {NODES} nodes on Redis",
+    "node-ws": "Node ws",
+    "bun": "Bun",
+    "bun-hub": "Bun server.publish",
+    "node-socketio": "Node Socket.IO",
+    "node-socketio-redis": f"Node Socket.IO, {NODES} nodes on Redis",
 }
 
 #: Column names where one node is set beside many (the "many nodes" rows).
@@ -84,13 +108,17 @@ class Scenario:
     """One row of the report.
 
     ``kind`` is the load client's mode (``echo``, ``broadcast``,
-    ``handshake``, ``client``, ``hub``, ``hub-latency``), ``hub-nodes``
-    (mode ``hub`` against hubs of several nodes) or ``idle`` /
-    ``hub-idle`` (memory, measured by the runner). ``depth`` is messages in
-    flight per connection (echo, client), broadcasts or publications in
-    flight (broadcast, hub, hub-nodes), connections opened at once
-    (handshake, idle, hub-idle). ``hub-latency`` publishes at a fixed
-    ``rate`` (publications per second) instead, whatever is in flight.
+    ``handshake``, ``client``, ``hub``, ``hub-latency``, ``hub-burst``,
+    ``hub-api``), ``hub-nodes`` (mode ``hub`` against hubs of several
+    nodes), ``hub-rate`` (mode ``hub-latency`` against one node, in the
+    hub's section) or ``idle`` / ``hub-idle`` (memory, measured by the
+    runner). ``depth`` is messages in flight per connection (echo, client),
+    broadcasts or publications in flight (broadcast, hub, hub-nodes,
+    hub-burst, hub-api), connections opened at once (handshake, idle,
+    hub-idle). ``hub-latency`` and ``hub-rate`` publish at a fixed ``rate``
+    (publications per second) instead, whatever is in flight.
+    ``hub-burst`` has the server publish ``burst`` publications, one at a
+    time, at each trigger; ``hub-api`` posts them to ``/api/publish``.
     """
 
     key: str
@@ -106,6 +134,8 @@ class Scenario:
     publishers: int = 1
     #: Measurements of this row (0: the run's ``--repeat``).
     repeat: int = 0
+    #: hub-burst, hub-api: publications per burst (``--burst``).
+    burst: int = 0
 
     @property
     def load(self) -> str:
@@ -117,8 +147,10 @@ class Scenario:
             return f"{self.depth} in flight{by}"
         if self.kind == "handshake":
             return f"{self.depth} at a time"
-        if self.kind == "hub-latency":
+        if self.kind in LATENCY_KINDS:
             return f"{self.rate:,}/s{by}, open loop"
+        if self.kind in BURST_KINDS:
+            return f"{self.depth} in flight, bursts of {self.burst}"
         return ""
 
     @property
@@ -148,6 +180,20 @@ class Scenario:
             return (
                 f"many nodes: latency, {size} publications to {self.conns:,} "
                 f"subscribers{load}"
+            )
+        if self.kind == "hub-burst":
+            return (
+                f"hub: {size} publications to {self.conns:,} subscribers, "
+                f"published in the server{load}"
+            )
+        if self.kind == "hub-api":
+            return (
+                f"hub: {size} publications to {self.conns:,} subscribers, "
+                f"POST /api/publish{load}"
+            )
+        if self.kind == "hub-rate":
+            return (
+                f"hub: latency, {size} publications to {self.conns:,} subscribers{load}"
             )
         return self.key
 
@@ -188,9 +234,32 @@ class Scenario:
                 "(connection i to node i mod "
                 f"{NODES}); {self.who}"
             )
-        if self.kind == "hub-latency":
+        if self.kind == "hub-burst":
             return (
-                f"the same hubs; {self.who}, {self.rate:,} publications/s in "
+                "one channel (socket.io: room); a trigger from one subscriber "
+                "(tidings: the rpc `burst`; socket.io: a `burst` event) makes "
+                f"the server publish {self.burst} publications itself, one at "
+                "a time, each awaited (tidings `await hub.publish(...)`, Bun "
+                "`server.publish`, Node `io.to(room).emit`, python-socketio "
+                "`await sio.emit`); the next trigger once every subscriber got "
+                "every one; deliveries counted at the clients"
+            )
+        if self.kind == "hub-api":
+            return (
+                "one channel (socket.io: room); a back end posts each "
+                "publication to /api/publish on one keep-alive connection, "
+                "one at a time (each waiting for its response), in bursts of "
+                f"{self.burst}, the next once every subscriber got every one; "
+                "Bun and Node Socket.IO: an HTTP endpoint of the same server "
+                "process that publishes (`server.publish`, `io.to(room).emit`) "
+                "and then answers; deliveries counted at the clients"
+            )
+        if self.kind in LATENCY_KINDS:
+            hubs = (
+                "one node of each hub" if self.kind == "hub-rate" else "the same hubs"
+            )
+            return (
+                f"{hubs}; {self.who}, {self.rate:,} publications/s in "
                 "all, on a fixed schedule (open loop: not waiting for "
                 "deliveries; a due one is skipped, and counted, only while a "
                 "quarter second's worth are in flight), each carrying its "
@@ -202,6 +271,13 @@ class Scenario:
                 "missing when the drain ends counts as arriving then"
             )
         return ""
+
+
+#: Kinds timed publication by publication: latency at a fixed rate.
+LATENCY_KINDS = ("hub-latency", "hub-rate")
+
+#: Kinds that publish in bursts, one publication in flight.
+BURST_KINDS = ("hub-burst", "hub-api")
 
 
 def size_text(size: int) -> str:
@@ -293,6 +369,39 @@ FULL: tuple[Scenario, ...] = (
         lower_is_better=True,
         rate=1000,
     ),
+    # Publications one at a time, each awaited, beside Bun and Node: from
+    # inside the server, then from a back end by HTTP; the deliveries of a
+    # burst are as many at 10,000 subscribers as at 1,000.
+    *(
+        Scenario(
+            f"hub-{how}-{conns // 1000}k{'-1kib' if size > 100 else ''}-k1",
+            f"hub-{how}",
+            "deliveries/s",
+            conns=conns,
+            size=size,
+            depth=1,
+            burst=200_000 // conns,
+            servers=HUB_SERVERS if how == "burst" else API_SERVERS,
+        )
+        for how in ("burst", "api")
+        for conns in (1000, 10000)
+        for size in (100, 1024)
+    ),
+    # Latency at a fixed rate, one node each: the tidings hub beside Bun
+    # and Node's Socket.IO.
+    *(
+        Scenario(
+            f"hub-rate-1k-{rate}",
+            "hub-rate",
+            "ms, p50 / p99",
+            conns=1000,
+            size=100,
+            servers=("tidings-hub", "bun-hub", "node-socketio"),
+            lower_is_better=True,
+            rate=rate,
+        )
+        for rate in (100, 300, 500)
+    ),
 )
 
 #: Kinds measured by the runner from the server's memory, not by a load.
@@ -314,7 +423,11 @@ def smoke(scenarios: tuple[Scenario, ...] = FULL) -> tuple[Scenario, ...]:
     }
     out = []
     for s in scenarios:
-        if s.kind == "hub-latency":
+        if s.kind in BURST_KINDS:
+            out.append(replace(s, conns=s.conns // 50, burst=5))
+        elif s.kind == "hub-rate":
+            out.append(replace(s, conns=60))
+        elif s.kind == "hub-latency":
             out.append(replace(s, conns=small[s.key], rate=min(s.rate, 500)))
         elif s.key in small:
             out.append(replace(s, conns=small[s.key], depth=min(s.depth, 32)))
@@ -397,4 +510,17 @@ TARGETS: tuple[Target, ...] = (
     Target("hub-idle", "tidings-hub", None, 16.0),
     Target("nodes-1k-k128", "tidings-hub-redis", "socketio-redis", 5.0),
     Target("nodes-latency-1k", "tidings-hub-redis", None, 10.0, what="p99", unit="ms"),
+    Target("nodes-1k-k128", "tidings-hub-redis", "node-socketio-redis", 5.0),
+    # Issue 24: beside Bun's uWebSockets pub/sub and Node's Socket.IO.
+    *(
+        Target(s.key, "tidings-hub", peer, bound)
+        for s in FULL
+        if s.kind in BURST_KINDS
+        for peer, bound in (("bun-hub", 1.0), ("node-socketio", 5.0))
+    ),
+    *(
+        Target(s.key, "tidings-hub", "bun-hub", 1.5)
+        for s in FULL
+        if s.kind == "hub-rate"
+    ),
 )

@@ -12,11 +12,20 @@ client, the sender included; so is every later one.
 
 Hub (mode ``hub``, servers ``tidings-hub`` and ``socketio``): clients
 subscribe to a channel (join a room) and publish to it; every subscriber,
-the publisher included, receives each publication. Keepalive pings are
-pushed out past any run (the hub cannot turn them off). With ``--redis
-URL`` the process is one node of a hub on that Redis: the tidings hub with
-its Redis broker, python-socketio with its ``AsyncRedisManager``; the
-runner starts several such processes on one Redis.
+the publisher included, receives each publication. A ``burst`` (tidings:
+the ``rpc`` method ``burst``; socket.io: the event) makes the server
+publish ``count`` publications itself, one at a time, each awaited; the
+tidings hub also answers ``POST /api/publish``.
+
+Keepalive pings are pushed out past any run (the hub cannot turn them
+off). With ``--redis URL`` the process is one node of a hub on that Redis:
+the tidings hub with its Redis broker, python-socketio with its
+``AsyncRedisManager``; the runner starts several such processes on one
+Redis.
+
+The npm peers (``bun``, ``bun-hub``, ``node-ws``, ``node-socketio``:
+:mod:`.peers`) are the same command: this process pins itself, then execs
+Bun or Node.js, which speak the same protocols and print the same line.
 """
 
 from __future__ import annotations
@@ -34,6 +43,10 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from . import peers
+from .peers import PEERS
+from .scenarios import HUB_CHANNEL, HUB_ROOM
+
 MAX_SIZE = 16 * 1024 * 1024
 BACKLOG = 1024
 
@@ -46,10 +59,11 @@ SERVERS = (
     "picows",
     "tidings-hub",
     "socketio",
+    *PEERS,
 )
 
 #: Hub servers: mode ``hub`` only, which the others don't serve.
-HUB_SERVERS = ("tidings-hub", "socketio")
+HUB_SERVERS = ("tidings-hub", "socketio", "bun-hub", "node-socketio")
 
 #: The module each server needs, beyond tidings.
 REQUIRES = {
@@ -61,6 +75,9 @@ REQUIRES = {
     "tidings-hub": "tidings",
     "socketio": "socketio",
 }
+
+#: Most publications one ``burst`` asks for.
+MAX_BURST = 1_000_000
 
 #: Seconds between keepalive pings of the hub servers: longer than any run.
 HUB_PING_INTERVAL = 900.0
@@ -330,8 +347,6 @@ def hub_config(host: str = "127.0.0.1", port: int = 0, redis: str | None = None)
     of a hub on that Redis (``--broker redis://...``)."""
     from tidings.hub import load_config
 
-    from .scenarios import HUB_CHANNEL
-
     namespace = HUB_CHANNEL.partition(":")[0]
     options = {
         "allow_anonymous": True,
@@ -356,6 +371,8 @@ def hub_config(host: str = "127.0.0.1", port: int = 0, redis: str | None = None)
             "ping_interval": HUB_PING_INTERVAL,
             "ping_timeout": HUB_PING_INTERVAL,
             "broker": redis or "memory",
+            # The rpc hook below may publish for as long as a burst lasts.
+            "proxy": {"timeout": HUB_PING_INTERVAL},
         },
     )
 
@@ -398,9 +415,26 @@ async def tidings_hub_server(
         "version": tidings.__version__,
         "loop": _loop_name(),
         "core": _tidings_core(),
-        "hub": hub_text(config, broker),
+        "hub": hub_text(config, broker)
+        + "; a burst is the rpc hook `await hub.publish(channel, data)` in a "
+        "loop; POST /api/publish on the same port, no API key (loopback)",
     }
-    async with Hub(config) as hub:
+    hub = Hub(config)
+
+    @hub.on_rpc
+    async def burst(context: Any) -> int:
+        """``rpc`` ``burst`` ``{"count": n, "data": d}``: publish ``d`` to
+        the benchmark's channel ``n`` times, one at a time, each awaited."""
+        if context.method != "burst" or not isinstance(context.data, dict):
+            raise ValueError(f"unknown rpc {context.method!r}")
+        count = context.data.get("count")
+        if not isinstance(count, int) or not 0 < count <= MAX_BURST:
+            raise ValueError(f"burst: count must be 1 to {MAX_BURST}")
+        for _ in range(count):
+            await hub.publish(HUB_CHANNEL, context.data.get("data"))
+        return count
+
+    async with hub:
         if redis is not None and not hub.broker.status().get("ok"):
             raise RuntimeError(f"the hub cannot reach redis: {hub.broker.status()}")
         ready(hub.port, **info)
@@ -410,7 +444,8 @@ async def tidings_hub_server(
 def socketio_hub(redis: str | None = None) -> tuple[Any, Any]:
     """python-socketio's ``AsyncServer`` of the hub rows, and its Redis
     manager (None without ``redis``): ``join`` enters the room and acks,
-    ``publish`` emits to the room, the sender included."""
+    ``publish`` emits to the room, the sender included, and ``burst``
+    emits ``count`` times, one emit awaited after another."""
     socketio = importlib.import_module("socketio")
     options: dict[str, Any] = {}
     manager: Any = None
@@ -433,8 +468,16 @@ def socketio_hub(redis: str | None = None) -> tuple[Any, Any]:
     async def publish(sid: str, room: str, data: Any) -> None:
         await sio.emit("msg", data, room=room)
 
+    async def burst(sid: str, room: str, count: int, data: Any) -> None:
+        if not isinstance(count, int) or not 0 < count <= MAX_BURST:
+            await sio.disconnect(sid)
+            return
+        for _ in range(count):
+            await sio.emit("msg", data, room=room)
+
     sio.on("join", join)
     sio.on("publish", publish)
+    sio.on("burst", burst)
     return sio, manager
 
 
@@ -492,7 +535,7 @@ async def socketio_server(
             f"({config.ws_protocol_class.__name__}, "
             f"{config.http_protocol_class.__name__}); `join` enters the room "
             "and acks, `publish` does `await sio.emit('msg', data, room=room)`, "
-            "the sender included"
+            "the sender included; `burst` does as much `count` times, each awaited"
             + (
                 ""
                 if redis is None
@@ -606,6 +649,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     pin(args.cpu, args.nice)
     raise_fd_limit()
+    if args.server in PEERS:
+        # Pinned, with the raised limit: both outlive exec, as does the pid.
+        peer = peers.command(
+            args.server,
+            args.mode,
+            host=args.host,
+            port=args.port,
+            room=HUB_ROOM,
+            max_seconds=args.max_seconds,
+            watch_stdin=args.watch_stdin,
+            redis=args.redis,
+        )
+        sys.stdout.flush()
+        os.execv(peer[0], peer)
     _, run = loop_runner(args.loop)
     try:
         run(_serve(args))
