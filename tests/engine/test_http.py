@@ -54,7 +54,9 @@ async def test_process_request_answers_healthz_and_refuses_with_401(
         echo, "127.0.0.1", 0, process_request=process_request
     ) as server:
         peer = await raw_connect(server.port)
-        peer.writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        peer.writer.write(
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
         response = await peer.read_all()
         peer.close()  # else the server waits close_timeout for the client's FIN
         assert response.startswith(b"HTTP/1.1 200 OK\r\n") and response.endswith(
@@ -133,7 +135,7 @@ async def test_a_bytes_body_goes_out_with_its_length_and_type(
         echo, "127.0.0.1", 0, process_request=lambda request: answer
     ) as server:
         peer = await raw_connect(server.port)
-        peer.writer.write(b"GET /blob HTTP/1.1\r\nHost: x\r\n\r\n")
+        peer.writer.write(b"GET /blob HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         response = await peer.read_all()
         peer.close()
     head, _, sent = response.partition(b"\r\n\r\n")
@@ -197,3 +199,90 @@ async def test_an_async_process_request_is_cancelled_when_the_client_leaves(
             await cancelled.wait()
             while server.connections:
                 await asyncio.sleep(0.01)  # connection_lost is not awaitable
+
+
+async def read_response(peer: Any) -> tuple[bytes, bytes]:
+    """One response of a connection kept alive: its head, and the body its
+    Content-Length says."""
+    async with asyncio.timeout(BOUND):
+        head = await peer.reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        return head, await peer.reader.readexactly(length)
+
+
+async def test_a_connection_carries_request_after_request_until_one_says_close(
+    raw_connect: Any,
+) -> None:
+    seen: list[str] = []
+
+    def process_request(request: Request) -> HTTPResponse:
+        seen.append(request.path)
+        return HTTPResponse(200, request.path)
+
+    async with tidings.serve(
+        echo, "127.0.0.1", 0, process_request=process_request, max_body_size=100
+    ) as server:
+        peer = await raw_connect(server.port)
+        peer.writer.write(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, body = await read_response(peer)
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and body == b"/one\n"
+        assert b"connection:" not in head.lower()  # HTTP/1.1: it persists
+        # Two at once (pipelined, one with a body), answered in order.
+        peer.writer.write(
+            b"POST /two HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+            b"GET /three HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        assert (await read_response(peer))[1] == b"/two\n"
+        assert (await read_response(peer))[1] == b"/three\n"
+        assert len(server.connections) == 1
+        peer.writer.write(b"GET /four HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        last = await peer.read_all()  # and the server closes
+        assert last.startswith(b"HTTP/1.1 200 OK\r\n") and last.endswith(b"/four\n")
+        assert b"Connection: close" in last
+        assert seen == ["/one", "/two", "/three", "/four"]
+
+
+async def test_a_connection_kept_alive_may_upgrade_next(raw_connect: Any) -> None:
+    async with tidings.serve(
+        echo,
+        "127.0.0.1",
+        0,
+        process_request=lambda r: HTTPResponse(200, "ok") if r.path == "/h" else None,
+    ) as server:
+        peer = await raw_connect(server.port)
+        peer.writer.write(b"GET /h HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await read_response(peer))[1] == b"ok\n"
+        async with asyncio.timeout(BOUND):
+            head = await peer.handshake()
+        assert head.startswith(b"HTTP/1.1 101 ")
+        # A refused upgrade is not kept: the client may have sent frames.
+        refused = await raw_connect(server.port)
+        refused.writer.write(
+            b"GET /h HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\n\r\n"
+        )
+        answer = await refused.read_all()
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer
+
+
+async def test_an_idle_connection_kept_alive_ends_after_open_timeout(
+    raw_connect: Any,
+) -> None:
+    async with tidings.serve(
+        echo,
+        "127.0.0.1",
+        0,
+        process_request=lambda request: HTTPResponse(200, "ok"),
+        open_timeout=0.2,
+    ) as server:
+        peer = await raw_connect(server.port)
+        peer.writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await read_response(peer)
+        assert await peer.read_all(timeout=BOUND) == b""
+        async with asyncio.timeout(BOUND):
+            while server.connections:
+                await asyncio.sleep(0.01)

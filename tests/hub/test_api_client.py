@@ -243,7 +243,9 @@ class Relay:
     """A TCP relay in front of a hub: each connection it accepts is handled
     by the next of ``plan`` (then ``relay``): ``drop`` reads the request
     and closes without an answer, ``hang`` reads it and answers nothing,
-    ``relay`` passes both ways to the hub."""
+    ``relay`` passes the request to the hub (with ``Connection: close``,
+    so that every request comes on a connection of its own, to meet the
+    next of ``plan``) and its answer back."""
 
     def __init__(self, hub_port: int, plan: list[str]) -> None:
         self.hub_port = hub_port
@@ -275,9 +277,11 @@ class Relay:
             else:
                 self._held.append(writer)
             return
+        head = await reader.readuntil(b"\r\n\r\n")
         hub_reader, hub_writer = await asyncio.open_connection(
             "127.0.0.1", self.hub_port
         )
+        hub_writer.write(head[:-2] + b"Connection: close\r\n\r\n")
 
         async def pipe(
             source: asyncio.StreamReader, sink: asyncio.StreamWriter
@@ -464,3 +468,27 @@ async def test_subscribe_reaches_the_user_on_every_node(
             assert [(p["offset"], p["data"]) for p in await peer.pubs(1)] == [
                 (offset, "hello")
             ]
+
+
+async def test_both_clients_keep_one_connection_to_tidings_serve(
+    memory_hub: Any,
+) -> None:
+    # The hub answers its API with HTTP/1.1 keep-alive: a back end's calls
+    # reuse one connection rather than paying a TCP handshake each.
+    hub = await memory_hub()
+    server = hub._server
+    assert server is not None
+    seen: set[Any] = set()
+    async with AsyncHubAPI(base(hub)) as api:
+        for i in range(5):
+            await api.publish("chat:kept", i)
+            seen |= server.connections
+    assert len(seen) == 1
+    seen.clear()
+
+    with HubAPI(base(hub)) as blocking:
+        for i in range(5):
+            await asyncio.to_thread(blocking.publish, "chat:kept", i)
+            seen |= server.connections
+    assert len(seen) == 1
+    assert (await hub.history("chat:kept")).offset == 10

@@ -158,6 +158,60 @@ def test_reject_answers_with_plain_http() -> None:
     assert client.state is State.CLOSED and client.should_close_transport()
 
 
+def test_respond_keeps_the_connection_for_the_next_request() -> None:
+    server = ServerConnection(max_body_size=10)
+    [first] = server.receive_data(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert first.path == "/a"
+    assert server.respond(200, "one") == []
+    answer = wire(server)
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"one\n")
+    assert b"Connection" not in answer and server.state is State.CONNECTING
+    # The next ones, pipelined, split anywhere, a body between them.
+    stream = (
+        b"POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nbody"
+        b"GET /c HTTP/1.1\r\nHost: h\r\n\r\n"
+    )
+    events = [
+        e
+        for byte in range(len(stream))
+        for e in server.receive_data(stream[byte : byte + 1])
+    ]
+    [second] = events
+    assert (second.path, second.body) == ("/b", b"body")
+    [third] = server.respond(200, "two")
+    assert third.path == "/c"
+    # And then a WebSocket on the same connection.
+    client = ClientConnection("ws://h/")
+    assert server.respond(204, b"") == []
+    [upgrade] = server.receive_data(wire(client))
+    assert upgrade.headers.get("Upgrade") == "websocket"
+    wire(server)
+    server.accept()
+    client.receive_data(wire(server))
+    assert client.state is State.OPEN and server.state is State.OPEN
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Close\r\n\r\n",
+        # A refused upgrade: its client may send frames next.
+        b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\n",
+        # What follows a chunked body is not kept.
+        b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"1\r\nx\r\n0\r\n\r\n",
+    ],
+)
+def test_respond_closes_when_the_request_cannot_be_followed(head: bytes) -> None:
+    server = ServerConnection(max_body_size=10)
+    assert len(server.receive_data(head)) == 1
+    closed = last_close(server.respond(200, "bye"))
+    assert closed.code == 1006 and server.state is State.CLOSED
+    assert b"Connection: close" in wire(server)
+    assert server.receive_data(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n") == []
+
+
 def test_rfc6455_4_1_client_fails_on_a_wrong_accept_value() -> None:
     client = ClientConnection("ws://h/")
     other = ClientConnection("ws://h/")

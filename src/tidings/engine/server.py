@@ -56,6 +56,11 @@ class _ServerWebSocket(WebSocket):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._server._connections.add(self)
+        self._arm_open_timer()
+
+    def _arm_open_timer(self) -> None:
+        """Bound the wait for a whole request: the first, or the next one
+        on a connection kept alive."""
         if self._server.open_timeout is not None:
             self._open_timer = self._loop.call_later(
                 self._server.open_timeout, self._open_timed_out
@@ -70,7 +75,7 @@ class _ServerWebSocket(WebSocket):
     def _open_timed_out(self) -> None:
         if self._conn.state is State.CONNECTING and self._transport is not None:
             self.logger.info(
-                "connection %s: no complete handshake within %s s, dropped",
+                "connection %s: no complete request within %s s, dropped",
                 self.remote_address,
                 self._server.open_timeout,
             )
@@ -369,7 +374,13 @@ class Server:
             return
         conn = ws._conn
         assert isinstance(conn, ServerConnection)
-        ws._handle_events(conn.reject(response.status, response.body, response.headers))
+        # HTTP/1.1 keep-alive: a back end calling the API reuses its
+        # connection; open_timeout then bounds the wait for its next request.
+        events = conn.respond(response.status, response.body, response.headers)
+        if conn.state is State.CONNECTING:
+            ws._answered = False
+            ws._arm_open_timer()
+        ws._handle_events(events)
 
     def _stream(self, ws: _ServerWebSocket, response: HTTPStream) -> None:
         transport = ws._transport

@@ -733,7 +733,7 @@ class ServerConnection(Connection):
     HTTP API) carry a body of up to that many bytes.
     """
 
-    __slots__ = ("_reader", "request", "subprotocols")
+    __slots__ = ("_early", "_limits", "_reader", "request", "subprotocols")
 
     def __init__(
         self,
@@ -756,9 +756,18 @@ class ServerConnection(Connection):
         )
         self.subprotocols = list(subprotocols)
         self.request: handshake.Request | None = None
+        self._limits = (max_head_size, max_headers, max_body_size)
         # Dropped once the request is read: its parser state is ~1 KiB that an
         # open connection never needs again.
-        self._reader: handshake.RequestReader | None = handshake.RequestReader(
+        self._reader: handshake.RequestReader | None = self._new_reader()
+        #: What arrived after the request, before it was answered: frames
+        #: sent early, once accepted; the next request, once answered and
+        #: kept (:meth:`respond`).
+        self._early = bytearray()
+
+    def _new_reader(self) -> handshake.RequestReader:
+        max_head_size, max_headers, max_body_size = self._limits
+        return handshake.RequestReader(
             max_head_size=max_head_size,
             max_headers=max_headers,
             max_body_size=max_body_size,
@@ -766,9 +775,9 @@ class ServerConnection(Connection):
 
     def _receive_handshake(self, data: Buffer) -> list[Event]:
         if self._reader is None:
-            # Waiting for accept() or reject(); a well-behaved client sends
-            # nothing before the 101, so keep it for after the handshake.
-            self._parser.feed(data)
+            # Waiting for an answer; a well-behaved client sends nothing
+            # before it, so keep it for after.
+            self._early += data
             return []
         try:
             request = self._reader.feed(bytes(data))
@@ -777,7 +786,7 @@ class ServerConnection(Connection):
         if request is None:
             return []
         self.request = request
-        self._parser.feed(self._reader.trailing_data)
+        self._early += self._reader.trailing_data
         self._reader = None
         return [request]
 
@@ -832,6 +841,8 @@ class ServerConnection(Connection):
                 extra_headers=extra_headers,
             )
         )
+        self._parser.feed(bytes(self._early))
+        self._early = bytearray()
         return self._open()
 
     def _negotiate_extensions(self, request: handshake.Request) -> str | None:
@@ -869,12 +880,39 @@ class ServerConnection(Connection):
         """
         if self.state is not _CONNECTING:
             raise RuntimeError("reject() is only possible during the opening handshake")
+        self._early = bytearray()
         self._out.append(handshake.build_rejection(status, message, headers))
         return self._handshake_failed(
             error
             if error is not None
             else InvalidHandshake(f"rejected with HTTP {status}", status, list(headers))
         )
+
+    def respond(
+        self,
+        status: int,
+        message: str | bytes,
+        headers: Iterable[tuple[str, str]] = (),
+    ) -> list[Event]:
+        """Answer a plain HTTP request (an API call, a health check) and
+        keep the connection for the client's next request, as HTTP/1.1
+        does by default; returns the events of what already arrived of it
+        (its :class:`~tidings.protocol.handshake.Request`, if whole). A
+        request that asked to close (``Connection: close``) or to upgrade
+        is answered as :meth:`reject` answers, and the connection ends.
+        """
+        request = self.request
+        if request is None or self.state is not _CONNECTING:
+            raise RuntimeError("respond() needs a request that is not yet answered")
+        if not handshake.keeps_alive(request):
+            return self.reject(status, message, headers)
+        self._out.append(
+            handshake.build_rejection(status, message, headers, close=False)
+        )
+        self.request = None
+        self._reader = self._new_reader()
+        early, self._early = bytes(self._early), bytearray()
+        return self._receive_handshake(early) if early else []
 
 
 class ClientConnection(Connection):

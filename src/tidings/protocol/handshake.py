@@ -45,6 +45,7 @@ __all__ = [
     "build_stream_head",
     "format_extension_header",
     "generate_key",
+    "keeps_alive",
     "parse_extension_header",
     "parse_subprotocols",
     "parse_token_list",
@@ -333,10 +334,10 @@ class _HeadReader(Generic[_Head, _Parser]):
 
     @property
     def trailing_data(self) -> bytes:
-        """Bytes received after the head (empty until the head is complete).
-
-        A request with a body is answered and its connection closed, so
-        nothing after its body is kept.
+        """Bytes received after the head (empty until the head is complete),
+        or after a request's body: the next request's, on a connection kept
+        alive. A chunked body's connection is closed once answered, so
+        nothing after it is kept.
         """
         return self._trailing
 
@@ -440,7 +441,7 @@ class RequestReader(_HeadReader[Request, httptools.HttpRequestParser]):
     refused whatever ``max_body_size`` says.
     """
 
-    __slots__ = ("_body", "_max_body_size", "_pending", "_url")
+    __slots__ = ("_body", "_body_end", "_max_body_size", "_pending", "_seen", "_url")
 
     def __init__(
         self,
@@ -456,6 +457,21 @@ class RequestReader(_HeadReader[Request, httptools.HttpRequestParser]):
         #: A request whose body is still arriving.
         self._pending: Request | None = None
         self._body = bytearray()
+        #: Bytes fed so far, and where a Content-Length body ends among
+        #: them: what comes after it is the next request's.
+        self._seen = 0
+        self._body_end: int | None = None
+
+    def feed(self, data: bytes) -> Request | None:
+        """As :meth:`_HeadReader.feed`, the head with its body."""
+        self._seen += len(data)
+        request = super().feed(data)
+        body_end = self._body_end
+        if request is not None and body_end is not None:
+            self._body_end = None
+            after = self._seen - body_end
+            self._trailing = data[len(data) - after :] if after > 0 else b""
+        return request
 
     def _reading_head(self) -> bool:
         return self._head is None and self._pending is None
@@ -501,6 +517,8 @@ class RequestReader(_HeadReader[Request, httptools.HttpRequestParser]):
                 return
             raise _Done
         self._pending = request
+        if "Transfer-Encoding" not in headers:
+            self._body_end = head_end + int(headers.get("Content-Length") or "0")
 
     def on_body(self, body: bytes) -> None:
         """A piece of the body, once decoded from chunks."""
@@ -586,6 +604,20 @@ def _has_token(headers: Headers, name: str, token: str) -> bool:
     return value is not None and token in [
         e.strip(" \t") for e in value.lower().split(",")
     ]
+
+
+def keeps_alive(request: Request) -> bool:
+    """Whether the connection may carry another request after the answer
+    to ``request`` (RFC 9112 §9.3: HTTP/1.1 persists unless either side
+    says ``Connection: close``): not after one that asked to upgrade,
+    whose client may send frames next, nor after a chunked body."""
+    headers = request.headers
+    return (
+        "Upgrade" not in headers
+        # What follows a chunked body is not kept (RequestReader).
+        and "Transfer-Encoding" not in headers
+        and not _has_token(headers, "Connection", "close")
+    )
 
 
 def _require_token(
@@ -756,9 +788,14 @@ def build_response(
 
 
 def build_rejection(
-    status: int, message: str | bytes, headers: Iterable[tuple[str, str]] = ()
+    status: int,
+    message: str | bytes,
+    headers: Iterable[tuple[str, str]] = (),
+    *,
+    close: bool = True,
 ) -> bytes:
-    """A complete HTTP/1.1 response, after which the connection closes.
+    """A complete HTTP/1.1 response, after which the connection closes
+    (or, with ``close`` false, may carry the client's next request).
 
     A ``str`` message becomes a ``text/plain`` body; ``bytes`` are sent as
     they are, with the Content-Type found among ``headers``. A Connection
@@ -773,12 +810,12 @@ def build_rejection(
         fields.append(("Content-Type", "text/plain; charset=utf-8"))
     else:
         body = message
-    connection = ["close"] + [v for n, v in extra if n.lower() == "connection"]
-    fields += [
-        ("Content-Length", str(len(body))),
-        ("Connection", ", ".join(connection)),
-        *((n, v) for n, v in extra if n.lower() != "connection"),
-    ]
+    connection = ["close"] if close else []
+    connection += [v for n, v in extra if n.lower() == "connection"]
+    fields.append(("Content-Length", str(len(body))))
+    if connection:
+        fields.append(("Connection", ", ".join(connection)))
+    fields += [(n, v) for n, v in extra if n.lower() != "connection"]
     return _encode_head(f"HTTP/1.1 {status} {reason}", fields) + body
 
 
