@@ -15,7 +15,9 @@ by side in one run, on the memory broker and on a real ``redis-server``:
   followed by an unsubscribe, over a WebSocket;
 - **a server-side subscribe** (``hub.api().subscribe(user, channel)``,
   through every node, until the client has its ``subscribe`` push) against
-  the client's own subscribe, each followed by an unsubscribe.
+  the client's own subscribe, each followed by an unsubscribe;
+- **a publish through the HTTP API** (``AsyncHubAPI``) on one connection
+  kept alive, against a new connection for each (``Connection: close``).
 
 Each call is awaited before the next (one in flight). The publishes and
 presence go through the hub's in-process API (``Hub.publish``, its
@@ -43,7 +45,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
+
 import tidings
+from tidings import AsyncHubAPI
 from tidings.hub import Hub, HubConfig, NamespaceConfig, mint_channel_token, mint_token
 from tidings.hub.brokers.base import ClientInfo
 
@@ -229,6 +234,19 @@ async def measure_broker(name: str, url: str, args: argparse.Namespace) -> list[
             )
         finally:
             await ws.close()
+
+        closing = httpx.AsyncClient(headers={"Connection": "close"})
+        async with (
+            AsyncHubAPI(hub.url) as alive,
+            AsyncHubAPI(hub.url, http_client=closing) as each,
+        ):
+            await pair(
+                "POST /api/publish (AsyncHubAPI)",
+                ("a connection each", lambda: each.publish("bench:p", DATA)),
+                ("one kept alive", lambda: alive.publish("bench:p", DATA)),
+                args.calls,
+            )
+        await closing.aclose()
     return results
 
 

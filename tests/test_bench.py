@@ -734,7 +734,7 @@ def test_features_quick() -> None:
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")][1:]
     brokers = {"memory", "redis"} if shutil.which("redis-server") else {"memory"}
     assert {row.split(" | ")[1] for row in rows} == brokers
-    assert len(rows) == 6 * len(brokers)
+    assert len(rows) == 7 * len(brokers)
     assert all(row.endswith("x |") for row in rows), rows
 
 
