@@ -8,6 +8,7 @@ from typing import Any
 
 import tidings
 from tidings import ConnectionClosed, WebSocket
+from tidings.engine.broadcast import broadcast_many
 from tidings.protocol import DeflateConfig
 
 from ..conftest import count_writes
@@ -167,3 +168,31 @@ async def test_broadcasts_made_together_leave_in_one_write_per_connection() -> N
         assert len(writes) == 3 + 1  # one per connection (with the send); the close
         for ws in (clients[0], clients[2]):
             await ws.close()
+
+
+async def test_broadcast_many_frames_a_batch_once_in_order_for_every_kind() -> None:
+    lean = DeflateConfig(server_no_context_takeover=True, min_size=100)
+    # Large enough to compress, and small enough not to: both in one batch.
+    messages: list[str | bytes] = ["tick " * 40, "short", b"\x00bin" * 50, "last " * 30]
+    async with tidings.serve(wait_forever, "127.0.0.1", 0) as server:
+        uri = f"ws://127.0.0.1:{server.port}/"
+        clients = [
+            await tidings.connect(uri, compression=lean),
+            await tidings.connect(uri),  # context takeover: sent plain
+            await tidings.connect(uri, compression=None),
+        ]
+        conns = await gather_server_side(server, 3)
+        writes = count_writes(conn._transport for conn in conns)
+        assert broadcast_many(conns, messages) == 3
+        assert broadcast_many(conns, ["after"]) == 3
+        async with asyncio.timeout(BOUND):
+            for ws in clients:
+                got = [await ws.recv() for _ in range(len(messages) + 1)]
+                assert got == [*messages, "after"]
+        assert len(writes) == 3  # both batches: one write per connection
+        for conn in conns:  # compression goes on working afterwards
+            await conn.send(messages[0])
+        async with asyncio.timeout(BOUND):
+            for ws in clients:
+                assert await ws.recv() == messages[0]
+                await ws.close()

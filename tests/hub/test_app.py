@@ -17,7 +17,8 @@ import tidings
 from tidings.hub import Hub
 from tidings.hub.wire import encode_pub
 
-from ..conftest import wait_for
+from ..conftest import count_writes, wait_for
+from .conftest import CLUSTERS
 
 BOUND = 10
 
@@ -96,6 +97,35 @@ async def test_publications_arrive_in_order_to_every_subscriber_and_the_publishe
         for publisher in publishers:
             mine = [p["data"] for p in pubs if p["info"]["client"] == publisher.client]
             assert mine == list(range(50))
+
+
+async def test_a_burst_reaches_each_subscriber_in_order_in_one_write(
+    start_hub: Any, connect: Any
+) -> None:
+    # Publications made in one loop iteration (an app's loop of awaited
+    # Hub.publish calls, which never wait on the memory broker) go out
+    # together: one write per subscriber, every one in order, and a reply
+    # sent meanwhile after the publications that came before it.
+    hub = await start_hub()
+    peers = [await connect(hub, node=hub) for _ in range(3)]
+    for peer in peers:
+        await peer.result("subscribe", channel="chat:burst")
+    server = hub._server
+    assert server is not None
+    writes = count_writes(ws._transport for ws in server.connections)
+    for i in range(1, 201):
+        await hub.publish("chat:burst", i)
+    for peer in peers:
+        assert [p["data"] for p in await peer.pubs(200)] == list(range(1, 201))
+    if not CLUSTERS.get(hub):  # with other nodes, pushes come as Redis reads them
+        assert len(writes) == len(peers)
+    # A publish command: its own publication comes back before its reply.
+    first = peers[0]
+    id = next(first.ids)
+    await first.send({"id": id, "op": "publish", "channel": "chat:burst", "data": 0})
+    message = await first.recv()
+    assert message.get("pub", {}).get("offset") == 201, message
+    assert "result" in await first.reply(id)
 
 
 async def test_a_publish_key_raced_from_every_node_publishes_exactly_once(

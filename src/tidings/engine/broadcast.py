@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from ..protocol.deflate import DeflateConfig, DeflateParams, PerMessageDeflate
 from ..protocol.frames import Opcode, serialize_header
 from .connection import Data, WebSocket
 
-__all__ = ["broadcast"]
+__all__ = ["broadcast", "broadcast_many"]
 
 
 def broadcast(
@@ -34,11 +34,23 @@ def broadcast(
     example ``ws.drop(1013)`` it. Nobody is waited on. Connections that are
     not open, or are in the middle of a fragmented message, are skipped.
     """
-    if isinstance(message, str):
-        opcode, payload = Opcode.TEXT, message.encode()
-    else:
-        opcode, payload = Opcode.BINARY, bytes(message)
-    plain = serialize_header(opcode, len(payload)) + payload
+    return broadcast_many(connections, (message,), on_slow=on_slow)
+
+
+def broadcast_many(
+    connections: Iterable[WebSocket],
+    messages: Sequence[Data],
+    *,
+    on_slow: Callable[[WebSocket], object] | None = None,
+) -> int:
+    """:func:`broadcast` each of ``messages``, in order, to every connection:
+    their frames are built and joined once, so that each connection costs
+    one step however many messages there are. Returns how many connections
+    they were written to."""
+    framed = [_payload(message) for message in messages]
+    plain = b"".join(
+        serialize_header(opcode, len(data)) + data for opcode, data in framed
+    )
     compressed: dict[tuple[DeflateParams, DeflateConfig], bytes] = {}
     # Frames queue on each connection until the end of this loop iteration,
     # so a burst of broadcasts costs one write per connection, not one each.
@@ -53,30 +65,34 @@ def broadcast(
                 on_slow(ws)
             continue
         if conn.is_client:
-            ws.send_nowait(message)  # clients mask every frame afresh
+            for message in messages:
+                ws.send_nowait(message)  # clients mask every frame afresh
             sent += 1
             continue
-        frame = plain
+        frames = plain
         params = conn.deflate_params
         config = conn.compression
         if (
             params is not None
             and config is not None
             and params.server_no_context_takeover
-            and len(payload) >= config.min_size
         ):
             key = (params, config)
-            frame = compressed.get(key)  # type: ignore[assignment]
-            if frame is None:
-                frame = compressed[key] = _compress_once(
-                    opcode, payload, params, config
-                )
-        if ws.send_frame(frame):
+            frames = compressed.get(key)  # type: ignore[assignment]
+            if frames is None:
+                frames = compressed[key] = _compress_once(framed, params, config)
+        if ws.send_frame(frames):
             corked.append(ws)
         sent += 1
     if corked:
         asyncio.get_running_loop().call_soon(_flush, corked)
     return sent
+
+
+def _payload(message: Data) -> tuple[Opcode, bytes]:
+    if isinstance(message, str):
+        return Opcode.TEXT, message.encode()
+    return Opcode.BINARY, bytes(message)
 
 
 def _flush(connections: list[WebSocket]) -> None:
@@ -85,7 +101,16 @@ def _flush(connections: list[WebSocket]) -> None:
 
 
 def _compress_once(
-    opcode: Opcode, payload: bytes, params: DeflateParams, config: DeflateConfig
+    framed: Sequence[tuple[Opcode, bytes]], params: DeflateParams, config: DeflateConfig
 ) -> bytes:
-    data = PerMessageDeflate(params, is_client=False, config=config).compress(payload)
-    return serialize_header(opcode, len(data), rsv1=True) + data
+    """The frames of ``framed``, each compressed where it is large enough
+    (without context takeover each message stands alone)."""
+    out = []
+    for opcode, payload in framed:
+        if len(payload) < config.min_size:
+            out.append(serialize_header(opcode, len(payload)) + payload)
+        else:
+            deflater = PerMessageDeflate(params, is_client=False, config=config)
+            data = deflater.compress(payload)
+            out.append(serialize_header(opcode, len(data), rsv1=True) + data)
+    return b"".join(out)

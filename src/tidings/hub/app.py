@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..engine.broadcast import broadcast
+from ..engine.broadcast import broadcast_many
 from ..engine.connection import WebSocket
 from ..engine.http import HTTPResponse, HTTPStream
 from ..engine.server import Server, serve
@@ -52,6 +52,9 @@ _F = TypeVar("_F", bound=HookFunction)
 #: Seconds a survey of the nodes (``/api/channels``, ``/api/disconnect``...)
 #: waits for nodes that do not answer.
 SURVEY_TIMEOUT = 2.0
+#: Bytes of pushes held for the end of a loop iteration (Hub.drain) before
+#: they are delivered at once.
+MAX_PENDING = 256 * 1024
 
 
 def make_broker(config: HubConfig) -> Broker:
@@ -146,6 +149,10 @@ class Hub:
         self._local: dict[str, _Local] = {}
         self._sessions: set[Session] = set()
         self._surveys: dict[str, _Survey] = {}
+        #: Pushes of this loop iteration not yet delivered, by channel
+        #: (:meth:`drain`): (epoch, offset or None, text).
+        self._pending: dict[str, list[tuple[str, int | None, str]]] = {}
+        self._pending_size = 0
         self._server: Server | None = None
         self._app: HubApp | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -214,6 +221,7 @@ class Hub:
     async def close(self) -> None:
         """Close every connection with 1001 and stop, whatever a background
         task of the hub (a feed, the keepalive) may have raised."""
+        self.drain()
         for task in self._tasks:
             task.cancel()
         ended = await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -621,7 +629,9 @@ class Hub:
                         local.live = True
                     # From here on every publication reaches the session
                     # (held until the reply): the position read next is
-                    # never ahead of what it will receive.
+                    # never ahead of what it will receive. What came
+                    # before goes to the others first.
+                    self.drain()
                     local.subscribers[session] = None
             finally:
                 local.waiting -= 1
@@ -656,6 +666,7 @@ class Hub:
     def _leave(self, session: Session, channel: str) -> bool:
         """Stop delivering ``channel`` to ``session`` (now, before any other
         push); return whether it was a subscriber."""
+        self.drain()  # what came before it left reaches it
         session.subscriptions.discard(channel)
         session.recovering.pop(channel, None)
         session.channel_info.pop(channel, None)
@@ -703,12 +714,9 @@ class Hub:
             return
         offset: int | None = None
         kind = push.kind
-        covered: set[Session] = set()
         if kind == "pub":
             offset = push.offset
             local.epoch, local.offset = push.epoch, offset
-            if local.floors:
-                covered = _covered(local.floors, push.epoch, offset)
             text = encode_pub(push.channel, push.epoch, offset, push.data, push.info)
         elif kind == "position":
             text = encode_push(
@@ -719,18 +727,73 @@ class Hub:
             if namespace is None or not namespace.join_leave or push.info is None:
                 return
             text = encode_push(push.channel, kind, push.info.to_json())
+        pending = self._pending
+        if not pending:
+            asyncio.get_running_loop().call_soon(self.drain)
+        waiting = pending.get(push.channel)
+        if waiting is None:
+            waiting = pending[push.channel] = []
+        waiting.append((push.epoch, offset, text))
+        self._pending_size += len(text)
+        if self._pending_size > MAX_PENDING:
+            # A publisher that never yields: deliver as it goes, so that
+            # memory stays bounded and slow clients are found in time.
+            self.drain()
+
+    def drain(self) -> None:
+        """Deliver the pushes that came in this loop iteration, each
+        channel's together: one step per subscriber however many there are,
+        as the engine corks a burst into one write per connection. Done
+        before anything that could tell the difference (a reply or push
+        sent to a session, a subscriber added or gone, a close): each
+        session sees what it would have seen had every push gone out as it
+        came."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        self._pending_size = 0
+        for channel, pushes in pending.items():
+            local = self._local.get(channel)
+            if local is not None and local.subscribers:
+                self._deliver(channel, local, pushes)
+
+    def _deliver(
+        self, channel: str, local: _Local, pushes: list[tuple[str, int | None, str]]
+    ) -> None:
+        # The publications each session's subscribe reply covered (rare:
+        # only around a subscribe), in the order the pushes came.
+        covered: list[set[Session]] = [set()] * len(pushes)
+        if local.floors:
+            covered = [
+                set() if offset is None else _covered(local.floors, epoch, offset)
+                for epoch, offset, _ in pushes
+            ]
+        skipped = set().union(*covered)
+        texts = [text for _, _, text in pushes]
         ready = []
         for session in local.subscribers:
-            held = session.recovering.get(push.channel) if session.recovering else None
+            held = session.recovering.get(channel) if session.recovering else None
             if held is not None:
-                held.append((offset, text))
-            elif not covered or session not in covered:
-                ws = session.ws
+                held.extend((offset, text) for _, offset, text in pushes)
+                continue
+            ws = session.ws
+            if session in skipped or not isinstance(ws, WebSocket):
+                # A fallback transport frames each push its own way.
+                mine = [
+                    text
+                    for text, skip in zip(texts, covered, strict=True)
+                    if session not in skip
+                ]
                 if isinstance(ws, WebSocket):
-                    ready.append(ws)
-                else:  # a fallback transport frames each push its own way
-                    session.send(text)
-        self.metrics.deliveries += broadcast(ready, text, on_slow=self.drop_slow)
+                    sent = broadcast_many([ws], mine, on_slow=self.drop_slow)
+                    self.metrics.deliveries += sent * len(mine)
+                else:
+                    for text in mine:
+                        session.send(text)
+                continue
+            ready.append(ws)
+        sent = broadcast_many(ready, texts, on_slow=self.drop_slow)
+        self.metrics.deliveries += sent * len(texts)
 
     def on_control(self, message: dict[str, Any]) -> None:
         """A control message from a node (called by the broker)."""

@@ -437,6 +437,7 @@ class Session:
         """
         if self._closing is None:
             logger.info("closing %s with %d: %s", self.ws.remote_address, code, reason)
+            self.hub.drain()  # the pushes that came before go first
             self._closing = asyncio.create_task(self.ws.close(code, reason))
 
     def _take_token(self) -> bool:
@@ -455,6 +456,7 @@ class Session:
     def send(self, text: str) -> None:
         """Queue ``text`` to the client; drop a client that lets its queue
         grow past ``max_outbound`` (it may reconnect and recover)."""
+        self.hub.drain()  # the pushes that came before go first
         ws = self.ws
         try:
             ws.send_nowait(text)
