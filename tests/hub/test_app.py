@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import pytest
+import websockets
 
 import tidings
 from tidings.hub import Hub
@@ -126,6 +127,48 @@ async def test_a_burst_reaches_each_subscriber_in_order_in_one_write(
     message = await first.recv()
     assert message.get("pub", {}).get("offset") == 201, message
     assert "result" in await first.reply(id)
+
+
+async def test_deflate_is_agreed_without_context_takeover_and_fans_out(
+    start_hub: Any,
+) -> None:
+    # As browsers offer it: the hub asks for no context takeover both ways,
+    # so that it holds no compressor between messages and compresses a
+    # publication once for all its subscribers.
+    hub = await start_hub()
+    url = f"ws://127.0.0.1:{hub.port}/ws"
+    clients = [await websockets.connect(url) for _ in range(3)]
+    try:
+        agreed = clients[0].response.headers["Sec-WebSocket-Extensions"]
+        assert "server_no_context_takeover" in agreed
+        assert "client_no_context_takeover" in agreed
+        for ws in clients:
+            await ws.send(json.dumps({"id": 1, "op": "connect"}))
+            await ws.send(json.dumps({"id": 2, "op": "subscribe", "channel": "chat:z"}))
+            async with asyncio.timeout(10):
+                while json.loads(await ws.recv()).get("id") != 2:
+                    pass
+        data = {"text": "compressible " * 40}
+        for _ in range(2):
+            await hub.publish("chat:z", data)
+        for ws in clients:
+            pubs = []
+            async with asyncio.timeout(10):
+                while len(pubs) < 2:
+                    message = json.loads(await ws.recv())
+                    if "pub" in message:
+                        pubs.append(message["pub"]["data"])
+            assert pubs == [data, data]
+            # And what a client compresses (without context) is read.
+            command = {"id": 3, "op": "publish", "channel": "chat:z", "data": data}
+            await ws.send(json.dumps(command))
+            async with asyncio.timeout(10):
+                while (reply := json.loads(await ws.recv())).get("id") != 3:
+                    pass
+            assert "result" in reply, reply
+    finally:
+        for ws in clients:
+            await ws.close()
 
 
 async def test_a_publish_key_raced_from_every_node_publishes_exactly_once(

@@ -18,7 +18,7 @@ from ..engine.broadcast import broadcast_many
 from ..engine.connection import WebSocket
 from ..engine.http import HTTPResponse, HTTPStream
 from ..engine.server import Server, serve
-from ..protocol import Request
+from ..protocol import DeflateConfig, Request
 from . import demo
 from .api import handle_http
 from .auth import Tokens
@@ -52,6 +52,13 @@ _F = TypeVar("_F", bound=HookFunction)
 #: Seconds a survey of the nodes (``/api/channels``, ``/api/disconnect``...)
 #: waits for nodes that do not answer.
 SURVEY_TIMEOUT = 2.0
+#: permessage-deflate as the hub agrees to it: without context takeover
+#: either way (RFC 7692 §7.1.1), a connection holds no compressor or
+#: decompressor between messages (some 40 KiB each otherwise), and a
+#: publication is compressed once for all its subscribers.
+COMPRESSION = DeflateConfig(
+    server_no_context_takeover=True, client_no_context_takeover=True
+)
 #: Bytes of pushes held for the end of a loop iteration (Hub.drain) before
 #: they are delivered at once.
 MAX_PENDING = 256 * 1024
@@ -202,6 +209,7 @@ class Hub:
                     max_message_size=max(4 * config.max_message_size, 1 << 20),
                     write_limit=config.max_outbound,
                     max_connections=config.max_connections,
+                    compression=COMPRESSION,
                     ping_interval=config.ping_interval,
                     ping_timeout=config.ping_timeout,
                 )
