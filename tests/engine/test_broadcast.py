@@ -4,16 +4,48 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
+
+import pytest
 
 import tidings
 from tidings import ConnectionClosed, WebSocket
+from tidings.engine import broadcast as broadcast_module
 from tidings.engine.broadcast import broadcast_many
 from tidings.protocol import DeflateConfig
 
 from ..conftest import count_writes
 
 BOUND = 10
+
+Fan = Callable[..., int]
+
+
+@pytest.fixture(autouse=True, params=["C", "Python"])
+def twin(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """Every test runs on both twins of the fan-out loop (write_plain)."""
+    if request.param == "Python":
+        monkeypatch.setattr(
+            broadcast_module, "write_plain", broadcast_module._py_write_plain
+        )
+    elif broadcast_module.write_plain is broadcast_module._py_write_plain:
+        pytest.skip("tidings.engine._fanout was not built, or speedups are off")
+    yield request.param
+
+
+@pytest.fixture(params=["broadcast", "broadcast_many"])
+def fan(request: pytest.FixtureRequest) -> Fan:
+    """``broadcast``, or ``broadcast_many`` of one message: the same rules."""
+    if request.param == "broadcast":
+        return tidings.broadcast
+
+    def one(conns: Any, message: str | bytes, **kwargs: Any) -> int:
+        return broadcast_many(conns, [message], **kwargs)
+
+    return one
 
 
 async def gather_server_side(server: tidings.Server, count: int) -> list[WebSocket]:
@@ -70,7 +102,9 @@ async def test_compressed_once_for_no_context_takeover_and_plain_for_the_rest() 
             await ws.close()
 
 
-async def test_slow_receivers_are_skipped_or_dropped(raw_connect: Any) -> None:
+async def test_slow_receivers_are_skipped_or_dropped(
+    raw_connect: Any, fan: Fan
+) -> None:
     async with tidings.serve(
         wait_forever, "127.0.0.1", 0, compression=None, write_limit=16 * 1024
     ) as server:
@@ -88,7 +122,7 @@ async def test_slow_receivers_are_skipped_or_dropped(raw_connect: Any) -> None:
             while slow_side.write_buffer_size <= slow_side.write_limit:
                 slow_side.send_nowait(chunk)  # fill the kernel and the transport
                 await asyncio.sleep(0)
-        assert tidings.broadcast(conns, "tick") == 1  # skipped
+        assert fan(conns, "tick") == 1  # skipped
         assert await fast.recv() == "tick"
         assert slow_side.close_code is None
         dropped: list[WebSocket] = []
@@ -97,14 +131,14 @@ async def test_slow_receivers_are_skipped_or_dropped(raw_connect: Any) -> None:
             dropped.append(ws)
             ws.drop(1013, "receiving too slowly")
 
-        assert tidings.broadcast(conns, "tock", on_slow=drop) == 1
+        assert fan(conns, "tock", on_slow=drop) == 1
         assert dropped == [slow_side]
         assert await fast.recv() == "tock"
         assert slow_side.close_code == 1013
         await fast.close()
 
 
-async def test_a_connection_mid_fragmented_message_is_skipped() -> None:
+async def test_a_connection_mid_fragmented_message_is_skipped(fan: Fan) -> None:
     release = asyncio.Event()
 
     async def fragments() -> Any:
@@ -118,7 +152,7 @@ async def test_a_connection_mid_fragmented_message_is_skipped() -> None:
         [conn] = await gather_server_side(server, 1)
         sending = asyncio.create_task(conn.send(fragments()))
         await asyncio.sleep(0.05)
-        assert tidings.broadcast([conn], "interleaved?") == 0
+        assert fan([conn], "interleaved?") == 0
         release.set()
         await sending
         assert await ws.recv() == "first middle last"
@@ -184,15 +218,42 @@ async def test_broadcast_many_frames_a_batch_once_in_order_for_every_kind() -> N
         conns = await gather_server_side(server, 3)
         writes = count_writes(conn._transport for conn in conns)
         assert broadcast_many(conns, messages) == 3
+        assert len(writes) == 3  # at once: one write per connection
         assert broadcast_many(conns, ["after"]) == 3
+        assert len(writes) == 6
         async with asyncio.timeout(BOUND):
             for ws in clients:
                 got = [await ws.recv() for _ in range(len(messages) + 1)]
                 assert got == [*messages, "after"]
-        assert len(writes) == 3  # both batches: one write per connection
         for conn in conns:  # compression goes on working afterwards
             await conn.send(messages[0])
         async with asyncio.timeout(BOUND):
             for ws in clients:
                 assert await ws.recv() == messages[0]
                 await ws.close()
+
+
+async def test_broadcast_many_writes_at_once_and_keeps_each_connections_order() -> None:
+    async with tidings.serve(wait_forever, "127.0.0.1", 0, compression=None) as server:
+        uri = f"ws://127.0.0.1:{server.port}/"
+        clients = [await tidings.connect(uri, compression=None) for _ in range(3)]
+        by_port = {c.remote_address[1]: c for c in await gather_server_side(server, 3)}
+        conns = [by_port[ws._transport.get_extra_info("sockname")[1]] for ws in clients]
+        gone = await tidings.connect(uri)
+        [gone_side] = [c for c in await gather_server_side(server, 4) if c not in conns]
+        await gone.close()
+        await gone_side.wait_closed()
+        writes = count_writes(conn._transport for conn in conns)
+        # The first is mid-batch of its own: what it queued goes first.
+        assert tidings.broadcast(conns[:1], "queued") == 1
+        # A client's side is a target too: it masks each frame itself.
+        targets = [*conns, gone_side, clients[2]]
+        assert broadcast_many(targets, ["a", "b"]) == 4  # the closed one skipped
+        assert len(writes) == 2  # the plain ones at once; the first still waits
+        async with asyncio.timeout(BOUND):
+            assert [await clients[0].recv() for _ in range(3)] == ["queued", "a", "b"]
+            for ws in clients[1:]:
+                assert [await ws.recv(), await ws.recv()] == ["a", "b"]
+            assert [await conns[2].recv(), await conns[2].recv()] == ["a", "b"]
+        for ws in clients:
+            await ws.close()

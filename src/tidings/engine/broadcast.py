@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
+from typing import Final
 
+from ..protocol import State, speedups
 from ..protocol.deflate import DeflateConfig, DeflateParams, PerMessageDeflate
 from ..protocol.frames import Opcode, serialize_header
 from .connection import Data, WebSocket
 
 __all__ = ["broadcast", "broadcast_many"]
+
+_OPEN: Final = State.OPEN
 
 
 def broadcast(
@@ -34,7 +39,7 @@ def broadcast(
     example ``ws.drop(1013)`` it. Nobody is waited on. Connections that are
     not open, or are in the middle of a fragmented message, are skipped.
     """
-    return broadcast_many(connections, (message,), on_slow=on_slow)
+    return _fan_out(connections, (message,), on_slow, cork=True)
 
 
 def broadcast_many(
@@ -44,19 +49,35 @@ def broadcast_many(
     on_slow: Callable[[WebSocket], object] | None = None,
 ) -> int:
     """:func:`broadcast` each of ``messages``, in order, to every connection:
-    their frames are built and joined once, so that each connection costs
-    one step however many messages there are. Returns how many connections
-    they were written to."""
+    their frames are built and joined once, and written to each connection
+    at once, in one write, where :func:`broadcast` waits for the end of the
+    loop iteration (a connection in a batch of its own, such as answers to a
+    read, gets them at the end of that batch, after what it queued). Made
+    for a caller that gathers what an iteration sends, as the hub does.
+    Returns how many connections they were written to."""
+    return _fan_out(connections, messages, on_slow, cork=False)
+
+
+def _fan_out(
+    connections: Iterable[WebSocket],
+    messages: Sequence[Data],
+    on_slow: Callable[[WebSocket], object] | None,
+    *,
+    cork: bool,
+) -> int:
     framed = [_payload(message) for message in messages]
     plain = b"".join(
         serialize_header(opcode, len(data)) + data for opcode, data in framed
     )
+    if cork:
+        sent, rest = 0, connections
+    else:
+        # Most connections take the frames as they are, at once; the loop
+        # over them runs once per subscriber of every publication.
+        sent, rest = write_plain(connections, plain, _OPEN)
     compressed: dict[tuple[DeflateParams, DeflateConfig], bytes] = {}
-    # Frames queue on each connection until the end of this loop iteration,
-    # so a burst of broadcasts costs one write per connection, not one each.
     corked: list[WebSocket] = []
-    sent = 0
-    for ws in connections:
+    for ws in rest:
         conn = ws.protocol
         if not conn.can_send_message:
             continue
@@ -81,12 +102,47 @@ def broadcast_many(
             frames = compressed.get(key)  # type: ignore[assignment]
             if frames is None:
                 frames = compressed[key] = _compress_once(framed, params, config)
+        # Queued behind what the connection holds, in order. broadcast()
+        # writes at the end of the loop iteration, so that broadcasts made
+        # together leave in one write per connection.
         if ws.send_frame(frames):
-            corked.append(ws)
+            if cork:
+                corked.append(ws)
+            else:
+                ws.flush()
         sent += 1
     if corked:
         asyncio.get_running_loop().call_soon(_flush, corked)
     return sent
+
+
+def _py_write_plain(
+    connections: Iterable[WebSocket], frames: bytes, open_state: State
+) -> tuple[int, list[WebSocket]]:
+    """Write ``frames`` at once to each connection that can send and has
+    nothing special about it (a server side, no permessage-deflate, nothing
+    corked, writing not paused); return how many, and the others that can
+    send, for the full loop. The reference of ``_fanout.write_plain``, its
+    compiled twin: both read the same slots."""
+    written = 0
+    rest = []
+    for ws in connections:
+        conn = ws._conn
+        if conn.state is not open_state or conn._out_opcode is not None:
+            continue
+        transport = ws._transport
+        if (
+            ws._write_paused
+            or ws._corked
+            or conn.is_client
+            or conn._deflate is not None
+            or transport is None
+        ):
+            rest.append(ws)
+            continue
+        transport.write(frames)
+        written += 1
+    return written, rest
 
 
 def _payload(message: Data) -> tuple[Opcode, bytes]:
@@ -114,3 +170,12 @@ def _compress_once(
             data = deflater.compress(payload)
             out.append(serialize_header(opcode, len(data), rsv1=True) + data)
     return b"".join(out)
+
+
+write_plain: Callable[
+    [Iterable[WebSocket], bytes, State], tuple[int, list[WebSocket]]
+] = _py_write_plain
+if speedups.ACTIVE:
+    # Built without it, the protocol's twins may still be there.
+    with contextlib.suppress(ImportError):
+        from ._fanout import write_plain

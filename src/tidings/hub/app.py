@@ -96,7 +96,9 @@ class _Local:
     )
 
     def __init__(self) -> None:
-        self.subscribers: dict[Session, None] = {}
+        #: Each subscriber here, with its WebSocket (None for a fallback
+        #: transport's session, which frames each push its own way).
+        self.subscribers: dict[Session, WebSocket | None] = {}
         #: The position of the last publication delivered here.
         self.epoch = ""
         self.offset = 0
@@ -640,7 +642,10 @@ class Hub:
                     # never ahead of what it will receive. What came
                     # before goes to the others first.
                     self.drain()
-                    local.subscribers[session] = None
+                    ws = session.ws
+                    local.subscribers[session] = (
+                        ws if isinstance(ws, WebSocket) else None
+                    )
             finally:
                 local.waiting -= 1
             if since is not None:
@@ -779,27 +784,25 @@ class Hub:
         skipped = set().union(*covered)
         texts = [text for _, _, text in pushes]
         ready = []
-        for session in local.subscribers:
+        for session, ws in local.subscribers.items():
+            if ws is not None and not session.recovering and session not in skipped:
+                ready.append(ws)
+                continue
             held = session.recovering.get(channel) if session.recovering else None
             if held is not None:
                 held.extend((offset, text) for _, offset, text in pushes)
                 continue
-            ws = session.ws
-            if session in skipped or not isinstance(ws, WebSocket):
-                # A fallback transport frames each push its own way.
-                mine = [
-                    text
-                    for text, skip in zip(texts, covered, strict=True)
-                    if session not in skip
-                ]
-                if isinstance(ws, WebSocket):
-                    sent = broadcast_many([ws], mine, on_slow=self.drop_slow)
-                    self.metrics.deliveries += sent * len(mine)
-                else:
-                    for text in mine:
-                        session.send(text)
-                continue
-            ready.append(ws)
+            mine = [
+                text
+                for text, skip in zip(texts, covered, strict=True)
+                if session not in skip
+            ]
+            if ws is not None:
+                sent = broadcast_many([ws], mine, on_slow=self.drop_slow)
+                self.metrics.deliveries += sent * len(mine)
+            else:
+                for text in mine:  # a fallback frames each push its own way
+                    session.send(text)
         sent = broadcast_many(ready, texts, on_slow=self.drop_slow)
         self.metrics.deliveries += sent * len(texts)
 
