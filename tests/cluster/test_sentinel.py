@@ -77,9 +77,7 @@ def test_a_broker_url_of_another_scheme_lists_the_sentinel_ones() -> None:
         load_config(overrides={"broker": "sentinel://h:1/m"})
 
 
-async def test_the_status_names_the_master_and_sentinels_never_the_password() -> (
-    None
-):
+async def test_the_status_names_the_master_and_sentinels_never_the_password() -> None:
     broker = RedisBroker(
         "redis+sentinel://:hunter2@127.0.0.1:1,127.0.0.1:2/mymaster", timeout=0.5
     )
@@ -292,7 +290,7 @@ async def test_a_master_turned_read_only_replica_counts_as_lost(
         await broker.publish("a:x", b"1", ChannelOptions())
         async with Redis(port=master.port) as client:
             await client.replicaof("127.0.0.1", other.port)
-        with pytest.raises(BrokerUnavailable, match="READONLY|read only"):
+        with pytest.raises(BrokerUnavailable, match=r"read only replica"):
             await broker.publish("a:x", b"2", ChannelOptions())
         # The pub/sub connection was dropped: the node reconnected and
         # resynced its channels.
