@@ -282,11 +282,11 @@ class RedisServer:
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         deadline = time.monotonic() + 20
-        while True:  # until it answers PING, bounded
+        while True:  # until it answers PING (NOAUTH: it wants a password), bounded
             try:
                 with socket.create_connection(("127.0.0.1", self.port), 1) as sock:
                     sock.sendall(b"PING\r\n")
-                    if sock.recv(64).startswith(b"+PONG"):
+                    if sock.recv(64).startswith((b"+PONG", b"-NOAUTH")):
                         return
             except OSError:
                 pass
