@@ -993,17 +993,15 @@ def parse_sentinel_url(url: str) -> SentinelURL:
             "a Sentinel URL's path is /MASTER_NAME or /MASTER_NAME/DB, "
             f"got {'/' + path!r}"
         )
-    try:
-        options = tuple(parse_qsl(query, keep_blank_values=True, strict_parsing=True))
-    except ValueError:
-        options = (("", ""),) if query else ()
     tls = scheme.lower() == "rediss+sentinel"
-    for key, _ in options:
-        if key not in SENTINEL_OPTIONS or not tls:
-            raise ValueError(
-                f"a Sentinel URL's options are {', '.join(SENTINEL_OPTIONS)}, "
-                f"with rediss+sentinel:// only; got {query!r}"
-            )
+    options = tuple(parse_qsl(query, keep_blank_values=True))
+    if query and not (
+        tls and options and all(k in SENTINEL_OPTIONS for k, _ in options)
+    ):
+        raise ValueError(
+            f"a Sentinel URL's options are {', '.join(SENTINEL_OPTIONS)}, "
+            f"with rediss+sentinel:// only; got {query!r}"
+        )
     return SentinelURL(
         tuple(sentinels),
         master,
