@@ -79,15 +79,21 @@ def test_a_bad_sentinel_url_is_a_clear_config_error(url: str, error: str) -> Non
 
 
 async def test_the_status_names_the_master_and_sentinels_never_the_password() -> None:
-    broker = RedisBroker(
-        "redis+sentinel://:hunter2@127.0.0.1:1,127.0.0.1:2/mymaster", timeout=0.5
-    )
-    status = broker.status()
-    assert status["master"] == "mymaster"
-    assert status["sentinels"] == ["127.0.0.1:1", "127.0.0.1:2"]
-    assert status["master_at"] is None
-    assert "hunter2" not in repr(status)
-    await broker.close()
+    # No sentinel listens there: no master can be found.
+    sentinels = f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
+    broker = RedisBroker(f"redis+sentinel://:hunter2@{sentinels}/mymaster", timeout=0.5)
+    await broker.start("n", Recorder())
+    try:
+        status = broker.status()
+        assert status["ok"] is False
+        assert status["server"] == f"master mymaster/0 via sentinels {sentinels}"
+        assert status["master"] == "mymaster"
+        assert status["sentinels"] == sentinels.split(",")
+        assert status["master_at"] is None
+        assert status["error"].startswith("No master found for 'mymaster'"), status
+        assert "hunter2" not in repr(status)
+    finally:
+        await broker.close()
 
 
 @pytest.mark.parametrize("where", ["url", "env"])
