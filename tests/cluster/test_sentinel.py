@@ -187,8 +187,9 @@ async def sentinels() -> AsyncIterator[Sentinels]:
 
 @pytest.mark.parametrize("replica", ["in-step", "behind"])
 async def test_a_master_killed_under_load_fails_over_without_a_silent_gap(
-    cluster: Cluster, sentinels: Sentinels, replica: str
+    sentinels: Sentinels, cluster: Cluster, replica: str
 ) -> None:
+    # sentinels comes first, so that the nodes stop before their Redis.
     nodes = [await cluster.start_node(sentinels.url) for _ in range(2)]
     channel = "chat:failover"
     for node in nodes:
