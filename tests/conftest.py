@@ -228,10 +228,17 @@ class RedisServer:
     """A real ``redis-server`` on a free loopback port, in a folder of its
     own; with ``persistent``, an append-only file (synced to disk as
     ``appendfsync`` says) keeps its data across a restart, and without it a
-    restart loses everything but an RDB snapshot made with ``SAVE``."""
+    restart loses everything but an RDB snapshot made with ``SAVE``.
+    ``config`` is the text of a configuration file to start it with, and
+    ``args`` more options (``--replicaof HOST PORT``, ``--sentinel``)."""
 
     def __init__(
-        self, *, persistent: bool = False, appendfsync: str = "always"
+        self,
+        *,
+        persistent: bool = False,
+        appendfsync: str = "always",
+        config: str | None = None,
+        args: Iterable[str] = (),
     ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
@@ -242,6 +249,11 @@ class RedisServer:
         self.appendfsync = appendfsync
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="tidings-redis-"))
+        self.config: list[str] = []
+        if config is not None:
+            (self.dir / "redis.conf").write_text(config)
+            self.config = [str(self.dir / "redis.conf")]
+        self.args = list(args)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -251,6 +263,7 @@ class RedisServer:
     def start(self) -> None:
         args = [
             self.binary,
+            *self.config,
             "--port",
             str(self.port),
             "--bind",
@@ -263,16 +276,17 @@ class RedisServer:
             "yes" if self.persistent else "no",
             "--appendfsync",
             self.appendfsync,
+            *self.args,
         ]
         self.proc = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         deadline = time.monotonic() + 20
-        while True:  # until it answers PING, bounded
+        while True:  # until it answers PING (NOAUTH: it wants a password), bounded
             try:
                 with socket.create_connection(("127.0.0.1", self.port), 1) as sock:
                     sock.sendall(b"PING\r\n")
-                    if sock.recv(64).startswith(b"+PONG"):
+                    if sock.recv(64).startswith((b"+PONG", b"-NOAUTH")):
                         return
             except OSError:
                 pass
@@ -311,6 +325,78 @@ class RedisServer:
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Sentinels:
+    """One master, one replica (``--replicaof``) and three sentinels
+    (``redis-server sentinel.conf --sentinel``, which is what Debian's
+    ``redis-sentinel`` runs) watching the master as ``mymaster``, quorum 2,
+    tuned to fail over within seconds."""
+
+    name = "mymaster"
+    #: Milliseconds without an answer before a sentinel counts the master
+    #: down (the default is 30 s).
+    down_after = 500
+
+    def __init__(self) -> None:
+        self.master = RedisServer()
+        self.replica = RedisServer(
+            args=["--replicaof", "127.0.0.1", str(self.master.port)]
+        )
+        config = (
+            f"sentinel monitor {self.name} 127.0.0.1 {self.master.port} 2\n"
+            f"sentinel down-after-milliseconds {self.name} {self.down_after}\n"
+            f"sentinel failover-timeout {self.name} 5000\n"
+        )
+        self.sentinels = [
+            RedisServer(config=config, args=["--sentinel"]) for _ in range(3)
+        ]
+        for server in (self.master, self.replica, *self.sentinels):
+            server.args += ["--logfile", str(server.dir / "log")]
+
+    def logs(self) -> str:
+        """What the sentinels logged, for failure messages."""
+        return "\n".join(
+            (s.dir / "log").read_text(errors="replace")[-3000:] for s in self.sentinels
+        )
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.name}/0"
+
+    async def start(self, timeout: float = 30) -> None:
+        """Start them all; return once every sentinel knows the replica and
+        the two other sentinels (they find each other through the master,
+        every 2 s), so that a failover can be agreed."""
+        from redis.asyncio import Redis
+
+        for server in (self.master, self.replica, *self.sentinels):
+            server.start()
+
+        async def ready() -> bool:
+            for sentinel in self.sentinels:
+                async with Redis(port=sentinel.port) as client:
+                    state = await client.sentinel_master(self.name)
+                if state["num-other-sentinels"] < 2 or state["num-slaves"] < 1:
+                    return False
+            async with Redis(port=self.replica.port) as client:
+                info = await client.info("replication")
+            return bool(info["master_link_status"] == "up")
+
+        await wait_for(ready, "the sentinels to know each other", timeout=timeout)
+
+    async def master_port(self) -> int:
+        """Where the first sentinel says the master is."""
+        from redis.asyncio import Redis
+
+        async with Redis(port=self.sentinels[0].port) as client:
+            _, port = await client.sentinel_get_master_addr_by_name(self.name)
+        return int(port)
+
+    def remove(self) -> None:
+        for server in (*self.sentinels, self.replica, self.master):
+            server.remove()
 
 
 @pytest.fixture(scope="session")

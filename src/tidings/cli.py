@@ -403,7 +403,10 @@ def _add_serve(sub: Any) -> None:
         "--broker",
         metavar="URL",
         help="memory (the default: one process) or redis://HOST:PORT/DB, which "
-        "makes every node on that Redis one hub (docs/scaling.md)",
+        "makes every node on that Redis one hub, or "
+        "redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER[/DB], which follows "
+        "Sentinel's failovers (rediss:// and rediss+sentinel:// with TLS); the "
+        "password in the URL or TIDINGS_BROKER_PASSWORD (docs/scaling.md)",
     )
     serve.add_argument(
         "--presence-ttl",

@@ -77,7 +77,7 @@ def make_broker(config: HubConfig) -> Broker:
         )
     from .brokers.redis import RedisBroker
 
-    return RedisBroker(config.broker)
+    return RedisBroker(config.broker, password=config.broker_password)
 
 
 class _Local:

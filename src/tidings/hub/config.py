@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..exceptions import TidingsError
+from .brokers.redis import SENTINEL_SCHEMES, parse_sentinel_url
 from .wire import NAMESPACE_RE
 
 __all__ = ["ConfigError", "HubConfig", "NamespaceConfig", "ProxyConfig", "load_config"]
@@ -146,9 +147,13 @@ class HubConfig:
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     #: ``memory`` (one process), or a Redis URL (``redis://HOST:PORT/DB``,
-    #: ``rediss://`` with TLS, ``unix:///PATH``) that makes every node on it
-    #: one hub.
+    #: ``rediss://`` with TLS, ``unix:///PATH``, or Sentinel's
+    #: ``redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER[/DB]``) that makes
+    #: every node on it one hub.
     broker: str = "memory"
+    #: The Redis password when the broker URL holds none (so that it need
+    #: not be on a command line): ``TIDINGS_BROKER_PASSWORD``.
+    broker_password: str | None = None
     #: Origins (``https://app.example``) whose pages may open the hub's
     #: WebSocket, beside the hub's own and this machine's.
     allowed_origins: tuple[str, ...] = ()
@@ -393,12 +398,17 @@ def _check_ranges(config: HubConfig) -> None:
     ):
         if getattr(config, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {getattr(config, key)}")
-    if config.broker != "memory" and not config.broker.startswith(
+    if config.broker.startswith(SENTINEL_SCHEMES):
+        try:
+            parse_sentinel_url(config.broker)
+        except ValueError as exc:
+            raise ConfigError(f"broker: {exc}") from None
+    elif config.broker != "memory" and not config.broker.startswith(
         ("redis://", "rediss://", "unix://")
     ):
         raise ConfigError(
-            f"broker must be memory or a redis://, rediss:// or unix:// URL, "
-            f"got {config.broker!r}"
+            f"broker must be memory or a redis://, rediss://, unix://, "
+            f"redis+sentinel:// or rediss+sentinel:// URL, got {config.broker!r}"
         )
     for key in (
         "rate_limit",

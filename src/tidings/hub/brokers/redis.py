@@ -58,8 +58,9 @@ import math
 import random
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .base import (
     Broker,
@@ -74,7 +75,7 @@ from .base import (
     Push,
 )
 
-__all__ = ["RedisBroker"]
+__all__ = ["RedisBroker", "SentinelURL", "parse_sentinel_url"]
 
 logger = logging.getLogger("tidings.hub.redis")
 
@@ -343,6 +344,11 @@ class RedisBroker(Broker):
     that missed publications recover them (or learn that they are lost).
     At most ``max_pending`` calls wait for Redis at once; more are refused
     at once, so a slow Redis cannot grow a node's memory without bound.
+
+    ``url`` is a redis-py URL (``redis://``, ``rediss://``, ``unix://``) or
+    a Sentinel one (:func:`parse_sentinel_url`): then every connection asks
+    the sentinels where the master is, so the node follows a failover.
+    ``password`` is used when the URL has none.
     """
 
     def __init__(
@@ -352,6 +358,7 @@ class RedisBroker(Broker):
         prefix: str = "tidings:",
         timeout: float = 5.0,
         max_pending: int = 1000,
+        password: str | None = None,
     ) -> None:
         try:
             from redis import asyncio as redis
@@ -366,13 +373,7 @@ class RedisBroker(Broker):
         self._timeout = timeout
         self._max_pending = max_pending
         self._pending = 0
-        pool = redis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=MAX_CONNECTIONS,
-            timeout=timeout,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-        )
+        pool = _pool(url, password, timeout)
         # One retry at once: the first command on a pooled connection that
         # Redis closed (it restarted) fails, the second connects afresh.
         self._redis = redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 1))
@@ -434,6 +435,9 @@ class RedisBroker(Broker):
         with contextlib.suppress(BrokerUnavailable):
             await self._call(self._redis.zrem(self._key("nodes"), self._node))
         await self._redis.aclose()
+        sentinels = getattr(self._redis.connection_pool, "sentinel_manager", None)
+        if sentinels is not None:
+            await sentinels.aclose()
 
     def status(self) -> dict[str, Any]:
         status: dict[str, Any] = {
@@ -441,12 +445,25 @@ class RedisBroker(Broker):
             "ok": self._conn is not None,
             "server": self._where(),
         }
+        if self._url.startswith(SENTINEL_SCHEMES):
+            where = parse_sentinel_url(self._url)
+            status["master"] = where.master
+            status["sentinels"] = [f"{host}:{port}" for host, port in where.sentinels]
+            # Where the sentinels last said the master is (None: no master).
+            pool: Any = self._redis.connection_pool
+            address = pool.master_address
+            status["master_at"] = address and f"{address[0]}:{address[1]}"
         if self._conn is None:
             status["error"] = self._error
         return status
 
     def _where(self) -> str:
-        # Never the password: host, port and database only.
+        # Never the password: host, port and database only; with Sentinel,
+        # the master's name and the sentinels.
+        if self._url.startswith(SENTINEL_SCHEMES):
+            where = parse_sentinel_url(self._url)
+            sentinels = ",".join(f"{host}:{port}" for host, port in where.sentinels)
+            return f"master {where.master}/{where.db} via sentinels {sentinels}"
         parts = urlsplit(self._url)
         return f"{parts.hostname or parts.path}:{parts.port or 6379}{parts.path}"
 
@@ -720,8 +737,10 @@ class RedisBroker(Broker):
 
     async def _call(self, call: Awaitable[_T]) -> _T:
         """Await a Redis call; its failures become BrokerUnavailable, and
-        beyond ``max_pending`` calls in flight it is refused at once."""
-        from redis.exceptions import RedisError
+        beyond ``max_pending`` calls in flight it is refused at once. A
+        READONLY answer means this Redis is a replica now (a master demoted
+        in a failover): the node counts it as lost and reconnects."""
+        from redis.exceptions import ReadOnlyError, RedisError
 
         if self._pending >= self._max_pending:
             if asyncio.iscoroutine(call):
@@ -735,6 +754,9 @@ class RedisBroker(Broker):
                 f"redis did not answer within {self._timeout:g} s"
             ) from None
         except (RedisError, OSError) as exc:
+            if isinstance(exc, ReadOnlyError) and self._conn is not None:
+                self._error = f"redis is a replica now: {exc}"
+                await self._conn.disconnect(nowait=True)
             raise BrokerUnavailable(f"redis failed: {exc}") from None
         finally:
             self._pending -= 1
@@ -916,3 +938,121 @@ def _info(who: bytes) -> ClientInfo | None:
 def _entry(id: bytes, fields: list[bytes]) -> Publication:
     values = dict(zip(fields[::2], fields[1::2], strict=True))
     return Publication(int(id.partition(b"-")[0]), values[b"d"], _info(values[b"w"]))
+
+
+SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
+
+#: The options a Sentinel URL's query may set: TLS files, for rediss+sentinel.
+SENTINEL_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelURL:
+    """What a ``redis+sentinel://`` URL names."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    master: str
+    db: int = 0
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+    options: tuple[tuple[str, str], ...] = ()
+
+
+def parse_sentinel_url(url: str) -> SentinelURL:
+    """Parse ``redis+sentinel://[[USER]:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTER[/DB]``
+    (``rediss+sentinel://``: TLS to the sentinels and the Redis servers,
+    with ``?ssl_ca_certs=FILE`` and the like). The password is the Redis
+    servers'; the sentinels are asked without one. Raises ValueError
+    saying what is wrong."""
+    scheme, _, rest = url.partition("://")
+    if f"{scheme.lower()}://" not in SENTINEL_SCHEMES:
+        raise ValueError(
+            f"a Sentinel URL starts with redis+sentinel:// or rediss+sentinel://, "
+            f"got {scheme!r}"  # not the URL: it may hold a password
+        )
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    username, _, password = userinfo.partition(":")
+    sentinels = []
+    for host in hosts.split(","):
+        parts = urlsplit(f"//{host}")
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if not parts.hostname or not port:
+            raise ValueError(
+                f"each sentinel must be HOST:PORT (port 1-65535), got {host!r}"
+            )
+        sentinels.append((parts.hostname, port))
+    master, _, db = (unquote(part) for part in path.partition("/"))
+    if not master or "/" in db or not (db.isdigit() or db == ""):
+        raise ValueError(
+            "a Sentinel URL's path is /MASTER_NAME or /MASTER_NAME/DB, "
+            f"got {'/' + path!r}"
+        )
+    tls = scheme.lower() == "rediss+sentinel"
+    options = tuple(parse_qsl(query, keep_blank_values=True))
+    if query and not (
+        tls and options and all(k in SENTINEL_OPTIONS for k, _ in options)
+    ):
+        raise ValueError(
+            f"a Sentinel URL's options are {', '.join(SENTINEL_OPTIONS)}, "
+            f"with rediss+sentinel:// only; got {query!r}"
+        )
+    return SentinelURL(
+        tuple(sentinels),
+        master,
+        int(db or 0),
+        tls=tls,
+        username=unquote(username) if at and username else None,
+        password=unquote(password) if at and password else None,
+        options=options,
+    )
+
+
+def _pool(url: str, password: str | None, timeout: float) -> Any:
+    """The pool of connections to Redis that ``url`` names; with Sentinel,
+    each connection is made to the master the sentinels name at the time,
+    and one to a master since demoted (it answers READONLY) is dropped."""
+    from redis.asyncio import BlockingConnectionPool
+    from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+
+    options: dict[str, Any] = {
+        "max_connections": MAX_CONNECTIONS,
+        "timeout": timeout,
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+    }
+    if not url.startswith(SENTINEL_SCHEMES):
+        if password is not None and urlsplit(url).password is None:
+            options["password"] = password
+        return BlockingConnectionPool.from_url(url, **options)
+
+    class SentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+        """Sentinel's pool, waiting (within the timeout) for a free
+        connection like the plain one rather than failing at once."""
+
+    where = parse_sentinel_url(url)
+    tls: dict[str, Any] = dict(where.options)
+    if where.tls:
+        tls["ssl"] = True
+    sentinels = Sentinel(
+        where.sentinels,
+        sentinel_kwargs={
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            **tls,
+        },
+    )
+    return SentinelPool(  # type: ignore[no-untyped-call]
+        where.master,
+        sentinels,
+        db=where.db,
+        username=where.username,
+        password=where.password if where.password is not None else password,
+        **tls,
+        **options,
+    )
