@@ -28,9 +28,11 @@ async def test_subscribe_publish_unsubscribe(start_hub: Any, connect: Any) -> No
     hub = await start_hub()
     alice = await connect(hub)
     bob = await connect(hub)
+    carol = await connect(hub)  # stays subscribed throughout
     position = await alice.result("subscribe", channel="chat:a")
     epoch = (await hub.history("chat:a")).epoch
     assert position == {"epoch": epoch, "offset": 0}
+    await carol.result("subscribe", channel="chat:a")
     assert await bob.result("publish", channel="chat:a", data={"text": "hi"}) == {
         "offset": 1,
         "epoch": epoch,
@@ -42,15 +44,19 @@ async def test_subscribe_publish_unsubscribe(start_hub: Any, connect: Any) -> No
         "data": {"text": "hi"},
         "info": {"client": bob.client, "user": ""},
     }
+    await bob.result("publish", channel="chat:a", data=2)
+    assert [pub["data"] for pub in await alice.pubs(1)] == [2]
     assert await alice.result("unsubscribe", channel="chat:a") == {}
     assert await alice.error("unsubscribe", channel="chat:a") == (
         409,
         "not subscribed to chat:a",
     )
-    await bob.result("publish", channel="chat:a", data=2)
+    await bob.result("publish", channel="chat:a", data=3)
+    assert [pub["data"] for pub in await carol.pubs(3)] == [{"text": "hi"}, 2, 3]
     # Nothing more arrives for chat:a: the next message is the ping's reply.
     assert await alice.result("ping") == {}
     assert [p for p in alice.pushes if "pub" in p] == []
+    await carol.result("unsubscribe", channel="chat:a")
     assert hub.subscriber_count("chat:a") == 0
 
 

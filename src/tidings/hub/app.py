@@ -91,6 +91,7 @@ class _Local:
         "lock",
         "offset",
         "refreshing",
+        "split",
         "subscribers",
         "waiting",
     )
@@ -99,6 +100,8 @@ class _Local:
         #: Each subscriber here, with its WebSocket (None for a fallback
         #: transport's session, which frames each push its own way).
         self.subscribers: dict[Session, WebSocket | None] = {}
+        #: The subscribers as _split() divides them, until they change.
+        self.split: tuple[list[WebSocket], list[Session]] | None = None
         #: The position of the last publication delivered here.
         self.epoch = ""
         self.offset = 0
@@ -646,6 +649,7 @@ class Hub:
                     local.subscribers[session] = (
                         ws if isinstance(ws, WebSocket) else None
                     )
+                    local.split = None
             finally:
                 local.waiting -= 1
             if since is not None:
@@ -669,6 +673,7 @@ class Hub:
         local = self._local.get(channel)
         if local is None or session not in local.subscribers:
             return
+        local.split = None  # its pushes are no longer held
         if local.epoch != epoch or local.offset < offset:
             local.floors[session] = (epoch, offset)
 
@@ -688,6 +693,7 @@ class Hub:
         if local is None or session not in local.subscribers:
             return False
         del local.subscribers[session]
+        local.split = None
         local.floors.pop(session, None)
         return True
 
@@ -773,31 +779,36 @@ class Hub:
     def _deliver(
         self, channel: str, local: _Local, pushes: list[tuple[str, int | None, str]]
     ) -> None:
+        texts = [text for _, _, text in pushes]
         # The publications each session's subscribe reply covered (rare:
         # only around a subscribe), in the order the pushes came.
-        covered: list[set[Session]] = [set()] * len(pushes)
+        covered: list[set[Session]] | None = None
         if local.floors:
             covered = [
                 set() if offset is None else _covered(local.floors, epoch, offset)
                 for epoch, offset, _ in pushes
             ]
-        skipped = set().union(*covered)
-        texts = [text for _, _, text in pushes]
-        ready = []
-        for session, ws in local.subscribers.items():
-            if ws is not None and not session.recovering and session not in skipped:
-                ready.append(ws)
-                continue
-            held = session.recovering.get(channel) if session.recovering else None
+            ready, special = _split(channel, local, set().union(*covered))
+        else:
+            # Kept while the subscribers stay as they are: walking them
+            # costs a step per subscriber of every publication.
+            if local.split is None:
+                local.split = _split(channel, local, set())
+            ready, special = local.split
+        for session in special:
+            held = session.recovering.get(channel)
             if held is not None:
                 held.extend((offset, text) for _, offset, text in pushes)
                 continue
-            mine = [
-                text
-                for text, skip in zip(texts, covered, strict=True)
-                if session not in skip
-            ]
-            if ws is not None:
+            mine = texts
+            if covered is not None:
+                mine = [
+                    text
+                    for text, skip in zip(texts, covered, strict=True)
+                    if session not in skip
+                ]
+            ws = session.ws
+            if isinstance(ws, WebSocket):
                 sent = broadcast_many([ws], mine, on_slow=self.drop_slow)
                 self.metrics.deliveries += sent * len(mine)
             else:
@@ -879,6 +890,23 @@ class Hub:
         self, request: Request
     ) -> HTTPResponse | HTTPStream | None:
         return await handle_http(self, request)
+
+
+def _split(
+    channel: str, local: _Local, skipped: set[Session]
+) -> tuple[list[WebSocket], list[Session]]:
+    """The WebSockets of ``channel``'s subscribers here that take its pushes
+    as they come, and the other subscribers: those whose subscribe reply is
+    not sent yet (their pushes are held), those in ``skipped``, and those on
+    a fallback transport."""
+    ready = []
+    special = []
+    for session, ws in local.subscribers.items():
+        if ws is None or channel in session.recovering or session in skipped:
+            special.append(session)
+        else:
+            ready.append(ws)
+    return ready, special
 
 
 def _covered(
