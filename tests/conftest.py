@@ -177,9 +177,11 @@ async def serve_asgi() -> AsyncIterator[ServeASGI]:
             await task
 
 
-def count_writes(transports: Iterable[Any]) -> list[Any]:
-    """Record every write and writelines call that reaches these real
-    transports; return the list the calls are appended to."""
+def count_writes(connections: Iterable[Any]) -> list[Any]:
+    """Record every write and writelines call that reaches the real
+    transports of these WebSockets; return the list the calls are appended
+    to. Their fan-out writes go through the transport too, not straight to
+    the socket (engine/broadcast.py), so that every write is seen."""
     writes: list[Any] = []
     inside = False
 
@@ -197,7 +199,9 @@ def count_writes(transports: Iterable[Any]) -> list[Any]:
 
         return counted
 
-    for transport in transports:
+    for ws in connections:
+        ws._fd = -1
+        transport = ws._transport
         for name in ("write", "writelines"):
             setattr(transport, name, counting(getattr(transport, name)))
     return writes

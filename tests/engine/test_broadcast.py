@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import re
+import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -184,7 +187,7 @@ async def test_broadcasts_made_together_leave_in_one_write_per_connection() -> N
         by_port = {c.remote_address[1]: c for c in await gather_server_side(server, 3)}
         # The server side of each client, in the clients' order.
         conns = [by_port[ws._transport.get_extra_info("sockname")[1]] for ws in clients]
-        writes = count_writes(conn._transport for conn in conns)
+        writes = count_writes(conns)
         for i in range(10):
             assert tidings.broadcast(conns, f"tick {i}") == 3
         assert writes == []  # nothing is written before the loop moves on
@@ -216,7 +219,7 @@ async def test_broadcast_many_frames_a_batch_once_in_order_for_every_kind() -> N
             await tidings.connect(uri, compression=None),
         ]
         conns = await gather_server_side(server, 3)
-        writes = count_writes(conn._transport for conn in conns)
+        writes = count_writes(conns)
         assert broadcast_many(conns, messages) == 3
         assert len(writes) == 3  # at once: one write per connection
         assert broadcast_many(conns, ["after"]) == 3
@@ -243,7 +246,7 @@ async def test_broadcast_many_writes_at_once_and_keeps_each_connections_order() 
         [gone_side] = [c for c in await gather_server_side(server, 4) if c not in conns]
         await gone.close()
         await gone_side.wait_closed()
-        writes = count_writes(conn._transport for conn in conns)
+        writes = count_writes(conns)
         # The first is mid-batch of its own: what it queued goes first.
         assert tidings.broadcast(conns[:1], "queued") == 1
         # A client's side is a target too: it masks each frame itself.
@@ -257,3 +260,60 @@ async def test_broadcast_many_writes_at_once_and_keeps_each_connections_order() 
             assert [await conns[2].recv(), await conns[2].recv()] == ["a", "b"]
         for ws in clients:
             await ws.close()
+
+
+async def test_a_fan_out_write_goes_behind_what_the_transport_holds(
+    raw_connect: Any,
+) -> None:
+    async with tidings.serve(
+        wait_forever, "127.0.0.1", 0, compression=None, write_limit=2**30
+    ) as server:
+        client = await raw_connect(server.port)
+        await client.handshake()
+        client.writer.transport.pause_reading()  # the socket fills
+        [conn] = await gather_server_side(server, 1)
+        assert conn._fd >= 0  # plain TCP
+        transport = conn._transport
+        assert transport is not None
+        through: list[int] = []
+        real_write = transport.write
+
+        def write(data: Any) -> None:
+            through.append(len(data))
+            real_write(data)
+
+        transport.write = write  # type: ignore[method-assign]
+        chunk = b"x" * 60_000
+        sent = 0
+        async with asyncio.timeout(BOUND):
+            while not through:  # until the socket takes no more
+                assert broadcast_many([conn], [b"%06d" % sent + chunk]) == 1
+                sent += 1
+                await asyncio.sleep(0)
+        assert sent > 1  # the first ones went straight to the socket
+        held = transport.get_write_buffer_size()
+        assert held > 0
+        # The client reads what its socket holds, before the server's loop
+        # can hand the transport's bytes on: the socket has room again, but
+        # what comes next must still queue behind what the transport holds.
+        sock = socket.socket(
+            fileno=os.dup(client.writer.get_extra_info("socket").fileno())
+        )
+        sock.setblocking(False)
+        received = bytearray()
+        with contextlib.suppress(BlockingIOError):
+            while data := sock.recv(1 << 20):
+                received += data
+        assert broadcast_many([conn], [b"%06d" % sent + chunk]) == 1
+        sent += 1
+        assert transport.get_write_buffer_size() > held
+        frame = 4 + 6 + len(chunk)  # a 16-bit length header, unmasked
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(BOUND):
+            while len(received) < sent * frame:
+                received += await loop.sock_recv(sock, 1 << 20)
+        assert re.findall(rb"(\d{6})x", bytes(received)) == [
+            b"%06d" % i for i in range(sent)
+        ]
+        sock.close()
+        client.close()  # it would not answer the server's close

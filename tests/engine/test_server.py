@@ -86,13 +86,13 @@ async def test_answers_to_messages_read_together_leave_together(
     burst = [b"%d" % i for i in range(40)]
 
     async def counted_echo(ws: WebSocket) -> None:
-        counted.append(count_writes([ws._transport]))
+        counted.append(count_writes([ws]))
         async for message in ws:
             await ws.send(message)
 
     def on_message(ws: WebSocket, message: str | bytes) -> None:
         if not counted:
-            counted.append(count_writes([ws._transport]))
+            counted.append(count_writes([ws]))
         ws.send_nowait(message)
 
     async with (
@@ -119,7 +119,7 @@ async def test_a_sender_that_never_yields_still_writes_while_corked(
     written: list[int] = []
 
     async def flood(ws: WebSocket) -> None:
-        writes = count_writes([ws._transport])
+        writes = count_writes([ws])
         await ws.recv()  # "two" stays queued, so the sends below are held
         for _ in range(1000):
             await ws.send("x")  # never suspends: the write buffer stays small

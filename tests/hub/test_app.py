@@ -119,7 +119,7 @@ async def test_a_burst_reaches_each_subscriber_in_order_in_one_write(
         await peer.result("subscribe", channel="chat:burst")
     server = hub._server
     assert server is not None
-    writes = count_writes(ws._transport for ws in server.connections)
+    writes = count_writes(server.connections)
     for i in range(1, 201):
         await hub.publish("chat:burst", i)
     for peer in peers:

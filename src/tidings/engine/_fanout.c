@@ -9,9 +9,9 @@
  *       For each WebSocket of connections whose protocol state is open and
  *       that is not in the middle of a fragmented message: when it has
  *       nothing special about it (a server side, no permessage-deflate,
- *       nothing corked, writing not paused, a transport), frames go
- *       straight to transport.write(); otherwise the connection is put in
- *       rest for the Python code to handle. The others are skipped.
+ *       nothing corked, writing not paused, a transport), frames are
+ *       written (write_frames); otherwise the connection is put in rest
+ *       for the Python code to handle. The others are skipped.
  *
  * This loop runs once per subscriber of every publication: in Python it
  * costs more than the hub's whole share of a delivery besides the system
@@ -22,8 +22,87 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#ifndef _WIN32
+#include <errno.h>
+#include <sys/socket.h>
+#ifndef MSG_NOSIGNAL
+#define MSG_NOSIGNAL 0 /* macOS: Python ignores SIGPIPE anyway */
+#endif
+#endif
+
 static PyObject *s_conn, *s_state, *s_out_opcode, *s_write_paused,
-    *s_is_client, *s_deflate, *s_corked, *s_transport, *s_write;
+    *s_is_client, *s_deflate, *s_corked, *s_transport, *s_fd, *s_write,
+    *s_is_closing, *s_get_write_buffer_size;
+
+/* Write frames (bytes) to transport, straight to its socket fd when there
+ * is one and the transport holds nothing, so that order is kept: a
+ * send() costs less than the transport's write path and the write() system
+ * call underneath it. What the socket does not take goes to the transport,
+ * which then waits for the socket, or learns of its error. Return 0, or -1
+ * on error. */
+static int
+write_frames(PyObject *transport, PyObject *fd_obj, PyObject *frames)
+{
+    PyObject *result, *rest = frames;
+    long fd = PyLong_AsLong(fd_obj);
+
+    if (fd == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+#ifndef _WIN32
+    if (fd >= 0 && PyBytes_CheckExact(frames)) {
+        Py_ssize_t size, length = PyBytes_GET_SIZE(frames), n;
+        int closing;
+
+        /* A closing transport may have closed the descriptor already. */
+        result = PyObject_CallMethodNoArgs(transport, s_is_closing);
+        if (result == NULL) {
+            return -1;
+        }
+        closing = PyObject_IsTrue(result);
+        Py_DECREF(result);
+        if (closing < 0) {
+            return -1;
+        }
+        result = closing ? NULL
+                         : PyObject_CallMethodNoArgs(transport,
+                                                     s_get_write_buffer_size);
+        if (!closing) {
+            if (result == NULL) {
+                return -1;
+            }
+            size = PyLong_AsSsize_t(result);
+            Py_DECREF(result);
+            if (size == -1 && PyErr_Occurred()) {
+                return -1;
+            }
+            if (size == 0) {
+                n = send((int)fd, PyBytes_AS_STRING(frames), (size_t)length,
+                         MSG_NOSIGNAL | MSG_DONTWAIT);
+                if (n == length) {
+                    return 0;
+                }
+                if (n > 0) {
+                    rest = PyBytes_FromStringAndSize(
+                        PyBytes_AS_STRING(frames) + n, length - n);
+                    if (rest == NULL) {
+                        return -1;
+                    }
+                }
+            }
+        }
+    }
+#endif
+    result = PyObject_CallMethodOneArg(transport, s_write, rest);
+    if (rest != frames) {
+        Py_DECREF(rest);
+    }
+    if (result == NULL) {
+        return -1;
+    }
+    Py_DECREF(result);
+    return 0;
+}
 
 /* Return 1 when ws needs the Python code, 0 when it can be written to
  * (*transport then holds a new reference), -1 on error. */
@@ -105,7 +184,7 @@ can_send(PyObject *conn, PyObject *open)
 static PyObject *
 write_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *seq, *rest, *frames, *open, *ws, *conn, *transport, *result;
+    PyObject *seq, *rest, *frames, *open, *ws, *conn, *transport, *fd;
     Py_ssize_t written = 0, n;
     int status;
 
@@ -127,30 +206,35 @@ write_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     n = PySequence_Fast_GET_SIZE(seq);
     for (Py_ssize_t i = 0; i < n; i++) {
-        /* Borrowed from seq, which a write's callbacks cannot change. */
+        /* Held: a write's callbacks might change a list passed in. */
         ws = PySequence_Fast_GET_ITEM(seq, i);
+        Py_INCREF(ws);
         conn = PyObject_GetAttr(ws, s_conn);
         if (conn == NULL) {
+            Py_DECREF(ws);
             goto error;
         }
         status = can_send(conn, open);
         if (status == 1) {
             status = needs_python(ws, conn, &transport);
             if (status == 0) {
-                result = PyObject_CallMethodOneArg(transport, s_write, frames);
-                Py_DECREF(transport);
-                if (result == NULL) {
-                    Py_DECREF(conn);
-                    goto error;
+                fd = PyObject_GetAttr(ws, s_fd);
+                if (fd != NULL) {
+                    status = write_frames(transport, fd, frames);
+                    Py_DECREF(fd);
                 }
-                Py_DECREF(result);
-                written++;
+                else {
+                    status = -1;
+                }
+                Py_DECREF(transport);
+                written += status == 0;
             }
             else if (status == 1 && PyList_Append(rest, ws) < 0) {
                 status = -1;
             }
         }
         Py_DECREF(conn);
+        Py_DECREF(ws);
         if (status < 0) {
             goto error;
         }
@@ -195,7 +279,10 @@ PyInit__fanout(void)
         {&s_deflate, "_deflate"},
         {&s_corked, "_corked"},
         {&s_transport, "_transport"},
+        {&s_fd, "_fd"},
         {&s_write, "write"},
+        {&s_is_closing, "is_closing"},
+        {&s_get_write_buffer_size, "get_write_buffer_size"},
     };
 
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {

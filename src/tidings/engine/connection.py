@@ -95,6 +95,7 @@ class WebSocket(asyncio.BufferedProtocol):
         "_conn",
         "_corked",
         "_drain_waiter",
+        "_fd",
         "_fragmenting",
         "_held",
         "_into",
@@ -145,6 +146,10 @@ class WebSocket(asyncio.BufferedProtocol):
         self.latency = 0.0
         self.remote_address: Any = None
         self._transport: asyncio.Transport | None = None
+        # The socket's descriptor while connected over plain TCP (or a Unix
+        # socket), else -1: the fan-out writes to it directly while the
+        # transport holds nothing (engine/broadcast.py).
+        self._fd = -1
         # Created on the first queued message: the callback path never needs
         # it, and an empty deque costs 600 bytes per connection.
         self._messages: deque[Message] | None = None
@@ -414,6 +419,9 @@ class WebSocket(asyncio.BufferedProtocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = transport = cast(asyncio.Transport, transport)
         self.remote_address = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("socket")
+        if sock is not None and transport.get_extra_info("ssl_object") is None:
+            self._fd = sock.fileno()
         # No TCP_NODELAY here: asyncio and uvloop set it on every TCP
         # transport they make (tests/engine/test_connection.py checks).
         transport.set_write_buffer_limits(
@@ -469,6 +477,7 @@ class WebSocket(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        self._fd = -1
         if self._conn.state is not _CLOSED:  # as after a close handshake
             self._handle_events(self._conn.receive_eof())
         for timer in (self._keepalive_timer, self._close_timer):
