@@ -297,6 +297,8 @@ def test_split_cell() -> None:
     assert split_cell({**result, "server_system": [0.6]}) == "—"
     assert split_cell({**result, "error": "boom"}) == "—"
     assert split_cell(None) == "—"
+    # Below 1 µs (a hub's delivery), to a hundredth.
+    assert split_cell({**result, "values": [5e6] * 3}) == "0.06 + 0.12"
 
 
 def test_hub_with_socketio(tmp_path: Path) -> None:
@@ -763,16 +765,35 @@ def test_deflate_agreed() -> None:
     assert b"Extensions" not in Handshake("127.0.0.1", 1, "/ws").request
 
 
+class NoInflate:
+    """A decompressor that must not be used."""
+
+    def decompress(self, data: bytes) -> bytes:
+        raise AssertionError("decompressed again")
+
+
+def subscribed(cls: type[HubConn], hs: Handshake, bench: Bench) -> HubConn:
+    conn = cls(bench, hs, text_payload(100))
+    conn.transport = FakeTransport()  # type: ignore[assignment]
+    conn.on_open()
+    conn.on_data(text_frame('{"id":1,"result":{"client":"c1","user":""}}'))
+    conn.on_data(text_frame('{"id":2,"result":{"epoch":"e","offset":0}}'))
+    return conn
+
+
 @pytest.mark.parametrize("takeover", [False, True])
 async def test_hub_client_decompresses(takeover: bool) -> None:
     """With deflate agreed, every compressed message is decompressed and
     looked at alone, whether the server keeps its context (Node's ws) or
     not (the tidings hub, Bun's shared compressor); a compressed frame
-    without the payload is not counted, and a compressed reply is read."""
-    bench, conn, _ = hub_conn(TidingsHubConn)
-    conn.on_data(text_frame('{"id":1,"result":{"client":"c1","user":""}}'))
-    conn.on_data(text_frame('{"id":2,"result":{"epoch":"e","offset":0}}'))
+    without the payload is not counted, and a compressed reply is read.
+    Without context, bytes decompressed for one subscriber are looked up
+    for the next."""
+    bench = Bench()
+    hs = Handshake("127.0.0.1", 1, "/ws", deflate=True)
+    conn = subscribed(TidingsHubConn, hs, bench)
     conn.inflate = inflater(b"permessage-deflate")
+    conn.alone = not takeover
     payload = text_payload(100).decode()
     shared = zlib.compressobj(wbits=-15)
 
@@ -789,6 +810,14 @@ async def test_hub_client_decompresses(takeover: bool) -> None:
     stream += text_frame(push(201))  # a message sent uncompressed counts too
     feed_in_pieces(conn, stream)
     assert (bench.count, bench.errors) == (200, 2)
+    if takeover:
+        assert hs.messages == {}
+        return
+    assert len(hs.messages) == 201
+    other = subscribed(TidingsHubConn, hs, bench)
+    other.inflate, other.alone = NoInflate(), True
+    other.on_data(stream)
+    assert (bench.count, bench.errors) == (400, 4)
 
 
 def test_proxy_quick(tmp_path: Path) -> None:

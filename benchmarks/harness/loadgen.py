@@ -29,7 +29,8 @@ socket.io peers (python-socketio, Node's Socket.IO, and Bun, which speaks
 socket.io's framing) get the very same client. ``--ports`` spreads the
 connections over the nodes of a hub. ``--deflate`` offers permessage-deflate
 as browsers do (``client_max_window_bits``), sends uncompressed, and
-decompresses every compressed message with zlib, whatever the server.
+decompresses every compressed message with zlib (once per distinct message
+where the server compresses each alone).
 Every loop is bounded by ``--duration``/``--repeat`` and by ``--timeout``,
 and every count by a fixed cap.
 """
@@ -236,9 +237,13 @@ class Handshake:
         self.deflate = deflate
         self.request = handshake_request(host, port, key, path, deflate=deflate)
         self.accept = accept_value(key)
-        #: What the first server response agreed to, reported once.
-        self.agreed: bytes | None = None
         self.reported = False
+        #: Messages already decompressed, by their compressed bytes: only
+        #: where the server compresses each message alone, which its bytes
+        #: then determine (:meth:`HubConn.on_data`). Shared by the
+        #: connections of a run, so that a publication compressed once for
+        #: every subscriber is decompressed once too; at most _MAX_MESSAGES.
+        self.messages: dict[bytes, bytes] = {}
 
     def check(self, head: bytes) -> bool:
         return head.startswith(b"HTTP/1.1 101") and self.accept in head
@@ -249,7 +254,6 @@ class Handshake:
         agreed = agreed_deflate(head) if self.deflate else None
         if self.deflate and not self.reported:
             self.reported = True
-            self.agreed = agreed
             emit(
                 event="extensions",
                 offered=DEFLATE_OFFER,
@@ -302,6 +306,9 @@ class Conn(asyncio.Protocol):
         #: The decompressor of the server's messages, once permessage-deflate
         #: is agreed (``--deflate``); this client sends uncompressed.
         self.inflate: Any = None
+        #: Whether the server agreed to compress each message alone
+        #: (``server_no_context_takeover``).
+        self.alone = False
         self.transport: asyncio.Transport | None = None
         loop = asyncio.get_running_loop()
         self.opened: asyncio.Future[bool] = loop.create_future()
@@ -330,6 +337,7 @@ class Conn(asyncio.Protocol):
             agreed = self.hs.negotiated(head[:end])
             if agreed is not None:
                 self.inflate = inflater(agreed)
+                self.alone = b"server_no_context_takeover" in agreed.lower()
             self.on_open()
             data = head[end + 4 :]
             if not data:
@@ -475,6 +483,9 @@ class BroadcastConn(Conn):
 #: What RFC 7692 §7.2.2 has the receiver append to a compressed message.
 _DEFLATE_TAIL = b"\x00\x00\xff\xff"
 
+#: Most decompressed messages a run keeps (:attr:`Handshake.messages`).
+_MAX_MESSAGES = 4096
+
 
 class HubConn(Conn):
     """A client of a hub: subscribes to one channel, then counts deliveries.
@@ -491,7 +502,9 @@ class HubConn(Conn):
     slices, and the payload must occur once per frame among them; anything
     else is parsed frame by frame. So the client stays cheap per delivery.
     A compressed frame (permessage-deflate, ``--deflate``) is decompressed
-    and looked at alone.
+    and looked at alone; where the server compresses each message alone
+    (``server_no_context_takeover``), bytes already decompressed for
+    another subscriber are looked up instead.
     """
 
     ready_on_open = False
@@ -535,9 +548,19 @@ class HubConn(Conn):
                 break
             opcode = buf[pos] & 0x0F
             if buf[pos] & 0x40 and self.inflate is not None:
-                # Compressed (RSV1): every message decompressed, in order,
-                # whatever the server; no run is counted at once.
-                data = self.inflate.decompress(buf[start:end] + _DEFLATE_TAIL)
+                # Compressed (RSV1): looked at alone, no run counted at once.
+                # Compressed alone, a message is what its bytes say: the
+                # same bytes are decompressed once (for the first of their
+                # subscribers); else every message is, in order.
+                body = buf[start:end]
+                seen = self.hs.messages
+                data = seen.get(body) if self.alone else None
+                if data is None:
+                    data = self.inflate.decompress(body + _DEFLATE_TAIL)
+                    if self.alone:
+                        if len(seen) >= _MAX_MESSAGES:
+                            seen.clear()
+                        seen[body] = data
                 if opcode < 3 and marker in data:
                     found += 1
                 else:

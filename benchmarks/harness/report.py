@@ -389,7 +389,13 @@ def split_cell(result: dict[str, Any] | None) -> str:
         return "—"
     user_us = statistics.median(u / v * 1e6 for u, _, v in windows)
     system_us = statistics.median(s / v * 1e6 for _, s, v in windows)
-    return f"{user_us:.1f} + {system_us:.1f}"
+    return f"{micros(user_us)} + {micros(system_us)}"
+
+
+def micros(value: float) -> str:
+    """µs to a tenth, below 1 to a hundredth: a hub's delivery to one
+    subscriber can cost less than 0.1 µs."""
+    return f"{value:.2f}" if value < 1 else f"{value:.1f}"
 
 
 def split_table(data: Data) -> str | None:
