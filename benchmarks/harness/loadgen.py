@@ -549,22 +549,11 @@ class HubConn(Conn):
             opcode = buf[pos] & 0x0F
             if buf[pos] & 0x40 and self.inflate is not None:
                 # Compressed (RSV1): looked at alone, no run counted at once.
-                # Compressed alone, a message is what its bytes say: the
-                # same bytes are decompressed once (for the first of their
-                # subscribers); else every message is, in order.
-                body = buf[start:end]
-                seen = self.hs.messages
-                data = seen.get(body) if self.alone else None
-                if data is None:
-                    data = self.inflate.decompress(body + _DEFLATE_TAIL)
-                    if self.alone:
-                        if len(seen) >= _MAX_MESSAGES:
-                            seen.clear()
-                        seen[body] = data
-                if opcode < 3 and marker in data:
+                text = self.inflated(buf[start:end])
+                if opcode < 3 and marker in text:
                     found += 1
                 else:
-                    self.on_frame(opcode, data)
+                    self.on_frame(opcode, text)
                 pos = end
                 continue
             if opcode < 3 and buf.find(marker, start, end) >= 0:
@@ -590,6 +579,21 @@ class HubConn(Conn):
                 self.bench.delivered(found)
             else:
                 timed(buf, pos, found)
+
+    def inflated(self, body: bytes) -> bytes:
+        """The message a compressed frame's ``body`` holds. Compressed
+        alone, a message is what its bytes say: the same bytes are
+        decompressed once, for the first of their subscribers; else every
+        message is, in order."""
+        seen = self.hs.messages
+        text = seen.get(body) if self.alone else None
+        if text is None:
+            text = cast(bytes, self.inflate.decompress(body + _DEFLATE_TAIL))
+            if self.alone:
+                if len(seen) >= _MAX_MESSAGES:
+                    seen.clear()
+                seen[body] = text
+        return text
 
     def on_frame(self, opcode: int, payload: bytes) -> None:
         if opcode == 0x9:  # ping
