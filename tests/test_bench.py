@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,9 @@ from benchmarks.harness.loadgen import (
     Stream,
     TidingsHubConn,
     Trigger,
+    agreed_deflate,
     build_frame,
+    inflater,
     mask_bytes,
     text_payload,
 )
@@ -173,6 +177,14 @@ def test_smoke_report_has_every_row(smoke_run: dict[str, object]) -> None:
             split = split_rows[scenario.title][0]
             user, system = (float(part) for part in split.split(" + "))
             assert user >= 0 and system >= 0 and user + system > 0, split
+    # The same per delivery, for the hub rows of one publication in flight.
+    section = report.split("Server CPU per delivery", 1)[1].split("\n## ", 1)[0]
+    split_rows = table_rows(section)
+    for scenario in smoke():
+        if scenario.kind in BURST_KINDS:
+            split = split_rows[scenario.title][0]
+            user, system = (float(part) for part in split.split(" + "))
+            assert user >= 0 and system >= 0 and user + system > 0, split
 
 
 def test_smoke_results_json(smoke_run: dict[str, object]) -> None:
@@ -204,6 +216,21 @@ def test_smoke_results_json(smoke_run: dict[str, object]) -> None:
     assert "tidings" in bcast["results"]["tidings-cb"]["info"]["broadcast"]
     hub = next(s for s in results["scenarios"] if s["kind"] == "hub")
     assert "tidings.hub.Hub" in hub["results"]["tidings-hub"]["info"]["hub"]
+    # The deflate rows: offered as browsers do, agreed without context
+    # takeover, and every client reached.
+    for scenario in results["scenarios"]:
+        result = scenario["results"]["tidings-hub"] if scenario["deflate"] else None
+        if result is not None:
+            info = result["info"]
+            assert (
+                info["deflate_offered"] == "permessage-deflate; client_max_window_bits"
+            )
+            assert "server_no_context_takeover" in info["deflate_agreed"], info
+            assert not result["notes"], result["notes"]
+    assert {s["key"] for s in results["scenarios"] if s["deflate"]} == {
+        "hub-burst-1k-deflate-k1",
+        "hub-mem-1k-deflate-k1",
+    }
 
 
 def test_smoke_progress_and_summary(smoke_run: dict[str, object]) -> None:
@@ -270,6 +297,8 @@ def test_split_cell() -> None:
     assert split_cell({**result, "server_system": [0.6]}) == "—"
     assert split_cell({**result, "error": "boom"}) == "—"
     assert split_cell(None) == "—"
+    # Below 1 µs (a hub's delivery), to a hundredth.
+    assert split_cell({**result, "values": [5e6] * 3}) == "0.06 + 0.12"
 
 
 def test_hub_with_socketio(tmp_path: Path) -> None:
@@ -318,6 +347,8 @@ PEER_SCENARIOS = (
     "hub-api-1k-k1",
     "hub-rate-1k-100",
     "nodes-1k-k128",
+    "hub-burst-1k-deflate-k1",
+    "hub-mem-1k-deflate-k1",
 )
 
 
@@ -378,6 +409,15 @@ def test_npm_peers(tmp_path: Path) -> None:
     hub = next(e for e in results["scenarios"] if e["kind"] in BURST_KINDS)
     assert "server.publish" in hub["results"]["bun-hub"]["info"]["hub"]
     assert "io.to(room).emit" in hub["results"]["node-socketio"]["info"]["hub"]
+    # With deflate offered, each agreed (else a note fails the row above):
+    # Bun's shared compressor without context takeover, ws's with it.
+    for entry in results["scenarios"]:
+        if entry["deflate"]:
+            agreed = {
+                n: r["info"]["deflate_agreed"] for n, r in entry["results"].items()
+            }
+            assert "server_no_context_takeover" in agreed["bun-hub"], agreed
+            assert agreed["node-socketio"].startswith("permessage-deflate"), agreed
 
 
 class FakeTransport:
@@ -678,6 +718,106 @@ async def test_hub_client_counts_runs_of_frames(pieces: bool) -> None:
     assert bench.count == 399 - 1
     assert bench.errors == 1
     assert sent_text(transport)[-1] == b""  # the pong
+
+
+def deflate_frame(text: bytes, compressor: Any) -> bytes:
+    """A compressed text message (RSV1), as RFC 7692 frames it."""
+    data = compressor.compress(text) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    assert data.endswith(b"\x00\x00\xff\xff")
+    frame = bytearray(build_frame(data[:-4], 0x1))
+    frame[0] |= 0x40
+    return bytes(frame)
+
+
+def test_deflate_agreed() -> None:
+    head = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Extensions: x-other, permessage-deflate; "
+        b"server_no_context_takeover; server_max_window_bits=10\r\n"
+    )
+    agreed = agreed_deflate(head)
+    assert (
+        agreed
+        == b"permessage-deflate;server_no_context_takeover;server_max_window_bits=10"
+    )
+    assert agreed_deflate(b"HTTP/1.1 101 Switching Protocols\r\n") is None
+    # The server's window (it keeps its context here): two messages, the
+    # second reaching 800 bytes back into the first, decompress with the
+    # 10 bits it said; a window of 9 bits would not reach back so far.
+    text = os.urandom(400).hex().encode()
+    compressor = zlib.compressobj(wbits=-10)
+    first, second = (
+        compressor.compress(text) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        for _ in range(2)
+    )
+    inflate = inflater(agreed)
+    assert inflate.decompress(first) + inflate.decompress(second) == text * 2
+    inflate = inflater(b"permessage-deflate; server_max_window_bits=9")
+    inflate.decompress(first)
+    with pytest.raises(zlib.error):
+        inflate.decompress(second)
+    # The offer is a browser's.
+    offer = Handshake("127.0.0.1", 1, "/ws", deflate=True).request
+    assert (
+        b"\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+        in offer
+    )
+    assert b"Extensions" not in Handshake("127.0.0.1", 1, "/ws").request
+
+
+class NoInflate:
+    """A decompressor that must not be used."""
+
+    def decompress(self, data: bytes) -> bytes:
+        raise AssertionError("decompressed again")
+
+
+def subscribed(cls: type[HubConn], hs: Handshake, bench: Bench) -> HubConn:
+    conn = cls(bench, hs, text_payload(100))
+    conn.transport = FakeTransport()  # type: ignore[assignment]
+    conn.on_open()
+    conn.on_data(text_frame('{"id":1,"result":{"client":"c1","user":""}}'))
+    conn.on_data(text_frame('{"id":2,"result":{"epoch":"e","offset":0}}'))
+    return conn
+
+
+@pytest.mark.parametrize("takeover", [False, True])
+async def test_hub_client_decompresses(takeover: bool) -> None:
+    """With deflate agreed, every compressed message is decompressed and
+    looked at alone, whether the server keeps its context (Node's ws) or
+    not (the tidings hub, Bun's shared compressor); a compressed frame
+    without the payload is not counted, and a compressed reply is read.
+    Without context, bytes decompressed for one subscriber are looked up
+    for the next."""
+    bench = Bench()
+    hs = Handshake("127.0.0.1", 1, "/ws", deflate=True)
+    conn = subscribed(TidingsHubConn, hs, bench)
+    conn.inflate = inflater(b"permessage-deflate")
+    conn.alone = not takeover
+    payload = text_payload(100).decode()
+    shared = zlib.compressobj(wbits=-15)
+
+    def compressed(text: str) -> bytes:
+        compressor = shared if takeover else zlib.compressobj(wbits=-15)
+        return deflate_frame(text.encode(), compressor)
+
+    def push(offset: int, data: str = payload) -> str:
+        return f'{{"channel":"bench:room","pub":{{"offset":{offset},"data":"{data}"}}}}'
+
+    stream = b"".join(compressed(push(i)) for i in range(1, 200))
+    stream += compressed(push(200, payload[::-1]))  # not the payload
+    stream += compressed('{"id":9,"error":{"code":429,"message":"slow"}}')
+    stream += text_frame(push(201))  # a message sent uncompressed counts too
+    feed_in_pieces(conn, stream)
+    assert (bench.count, bench.errors) == (200, 2)
+    if takeover:
+        assert hs.messages == {}
+        return
+    assert len(hs.messages) == 201
+    other = subscribed(TidingsHubConn, hs, bench)
+    other.inflate, other.alone = NoInflate(), True
+    other.on_data(stream)
+    assert (bench.count, bench.errors) == (400, 4)
 
 
 def test_proxy_quick(tmp_path: Path) -> None:

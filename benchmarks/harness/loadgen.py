@@ -18,7 +18,8 @@ and holds them, driven by commands on stdin), ``client`` (one library's
 own client against a server, for the client-side comparison) and ``hub``
 (subscribers of one channel of a hub, ``--protocol`` tidings-hub or
 socketio, one of them publishing; ``idle`` with ``--protocol`` holds
-subscribed clients) and ``hub-latency`` (the same subscribers, one of them
+subscribed clients, and ``publish`` on stdin has one of them publish once,
+awaited at all) and ``hub-latency`` (the same subscribers, one of them
 publishing at a fixed rate, each publication carrying its send time: the
 latency to every subscriber); ``hub-burst`` (the same subscribers, one of
 them asking the server for bursts of ``--burst`` publications that it
@@ -26,9 +27,12 @@ publishes itself, one at a time) and ``hub-api`` (the same bursts, posted
 to ``/api/publish`` by a back end on one keep-alive connection). The
 socket.io peers (python-socketio, Node's Socket.IO, and Bun, which speaks
 socket.io's framing) get the very same client. ``--ports`` spreads the
-connections over the nodes of a hub. Every loop is bounded by
-``--duration``/``--repeat`` and by ``--timeout``, and every count by a
-fixed cap.
+connections over the nodes of a hub. ``--deflate`` offers permessage-deflate
+as browsers do (``client_max_window_bits``), sends uncompressed, and
+decompresses every compressed message with zlib (once per distinct message
+where the server compresses each alone).
+Every loop is bounded by ``--duration``/``--repeat`` and by ``--timeout``,
+and every count by a fixed cap.
 """
 
 from __future__ import annotations
@@ -50,12 +54,13 @@ import string
 import struct
 import sys
 import time
+import zlib
 from array import array
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 from ._proc import busy_fraction, core_times, servers_times
-from .scenarios import HUB_CHANNEL, HUB_ROOM
+from .scenarios import DEFLATE_OFFER, HUB_CHANNEL, HUB_ROOM
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -175,7 +180,10 @@ class Stream:
         return total // self.frame_len
 
 
-def handshake_request(host: str, port: int, key: bytes, path: str = "/") -> bytes:
+def handshake_request(
+    host: str, port: int, key: bytes, path: str = "/", *, deflate: bool = False
+) -> bytes:
+    offer = f"Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n" if deflate else ""
     return (
         f"GET {path} HTTP/1.1\r\n"
         f"Host: {host}:{port}\r\n"
@@ -183,6 +191,7 @@ def handshake_request(host: str, port: int, key: bytes, path: str = "/") -> byte
         "Connection: Upgrade\r\n"
         f"Sec-WebSocket-Key: {key.decode()}\r\n"
         "Sec-WebSocket-Version: 13\r\n"
+        f"{offer}"
         "\r\n"
     ).encode()
 
@@ -191,16 +200,66 @@ def accept_value(key: bytes) -> bytes:
     return base64.b64encode(hashlib.sha1(key + GUID).digest())
 
 
-class Handshake:
-    """The opening request of one process (one key: servers don't mind)."""
+def agreed_deflate(head: bytes) -> bytes | None:
+    """The permessage-deflate the server agreed to in its response ``head``
+    (its parameters, as sent), or None."""
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"sec-websocket-extensions":
+            for ext in value.split(b","):
+                if ext.split(b";")[0].strip().lower() == b"permessage-deflate":
+                    return b";".join(p.strip() for p in ext.split(b";"))
+    return None
 
-    def __init__(self, host: str, port: int, path: str = "/") -> None:
+
+def inflater(agreed: bytes) -> Any:
+    """A raw-deflate decompressor for the server's messages, with the
+    window the server said it uses (``server_max_window_bits``, else 15).
+    Kept for the whole connection: right whether or not the server keeps
+    its context between messages."""
+    bits = 15
+    for param in agreed.split(b";")[1:]:
+        name, _, value = param.partition(b"=")
+        if name.strip().lower() == b"server_max_window_bits" and value:
+            bits = int(value.strip().strip(b'"'))
+    return zlib.decompressobj(-bits)
+
+
+class Handshake:
+    """The opening request of one process (one key: servers don't mind);
+    with ``deflate``, it offers permessage-deflate as browsers do
+    (:data:`DEFLATE_OFFER`)."""
+
+    def __init__(
+        self, host: str, port: int, path: str = "/", *, deflate: bool = False
+    ) -> None:
         key = base64.b64encode(os.urandom(16))
-        self.request = handshake_request(host, port, key, path)
+        self.deflate = deflate
+        self.request = handshake_request(host, port, key, path, deflate=deflate)
         self.accept = accept_value(key)
+        self.reported = False
+        #: Messages already decompressed, by their compressed bytes: only
+        #: where the server compresses each message alone, which its bytes
+        #: then determine (:meth:`HubConn.on_data`). Shared by the
+        #: connections of a run, so that a publication compressed once for
+        #: every subscriber is decompressed once too; at most _MAX_MESSAGES.
+        self.messages: dict[bytes, bytes] = {}
 
     def check(self, head: bytes) -> bool:
         return head.startswith(b"HTTP/1.1 101") and self.accept in head
+
+    def negotiated(self, head: bytes) -> bytes | None:
+        """The deflate agreed in ``head`` (None: none offered or agreed);
+        the first answer is reported, as an ``extensions`` event."""
+        agreed = agreed_deflate(head) if self.deflate else None
+        if self.deflate and not self.reported:
+            self.reported = True
+            emit(
+                event="extensions",
+                offered=DEFLATE_OFFER,
+                agreed=None if agreed is None else agreed.decode("latin-1"),
+            )
+        return agreed
 
 
 # -- connections ---------------------------------------------------------
@@ -244,6 +303,12 @@ class Conn(asyncio.Protocol):
         self.hs = hs
         self.stream = stream
         self.head: bytes | None = b""
+        #: The decompressor of the server's messages, once permessage-deflate
+        #: is agreed (``--deflate``); this client sends uncompressed.
+        self.inflate: Any = None
+        #: Whether the server agreed to compress each message alone
+        #: (``server_no_context_takeover``).
+        self.alone = False
         self.transport: asyncio.Transport | None = None
         loop = asyncio.get_running_loop()
         self.opened: asyncio.Future[bool] = loop.create_future()
@@ -269,6 +334,10 @@ class Conn(asyncio.Protocol):
                 self.bench.failed += 1
                 self.abort()
                 return
+            agreed = self.hs.negotiated(head[:end])
+            if agreed is not None:
+                self.inflate = inflater(agreed)
+                self.alone = b"server_no_context_takeover" in agreed.lower()
             self.on_open()
             data = head[end + 4 :]
             if not data:
@@ -411,6 +480,13 @@ class BroadcastConn(Conn):
             self.bcast.delivered(k)
 
 
+#: What RFC 7692 §7.2.2 has the receiver append to a compressed message.
+_DEFLATE_TAIL = b"\x00\x00\xff\xff"
+
+#: Most decompressed messages a run keeps (:attr:`Handshake.messages`).
+_MAX_MESSAGES = 4096
+
+
 class HubConn(Conn):
     """A client of a hub: subscribes to one channel, then counts deliveries.
 
@@ -425,6 +501,10 @@ class HubConn(Conn):
     counted at once, in C: their headers are compared through strided
     slices, and the payload must occur once per frame among them; anything
     else is parsed frame by frame. So the client stays cheap per delivery.
+    A compressed frame (permessage-deflate, ``--deflate``) is decompressed
+    and looked at alone; where the server compresses each message alone
+    (``server_no_context_takeover``), bytes already decompressed for
+    another subscriber are looked up instead.
     """
 
     ready_on_open = False
@@ -467,6 +547,15 @@ class HubConn(Conn):
             if end > size:
                 break
             opcode = buf[pos] & 0x0F
+            if buf[pos] & 0x40 and self.inflate is not None:
+                # Compressed (RSV1): looked at alone, no run counted at once.
+                text = self.inflated(buf[start:end])
+                if opcode < 3 and marker in text:
+                    found += 1
+                else:
+                    self.on_frame(opcode, text)
+                pos = end
+                continue
             if opcode < 3 and buf.find(marker, start, end) >= 0:
                 found += 1
                 frame = end - pos
@@ -490,6 +579,21 @@ class HubConn(Conn):
                 self.bench.delivered(found)
             else:
                 timed(buf, pos, found)
+
+    def inflated(self, body: bytes) -> bytes:
+        """The message a compressed frame's ``body`` holds. Compressed
+        alone, a message is what its bytes say: the same bytes are
+        decompressed once, for the first of their subscribers; else every
+        message is, in order."""
+        seen = self.hs.messages
+        text = seen.get(body) if self.alone else None
+        if text is None:
+            text = cast(bytes, self.inflate.decompress(body + _DEFLATE_TAIL))
+            if self.alone:
+                if len(seen) >= _MAX_MESSAGES:
+                    seen.clear()
+                seen[body] = text
+        return text
 
     def on_frame(self, opcode: int, payload: bytes) -> None:
         if opcode == 0x9:  # ping
@@ -1023,7 +1127,7 @@ async def run_hub(args: argparse.Namespace) -> None:
     """Subscribers of one channel; one of them publishes (``--protocol``)."""
     cls = HUB_CONNS[args.protocol or "tidings-hub"]
     bench = BroadcastBench(args.conns, args.depth, args.lowat)
-    hs = Handshake(args.host, args.port, args.path or cls.path)
+    hs = Handshake(args.host, args.port, args.path or cls.path, deflate=args.deflate)
     payload = text_payload(args.size)
     # Each client counts as opened once its subscription is confirmed.
     await fan_out(args, bench, lambda: cls(bench, hs, payload), 0.0)
@@ -1036,7 +1140,7 @@ async def run_hub_bursts(args: argparse.Namespace) -> None:
     the next burst once the last reached every subscriber."""
     cls = HUB_CONNS[args.protocol or "tidings-hub"]
     bench = BroadcastBench(args.conns, args.depth, args.lowat)
-    hs = Handshake(args.host, args.port, cls.path)
+    hs = Handshake(args.host, args.port, cls.path, deflate=args.deflate)
     payload = text_payload(args.size)
     backends: list[ApiPublisher] = []
 
@@ -1594,7 +1698,7 @@ async def run_idle(args: argparse.Namespace) -> None:
     else:
         # Each client subscribed (joined) before it counts as opened.
         cls = HUB_CONNS[args.protocol]
-        hs = Handshake(args.host, args.port, cls.path)
+        hs = Handshake(args.host, args.port, cls.path, deflate=args.deflate)
         factory = functools.partial(cls, bench, hs, text_payload(args.size))
     # Warm the server up (lazy imports, allocator pools) before its baseline.
     warm = await open_many(
@@ -1606,6 +1710,9 @@ async def run_idle(args: argparse.Namespace) -> None:
         concurrency=20,
         timeout=args.timeout,
     )
+    if args.protocol is not None:
+        # And its publish path, compressors included.
+        await publish_once(bench, warm, args.timeout)
     for c in warm:
         c.abort()
     await asyncio.sleep(0.3)
@@ -1645,9 +1752,28 @@ async def run_idle(args: argparse.Namespace) -> None:
                 failed=want - len(new),
                 seconds=time.perf_counter() - t0,
             )
+        elif words[0] == b"publish":
+            await publish_once(bench, held, args.timeout)
     for c in held:
         c.abort()
     emit(event="done")
+
+
+async def publish_once(bench: Bench, held: Sequence[Conn], timeout: float) -> None:
+    """One publication from the first subscriber still open, awaited at
+    every one of them (at most ``timeout`` s): it leaves in the server what
+    a first delivery leaves (a compressor, buffers)."""
+    alive = [c for c in held if c.transport is not None]
+    before = bench.count
+    if alive:
+        first = alive[0]
+        assert isinstance(first, HubConn)
+        first.publish(1)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while bench.count - before < len(alive) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+    emit(event="published", delivered=bench.count - before, expected=len(alive))
 
 
 # -- library clients (the client-side comparison) ------------------------
@@ -1892,6 +2018,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="hub-burst, hub-api: publications per burst, one at a time (200)",
     )
     p.add_argument("--no-verify", action="store_true")
+    p.add_argument(
+        "--deflate",
+        action="store_true",
+        help="hub, hub-burst, hub-api, idle: offer permessage-deflate as "
+        "browsers do, and decompress every compressed message",
+    )
     p.add_argument(
         "--path",
         help="broadcast: the endpoint's path (/); hub: the WebSocket's path "

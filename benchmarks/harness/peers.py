@@ -89,8 +89,10 @@ def command(
     max_seconds: float,
     watch_stdin: bool,
     redis: str | None,
+    deflate: bool = False,
 ) -> list[str]:
-    """The command that runs peer ``server`` in ``mode``."""
+    """The command that runs peer ``server`` in ``mode``; with ``deflate``,
+    a hub that agrees to permessage-deflate and compresses publications."""
     name, script, modes = PEERS[server]
     if mode not in modes:
         raise ValueError(f"{server} does not serve mode {mode}")
@@ -106,4 +108,8 @@ def command(
         argv.append("--watch-stdin")
     if redis is not None:
         argv += ["--redis", redis]
+    if deflate:
+        if mode != "hub":
+            raise ValueError(f"{server} has no deflate mode in mode {mode}")
+        argv.append("--deflate")
     return argv

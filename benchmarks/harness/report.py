@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from .scenarios import (
+    BURST_KINDS,
     HUB_PEERS,
     HUB_SERVERS,
     HUB_TIDINGS,
     LABELS,
     LATENCY_KINDS,
+    MEMORY_KINDS,
     NODE_LABELS,
     NODE_SERVERS,
     NODES,
@@ -30,7 +32,7 @@ from .scenarios import (
 )
 
 #: Scenario kinds of the hub section (the rest: WebSocket servers, clients).
-HUB_KINDS = ("hub", "hub-idle", "hub-burst", "hub-api", "hub-rate")
+HUB_KINDS = ("hub", "hub-idle", "hub-memory", "hub-burst", "hub-api", "hub-rate")
 
 #: Scenario kinds of the "many nodes on Redis" section.
 NODE_KINDS = ("hub-nodes", "hub-latency")
@@ -128,6 +130,7 @@ def scenario_of(entry: dict[str, Any]) -> Scenario:
         publishers=entry.get("publishers", 1),
         repeat=entry.get("repeat", 0),
         burst=entry.get("burst", 0),
+        deflate=entry.get("deflate", False),
     )
 
 
@@ -267,12 +270,18 @@ def targets_table(data: Data) -> str:
         if t.figure == "spread":
             rows.append(spread_row(t, entry, t.text(scns)))
             continue
-        if t.peer is None:
+        results = entry["results"]
+        if t.against is not None:
+            # ours against its own figure in another scenario of the run.
+            other = entries.get(t.against, {}).get("results", {})
+            ours_result, peer_result = results.get(t.ours), other.get(t.ours)
+        elif t.peer is None:
             rows.append(absolute_row(t, entry, t.text(scns)))
             continue
-        results = entry["results"]
+        else:
+            ours_result, peer_result = results.get(t.ours), results.get(t.peer)
         lower = t.lower_is_better(scns.get(t.scenario))
-        ours, peer = results.get(t.ours), results.get(t.peer)
+        ours, peer = ours_result, peer_result
         if t.figure == "p99":
             ours, peer = series_of(ours, "p99"), series_of(peer, "p99")
         r = ratio(ours, peer)
@@ -280,7 +289,7 @@ def targets_table(data: Data) -> str:
         if lower:
             row += ["—", "—"]
         else:
-            c = ratio(results.get(t.ours), results.get(t.peer), "per_cpu")
+            c = ratio(ours_result, peer_result, "per_cpu")
             row += [ratio_text(c), verdict(c, t.bound, lower)]
         rows.append(row)
     # 20,000 idle connections held by one process without errors.
@@ -380,7 +389,13 @@ def split_cell(result: dict[str, Any] | None) -> str:
         return "—"
     user_us = statistics.median(u / v * 1e6 for u, _, v in windows)
     system_us = statistics.median(s / v * 1e6 for _, s, v in windows)
-    return f"{user_us:.1f} + {system_us:.1f}"
+    return f"{micros(user_us)} + {micros(system_us)}"
+
+
+def micros(value: float) -> str:
+    """µs to a tenth, below 1 to a hundredth: a hub's delivery to one
+    subscriber can cost less than 0.1 µs."""
+    return f"{value:.2f}" if value < 1 else f"{value:.1f}"
 
 
 def split_table(data: Data) -> str | None:
@@ -396,6 +411,23 @@ def split_table(data: Data) -> str | None:
     if not rows:
         return None
     return table(["scenario", *(LABELS[s] for s in servers)], rows)
+
+
+def hub_split_table(data: Data) -> str | None:
+    """User + system µs of server CPU per delivery in the hub rows of one
+    publication in flight, beside each hub's deliveries/s."""
+    rows = []
+    for e in hub_entries(data):
+        if e["kind"] not in BURST_KINDS:
+            continue
+        row = [e["title"]]
+        for name in HUB_SERVERS:
+            res = e["results"].get(name)
+            row.append("—" if res is None else split_cell(res))
+        rows.append(row)
+    if not rows:
+        return None
+    return table(["scenario", *(LABELS[s] for s in HUB_SERVERS)], rows)
 
 
 def ratios_table(data: Data, key: str = "values") -> str:
@@ -431,7 +463,7 @@ def hub_table(data: Data) -> str | None:
         row = [e["title"], e["unit"]]
         row += [server_cell(data, e, name, "values") for name in HUB_SERVERS]
         row += [ratio_text(ratio(res.get(o), res.get(p))) for o, p in pairs]
-        if e["kind"] == "hub-idle":
+        if e["kind"] in MEMORY_KINDS:
             row += ["—" for _ in pairs]
         else:
             row += [
@@ -882,6 +914,19 @@ def render(
             hub,
             "",
         ]
+        split = hub_split_table(data)
+        if split is not None:
+            parts += [
+                "Server CPU per delivery in the rows of one publication in "
+                "flight, in µs: user + system time of the server's process, "
+                "as `/proc/PID/stat` counts them over each measurement, "
+                "divided by the deliveries counted at the clients; medians "
+                "of the measurements. The system part is the kernel's: the "
+                "writes, and the loopback TCP they start.",
+                "",
+                split,
+                "",
+            ]
     nodes = nodes_table(data)
     if nodes is not None:
         parts += ["## Many nodes on Redis", "", NODES_TEXT, "", nodes, ""]
@@ -976,6 +1021,9 @@ def summary(data: Data) -> str:
     hub = hub_table(data)
     if hub is not None:
         parts += ["Hub (median [min-max])", "", hub, ""]
+        split = hub_split_table(data)
+        if split is not None:
+            parts += ["Hub: server µs per delivery, user + system", "", split, ""]
     nodes = nodes_table(data)
     if nodes is not None:
         parts += ["Many nodes on Redis (median [min-max])", "", nodes, ""]

@@ -700,6 +700,18 @@ class Config:
     drain: float = 3.0
 
 
+def deflate_agreed(out: Outcome, event: dict[str, Any]) -> None:
+    """What the server answered to the load client's permessage-deflate
+    offer (its ``extensions`` event): in the row's info, and a note when it
+    did not agree, for then nothing was compressed."""
+    out.info["deflate_offered"] = event.get("offered")
+    out.info["deflate_agreed"] = event.get("agreed")
+    if event.get("agreed") is None:
+        out.notes.append(
+            "the server did not agree to permessage-deflate: nothing was compressed"
+        )
+
+
 class Runner:
     def __init__(self, cfg: Config, progress: Progress) -> None:
         self.cfg = cfg
@@ -712,8 +724,12 @@ class Runner:
     def module(self, name: str, *args: object) -> list[str]:
         return [self.cfg.python, "-m", f"{PACKAGE}.{name}", *map(str, args)]
 
-    def start_server(self, server: str, mode: str) -> tuple[Child, dict[str, Any]]:
+    def start_server(
+        self, server: str, mode: str, *, deflate: bool = False
+    ) -> tuple[Child, dict[str, Any]]:
         argv = self.module("servers", server, mode, "--watch-stdin")
+        if deflate:
+            argv.append("--deflate")
         if self.cfg.nice:
             argv += ["--nice", str(self.cfg.nice)]
         if self.cfg.server_cpu is not None:
@@ -728,15 +744,20 @@ class Runner:
             raise
         return child, ready
 
-    def start_group(self, server: str, mode: str) -> ServerGroup:
+    def start_group(
+        self, server: str, mode: str, *, deflate: bool = False
+    ) -> ServerGroup:
         """Start ``server``: one process, or (:data:`PROCESSES`) a hub's
-        nodes on a Redis started for them, everything on the server core."""
+        nodes on a Redis started for them, everything on the server core;
+        with ``deflate``, agreeing to permessage-deflate."""
         name, count, on_redis = PROCESSES.get(server, (server, 1, False))
         if count == 1 and not on_redis:
-            child, ready = self.start_server(server, mode)
+            child, ready = self.start_server(server, mode, deflate=deflate)
             return ServerGroup([child], [ready])
         redis = None
         argv = self.module("servers", name, mode, "--watch-stdin")
+        if deflate:
+            argv.append("--deflate")
         if on_redis:
             if self.cfg.redis is None:
                 raise BenchError("redis-server not installed")
@@ -928,7 +949,7 @@ class Runner:
             mode = scn.kind
         elif scn.kind in ("hub-nodes", *LATENCY_KINDS, *BURST_KINDS):
             mode = "hub"
-        group = self.start_group(server, mode)
+        group = self.start_group(server, mode, deflate=scn.deflate)
         ready = group.readies[0]
         out.info = {k: v for k, v in ready.items() if k not in ("event", "pid", "port")}
         name, nodes, on_redis = PROCESSES.get(server, (server, 1, False))
@@ -963,6 +984,8 @@ class Runner:
             args += ["--protocol", name, "--publishers", scn.publishers]
         if scn.kind in BURST_KINDS:
             args += ["--burst", scn.burst]
+        if scn.deflate:
+            args.append("--deflate")
         if len(group.ports) > 1:
             args += ["--ports", ",".join(map(str, group.ports))]
         if latency:
@@ -1029,6 +1052,8 @@ class Runner:
                     )
                 elif what == "note":
                     out.notes.append(str(event.get("text")))
+                elif what == "extensions":
+                    deflate_agreed(out, event)
 
             budget = cfg.warmup + 2 * repeat * cfg.duration + 60 + scn.conns / 200
             if latency:
@@ -1069,9 +1094,16 @@ class Runner:
                 result = report_mod.latency_cell(out.as_json())
             client_share = report_mod.median_of(out.client_cpu)
             server_share = report_mod.median_of(out.server_cpu)
+            split = ""
+            if scn.kind in BURST_KINDS:
+                split = (
+                    f"; server µs per delivery, user + system: "
+                    f"{report_mod.split_cell(out.as_json())}"
+                )
             self.progress.line(
                 f"      {result} {scn.unit}; CPU: load client "
-                f"{report_mod.pct(client_share)}, server {report_mod.pct(server_share)}"
+                f"{report_mod.pct(client_share)}, server "
+                f"{report_mod.pct(server_share)}{split}"
             )
         return out
 
@@ -1144,13 +1176,20 @@ class Runner:
 
     def idle_step(self, scns: list[Scenario], server: str, rep: int) -> list[Outcome]:
         """Open the connections of each scenario in turn, largest last, on one
-        server; measure its RSS growth per connection. For ``hub-idle``, each
-        client subscribes before it counts as open."""
+        server; measure its RSS growth per connection. For ``hub-idle`` and
+        ``hub-memory``, each client subscribes before it counts as open; for
+        ``hub-memory``, one publication reaches them all before the RSS is
+        read (with ``deflate``, offered by every client, agreed by the
+        server)."""
         outs = [Outcome() for _ in scns]
         self.wait_quiet()
-        hub = scns[0].kind == "hub-idle"
-        srv, ready = self.start_server(server, "hub" if hub else "echo")
+        hub = scns[0].kind in ("hub-idle", "hub-memory")
+        deflate = scns[0].deflate
+        srv, ready = self.start_server(
+            server, "hub" if hub else "echo", deflate=deflate
+        )
         info = {k: v for k, v in ready.items() if k not in ("event", "pid", "port")}
+        extensions: list[dict[str, Any]] = []
         clients: list[Child] = []
         try:
             limit = fd_limit(srv.pid) or 1024
@@ -1170,12 +1209,22 @@ class Runner:
                     60,
                 ]
                 if hub:
-                    argv_extra += ["--protocol", server, "--size", 100]
+                    argv_extra += ["--protocol", server, "--size", scns[0].size]
+                if deflate:
+                    argv_extra.append("--deflate")
                 lg = self.start_loadgen("idle", ready["port"], srv.pid, *argv_extra)
                 lg.name = f"load client {i + 1} (idle)"
                 clients.append(lg)
             self.progress.set("warming up")
-            wait_events(clients, "warm", 60, self.progress.tick)
+            wait_events(
+                clients,
+                "warm",
+                60,
+                self.progress.tick,
+                lambda _c, e: (
+                    extensions.append(e) if e["event"] == "extensions" else None
+                ),
+            )
             time.sleep(0.3)
             base = rss(srv.pid)
             held = 0
@@ -1200,6 +1249,19 @@ class Runner:
                 alive = sum(int(e["alive"]) for e in opened)
                 failed = sum(int(e["failed"]) for e in opened)
                 held = sum(int(e["conns"]) for e in opened)
+                if scn.kind == "hub-memory":
+                    self.progress.set("one publication to every client")
+                    clients[0].send("publish")
+                    done = wait_events(
+                        clients[:1], "published", 90, self.progress.tick
+                    )[0]
+                    if done["delivered"] < done["expected"]:
+                        out.notes.append(
+                            f"rep {rep + 1}: the publication reached "
+                            f"{done['delivered']:,} of {done['expected']:,} clients"
+                        )
+                for event in extensions[:1]:
+                    deflate_agreed(out, event)
                 time.sleep(0.5)
                 now = rss(srv.pid)
                 server_conns = (open_fds(srv.pid) or used) - used
@@ -1575,8 +1637,20 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
                         guarded(scn.key, server, work),
                     )
                 )
-    for kind in MEMORY_KINDS:
-        group = sorted((s for s in scenarios if s.kind == kind), key=lambda s: s.conns)
+    # One server per kind (and per deflate: a server agrees to it or not),
+    # the rows' connections opened on it in turn.
+    groups = [
+        sorted(
+            (s for s in scenarios if s.kind == kind and s.deflate == deflate),
+            key=lambda s: s.conns,
+        )
+        for kind in MEMORY_KINDS
+        for deflate in (False, True)
+    ]
+    for group in groups:
+        if not group:
+            continue
+        kind = group[0].kind
         for server in servers:
             idle = [s for s in group if server in s.servers]
             if not idle:
@@ -1599,12 +1673,16 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
                         old.error = old.error or new.error
 
                 biggest = max(s.conns for s in idle)
-                what = "subscribed clients" if kind == "hub-idle" else "conns"
+                hub = kind in ("hub-idle", "hub-memory")
+                what = "subscribed clients" if hub else "conns"
+                label = "idle memory" if kind != "hub-memory" else "memory"
+                if group[0].deflate:
+                    what += ", permessage-deflate"
                 plans.append(
                     Plan(
-                        f"idle memory, {' / '.join(f'{s.conns:,}' for s in idle)} "
+                        f"{label}, {' / '.join(f'{s.conns:,}' for s in idle)} "
                         f"{what} · {LABELS[server]} · {rep + 1}/{cfg.memory_repeat}",
-                        3 + biggest / (1000 if kind == "hub-idle" else 2500),
+                        3 + biggest / (1000 if hub else 2500),
                         idle_run,
                     )
                 )
@@ -1675,6 +1753,7 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
                 "publishers": s.publishers,
                 "repeat": s.repeat,
                 "burst": s.burst,
+                "deflate": s.deflate,
                 "load": s.load,
                 "lower_is_better": s.lower_is_better,
                 "results": {k: v.as_json() for k, v in results[s.key].items()},

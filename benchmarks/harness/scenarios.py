@@ -111,12 +111,14 @@ class Scenario:
     ``handshake``, ``client``, ``hub``, ``hub-latency``, ``hub-burst``,
     ``hub-api``), ``hub-nodes`` (mode ``hub`` against hubs of several
     nodes), ``hub-rate`` (mode ``hub-latency`` against one node, in the
-    hub's section) or ``idle`` / ``hub-idle`` (memory, measured by the
-    runner). ``depth`` is messages in flight per connection (echo, client),
+    hub's section) or ``idle`` / ``hub-idle`` / ``hub-memory`` (memory,
+    measured by the runner; ``hub-memory`` after one publication).
+    ``depth`` is messages in flight per connection (echo, client),
     broadcasts or publications in flight (broadcast, hub, hub-nodes,
-    hub-burst, hub-api), connections opened at once (handshake, idle,
-    hub-idle). ``hub-latency`` and ``hub-rate`` publish at a fixed ``rate``
-    (publications per second) instead, whatever is in flight.
+    hub-burst, hub-api, hub-memory), connections opened at once
+    (handshake, idle, hub-idle). ``hub-latency`` and ``hub-rate`` publish
+    at a fixed ``rate`` (publications per second) instead, whatever is in
+    flight.
     ``hub-burst`` has the server publish ``burst`` publications, one at a
     time, at each trigger; ``hub-api`` posts them to ``/api/publish``.
     """
@@ -136,6 +138,9 @@ class Scenario:
     repeat: int = 0
     #: hub-burst, hub-api: publications per burst (``--burst``).
     burst: int = 0
+    #: Hub rows: the clients offer permessage-deflate as browsers do
+    #: (``--deflate``), and the servers agree and compress.
+    deflate: bool = False
 
     @property
     def load(self) -> str:
@@ -151,10 +156,17 @@ class Scenario:
             return f"{self.rate:,}/s{by}, open loop"
         if self.kind in BURST_KINDS:
             return f"{self.depth} in flight, bursts of {self.burst}"
+        if self.kind == "hub-memory":
+            return f"after {self.depth} publication, {self.depth} in flight"
         return ""
 
     @property
     def title(self) -> str:
+        deflate = ", permessage-deflate as browsers offer it" if self.deflate else ""
+        return self.plain_title + deflate
+
+    @property
+    def plain_title(self) -> str:
         conns = f"{self.conns:,} conn{'s' if self.conns != 1 else ''}"
         size = size_text(self.size)
         load = f", {self.load}" if self.load else ""
@@ -172,6 +184,8 @@ class Scenario:
             return f"hub: {size} publications to {self.conns:,} subscribers{load}"
         if self.kind == "hub-idle":
             return f"hub: idle memory, {self.conns:,} subscribed clients"
+        if self.kind == "hub-memory":
+            return f"hub: memory per subscribed client, {self.conns:,} clients{load}"
         if self.kind == "hub-nodes":
             return (
                 f"many nodes: {size} publications to {self.conns:,} subscribers{load}"
@@ -226,6 +240,19 @@ class Scenario:
                 "server RSS growth ÷ clients, each connected and subscribed to "
                 "one channel (socket.io: joined to one room)"
             )
+        if self.kind == "hub-memory":
+            return (
+                "server RSS growth ÷ clients, each connected, subscribed to one "
+                "channel (socket.io: joined to one room) and having received "
+                f"one {size_text(self.size)} publication from one of them, "
+                "awaited at all"
+                + (
+                    f"; every client offers `{DEFLATE_OFFER}` (a browser's "
+                    "offer), and the server agrees and compresses"
+                    if self.deflate
+                    else "; no compression offered"
+                )
+            )
         if self.kind == "hub-nodes":
             return (
                 f"as the hub rows, {self.depth} publications in flight, against "
@@ -235,6 +262,13 @@ class Scenario:
                 f"{NODES}); {self.who}"
             )
         if self.kind == "hub-burst":
+            deflate = (
+                f"; every client offers `{DEFLATE_OFFER}` (a browser's offer), "
+                "the server agrees and compresses every publication, and the "
+                "load client decompresses every message with zlib"
+                if self.deflate
+                else ""
+            )
             return (
                 "one channel (socket.io: room); a trigger from one subscriber "
                 "(tidings: the rpc `burst`; socket.io: a `burst` event) makes "
@@ -242,7 +276,7 @@ class Scenario:
                 "a time, each awaited (tidings `await hub.publish(...)`, Bun "
                 "`server.publish`, Node `io.to(room).emit`, python-socketio "
                 "`await sio.emit`); the next trigger once every subscriber got "
-                "every one; deliveries counted at the clients"
+                "every one; deliveries counted at the clients" + deflate
             )
         if self.kind == "hub-api":
             return (
@@ -278,6 +312,15 @@ LATENCY_KINDS = ("hub-latency", "hub-rate")
 
 #: Kinds that publish in bursts, one publication in flight.
 BURST_KINDS = ("hub-burst", "hub-api")
+
+#: permessage-deflate as browsers offer it (the load client's ``--deflate``):
+#: the server chooses whether to keep its compression context, and may ask
+#: the client not to keep its own (RFC 7692).
+DEFLATE_OFFER = "permessage-deflate; client_max_window_bits"
+
+#: The hubs that agree to permessage-deflate in the deflate rows (servers'
+#: ``--deflate``; the tidings hub always does, as ``tidings serve``).
+DEFLATE_SERVERS = ("tidings-hub", "bun-hub", "node-socketio")
 
 
 def size_text(size: int) -> str:
@@ -387,6 +430,43 @@ FULL: tuple[Scenario, ...] = (
         for conns in (1000, 10000)
         for size in (100, 1024)
     ),
+    # permessage-deflate as browsers offer it, beside the same without.
+    Scenario(
+        "hub-burst-1k-deflate-k1",
+        "hub-burst",
+        "deliveries/s",
+        conns=1000,
+        size=100,
+        depth=1,
+        burst=200,
+        servers=DEFLATE_SERVERS,
+        deflate=True,
+    ),
+    *(
+        Scenario(
+            f"hub-mem-1k{'-deflate' if deflate else ''}-k1",
+            "hub-memory",
+            "KiB/conn",
+            conns=1000,
+            size=100,
+            depth=1,
+            servers=DEFLATE_SERVERS,
+            lower_is_better=True,
+            deflate=deflate,
+        )
+        for deflate in (False, True)
+    ),
+    # Publications one at a time, each awaited at every subscriber, on 3
+    # nodes on one Redis.
+    Scenario(
+        "nodes-1k-k1",
+        "hub-nodes",
+        "deliveries/s",
+        conns=1000,
+        size=100,
+        depth=1,
+        servers=NODE_SERVERS,
+    ),
     # Latency at a fixed rate, one node each: the tidings hub beside Bun
     # and Node's Socket.IO.
     *(
@@ -405,7 +485,7 @@ FULL: tuple[Scenario, ...] = (
 )
 
 #: Kinds measured by the runner from the server's memory, not by a load.
-MEMORY_KINDS = ("idle", "hub-idle")
+MEMORY_KINDS = ("idle", "hub-idle", "hub-memory")
 
 
 def smoke(scenarios: tuple[Scenario, ...] = FULL) -> tuple[Scenario, ...]:
@@ -419,13 +499,14 @@ def smoke(scenarios: tuple[Scenario, ...] = FULL) -> tuple[Scenario, ...]:
         "hub-10k-k32": 200,
         "hub-idle": 100,
         "nodes-1k-k128": 60,
+        "nodes-1k-k1": 60,
         "nodes-latency-1k": 60,
     }
     out = []
     for s in scenarios:
         if s.kind in BURST_KINDS:
             out.append(replace(s, conns=s.conns // 50, burst=5))
-        elif s.kind == "hub-rate":
+        elif s.kind in ("hub-rate", "hub-memory"):
             out.append(replace(s, conns=60))
         elif s.kind == "hub-latency":
             out.append(replace(s, conns=small[s.key], rate=min(s.rate, 500)))
@@ -448,7 +529,9 @@ class Target:
     ``figure`` picks what is compared: the scenario's own figure
     (``values``), the p99 round trip of an echo row (``p99``, lower is
     better), or how steady ``ours`` was (``spread``: the farthest of its
-    minimum and maximum from the median, as a fraction of the median)."""
+    minimum and maximum from the median, as a fraction of the median).
+    With ``against`` (another scenario's key), ``ours`` is held against
+    its own figure in that scenario (say, with deflate against without)."""
 
     scenario: str
     ours: str
@@ -457,6 +540,7 @@ class Target:
     what: str = ""
     unit: str | None = None
     figure: str = "values"
+    against: str | None = None
 
     def lower_is_better(self, scenario: Scenario | None) -> bool:
         if self.figure != "values":
@@ -473,6 +557,12 @@ class Target:
             return (
                 f"{title}: {ours}, min and max within {self.bound:.0%} of the "
                 f"median{reps}"
+            )
+        if self.against is not None:
+            other = scenarios.get(self.against)
+            return (
+                f"{title}: {ours} {sign} {self.bound:g}x its own "
+                f"{other.title if other else self.against}"
             )
         if self.figure == "p99":
             assert self.peer is not None
@@ -523,4 +613,15 @@ TARGETS: tuple[Target, ...] = (
         for s in FULL
         if s.kind == "hub-rate"
     ),
+    # A publication to deflate clients costs little more than a plain one,
+    # and a client no more memory than Bun's, with deflate or without.
+    Target(
+        "hub-burst-1k-deflate-k1", "tidings-hub", None, 0.8, against="hub-burst-1k-k1"
+    ),
+    *(
+        Target(s.key, "tidings-hub", "bun-hub", 1.0)
+        for s in FULL
+        if s.kind == "hub-memory"
+    ),
+    Target("nodes-1k-k1", "tidings-hub-redis", "node-socketio-redis", 5.0),
 )

@@ -17,6 +17,10 @@ the ``rpc`` method ``burst``; socket.io: the event) makes the server
 publish ``count`` publications itself, one at a time, each awaited; the
 tidings hub also answers ``POST /api/publish``.
 
+With ``--deflate`` (the tidings hub, Bun and Node's Socket.IO) the hub
+agrees to permessage-deflate when a client offers it and compresses its
+publications; the tidings hub always does, as ``tidings serve``.
+
 Keepalive pings are pushed out past any run (the hub cannot turn them
 off). With ``--redis URL`` the process is one node of a hub on that Redis:
 the tidings hub with its Redis broker, python-socketio with its
@@ -45,7 +49,7 @@ from typing import Any
 
 from . import peers
 from .peers import PEERS
-from .scenarios import HUB_CHANNEL, HUB_ROOM
+from .scenarios import DEFLATE_SERVERS, HUB_CHANNEL, HUB_ROOM
 
 MAX_SIZE = 16 * 1024 * 1024
 BACKLOG = 1024
@@ -640,6 +644,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="hub servers: be one node of a hub on this Redis (redis://...)",
     )
+    p.add_argument(
+        "--deflate",
+        action="store_true",
+        help=f"{', '.join(DEFLATE_SERVERS)}: agree to permessage-deflate when "
+        "a client offers it, and compress publications (the tidings hub "
+        "always does)",
+    )
     return p
 
 
@@ -647,6 +658,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .loadgen import loop_runner, pin, raise_fd_limit
 
     args = build_parser().parse_args(argv)
+    if args.deflate and args.server not in DEFLATE_SERVERS:
+        raise SystemExit(f"{args.server} has no deflate mode")
     pin(args.cpu, args.nice)
     raise_fd_limit()
     if args.server in PEERS:
@@ -660,6 +673,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_seconds=args.max_seconds,
             watch_stdin=args.watch_stdin,
             redis=args.redis,
+            deflate=args.deflate,
         )
         sys.stdout.flush()
         os.execv(peer[0], peer)

@@ -7,6 +7,9 @@
 // that one load client speaks to all: `join` subscribes to the room's topic
 // and acks; `publish` (and each publication of `burst`, one at a time, and
 // POST /api/publish) is `server.publish(room, packet)`, the sender included.
+// With --deflate, permessage-deflate with uWebSockets' shared compressor and
+// decompressor (no context takeover either way, as the tidings hub agrees
+// to it), and every publication published compressed.
 
 import { eventPacket, msgPacket, onStop, openPacket, parseArgs, publication, ready } from "./common.mjs";
 
@@ -14,6 +17,7 @@ const MAX = 16 * 1024 * 1024;
 const MAX_BURST = 1_000_000;
 const args = parseArgs(process.argv.slice(2));
 const hub = args.mode === "hub";
+const compress = args.deflate;
 let sids = 0;
 
 function apiPublish(server, text) {
@@ -23,7 +27,7 @@ function apiPublish(server, text) {
   } catch (e) {
     return Response.json({ error: { code: 400, message: String(e.message) } }, { status: 400 });
   }
-  server.publish(args.room, msgPacket(data));
+  server.publish(args.room, msgPacket(data), compress);
   return Response.json({ ok: true });
 }
 
@@ -43,14 +47,14 @@ function onHubMessage(server, ws, text) {
     ws.subscribe(room);
     if (packet.ack) ws.send("43" + packet.ack + "[true]");
   } else if (packet.event === "publish") {
-    server.publish(room, msgPacket(rest[0]));
+    server.publish(room, msgPacket(rest[0]), compress);
   } else if (packet.event === "burst") {
     const [count, data] = rest;
     if (!Number.isInteger(count) || count < 1 || count > MAX_BURST) {
       ws.close(1003, "burst: count out of range");
       return;
     }
-    for (let i = 0; i < count; i++) server.publish(room, msgPacket(data));
+    for (let i = 0; i < count; i++) server.publish(room, msgPacket(data), compress);
   } else {
     ws.close(1003, "unknown event");
   }
@@ -69,7 +73,7 @@ const server = Bun.serve({
   websocket: {
     maxPayloadLength: MAX,
     idleTimeout: 0,
-    perMessageDeflate: false,
+    perMessageDeflate: compress ? { compress: "shared", decompress: "shared" } : false,
     sendPings: false,
     open(ws) {
       if (hub) ws.send(openPacket(ws.data.sid, MAX));
@@ -89,7 +93,12 @@ if (hub) {
     `Bun ${Bun.version} Bun.serve (uWebSockets) with Socket.IO framing written out (Engine.IO 4 open, ` +
     "connect, acked `join`): `join` is ws.subscribe(room), each publication (`publish`, each of a " +
     "`burst` in a synchronous loop, POST /api/publish) is server.publish(room, '42[\"msg\",...]'), " +
-    "the sender included; no compression, no pings";
+    "the sender included; " +
+    (compress
+      ? "perMessageDeflate {compress: 'shared', decompress: 'shared'}, each publication " +
+        "server.publish(room, packet, true)"
+      : "no compression") +
+    ", no pings";
 } else if (args.mode === "broadcast") {
   info.broadcast = "server.publish() to a topic every client subscribed to (uWebSockets)";
 }

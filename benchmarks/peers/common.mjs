@@ -5,13 +5,24 @@
 
 import { readdirSync } from "node:fs";
 
-/** `NAME MODE --host H --port P --room R --max-seconds S [--watch-stdin] [--redis URL]`. */
+/** `NAME MODE --host H --port P --room R --max-seconds S [--watch-stdin] [--redis URL] [--deflate]`. */
 export function parseArgs(argv) {
   const [server, mode, ...rest] = argv;
-  const args = { server, mode, host: "127.0.0.1", port: 0, room: "bench", maxSeconds: 900, watchStdin: false, redis: null };
+  const args = {
+    server,
+    mode,
+    host: "127.0.0.1",
+    port: 0,
+    room: "bench",
+    maxSeconds: 900,
+    watchStdin: false,
+    redis: null,
+    deflate: false,
+  };
   for (let i = 0; i < rest.length; i++) {
     const flag = rest[i];
     if (flag === "--watch-stdin") args.watchStdin = true;
+    else if (flag === "--deflate") args.deflate = true;
     else if (flag === "--host") args.host = rest[++i];
     else if (flag === "--port") args.port = Number(rest[++i]);
     else if (flag === "--room") args.room = rest[++i];
