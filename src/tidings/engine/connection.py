@@ -150,8 +150,8 @@ class WebSocket(asyncio.BufferedProtocol):
         # socket), else -1: the fan-out writes to it directly while the
         # transport holds nothing (engine/broadcast.py).
         self._fd = -1
-        # Created on the first queued message: the callback path never needs
-        # it, and an empty deque costs 600 bytes per connection.
+        # Made when a message is queued, dropped once read: the callback path
+        # never needs it, and an empty deque costs 600 bytes per connection.
         self._messages: deque[Message] | None = None
         self._recv_waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -241,6 +241,8 @@ class WebSocket(asyncio.BufferedProtocol):
             self._reading_paused = False
             if self._transport is not None:
                 self._transport.resume_reading()
+        if not messages:
+            self._messages = None  # an idle connection holds no deque
         return message
 
     def __aiter__(self) -> AsyncIterator[Message]:
