@@ -9,7 +9,6 @@ import logging
 import re
 import secrets
 import time
-from collections import deque
 from collections.abc import AsyncIterable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs
