@@ -34,14 +34,22 @@ class Workers:
     """One ``tidings serve --workers N`` process: its port, and its workers
     as it reports them on stderr (index -> pid and metrics port)."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
-        self.port = port
-        self.url = f"ws://127.0.0.1:{port}/ws"
+        self.port = 0
+        self.url = ""
         self.workers: dict[int, tuple[int, int]] = {}
         self.log: list[str] = []
         self.said = asyncio.Condition()
         self.peers: list[Peer] = []
+        self.reading = asyncio.create_task(self.read_stderr())
+
+    async def ended(self) -> None:
+        """Until the parent and every worker are gone: all of them hold its
+        stdout and stderr."""
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(BOUND):
+            await asyncio.gather(self.reading, self.proc.stdout.read())
 
     async def read_stderr(self) -> None:
         assert self.proc.stderr is not None
@@ -123,18 +131,19 @@ async def serve_workers(tmp_path: Path, broker: str, *settings: str) -> Any:
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert proc.stdout is not None
+    hub = Workers(proc)
     try:
         async with asyncio.timeout(BOUND):
             first = (await proc.stdout.readline()).decode()
             banner = [first]
             while not banner[-1].startswith("  /metrics of each worker"):
                 banner.append((await proc.stdout.readline()).decode())
-                assert banner[-1], banner
+                assert banner[-1], (banner, hub.log)
         prefix = "tidings hub running at http://127.0.0.1:"
         assert first.startswith(prefix), banner
-        hub = Workers(proc, int(first[len(prefix) :].strip().rstrip("/")))
+        hub.port = int(first[len(prefix) :].strip().rstrip("/"))
+        hub.url = f"ws://127.0.0.1:{hub.port}/ws"
         assert any("2 workers sharing the port" in line for line in banner), banner
-        reading = asyncio.create_task(hub.read_stderr())
         await hub.until_said("worker 0 .* serving")
         await hub.until_said("worker 1 .* serving")
         try:
@@ -145,11 +154,23 @@ async def serve_workers(tmp_path: Path, broker: str, *settings: str) -> Any:
                     *(peer.ws.close() for peer in hub.peers), return_exceptions=True
                 )
             await hub.stop()
-            await reading
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+        # Workers that outlived their parent (a failed test) hold its stderr.
+        for pid, _ in hub.workers.values():
+            if spawned(pid):
+                os.kill(pid, signal.SIGKILL)
+        await hub.ended()
+
+
+def spawned(pid: int) -> bool:
+    """Whether ``pid`` is (still) a worker process."""
+    try:
+        return b"multiprocessing" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def alive(pid: int) -> bool:
@@ -261,6 +282,17 @@ async def test_sigterm_stops_every_worker_and_kills_one_that_hangs(
         assert await peers[0].closed() == 1001  # worker 0 closed its clients
         await hub.until_said(f"worker pid {pid_1} still running 2 s after SIGTERM")
         assert not alive(pid_0) and not alive(pid_1)
+
+
+async def test_workers_stop_when_their_parent_is_killed(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    async with serve_workers(tmp_path, redis.url) as hub:
+        peers = [await hub.connect_on(0), await hub.connect_on(1)]
+        hub.proc.kill()  # no SIGTERM to pass on: each worker sees it gone
+        for peer in peers:
+            assert await peer.closed() == 1001
+        await hub.ended()
 
 
 async def test_workers_refuse_the_memory_broker() -> None:

@@ -30,20 +30,28 @@ from typing import Any
 
 from .config import HubConfig
 
-__all__ = ["REUSE_PORT", "Worker", "supervise", "worker_count"]
+__all__ = ["REUSE_PORT", "Worker", "restart_delay", "supervise", "worker_count"]
 
 #: Whether workers bind the port themselves (``SO_REUSEPORT`` balancing the
 #: connections), rather than share the parent's listening socket.
 REUSE_PORT = sys.platform == "linux" and hasattr(socket, "SO_REUSEPORT")
 
 #: Seconds a worker must live for its death to count as a crash at start.
-#: Restarts after such crashes back off from RESTART_DELAY, doubling up to
-#: MAX_RESTART_DELAY, and after MAX_QUICK_FAILURES in a row the parent stops
-#: everything: a worker that can never start must not spin.
+#: Restarts after such crashes back off from RESTART_DELAY, doubling, and
+#: after MAX_QUICK_FAILURES in a row the parent stops everything: a worker
+#: that can never start must not spin.
 STEADY_AFTER = 10.0
 RESTART_DELAY = 0.5
-MAX_RESTART_DELAY = 8.0
 MAX_QUICK_FAILURES = 5
+
+
+def restart_delay(quick_failures: int) -> float | None:
+    """Seconds before a dead worker is started again, after this many
+    deaths in a row within STEADY_AFTER of its start (0: it had run
+    steadily); None: give up."""
+    if quick_failures >= MAX_QUICK_FAILURES:
+        return None
+    return quick_failures and RESTART_DELAY * 2 ** (quick_failures - 1)
 
 
 def worker_count(requested: int) -> int:
@@ -261,15 +269,13 @@ class _Supervisor:
             return False
         quick = time.monotonic() - slot.started < STEADY_AFTER
         slot.failures = slot.failures + 1 if quick else 0
-        if slot.failures >= MAX_QUICK_FAILURES:
+        delay = restart_delay(slot.failures)
+        if delay is None:
             _log(
                 f"worker {slot.index} {how}, the {slot.failures}th time in a row "
                 f"within {STEADY_AFTER:g} s of its start; giving up"
             )
             return False
-        delay = 0.0
-        if slot.failures:
-            delay = min(RESTART_DELAY * 2 ** (slot.failures - 1), MAX_RESTART_DELAY)
         _log(
             f"worker {slot.index} (pid {process.pid}) {how}; "
             f"starting another in {delay:g} s"
