@@ -91,8 +91,10 @@ def run_once(
             serve.wait(60)
     events = [json.loads(line) for line in load.stdout.splitlines()]
     busy = sum(after[c][0] - cores[c][0] for c in after) / os.sysconf("SC_CLK_TCK")
+    (done,) = (e for e in events if e["event"] == "done")
     return {
         "windows": [e for e in events if e["event"] == "window"],
+        "publications": done["sent"],
         "redis_cpu": redis_cpu,
         "machine_cpu": busy,
         "seconds": seconds,
@@ -104,18 +106,22 @@ def summary(workers: int, runs: list[dict[str, Any]]) -> str:
     windows = [w for run in runs for w in run["windows"]]
     rates = [w["count"] / w["seconds"] for w in windows]
     server = statistics.median(w["server_cpu"] for w in windows)
+    system = statistics.median(w["server_system"] / w["server_cpu"] for w in windows)
     client = statistics.median(w["client_cpu"] for w in windows)
     per = statistics.median(
         w["server_cpu"] * w["seconds"] / w["count"] * 1e6 for w in windows
     )
-    redis = sum(run["redis_cpu"] for run in runs) / sum(run["seconds"] for run in runs)
+    redis = sum(run["redis_cpu"] for run in runs) / sum(
+        run["publications"] for run in runs
+    )
     machine = sum(run["machine_cpu"] for run in runs) / sum(
         run["seconds"] for run in runs
     )
     return (
         f"| {workers} | {statistics.median(rates):,.0f} "
-        f"[{min(rates):,.0f}-{max(rates):,.0f}] | {server:.2f} | {per:.2f} "
-        f"| {client:.2f} | {redis:.2f} | {machine:.2f} |"
+        f"[{min(rates):,.0f}-{max(rates):,.0f}] | {server:.2f} | {system:.0%} "
+        f"| {per:.2f} "
+        f"| {client:.2f} | {redis * 1e6:.1f} | {machine:.2f} |"
     )
 
 
@@ -148,11 +154,11 @@ def main() -> None:
         f"{os.cpu_count()} cores shared by all"
     )
     print(
-        "| workers | deliveries/s | workers' CPU (cores) | workers' µs CPU per "
-        "delivery | load client's CPU (cores) | Redis's CPU (cores) | the "
-        "machine's busy CPU, everyone's (cores) |"
+        "| workers | deliveries/s | workers' CPU (cores) | of it in the kernel "
+        "| workers' µs CPU per delivery | load client's CPU (cores) | Redis's "
+        "µs CPU per publication | the machine's busy CPU, everyone's (cores) |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for workers, done in runs.items():
         print(summary(workers, done))
 

@@ -19,12 +19,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import tidings
 
 from ..conftest import Peer, RedisServer, http_request
 from .conftest import BOUND, CONFIG
 
 CHANNEL = "chat:workers"
+#: ``python -m tidings``, as on a platform without SO_REUSEPORT.
+SHARED_SOCKET = """\
+import sys
+import tidings.hub.workers
+from tidings.cli import main
+tidings.hub.workers.REUSE_PORT = False
+sys.exit(main(sys.argv[1:]))
+"""
 SERVING = re.compile(
     r"tidings: worker (\d+) \(pid (\d+)\) serving; /metrics on port (\d+)"
 )
@@ -115,14 +125,18 @@ class Workers:
 
 
 @contextlib.asynccontextmanager
-async def serve_workers(tmp_path: Path, broker: str, *settings: str) -> Any:
+async def serve_workers(
+    tmp_path: Path, broker: str, *settings: str, shared_socket: bool = False
+) -> Any:
     """``tidings serve --workers 2`` until the block ends, then SIGTERM
-    (SIGKILL if it is still running: the test failed anyway)."""
+    (SIGKILL if it is still running: the test failed anyway). With
+    ``shared_socket``, as where the platform has no ``SO_REUSEPORT``."""
     config = tmp_path / "hub.toml"
     config.write_text("\n".join(settings) + "\n" + CONFIG)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        *("-m", "tidings", "serve", "--workers", "2", "--port", "0"),
+        *(("-c", SHARED_SOCKET) if shared_socket else ("-m", "tidings")),
+        *("serve", "--workers", "2", "--port", "0"),
         *("--metrics-port", "0", "--no-demo", "--broker", broker),
         *("--config", str(config)),
         stdin=asyncio.subprocess.DEVNULL,
@@ -143,7 +157,8 @@ async def serve_workers(tmp_path: Path, broker: str, *settings: str) -> Any:
         assert first.startswith(prefix), banner
         hub.port = int(first[len(prefix) :].strip().rstrip("/"))
         hub.url = f"ws://127.0.0.1:{hub.port}/ws"
-        assert any("2 workers sharing the port" in line for line in banner), banner
+        how = "one listening socket" if shared_socket else "SO_REUSEPORT"
+        assert f"2 workers sharing the port ({how})" in "".join(banner), banner
         await hub.until_said("worker 0 .* serving")
         await hub.until_said("worker 1 .* serving")
         try:
@@ -185,10 +200,11 @@ def offsets(pubs: list[dict[str, Any]]) -> list[int]:
     return [pub["offset"] for pub in pubs]
 
 
+@pytest.mark.parametrize("shared_socket", [False, True], ids=["reuseport", "shared"])
 async def test_two_workers_serve_one_port_and_replace_a_killed_one(
-    redis: RedisServer, tmp_path: Path
+    redis: RedisServer, tmp_path: Path, shared_socket: bool
 ) -> None:
-    async with serve_workers(tmp_path, redis.url) as hub:
+    async with serve_workers(tmp_path, redis.url, shared_socket=shared_socket) as hub:
         # One publisher known to be on each worker, then 198 more clients.
         on_0, on_1 = await hub.connect_on(0), await hub.connect_on(1)
         clients = [on_0, on_1]
