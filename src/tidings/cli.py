@@ -551,7 +551,7 @@ async def _serve(config: HubConfig, worker: Worker | None = None) -> int:
     from .exceptions import TidingsError
     from .hub import Hub
 
-    metrics_port = config.metrics_port
+    port, metrics_port = config.port, config.metrics_port
     try:
         hub = Hub(config)
         if worker is None:
@@ -560,10 +560,11 @@ async def _serve(config: HubConfig, worker: Worker | None = None) -> int:
             await hub.start(sock=worker.sock, reuse_port=worker.sock is None)
             metrics_port = worker.metrics_port(metrics_port)
         if metrics_port is not None:
-            metrics_port = await hub.listen_metrics(metrics_port)
+            port = metrics_port
+            metrics_port = await hub.listen_metrics(port)
     except OSError as exc:
         await hub.close()
-        return _error(f"cannot listen on {config.host} port {config.port}: {exc}")
+        return _error(f"cannot listen on {config.host} port {port}: {exc}")
     except TidingsError as exc:  # a hook missing, or its HTTP client
         return _error(f"invalid configuration: {exc}")
     stop = asyncio.Event()
