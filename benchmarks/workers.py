@@ -75,6 +75,7 @@ def run_once(
                     *("--port", str(port), "--conns", str(args.conns)),
                     *("--size", "100", "--depth", str(args.depth)),
                     *("--duration", str(args.duration), "--repeat", str(args.repeat)),
+                    *("--warmup", str(args.warmup)),
                     *("--sources", "8", "--publishers", str(args.publishers)),
                     *("--server-pid", ",".join(map(str, pids))),
                 ],
@@ -134,6 +135,7 @@ def main() -> None:
         "--publishers", type=int, default=2, help="clients that publish, in turn"
     )
     parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     binary = find_redis()
