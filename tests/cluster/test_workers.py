@@ -275,6 +275,13 @@ async def test_two_workers_serve_one_port_and_replace_a_killed_one(
             (pub,) = await peer.pubs(1, CHANNEL)
             assert (pub["offset"], pub["data"]) == (103, "from the new 1"), peer
 
+        # SIGTERM: every worker closes its clients with 1001, and the parent
+        # exits with 0 once they all stopped cleanly.
+        assert await hub.stop() == 0
+        for peer in [*stayers, *returned, *newcomers]:
+            assert await peer.closed() == 1001, peer
+        await hub.until_said("stopping the workers")
+
 
 async def closed_or_open(peer: Peer) -> int:
     """1006 if ``peer``'s worker died (its connection is gone), 0 if a ping
