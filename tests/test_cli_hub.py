@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 import tidings
 from tidings.hub import mint_token
 
-from .conftest import free_port, key_pair
+from .conftest import free_port, http_request, key_pair
 
 BOUND = 30
 SECRET = "a development secret of 32+ bytes!"
@@ -129,6 +130,36 @@ async def test_invalid_configuration_is_one_line_naming_the_key(
     assert proc.returncode == 1
     assert b"Traceback" not in err
     assert key in err and len(err.splitlines()) == 1
+
+
+async def test_serve_answers_metrics_on_its_metrics_port_too() -> None:
+    proc, _ = await start_serve("--no-demo", "--metrics-port", "0")
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(BOUND):
+            while not (line := (await proc.stdout.readline()).decode()).startswith(
+                "  /metrics also on port "
+            ):
+                assert line, "no metrics port in the banner"
+        answer = await http_request(int(line.split()[-1]), "GET", "/metrics")
+        assert answer.status == 200 and b"tidings_connections 0" in answer.body
+    finally:
+        assert await stop(proc) == 0
+
+
+async def test_serve_names_a_metrics_port_it_cannot_listen_on() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *("-m", "tidings", "serve", "--port", "0", "--metrics-port", str(port)),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(BOUND):
+            out, err = await proc.communicate()
+    assert proc.returncode == 1 and out == b""
+    assert err.startswith(f"tidings: cannot listen on 127.0.0.1 port {port}: ".encode())
 
 
 async def test_token_mints_a_token_the_hub_accepts() -> None:

@@ -19,7 +19,9 @@ if TYPE_CHECKING:
     import ssl
 
     from .engine.connection import Message, WebSocket
+    from .hub import Hub
     from .hub.config import HubConfig
+    from .hub.workers import Worker
 
 #: Close codes after which ``tidings connect`` exits with status 0.
 CLEAN_CODES = frozenset({1000, 1001, 1005})
@@ -423,6 +425,20 @@ def _add_serve(sub: Any) -> None:
         "nothing and answers the first one's position; 0: off; default: 300",
     )
     serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="N processes serving the port, each a node of the hub on the "
+        "broker (which must be Redis); 0: one per core; default: 1",
+    )
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="also answer /metrics and /healthz on PORT; worker i on PORT+i; "
+        "0 picks free ports",
+    )
+    serve.add_argument(
         "--no-demo",
         dest="demo",
         action="store_const",
@@ -513,57 +529,91 @@ def _serve_main(args: argparse.Namespace) -> int:
                 "broker": args.broker,
                 "presence_ttl": args.presence_ttl,
                 "idempotency_window": args.idempotency_window,
+                "workers": args.workers,
+                "metrics_port": args.metrics_port,
                 "demo": args.demo,
             },
         )
     except ConfigError as exc:
         return _error(f"invalid configuration: {exc}")
+    if config.workers != 1:
+        from .hub.workers import supervise
+
+        return supervise(config, _serve_worker)
     return _run(_serve(config))
 
 
-async def _serve(config: HubConfig) -> int:
+def _serve_worker(config: HubConfig, worker: Worker) -> int:
+    """The body of a worker process of ``tidings serve --workers``."""
+    return _run(_serve(config, worker))
+
+
+async def _serve(config: HubConfig, worker: Worker | None = None) -> int:
     import asyncio
 
     from .exceptions import TidingsError
     from .hub import Hub
-    from .hub.config import HOOKS
 
+    port, metrics_port = config.port, config.metrics_port
     try:
         hub = Hub(config)
-        await hub.start()
+        if worker is None:
+            await hub.start()
+        else:
+            await hub.start(sock=worker.sock, reuse_port=worker.sock is None)
+            metrics_port = worker.metrics_port(metrics_port)
+        if metrics_port is not None:
+            port = metrics_port
+            metrics_port = await hub.listen_metrics(port)
     except OSError as exc:
         await hub.close()
-        return _error(f"cannot listen on {config.host} port {config.port}: {exc}")
+        return _error(f"cannot listen on {config.host} port {port}: {exc}")
     except TidingsError as exc:  # a hook missing, or its HTTP client
         return _error(f"invalid configuration: {exc}")
     stop = asyncio.Event()
     _on_signals(asyncio.get_running_loop(), stop.set)
-    print(f"tidings hub running at {hub.url}", flush=True)
-    print(f"  WebSocket endpoint: {hub.ws_url}", flush=True)
-    broker = hub.broker.status()
-    if broker["kind"] == "redis":
-        state = (
-            "connected" if broker["ok"] else f"unreachable, retrying: {broker['error']}"
-        )
-        print(f"  broker: redis at {broker['server']} ({state})", flush=True)
-    else:
-        print("  broker: memory (this process only)", flush=True)
-    if config.proxy.enabled:
-        asked = ", ".join(hook for hook in HOOKS if getattr(config.proxy, hook))
-        print(f"  the application decides: {asked} (docs/integrate.md)", flush=True)
-    if not config.namespaces:
-        print(
-            "  no namespaces: clients can subscribe to nothing "
-            "(set [namespaces] in --config; see docs/hub.md)",
-            flush=True,
-        )
-    if config.demo:
-        print(f"  demos: {hub.url}chat  {hub.url}ticker  {hub.url}report", flush=True)
+    if worker is None:
+        print("\n".join(_banner(hub, metrics_port)), flush=True)
+    else:  # the parent prints the first worker's once every worker serves
+        worker.on_parent_gone(stop.set)
+        worker.serving(metrics_port, _banner(hub, None))
     try:
         await stop.wait()
     finally:
         await hub.close()
     return 0
+
+
+def _banner(hub: Hub, metrics_port: int | None) -> list[str]:
+    """What ``tidings serve`` prints once it serves: where, and how."""
+    from .hub.config import HOOKS
+
+    config = hub.config
+    lines = [
+        f"tidings hub running at {hub.url}",
+        f"  WebSocket endpoint: {hub.ws_url}",
+    ]
+    broker = hub.broker.status()
+    if broker["kind"] == "redis":
+        state = (
+            "connected" if broker["ok"] else f"unreachable, retrying: {broker['error']}"
+        )
+        lines.append(f"  broker: redis at {broker['server']} ({state})")
+    else:
+        lines.append("  broker: memory (this process only)")
+    if config.proxy.enabled:
+        asked = ", ".join(hook for hook in HOOKS if getattr(config.proxy, hook))
+        lines.append(f"  the application decides: {asked} (docs/integrate.md)")
+    if not config.namespaces:
+        lines.append(
+            "  no namespaces: clients can subscribe to nothing "
+            "(set [namespaces] in --config; see docs/hub.md)"
+        )
+    if config.demo:
+        lines.append(f"  demos: {hub.url}chat  {hub.url}ticker  {hub.url}report")
+    if metrics_port is not None:
+        lines.append(f"  /metrics also on port {metrics_port}")
+    return lines
 
 
 def _token_main(args: argparse.Namespace) -> int:

@@ -525,6 +525,16 @@ async def test_reuse_port_lets_two_servers_share_a_port() -> None:
         assert second.port == first.port
 
 
+async def test_a_server_listens_on_a_socket_it_is_given() -> None:
+    # As a worker of `tidings serve --workers` does with its parent's.
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        async with tidings.serve(echo, sock=sock) as server:
+            assert server.port == sock.getsockname()[1]
+            async with tidings.connect(uri(server)) as ws:
+                await ws.send("on a given socket")
+                assert await ws.recv() == "on a given socket"
+
+
 async def test_compression_is_negotiated_and_used() -> None:
     async with (
         tidings.serve(echo, "127.0.0.1", 0) as server,

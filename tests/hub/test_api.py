@@ -524,6 +524,22 @@ async def test_metrics_need_the_api_key_when_one_is_set(
     assert answer.status == 200 and b"tidings_connections" in answer.body
 
 
+async def test_the_metrics_port_answers_metrics_and_health_only(
+    start_hub: Any,
+) -> None:
+    hub = await start_hub(api_key=KEY)
+    port = await hub.listen_metrics(0)
+    assert port != hub.port
+    auth = (("Authorization", f"apikey {KEY}"),)
+    answer = await http_request(port, "GET", "/metrics", headers=auth)
+    assert answer.status == 200 and b"tidings_connections" in answer.body
+    assert (await http_request(port, "GET", "/metrics")).status == 401
+    assert (await http_request(port, "GET", "/healthz")).json()["status"] == "ok"
+    for path in ("/api/channels", "/ws", "/"):
+        answer = await http_request(port, "GET", path, headers=auth)
+        assert answer.status == 404, path
+
+
 async def test_a_limit_too_long_for_an_integer_is_400(
     start_hub: Any, http: Any
 ) -> None:

@@ -147,6 +147,11 @@ def test_flags_win_over_variables_which_win_over_the_file(tmp_path: Path) -> Non
         ('tls_cert = "c.pem"', "tls_cert and tls_key"),
         ("demo = 1", "demo"),
         ("hots = 1", "'hots'"),
+        ('workers = -1\nbroker = "redis://r"', "workers"),
+        ("workers = 2", "workers needs a shared broker"),
+        ("workers = 0", "workers needs a shared broker"),
+        ("metrics_port = 70000", "metrics_port"),
+        ("shutdown_timeout = 0", "shutdown_timeout"),
     ],
 )
 def test_an_invalid_file_names_the_key(tmp_path: Path, toml: str, key: str) -> None:
@@ -194,6 +199,21 @@ def test_the_idempotency_window_from_the_file_a_variable_or_the_flag(
     env = {"TIDINGS_IDEMPOTENCY_WINDOW": "60"}
     assert load_config(path, env).idempotency_window == 60
     assert load_config(path, env, {"idempotency_window": 2.5}).idempotency_window == 2.5
+
+
+def test_workers_from_the_file_a_variable_or_the_flag(tmp_path: Path) -> None:
+    assert (load_config().workers, load_config().metrics_port) == (1, None)
+    path = tmp_path / "hub.toml"
+    path.write_text('workers = 4\nbroker = "redis://127.0.0.1:6379/0"\n')
+    assert load_config(path).workers == 4
+    env = {"TIDINGS_WORKERS": "0", "TIDINGS_METRICS_PORT": "9100"}
+    assert (load_config(path, env).workers, load_config(path, env).metrics_port) == (
+        0,
+        9100,
+    )
+    assert load_config(path, env, {"workers": 1}).workers == 1
+    # One worker is today's single process: the memory broker is fine.
+    assert load_config(overrides={"workers": 1}).broker == "memory"
 
 
 def test_an_unreadable_or_invalid_file_says_which(tmp_path: Path) -> None:

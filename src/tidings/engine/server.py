@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import socket
 import ssl as ssl_module
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
@@ -108,6 +109,11 @@ class Server:
     ``async with serve(...) as server`` listens until the block ends, then
     closes every connection with 1001 ("going away"). Inside,
     ``await server.serve_forever()`` runs until :meth:`close` is called.
+
+    It listens on ``host`` and ``port``, on ``unix_path``, or on ``sock``, a
+    socket already bound and listening (one inherited from a parent process,
+    say); ``reuse_port`` lets several processes bind one port, where the
+    platform has ``SO_REUSEPORT``.
     """
 
     def __init__(
@@ -117,6 +123,7 @@ class Server:
         port: int | None = None,
         *,
         unix_path: str | None = None,
+        sock: socket.socket | None = None,
         ssl: ssl_module.SSLContext | None = None,
         on_message: OnMessage | None = None,
         process_request: ProcessRequest | None = None,
@@ -145,6 +152,7 @@ class Server:
         self.host = host
         self.port = port
         self.unix_path = unix_path
+        self.sock = sock
         self.ssl = ssl
         self.on_message = on_message
         self.process_request = process_request
@@ -184,6 +192,15 @@ class Server:
                 backlog=self.backlog,
                 ssl_handshake_timeout=self.open_timeout if self.ssl else None,
             )
+        elif self.sock is not None:
+            self._server = await loop.create_server(
+                self._make_connection,
+                sock=self.sock,
+                ssl=self.ssl,
+                backlog=self.backlog,
+                ssl_handshake_timeout=self.open_timeout if self.ssl else None,
+            )
+            self.port = self.sock.getsockname()[1]
         else:
             self._server = await loop.create_server(
                 self._make_connection,

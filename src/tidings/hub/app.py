@@ -9,6 +9,7 @@ import contextlib
 import inspect
 import logging
 import secrets
+import socket
 import ssl as ssl_module
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -52,6 +53,8 @@ _F = TypeVar("_F", bound=HookFunction)
 #: Seconds a survey of the nodes (``/api/channels``, ``/api/disconnect``...)
 #: waits for nodes that do not answer.
 SURVEY_TIMEOUT = 2.0
+#: What :meth:`Hub.listen_metrics`'s port answers.
+METRICS_PATHS = ("/metrics", "/healthz")
 #: permessage-deflate as the hub agrees to it: without context takeover
 #: either way (RFC 7692 §7.1.1), a connection holds no compressor or
 #: decompressor between messages (some 40 KiB each otherwise), and a
@@ -166,19 +169,28 @@ class Hub:
         self._pending: dict[str, list[tuple[str, int | None, str]]] = {}
         self._pending_size = 0
         self._server: Server | None = None
+        self._metrics_server: Server | None = None
         self._app: HubApp | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle ---------------------------------------------------------
 
-    async def start(self, *, listen: bool = True) -> Hub:
+    async def start(
+        self,
+        *,
+        listen: bool = True,
+        sock: socket.socket | None = None,
+        reuse_port: bool = False,
+    ) -> Hub:
         """Start the broker and listen. Raises ConfigError for a namespace
         whose subscribes or publishes the application decides, with no
         hook to ask.
 
         With ``listen=False`` the hub opens no socket of its own: it serves
-        clients through :meth:`asgi`, inside an ASGI app's server."""
+        clients through :meth:`asgi`, inside an ASGI app's server. A worker
+        of ``tidings serve --workers`` listens on ``sock``, inherited from
+        its parent, or binds the configured port with ``reuse_port``."""
         config = self.config
         if config.demo and demo.hook_wanted(self.hooks):
             # The chat page's names, given as an application would give them.
@@ -206,6 +218,8 @@ class Hub:
                     self._serve_session,
                     config.host,
                     config.port,
+                    sock=sock,
+                    reuse_port=reuse_port,
                     ssl=context,
                     process_request=self._process_request,
                     max_body_size=config.max_message_size,
@@ -248,6 +262,9 @@ class Hub:
             if self._server is not None:
                 self._server.close(1001, "hub shutting down")
                 await self._server.wait_closed()
+            if self._metrics_server is not None:
+                self._metrics_server.close()
+                await self._metrics_server.wait_closed()
         finally:
             await self.tokens.close()
             await self.broker.close()
@@ -276,6 +293,23 @@ class Hub:
 
             self._app = HubApp(self)
         return self._app
+
+    async def listen_metrics(self, port: int) -> int:
+        """Also answer ``/metrics`` and ``/healthz``, and nothing else, on
+        ``port`` of the configured host (0 picks a free one); return the
+        port. Each worker of ``tidings serve --workers`` does, so that a
+        scraper can tell them apart (docs/scaling.md)."""
+
+        async def answer(request: Request) -> HTTPResponse | HTTPStream | None:
+            if request.path in METRICS_PATHS:
+                return await handle_http(self, request)
+            return HTTPResponse(404, "this port serves /metrics and /healthz only")
+
+        self._metrics_server = await serve(
+            self._serve_session, self.config.host, port, process_request=answer
+        )
+        assert self._metrics_server.port is not None
+        return self._metrics_server.port
 
     async def serve_forever(self) -> None:
         """Serve until cancelled."""

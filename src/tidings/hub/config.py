@@ -170,6 +170,15 @@ class HubConfig:
     #: The longest a long-poll is held, in seconds; a request may ask for
     #: less (``timeout=``).
     poll_timeout: float = 30.0
+    #: Processes serving the port (docs/scaling.md, Workers): 1 is this
+    #: process alone; 0 is one per core. More than one need a shared broker.
+    workers: int = 1
+    #: When set, also answer ``/metrics`` and ``/healthz`` on this port; with
+    #: workers, worker ``i`` on ``metrics_port + i``. 0 picks free ports.
+    metrics_port: int | None = None
+    #: Seconds the workers' parent waits for them to stop after SIGTERM or
+    #: SIGINT before it kills them.
+    shutdown_timeout: float = 30.0
     #: Serve the demo pages and run the simulated ticker and the report feed.
     demo: bool = True
     #: Where the application is asked (docs/integrate.md).
@@ -410,6 +419,7 @@ def _check_ranges(config: HubConfig) -> None:
             f"broker must be memory or a redis://, rediss://, unix://, "
             f"redis+sentinel:// or rediss+sentinel:// URL, got {config.broker!r}"
         )
+    _check_workers(config)
     for key in (
         "rate_limit",
         "ping_interval",
@@ -417,7 +427,23 @@ def _check_ranges(config: HubConfig) -> None:
         "presence_ttl",
         "sse_heartbeat",
         "poll_timeout",
+        "shutdown_timeout",
     ):
         if getattr(config, key) <= 0:
             raise ConfigError(f"{key} must be > 0, got {getattr(config, key)}")
     _non_negative("idempotency_window", config.idempotency_window)
+
+
+def _check_workers(config: HubConfig) -> None:
+    _non_negative("workers", config.workers)
+    if config.workers != 1 and config.broker == "memory":
+        # Each worker would be a hub of its own: a client would see only the
+        # publications made on the worker it happened to reach.
+        raise ConfigError(
+            "workers needs a shared broker: with the memory broker each worker "
+            "would be a separate hub that sees only its own clients' "
+            "publications; set broker to a Redis URL (--broker "
+            "redis://HOST:PORT/DB, docs/scaling.md) or run one worker"
+        )
+    if config.metrics_port is not None and not 0 <= config.metrics_port <= 65535:
+        raise ConfigError(f"metrics_port must be 0-65535, got {config.metrics_port}")
