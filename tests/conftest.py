@@ -177,6 +177,21 @@ async def serve_asgi() -> AsyncIterator[ServeASGI]:
             await task
 
 
+async def failing_command(*args: str, bound: float = 30) -> str:
+    """Run ``python -m tidings ARGS``, which must fail: exit status 1 and
+    nothing on stdout. Returns what it said on stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "tidings", *args),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(bound):
+        out, err = await proc.communicate()
+    assert proc.returncode == 1 and out == b"", (proc.returncode, out, err)
+    return err.decode()
+
+
 def count_writes(connections: Iterable[Any]) -> list[Any]:
     """Record every write and writelines call that reaches the real
     transports of these WebSockets; return the list the calls are appended

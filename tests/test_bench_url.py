@@ -28,7 +28,7 @@ from tidings.hub import Hub, HubConfig
 from tidings.hub.brokers.base import Push
 from tidings.hub.session import MAX_RATE_LIMITED
 
-from .conftest import Peer, free_port, lose
+from .conftest import Peer, failing_command, free_port, lose
 
 BOUND = 30
 
@@ -226,20 +226,9 @@ async def test_the_command_prints_a_json_line_per_measurement() -> None:
 
 
 async def test_the_command_says_why_it_cannot_connect() -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tidings",
-        "bench",
-        f"ws://127.0.0.1:{free_port()}/",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(BOUND):
-        out, err = await proc.communicate()
-    assert proc.returncode == 1 and out == b""
-    assert err.decode().startswith("tidings: ws://127.0.0.1:")
-    assert "connection refused" in err.decode()
+    err = await failing_command("bench", f"ws://127.0.0.1:{free_port()}/")
+    assert err.startswith("tidings: ws://127.0.0.1:")
+    assert "connection refused" in err
 
 
 @given(st.lists(st.integers(1, 10**11), min_size=1, max_size=500))

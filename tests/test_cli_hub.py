@@ -17,7 +17,7 @@ import pytest
 import tidings
 from tidings.hub import mint_token
 
-from .conftest import free_port, http_request, key_pair
+from .conftest import failing_command, free_port, http_request, key_pair
 
 BOUND = 30
 SECRET = "a development secret of 32+ bytes!"
@@ -150,16 +150,8 @@ async def test_serve_answers_metrics_on_its_metrics_port_too() -> None:
 async def test_serve_names_a_metrics_port_it_cannot_listen_on() -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            *("-m", "tidings", "serve", "--port", "0", "--metrics-port", str(port)),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        async with asyncio.timeout(BOUND):
-            out, err = await proc.communicate()
-    assert proc.returncode == 1 and out == b""
-    assert err.startswith(f"tidings: cannot listen on 127.0.0.1 port {port}: ".encode())
+        err = await failing_command("serve", "--port", "0", "--metrics-port", str(port))
+    assert err.startswith(f"tidings: cannot listen on 127.0.0.1 port {port}: ")
 
 
 async def test_token_mints_a_token_the_hub_accepts() -> None:

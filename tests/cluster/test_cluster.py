@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tidings.hub import Client, Publication, RecoveryFailed, mint_token
+from tidings.hub import Client, Publication, RecoveryFailed, Subscription, mint_token
 from tidings.hub.app import SURVEY_TIMEOUT
 from tidings.protocol import State
 
@@ -493,6 +493,29 @@ class Received:
         return epoch, offset
 
 
+async def catch_up(
+    received: list[Received],
+    subs: list[Subscription],
+    first_epoch: str,
+    last: tuple[str, int],
+) -> None:
+    """Wait until every subscription has received the publication at
+    ``last`` (epoch, offset); fail saying where each one stands."""
+    for r, sub in zip(received, subs, strict=True):
+
+        def caught_up(r: Received = r) -> bool:
+            return r.position(first_epoch) == last
+
+        try:
+            await r.progress.until(caught_up, "a subscriber to catch up")
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc} with publication {last[1]} in {last[0]}: it received "
+                f"{r.summary(first_epoch)}; its subscription is at "
+                f"{sub.offset} in {sub.epoch}"
+            ) from None
+
+
 async def health(node: Node) -> tuple[int, Any]:
     answer = await http(node, "GET", "/healthz")
     return answer.status, answer.json()
@@ -583,20 +606,7 @@ async def test_redis_restart_during_publishing(
         else:
             assert last_epoch != first_epoch
 
-        # Every subscriber catches up with the last publication.
-        for r, sub in zip(received, subs, strict=True):
-
-            def caught_up(r: Received = r) -> bool:
-                return r.position(first_epoch) == (last_epoch, last_offset)
-
-            try:
-                await r.progress.until(caught_up, "a subscriber to catch up")
-            except AssertionError as exc:
-                raise AssertionError(
-                    f"{exc} with publication {last_offset} in {last_epoch}: it "
-                    f"received {r.summary(first_epoch)}; its subscription is at "
-                    f"{sub.offset} in {sub.epoch}"
-                ) from None
+        await catch_up(received, subs, first_epoch, (last_epoch, last_offset))
 
         # The clients stayed connected all along: never reconnected.
         assert [client.client_id for client in clients] == client_ids

@@ -23,7 +23,7 @@ import pytest
 
 import tidings
 
-from ..conftest import Peer, RedisServer, http_request
+from ..conftest import Peer, RedisServer, failing_command, http_request
 from .conftest import BOUND, CONFIG
 
 CHANNEL = "chat:workers"
@@ -319,15 +319,6 @@ async def test_workers_stop_when_their_parent_is_killed(
 
 
 async def test_workers_refuse_the_memory_broker() -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *("-m", "tidings", "serve", "--workers", "2", "--port", "0"),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(BOUND):
-        out, err = await proc.communicate()
-    assert proc.returncode == 1 and out == b""
-    message = err.decode()
+    message = await failing_command("serve", "--workers", "2", "--port", "0")
     assert message.startswith("tidings: invalid configuration: workers needs a")
     assert "memory broker" in message and "redis://" in message

@@ -104,44 +104,36 @@ write_frames(PyObject *transport, PyObject *fd_obj, PyObject *frames)
     return 0;
 }
 
+/* Return 1 when obj.name is true (with not_none: is not None), 0 when it
+ * is not, -1 on error. */
+static int
+attr_is(PyObject *obj, PyObject *name, int not_none)
+{
+    PyObject *value = PyObject_GetAttr(obj, name);
+    int result;
+
+    if (value == NULL) {
+        return -1;
+    }
+    result = not_none ? value != Py_None : PyObject_IsTrue(value);
+    Py_DECREF(value);
+    return result;
+}
+
 /* Return 1 when ws needs the Python code, 0 when it can be written to
  * (*transport then holds a new reference), -1 on error. */
 static int
 needs_python(PyObject *ws, PyObject *conn, PyObject **transport)
 {
-    static PyObject **const flags[] = {&s_write_paused, &s_corked};
     PyObject *value;
     int special;
 
     *transport = NULL;
-    for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++) {
-        value = PyObject_GetAttr(ws, *flags[i]);
-        if (value == NULL) {
-            return -1;
-        }
-        special = PyObject_IsTrue(value);
-        Py_DECREF(value);
-        if (special != 0) {
-            return special;
-        }
-    }
-    value = PyObject_GetAttr(conn, s_is_client);
-    if (value == NULL) {
-        return -1;
-    }
-    special = PyObject_IsTrue(value);
-    Py_DECREF(value);
-    if (special != 0) {
+    if ((special = attr_is(ws, s_write_paused, 0)) != 0 ||
+        (special = attr_is(ws, s_corked, 0)) != 0 ||
+        (special = attr_is(conn, s_is_client, 0)) != 0 ||
+        (special = attr_is(conn, s_deflate, 1)) != 0) {
         return special;
-    }
-    value = PyObject_GetAttr(conn, s_deflate);
-    if (value == NULL) {
-        return -1;
-    }
-    special = value != Py_None;
-    Py_DECREF(value);
-    if (special) {
-        return 1;
     }
     value = PyObject_GetAttr(ws, s_transport);
     if (value == NULL) {
