@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..exceptions import TidingsError
+from .brokers.cluster import CLUSTER_SCHEMES, parse_cluster_url
 from .wire import NAMESPACE_RE
 
 __all__ = ["ConfigError", "HubConfig", "NamespaceConfig", "ProxyConfig", "load_config"]
@@ -147,7 +148,8 @@ class HubConfig:
     ping_timeout: float = 20.0
     #: ``memory`` (one process), or a Redis URL (``redis://HOST:PORT/DB``,
     #: ``rediss://`` with TLS, ``unix:///PATH``) that makes every node on it
-    #: one hub.
+    #: one hub, or a Redis Cluster's
+    #: (``redis+cluster://HOST:PORT[,HOST:PORT...]``, ``rediss+cluster://``).
     broker: str = "memory"
     #: Origins (``https://app.example``) whose pages may open the hub's
     #: WebSocket, beside the hub's own and this machine's.
@@ -393,12 +395,17 @@ def _check_ranges(config: HubConfig) -> None:
     ):
         if getattr(config, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {getattr(config, key)}")
-    if config.broker != "memory" and not config.broker.startswith(
+    if config.broker.startswith(CLUSTER_SCHEMES):
+        try:
+            parse_cluster_url(config.broker)
+        except ValueError as exc:
+            raise ConfigError(f"broker: {exc}") from None
+    elif config.broker != "memory" and not config.broker.startswith(
         ("redis://", "rediss://", "unix://")
     ):
         raise ConfigError(
-            f"broker must be memory or a redis://, rediss:// or unix:// URL, "
-            f"got {config.broker!r}"
+            f"broker must be memory or a redis://, rediss://, unix:// or "
+            f"redis+cluster:// URL, got {config.broker!r}"
         )
     for key in (
         "rate_limit",

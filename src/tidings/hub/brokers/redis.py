@@ -52,12 +52,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
 import random
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -345,6 +346,12 @@ class RedisBroker(Broker):
     at once, so a slow Redis cannot grow a node's memory without bound.
     """
 
+    #: The pub/sub commands: one Redis delivers every channel to every
+    #: subscriber (a cluster, only its shard's: brokers/cluster.py).
+    _publish_command = "PUBLISH"
+    _subscribe_command = "SUBSCRIBE"
+    _unsubscribe_command = "UNSUBSCRIBE"
+
     def __init__(
         self,
         url: str,
@@ -354,7 +361,6 @@ class RedisBroker(Broker):
         max_pending: int = 1000,
     ) -> None:
         try:
-            from redis import asyncio as redis
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
         except ImportError:
@@ -366,18 +372,13 @@ class RedisBroker(Broker):
         self._timeout = timeout
         self._max_pending = max_pending
         self._pending = 0
-        pool = redis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=MAX_CONNECTIONS,
-            timeout=timeout,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-        )
         # One retry at once: the first command on a pooled connection that
         # Redis closed (it restarted) fails, the second connects afresh.
-        self._redis = redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 1))
+        self._redis = self._client(url, timeout, Retry(NoBackoff(), 1))
         self._scripts = {
-            name: self._redis.register_script(source)
+            name: self._redis.register_script(
+                source.replace("'PUBLISH'", f"'{self._publish_command}'")
+            )
             for name, source in (
                 ("publish", _PUBLISH),  # sent by _send_publications
                 ("history", _HISTORY),
@@ -401,9 +402,10 @@ class RedisBroker(Broker):
         self._reader: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._resyncing: asyncio.Task[None] | None = None
-        #: Publications waiting for the next round trip, in order.
-        self._outbox: list[tuple[list[Any], asyncio.Future[Any]]] = []
-        self._sending: asyncio.Task[None] | None = None
+        #: Publications waiting for the next round trip, in order, per
+        #: route (see _route), and the task sending each route's.
+        self._outboxes: dict[str, list[tuple[list[Any], asyncio.Future[Any]]]] = {}
+        self._senders: dict[str, asyncio.Task[None]] = {}
         #: Per channel, the newest position this node saw: epoch, offset,
         #: and the tag of the publication there (b"" when unknown), least
         #: recently seen first.
@@ -420,16 +422,30 @@ class RedisBroker(Broker):
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._timeout):
                 await self._connected.wait()
-        if self._conn is None:
+        if not self.status()["ok"]:
             logger.warning("redis at %s is unreachable: %s", self._where(), self._error)
 
+    def _client(self, url: str, timeout: float, retry: Any) -> Any:
+        """The client for commands, made from the broker's URL."""
+        from redis import asyncio as redis
+
+        pool = redis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+        )
+        return redis.Redis(connection_pool=pool, retry=retry)
+
     async def close(self) -> None:
-        for task in (self._reader, self._resyncing, self._sending):
+        for task in (self._reader, self._resyncing, *self._senders.values()):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._reader = self._resyncing = self._sending = None
+        self._reader = self._resyncing = None
+        self._senders.clear()
         self._events = None
         with contextlib.suppress(BrokerUnavailable):
             await self._call(self._redis.zrem(self._key("nodes"), self._node))
@@ -475,30 +491,38 @@ class RedisBroker(Broker):
             max(1, math.ceil(options.history_ttl)),
             max(1, math.ceil(window * 1000)),
         ]
-        offset, epoch, tag = await self._call(self._queue_publish(command))
+        offset, epoch, tag = await self._call(
+            self._queue_publish(self._route(keys[0]), command)
+        )
         self._learn(channel, epoch, int(offset), tag)
         return int(offset), epoch.decode()
 
-    async def _queue_publish(self, command: list[Any]) -> Any:
+    def _route(self, key: str) -> str:
+        """The route of commands on ``key``: publications of one route go
+        in order, one round trip at a time. Raises
+        :class:`BrokerUnavailable` while the route's Redis is unreachable."""
+        self._up()
+        return ""
+
+    async def _queue_publish(self, route: str, command: list[Any]) -> Any:
         """Publish in the next round trip: publications made while one is
         on its way go together in the next, in the order they were made,
         so that a burst reaches every node as a burst.
 
         Raises :class:`BrokerUnavailable` when the publication was never
         sent, :class:`OutcomeUnknown` when it was and no answer came."""
-        if self._conn is None:
-            raise BrokerUnavailable(f"redis is unreachable: {self._error}")
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         entry = (command, done)
-        self._outbox.append(entry)
-        if self._sending is None:
-            self._sending = asyncio.create_task(self._send_publications())
+        self._outboxes.setdefault(route, []).append(entry)
+        if route not in self._senders:
+            self._senders[route] = asyncio.create_task(self._send_publications(route))
         try:
             async with asyncio.timeout(self._timeout):
                 return await done
         except TimeoutError:
-            if entry in self._outbox:
-                self._outbox.remove(entry)  # never sent: it will not be made
+            waiting = self._outboxes.get(route, [])
+            if entry in waiting:
+                waiting.remove(entry)  # never sent: it will not be made
                 raise BrokerUnavailable(
                     f"redis did not take the publication within {self._timeout:g} s"
                 ) from None
@@ -507,16 +531,13 @@ class RedisBroker(Broker):
                 "publication may have been made"
             ) from None
 
-    async def _send_publications(self) -> None:
-        from redis.exceptions import RedisError
-
+    async def _send_publications(self, route: str) -> None:
         try:
-            while self._outbox:
-                batch, self._outbox = self._outbox, []
+            while batch := self._outboxes.pop(route, []):
                 commands = [command for command, _ in batch]
                 try:
                     results = await self._run_scripts("publish", commands)
-                except (RedisError, OSError) as exc:
+                except _failures() as exc:
                     # Sent, perhaps: Redis may have made them before the
                     # connection broke, or may make them once it resumes.
                     unknown = OutcomeUnknown(f"redis failed: {exc}")
@@ -529,7 +550,7 @@ class RedisBroker(Broker):
                     else:
                         done.set_result(result)
         finally:
-            self._sending = None
+            del self._senders[route]
 
     async def _run_scripts(self, name: str, commands: list[list[Any]]) -> list[Any]:
         """Run script ``name`` once for each of ``commands`` (its key count,
@@ -582,13 +603,13 @@ class RedisBroker(Broker):
     # -- delivery --------------------------------------------------------------
 
     async def subscribe(self, channel: str) -> None:
-        conn = self._up()
+        conn = self._pubsub_for(channel)
         name = self._pubsub_name(channel)
         confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._confirming.setdefault(name, []).append(confirmed)
         self._wanted.add(channel)
         try:
-            await self._call(conn.send_command("SUBSCRIBE", name))
+            await self._call(conn.send_command(self._subscribe_command, name))
             async with asyncio.timeout(self._timeout):
                 await confirmed
         except BaseException as exc:
@@ -604,18 +625,19 @@ class RedisBroker(Broker):
 
     async def unsubscribe(self, channel: str) -> None:
         self._wanted.discard(channel)
-        conn = self._conn
-        if conn is not None:
-            # Not waited for: whatever still comes for the channel is dropped
-            # here, and a resubscribe's confirmation comes after this one's.
-            with contextlib.suppress(BrokerUnavailable):
-                await self._call(
-                    conn.send_command("UNSUBSCRIBE", self._pubsub_name(channel))
-                )
+        # Not waited for: whatever still comes for the channel is dropped
+        # here, and a resubscribe's confirmation comes after this one's.
+        with contextlib.suppress(BrokerUnavailable):
+            conn = self._pubsub_for(channel)
+            await self._call(
+                conn.send_command(self._unsubscribe_command, self._pubsub_name(channel))
+            )
 
     async def control(self, message: dict[str, Any]) -> None:
         payload = json.dumps(message, separators=(",", ":"))
-        await self._call(self._redis.publish(self._control, payload))
+        await self._call(
+            self._redis.execute_command(self._publish_command, self._control, payload)
+        )
 
     async def heartbeat(self, ttl: float) -> None:
         await self._script(
@@ -710,10 +732,19 @@ class RedisBroker(Broker):
     def _pubsub_name(self, channel: str) -> bytes:
         return f"{self._prefix}ch:{channel}".encode()
 
+    def _channel_of(self, name: bytes) -> str:
+        """The channel of a pub/sub name (_pubsub_name)."""
+        return name[len(self._prefix) + 3 :].decode()
+
     def _up(self) -> Any:
         if self._conn is None:
             raise BrokerUnavailable(f"redis is unreachable: {self._error}")
         return self._conn
+
+    def _pubsub_for(self, channel: str) -> Any:
+        """The pub/sub connection that delivers ``channel`` (raises
+        :class:`BrokerUnavailable` while there is none)."""
+        return self._up()
 
     async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         return await self._call(self._scripts[name](keys=keys, args=args))
@@ -721,8 +752,6 @@ class RedisBroker(Broker):
     async def _call(self, call: Awaitable[_T]) -> _T:
         """Await a Redis call; its failures become BrokerUnavailable, and
         beyond ``max_pending`` calls in flight it is refused at once."""
-        from redis.exceptions import RedisError
-
         if self._pending >= self._max_pending:
             if asyncio.iscoroutine(call):
                 call.close()
@@ -734,7 +763,7 @@ class RedisBroker(Broker):
             raise BrokerUnavailable(
                 f"redis did not answer within {self._timeout:g} s"
             ) from None
-        except (RedisError, OSError) as exc:
+        except _failures() as exc:
             raise BrokerUnavailable(f"redis failed: {exc}") from None
         finally:
             self._pending -= 1
@@ -749,14 +778,16 @@ class RedisBroker(Broker):
         delay = BACKOFF_INITIAL
         resync = False  # after the first time up, every connection resyncs
         while True:
-            conn = self._redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+            conn = self._redis.connection_pool.make_connection()
             try:
                 await conn.connect()
                 if resync:
-                    await self._check_channels()
+                    await self._check_channels(self._wanted)
                 names = [self._control] + [self._pubsub_name(c) for c in self._wanted]
                 await conn.send_command("SUBSCRIBE", *names)
-                await self._listen(conn, len(names), resync=resync)
+                await self._listen(
+                    conn, len(names), functools.partial(self._on_up, conn, resync)
+                )
             except (RedisError, OSError) as exc:
                 self._error = str(exc) or type(exc).__name__
             finally:
@@ -778,33 +809,42 @@ class RedisBroker(Broker):
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, BACKOFF_MAX)
 
-    async def _listen(self, conn: Any, expected: int, *, resync: bool) -> None:
+    def _on_up(self, conn: Any, resync: bool) -> None:
+        """The pub/sub connection is subscribed to everything the node
+        wants: the node is up."""
+        self._conn = conn
+        self._error = ""
+        self._connected.set()
+        if resync:
+            logger.warning("redis at %s is back", self._where())
+            self._resyncing = asyncio.create_task(self._resync(self._wanted))
+
+    async def _listen(
+        self, conn: Any, expected: int, on_up: Callable[[], None]
+    ) -> None:
         """Read the pub/sub connection until it fails. The first
         ``expected`` confirmations are those of (re)subscribing; once they
-        are in, the node is up."""
+        are in, ``on_up`` is called."""
         loop = asyncio.get_running_loop()
         seen = loop.time()
         pinger = asyncio.create_task(self._ping(conn, lambda: seen))
+        if expected == 0:
+            on_up()
         try:
             while True:
                 message = await conn.read_response(timeout=math.inf, push_request=True)
                 seen = loop.time()
                 kind = message[0]
-                if kind == b"message":
+                if kind in (b"message", b"smessage"):
                     try:
                         self._received(message[1], message[2])
                     except Exception:
                         logger.exception("cannot deliver %.200r", message[2])
-                elif kind == b"subscribe":
+                elif kind in (b"subscribe", b"ssubscribe"):
                     if expected > 0:
                         expected -= 1
                         if expected == 0:
-                            self._conn = conn
-                            self._error = ""
-                            self._connected.set()
-                            if resync:
-                                logger.warning("redis at %s is back", self._where())
-                                self._resyncing = asyncio.create_task(self._resync())
+                            on_up()
                     for future in self._confirming.pop(message[1], ()):
                         if not future.done():
                             future.set_result(None)
@@ -824,12 +864,12 @@ class RedisBroker(Broker):
             with contextlib.suppress(Exception):
                 await conn.send_command("PING")
 
-    async def _check_channels(self) -> None:
+    async def _check_channels(self, wanted: Iterable[str]) -> None:
         """Before resubscribing after an outage: have Redis check every
         channel this node delivers against what the node saw (_EPOCH), so
         that a Redis restored from an older state gives them new epochs
         before any of its publications reach the node."""
-        channels = [c for c in self._wanted if c in self._known]
+        channels = [c for c in wanted if c in self._known]
         if channels:
             await self._run_scripts(
                 "history",
@@ -845,14 +885,14 @@ class RedisBroker(Broker):
                 ],
             )
 
-    async def _resync(self) -> None:
+    async def _resync(self, wanted: Iterable[str]) -> None:
         """After Redis was unreachable: have the node make its heartbeat and
         presence entries again (Redis may have restarted empty), and tell
         each channel's subscribers where it is, so that those who missed
         publications recover."""
         if self._events is not None:
             self._events.on_reconnected()
-        for channel in list(self._wanted):
+        for channel in list(wanted):
             try:
                 position = await self.history(channel, ChannelOptions(), limit=0)
             except BrokerUnavailable:
@@ -875,7 +915,7 @@ class RedisBroker(Broker):
                 return
             events.on_control(message)
             return
-        channel = name[len(self._prefix) + 3 :].decode()
+        channel = self._channel_of(name)
         if channel not in self._wanted:
             return  # unsubscribed meanwhile
         kind, offset, epoch, tag, data, who = payload.split(_SEP, 5)
@@ -892,6 +932,14 @@ class RedisBroker(Broker):
             events.on_push(
                 Push(channel, "join" if kind == b"j" else "leave", info=info)
             )
+
+
+def _failures() -> tuple[type[Exception], ...]:
+    """What redis-py raises when Redis failed a call (imported late: redis-py
+    is an optional dependency)."""
+    from redis.exceptions import RedisClusterException, RedisError
+
+    return (RedisError, RedisClusterException, OSError)
 
 
 def _who(info: ClientInfo | None) -> bytes:
