@@ -285,8 +285,11 @@ class RedisServer:
         ]
         if self.cluster:
             # A master silent for a second is failed over (when it has a
-            # replica), so that failover tests take seconds.
+            # replica), so that failover tests take seconds; meanwhile the
+            # other masters serve their slots (docs/scaling.md).
             args += ["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"]
+            args += ["--cluster-require-full-coverage", "no"]
+            args += ["--logfile", str(self.dir / "redis.log")]
         self.proc = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -383,6 +386,18 @@ class RedisCluster:
         )
         for server in self.servers:
             self.wait_ok(server)
+            # A replica that never synced with its master cannot replace it.
+            self.wait_for(server, "master_link_status:up", "INFO", "replication")
+
+    def wait_for(self, server: RedisServer, line: str, *command: str) -> None:
+        """Until ``command`` answers with ``line``, on a replica, bounded."""
+        deadline = time.monotonic() + 30
+        while "role:slave" in (answer := self.cli(server, *command)):
+            if line in answer:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{server.port} never said {line}")
+            time.sleep(0.05)
 
     def cli(self, server: RedisServer, *args: str) -> str:
         """A command's answer from ``server``, as redis-cli prints it."""
