@@ -65,6 +65,12 @@ class Brokers:
         return RedisBroker(self.redis_url, prefix=self.prefix)
 
 
+#: On a test: run it on three nodes on the Redis Cluster too.
+ALSO_ON_CLUSTER = pytest.mark.parametrize(
+    "brokers", [*BROKERS, "cluster-3-nodes"], indirect=True
+)
+
+
 @pytest.fixture(params=list(BROKERS))
 def brokers(request: pytest.FixtureRequest) -> Brokers:
     """Brokers of each kind, each sharing its backend with the others."""
