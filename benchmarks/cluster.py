@@ -45,8 +45,8 @@ from tidings.engine.connection import WebSocket
 from .harness.runner import free_port
 
 #: The nodes' configuration: anyone may subscribe and publish, as fast as
-#: it likes, and each channel keeps a short history (a publish is the whole script: offset,
-#: stream entry, pub/sub).
+#: it likes, and each channel keeps a short history (a publish is the whole
+#: script: offset, stream entry, pub/sub).
 CONFIG = """
 demo = false
 max_subscriptions = 1000
@@ -220,7 +220,7 @@ async def subscriber(ws: WebSocket, channels: list[str], counts: Counts) -> None
         confirmed += "result" in reply
     counts.delivered = 0
     async for message in ws:
-        counts.delivered += '"pub"' in message[:64]  # type: ignore[operator]
+        counts.delivered += '"pub"' in message[:64]
 
 
 async def publisher(
@@ -236,7 +236,7 @@ async def publisher(
     for _ in range(in_flight):
         await send()
     async for message in ws:
-        if '"result"' in message:  # type: ignore[operator]
+        if '"result"' in message:
             counts.published += 1
         else:
             counts.refused += 1

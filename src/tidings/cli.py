@@ -402,8 +402,10 @@ def _add_serve(sub: Any) -> None:
     serve.add_argument(
         "--broker",
         metavar="URL",
-        help="memory (the default: one process) or redis://HOST:PORT/DB, which "
-        "makes every node on that Redis one hub (docs/scaling.md)",
+        help="memory (the default: one process), redis://HOST:PORT/DB, which "
+        "makes every node on that Redis one hub, or "
+        "redis+cluster://HOST:PORT[,HOST:PORT...] for a Redis Cluster, each "
+        "channel on one shard (docs/scaling.md)",
     )
     serve.add_argument(
         "--presence-ttl",
@@ -538,11 +540,11 @@ async def _serve(config: HubConfig) -> int:
     print(f"tidings hub running at {hub.url}", flush=True)
     print(f"  WebSocket endpoint: {hub.ws_url}", flush=True)
     broker = hub.broker.status()
-    if broker["kind"] == "redis":
+    if broker["kind"] in ("redis", "redis-cluster"):
         state = (
             "connected" if broker["ok"] else f"unreachable, retrying: {broker['error']}"
         )
-        print(f"  broker: redis at {broker['server']} ({state})", flush=True)
+        print(f"  broker: {broker['kind']} at {broker['server']} ({state})", flush=True)
     else:
         print("  broker: memory (this process only)", flush=True)
     if config.proxy.enabled:
