@@ -323,3 +323,38 @@ async def test_a_master_behind_what_a_node_saw_gives_the_channel_a_new_epoch(
     await node_b.until(lambda: node_b.pushes[-1].data == b"next")
     kinds = [(p.kind, p.epoch) for p in node_b.pushes[3:]]
     assert kinds == [("position", new_epoch), ("pub", new_epoch)]
+
+
+def move_slot(cluster: RedisCluster, key: str) -> None:
+    """Move ``key``'s slot, and its keys, to another master (as
+    ``redis-cli --cluster reshard`` does, one slot)."""
+    slot = cluster.cli(cluster.servers[0], "CLUSTER", "KEYSLOT", key).strip()
+    source = cluster.master_of(key)
+    target = next(s for s in cluster.servers if s is not source)
+    ids = {s: cluster.cli(s, "CLUSTER", "MYID").strip() for s in (source, target)}
+    cluster.cli(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source])
+    cluster.cli(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target])
+    keys = cluster.cli(source, "CLUSTER", "GETKEYSINSLOT", slot, "1000").split()
+    port = str(target.port)
+    cluster.cli(source, "MIGRATE", "127.0.0.1", port, "", "0", "5000", "KEYS", *keys)
+    for server in cluster.servers:
+        cluster.cli(server, "CLUSTER", "SETSLOT", slot, "NODE", ids[target])
+    assert cluster.master_of(key) is target
+
+
+async def test_a_channel_whose_slot_moves_is_delivered_from_its_new_master(
+    redis_cluster: RedisCluster, brokers: list[Any]
+) -> None:
+    (a, node_a), (b, _) = brokers
+    channel = "a:moving"
+    await a.subscribe(channel)
+    await b.publish(channel, b"before", KEEP)
+    await node_a.until(lambda: len(node_a.pushes) == 1)
+    move_slot(redis_cluster, f"{a._prefix}{{{channel}}}:meta")
+    # The old master ends the subscription; the node subscribes the channel
+    # on the new one, and tells its subscribers where it is.
+    await node_a.until(lambda: any(p.kind == "position" for p in node_a.pushes))
+    offset, _ = await b.publish(channel, b"after", KEEP)
+    await node_a.until(lambda: node_a.pushes[-1].data == b"after")
+    assert [p.offset for p in node_a.pushes if p.kind == "pub"] == [1, offset]
+    assert offset == 2  # the keys moved with the slot

@@ -109,6 +109,9 @@ class ClusterBroker(RedisBroker):
         self._shards: dict[str, _Shard] = {}
         #: Set when the slot map may be out of date (a master was lost).
         self._stale = asyncio.Event()
+        #: Set when a slot with channels the node wants moved to another
+        #: master: every connection subscribes again, by the new map.
+        self._moved = False
         self._mapped = False
 
     def _client(self, url: str, timeout: float, retry: Any) -> Any:
@@ -225,6 +228,11 @@ class ClusterBroker(RedisBroker):
                 self._stale.set()
             else:
                 self._follow_map()
+                if self._moved:
+                    self._moved = False
+                    for shard in self._shards.values():
+                        if shard.conn is not None:
+                            await shard.conn.disconnect(nowait=True)
             if self._stale.is_set() or any(
                 s.conn is None for s in self._shards.values()
             ):
@@ -299,6 +307,14 @@ class ClusterBroker(RedisBroker):
             self._stale.set()  # a replica may take over: the map may change
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, BACKOFF_MAX)
+
+    def _unsubscribed(self, name: bytes) -> None:
+        if name == self._control or self._channel_of(name) in self._wanted:
+            # Not asked for: the slot moved (resharding). Its channels are
+            # subscribed again on the master that holds them now, and
+            # resynced, as after a loss.
+            self._moved = True
+            self._stale.set()
 
     def _shard_up(self, shard: _Shard, conn: Any, channels: set[str]) -> None:
         shard.conn = conn

@@ -848,8 +848,14 @@ class RedisBroker(Broker):
                     for future in self._confirming.pop(message[1], ()):
                         if not future.done():
                             future.set_result(None)
+                elif kind == b"sunsubscribe":
+                    self._unsubscribed(message[1])
         finally:
             pinger.cancel()
+
+    def _unsubscribed(self, name: bytes) -> None:
+        """Redis ended the sharded subscription ``name``: the node asked,
+        or (on a cluster) its slot moved to another master."""
 
     async def _ping(self, conn: Any, last_seen: Callable[[], float]) -> None:
         """Ping the pub/sub connection; drop it when it stays silent, so
