@@ -285,6 +285,44 @@ async def test_a_master_killed_its_channels_answer_503_then_recover_others_never
                     assert not any(isinstance(x, RecoveryFailed) for x in got)
 
 
+async def test_a_master_restarted_empty_resyncs_its_channels_in_a_new_epoch() -> None:
+    cluster = RedisCluster()  # no replicas: the master itself comes back
+    cluster.start()
+    broker = ClusterBroker(cluster.url, timeout=1)
+    node = Recorder()
+    try:
+        await broker.start("a", node)
+        by_master = spread(cluster, "tidings:", "a")
+        port, lost = next(iter(by_master.items()))
+        other = next(c for p, c in by_master.items() if p != port)
+        for channel in (lost, other):
+            await broker.subscribe(channel)
+            await broker.publish(channel, b"1", KEEP)
+        _, epoch = await broker.publish(lost, b"2", KEEP)
+        await node.until(lambda: len(node.pushes) == 3)
+        master = next(s for s in cluster.servers if s.port == port)
+        master.kill()
+        name = f"127.0.0.1:{port}"
+        await wait_for(lambda: broker.status()["shards"][name] != "ok", "the loss")
+        with pytest.raises(BrokerUnavailable):
+            await broker.publish(lost, b"refused", KEEP)
+        await broker.publish(other, b"2", KEEP)  # the other shards go on
+        master.start()  # without persistence: empty
+        await wait_for(lambda: broker.status()["shards"][name] == "ok", "its return")
+        # Its channels are told where they are: a new epoch, as the history
+        # is gone, so their clients learn that recovery failed.
+        await node.until(lambda: any(p.kind == "position" for p in node.pushes))
+        [position] = [p for p in node.pushes if p.kind == "position"]
+        assert (position.channel, position.offset) == (lost, 0)
+        assert position.epoch != epoch
+        offset, new_epoch = await broker.publish(lost, b"again", KEEP)
+        await node.until(lambda: node.pushes[-1].data == b"again")
+        assert (offset, new_epoch) == (1, position.epoch)
+    finally:
+        await broker.close()
+        cluster.remove()
+
+
 async def test_a_node_started_before_its_cluster_waits_for_it() -> None:
     cluster = RedisCluster()
     broker = ClusterBroker(cluster.url, timeout=0.2)

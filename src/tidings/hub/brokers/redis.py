@@ -874,10 +874,12 @@ class RedisBroker(Broker):
         """Before resubscribing after an outage: have Redis check every
         channel this node delivers against what the node saw (_EPOCH), so
         that a Redis restored from an older state gives them new epochs
-        before any of its publications reach the node."""
+        before any of its publications reach the node. Raises the first
+        error Redis answered (one still loading, or a cluster not yet
+        whole): the connection is then made again later."""
         channels = [c for c in wanted if c in self._known]
         if channels:
-            await self._run_scripts(
+            results = await self._run_scripts(
                 "history",
                 [
                     [
@@ -890,6 +892,9 @@ class RedisBroker(Broker):
                     for c in channels
                 ],
             )
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
 
     async def _resync(self, wanted: Iterable[str]) -> None:
         """After Redis was unreachable: have the node make its heartbeat and
