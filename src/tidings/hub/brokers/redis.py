@@ -45,7 +45,8 @@ prefix ``P`` (``tidings:`` by default):
 - ``Pnodes``, a sorted set: node -> heartbeat expiry.
 
 The braces are Redis Cluster hash tags: every key of a channel lives in one
-slot.
+slot (brokers/cluster.py: the same broker on a Redis Cluster, with sharded
+pub/sub).
 """
 
 from __future__ import annotations
