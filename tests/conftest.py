@@ -237,6 +237,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _port_free(port: int) -> bool:
+    if port > 65535:
+        return False
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 async def echo(ws: WebSocket) -> None:
     """A handler that sends every message back."""
     async for message in ws:
@@ -258,6 +269,7 @@ class RedisServer:
         appendfsync: str = "always",
         config: str | None = None,
         args: Iterable[str] = (),
+        cluster: bool = False,
     ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
@@ -266,7 +278,11 @@ class RedisServer:
         self.binary = binary
         self.persistent = persistent
         self.appendfsync = appendfsync
+        self.cluster = cluster
+        # A cluster node also listens on its port + 10000 (the cluster bus).
         self.port = free_port()
+        while cluster and not _port_free(self.port + 10000):
+            self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="tidings-redis-"))
         self.config: list[str] = []
         if config is not None:
@@ -297,6 +313,13 @@ class RedisServer:
             self.appendfsync,
             *self.args,
         ]
+        if self.cluster:
+            # A master silent for a second is failed over (when it has a
+            # replica), so that failover tests take seconds; meanwhile the
+            # other masters serve their slots (docs/scaling.md).
+            args += ["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"]
+            args += ["--cluster-require-full-coverage", "no"]
+            args += ["--logfile", str(self.dir / "redis.log")]
         self.proc = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -426,6 +449,108 @@ def redis_server() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.remove()
+
+
+class RedisCluster:
+    """A real Redis Cluster on loopback: ``masters`` ``redis-server
+    --cluster-enabled yes`` processes, with ``replicas`` replicas each, joined
+    by ``redis-cli --cluster create``."""
+
+    def __init__(self, masters: int = 3, replicas: int = 0) -> None:
+        if shutil.which("redis-cli") is None:
+            skip_unless_ci("redis-cli is not installed")
+        self.replicas = replicas
+        self.servers = [
+            RedisServer(cluster=True) for _ in range(masters * (1 + replicas))
+        ]
+
+    @property
+    def url(self) -> str:
+        nodes = ",".join(f"127.0.0.1:{s.port}" for s in self.servers)
+        return f"redis+cluster://{nodes}"
+
+    def start(self) -> None:
+        for server in self.servers:
+            server.start()
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{s.port}" for s in self.servers),
+                "--cluster-replicas",
+                str(self.replicas),
+                "--cluster-yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            timeout=60,
+        )
+        for server in self.servers:
+            self.wait_ok(server)
+            # A replica that never synced with its master cannot replace it.
+            self.wait_for(server, "master_link_status:up", "INFO", "replication")
+
+    def wait_for(self, server: RedisServer, line: str, *command: str) -> None:
+        """Until ``command`` answers with ``line``, on a replica, bounded."""
+        deadline = time.monotonic() + 30
+        while "role:slave" in (answer := self.cli(server, *command)):
+            if line in answer:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{server.port} never said {line}")
+            time.sleep(0.05)
+
+    def cli(self, server: RedisServer, *args: str) -> str:
+        """A command's answer from ``server``, as redis-cli prints it."""
+        return subprocess.run(
+            ["redis-cli", "-p", str(server.port), *args],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        ).stdout
+
+    def wait_ok(self, server: RedisServer, timeout: float = 30) -> None:
+        """Until ``server`` says cluster_state:ok, bounded."""
+        deadline = time.monotonic() + timeout
+        while "cluster_state:ok" not in self.cli(server, "CLUSTER", "INFO"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the cluster at {server.port} is not ok")
+            time.sleep(0.05)
+
+    def master_of(self, key: str) -> RedisServer:
+        """The master that holds ``key``'s slot now."""
+        slot = int(self.cli(self.servers[0], "CLUSTER", "KEYSLOT", key))
+        for line in self.cli(self.live()[0], "CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            if "master" not in fields[2] or "fail" in fields[2]:
+                continue
+            for ranges in fields[8:]:
+                first, _, last = ranges.partition("-")
+                if int(first) <= slot <= int(last or first):
+                    port = int(fields[1].split("@")[0].rpartition(":")[2])
+                    return next(s for s in self.servers if s.port == port)
+        raise LookupError(f"no master holds slot {slot}")
+
+    def live(self) -> list[RedisServer]:
+        return [s for s in self.servers if s.proc is not None]
+
+    def remove(self) -> None:
+        for server in self.servers:
+            server.remove()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """One Redis Cluster of 3 masters for the test session (tests use key
+    prefixes of their own)."""
+    cluster = RedisCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()
 
 
 def lose(hub: Any, offsets: set[int]) -> list[Any]:

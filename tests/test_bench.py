@@ -898,3 +898,25 @@ def test_mount_quick(tmp_path: Path) -> None:
     assert all(len(v) == 1 and v[0] > 0 for v in rates.values()), rates
     for server in SERVERS:
         assert f"| {server.label} | " in proc.stdout, proc.stdout
+
+
+def test_cluster_quick(tmp_path: Path) -> None:
+    """benchmarks/cluster.py in a few seconds: one Redis, then a cluster of
+    3 masters, each under 3 nodes that deliver; a CPU figure per Redis
+    process. Nothing about speed."""
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        skip_unless_ci("redis-server and redis-cli are not installed")
+    out = tmp_path / "cluster.json"
+    proc = run_benchmark(
+        *("benchmarks.cluster", "--channels", "30", "--subscribers", "3"),
+        *("--publishers", "1", "--in-flight", "2", "--warmup", "0.5"),
+        *("--seconds", "0.5", "--json", str(out)),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, cluster = json.loads(out.read_text())
+    assert (one["backend"], len(one["redis CPU"])) == ("one Redis", 1)
+    assert len(cluster["redis CPU"]) == 3
+    for row in (one, cluster):
+        assert row["publications/s"] > 0 and row["refused"] == 0, row
+        assert row["deliveries/s"] > 0, row
+    assert "| Redis Cluster, 3 masters | " in proc.stdout, proc.stdout

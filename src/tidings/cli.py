@@ -405,10 +405,12 @@ def _add_serve(sub: Any) -> None:
         "--broker",
         metavar="URL",
         help="memory (the default: one process) or redis://HOST:PORT/DB, which "
-        "makes every node on that Redis one hub, or "
+        "makes every node on that Redis one hub; "
         "redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER[/DB], which follows "
-        "Sentinel's failovers (rediss:// and rediss+sentinel:// with TLS); the "
-        "password in the URL or TIDINGS_BROKER_PASSWORD (docs/scaling.md)",
+        "Sentinel's failovers; or redis+cluster://HOST:PORT[,HOST:PORT...] for "
+        "a Redis Cluster, each channel on one shard (rediss:// and rediss+... "
+        "with TLS); the password in the URL or TIDINGS_BROKER_PASSWORD "
+        "(docs/scaling.md)",
     )
     serve.add_argument(
         "--presence-ttl",
@@ -594,11 +596,11 @@ def _banner(hub: Hub, metrics_port: int | None) -> list[str]:
         f"  WebSocket endpoint: {hub.ws_url}",
     ]
     broker = hub.broker.status()
-    if broker["kind"] == "redis":
+    if broker["kind"] in ("redis", "redis-cluster"):
         state = (
             "connected" if broker["ok"] else f"unreachable, retrying: {broker['error']}"
         )
-        lines.append(f"  broker: redis at {broker['server']} ({state})")
+        lines.append(f"  broker: {broker['kind']} at {broker['server']} ({state})")
     else:
         lines.append("  broker: memory (this process only)")
     if config.proxy.enabled:

@@ -32,28 +32,43 @@ SECRET = "a test secret that is 32+ bytes long"
 
 #: Broker kinds: the backend, and how many nodes share it.
 BROKERS = {"memory": 1, "memory-3-nodes": 3, "redis": 1, "redis-3-nodes": 3}
+#: Kinds that only the tests that name them run on: a Redis Cluster of three
+#: masters (the test session's).
+CLUSTER_BROKERS = {"cluster": 1, "cluster-3-nodes": 3}
 
 
 class Brokers:
     """Makes brokers of one kind on one fresh backend: a new
     :class:`MemoryBackend`, or a key prefix of its own on the test
-    session's Redis, so that every channel starts at offset 0."""
+    session's Redis (or Redis Cluster), so that every channel starts at
+    offset 0."""
 
     def __init__(self, kind: str, request: pytest.FixtureRequest) -> None:
         self.kind = kind
-        self.nodes = BROKERS[kind]
+        self.nodes = {**BROKERS, **CLUSTER_BROKERS}[kind]
         self.memory = MemoryBackend()
         self.redis_url = ""
         self.prefix = f"t{secrets.token_hex(4)}:"
         if kind.startswith("redis"):
             self.redis_url = request.getfixturevalue("redis_server").url
+        if kind.startswith("cluster"):
+            self.redis_url = request.getfixturevalue("redis_cluster").url
 
     def __call__(self) -> Broker:
         if not self.redis_url:
             return MemoryBroker(self.memory)
+        from tidings.hub.brokers.cluster import ClusterBroker
         from tidings.hub.brokers.redis import RedisBroker
 
+        if self.kind.startswith("cluster"):
+            return ClusterBroker(self.redis_url, prefix=self.prefix)
         return RedisBroker(self.redis_url, prefix=self.prefix)
+
+
+#: On a test: run it on three nodes on the Redis Cluster too.
+ALSO_ON_CLUSTER = pytest.mark.parametrize(
+    "brokers", [*BROKERS, "cluster-3-nodes"], indirect=True
+)
 
 
 @pytest.fixture(params=list(BROKERS))

@@ -1,6 +1,7 @@
 """The hub over real sockets: publish and subscribe, presence, recovery,
 slow readers, many subscribers and shutdown (docs/protocol.md). Every test
-runs against each broker of conftest.BROKERS."""
+runs against each broker of conftest.BROKERS, and those that cross nodes
+most on three nodes on a Redis Cluster too (ALSO_ON_CLUSTER)."""
 
 from __future__ import annotations
 
@@ -19,11 +20,12 @@ from tidings.hub import Hub
 from tidings.hub.wire import encode_pub
 
 from ..conftest import count_writes, wait_for
-from .conftest import CLUSTERS
+from .conftest import ALSO_ON_CLUSTER, CLUSTERS
 
 BOUND = 10
 
 
+@ALSO_ON_CLUSTER
 async def test_subscribe_publish_unsubscribe(start_hub: Any, connect: Any) -> None:
     hub = await start_hub()
     alice = await connect(hub)
@@ -74,6 +76,7 @@ async def test_subscribing_twice_is_409_and_the_first_subscription_stays(
     assert [p["data"] for p in await peer.pubs(1)] == ["still"]
 
 
+@ALSO_ON_CLUSTER
 async def test_publications_arrive_in_order_to_every_subscriber_and_the_publisher(
     start_hub: Any, connect: Any
 ) -> None:
@@ -177,6 +180,7 @@ async def test_deflate_is_agreed_without_context_takeover_and_fans_out(
             await ws.close()
 
 
+@ALSO_ON_CLUSTER
 async def test_a_publish_key_raced_from_every_node_publishes_exactly_once(
     start_hub: Any, connect: Any
 ) -> None:
@@ -407,6 +411,7 @@ async def test_history_replies_are_capped_and_page_with_since(
 # -- presence ------------------------------------------------------------
 
 
+@ALSO_ON_CLUSTER
 async def test_presence_and_join_leave(start_hub: Any, connect: Any, mint: Any) -> None:
     hub = await start_hub()
     alice = await connect(hub, mint("alice"))
@@ -476,6 +481,7 @@ async def test_the_tokens_info_shows_in_presence_joins_leaves_and_publications(
     assert await alice.push() == {"channel": "chat:i", "leave": bob_json}
 
 
+@ALSO_ON_CLUSTER
 async def test_presence_stats_count_clients_and_users_of_the_whole_hub(
     start_hub: Any, connect: Any, mint: Any
 ) -> None:
@@ -552,6 +558,7 @@ async def test_a_client_gone_without_closing_leaves(
 # -- recovery --------------------------------------------------------------
 
 
+@ALSO_ON_CLUSTER
 async def test_recovery_returns_exactly_what_was_missed_then_live_pushes(
     start_hub: Any, connect: Any
 ) -> None:
@@ -597,6 +604,7 @@ async def test_recovery_fails_when_the_history_no_longer_reaches_back(
     assert pub["offset"] == 12
 
 
+@ALSO_ON_CLUSTER
 async def test_recovery_fails_with_another_epoch(start_hub: Any, connect: Any) -> None:
     hub = await start_hub()
     await hub.publish("chat:e", 1)
@@ -613,6 +621,7 @@ async def test_recovery_fails_with_another_epoch(start_hub: Any, connect: Any) -
     assert result["recovered"] is False and "publications" not in result
 
 
+@ALSO_ON_CLUSTER
 async def test_publications_during_a_recovering_subscribe_are_not_lost_or_doubled(
     start_hub: Any, connect: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -766,6 +775,7 @@ async def test_shutdown_closes_every_client_with_1001(
             assert await peer.result("ping") == {}
 
 
+@ALSO_ON_CLUSTER
 async def test_a_subscribe_waits_until_the_node_receives_the_channel(
     start_hub: Any, connect: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

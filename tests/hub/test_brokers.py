@@ -23,7 +23,9 @@ from ..conftest import wait_for
 from .conftest import Brokers, Recorder
 
 #: Each kind once: these tests start the nodes they need themselves.
-pytestmark = pytest.mark.parametrize("brokers", ["memory", "redis"], indirect=True)
+pytestmark = pytest.mark.parametrize(
+    "brokers", ["memory", "redis", "cluster"], indirect=True
+)
 
 BOUND = 10
 KEEP_5 = ChannelOptions(history_size=5, history_ttl=60)

@@ -31,6 +31,7 @@ from .brokers.base import (
     HistoryResult,
     Push,
 )
+from .brokers.cluster import CLUSTER_SCHEMES
 from .callables import CallableHooks, HookFunction
 from .config import ConfigError, HubConfig, NamespaceConfig
 from .hooks import Hooks
@@ -68,7 +69,8 @@ MAX_PENDING = 256 * 1024
 
 
 def make_broker(config: HubConfig) -> Broker:
-    """The broker ``config.broker`` names: ``memory`` or a Redis URL."""
+    """The broker ``config.broker`` names: ``memory``, a Redis URL or a
+    Redis Cluster's."""
     if config.broker == "memory":
         from .brokers.memory import MemoryBackend, MemoryBroker
 
@@ -78,6 +80,10 @@ def make_broker(config: HubConfig) -> Broker:
                 max_history_bytes=config.max_history_bytes,
             )
         )
+    if config.broker.startswith(CLUSTER_SCHEMES):
+        from .brokers.cluster import ClusterBroker
+
+        return ClusterBroker(config.broker, password=config.broker_password)
     from .brokers.redis import RedisBroker
 
     return RedisBroker(config.broker, password=config.broker_password)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..exceptions import TidingsError
+from .brokers.cluster import CLUSTER_SCHEMES, parse_cluster_url
 from .brokers.redis import SENTINEL_SCHEMES, parse_sentinel_url
 from .wire import NAMESPACE_RE
 
@@ -149,7 +150,8 @@ class HubConfig:
     #: ``memory`` (one process), or a Redis URL (``redis://HOST:PORT/DB``,
     #: ``rediss://`` with TLS, ``unix:///PATH``, or Sentinel's
     #: ``redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER[/DB]``) that makes
-    #: every node on it one hub.
+    #: every node on it one hub, or a Redis Cluster's
+    #: (``redis+cluster://HOST:PORT[,HOST:PORT...]``, ``rediss+cluster://``).
     broker: str = "memory"
     #: The Redis password when the broker URL holds none (so that it need
     #: not be on a command line): ``TIDINGS_BROKER_PASSWORD``.
@@ -407,9 +409,14 @@ def _check_ranges(config: HubConfig) -> None:
     ):
         if getattr(config, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {getattr(config, key)}")
-    if config.broker.startswith(SENTINEL_SCHEMES):
+    if config.broker.startswith(SENTINEL_SCHEMES + CLUSTER_SCHEMES):
+        parse = (
+            parse_sentinel_url
+            if config.broker.startswith(SENTINEL_SCHEMES)
+            else parse_cluster_url
+        )
         try:
-            parse_sentinel_url(config.broker)
+            parse(config.broker)
         except ValueError as exc:
             raise ConfigError(f"broker: {exc}") from None
     elif config.broker != "memory" and not config.broker.startswith(
@@ -417,7 +424,8 @@ def _check_ranges(config: HubConfig) -> None:
     ):
         raise ConfigError(
             f"broker must be memory or a redis://, rediss://, unix://, "
-            f"redis+sentinel:// or rediss+sentinel:// URL, got {config.broker!r}"
+            f"redis+sentinel://, rediss+sentinel://, redis+cluster:// or "
+            f"rediss+cluster:// URL, got {config.broker!r}"
         )
     _check_workers(config)
     for key in (

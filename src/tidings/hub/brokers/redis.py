@@ -45,19 +45,21 @@ prefix ``P`` (``tidings:`` by default):
 - ``Pnodes``, a sorted set: node -> heartbeat expiry.
 
 The braces are Redis Cluster hash tags: every key of a channel lives in one
-slot.
+slot (brokers/cluster.py: the same broker on a Redis Cluster, with sharded
+pub/sub).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
 import random
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -351,6 +353,12 @@ class RedisBroker(Broker):
     ``password`` is used when the URL has none.
     """
 
+    #: The pub/sub commands: one Redis delivers every channel to every
+    #: subscriber (a cluster, only its shard's: brokers/cluster.py).
+    _publish_command = "PUBLISH"
+    _subscribe_command = "SUBSCRIBE"
+    _unsubscribe_command = "UNSUBSCRIBE"
+
     def __init__(
         self,
         url: str,
@@ -361,7 +369,6 @@ class RedisBroker(Broker):
         password: str | None = None,
     ) -> None:
         try:
-            from redis import asyncio as redis
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
         except ImportError:
@@ -373,12 +380,13 @@ class RedisBroker(Broker):
         self._timeout = timeout
         self._max_pending = max_pending
         self._pending = 0
-        pool = _pool(url, password, timeout)
         # One retry at once: the first command on a pooled connection that
         # Redis closed (it restarted) fails, the second connects afresh.
-        self._redis = redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 1))
+        self._redis = self._client(url, password, timeout, Retry(NoBackoff(), 1))
         self._scripts = {
-            name: self._redis.register_script(source)
+            name: self._redis.register_script(
+                source.replace("'PUBLISH'", f"'{self._publish_command}'")
+            )
             for name, source in (
                 ("publish", _PUBLISH),  # sent by _send_publications
                 ("history", _HISTORY),
@@ -402,9 +410,10 @@ class RedisBroker(Broker):
         self._reader: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._resyncing: asyncio.Task[None] | None = None
-        #: Publications waiting for the next round trip, in order.
-        self._outbox: list[tuple[list[Any], asyncio.Future[Any]]] = []
-        self._sending: asyncio.Task[None] | None = None
+        #: Publications waiting for the next round trip, in order, per
+        #: route (see _route), and the task sending each route's.
+        self._outboxes: dict[str, list[tuple[list[Any], asyncio.Future[Any]]]] = {}
+        self._senders: dict[str, asyncio.Task[None]] = {}
         #: Per channel, the newest position this node saw: epoch, offset,
         #: and the tag of the publication there (b"" when unknown), least
         #: recently seen first.
@@ -421,21 +430,32 @@ class RedisBroker(Broker):
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._timeout):
                 await self._connected.wait()
-        if self._conn is None:
+        if not self.status()["ok"]:
             logger.warning("redis at %s is unreachable: %s", self._where(), self._error)
 
+    def _client(
+        self, url: str, password: str | None, timeout: float, retry: Any
+    ) -> Any:
+        """The client for commands, made from the broker's URL (``password``
+        where the URL has none)."""
+        from redis import asyncio as redis
+
+        return redis.Redis(connection_pool=_pool(url, password, timeout), retry=retry)
+
     async def close(self) -> None:
-        for task in (self._reader, self._resyncing, self._sending):
+        for task in (self._reader, self._resyncing, *self._senders.values()):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._reader = self._resyncing = self._sending = None
+        self._reader = self._resyncing = None
+        self._senders.clear()
         self._events = None
         with contextlib.suppress(BrokerUnavailable):
             await self._call(self._redis.zrem(self._key("nodes"), self._node))
         await self._redis.aclose()
-        sentinels = getattr(self._redis.connection_pool, "sentinel_manager", None)
+        pool = getattr(self._redis, "connection_pool", None)  # none on a cluster
+        sentinels = getattr(pool, "sentinel_manager", None)
         if sentinels is not None:
             await sentinels.aclose()
 
@@ -492,30 +512,38 @@ class RedisBroker(Broker):
             max(1, math.ceil(options.history_ttl)),
             max(1, math.ceil(window * 1000)),
         ]
-        offset, epoch, tag = await self._call(self._queue_publish(command))
+        offset, epoch, tag = await self._call(
+            self._queue_publish(self._route(keys[0]), command)
+        )
         self._learn(channel, epoch, int(offset), tag)
         return int(offset), epoch.decode()
 
-    async def _queue_publish(self, command: list[Any]) -> Any:
+    def _route(self, key: str) -> str:
+        """The route of commands on ``key``: publications of one route go
+        in order, one round trip at a time. Raises
+        :class:`BrokerUnavailable` while the route's Redis is unreachable."""
+        self._up()
+        return ""
+
+    async def _queue_publish(self, route: str, command: list[Any]) -> Any:
         """Publish in the next round trip: publications made while one is
         on its way go together in the next, in the order they were made,
         so that a burst reaches every node as a burst.
 
         Raises :class:`BrokerUnavailable` when the publication was never
         sent, :class:`OutcomeUnknown` when it was and no answer came."""
-        if self._conn is None:
-            raise BrokerUnavailable(f"redis is unreachable: {self._error}")
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         entry = (command, done)
-        self._outbox.append(entry)
-        if self._sending is None:
-            self._sending = asyncio.create_task(self._send_publications())
+        self._outboxes.setdefault(route, []).append(entry)
+        if route not in self._senders:
+            self._senders[route] = asyncio.create_task(self._send_publications(route))
         try:
             async with asyncio.timeout(self._timeout):
                 return await done
         except TimeoutError:
-            if entry in self._outbox:
-                self._outbox.remove(entry)  # never sent: it will not be made
+            waiting = self._outboxes.get(route, [])
+            if entry in waiting:
+                waiting.remove(entry)  # never sent: it will not be made
                 raise BrokerUnavailable(
                     f"redis did not take the publication within {self._timeout:g} s"
                 ) from None
@@ -524,16 +552,13 @@ class RedisBroker(Broker):
                 "publication may have been made"
             ) from None
 
-    async def _send_publications(self) -> None:
-        from redis.exceptions import RedisError
-
+    async def _send_publications(self, route: str) -> None:
         try:
-            while self._outbox:
-                batch, self._outbox = self._outbox, []
+            while batch := self._outboxes.pop(route, []):
                 commands = [command for command, _ in batch]
                 try:
                     results = await self._run_scripts("publish", commands)
-                except (RedisError, OSError) as exc:
+                except _failures() as exc:
                     # Sent, perhaps: Redis may have made them before the
                     # connection broke, or may make them once it resumes.
                     unknown = OutcomeUnknown(f"redis failed: {exc}")
@@ -546,7 +571,7 @@ class RedisBroker(Broker):
                     else:
                         done.set_result(result)
         finally:
-            self._sending = None
+            del self._senders[route]
 
     async def _run_scripts(self, name: str, commands: list[list[Any]]) -> list[Any]:
         """Run script ``name`` once for each of ``commands`` (its key count,
@@ -599,13 +624,13 @@ class RedisBroker(Broker):
     # -- delivery --------------------------------------------------------------
 
     async def subscribe(self, channel: str) -> None:
-        conn = self._up()
+        conn = self._pubsub_for(channel)
         name = self._pubsub_name(channel)
         confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._confirming.setdefault(name, []).append(confirmed)
         self._wanted.add(channel)
         try:
-            await self._call(conn.send_command("SUBSCRIBE", name))
+            await self._call(conn.send_command(self._subscribe_command, name))
             async with asyncio.timeout(self._timeout):
                 await confirmed
         except BaseException as exc:
@@ -621,18 +646,19 @@ class RedisBroker(Broker):
 
     async def unsubscribe(self, channel: str) -> None:
         self._wanted.discard(channel)
-        conn = self._conn
-        if conn is not None:
-            # Not waited for: whatever still comes for the channel is dropped
-            # here, and a resubscribe's confirmation comes after this one's.
-            with contextlib.suppress(BrokerUnavailable):
-                await self._call(
-                    conn.send_command("UNSUBSCRIBE", self._pubsub_name(channel))
-                )
+        # Not waited for: whatever still comes for the channel is dropped
+        # here, and a resubscribe's confirmation comes after this one's.
+        with contextlib.suppress(BrokerUnavailable):
+            conn = self._pubsub_for(channel)
+            await self._call(
+                conn.send_command(self._unsubscribe_command, self._pubsub_name(channel))
+            )
 
     async def control(self, message: dict[str, Any]) -> None:
         payload = json.dumps(message, separators=(",", ":"))
-        await self._call(self._redis.publish(self._control, payload))
+        await self._call(
+            self._redis.execute_command(self._publish_command, self._control, payload)
+        )
 
     async def heartbeat(self, ttl: float) -> None:
         await self._script(
@@ -727,10 +753,19 @@ class RedisBroker(Broker):
     def _pubsub_name(self, channel: str) -> bytes:
         return f"{self._prefix}ch:{channel}".encode()
 
+    def _channel_of(self, name: bytes) -> str:
+        """The channel of a pub/sub name (_pubsub_name)."""
+        return name[len(self._prefix) + 3 :].decode()
+
     def _up(self) -> Any:
         if self._conn is None:
             raise BrokerUnavailable(f"redis is unreachable: {self._error}")
         return self._conn
+
+    def _pubsub_for(self, channel: str) -> Any:
+        """The pub/sub connection that delivers ``channel`` (raises
+        :class:`BrokerUnavailable` while there is none)."""
+        return self._up()
 
     async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         return await self._call(self._scripts[name](keys=keys, args=args))
@@ -740,7 +775,7 @@ class RedisBroker(Broker):
         beyond ``max_pending`` calls in flight it is refused at once. A
         READONLY answer means this Redis is a replica now (a master demoted
         in a failover): the node counts it as lost and reconnects."""
-        from redis.exceptions import ReadOnlyError, RedisError
+        from redis.exceptions import ReadOnlyError
 
         if self._pending >= self._max_pending:
             if asyncio.iscoroutine(call):
@@ -753,7 +788,7 @@ class RedisBroker(Broker):
             raise BrokerUnavailable(
                 f"redis did not answer within {self._timeout:g} s"
             ) from None
-        except (RedisError, OSError) as exc:
+        except _failures() as exc:
             if isinstance(exc, ReadOnlyError) and self._conn is not None:
                 self._error = f"redis is a replica now: {exc}"
                 await self._conn.disconnect(nowait=True)
@@ -771,14 +806,16 @@ class RedisBroker(Broker):
         delay = BACKOFF_INITIAL
         resync = False  # after the first time up, every connection resyncs
         while True:
-            conn = self._redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+            conn = self._redis.connection_pool.make_connection()
             try:
                 await conn.connect()
                 if resync:
-                    await self._check_channels()
+                    await self._check_channels(self._wanted)
                 names = [self._control] + [self._pubsub_name(c) for c in self._wanted]
                 await conn.send_command("SUBSCRIBE", *names)
-                await self._listen(conn, len(names), resync=resync)
+                await self._listen(
+                    conn, len(names), functools.partial(self._on_up, conn, resync)
+                )
             except (RedisError, OSError) as exc:
                 self._error = str(exc) or type(exc).__name__
             finally:
@@ -800,38 +837,53 @@ class RedisBroker(Broker):
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, BACKOFF_MAX)
 
-    async def _listen(self, conn: Any, expected: int, *, resync: bool) -> None:
+    def _on_up(self, conn: Any, resync: bool) -> None:
+        """The pub/sub connection is subscribed to everything the node
+        wants: the node is up."""
+        self._conn = conn
+        self._error = ""
+        self._connected.set()
+        if resync:
+            logger.warning("redis at %s is back", self._where())
+            self._resyncing = asyncio.create_task(self._resync(self._wanted))
+
+    async def _listen(
+        self, conn: Any, expected: int, on_up: Callable[[], None]
+    ) -> None:
         """Read the pub/sub connection until it fails. The first
         ``expected`` confirmations are those of (re)subscribing; once they
-        are in, the node is up."""
+        are in, ``on_up`` is called."""
         loop = asyncio.get_running_loop()
         seen = loop.time()
         pinger = asyncio.create_task(self._ping(conn, lambda: seen))
+        if expected == 0:
+            on_up()
         try:
             while True:
                 message = await conn.read_response(timeout=math.inf, push_request=True)
                 seen = loop.time()
                 kind = message[0]
-                if kind == b"message":
+                if kind in (b"message", b"smessage"):
                     try:
                         self._received(message[1], message[2])
                     except Exception:
                         logger.exception("cannot deliver %.200r", message[2])
-                elif kind == b"subscribe":
+                elif kind in (b"subscribe", b"ssubscribe"):
                     if expected > 0:
                         expected -= 1
                         if expected == 0:
-                            self._conn = conn
-                            self._error = ""
-                            self._connected.set()
-                            if resync:
-                                logger.warning("redis at %s is back", self._where())
-                                self._resyncing = asyncio.create_task(self._resync())
+                            on_up()
                     for future in self._confirming.pop(message[1], ()):
                         if not future.done():
                             future.set_result(None)
+                elif kind == b"sunsubscribe":
+                    self._unsubscribed(message[1])
         finally:
             pinger.cancel()
+
+    def _unsubscribed(self, name: bytes) -> None:
+        """Redis ended the sharded subscription ``name``: the node asked,
+        or (on a cluster) its slot moved to another master."""
 
     async def _ping(self, conn: Any, last_seen: Callable[[], float]) -> None:
         """Ping the pub/sub connection; drop it when it stays silent, so
@@ -846,14 +898,16 @@ class RedisBroker(Broker):
             with contextlib.suppress(Exception):
                 await conn.send_command("PING")
 
-    async def _check_channels(self) -> None:
+    async def _check_channels(self, wanted: Iterable[str]) -> None:
         """Before resubscribing after an outage: have Redis check every
         channel this node delivers against what the node saw (_EPOCH), so
         that a Redis restored from an older state gives them new epochs
-        before any of its publications reach the node."""
-        channels = [c for c in self._wanted if c in self._known]
+        before any of its publications reach the node. Raises the first
+        error Redis answered (one still loading, or a cluster not yet
+        whole): the connection is then made again later."""
+        channels = [c for c in wanted if c in self._known]
         if channels:
-            await self._run_scripts(
+            results = await self._run_scripts(
                 "history",
                 [
                     [
@@ -866,15 +920,18 @@ class RedisBroker(Broker):
                     for c in channels
                 ],
             )
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
 
-    async def _resync(self) -> None:
+    async def _resync(self, wanted: Iterable[str]) -> None:
         """After Redis was unreachable: have the node make its heartbeat and
         presence entries again (Redis may have restarted empty), and tell
         each channel's subscribers where it is, so that those who missed
         publications recover."""
         if self._events is not None:
             self._events.on_reconnected()
-        for channel in list(self._wanted):
+        for channel in list(wanted):
             try:
                 position = await self.history(channel, ChannelOptions(), limit=0)
             except BrokerUnavailable:
@@ -897,7 +954,7 @@ class RedisBroker(Broker):
                 return
             events.on_control(message)
             return
-        channel = name[len(self._prefix) + 3 :].decode()
+        channel = self._channel_of(name)
         if channel not in self._wanted:
             return  # unsubscribed meanwhile
         kind, offset, epoch, tag, data, who = payload.split(_SEP, 5)
@@ -914,6 +971,14 @@ class RedisBroker(Broker):
             events.on_push(
                 Push(channel, "join" if kind == b"j" else "leave", info=info)
             )
+
+
+def _failures() -> tuple[type[Exception], ...]:
+    """What redis-py raises when Redis failed a call (imported late: redis-py
+    is an optional dependency)."""
+    from redis.exceptions import RedisClusterException, RedisError
+
+    return (RedisError, RedisClusterException, OSError)
 
 
 def _who(info: ClientInfo | None) -> bytes:
