@@ -17,6 +17,7 @@ import websockets
 
 import tidings
 from tidings.hub import Hub
+from tidings.hub.brokers.memory import MemoryBroker
 from tidings.hub.wire import encode_pub
 
 from ..conftest import count_writes, wait_for
@@ -127,7 +128,9 @@ async def test_a_burst_reaches_each_subscriber_in_order_in_one_write(
         await hub.publish("chat:burst", i)
     for peer in peers:
         assert [p["data"] for p in await peer.pubs(200)] == list(range(1, 201))
-    if not CLUSTERS.get(hub):  # with other nodes, pushes come as Redis reads them
+    # On Redis, pushes come as the node reads them from Redis: in one read
+    # or several, as it happens. On the memory broker, in this iteration.
+    if isinstance(hub.broker, MemoryBroker):
         assert len(writes) == len(peers)
     # A publish command: its own publication comes back before its reply.
     first = peers[0]
