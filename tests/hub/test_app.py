@@ -21,7 +21,7 @@ from tidings.hub.brokers.memory import MemoryBroker
 from tidings.hub.wire import encode_pub
 
 from ..conftest import count_writes, wait_for
-from .conftest import ALSO_ON_CLUSTER, CLUSTERS
+from .conftest import ALSO_ON_CLUSTER
 
 BOUND = 10
 
