@@ -74,6 +74,17 @@ def test_cluster_urls_are_checked_with_clear_errors() -> None:
     assert load_config(overrides={"broker": "redis+cluster://h:1,h:2"}).broker
 
 
+async def test_the_broker_password_is_used_where_the_url_has_none() -> None:
+    given = ClusterBroker("redis+cluster://127.0.0.1:7000", password="s3cret")
+    in_url = ClusterBroker("redis+cluster://:mine@127.0.0.1:7000", password="s3cret")
+    try:
+        assert given._redis.connection_kwargs["password"] == "s3cret"
+        assert in_url._redis.connection_kwargs["password"] == "mine"
+    finally:
+        await given._redis.aclose()
+        await in_url._redis.aclose()
+
+
 async def test_channels_on_every_shard_publish_at_once_gap_free_across_nodes(
     redis_cluster: RedisCluster, brokers: list[Any]
 ) -> None:
