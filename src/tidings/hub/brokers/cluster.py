@@ -133,11 +133,7 @@ class ClusterBroker(RedisBroker):
 
     async def close(self) -> None:
         for shard in self._shards.values():
-            for task in (shard.task, shard.resyncing):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            await self._stop(shard.task, shard.resyncing)
         self._shards.clear()
         await super().close()
 

@@ -443,21 +443,34 @@ class RedisBroker(Broker):
         return redis.Redis(connection_pool=_pool(url, password, timeout), retry=retry)
 
     async def close(self) -> None:
-        for task in (self._reader, self._resyncing, *self._senders.values()):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await self._stop(self._reader, self._resyncing, *self._senders.values())
         self._reader = self._resyncing = None
         self._senders.clear()
         self._events = None
-        with contextlib.suppress(BrokerUnavailable):
-            await self._call(self._redis.zrem(self._key("nodes"), self._node))
-        await self._redis.aclose()
+        # Each step bounded: a Redis that stopped answering (or a client
+        # stuck in a reconnect) must not keep the node from closing.
+        with contextlib.suppress(BrokerUnavailable, TimeoutError):
+            async with asyncio.timeout(self._timeout):
+                await self._call(self._redis.zrem(self._key("nodes"), self._node))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._timeout):
+                await self._redis.aclose()
         pool = getattr(self._redis, "connection_pool", None)  # none on a cluster
         sentinels = getattr(pool, "sentinel_manager", None)
         if sentinels is not None:
-            await sentinels.aclose()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._timeout):
+                    await sentinels.aclose()
+
+    async def _stop(self, *tasks: asyncio.Task[None] | None) -> None:
+        """Cancel ``tasks`` and wait for them, each at most the timeout (a
+        task inside redis-py may take a while to notice)."""
+        for task in tasks:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    async with asyncio.timeout(self._timeout):
+                        await task
 
     def status(self) -> dict[str, Any]:
         status: dict[str, Any] = {
