@@ -44,8 +44,11 @@ class Workers:
     """One ``tidings serve --workers N`` process: its port, and its workers
     as it reports them on stderr (index -> pid and metrics port)."""
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, shared: bool) -> None:
         self.proc = proc
+        #: One listening socket for all: whichever worker wakes first
+        #: accepts (SO_REUSEPORT spreads connections by their addresses).
+        self.shared = shared
         self.port = 0
         self.url = ""
         self.workers: dict[int, tuple[int, int]] = {}
@@ -105,8 +108,22 @@ class Workers:
         return peer
 
     async def connect_on(self, index: int) -> Peer:
-        """A peer that the kernel happened to give to worker ``index``: the
+        """A peer on worker ``index``. On one shared listening socket, the
+        other workers are stopped meanwhile (SIGSTOP), so that it is the one
+        to accept; with SO_REUSEPORT, connections the kernel gives to the
         others are closed again (at most 100 tries)."""
+        if self.shared:
+            others = [pid for i, (pid, _) in self.workers.items() if i != index]
+            before = await self.connections(index)
+            for pid in others:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                peer = await self.connect()
+            finally:
+                for pid in others:
+                    os.kill(pid, signal.SIGCONT)
+            assert await self.connections(index) > before
+            return peer
         for _ in range(100):
             before = await self.connections(index)
             peer = await self.connect()
@@ -145,7 +162,7 @@ async def serve_workers(
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert proc.stdout is not None
-    hub = Workers(proc)
+    hub = Workers(proc, shared_socket)
     try:
         async with asyncio.timeout(BOUND):
             first = (await proc.stdout.readline()).decode()
