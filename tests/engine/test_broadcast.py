@@ -236,6 +236,43 @@ async def test_broadcast_many_frames_a_batch_once_in_order_for_every_kind() -> N
                 await ws.close()
 
 
+async def test_deflate_connections_get_a_batch_compressed_once_in_the_fan_out_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lean = DeflateConfig(server_no_context_takeover=True, min_size=0)
+    messages: list[str | bytes] = ["tick " * 40, b"\x00bin" * 50]
+    compressions = 0
+    compress_once = broadcast_module._compress_once
+
+    def counted(*args: Any) -> bytes:
+        nonlocal compressions
+        compressions += 1
+        return compress_once(*args)
+
+    def not_here(*args: Any) -> bool:
+        raise AssertionError("left to the full loop")
+
+    async with tidings.serve(wait_forever, "127.0.0.1", 0) as server:
+        uri = f"ws://127.0.0.1:{server.port}/"
+        clients = [await tidings.connect(uri, compression=lean) for _ in range(3)]
+        clients.append(await tidings.connect(uri))  # context takeover: plain
+        conns = await gather_server_side(server, 4)
+        writes = count_writes(conns)
+        monkeypatch.setattr(broadcast_module, "_compress_once", counted)
+        monkeypatch.setattr(WebSocket, "send_frame", not_here)
+        assert broadcast_many(conns, messages) == 4
+        monkeypatch.undo()
+        assert compressions == 1
+        # One write each: the same compressed bytes three times, and plain.
+        small, *same, large = sorted(len(data) for data in writes)
+        assert same == [small, small] and large > small
+        async with asyncio.timeout(BOUND):
+            for ws in clients:
+                assert [await ws.recv() for _ in messages] == messages
+        for ws in clients:
+            await ws.close()
+
+
 async def test_broadcast_many_writes_at_once_and_keeps_each_connections_order() -> None:
     async with tidings.serve(wait_forever, "127.0.0.1", 0, compression=None) as server:
         uri = f"ws://127.0.0.1:{server.port}/"

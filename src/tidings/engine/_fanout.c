@@ -5,13 +5,15 @@
  * write the same bytes to the same transports and return the same result.
  * tests/engine/test_broadcast.py runs its tests on both.
  *
- *   write_plain(connections, frames, open) -> (written, rest)
+ *   write_plain(connections, frames, open, compressed) -> (written, rest)
  *       For each WebSocket of connections whose protocol state is open and
  *       that is not in the middle of a fragmented message: when it has
- *       nothing special about it (a server side, no permessage-deflate,
- *       nothing corked, writing not paused, a transport), frames are
- *       written (write_frames); otherwise the connection is put in rest
- *       for the Python code to handle. The others are skipped.
+ *       nothing special about it (a server side, nothing corked, writing
+ *       not paused, a transport), frames are written (write_frames), or
+ *       compressed[send_key] where its permessage-deflate compresses each
+ *       message alone (compressed compresses on a miss); otherwise the
+ *       connection is put in rest for the Python code to handle. The
+ *       others are skipped.
  *
  * This loop runs once per subscriber of every publication: in Python it
  * costs more than the hub's whole share of a delivery besides the system
@@ -31,8 +33,8 @@
 #endif
 
 static PyObject *s_conn, *s_state, *s_out_opcode, *s_write_paused,
-    *s_is_client, *s_deflate, *s_corked, *s_transport, *s_fd, *s_write,
-    *s_is_closing, *s_get_write_buffer_size;
+    *s_is_client, *s_deflate, *s_send_key, *s_corked, *s_transport, *s_fd,
+    *s_write, *s_is_closing, *s_get_write_buffer_size;
 
 /* Write frames (bytes) to transport, straight to its socket fd when there
  * is one and the transport holds nothing, so that order is kept: a
@@ -104,10 +106,9 @@ write_frames(PyObject *transport, PyObject *fd_obj, PyObject *frames)
     return 0;
 }
 
-/* Return 1 when obj.name is true (with not_none: is not None), 0 when it
- * is not, -1 on error. */
+/* Return 1 when obj.name is true, 0 when it is not, -1 on error. */
 static int
-attr_is(PyObject *obj, PyObject *name, int not_none)
+attr_is(PyObject *obj, PyObject *name)
 {
     PyObject *value = PyObject_GetAttr(obj, name);
     int result;
@@ -115,7 +116,7 @@ attr_is(PyObject *obj, PyObject *name, int not_none)
     if (value == NULL) {
         return -1;
     }
-    result = not_none ? value != Py_None : PyObject_IsTrue(value);
+    result = PyObject_IsTrue(value);
     Py_DECREF(value);
     return result;
 }
@@ -129,10 +130,9 @@ needs_python(PyObject *ws, PyObject *conn, PyObject **transport)
     int special;
 
     *transport = NULL;
-    if ((special = attr_is(ws, s_write_paused, 0)) != 0 ||
-        (special = attr_is(ws, s_corked, 0)) != 0 ||
-        (special = attr_is(conn, s_is_client, 0)) != 0 ||
-        (special = attr_is(conn, s_deflate, 1)) != 0) {
+    if ((special = attr_is(ws, s_write_paused)) != 0 ||
+        (special = attr_is(ws, s_corked)) != 0 ||
+        (special = attr_is(conn, s_is_client)) != 0) {
         return special;
     }
     value = PyObject_GetAttr(ws, s_transport);
@@ -145,6 +145,29 @@ needs_python(PyObject *ws, PyObject *conn, PyObject **transport)
     }
     *transport = value;
     return 0;
+}
+
+/* Return a new reference to what conn is sent: frames, or where its
+ * permessage-deflate compresses each message alone, compressed[send_key];
+ * NULL on error. */
+static PyObject *
+frames_for(PyObject *conn, PyObject *frames, PyObject *compressed)
+{
+    PyObject *deflate, *key, *out;
+
+    deflate = PyObject_GetAttr(conn, s_deflate);
+    if (deflate == NULL) {
+        return NULL;
+    }
+    key = deflate == Py_None ? Py_NewRef(Py_None)
+                             : PyObject_GetAttr(deflate, s_send_key);
+    Py_DECREF(deflate);
+    if (key == NULL) {
+        return NULL;
+    }
+    out = key == Py_None ? Py_NewRef(frames) : PyObject_GetItem(compressed, key);
+    Py_DECREF(key);
+    return out;
 }
 
 /* Return 1 when conn may take a new data message (open, no fragmented
@@ -176,17 +199,19 @@ can_send(PyObject *conn, PyObject *open)
 static PyObject *
 write_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *seq, *rest, *frames, *open, *ws, *conn, *transport, *fd;
+    PyObject *seq, *rest, *frames, *open, *compressed, *ws, *conn, *transport,
+        *fd, *data;
     Py_ssize_t written = 0, n;
     int status;
 
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError,
-                        "write_plain(connections, frames, open) takes 3 arguments");
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "write_plain(connections, frames, "
+                                         "open, compressed) takes 4 arguments");
         return NULL;
     }
     frames = args[1];
     open = args[2];
+    compressed = args[3];
     seq = PySequence_Fast(args[0], "connections must be iterable");
     if (seq == NULL) {
         return NULL;
@@ -211,13 +236,10 @@ write_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             status = needs_python(ws, conn, &transport);
             if (status == 0) {
                 fd = PyObject_GetAttr(ws, s_fd);
-                if (fd != NULL) {
-                    status = write_frames(transport, fd, frames);
-                    Py_DECREF(fd);
-                }
-                else {
-                    status = -1;
-                }
+                data = fd != NULL ? frames_for(conn, frames, compressed) : NULL;
+                status = data != NULL ? write_frames(transport, fd, data) : -1;
+                Py_XDECREF(data);
+                Py_XDECREF(fd);
                 Py_DECREF(transport);
                 written += status == 0;
             }
@@ -242,9 +264,10 @@ error:
 
 static PyMethodDef fanout_methods[] = {
     {"write_plain", (PyCFunction)(void (*)(void))write_plain, METH_FASTCALL,
-     "write_plain(connections, frames, open) -> (written, rest): write frames "
-     "to each open connection with nothing special about it; return how many "
-     "and the list of those the Python code must handle."},
+     "write_plain(connections, frames, open, compressed) -> (written, rest): "
+     "write frames (or compressed[send_key] where deflate compresses each "
+     "message alone) to each open connection with nothing special about it; "
+     "return how many and the list of those the Python code must handle."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -269,6 +292,7 @@ PyInit__fanout(void)
         {&s_write_paused, "_write_paused"},
         {&s_is_client, "is_client"},
         {&s_deflate, "_deflate"},
+        {&s_send_key, "send_key"},
         {&s_corked, "_corked"},
         {&s_transport, "_transport"},
         {&s_fd, "_fd"},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Final
 
 from ..protocol import State, speedups
@@ -70,13 +70,14 @@ def _fan_out(
     plain = b"".join(
         serialize_header(opcode, len(data)) + data for opcode, data in framed
     )
+    compressed = _Compressed(framed)
     if cork:
         sent, rest = 0, connections
     else:
-        # Most connections take the frames as they are, at once; the loop
-        # over them runs once per subscriber of every publication.
-        sent, rest = write_plain(connections, plain, _OPEN)
-    compressed: dict[tuple[DeflateParams, DeflateConfig], bytes] = {}
+        # Most connections take the frames as they are (or compressed once),
+        # at once; the loop over them runs once per subscriber of every
+        # publication.
+        sent, rest = write_plain(connections, plain, _OPEN, compressed)
     corked: list[WebSocket] = []
     for ws in rest:
         conn = ws.protocol
@@ -91,18 +92,10 @@ def _fan_out(
                 ws.send_nowait(message)  # clients mask every frame afresh
             sent += 1
             continue
-        frames = plain
-        params = conn.deflate_params
-        config = conn.compression
-        if (
-            params is not None
-            and config is not None
-            and params.server_no_context_takeover
-        ):
-            key = (params, config)
-            frames = compressed.get(key)  # type: ignore[assignment]
-            if frames is None:
-                frames = compressed[key] = _compress_once(framed, params, config)
+        deflate = conn._deflate
+        key = deflate.send_key if deflate is not None else None
+        # With context takeover, uncompressed (RFC 7692 always allows it).
+        frames = plain if key is None else compressed[key]
         # Queued behind what the connection holds, in order. broadcast()
         # writes at the end of the loop iteration, so that broadcasts made
         # together leave in one write per connection.
@@ -117,13 +110,32 @@ def _fan_out(
     return sent
 
 
+class _Compressed(dict[tuple[DeflateParams, DeflateConfig], bytes]):
+    """The frames of a fan-out's messages, compressed once per set of
+    deflate parameters (a connection's ``send_key``), on first use."""
+
+    __slots__ = ("_framed",)
+
+    def __init__(self, framed: Sequence[tuple[Opcode, bytes]]) -> None:
+        super().__init__()
+        self._framed = framed
+
+    def __missing__(self, key: tuple[DeflateParams, DeflateConfig]) -> bytes:
+        frames = self[key] = _compress_once(self._framed, *key)
+        return frames
+
+
 def _py_write_plain(
-    connections: Iterable[WebSocket], frames: bytes, open_state: State
+    connections: Iterable[WebSocket],
+    frames: bytes,
+    open_state: State,
+    compressed: Mapping[tuple[DeflateParams, DeflateConfig], bytes],
 ) -> tuple[int, list[WebSocket]]:
     """Write ``frames`` at once (:func:`_write`) to each connection that can
-    send and has nothing special about it (a server side, no
-    permessage-deflate, nothing corked, writing not paused); return how
-    many, and the others that can send, for the full loop. The reference of
+    send and has nothing special about it (a server side, nothing corked,
+    writing not paused); where its permessage-deflate compresses each
+    message alone, ``compressed[send_key]`` instead. Return how many, and
+    the others that can send, for the full loop. The reference of
     ``_fanout.write_plain``, its compiled twin: both read the same slots."""
     written = 0
     rest = []
@@ -132,16 +144,12 @@ def _py_write_plain(
         if conn.state is not open_state or conn._out_opcode is not None:
             continue
         transport = ws._transport
-        if (
-            ws._write_paused
-            or ws._corked
-            or conn.is_client
-            or conn._deflate is not None
-            or transport is None
-        ):
+        if ws._write_paused or ws._corked or conn.is_client or transport is None:
             rest.append(ws)
             continue
-        _write(transport, ws._fd, frames)
+        deflate = conn._deflate
+        key = None if deflate is None else deflate.send_key
+        _write(transport, ws._fd, frames if key is None else compressed[key])
         written += 1
     return written, rest
 
@@ -192,7 +200,13 @@ def _compress_once(
 
 
 write_plain: Callable[
-    [Iterable[WebSocket], bytes, State], tuple[int, list[WebSocket]]
+    [
+        Iterable[WebSocket],
+        bytes,
+        State,
+        Mapping[tuple[DeflateParams, DeflateConfig], bytes],
+    ],
+    tuple[int, list[WebSocket]],
 ] = _py_write_plain
 if speedups.ACTIVE:
     # Built without it, the protocol's twins may still be there.

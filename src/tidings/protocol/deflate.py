@@ -50,6 +50,7 @@ holds neither, and a connection that only receives holds no compressor.
 
 from __future__ import annotations
 
+import functools
 import re
 import zlib
 from dataclasses import dataclass
@@ -338,6 +339,14 @@ def _zlib_wbits(bits: int) -> int:
     return -max(bits, 9)
 
 
+@functools.lru_cache(maxsize=64)
+def _send_key(
+    params: DeflateParams, config: DeflateConfig
+) -> tuple[DeflateParams, DeflateConfig]:
+    # One tuple for every connection alike, not one per connection.
+    return params, config
+
+
 class PerMessageDeflate:
     """Compression state of one connection; ``is_client`` says which side we are.
 
@@ -354,6 +363,7 @@ class PerMessageDeflate:
         "config",
         "is_client",
         "params",
+        "send_key",
     )
 
     def __init__(
@@ -373,6 +383,10 @@ class PerMessageDeflate:
         self._recv_wbits = _zlib_wbits(theirs[0])
         self._send_reset = ours[1]  # our no_context_takeover
         self._recv_reset = theirs[1]  # the peer's
+        #: Where each message this side sends is compressed alone, its bytes
+        #: depend on nothing else: connections with the same key may share
+        #: them (a broadcast compresses once). None with context takeover.
+        self.send_key = _send_key(params, config) if self._send_reset else None
         # Created on first use: a connection that only receives never pays
         # for a compressor, and without context takeover neither outlives
         # its message.
