@@ -286,3 +286,31 @@ async def test_an_idle_connection_kept_alive_ends_after_open_timeout(
         async with asyncio.timeout(BOUND):
             while server.connections:
                 await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_process_request_that_raises_is_answered_500_and_the_server_goes_on(
+    raw_connect: Any, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def fail_later(request: Request) -> HTTPResponse:
+        await asyncio.sleep(0)
+        raise RuntimeError("a bug in the application")
+
+    def fail_now(request: Request) -> HTTPResponse:
+        raise RuntimeError("a bug in the application")
+
+    async with tidings.serve(
+        echo,
+        "127.0.0.1",
+        0,
+        process_request=fail_later if kind == "async" else fail_now,
+    ) as server:
+        peer = await raw_connect(server.port)
+        for _ in range(2):  # kept alive: the next request is answered too
+            peer.writer.write(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+            head, body = await read_response(peer)
+            assert head.startswith(b"HTTP/1.1 500 ")
+            assert body == b"internal server error\n"
+        peer.close()
+    errors = [r for r in caplog.records if r.getMessage() == "error in process_request"]
+    assert len(errors) == 2 and all(r.exc_info for r in errors)

@@ -18,11 +18,16 @@
  * This loop runs once per subscriber of every publication: in Python it
  * costs more than the hub's whole share of a delivery besides the system
  * call. It reads the same slots of WebSocket and of the protocol's
- * Connection that the Python twin reads, by name.
+ * Connection that the Python twin reads, straight from where the type's
+ * __slots__ keep them (see Slot), not through attribute lookup.
  */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#ifndef Py_T_OBJECT_EX /* before Python 3.12 */
+#include <structmember.h>
+#define Py_T_OBJECT_EX T_OBJECT_EX
+#endif
 
 #ifndef _WIN32
 #include <errno.h>
@@ -32,9 +37,64 @@
 #endif
 #endif
 
-static PyObject *s_conn, *s_state, *s_out_opcode, *s_write_paused,
-    *s_is_client, *s_deflate, *s_send_key, *s_corked, *s_transport, *s_fd,
-    *s_write, *s_is_closing, *s_get_write_buffer_size;
+static PyObject *s_send_key, *s_write, *s_is_closing, *s_get_write_buffer_size;
+
+/* An attribute read once per subscriber. Found through its name, it costs
+ * a type lookup and a descriptor call; most of the loop's own time went
+ * there (perf: PyMember_GetOne). Where the type keeps it in a __slots__
+ * slot, it is read from the slot's offset, found once per type. */
+typedef struct {
+    const char *text;
+    PyObject *name;
+    PyTypeObject *type; /* the type offset was found for (held), or NULL */
+    Py_ssize_t offset;  /* in its instances; -1: not a plain slot */
+} Slot;
+
+static Slot conn_ = {"_conn"}, state_ = {"state"},
+            out_opcode_ = {"_out_opcode"}, write_paused_ = {"_write_paused"},
+            corked_ = {"_corked"}, is_client_ = {"is_client"},
+            deflate_ = {"_deflate"}, transport_ = {"_transport"}, fd_ = {"_fd"};
+
+static void
+find_offset(Slot *slot, PyTypeObject *type)
+{
+    PyObject *descr = PyObject_GetAttr((PyObject *)type, slot->name);
+    PyMemberDef *member;
+
+    slot->offset = -1;
+    if (descr == NULL) {
+        PyErr_Clear(); /* the read by name below raises it again */
+    }
+    else {
+        if (Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+            member = ((PyMemberDescrObject *)descr)->d_member;
+            if (member->type == Py_T_OBJECT_EX) {
+                slot->offset = member->offset;
+            }
+        }
+        Py_DECREF(descr);
+    }
+    Py_INCREF(type);
+    Py_XSETREF(slot->type, type);
+}
+
+/* obj.<slot> (a new reference), or NULL with an error. */
+static PyObject *
+get(PyObject *obj, Slot *slot)
+{
+    PyObject *value;
+
+    if (Py_TYPE(obj) != slot->type) {
+        find_offset(slot, Py_TYPE(obj));
+    }
+    if (slot->offset >= 0) {
+        value = *(PyObject **)((char *)obj + slot->offset);
+        if (value != NULL) {
+            return Py_NewRef(value);
+        }
+    }
+    return PyObject_GetAttr(obj, slot->name); /* raises if unset */
+}
 
 /* Write frames (bytes) to transport, straight to its socket fd when there
  * is one and the transport holds nothing, so that order is kept: a
@@ -106,11 +166,64 @@ write_frames(PyObject *transport, PyObject *fd_obj, PyObject *frames)
     return 0;
 }
 
-/* Return 1 when obj.name is true, 0 when it is not, -1 on error. */
-static int
-attr_is(PyObject *obj, PyObject *name)
+#if defined(__GNUC__) || defined(__clang__)
+#define PREFETCH(address) __builtin_prefetch(address)
+#else
+#define PREFETCH(address) ((void)(address))
+#endif
+
+/* What a subscriber's turn reads is in cold memory: the kernel's send path
+ * for the one before evicted it. Asking for it a turn or two ahead lets
+ * those reads overlap the system call. A prefetch never faults, so the
+ * addresses need only be right for the usual types. */
+static void
+prefetch_slots(PyObject *obj, Slot *const *slots, size_t count)
 {
-    PyObject *value = PyObject_GetAttr(obj, name);
+    PREFETCH(obj);
+    for (size_t i = 0; i < count; i++) {
+        if (slots[i]->offset >= 0) {
+            PREFETCH((char *)obj + slots[i]->offset);
+        }
+    }
+}
+
+static Slot *const ws_slots[] = {&conn_, &write_paused_, &corked_, &transport_,
+                                 &fd_};
+static Slot *const conn_slots[] = {&state_, &out_opcode_, &is_client_,
+                                   &deflate_};
+
+/* Prefetch what ws (prefetched itself a turn before) refers to. */
+static void
+prefetch_referents(PyObject *ws)
+{
+    PyObject *conn, *transport, *fd;
+
+    if (Py_TYPE(ws) != conn_.type || conn_.offset < 0 ||
+        transport_.type != conn_.type || transport_.offset < 0 ||
+        fd_.type != conn_.type || fd_.offset < 0) {
+        return;
+    }
+    conn = *(PyObject **)((char *)ws + conn_.offset);
+    transport = *(PyObject **)((char *)ws + transport_.offset);
+    fd = *(PyObject **)((char *)ws + fd_.offset);
+    if (conn != NULL) {
+        prefetch_slots(conn, conn_slots, sizeof(conn_slots) / sizeof(conn_slots[0]));
+    }
+    if (transport != NULL) {
+        PREFETCH(transport);
+        PREFETCH((char *)transport + 64);
+        PREFETCH((char *)transport + 128);
+    }
+    if (fd != NULL) {
+        PREFETCH(fd);
+    }
+}
+
+/* Return 1 when obj.<slot> is true, 0 when it is not, -1 on error. */
+static int
+attr_is(PyObject *obj, Slot *slot)
+{
+    PyObject *value = get(obj, slot);
     int result;
 
     if (value == NULL) {
@@ -130,12 +243,12 @@ needs_python(PyObject *ws, PyObject *conn, PyObject **transport)
     int special;
 
     *transport = NULL;
-    if ((special = attr_is(ws, s_write_paused)) != 0 ||
-        (special = attr_is(ws, s_corked)) != 0 ||
-        (special = attr_is(conn, s_is_client)) != 0) {
+    if ((special = attr_is(ws, &write_paused_)) != 0 ||
+        (special = attr_is(ws, &corked_)) != 0 ||
+        (special = attr_is(conn, &is_client_)) != 0) {
         return special;
     }
-    value = PyObject_GetAttr(ws, s_transport);
+    value = get(ws, &transport_);
     if (value == NULL) {
         return -1;
     }
@@ -155,7 +268,7 @@ frames_for(PyObject *conn, PyObject *frames, PyObject *compressed)
 {
     PyObject *deflate, *key, *out;
 
-    deflate = PyObject_GetAttr(conn, s_deflate);
+    deflate = get(conn, &deflate_);
     if (deflate == NULL) {
         return NULL;
     }
@@ -178,7 +291,7 @@ can_send(PyObject *conn, PyObject *open)
     PyObject *value;
     int ok;
 
-    value = PyObject_GetAttr(conn, s_state);
+    value = get(conn, &state_);
     if (value == NULL) {
         return -1;
     }
@@ -187,7 +300,7 @@ can_send(PyObject *conn, PyObject *open)
     if (!ok) {
         return 0;
     }
-    value = PyObject_GetAttr(conn, s_out_opcode);
+    value = get(conn, &out_opcode_);
     if (value == NULL) {
         return -1;
     }
@@ -223,10 +336,17 @@ write_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     n = PySequence_Fast_GET_SIZE(seq);
     for (Py_ssize_t i = 0; i < n; i++) {
+        if (i + 2 < n) {
+            prefetch_slots(PySequence_Fast_GET_ITEM(seq, i + 2), ws_slots,
+                           sizeof(ws_slots) / sizeof(ws_slots[0]));
+        }
+        if (i + 1 < n) {
+            prefetch_referents(PySequence_Fast_GET_ITEM(seq, i + 1));
+        }
         /* Held: a write's callbacks might change a list passed in. */
         ws = PySequence_Fast_GET_ITEM(seq, i);
         Py_INCREF(ws);
-        conn = PyObject_GetAttr(ws, s_conn);
+        conn = get(ws, &conn_);
         if (conn == NULL) {
             Py_DECREF(ws);
             goto error;
@@ -235,7 +355,7 @@ write_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (status == 1) {
             status = needs_python(ws, conn, &transport);
             if (status == 0) {
-                fd = PyObject_GetAttr(ws, s_fd);
+                fd = get(ws, &fd_);
                 data = fd != NULL ? frames_for(conn, frames, compressed) : NULL;
                 status = data != NULL ? write_frames(transport, fd, data) : -1;
                 Py_XDECREF(data);
@@ -286,26 +406,27 @@ PyInit__fanout(void)
         PyObject **name;
         const char *text;
     } names[] = {
-        {&s_conn, "_conn"},
-        {&s_state, "state"},
-        {&s_out_opcode, "_out_opcode"},
-        {&s_write_paused, "_write_paused"},
-        {&s_is_client, "is_client"},
-        {&s_deflate, "_deflate"},
         {&s_send_key, "send_key"},
-        {&s_corked, "_corked"},
-        {&s_transport, "_transport"},
-        {&s_fd, "_fd"},
         {&s_write, "write"},
         {&s_is_closing, "is_closing"},
         {&s_get_write_buffer_size, "get_write_buffer_size"},
     };
+    static Slot *slots[] = {&conn_,    &state_,   &out_opcode_,
+                            &write_paused_, &corked_, &is_client_,
+                            &deflate_, &transport_, &fd_};
 
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         *names[i].name = PyUnicode_InternFromString(names[i].text);
         if (*names[i].name == NULL) {
             return NULL;
         }
+    }
+    for (size_t i = 0; i < sizeof(slots) / sizeof(slots[0]); i++) {
+        slots[i]->name = PyUnicode_InternFromString(slots[i]->text);
+        if (slots[i]->name == NULL) {
+            return NULL;
+        }
+        slots[i]->offset = -1;
     }
     return PyModule_Create(&fanout_module);
 }

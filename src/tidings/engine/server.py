@@ -175,7 +175,7 @@ class Server:
         self.backlog = backlog
         self.logger = logger or logging.getLogger("tidings.server")
         self._connections: set[_ServerWebSocket] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
         self._server: asyncio.Server | None = None
         self._shutdown: asyncio.Task[None] | None = None
 
@@ -350,39 +350,48 @@ class Server:
             self._respond(ws, HTTPResponse(500, "internal server error"))
             return
         if inspect.isawaitable(result):
-            self._spawn(self._await_process_request(ws, request, result))
+            self._decide(ws, request, result)
         elif result is None:
             self._accept(ws, request)
         else:
             self._respond(ws, result)
 
-    async def _await_process_request(
+    def _decide(
         self,
         ws: _ServerWebSocket,
         request: Request,
         pending: Awaitable[Answer | None],
     ) -> None:
+        """Answer ``request`` as ``pending`` decides; a client that goes
+        away first cancels it: whatever the application holds for it (a
+        long-poll, a session, a task) ends now, not at its timeout."""
         deciding = asyncio.ensure_future(pending)
-        either: list[asyncio.Future[Any]] = [deciding, ws._closed]
-        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-        if not deciding.done():
-            # The client went away: whatever the application holds for it
-            # (a long-poll, a session, a task) ends now, not at its timeout.
+        self._tasks.add(deciding)
+        closed = ws._closed
+
+        def gone(_: object) -> None:
             deciding.cancel()
-            return
-        try:
-            result = deciding.result()
-        except asyncio.CancelledError:
-            return
-        except Exception:
-            self.logger.exception("error in process_request")
-            result = HTTPResponse(500, "internal server error")
-        if ws.state is not State.CONNECTING or ws._transport is None:
-            return
-        if result is None:
-            self._accept(ws, request)
-        else:
-            self._respond(ws, result)
+
+        def decided(_: object) -> None:
+            self._tasks.discard(deciding)
+            closed.remove_done_callback(gone)
+            if deciding.cancelled():
+                return
+            error = deciding.exception()
+            if error is not None:
+                self.logger.error("error in process_request", exc_info=error)
+                answer: Answer | None = HTTPResponse(500, "internal server error")
+            else:
+                answer = deciding.result()
+            if ws.state is not State.CONNECTING or ws._transport is None:
+                return
+            if answer is None:
+                self._accept(ws, request)
+            else:
+                self._respond(ws, answer)
+
+        closed.add_done_callback(gone)
+        deciding.add_done_callback(decided)
 
     def _respond(self, ws: _ServerWebSocket, response: Answer) -> None:
         ws._answered = True

@@ -3,6 +3,7 @@ demo pages (docs/protocol.md, "The HTTP API")."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import logging
@@ -166,6 +167,7 @@ def _is_json(request: Request) -> bool:
 _FORWARDED = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Real-IP")
 
 
+@functools.lru_cache(maxsize=64)  # the keyless API asks on every call
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
