@@ -238,9 +238,7 @@ class WebSocket(asyncio.BufferedProtocol):
             # answer this one before the connection fails (Autobahn 3.2).
             self._loop.call_soon(self._fail_pending)
         if self._reading_paused and len(messages) <= (self.max_queue or 0) // 4:
-            self._reading_paused = False
-            if self._transport is not None:
-                self._transport.resume_reading()
+            self.resume_reading()
         if not messages:
             self._messages = None  # an idle connection holds no deque
         return message
@@ -259,6 +257,34 @@ class WebSocket(asyncio.BufferedProtocol):
                     return
                 raise
             yield message
+
+    def pause_reading(self) -> None:
+        """Stop reading from the socket: TCP flow control makes the peer
+        wait. For an :attr:`on_message` callback whose own queue is full
+        (``recv()`` does this by itself). Reading resumes with
+        :meth:`resume_reading`, or once a close begins: the peer's close
+        frame may be behind the messages it holds back."""
+        if (
+            not self._reading_paused
+            # Once closing, keep reading: the peer's close frame is coming.
+            and self._conn.state is _OPEN
+            and self._transport is not None
+        ):
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Read from the socket again after :meth:`pause_reading`."""
+        if self._reading_paused:
+            self._reading_paused = False
+            if self._transport is not None:
+                self._transport.resume_reading()
+
+    def add_close_callback(self, callback: Callable[[object], object]) -> None:
+        """Call ``callback`` once the TCP connection is closed, as
+        ``Future.add_done_callback`` would: for code that keeps no task per
+        connection to await :meth:`wait_closed`."""
+        self._closed.add_done_callback(callback)
 
     def _closed_exc(self) -> ConnectionClosed:
         return ConnectionClosed(self._conn.close_code or 1006, self._conn.close_reason)
@@ -400,10 +426,8 @@ class WebSocket(asyncio.BufferedProtocol):
         self._conn.send_close(code, reason)
         self._write_out()
         self._arm_close_timer()
-        if self._reading_paused and self._transport is not None:
-            # The peer's close frame may be behind messages nobody reads.
-            self._reading_paused = False
-            self._transport.resume_reading()
+        # The peer's close frame may be behind messages nobody reads.
+        self.resume_reading()
 
     def drop(self, code: int = 1011, reason: str = "") -> None:
         """Fail the connection now: send a close frame with ``code`` if the
@@ -595,18 +619,10 @@ class WebSocket(asyncio.BufferedProtocol):
         waiter = self._recv_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        if (
-            self.max_queue is not None
-            and not self._reading_paused
-            # Once closing, keep reading: the peer's close frame is coming.
-            and self._conn.state is _OPEN
-            and len(messages) >= self.max_queue
-            and self._transport is not None
-        ):
+        if self.max_queue is not None and len(messages) >= self.max_queue:
             # Stop reading: the kernel's buffers fill and TCP flow control
             # makes the peer wait, instead of our memory growing.
-            self._reading_paused = True
-            self._transport.pause_reading()
+            self.pause_reading()
 
     def _callback_failed(self) -> None:
         self.logger.exception("error in on_message callback")
@@ -652,9 +668,7 @@ class WebSocket(asyncio.BufferedProtocol):
             except OSError:  # the peer is already gone
                 transport.abort()
                 return
-            if self._reading_paused:
-                self._reading_paused = False
-                transport.resume_reading()
+            self.resume_reading()
         else:
             transport.close()
 

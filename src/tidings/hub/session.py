@@ -9,10 +9,12 @@ import logging
 import re
 import secrets
 import time
+from collections import deque
 from collections.abc import AsyncIterable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs
 
+from ..engine.connection import Message, WebSocket
 from ..exceptions import ConnectionClosed
 from ..protocol import Request
 from .auth import (
@@ -131,8 +133,10 @@ class Session:
         "_closing",
         "_ended",
         "_expiry",
+        "_gone",
         "_grant_timers",
         "_hooked",
+        "_inbox",
         "_limited",
         "_pipeline",
         "_refilled",
@@ -140,6 +144,7 @@ class Session:
         "_server_channels",
         "_subscribed_at",
         "_tokens",
+        "_worker",
         "channel_info",
         "granted",
         "hub",
@@ -209,18 +214,18 @@ class Session:
         #: in command order.
         #: (A list: an empty deque would cost 600 bytes per connection.)
         self._pipeline: list[asyncio.Future[str | None]] = []
+        #: A WebSocket's commands not yet handled (:meth:`take`), while
+        #: there are any, and the task that handles them, while it runs.
+        self._inbox: deque[Message] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        #: The WebSocket is closed: clean up after its last command.
+        self._gone = False
 
     # -- the loop --------------------------------------------------------
 
-    async def run(self, commands: AsyncIterable[str | bytes] | None = None) -> None:
-        """Serve commands until the connection ends, then clean up.
-
-        The commands are the WebSocket's messages, or those a fallback
-        transport hands over.
-        """
-        if commands is None:
-            assert isinstance(self.ws, AsyncIterable)
-            commands = self.ws
+    async def run(self, commands: AsyncIterable[Message]) -> None:
+        """Serve ``commands`` until they end, then clean up: a fallback
+        transport's, or an ASGI server's WebSocket messages."""
         loop = asyncio.get_running_loop()
         turn = loop.time()
         try:
@@ -234,16 +239,85 @@ class Session:
         except ConnectionClosed:
             pass
         finally:
-            self._ended = True
-            if self._expiry is not None:
-                self._expiry.cancel()
-            if self._refreshing is not None:
-                self._refreshing.cancel()
-            if self._pipeline:
-                await self._settle()  # what was published stays published
-            await self.hub.session_ended(self)
-            if self._closing is not None:
-                await self._closing
+            await self._cleanup()
+
+    def take(self, ws: WebSocket) -> None:
+        """Serve the messages of ``ws``, a WebSocket of the hub's server,
+        as they come (its ``on_message``), and clean up once it closes.
+
+        Unlike :meth:`run`, no task waits for the next command: most
+        clients subscribe and then only receive pushes, and a task per
+        connection would cost them a third of their memory. A task runs
+        only while commands wait, one at a time, in order.
+        """
+        ws.on_message = self.received
+        ws.add_close_callback(self._lost)
+
+    def received(self, ws: WebSocket, message: Message) -> None:
+        """A command from the WebSocket: queue it for the worker."""
+        inbox = self._inbox
+        if inbox is None:
+            inbox = self._inbox = deque()
+        inbox.append(message)
+        if self._worker is None:
+            self._start_worker()
+        elif ws.max_queue is not None and len(inbox) >= ws.max_queue:
+            # As recv() does: TCP flow control makes the client wait,
+            # instead of our memory growing.
+            ws.pause_reading()
+
+    def _lost(self, _: object) -> None:
+        """The WebSocket closed: clean up, after any command still queued."""
+        self._gone = True
+        if self._worker is None:
+            self._start_worker()
+
+    def _start_worker(self) -> None:
+        worker = self._worker = asyncio.get_running_loop().create_task(self._work())
+        self.hub.working(worker)
+
+    async def _work(self) -> None:
+        """Handle the queued commands in order until none is left; clean up
+        if the WebSocket closed meanwhile."""
+        ws = self.ws
+        assert isinstance(ws, WebSocket)
+        loop = asyncio.get_running_loop()
+        turn = loop.time()
+        try:
+            inbox = self._inbox
+            while inbox:
+                message = inbox.popleft()
+                if ws.max_queue is not None and len(inbox) <= ws.max_queue // 4:
+                    ws.resume_reading()
+                await self._handle(message)
+                # As in run(): every other connection gets its turn.
+                if loop.time() - turn > TURN:
+                    await asyncio.sleep(0)
+                    turn = loop.time()
+        except ConnectionClosed:
+            pass
+        except Exception:
+            logger.exception("error in a hub session")
+            self.close(1011, "internal error")
+        finally:
+            self._inbox = None
+            if not self._gone:
+                self._worker = None
+        if self._gone:
+            await self._cleanup()
+
+    async def _cleanup(self) -> None:
+        """The connection ended: leave everything."""
+        self._ended = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+        if self._refreshing is not None:
+            self._refreshing.cancel()
+        if self._pipeline:
+            await self._settle()  # what was published stays published
+        await self.hub.session_ended(self)
+        if self._closing is not None:
+            await self._closing
 
     async def _handle(self, message: str | bytes) -> None:
         if self._closing is not None:

@@ -844,8 +844,9 @@ class ServerConnection(Connection):
         self._parser.feed(bytes(self._early))
         self._early = bytearray()
         # The look-ups of the upgrade are done: the request is kept for the
-        # connection's life (ws.request), its index of names need not be.
-        request.headers._index = None
+        # connection's life (ws.request), in the least memory; a hub of
+        # many clients holds one per client.
+        request.headers.pack()
         return self._open()
 
     def _negotiate_extensions(self, request: handshake.Request) -> str | None:
