@@ -481,13 +481,19 @@ class WebSocket(asyncio.BufferedProtocol):
                     conn.receive_data(data, unread=bool(self._messages))
                 )
                 return
-            callback = self.on_message
-            if callback is None:
+            if self.on_message is None:
                 for message in messages:
                     self._deliver(message)
                 return
-            # The callback path without a _deliver() call per message.
+            # The callback path without a _deliver() call per message. The
+            # callback is read again for each: one may hand the messages
+            # that follow to another (a hub's first message starts the
+            # session that takes them).
             for message in messages:
+                callback = self.on_message
+                if callback is None:
+                    self._deliver(message)
+                    continue
                 try:
                     callback(self, message)
                 except Exception:
