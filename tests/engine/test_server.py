@@ -206,6 +206,71 @@ async def test_messages_after_a_failed_callback_are_not_delivered(
     assert data[:1] == b"\x88" and int.from_bytes(data[2:4], "big") == 1011
 
 
+async def test_a_callback_may_hand_the_messages_of_the_same_read_to_another(
+    raw_connect: Any,
+) -> None:
+    first: list[str | bytes] = []
+    rest: list[str | bytes] = []
+    done = asyncio.Event()
+
+    def then(ws: WebSocket, message: str | bytes) -> None:
+        rest.append(message)
+        if len(rest) == 2:
+            done.set()
+
+    def on_message(ws: WebSocket, message: str | bytes) -> None:
+        first.append(message)
+        ws.on_message = then
+
+    async with tidings.serve(None, "127.0.0.1", 0, on_message=on_message) as server:
+        peer = await raw_connect(server.port)
+        await peer.handshake()
+        # Three messages in one read.
+        peer.writer.write(
+            b"".join(
+                serialize_frame(Opcode.BINARY, data, mask=True)
+                for data in (b"one", b"two", b"three")
+            )
+        )
+        async with asyncio.timeout(BOUND):
+            await done.wait()
+        peer.close()
+    assert first == [b"one"]
+    assert rest == [b"two", b"three"]
+
+
+async def test_a_callback_may_pause_reading_and_learn_of_the_close() -> None:
+    received: asyncio.Queue[str | bytes] = asyncio.Queue()
+    closed = asyncio.Event()
+    opened: list[WebSocket] = []
+
+    def on_message(ws: WebSocket, message: str | bytes) -> None:
+        if not opened:
+            opened.append(ws)
+            ws.add_close_callback(lambda _: closed.set())
+            ws.pause_reading()  # as if its own queue were full
+        received.put_nowait(message)
+
+    async with (
+        tidings.serve(None, "127.0.0.1", 0, on_message=on_message) as server,
+        tidings.connect(uri(server)) as client,
+    ):
+        await client.send("first")
+        async with asyncio.timeout(BOUND):
+            assert await received.get() == "first"
+        [ws] = opened
+        transport = ws._transport
+        assert transport is not None and not transport.is_reading()
+        await client.send("second")
+        ws.resume_reading()
+        async with asyncio.timeout(BOUND):
+            assert await received.get() == "second"
+        assert not closed.is_set()
+        await client.close()
+        async with asyncio.timeout(BOUND):
+            await closed.wait()
+
+
 async def test_handler_exception_closes_with_1011() -> None:
     async def handler(ws: WebSocket) -> None:
         raise RuntimeError("bug")
