@@ -752,8 +752,8 @@ class Hub:
         push); return whether it was a subscriber."""
         self.drain()  # what came before it left reaches it
         session.subscriptions.discard(channel)
-        session.recovering.pop(channel, None)
-        session.channel_info.pop(channel, None)
+        session.stop_holding(channel)
+        session.forget_info(channel)
         session.ungrant(channel)
         local = self._local.get(channel)
         if local is None or session not in local.subscribers:

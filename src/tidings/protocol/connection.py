@@ -162,8 +162,9 @@ class Connection:
         self._in_opcode: Opcode | None = None
         self._in_compressed = False
         self._in_size = 0
-        self._in_text: list[str] = []
-        self._in_binary: list[bytes] = []
+        # The fragments of a message still arriving, if any.
+        self._in_text: list[str] | None = None
+        self._in_binary: list[bytes] | None = None
         self._in_utf8: Utf8Decoder | None = None
         self._out_opcode: Opcode | None = None
         self._out_compressed = False
@@ -483,15 +484,19 @@ class Connection:
                 TextMessage(data) if isinstance(data, str) else BinaryMessage(data)
             )
         elif isinstance(data, str):
+            if self._in_text is None:
+                self._in_text = []
             self._in_text.append(data)
             if fin:
                 events.append(TextMessage("".join(self._in_text)))
-                self._in_text = []
+                self._in_text = None
         else:
+            if self._in_binary is None:
+                self._in_binary = []
             self._in_binary.append(data)
             if fin:
                 events.append(BinaryMessage(b"".join(self._in_binary)))
-                self._in_binary = []
+                self._in_binary = None
         if fin:
             self._in_opcode = None
             self._in_utf8 = None
