@@ -15,6 +15,7 @@ import pytest
 
 import tidings
 from tidings import ConnectionClosed, HTTPResponse, InvalidStatus, WebSocket
+from tidings.engine.connection import _keepalive_timers
 from tidings.protocol import Request
 from tidings.protocol.frames import Opcode, serialize_frame
 
@@ -443,6 +444,25 @@ async def test_abrupt_tcp_loss_gives_1006_to_the_handler(raw_connect: Any) -> No
         async with asyncio.timeout(BOUND):
             await done.wait()
     assert codes == [1006]
+
+
+async def test_keepalive_timers_are_shared_and_a_closed_connection_leaves_them() -> None:
+    # Connections due to ping close together share one timer, not one each.
+    async with tidings.serve(echo, "127.0.0.1", 0, ping_interval=100) as server:
+        clients = [
+            await tidings.connect(uri(server), ping_interval=None) for _ in range(20)
+        ]
+        timers = _keepalive_timers(asyncio.get_running_loop())
+        groups = list(timers._due.values())
+        # Due within 100 s, to the nearest 4 s: one or two groups.
+        assert sum(len(group) for group in groups) == 20
+        assert len(groups) <= 2
+        accepted = server.connections
+        for client in clients:
+            await client.close()
+        async with asyncio.timeout(BOUND):
+            await asyncio.gather(*(ws.wait_closed() for ws in accepted))
+        assert not any(groups), "the groups still hold closed connections"
 
 
 async def test_keepalive_closes_1011_when_pongs_never_come(raw_connect: Any) -> None:
