@@ -446,7 +446,7 @@ async def test_abrupt_tcp_loss_gives_1006_to_the_handler(raw_connect: Any) -> No
     assert codes == [1006]
 
 
-async def test_keepalive_timers_are_shared_and_a_closed_connection_leaves_them() -> None:
+async def test_keepalive_timers_are_shared_and_closed_connections_leave_them() -> None:
     # Connections due to ping close together share one timer, not one each.
     async with tidings.serve(echo, "127.0.0.1", 0, ping_interval=100) as server:
         clients = [

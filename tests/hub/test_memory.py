@@ -85,7 +85,8 @@ async def test_a_subscribed_client_costs_the_hub_few_python_objects() -> None:
             client.close()
     # The hub's side only: the clients here allocate in asyncio, not in
     # tidings.
-    ours = [tracemalloc.Filter(True, str(Path(tidings.__file__).parent / "*"), all_frames=True)]
+    package = str(Path(tidings.__file__).parent / "*")
+    ours = [tracemalloc.Filter(True, package, all_frames=True)]
     grown = sum(
         stat.size_diff
         for stat in after.filter_traces(ours).compare_to(
