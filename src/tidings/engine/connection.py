@@ -161,7 +161,7 @@ class WebSocket(asyncio.BufferedProtocol):
         self._write_paused = False
         self._pings: dict[bytes, tuple[asyncio.Future[float], float]] | None = None
         self._keepalive_payload: bytes | None = None
-        # The slot of _KeepaliveTimers this connection waits in, if any.
+        # The group of _KeepaliveTimers this connection waits in, if any.
         self._keepalive_timer: dict[WebSocket, None] | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         # True while buffer_updated runs: what the callbacks send in answer

@@ -268,7 +268,7 @@ class Session:
 
         Unlike :meth:`run`, no task waits for the next command: most
         clients subscribe and then only receive pushes, and a task per
-        connection would cost them a third of their memory. A task runs
+        connection would cost them a quarter of their memory. A task runs
         only while commands wait, one at a time, in order.
         """
         ws.on_message = self.received
