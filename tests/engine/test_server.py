@@ -15,6 +15,7 @@ import pytest
 
 import tidings
 from tidings import ConnectionClosed, HTTPResponse, InvalidStatus, WebSocket
+from tidings.engine.connection import _keepalive_timers
 from tidings.protocol import Request
 from tidings.protocol.frames import Opcode, serialize_frame
 
@@ -206,6 +207,71 @@ async def test_messages_after_a_failed_callback_are_not_delivered(
     assert data[:1] == b"\x88" and int.from_bytes(data[2:4], "big") == 1011
 
 
+async def test_a_callback_may_hand_the_messages_of_the_same_read_to_another(
+    raw_connect: Any,
+) -> None:
+    first: list[str | bytes] = []
+    rest: list[str | bytes] = []
+    done = asyncio.Event()
+
+    def then(ws: WebSocket, message: str | bytes) -> None:
+        rest.append(message)
+        if len(rest) == 2:
+            done.set()
+
+    def on_message(ws: WebSocket, message: str | bytes) -> None:
+        first.append(message)
+        ws.on_message = then
+
+    async with tidings.serve(None, "127.0.0.1", 0, on_message=on_message) as server:
+        peer = await raw_connect(server.port)
+        await peer.handshake()
+        # Three messages in one read.
+        peer.writer.write(
+            b"".join(
+                serialize_frame(Opcode.BINARY, data, mask=True)
+                for data in (b"one", b"two", b"three")
+            )
+        )
+        async with asyncio.timeout(BOUND):
+            await done.wait()
+        peer.close()
+    assert first == [b"one"]
+    assert rest == [b"two", b"three"]
+
+
+async def test_a_callback_may_pause_reading_and_learn_of_the_close() -> None:
+    received: asyncio.Queue[str | bytes] = asyncio.Queue()
+    closed = asyncio.Event()
+    opened: list[WebSocket] = []
+
+    def on_message(ws: WebSocket, message: str | bytes) -> None:
+        if not opened:
+            opened.append(ws)
+            ws.add_close_callback(lambda _: closed.set())
+            ws.pause_reading()  # as if its own queue were full
+        received.put_nowait(message)
+
+    async with (
+        tidings.serve(None, "127.0.0.1", 0, on_message=on_message) as server,
+        tidings.connect(uri(server)) as client,
+    ):
+        await client.send("first")
+        async with asyncio.timeout(BOUND):
+            assert await received.get() == "first"
+        [ws] = opened
+        transport = ws._transport
+        assert transport is not None and not transport.is_reading()
+        await client.send("second")
+        ws.resume_reading()
+        async with asyncio.timeout(BOUND):
+            assert await received.get() == "second"
+        assert not closed.is_set()
+        await client.close()
+        async with asyncio.timeout(BOUND):
+            await closed.wait()
+
+
 async def test_handler_exception_closes_with_1011() -> None:
     async def handler(ws: WebSocket) -> None:
         raise RuntimeError("bug")
@@ -378,6 +444,25 @@ async def test_abrupt_tcp_loss_gives_1006_to_the_handler(raw_connect: Any) -> No
         async with asyncio.timeout(BOUND):
             await done.wait()
     assert codes == [1006]
+
+
+async def test_keepalive_timers_are_shared_and_closed_connections_leave_them() -> None:
+    # Connections due to ping close together share one timer, not one each.
+    async with tidings.serve(echo, "127.0.0.1", 0, ping_interval=100) as server:
+        clients = [
+            await tidings.connect(uri(server), ping_interval=None) for _ in range(20)
+        ]
+        timers = _keepalive_timers(asyncio.get_running_loop())
+        groups = list(timers._due.values())
+        # Due within 100 s, to the nearest 4 s: one or two groups.
+        assert sum(len(group) for group in groups) == 20
+        assert len(groups) <= 2
+        accepted = server.connections
+        for client in clients:
+            await client.close()
+        async with asyncio.timeout(BOUND):
+            await asyncio.gather(*(ws.wait_closed() for ws in accepted))
+        assert not any(groups), "the groups still hold closed connections"
 
 
 async def test_keepalive_closes_1011_when_pongs_never_come(raw_connect: Any) -> None:

@@ -593,3 +593,102 @@ async def test_commands_read_together_let_other_work_run_between_them(
     assert hub.metrics.commands - before < n
     for i in range(11, 10 + n):
         assert (await peer.reply(i))["result"] == {}
+
+
+# -- a WebSocket's commands, without a task while it is idle ------------------
+
+
+def session_of(hub: Any, peer: Any) -> Any:
+    """The hub's session of ``peer`` (connected to ``hub`` itself)."""
+    [session] = [s for s in hub._sessions if s.info.client == peer.client]
+    return session
+
+
+async def test_commands_that_come_while_one_awaits_a_hook_wait_their_turn(
+    start_hub: Any, connect: Any
+) -> None:
+    hub = await start_hub()
+    release = asyncio.Event()
+
+    @hub.on_rpc
+    async def rpc(context: Any) -> str:
+        if context.method == "slow":
+            await release.wait()
+        return str(context.method)
+
+    peer = await connect(hub, node=hub)
+    session = session_of(hub, peer)
+    await peer.send({"id": 10, "op": "rpc", "method": "slow"})
+    await peer.send({"id": 11, "op": "rpc", "method": "fast"})
+    await peer.send({"id": 12, "op": "ping"})
+    # Both came while the first waits for its hook: they wait too.
+    await wait_for(lambda: len(session._inbox or ()) == 2, "the commands queued")
+    release.set()
+    assert (await peer.reply(10))["result"] == {"data": "slow"}
+    assert (await peer.reply(11))["result"] == {"data": "fast"}
+    assert (await peer.reply(12))["result"] == {}
+    # Done with them, the session holds no task.
+    await wait_for(lambda: session._worker is None, "the session idle")
+
+
+async def test_a_flood_of_commands_behind_a_slow_one_pauses_reading(
+    start_hub: Any, connect: Any
+) -> None:
+    hub = await start_hub(rate_limit=1e9, rate_burst=10**9)
+    release = asyncio.Event()
+
+    @hub.on_rpc
+    async def rpc(context: Any) -> None:
+        await release.wait()
+
+    peer = await connect(hub, node=hub)
+    session = session_of(hub, peer)
+    await peer.send({"id": 10, "op": "rpc", "method": "slow"})
+    # More than one read takes (256 KiB): reading must resume for the rest.
+    n = 12_000
+    for i in range(n):
+        peer.ws.send_nowait(json.dumps({"id": 11 + i, "op": "ping"}))
+    # As the engine's own queue would: TCP flow control holds the rest back.
+    await wait_for(lambda: session.ws._reading_paused, "reading paused")
+    assert len(session._inbox) < n
+    release.set()
+    assert "result" in await peer.reply(10)
+    for i in range(n):
+        assert (await peer.reply(11 + i))["result"] == {}
+    assert not session.ws._reading_paused
+
+
+async def test_an_idle_connection_that_closes_leaves_its_channels(
+    start_hub: Any, connect: Any
+) -> None:
+    hub = await start_hub()
+    watcher = await connect(hub, node=hub)
+    await watcher.result("subscribe", channel="chat:idle")
+    assert (await watcher.push())["join"]["client"] == watcher.client
+    peer = await connect(hub, node=hub)
+    await peer.result("subscribe", channel="chat:idle")
+    joined = (await watcher.push())["join"]
+    session = session_of(hub, peer)
+    await wait_for(lambda: session._worker is None, "the session idle")
+    await peer.ws.close()
+    assert await watcher.push() == {"channel": "chat:idle", "leave": joined}
+    assert await watcher.result("presence", channel="chat:idle") == {
+        "clients": [{"client": watcher.client, "user": ""}]
+    }
+    assert session not in hub._sessions
+
+
+async def test_an_unexpected_failure_of_a_session_closes_it_with_1011(
+    start_hub: Any, connect: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub = await start_hub()
+    peer = await connect(hub, node=hub)
+
+    def fail(message: str) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(session_module, "parse_command", fail)
+    await peer.send({"id": 2, "op": "ping"})
+    with pytest.raises(ConnectionClosed) as raised:
+        await peer.recv()
+    assert raised.value.code == 1011

@@ -86,6 +86,17 @@ def test_handshake_opens_both_sides_and_negotiates_deflate() -> None:
     assert client.deflate_params == server.deflate_params
 
 
+def test_an_accepted_request_is_kept_with_its_headers_packed() -> None:
+    client = ClientConnection("ws://h/path?q=1")
+    server = ServerConnection()
+    server.receive_data(wire(client))
+    server.accept()
+    request = server.request
+    assert request is not None and request.headers._items is None
+    assert request.headers.get("host") == "h"
+    assert request.path == "/path" and request.query == "q=1"
+
+
 def test_handshake_chooses_the_servers_preferred_subprotocol() -> None:
     client = ClientConnection("ws://h/", subprotocols=["chat.v1", "chat.v2"])
     server = ServerConnection(subprotocols=["chat.v2", "chat.v1"])

@@ -399,6 +399,31 @@ def test_headers_multimap() -> None:
     assert headers != Headers()
 
 
+def test_packed_headers_read_as_before() -> None:
+    pairs = [("X-A", "1"), ("x-a", "2"), ("B", "caf\xe9")]
+    headers = Headers(pairs)
+    headers.pack()
+    assert headers._items is None  # held in one string
+    assert headers.get("x-A") == "1, 2"
+    assert headers.get_all("X-a") == ["1", "2"]
+    assert headers.get("missing") is None
+    assert "b" in headers and "c" not in headers
+    assert list(headers) == headers.items() == pairs
+    assert len(headers) == 3
+    assert repr(headers) == repr(Headers(pairs))
+    assert headers == Headers(pairs)
+    assert headers._items is None  # reads parse it again, keeping nothing
+
+
+def test_headers_holding_the_separator_stay_unpacked() -> None:
+    headers = Headers([("X-A", "a\x00b"), ("B", "1")])
+    headers.pack()
+    assert headers.items() == [("X-A", "a\x00b"), ("B", "1")]
+    empty = Headers()
+    empty.pack()
+    assert empty.items() == [] and len(empty) == 0
+
+
 def test_header_names_keep_case_and_obs_text_decodes_as_latin1_rfc9110_5_5() -> None:
     request = read_request(upgrade_request()[:-2] + b"x-Name: caf\xe9\r\n\r\n")
     assert ("x-Name", "caf\xe9") in request.headers.items()

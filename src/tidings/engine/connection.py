@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import threading
 import time
@@ -160,7 +161,8 @@ class WebSocket(asyncio.BufferedProtocol):
         self._write_paused = False
         self._pings: dict[bytes, tuple[asyncio.Future[float], float]] | None = None
         self._keepalive_payload: bytes | None = None
-        self._keepalive_timer: asyncio.TimerHandle | None = None
+        # The group of _KeepaliveTimers this connection waits in, if any.
+        self._keepalive_timer: dict[WebSocket, None] | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         # True while buffer_updated runs: what the callbacks send in answer
         # goes out in one write at the end, not one system call each. Also
@@ -238,9 +240,7 @@ class WebSocket(asyncio.BufferedProtocol):
             # answer this one before the connection fails (Autobahn 3.2).
             self._loop.call_soon(self._fail_pending)
         if self._reading_paused and len(messages) <= (self.max_queue or 0) // 4:
-            self._reading_paused = False
-            if self._transport is not None:
-                self._transport.resume_reading()
+            self.resume_reading()
         if not messages:
             self._messages = None  # an idle connection holds no deque
         return message
@@ -259,6 +259,34 @@ class WebSocket(asyncio.BufferedProtocol):
                     return
                 raise
             yield message
+
+    def pause_reading(self) -> None:
+        """Stop reading from the socket: TCP flow control makes the peer
+        wait. For an :attr:`on_message` callback whose own queue is full
+        (``recv()`` does this by itself). Reading resumes with
+        :meth:`resume_reading`, or once a close begins: the peer's close
+        frame may be behind the messages it holds back."""
+        if (
+            not self._reading_paused
+            # Once closing, keep reading: the peer's close frame is coming.
+            and self._conn.state is _OPEN
+            and self._transport is not None
+        ):
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Read from the socket again after :meth:`pause_reading`."""
+        if self._reading_paused:
+            self._reading_paused = False
+            if self._transport is not None:
+                self._transport.resume_reading()
+
+    def add_close_callback(self, callback: Callable[[object], object]) -> None:
+        """Call ``callback`` once the TCP connection is closed, as
+        ``Future.add_done_callback`` would: for code that keeps no task per
+        connection to await :meth:`wait_closed`."""
+        self._closed.add_done_callback(callback)
 
     def _closed_exc(self) -> ConnectionClosed:
         return ConnectionClosed(self._conn.close_code or 1006, self._conn.close_reason)
@@ -400,10 +428,8 @@ class WebSocket(asyncio.BufferedProtocol):
         self._conn.send_close(code, reason)
         self._write_out()
         self._arm_close_timer()
-        if self._reading_paused and self._transport is not None:
-            # The peer's close frame may be behind messages nobody reads.
-            self._reading_paused = False
-            self._transport.resume_reading()
+        # The peer's close frame may be behind messages nobody reads.
+        self.resume_reading()
 
     def drop(self, code: int = 1011, reason: str = "") -> None:
         """Fail the connection now: send a close frame with ``code`` if the
@@ -457,13 +483,19 @@ class WebSocket(asyncio.BufferedProtocol):
                     conn.receive_data(data, unread=bool(self._messages))
                 )
                 return
-            callback = self.on_message
-            if callback is None:
+            if self.on_message is None:
                 for message in messages:
                     self._deliver(message)
                 return
-            # The callback path without a _deliver() call per message.
+            # The callback path without a _deliver() call per message. The
+            # callback is read again for each: one may hand the messages
+            # that follow to another (a hub's first message starts the
+            # session that takes them).
             for message in messages:
+                callback = self.on_message
+                if callback is None:
+                    self._deliver(message)
+                    continue
                 try:
                     callback(self, message)
                 except Exception:
@@ -482,9 +514,9 @@ class WebSocket(asyncio.BufferedProtocol):
         self._fd = -1
         if self._conn.state is not _CLOSED:  # as after a close handshake
             self._handle_events(self._conn.receive_eof())
-        for timer in (self._keepalive_timer, self._close_timer):
-            if timer is not None:
-                timer.cancel()
+        self._cancel_keepalive()
+        if self._close_timer is not None:
+            self._close_timer.cancel()
         for waiter, _ in (self._pings or {}).values():
             if not waiter.done():
                 waiter.set_exception(self._closed_exc())
@@ -595,18 +627,10 @@ class WebSocket(asyncio.BufferedProtocol):
         waiter = self._recv_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        if (
-            self.max_queue is not None
-            and not self._reading_paused
-            # Once closing, keep reading: the peer's close frame is coming.
-            and self._conn.state is _OPEN
-            and len(messages) >= self.max_queue
-            and self._transport is not None
-        ):
+        if self.max_queue is not None and len(messages) >= self.max_queue:
             # Stop reading: the kernel's buffers fill and TCP flow control
             # makes the peer wait, instead of our memory growing.
-            self._reading_paused = True
-            self._transport.pause_reading()
+            self.pause_reading()
 
     def _callback_failed(self) -> None:
         self.logger.exception("error in on_message callback")
@@ -652,9 +676,7 @@ class WebSocket(asyncio.BufferedProtocol):
             except OSError:  # the peer is already gone
                 transport.abort()
                 return
-            if self._reading_paused:
-                self._reading_paused = False
-                transport.resume_reading()
+            self.resume_reading()
         else:
             transport.close()
 
@@ -678,9 +700,27 @@ class WebSocket(asyncio.BufferedProtocol):
 
     def _schedule_keepalive(self) -> None:
         if self.ping_interval is not None:
-            self._keepalive_timer = self._loop.call_later(
-                self.ping_interval, self._keepalive_ping
-            )
+            self._keepalive_in(self.ping_interval)
+
+    def _keepalive_in(self, delay: float) -> None:
+        """Call :meth:`_keepalive_due` in ``delay`` seconds, or a little
+        later (see _KeepaliveTimers)."""
+        self._keepalive_timer = _keepalive_timers(self._loop).add(self, delay)
+
+    def _cancel_keepalive(self) -> None:
+        timer = self._keepalive_timer
+        if timer is not None:
+            timer.pop(self, None)
+            self._keepalive_timer = None
+
+    def _keepalive_due(self) -> None:
+        """Time to ping, or to see whether the pong to our ping came."""
+        self._keepalive_timer = None
+        payload = self._keepalive_payload
+        if payload is None:
+            self._keepalive_ping()
+        else:
+            self._keepalive_deadline(payload)
 
     def _keepalive_ping(self) -> None:
         if self._conn.state is not _OPEN:
@@ -690,9 +730,7 @@ class WebSocket(asyncio.BufferedProtocol):
         self._conn.send_ping(payload)
         self._write_out()
         if self.ping_timeout is not None:
-            self._keepalive_timer = self._loop.call_later(
-                self.ping_timeout, self._keepalive_deadline, payload
-            )
+            self._keepalive_in(self.ping_timeout)
 
     def _keepalive_deadline(self, payload: bytes) -> None:
         # A blocked or busy loop may fire this timer late, with the pong
@@ -707,9 +745,7 @@ class WebSocket(asyncio.BufferedProtocol):
         if self._reading_paused:
             # We stopped reading (the application is behind), so the pong
             # may be waiting unread: that is our slowness, not the peer's.
-            self._keepalive_timer = self._loop.call_later(
-                self.ping_timeout or 0, self._keepalive_deadline, payload
-            )
+            self._keepalive_in(self.ping_timeout or 0)
             return
         self.logger.info(
             "connection %s: no pong within %s s, closing",
@@ -721,8 +757,7 @@ class WebSocket(asyncio.BufferedProtocol):
     def _pong_received(self, payload: bytes) -> None:
         if payload == self._keepalive_payload:
             self._keepalive_payload = None
-            if self._keepalive_timer is not None:
-                self._keepalive_timer.cancel()
+            self._cancel_keepalive()
             self._schedule_keepalive()
         pings = self._pings
         if pings and payload in pings:
@@ -737,6 +772,59 @@ class WebSocket(asyncio.BufferedProtocol):
                 if key == payload:
                     self.latency = now - sent
                     break
+
+
+class _KeepaliveTimers:
+    """The keepalive timers of one event loop's connections, grouped by
+    when they are due: one asyncio timer per group rather than one per
+    connection, which costs a server of many idle clients ~500 bytes each.
+
+    A delay is rounded up to a multiple of a power of two at most 1/16 of
+    it (and at least 1/64 s), so that connections due close together share
+    a timer: a ping or a deadline may come up to 1/16 of its delay late.
+    """
+
+    __slots__ = ("_due", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        #: The connections due at each time (a dict: one leaves in O(1)).
+        self._due: dict[float, dict[WebSocket, None]] = {}
+
+    def add(self, ws: WebSocket, delay: float) -> dict[WebSocket, None]:
+        """Call ``ws._keepalive_due()`` after ``delay`` seconds (or up to
+        1/16 more); return the group, from which ``ws`` may delete itself
+        to cancel."""
+        step = _KEEPALIVE_STEP
+        if delay > 16 * step:
+            step = math.ldexp(1.0, math.frexp(delay / 16)[1] - 1)
+        when = math.ceil((self.loop.time() + delay) / step) * step
+        group = self._due.get(when)
+        if group is None:
+            group = self._due[when] = {}
+            self.loop.call_at(when, self._fire, when)
+        group[ws] = None
+        return group
+
+    def _fire(self, when: float) -> None:
+        group = self._due.pop(when)
+        while group:
+            ws, _ = group.popitem()
+            ws._keepalive_due()
+
+
+#: The finest grouping of keepalive timers, in seconds.
+_KEEPALIVE_STEP = 1 / 64
+_timers_local = threading.local()
+
+
+def _keepalive_timers(loop: asyncio.AbstractEventLoop) -> _KeepaliveTimers:
+    """The keepalive timers of ``loop``: one per thread, as event loops
+    are, made anew when the thread runs another loop."""
+    timers: _KeepaliveTimers | None = getattr(_timers_local, "timers", None)
+    if timers is None or timers.loop is not loop:
+        timers = _timers_local.timers = _KeepaliveTimers(loop)
+    return timers
 
 
 async def _to_async(items: Iterable[Data]) -> AsyncIterator[Data]:

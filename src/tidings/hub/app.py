@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..engine.broadcast import broadcast_many
-from ..engine.connection import WebSocket
+from ..engine.connection import Message, WebSocket
 from ..engine.http import HTTPResponse, HTTPStream
 from ..engine.server import Server, serve
 from ..protocol import DeflateConfig, Request
@@ -179,6 +179,7 @@ class Hub:
         self._app: HubApp | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
+        self._working: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -221,7 +222,7 @@ class Hub:
         try:
             if listen:
                 self._server = await serve(
-                    self._serve_session,
+                    None,
                     config.host,
                     config.port,
                     sock=sock,
@@ -237,6 +238,7 @@ class Hub:
                     compression=COMPRESSION,
                     ping_interval=config.ping_interval,
                     ping_timeout=config.ping_timeout,
+                    on_message=self._first_command,
                 )
         except BaseException:
             await self.broker.close()
@@ -268,6 +270,7 @@ class Hub:
             if self._server is not None:
                 self._server.close(1001, "hub shutting down")
                 await self._server.wait_closed()
+                await self._sessions_done(self._server.close_timeout)
             if self._metrics_server is not None:
                 self._metrics_server.close()
                 await self._metrics_server.wait_closed()
@@ -312,7 +315,11 @@ class Hub:
             return HTTPResponse(404, "this port serves /metrics and /healthz only")
 
         self._metrics_server = await serve(
-            self._serve_session, self.config.host, port, process_request=answer
+            None,
+            self.config.host,
+            port,
+            process_request=answer,
+            on_message=self._first_command,
         )
         assert self._metrics_server.port is not None
         return self._metrics_server.port
@@ -642,8 +649,27 @@ class Hub:
 
     # -- sessions ----------------------------------------------------------------
 
-    async def _serve_session(self, ws: WebSocket) -> None:
-        await Session(self, ws).run()
+    def _first_command(self, ws: WebSocket, message: Message) -> None:
+        """The first message of a WebSocket: its session begins, and takes
+        the messages that follow (Session.take)."""
+        session = Session(self, ws)
+        session.take(ws)
+        session.received(ws, message)
+
+    def working(self, task: asyncio.Task[None]) -> None:
+        """``task`` handles a session's commands, or its end: the hub's
+        close waits for it."""
+        self._working.add(task)
+        task.add_done_callback(self._working.discard)
+
+    async def _sessions_done(self, timeout: float) -> None:
+        """Wait for the sessions' tasks, their cleanup after the close of
+        every connection included; cancel those still running after
+        ``timeout`` seconds."""
+        if self._working:
+            _, pending = await asyncio.wait(self._working, timeout=timeout)
+            for task in pending:
+                task.cancel()
 
     def session_connected(self, session: Session) -> None:
         """A session sent connect."""
@@ -726,8 +752,8 @@ class Hub:
         push); return whether it was a subscriber."""
         self.drain()  # what came before it left reaches it
         session.subscriptions.discard(channel)
-        session.recovering.pop(channel, None)
-        session.channel_info.pop(channel, None)
+        session.stop_holding(channel)
+        session.forget_info(channel)
         session.ungrant(channel)
         local = self._local.get(channel)
         if local is None or session not in local.subscribers:

@@ -9,10 +9,12 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from collections import deque
+from collections.abc import AsyncIterable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 from urllib.parse import parse_qs
 
+from ..engine.connection import Message, WebSocket
 from ..exceptions import ConnectionClosed
 from ..protocol import Request
 from .auth import (
@@ -98,6 +100,25 @@ MAX_PIPELINED = 64
 _REPLY_OVERHEAD = 100
 
 
+class _Empty(dict[Any, Any]):
+    """A dict that stays empty: a write to it raises TypeError, where it
+    would reach every session that shares it."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError("_EMPTY is shared: give the session a dict of its own")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    setdefault = update = popitem = clear = _refuse
+
+
+#: The empty dict of every session without entries in a dict it may need
+#: (a channel token's, a subscribe in flight): one of its own costs 64 bytes
+#: per connection, and as much again once it held an entry.
+_EMPTY: dict[Any, Any] = _Empty()
+
+
 class Outlet(Protocol):
     """Where a session's replies and pushes go: its WebSocket, or what a
     fallback transport (hub/transports.py) makes of them."""
@@ -131,8 +152,10 @@ class Session:
         "_closing",
         "_ended",
         "_expiry",
+        "_gone",
         "_grant_timers",
         "_hooked",
+        "_inbox",
         "_limited",
         "_pipeline",
         "_refilled",
@@ -140,6 +163,7 @@ class Session:
         "_server_channels",
         "_subscribed_at",
         "_tokens",
+        "_worker",
         "channel_info",
         "granted",
         "hub",
@@ -173,14 +197,16 @@ class Session:
         #: long-poll, nor a command's POST, which hold one request each.
         self.present = present
         self.info: ClientInfo | None = None
+        # The dicts below are _EMPTY, shared, until they hold an entry, and
+        # again once they hold none: most sessions never need them.
         #: The client as the subscribe hook, or a channel token, showed it
         #: on some channels.
-        self.channel_info: dict[str, ClientInfo] = {}
+        self.channel_info: dict[str, ClientInfo] = _EMPTY
         #: The subscriptions a channel token allowed, and when each token
         #: expires (Unix time).
-        self.granted: dict[str, float] = {}
+        self.granted: dict[str, float] = _EMPTY
         #: End each of those when its token expires, unless refreshed.
-        self._grant_timers: dict[str, asyncio.TimerHandle] = {}
+        self._grant_timers: dict[str, asyncio.TimerHandle] = _EMPTY
         self.identity: Identity | None = None
         #: Connected through the connect hook, which the refresh hook
         #: answers for at expiry.
@@ -189,12 +215,12 @@ class Session:
         #: Channels the connect hook or the token's ``subs`` subscribe the
         #: client to, not yet done, each with the position the client
         #: recovers it from.
-        self._server_channels: list[tuple[str, tuple[int, str] | None]] = []
+        self._server_channels: Sequence[tuple[str, tuple[int, str] | None]] = ()
         self.subscriptions: set[str] = set()
         #: Pushes held back per channel while its subscribe is in flight.
-        self.recovering: dict[str, list[tuple[int | None, str]]] = {}
+        self.recovering: dict[str, list[tuple[int | None, str]]] = _EMPTY
         #: The offset of each subscribe reply about to be sent.
-        self._subscribed_at: dict[str, tuple[str, int]] = {}
+        self._subscribed_at: dict[str, tuple[str, int]] = _EMPTY
         self._tokens = float(hub.config.rate_burst)
         self._refilled = time.monotonic()
         self._bad = 0
@@ -206,21 +232,21 @@ class Session:
         self._expiry: asyncio.TimerHandle | None = None
         self._limited = 0
         #: Replies of the publishes in flight (and of what came after them),
-        #: in command order.
+        #: in command order, while there are any.
         #: (A list: an empty deque would cost 600 bytes per connection.)
-        self._pipeline: list[asyncio.Future[str | None]] = []
+        self._pipeline: list[asyncio.Future[str | None]] | None = None
+        #: A WebSocket's commands not yet handled (:meth:`take`), while
+        #: there are any, and the task that handles them, while it runs.
+        self._inbox: deque[Message] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        #: The WebSocket is closed: clean up after its last command.
+        self._gone = False
 
     # -- the loop --------------------------------------------------------
 
-    async def run(self, commands: AsyncIterable[str | bytes] | None = None) -> None:
-        """Serve commands until the connection ends, then clean up.
-
-        The commands are the WebSocket's messages, or those a fallback
-        transport hands over.
-        """
-        if commands is None:
-            assert isinstance(self.ws, AsyncIterable)
-            commands = self.ws
+    async def run(self, commands: AsyncIterable[Message]) -> None:
+        """Serve ``commands`` until they end, then clean up: a fallback
+        transport's, or an ASGI server's WebSocket messages."""
         loop = asyncio.get_running_loop()
         turn = loop.time()
         try:
@@ -234,16 +260,85 @@ class Session:
         except ConnectionClosed:
             pass
         finally:
-            self._ended = True
-            if self._expiry is not None:
-                self._expiry.cancel()
-            if self._refreshing is not None:
-                self._refreshing.cancel()
-            if self._pipeline:
-                await self._settle()  # what was published stays published
-            await self.hub.session_ended(self)
-            if self._closing is not None:
-                await self._closing
+            await self._cleanup()
+
+    def take(self, ws: WebSocket) -> None:
+        """Serve the messages of ``ws``, a WebSocket of the hub's server,
+        as they come (its ``on_message``), and clean up once it closes.
+
+        Unlike :meth:`run`, no task waits for the next command: most
+        clients subscribe and then only receive pushes, and a task per
+        connection would cost them a quarter of their memory. A task runs
+        only while commands wait, one at a time, in order.
+        """
+        ws.on_message = self.received
+        ws.add_close_callback(self._lost)
+
+    def received(self, ws: WebSocket, message: Message) -> None:
+        """A command from the WebSocket: queue it for the worker."""
+        inbox = self._inbox
+        if inbox is None:
+            inbox = self._inbox = deque()
+        inbox.append(message)
+        if self._worker is None:
+            self._start_worker()
+        elif ws.max_queue is not None and len(inbox) >= ws.max_queue:
+            # As recv() does: TCP flow control makes the client wait,
+            # instead of our memory growing.
+            ws.pause_reading()
+
+    def _lost(self, _: object) -> None:
+        """The WebSocket closed: clean up, after any command still queued."""
+        self._gone = True
+        if self._worker is None:
+            self._start_worker()
+
+    def _start_worker(self) -> None:
+        worker = self._worker = asyncio.get_running_loop().create_task(self._work())
+        self.hub.working(worker)
+
+    async def _work(self) -> None:
+        """Handle the queued commands in order until none is left; clean up
+        if the WebSocket closed meanwhile."""
+        ws = self.ws
+        assert isinstance(ws, WebSocket)
+        loop = asyncio.get_running_loop()
+        turn = loop.time()
+        try:
+            inbox = self._inbox
+            while inbox:
+                message = inbox.popleft()
+                if ws.max_queue is not None and len(inbox) <= ws.max_queue // 4:
+                    ws.resume_reading()
+                await self._handle(message)
+                # As in run(): every other connection gets its turn.
+                if loop.time() - turn > TURN:
+                    await asyncio.sleep(0)
+                    turn = loop.time()
+        except ConnectionClosed:
+            pass
+        except Exception:
+            logger.exception("error in a hub session")
+            self.close(1011, "internal error")
+        finally:
+            self._inbox = None
+            if not self._gone:
+                self._worker = None
+        if self._gone:
+            await self._cleanup()
+
+    async def _cleanup(self) -> None:
+        """The connection ended: leave everything."""
+        self._ended = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+        if self._refreshing is not None:
+            self._refreshing.cancel()
+        if self._pipeline:
+            await self._settle()  # what was published stays published
+        await self.hub.session_ended(self)
+        if self._closing is not None:
+            await self._closing
 
     async def _handle(self, message: str | bytes) -> None:
         if self._closing is not None:
@@ -257,9 +352,11 @@ class Session:
             and self.info is not None
             and not self._hooked_publish(command.channel)
         ):
-            if len(self._pipeline) >= MAX_PIPELINED:
+            if self._pipeline is not None and len(self._pipeline) >= MAX_PIPELINED:
                 await asyncio.wait([self._pipeline[0]])
-                self._send_ready()
+                self._send_ready()  # which may leave no pipeline
+            if self._pipeline is None:
+                self._pipeline = []
             answer = asyncio.ensure_future(self._answer(command))
             self._pipeline.append(answer)
             answer.add_done_callback(self._send_ready)
@@ -278,6 +375,8 @@ class Session:
         """The subscribe reply (or push) is sent: release what was held."""
         if channel in self._subscribed_at:
             epoch, offset = self._subscribed_at.pop(channel)
+            if not self._subscribed_at:
+                self._subscribed_at = _EMPTY
             self._flush(channel, offset)
             self.hub.subscribed(self, channel, epoch, offset)
 
@@ -285,7 +384,7 @@ class Session:
         """Subscribe the client to the channels the connect hook or the
         token's ``subs`` named, each recovered from the position the
         connect command gave for it, if any."""
-        channels, self._server_channels = self._server_channels, []
+        channels, self._server_channels = self._server_channels, ()
         for channel, since in channels:
             try:
                 await self.subscribe_by_hub(channel, since)
@@ -405,9 +504,12 @@ class Session:
             reply = pipeline.pop(0).result()
             if reply is not None:
                 self.send(reply)
+        if pipeline is not None and not pipeline:
+            self._pipeline = None
 
     async def _settle(self) -> None:
         """Wait for the publishes in flight and send their replies."""
+        assert self._pipeline is not None
         await asyncio.wait(list(self._pipeline))
         self._send_ready()
 
@@ -717,13 +819,15 @@ class Session:
         if channel in self.subscriptions:  # its info stays
             raise CommandError(409, f"already subscribed to {channel}", command.id)
         if info is not None and self.info is not None:
+            if self.channel_info is _EMPTY:
+                self.channel_info = {}
             self.channel_info[channel] = ClientInfo(
                 self.info.client, self.info.user, info
             )
         try:
             return await self._join(channel, namespace, command.since, command.id)
         except CommandError:
-            self.channel_info.pop(channel, None)
+            self.forget_info(channel)
             raise
 
     async def check_grant(self, command: Command) -> ChannelGrant:
@@ -745,12 +849,16 @@ class Session:
         allowed, until ``expires``, then end it with an ``unsubscribe``
         push; return the reply's ``ttl``. A poll, one request, is not
         ended: its hold stops at ``expires`` (hub/transports.py)."""
+        if self.granted is _EMPTY:
+            self.granted = {}
         self.granted[channel] = expires
         timer = self._grant_timers.pop(channel, None)
         if timer is not None:
             timer.cancel()
         ttl = seconds_left(expires)
         if self.transport != "poll":
+            if self._grant_timers is _EMPTY:
+                self._grant_timers = {}
             self._grant_timers[channel] = asyncio.get_running_loop().call_later(
                 ttl, self.hub.expel, self, channel
             )
@@ -758,10 +866,18 @@ class Session:
 
     def ungrant(self, channel: str) -> None:
         """The subscription to ``channel`` ended: forget its channel token."""
-        self.granted.pop(channel, None)
+        if self.granted.pop(channel, None) is not None and not self.granted:
+            self.granted = _EMPTY
         timer = self._grant_timers.pop(channel, None)
         if timer is not None:
             timer.cancel()
+            if not self._grant_timers:
+                self._grant_timers = _EMPTY
+
+    def forget_info(self, channel: str) -> None:
+        """The client is no longer on ``channel``: forget how it shows there."""
+        if self.channel_info.pop(channel, None) is not None and not self.channel_info:
+            self.channel_info = _EMPTY
 
     async def _ask_subscribe(self, channel: str) -> Subscribe:
         """The subscribe hook's answer for ``channel``; Refuse if it says no."""
@@ -792,12 +908,16 @@ class Session:
         # Live pushes are held back from here until the reply is sent, then
         # released without those the reply already carries: no gap, no
         # duplicate, whatever publishes in between.
+        if self.recovering is _EMPTY:
+            self.recovering = {}
         self.recovering[channel] = []
         try:
             position = await self.hub.subscribe(self, channel, namespace, since)
         except BaseException:
-            self.recovering.pop(channel, None)
+            self.stop_holding(channel)
             raise
+        if self._subscribed_at is _EMPTY:
+            self._subscribed_at = {}
         self._subscribed_at[channel] = (position.epoch, position.offset)
         if since is None:
             return encode_position(position)
@@ -814,12 +934,19 @@ class Session:
     def _flush(self, channel: str, offset: int) -> None:
         """Release the pushes held back during a subscribe, skipping the
         publications up to ``offset`` that the reply covered."""
-        held = self.recovering.pop(channel, None)
+        held = self.stop_holding(channel)
         if not held:
             return
         for pub_offset, text in held:
             if pub_offset is None or pub_offset > offset:
                 self.send(text)
+
+    def stop_holding(self, channel: str) -> list[tuple[int | None, str]] | None:
+        """Stop holding ``channel``'s pushes back; return those held."""
+        held = self.recovering.pop(channel, None)
+        if held is not None and not self.recovering:
+            self.recovering = _EMPTY
+        return held
 
     async def _history(self, command: Command) -> Raw:
         since = command.since

@@ -162,8 +162,9 @@ class Connection:
         self._in_opcode: Opcode | None = None
         self._in_compressed = False
         self._in_size = 0
-        self._in_text: list[str] = []
-        self._in_binary: list[bytes] = []
+        # The fragments of a message still arriving, if any.
+        self._in_text: list[str] | None = None
+        self._in_binary: list[bytes] | None = None
         self._in_utf8: Utf8Decoder | None = None
         self._out_opcode: Opcode | None = None
         self._out_compressed = False
@@ -483,15 +484,19 @@ class Connection:
                 TextMessage(data) if isinstance(data, str) else BinaryMessage(data)
             )
         elif isinstance(data, str):
+            if self._in_text is None:
+                self._in_text = []
             self._in_text.append(data)
             if fin:
                 events.append(TextMessage("".join(self._in_text)))
-                self._in_text = []
+                self._in_text = None
         else:
+            if self._in_binary is None:
+                self._in_binary = []
             self._in_binary.append(data)
             if fin:
                 events.append(BinaryMessage(b"".join(self._in_binary)))
-                self._in_binary = []
+                self._in_binary = None
         if fin:
             self._in_opcode = None
             self._in_utf8 = None
@@ -844,8 +849,9 @@ class ServerConnection(Connection):
         self._parser.feed(bytes(self._early))
         self._early = bytearray()
         # The look-ups of the upgrade are done: the request is kept for the
-        # connection's life (ws.request), its index of names need not be.
-        request.headers._index = None
+        # connection's life (ws.request), in the least memory; a hub of
+        # many clients holds one per client.
+        request.headers.pack()
         return self._open()
 
     def _negotiate_extensions(self, request: handshake.Request) -> str | None:

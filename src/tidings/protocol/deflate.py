@@ -324,7 +324,12 @@ def _accept_offer(
         server_max_window_bits=server_bits,
         client_max_window_bits=client_bits,
     )
-    return params, response
+    return _AGREED.setdefault(params, params), response
+
+
+#: The parameters a server agreed to, each kept once rather than once per
+#: connection: at most 256 combinations exist.
+_AGREED: dict[DeflateParams, DeflateParams] = {}
 
 
 def _zlib_wbits(bits: int) -> int:

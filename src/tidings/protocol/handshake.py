@@ -22,6 +22,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
+from itertools import chain
 from typing import Generic, TypeVar
 from urllib.parse import urlsplit
 
@@ -66,6 +67,8 @@ _OWS_RE = re.compile(r"[ \t]*")
 # by the peer: a CR or LF in a value is header injection.
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _VCHARS_RE = re.compile(r"[\x21-\x7e]+")
+# Between the names and values of packed headers (Headers.pack).
+_SEPARATOR = "\x00"
 
 
 class Headers:
@@ -74,12 +77,36 @@ class Headers:
     Names are kept as received; lookups ignore case.
     """
 
-    __slots__ = ("_index", "_items")
+    __slots__ = ("_index", "_items", "_packed")
     __hash__ = None  # type: ignore[assignment]  # mutable contents
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
-        self._items = list(items)
+        #: The (name, value) pairs; None once packed (see :meth:`pack`).
+        self._items: list[tuple[str, str]] | None = list(items)
         self._index: dict[str, list[str]] | None = None
+        self._packed = ""
+
+    def pack(self) -> None:
+        """Hold the headers in one string, a fraction of the memory, and
+        read them from it each time: for a request kept as long as its
+        connection and seldom read (``ws.request``)."""
+        items = self._items
+        if not items:
+            return
+        packed = _SEPARATOR.join(chain.from_iterable(items))
+        # A separator inside a name or value would pair them wrongly: those
+        # stay as they are (llhttp lets no control character through).
+        if packed.count(_SEPARATOR) == 2 * len(items) - 1:
+            self._packed = packed
+            self._items = None
+            self._index = None
+
+    def _pairs(self) -> list[tuple[str, str]]:
+        items = self._items
+        if items is not None:
+            return items
+        fields = self._packed.split(_SEPARATOR)
+        return list(zip(fields[::2], fields[1::2], strict=True))
 
     def _values(self, name: str) -> list[str]:
         # An upgrade looks up about eight names: index them once. This
@@ -87,6 +114,9 @@ class Headers:
         # copy; they never change the list.
         index = self._index
         if index is None:
+            if self._items is None:  # packed: no index kept either
+                lower = name.lower()
+                return [value for key, value in self._pairs() if key.lower() == lower]
             index = self._index = {}
             for key, value in self._items:
                 index.setdefault(key.lower(), []).append(value)
@@ -103,24 +133,24 @@ class Headers:
 
     def items(self) -> list[tuple[str, str]]:
         """A copy of the (name, value) pairs, in order received."""
-        return list(self._items)
+        return list(self._pairs())
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and bool(self._values(name))
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
-        return iter(self._items)
+        return iter(self._pairs())
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._pairs())
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Headers):
             return NotImplemented
-        return self._items == other._items
+        return self._pairs() == other._pairs()
 
     def __repr__(self) -> str:
-        return f"Headers({self._items!r})"
+        return f"Headers({self._pairs()!r})"
 
 
 @dataclass(frozen=True, slots=True)
