@@ -53,7 +53,8 @@ typedef struct {
 static Slot conn_ = {"_conn"}, state_ = {"state"},
             out_opcode_ = {"_out_opcode"}, write_paused_ = {"_write_paused"},
             corked_ = {"_corked"}, is_client_ = {"is_client"},
-            deflate_ = {"_deflate"}, transport_ = {"_transport"}, fd_ = {"_fd"};
+            deflate_ = {"_deflate"}, transport_ = {"_transport"}, fd_ = {"_fd"},
+            unsent_ = {"_unsent"};
 
 static void
 find_offset(Slot *slot, PyTypeObject *type)
@@ -96,76 +97,6 @@ get(PyObject *obj, Slot *slot)
     return PyObject_GetAttr(obj, slot->name); /* raises if unset */
 }
 
-/* Write frames (bytes) to transport, straight to its socket fd when there
- * is one and the transport holds nothing, so that order is kept: a
- * send() costs less than the transport's write path and the write() system
- * call underneath it. What the socket does not take goes to the transport,
- * which then waits for the socket, or learns of its error. Return 0, or -1
- * on error. */
-static int
-write_frames(PyObject *transport, PyObject *fd_obj, PyObject *frames)
-{
-    PyObject *result, *rest = frames;
-    long fd = PyLong_AsLong(fd_obj);
-
-    if (fd == -1 && PyErr_Occurred()) {
-        return -1;
-    }
-#ifndef _WIN32
-    if (fd >= 0 && PyBytes_CheckExact(frames)) {
-        Py_ssize_t size, length = PyBytes_GET_SIZE(frames), n;
-        int closing;
-
-        /* A closing transport may have closed the descriptor already. */
-        result = PyObject_CallMethodNoArgs(transport, s_is_closing);
-        if (result == NULL) {
-            return -1;
-        }
-        closing = PyObject_IsTrue(result);
-        Py_DECREF(result);
-        if (closing < 0) {
-            return -1;
-        }
-        result = closing ? NULL
-                         : PyObject_CallMethodNoArgs(transport,
-                                                     s_get_write_buffer_size);
-        if (!closing) {
-            if (result == NULL) {
-                return -1;
-            }
-            size = PyLong_AsSsize_t(result);
-            Py_DECREF(result);
-            if (size == -1 && PyErr_Occurred()) {
-                return -1;
-            }
-            if (size == 0) {
-                n = send((int)fd, PyBytes_AS_STRING(frames), (size_t)length,
-                         MSG_NOSIGNAL | MSG_DONTWAIT);
-                if (n == length) {
-                    return 0;
-                }
-                if (n > 0) {
-                    rest = PyBytes_FromStringAndSize(
-                        PyBytes_AS_STRING(frames) + n, length - n);
-                    if (rest == NULL) {
-                        return -1;
-                    }
-                }
-            }
-        }
-    }
-#endif
-    result = PyObject_CallMethodOneArg(transport, s_write, rest);
-    if (rest != frames) {
-        Py_DECREF(rest);
-    }
-    if (result == NULL) {
-        return -1;
-    }
-    Py_DECREF(result);
-    return 0;
-}
-
 #if defined(__GNUC__) || defined(__clang__)
 #define PREFETCH(address) __builtin_prefetch(address)
 #else
@@ -188,7 +119,7 @@ prefetch_slots(PyObject *obj, Slot *const *slots, size_t count)
 }
 
 static Slot *const ws_slots[] = {&conn_, &write_paused_, &corked_, &transport_,
-                                 &fd_};
+                                 &fd_, &unsent_};
 static Slot *const conn_slots[] = {&state_, &out_opcode_, &is_client_,
                                    &deflate_};
 
@@ -257,6 +188,99 @@ needs_python(PyObject *ws, PyObject *conn, PyObject **transport)
         return 1;
     }
     *transport = value;
+    return 0;
+}
+
+/* Return 1 when transport may hold bytes not yet sent, 0 when it holds
+ * none, -1 on error. ws._unsent says it holds none without asking it. */
+static int
+holds_bytes(PyObject *ws, PyObject *transport)
+{
+    PyObject *result;
+    Py_ssize_t size;
+    int unsent = attr_is(ws, &unsent_);
+
+    if (unsent != 1) {
+        return unsent;
+    }
+    result = PyObject_CallMethodNoArgs(transport, s_get_write_buffer_size);
+    if (result == NULL) {
+        return -1;
+    }
+    size = PyLong_AsSsize_t(result);
+    Py_DECREF(result);
+    if (size == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (size > 0) {
+        return 1;
+    }
+    return PyObject_SetAttr(ws, unsent_.name, Py_False);
+}
+
+/* Write frames (bytes) to ws's transport, straight to its socket fd when
+ * there is one and the transport holds nothing, so that order is kept: a
+ * send() costs less than the transport's write path and the write() system
+ * call underneath it. What the socket does not take goes to the transport,
+ * which then waits for the socket, or learns of its error. Return 0, or -1
+ * on error. */
+static int
+write_frames(PyObject *ws, PyObject *transport, PyObject *fd_obj,
+             PyObject *frames)
+{
+    PyObject *result, *rest = frames;
+    long fd = PyLong_AsLong(fd_obj);
+
+    if (fd == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+#ifndef _WIN32
+    if (fd >= 0 && PyBytes_CheckExact(frames)) {
+        Py_ssize_t length = PyBytes_GET_SIZE(frames), n;
+        int busy;
+
+        /* A closing transport may have closed the descriptor already. */
+        result = PyObject_CallMethodNoArgs(transport, s_is_closing);
+        if (result == NULL) {
+            return -1;
+        }
+        busy = PyObject_IsTrue(result);
+        Py_DECREF(result);
+        if (busy == 0) {
+            busy = holds_bytes(ws, transport);
+        }
+        if (busy < 0) {
+            return -1;
+        }
+        if (busy == 0) {
+            n = send((int)fd, PyBytes_AS_STRING(frames), (size_t)length,
+                     MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (n == length) {
+                return 0;
+            }
+            if (n > 0) {
+                rest = PyBytes_FromStringAndSize(PyBytes_AS_STRING(frames) + n,
+                                                 length - n);
+                if (rest == NULL) {
+                    return -1;
+                }
+            }
+        }
+    }
+#endif
+    if (PyObject_SetAttr(ws, unsent_.name, Py_True) < 0) {
+        result = NULL;
+    }
+    else {
+        result = PyObject_CallMethodOneArg(transport, s_write, rest);
+    }
+    if (rest != frames) {
+        Py_DECREF(rest);
+    }
+    if (result == NULL) {
+        return -1;
+    }
+    Py_DECREF(result);
     return 0;
 }
 
@@ -357,7 +381,7 @@ write_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             if (status == 0) {
                 fd = get(ws, &fd_);
                 data = fd != NULL ? frames_for(conn, frames, compressed) : NULL;
-                status = data != NULL ? write_frames(transport, fd, data) : -1;
+                status = data != NULL ? write_frames(ws, transport, fd, data) : -1;
                 Py_XDECREF(data);
                 Py_XDECREF(fd);
                 Py_DECREF(transport);
@@ -413,7 +437,7 @@ PyInit__fanout(void)
     };
     static Slot *slots[] = {&conn_,    &state_,   &out_opcode_,
                             &write_paused_, &corked_, &is_client_,
-                            &deflate_, &transport_, &fd_};
+                            &deflate_, &transport_, &fd_, &unsent_};
 
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         *names[i].name = PyUnicode_InternFromString(names[i].text);

@@ -149,26 +149,30 @@ def _py_write_plain(
             continue
         deflate = conn._deflate
         key = None if deflate is None else deflate.send_key
-        _write(transport, ws._fd, frames if key is None else compressed[key])
+        _write(ws, transport, ws._fd, frames if key is None else compressed[key])
         written += 1
     return written, rest
 
 
-def _write(transport: asyncio.Transport, fd: int, frames: bytes) -> None:
-    """Write ``frames`` to ``transport``: straight to its socket ``fd``
-    where there is one and the transport holds nothing, so that order is
-    kept, which costs less than the transport's write path; what the
+def _write(ws: WebSocket, transport: asyncio.Transport, fd: int, frames: bytes) -> None:
+    """Write ``frames`` to ``ws``'s ``transport``: straight to its socket
+    ``fd`` where there is one and the transport holds nothing, so that order
+    is kept, which costs less than the transport's write path; what the
     socket does not take goes to the transport, which then waits for the
     socket, or learns of its error."""
     # A closing transport may have closed the descriptor already.
-    if fd >= 0 and not transport.is_closing() and not transport.get_write_buffer_size():
-        try:
-            sent = os.write(fd, frames)
-        except OSError:
-            sent = 0
-        if sent == len(frames):
-            return
-        frames = frames[sent:]
+    if fd >= 0 and not transport.is_closing():
+        if ws._unsent and not transport.get_write_buffer_size():
+            ws._unsent = False
+        if not ws._unsent:
+            try:
+                sent = os.write(fd, frames)
+            except OSError:
+                sent = 0
+            if sent == len(frames):
+                return
+            frames = frames[sent:]
+    ws._unsent = True
     transport.write(frames)
 
 

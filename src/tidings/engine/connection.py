@@ -110,6 +110,7 @@ class WebSocket(asyncio.BufferedProtocol):
         "_recv_waiter",
         "_scratch",
         "_transport",
+        "_unsent",
         "_write_paused",
         "close_timeout",
         "latency",
@@ -151,6 +152,10 @@ class WebSocket(asyncio.BufferedProtocol):
         # socket), else -1: the fan-out writes to it directly while the
         # transport holds nothing (engine/broadcast.py).
         self._fd = -1
+        # The transport may hold bytes: set by every write through it, and
+        # cleared by the fan-out once it finds it empty, which then need not
+        # ask the transport for each publication.
+        self._unsent = False
         # Made when a message is queued, dropped once read: the callback path
         # never needs it, and an empty deque costs 600 bytes per connection.
         self._messages: deque[Message] | None = None
@@ -578,6 +583,7 @@ class WebSocket(asyncio.BufferedProtocol):
         data = self._conn.data_to_send()
         transport = self._transport
         if data and transport is not None:
+            self._unsent = True
             if len(data) == 1:
                 transport.write(data[0])
             else:
