@@ -181,6 +181,14 @@ async def test_an_error_in_the_callback_closes_only_that_connection_with_1011() 
         assert await good.recv() == "still here"
 
 
+def write_in_one_read(peer: Any, *messages: bytes) -> None:
+    """Send ``messages`` as binary frames in one write: the server reads
+    them together."""
+    peer.writer.write(
+        b"".join(serialize_frame(Opcode.BINARY, data, mask=True) for data in messages)
+    )
+
+
 async def test_messages_after_a_failed_callback_are_not_delivered(
     raw_connect: Any,
 ) -> None:
@@ -195,12 +203,7 @@ async def test_messages_after_a_failed_callback_are_not_delivered(
         peer = await raw_connect(server.port)
         await peer.handshake()
         # Three messages in one read: the connection fails at the second.
-        peer.writer.write(
-            b"".join(
-                serialize_frame(Opcode.BINARY, data, mask=True)
-                for data in (b"first", b"boom", b"after")
-            )
-        )
+        write_in_one_read(peer, b"first", b"boom", b"after")
         data = await peer.read_all()
         peer.close()
     assert seen == [b"first", b"boom"]
@@ -226,13 +229,7 @@ async def test_a_callback_may_hand_the_messages_of_the_same_read_to_another(
     async with tidings.serve(None, "127.0.0.1", 0, on_message=on_message) as server:
         peer = await raw_connect(server.port)
         await peer.handshake()
-        # Three messages in one read.
-        peer.writer.write(
-            b"".join(
-                serialize_frame(Opcode.BINARY, data, mask=True)
-                for data in (b"one", b"two", b"three")
-            )
-        )
+        write_in_one_read(peer, b"one", b"two", b"three")
         async with asyncio.timeout(BOUND):
             await done.wait()
         peer.close()

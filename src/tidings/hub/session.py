@@ -119,6 +119,17 @@ class _Empty(dict[Any, Any]):
 _EMPTY: dict[Any, Any] = _Empty()
 
 
+async def _take_turns(loop: asyncio.AbstractEventLoop, turn: float) -> float:
+    """Commands read together would otherwise run back to back, however
+    many: once the turn that began at ``turn`` has lasted TURN seconds, let
+    every other connection have its own. Return when the current turn
+    began."""
+    if loop.time() - turn > TURN:
+        await asyncio.sleep(0)
+        return loop.time()
+    return turn
+
+
 class Outlet(Protocol):
     """Where a session's replies and pushes go: its WebSocket, or what a
     fallback transport (hub/transports.py) makes of them."""
@@ -252,11 +263,7 @@ class Session:
         try:
             async for message in commands:
                 await self._handle(message)
-                # Commands read together would otherwise run back to back,
-                # however many: let every other connection have its turn.
-                if loop.time() - turn > TURN:
-                    await asyncio.sleep(0)
-                    turn = loop.time()
+                turn = await _take_turns(loop, turn)
         except ConnectionClosed:
             pass
         finally:
@@ -311,10 +318,7 @@ class Session:
                 if ws.max_queue is not None and len(inbox) <= ws.max_queue // 4:
                     ws.resume_reading()
                 await self._handle(message)
-                # As in run(): every other connection gets its turn.
-                if loop.time() - turn > TURN:
-                    await asyncio.sleep(0)
-                    turn = loop.time()
+                turn = await _take_turns(loop, turn)
         except ConnectionClosed:
             pass
         except Exception:
