@@ -538,7 +538,11 @@ class RequestReader(_HeadReader[Request, httptools.HttpRequestParser]):
             ) from None
         request = Request(http.get_method().decode("ascii"), target, headers)
         upgrade = http.should_upgrade()
-        if not self._has_body(headers, upgrade):
+        # llhttp has checked that Content-Length is digits (and checks
+        # Transfer-Encoding once this returns).
+        chunked = "Transfer-Encoding" in headers
+        length = int(headers.get("Content-Length") or "0")
+        if not self._has_body(chunked, length, upgrade):
             self._head = request
             self._trailing = bytes(self._buffer[head_end:])
             if upgrade:
@@ -547,8 +551,8 @@ class RequestReader(_HeadReader[Request, httptools.HttpRequestParser]):
                 return
             raise _Done
         self._pending = request
-        if "Transfer-Encoding" not in headers:
-            self._body_end = head_end + int(headers.get("Content-Length") or "0")
+        if not chunked:
+            self._body_end = head_end + length
 
     def on_body(self, body: bytes) -> None:
         """A piece of the body, once decoded from chunks."""
@@ -565,11 +569,8 @@ class RequestReader(_HeadReader[Request, httptools.HttpRequestParser]):
             )
             raise _Done
 
-    def _has_body(self, headers: Headers, upgrade: bool) -> bool:
-        # llhttp has checked that Content-Length is digits (and checks
-        # Transfer-Encoding once this returns).
-        length = int(headers.get("Content-Length") or "0")
-        if "Transfer-Encoding" not in headers and length == 0:
+    def _has_body(self, chunked: bool, length: int, upgrade: bool) -> bool:
+        if not chunked and length == 0:
             return False
         if self._max_body_size == 0 or upgrade:
             # After an upgrade request's head, llhttp hands what follows to
@@ -860,8 +861,11 @@ def build_stream_head(status: int, headers: Iterable[tuple[str, str]] = ()) -> b
     )
 
 
+#: Looked up here rather than through HTTPStatus(status), an enum call per
+#: response.
+_REASONS = {status.value: status.phrase for status in HTTPStatus}
+
+
 def _reason(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return ""  # RFC 9112 §4: the reason phrase may be empty
+    # RFC 9112 §4: the reason phrase may be empty
+    return _REASONS.get(status, "")
