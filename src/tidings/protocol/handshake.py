@@ -108,24 +108,31 @@ class Headers:
         fields = self._packed.split(_SEPARATOR)
         return list(zip(fields[::2], fields[1::2], strict=True))
 
-    def _values(self, name: str) -> list[str]:
-        # An upgrade looks up about eight names: index them once. This
-        # module's own look-ups use this rather than get_all(), without the
-        # copy; they never change the list.
+    def _indexed(self) -> dict[str, list[str]]:
+        """The values by lowercase name.
+
+        An upgrade or an API call looks up about eight names: they are
+        indexed once, on the first. Packed headers keep no index: one is
+        made for each look-up, which is rare.
+        """
         index = self._index
         if index is None:
-            if self._items is None:  # packed: no index kept either
-                lower = name.lower()
-                return [value for key, value in self._pairs() if key.lower() == lower]
-            index = self._index = {}
-            for key, value in self._items:
+            index = {}
+            for key, value in self._pairs():
                 index.setdefault(key.lower(), []).append(value)
-        return index.get(name.lower(), [])
+            if self._items is not None:
+                self._index = index
+        return index
+
+    def _values(self, name: str) -> list[str]:
+        # This module's own look-ups use this rather than get_all(), without
+        # the copy; they never change the list.
+        return (self._index or self._indexed()).get(name.lower(), [])
 
     def get(self, name: str) -> str | None:
         """All values of ``name`` joined with ", " (RFC 9110 §5.3), or None."""
-        values = self._values(name)
-        return ", ".join(values) if values else None
+        values = (self._index or self._indexed()).get(name.lower())
+        return None if values is None else ", ".join(values)
 
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name``, in order received."""
@@ -136,7 +143,9 @@ class Headers:
         return list(self._pairs())
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and bool(self._values(name))
+        return isinstance(name, str) and name.lower() in (
+            self._index or self._indexed()
+        )
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self._pairs())
@@ -324,8 +333,10 @@ class _HeadReader(Generic[_Head, _Parser]):
     by raising :class:`_Done`, as soon as the message wanted is complete
     (after the head of an upgrade request it stops by itself), so it never
     parses what follows: frames after an upgrade, a pipelined request, a
-    response body. The bytes of the head are kept (the head size
-    limit bounds them) to say where it ended.
+    response body. Where nothing follows in the bytes fed, a request's
+    callbacks need not stop it (an exception costs more than the return).
+    The bytes of the head are kept (the head size limit bounds them) to say
+    where it ended.
 
     llhttp holds bound methods of the reader, and the reader holds llhttp:
     once the head is in or refused, the reader lets go of llhttp, so that
@@ -549,7 +560,9 @@ class RequestReader(_HeadReader[Request, httptools.HttpRequestParser]):
                 # llhttp stops by itself after an upgrade request's head,
                 # with one exception of its own: cheaper than raising ours.
                 return
-            raise _Done
+            if self._trailing:
+                raise _Done
+            return
         self._pending = request
         if not chunked:
             self._body_end = head_end + length
@@ -567,7 +580,9 @@ class RequestReader(_HeadReader[Request, httptools.HttpRequestParser]):
             self._head = Request(
                 pending.method, pending.target, pending.headers, bytes(self._body)
             )
-            raise _Done
+            # What follows a chunked body is never read (see trailing_data).
+            if self._body_end != self._seen:
+                raise _Done
 
     def _has_body(self, chunked: bool, length: int, upgrade: bool) -> bool:
         if not chunked and length == 0:
@@ -833,21 +848,25 @@ def build_rejection(
     header among ``headers`` (as a 426 needs) is merged into the "close" one
     rather than repeated.
     """
-    reason = _reason(status)
-    extra = list(headers)
-    fields = []
+    # The status line and the body's type and length are ours: only the
+    # fields after them need checking.
+    start = f"HTTP/1.1 {status} {_reason(status)}"
     if isinstance(message, str):
         body = (message + "\n").encode()
-        fields.append(("Content-Type", "text/plain; charset=utf-8"))
+        start += "\r\nContent-Type: text/plain; charset=utf-8"
     else:
         body = message
+    start += f"\r\nContent-Length: {len(body)}"
     connection = ["close"] if close else []
-    connection += [v for n, v in extra if n.lower() == "connection"]
-    fields.append(("Content-Length", str(len(body))))
+    fields = []
+    for name, value in headers:
+        if name.lower() == "connection":
+            connection.append(value)
+        else:
+            fields.append((name, value))
     if connection:
-        fields.append(("Connection", ", ".join(connection)))
-    fields += [(n, v) for n, v in extra if n.lower() != "connection"]
-    return _encode_head(f"HTTP/1.1 {status} {reason}", fields) + body
+        fields.insert(0, ("Connection", ", ".join(connection)))
+    return _encode_head(start, fields) + body
 
 
 def build_stream_head(status: int, headers: Iterable[tuple[str, str]] = ()) -> bytes:
