@@ -496,7 +496,7 @@ class RequestReader(_HeadReader[Request, httptools.HttpRequestParser]):
         self._max_body_size = max_body_size
         self._url = b""
         #: A request whose body is still arriving.
-        self._pending: Request | None = None
+        self._pending: tuple[str, str, Headers] | None = None
         self._body = bytearray()
         #: Bytes fed so far, and where a Content-Length body ends among
         #: them: what comes after it is the next request's.
@@ -547,14 +547,14 @@ class RequestReader(_HeadReader[Request, httptools.HttpRequestParser]):
             raise self._refuse(
                 self._malformed(ValueError("the target is not ASCII"))
             ) from None
-        request = Request(http.get_method().decode("ascii"), target, headers)
+        method = http.get_method().decode("ascii")
         upgrade = http.should_upgrade()
         # llhttp has checked that Content-Length is digits (and checks
         # Transfer-Encoding once this returns).
         chunked = "Transfer-Encoding" in headers
         length = int(headers.get("Content-Length") or "0")
         if not self._has_body(chunked, length, upgrade):
-            self._head = request
+            self._head = Request(method, target, headers)
             self._trailing = bytes(self._buffer[head_end:])
             if upgrade:
                 # llhttp stops by itself after an upgrade request's head,
@@ -563,7 +563,8 @@ class RequestReader(_HeadReader[Request, httptools.HttpRequestParser]):
             if self._trailing:
                 raise _Done
             return
-        self._pending = request
+        # The request is made once its body is in.
+        self._pending = (method, target, headers)
         if not chunked:
             self._body_end = head_end + length
 
@@ -577,9 +578,7 @@ class RequestReader(_HeadReader[Request, httptools.HttpRequestParser]):
         """The body is complete."""
         pending = self._pending
         if pending is not None:
-            self._head = Request(
-                pending.method, pending.target, pending.headers, bytes(self._body)
-            )
+            self._head = Request(*pending, bytes(self._body))
             # What follows a chunked body is never read (see trailing_data).
             if self._body_end != self._seen:
                 raise _Done
