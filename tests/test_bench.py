@@ -920,3 +920,11 @@ def test_cluster_quick(tmp_path: Path) -> None:
         assert row["publications/s"] > 0 and row["refused"] == 0, row
         assert row["deliveries/s"] > 0, row
     assert "| Redis Cluster, 3 masters | " in proc.stdout, proc.stdout
+
+
+async def test_api_cpu_posts_and_measures() -> None:
+    # benchmarks.api_cpu in a few requests: every answer a 200 (it raises
+    # otherwise), and a figure.
+    from benchmarks.api_cpu import measure
+
+    assert await measure(20) >= 0

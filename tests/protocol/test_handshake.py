@@ -905,6 +905,29 @@ def test_request_body_is_read_up_to_max_body_size() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "first",
+    [
+        b"GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"POST /api/publish HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
+    ],
+)
+def test_keep_alive_request_split_anywhere_leaves_the_next_unread(first: bytes) -> None:
+    # A request whose bytes end where the data fed ends lets llhttp run to
+    # its end; one followed by more stops it: either way the next request
+    # (or garbage) is handed over as it arrived, never parsed.
+    expected = RequestReader(max_body_size=100).feed(first)
+    assert expected is not None
+    for after in (b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n", b"\x00garbage"):
+        data = first + after
+        for cut in range(1, len(data) + 1):
+            reader = RequestReader(max_body_size=100)
+            request = reader.feed(data[:cut])
+            request = reader.feed(data[cut:]) or request
+            assert request == expected
+            assert reader.trailing_data == after
+
+
 def test_chunked_request_body_is_read() -> None:
     reader = RequestReader(max_body_size=100)
     request = reader.feed(

@@ -10,9 +10,9 @@ from another process.
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .brokers.base import (
@@ -50,17 +50,30 @@ class APIError(HubError):
         return self.code
 
 
-@contextlib.contextmanager
-def _refusals() -> Iterator[None]:
-    """What the hub raises, as the HTTP API answers it."""
-    try:
-        yield
-    except OutcomeUnknown as exc:
-        raise APIError(504, str(exc)) from None
-    except BrokerUnavailable as exc:
-        raise APIError(503, str(exc)) from None
-    except CommandError as exc:
-        raise APIError(exc.code, exc.message) from None
+class _Refusals:
+    """What the hub raises, as the HTTP API answers it: ``with _refusals:``.
+
+    A class rather than a ``contextlib.contextmanager``, which makes a
+    generator and two wrappers on every API call."""
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if isinstance(exc, OutcomeUnknown):
+            raise APIError(504, str(exc)) from None
+        if isinstance(exc, BrokerUnavailable):
+            raise APIError(503, str(exc)) from None
+        if isinstance(exc, CommandError):
+            raise APIError(exc.code, exc.message) from None
+
+
+_refusals = _Refusals()
 
 
 class InProcessAPI:
@@ -82,7 +95,7 @@ class InProcessAPI:
         ``idempotency_window`` answers the first one's position and
         publishes nothing."""
         channel = self._channel(channel)
-        with _refusals():
+        with _refusals:
             return Published(
                 *await self._hub.publish(channel, data, idempotency_key=idempotency_key)
             )
@@ -104,7 +117,7 @@ class InProcessAPI:
         ):
             raise APIError(400, "channels must be a non-empty list")
         checked = [self._channel(channel) for channel in channels]
-        with _refusals():
+        with _refusals:
             return [
                 Published(
                     *await self._hub.publish(c, data, idempotency_key=idempotency_key)
@@ -115,14 +128,14 @@ class InProcessAPI:
     async def presence(self, channel: str) -> list[ClientInfo]:
         """Who is subscribed to ``channel`` (a namespace with presence)."""
         channel = self._channel(channel)
-        with _refusals():
+        with _refusals:
             return await self._hub.broker.presence(channel)
 
     async def presence_stats(self, channel: str) -> PresenceStats:
         """How many clients, and distinct users, are subscribed to
         ``channel``, listing nobody."""
         channel = self._channel(channel)
-        with _refusals():
+        with _refusals:
             return await self._hub.broker.presence_stats(channel)
 
     async def history(
@@ -156,7 +169,7 @@ class InProcessAPI:
             not isinstance(limit, int) or isinstance(limit, bool) or limit < 0
         ):
             raise APIError(400, "limit must be a non-negative integer")
-        with _refusals():
+        with _refusals:
             result = await self._hub.history(
                 channel, since=since[0] if since else None, limit=limit
             )
@@ -167,7 +180,7 @@ class InProcessAPI:
     async def channels(self) -> dict[str, int]:
         """Channels with subscribers on any node, and how many, by name."""
         counts: dict[str, int] = {}
-        with _refusals():
+        with _refusals:
             answers = await self._hub.survey("channels")
         for answer in answers:
             for channel, count in answer.items():
@@ -178,7 +191,7 @@ class InProcessAPI:
         """Close every connection of ``user``, on every node, with 4003;
         return how many."""
         user = _user(user)
-        with _refusals():
+        with _refusals:
             return sum(await self._hub.survey("disconnect", user=user))
 
     async def unsubscribe(self, user: str, channel: str) -> int:
@@ -186,7 +199,7 @@ class InProcessAPI:
         ``channel``, telling each with an ``unsubscribe`` push; return how
         many."""
         user, channel = _user(user), self._channel(channel)
-        with _refusals():
+        with _refusals:
             answers = await self._hub.survey("unsubscribe", user=user, channel=channel)
         return sum(answers)
 
@@ -197,7 +210,7 @@ class InProcessAPI:
         ``channel`` (a server-side subscription, recovered from ``since``,
         an ``(offset, epoch)`` pair); return how many."""
         user, channel = _user(user), self._channel(channel)
-        with _refusals():
+        with _refusals:
             answers = await self._hub.survey(
                 "subscribe",
                 user=user,

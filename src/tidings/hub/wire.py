@@ -248,11 +248,18 @@ class Raw(str):
     __slots__ = ()
 
 
+# json.dumps() with options builds an encoder per call: these are built once.
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_ENCODE_DATA = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
+
+
 def dumps(value: Any) -> str:
     """Compact JSON; a :class:`Raw` value is taken as it is."""
     if isinstance(value, Raw):
         return value
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODE(value)
 
 
 def encode_data(value: Any) -> bytes:
@@ -261,10 +268,7 @@ def encode_data(value: Any) -> bytes:
     what JSON cannot carry to every client: ``NaN``, ``Infinity`` and lone
     surrogates (which Python's parser lets through)."""
     try:
-        text = json.dumps(
-            value, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        )
-        return text.encode()
+        return _ENCODE_DATA(value).encode()
     except (ValueError, RecursionError):
         raise CommandError(
             400, "data must be JSON without NaN, Infinity or lone surrogates"

@@ -108,24 +108,31 @@ class Headers:
         fields = self._packed.split(_SEPARATOR)
         return list(zip(fields[::2], fields[1::2], strict=True))
 
-    def _values(self, name: str) -> list[str]:
-        # An upgrade looks up about eight names: index them once. This
-        # module's own look-ups use this rather than get_all(), without the
-        # copy; they never change the list.
+    def _indexed(self) -> dict[str, list[str]]:
+        """The values by lowercase name.
+
+        An upgrade or an API call looks up about eight names: they are
+        indexed once, on the first. Packed headers keep no index: one is
+        made for each look-up, which is rare.
+        """
         index = self._index
         if index is None:
-            if self._items is None:  # packed: no index kept either
-                lower = name.lower()
-                return [value for key, value in self._pairs() if key.lower() == lower]
-            index = self._index = {}
-            for key, value in self._items:
+            index = {}
+            for key, value in self._pairs():
                 index.setdefault(key.lower(), []).append(value)
-        return index.get(name.lower(), [])
+            if self._items is not None:
+                self._index = index
+        return index
+
+    def _values(self, name: str) -> list[str]:
+        # This module's own look-ups use this rather than get_all(), without
+        # the copy; they never change the list.
+        return (self._index or self._indexed()).get(name.lower(), [])
 
     def get(self, name: str) -> str | None:
         """All values of ``name`` joined with ", " (RFC 9110 §5.3), or None."""
-        values = self._values(name)
-        return ", ".join(values) if values else None
+        values = (self._index or self._indexed()).get(name.lower())
+        return None if values is None else ", ".join(values)
 
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name``, in order received."""
@@ -136,7 +143,9 @@ class Headers:
         return list(self._pairs())
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and bool(self._values(name))
+        return isinstance(name, str) and name.lower() in (
+            self._index or self._indexed()
+        )
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self._pairs())
@@ -324,8 +333,10 @@ class _HeadReader(Generic[_Head, _Parser]):
     by raising :class:`_Done`, as soon as the message wanted is complete
     (after the head of an upgrade request it stops by itself), so it never
     parses what follows: frames after an upgrade, a pipelined request, a
-    response body. The bytes of the head are kept (the head size
-    limit bounds them) to say where it ended.
+    response body. Where nothing follows in the bytes fed, a request's
+    callbacks need not stop it (an exception costs more than the return).
+    The bytes of the head are kept (the head size limit bounds them) to say
+    where it ended.
 
     llhttp holds bound methods of the reader, and the reader holds llhttp:
     once the head is in or refused, the reader lets go of llhttp, so that
@@ -485,7 +496,7 @@ class RequestReader(_HeadReader[Request, httptools.HttpRequestParser]):
         self._max_body_size = max_body_size
         self._url = b""
         #: A request whose body is still arriving.
-        self._pending: Request | None = None
+        self._pending: tuple[str, str, Headers] | None = None
         self._body = bytearray()
         #: Bytes fed so far, and where a Content-Length body ends among
         #: them: what comes after it is the next request's.
@@ -536,19 +547,26 @@ class RequestReader(_HeadReader[Request, httptools.HttpRequestParser]):
             raise self._refuse(
                 self._malformed(ValueError("the target is not ASCII"))
             ) from None
-        request = Request(http.get_method().decode("ascii"), target, headers)
+        method = http.get_method().decode("ascii")
         upgrade = http.should_upgrade()
-        if not self._has_body(headers, upgrade):
-            self._head = request
+        # llhttp has checked that Content-Length is digits (and checks
+        # Transfer-Encoding once this returns).
+        chunked = "Transfer-Encoding" in headers
+        length = int(headers.get("Content-Length") or "0")
+        if not self._has_body(chunked, length, upgrade):
+            self._head = Request(method, target, headers)
             self._trailing = bytes(self._buffer[head_end:])
             if upgrade:
                 # llhttp stops by itself after an upgrade request's head,
                 # with one exception of its own: cheaper than raising ours.
                 return
-            raise _Done
-        self._pending = request
-        if "Transfer-Encoding" not in headers:
-            self._body_end = head_end + int(headers.get("Content-Length") or "0")
+            if self._trailing:
+                raise _Done
+            return
+        # The request is made once its body is in.
+        self._pending = (method, target, headers)
+        if not chunked:
+            self._body_end = head_end + length
 
     def on_body(self, body: bytes) -> None:
         """A piece of the body, once decoded from chunks."""
@@ -560,16 +578,13 @@ class RequestReader(_HeadReader[Request, httptools.HttpRequestParser]):
         """The body is complete."""
         pending = self._pending
         if pending is not None:
-            self._head = Request(
-                pending.method, pending.target, pending.headers, bytes(self._body)
-            )
-            raise _Done
+            self._head = Request(*pending, bytes(self._body))
+            # What follows a chunked body is never read (see trailing_data).
+            if self._body_end != self._seen:
+                raise _Done
 
-    def _has_body(self, headers: Headers, upgrade: bool) -> bool:
-        # llhttp has checked that Content-Length is digits (and checks
-        # Transfer-Encoding once this returns).
-        length = int(headers.get("Content-Length") or "0")
-        if "Transfer-Encoding" not in headers and length == 0:
+    def _has_body(self, chunked: bool, length: int, upgrade: bool) -> bool:
+        if not chunked and length == 0:
             return False
         if self._max_body_size == 0 or upgrade:
             # After an upgrade request's head, llhttp hands what follows to
@@ -832,21 +847,25 @@ def build_rejection(
     header among ``headers`` (as a 426 needs) is merged into the "close" one
     rather than repeated.
     """
-    reason = _reason(status)
-    extra = list(headers)
-    fields = []
+    # The status line and the body's type and length are ours: only the
+    # fields after them need checking.
+    start = f"HTTP/1.1 {status} {_reason(status)}"
     if isinstance(message, str):
         body = (message + "\n").encode()
-        fields.append(("Content-Type", "text/plain; charset=utf-8"))
+        start += "\r\nContent-Type: text/plain; charset=utf-8"
     else:
         body = message
+    start += f"\r\nContent-Length: {len(body)}"
     connection = ["close"] if close else []
-    connection += [v for n, v in extra if n.lower() == "connection"]
-    fields.append(("Content-Length", str(len(body))))
+    fields = []
+    for name, value in headers:
+        if name.lower() == "connection":
+            connection.append(value)
+        else:
+            fields.append((name, value))
     if connection:
-        fields.append(("Connection", ", ".join(connection)))
-    fields += [(n, v) for n, v in extra if n.lower() != "connection"]
-    return _encode_head(f"HTTP/1.1 {status} {reason}", fields) + body
+        fields.insert(0, ("Connection", ", ".join(connection)))
+    return _encode_head(start, fields) + body
 
 
 def build_stream_head(status: int, headers: Iterable[tuple[str, str]] = ()) -> bytes:
@@ -860,8 +879,11 @@ def build_stream_head(status: int, headers: Iterable[tuple[str, str]] = ()) -> b
     )
 
 
+#: Looked up here rather than through HTTPStatus(status), an enum call per
+#: response.
+_REASONS = {status.value: status.phrase for status in HTTPStatus}
+
+
 def _reason(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return ""  # RFC 9112 §4: the reason phrase may be empty
+    # RFC 9112 §4: the reason phrase may be empty
+    return _REASONS.get(status, "")
