@@ -365,7 +365,7 @@ class Server:
         """Answer ``request`` as ``pending`` decides; a client that goes
         away first cancels it: whatever the application holds for it (a
         long-poll, a session, a task) ends now, not at its timeout."""
-        deciding = asyncio.ensure_future(pending)
+        deciding = asyncio.ensure_future(self._answer(ws, request, pending))
         self._tasks.add(deciding)
         closed = ws._closed
 
@@ -375,23 +375,31 @@ class Server:
         def decided(_: object) -> None:
             self._tasks.discard(deciding)
             closed.remove_done_callback(gone)
-            if deciding.cancelled():
-                return
-            error = deciding.exception()
-            if error is not None:
-                self.logger.error("error in process_request", exc_info=error)
-                answer: Answer | None = HTTPResponse(500, "internal server error")
-            else:
-                answer = deciding.result()
-            if ws.state is not State.CONNECTING or ws._transport is None:
-                return
-            if answer is None:
-                self._accept(ws, request)
-            else:
-                self._respond(ws, answer)
 
         closed.add_done_callback(gone)
         deciding.add_done_callback(decided)
+
+    async def _answer(
+        self,
+        ws: _ServerWebSocket,
+        request: Request,
+        pending: Awaitable[Answer | None],
+    ) -> None:
+        # Answered in the step that decides, not a loop iteration later:
+        # what the application queued for that iteration (the hub's
+        # fan-out of a publication) then follows the answer, and the client
+        # may send its next request meanwhile.
+        try:
+            answer = await pending
+        except Exception:
+            self.logger.exception("error in process_request")
+            answer = HTTPResponse(500, "internal server error")
+        if ws.state is not State.CONNECTING or ws._transport is None:
+            return
+        if answer is None:
+            self._accept(ws, request)
+        else:
+            self._respond(ws, answer)
 
     def _respond(self, ws: _ServerWebSocket, response: Answer) -> None:
         ws._answered = True
