@@ -928,3 +928,14 @@ async def test_api_cpu_posts_and_measures() -> None:
     from benchmarks.api_cpu import measure
 
     assert await measure(20) >= 0
+
+
+@pytest.mark.parametrize("deflate", [False, True])
+async def test_fanout_cpu_reaches_every_subscriber(deflate: bool) -> None:
+    # benchmarks.fanout_cpu in a few publications: every one reaches every
+    # subscriber (none is slow at this size), and a figure.
+    from benchmarks.fanout_cpu import measure
+
+    figures = await measure(5, 20, deflate)
+    assert figures.delivered == 5 * 20
+    assert figures.user >= 0 and figures.system >= 0
